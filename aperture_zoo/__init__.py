@@ -1,0 +1,62 @@
+"""aperture_zoo: the compact CIFAR-10 ResNets of the Residual Network Design Mini-Project report.
+
+>>> import aperture_zoo
+>>> model = aperture_zoo.load("resnet22", pretrained=True)
+
+The registry is imported eagerly (it is pure Python); everything that needs torch is imported on
+first use, so ``aperture --help`` and torch-free ONNX inference stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .registry import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    ModelSpec,
+    UnknownModelError,
+    get_spec,
+    list_models,
+    register,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "create_model": "model",
+    "count_parameters": "model",
+    "ResNet": "model",
+    "InputShapeError": "model",
+    "save_weights": "weights",
+    "load_weights": "weights",
+    "read_metadata": "weights",
+    "WeightsError": "weights",
+    "load": "pretrained",
+    "resolve_weights": "pretrained",
+    "NoPretrainedWeightsError": "pretrained",
+}
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ModelSpec", "UnknownModelError",
+    "get_spec", "list_models", "register", "__version__", *_LAZY,
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import InputShapeError, ResNet, count_parameters, create_model
+    from .pretrained import NoPretrainedWeightsError, load, resolve_weights
+    from .weights import WeightsError, load_weights, read_metadata, save_weights
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'aperture_zoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+from aperture_zoo.cli import main
+
+main()

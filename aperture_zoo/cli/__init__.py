@@ -1,0 +1,23 @@
+"""The `aperture` command: a thin typer layer over the library.
+
+Each sub-module registers its commands on ``app`` and imports torch (and friends) only inside the
+command bodies, so ``aperture --help`` never pays for them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="aperture",
+    help="Compact CIFAR-10 ResNets: list, inspect, train, evaluate, export and publish.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from . import zoo  # noqa: E402,F401  (registers commands)
+
+
+def main() -> None:
+    app()

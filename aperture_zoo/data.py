@@ -1,0 +1,195 @@
+"""CIFAR-10 from the official python batches, read without torch and without trusting pickle.
+
+The batches are pickles by format, so they are read with an unpickler that only rebuilds
+dicts, lists, strings, bytes, numbers and numpy arrays: a tampered file cannot run code.
+Splits come back as uint8 NCHW numpy arrays; callers move them to a device once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ApertureError
+
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+class DataError(ApertureError, FileNotFoundError):
+    """CIFAR-10 is missing or malformed; the message says how to provide it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8, N x 3 x 32 x 32
+    labels: np.ndarray  # int64, N
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data batch")
+
+
+def _normalise_keys(obj: object) -> object:
+    """Files written by Python 2 load with str keys, files written by Python 3 with bytes keys."""
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        key = key.decode("latin1") if isinstance(key, bytes) else key
+        if isinstance(value, list):
+            value = [v.decode("latin1") if isinstance(v, bytes) else v for v in value]
+        out[key] = value
+    return out
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            data = _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 batch {str(path)!r} is missing; the copy is incomplete") from None
+    except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing here
+        raise DataError(f"CIFAR-10 batch {str(path)!r} is corrupt or not a CIFAR batch ({exc})") from None
+    if not isinstance(data, dict) or "data" not in data or "labels" not in data:
+        raise DataError(f"{str(path)!r} is not a CIFAR-10 batch (no 'data'/'labels' entries)")
+    return data
+
+
+def default_data_dir() -> Path:
+    """``$APERTURE_DATA``, else ``$XDG_CACHE_HOME/aperture_zoo`` (``~/.cache/aperture_zoo``)."""
+    env = os.environ.get("APERTURE_DATA")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "aperture_zoo"
+
+
+def find_batches_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The ``cifar-10-batches-py`` folder in ``data_dir`` (or ``data_dir`` itself)."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    for candidate in (root / BATCHES_DIR, root):
+        if (candidate / "batches.meta").is_file() or (candidate / "test_batch").is_file():
+            return candidate
+    raise DataError(_missing_message(root))
+
+
+def _missing_message(root: Path) -> str:
+    return (
+        f"CIFAR-10 not found in {str(root)!r} (expected {BATCHES_DIR}/ with data_batch_1..5 and "
+        "test_batch). Point --data-dir (or $APERTURE_DATA) at the folder that contains "
+        f"{BATCHES_DIR}/, or run with --download when online. From split archive parts: "
+        "cat cifar-10-python.tar.gz.part* > c.tgz && tar xzf c.tgz -C DIR"
+    )
+
+
+def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Fetch and extract the official archive (MD5-checked by torchvision's utilities)."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    try:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(ARCHIVE_URL, str(root), md5=ARCHIVE_MD5)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise DataError(f"could not download CIFAR-10 ({exc}). {_missing_message(root)}") from None
+    return find_batches_dir(root)
+
+
+def load_split(
+    split: str = "train", data_dir: str | os.PathLike[str] | None = None, download_if_missing: bool = False
+) -> Split:
+    """All images of ``split`` ("train" or "test") as uint8 NCHW plus int64 labels."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    try:
+        folder = find_batches_dir(data_dir)
+    except DataError:
+        if not download_if_missing:
+            raise
+        folder = download(data_dir)
+    images, labels = [], []
+    for name in TRAIN_FILES if split == "train" else TEST_FILES:
+        batch = _read_batch(folder / name)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(f"{str(folder / name)!r}: expected N x 3072 uint8 rows, got {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    classes = _class_names(folder)
+    x, y = np.concatenate(images), np.concatenate(labels)
+    if len(x) != len(y):
+        raise DataError(f"{str(folder)!r}: {len(x)} images but {len(y)} labels")
+    return Split(images=x, labels=y, classes=classes)
+
+
+def _class_names(folder: Path) -> tuple[str, ...]:
+    from .registry import CIFAR10_CLASSES
+
+    meta = folder / "batches.meta"
+    if not meta.is_file():
+        return CIFAR10_CLASSES
+    names = _read_meta(meta).get("label_names")
+    return tuple(names) if names else CIFAR10_CLASSES
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{str(path)!r} is corrupt ({exc})") from None
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` indices with n / num_classes per class, drawn at random (never "the first n").
+
+    The copy of CIFAR-10 this project is tested on is sorted by class, so taking a prefix would
+    give one or two classes; sampling per class is the only safe subset.
+    """
+    classes = np.unique(labels)
+    per_class, extra = divmod(n, len(classes))
+    if n <= 0 or n > len(labels):
+        raise ValueError(f"subset size must be in 1..{len(labels)}, got {n}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for i, c in enumerate(classes):
+        pool = np.flatnonzero(labels == c)
+        k = per_class + (1 if i < extra else 0)
+        if k > len(pool):
+            raise ValueError(f"class {c} has only {len(pool)} images, {k} requested")
+        picked.append(rng.choice(pool, size=k, replace=False))
+    out = np.concatenate(picked)
+    rng.shuffle(out)
+    return out
+
+
+def subset(split: Split, n: int | None, seed: int = 0) -> Split:
+    """A stratified subset of ``n`` images (the split itself when ``n`` is None)."""
+    if n is None or n >= len(split):
+        return split
+    idx = stratified_indices(split.labels, n, seed)
+    return Split(images=split.images[idx], labels=split.labels[idx], classes=split.classes)

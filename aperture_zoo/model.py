@@ -1,0 +1,128 @@
+"""The report's ResNet as a plain ``nn.Module``, with torchvision's state-dict layout.
+
+Keys are ``conv1, bn1, layerK.J.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}, fc`` so that the
+report's own checkpoints (and torchvision-style tooling) map one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ApertureError
+from .registry import ModelSpec, get_spec
+
+
+class InputShapeError(ApertureError, ValueError):
+    """An input the network cannot classify, named before it fails deep inside a layer."""
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus shortcut, then ReLU (He et al. 2015, Fig. 2)."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, conv_kernel: int, shortcut_kernel: int
+    ) -> None:
+        super().__init__()
+        pad = conv_kernel // 2
+        self.conv1 = nn.Conv2d(in_ch, out_ch, conv_kernel, stride, pad, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, conv_kernel, 1, pad, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, shortcut_kernel, stride, shortcut_kernel // 2, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """Stem (3x3 conv, BN, ReLU), N stages of basic blocks (stride 1, 2, 2, ...), avg-pool P, fc."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        c0 = spec.channels[0]
+        in_ch = spec.input_size[0]
+        self.conv1 = nn.Conv2d(in_ch, c0, spec.conv_kernel, 1, spec.conv_kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(c0)
+        self.relu = nn.ReLU(inplace=True)
+        prev = c0
+        for i, (n_blocks, ch) in enumerate(zip(spec.blocks, spec.channels)):
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for j in range(n_blocks):
+                blocks.append(
+                    BasicBlock(prev, ch, stride if j == 0 else 1, spec.conv_kernel, spec.shortcut_kernel)
+                )
+                prev = ch
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AvgPool2d(spec.pool_kernel)
+        side = spec.input_size[1] // 2 ** (spec.num_stages - 1) // spec.pool_kernel
+        self.fc = nn.Linear(prev * side * side, spec.num_classes)
+        self._init_weights()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.spec.num_stages)]
+
+    def _init_weights(self) -> None:
+        # torchvision's ResNet initialisation: He-normal convs, BN at identity.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.forward_features(x))
+        return self.fc(torch.flatten(x, 1))
+
+    def _check_input(self, x: Tensor) -> None:
+        # Only static facts are checked, so tracing, torch.export and torch.compile see no branch
+        # on data; dynamic batch sizes stay symbolic.
+        expected = tuple(self.spec.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise InputShapeError(
+                f"{self.spec.name} expects a batch of images shaped N x {' x '.join(map(str, expected))} "
+                f"(float, normalised), got {tuple(x.shape)}. Add a batch dimension with "
+                "x.unsqueeze(0), or resize images to 32x32."
+            )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, the figure Table 1 reports."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def create_model(
+    name: str | ModelSpec, num_classes: int | None = None, **overrides: Any
+) -> ResNet:
+    """A freshly initialised model; overrides (channels, blocks, ...) derive a new spec.
+
+    ``create_model("resnet22", channels=(32, 64, 96, 128))`` needs no registry edit.
+    """
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if overrides:
+        spec = spec.replace(**overrides)
+    return ResNet(spec)

@@ -1,0 +1,197 @@
+"""The zoo's architectures as data: the report's Table 1, one frozen spec per model.
+
+Kept free of torch so that listing models, CLI help and torch-free ONNX inference stay cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApertureError
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+# Per-channel statistics of the 50,000 CIFAR-10 training images on a 0-1 scale.
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+REPORT = "Sudrik, Nagula, Oza: Residual Network Design Mini-Project (Table 1)"
+
+
+class UnknownModelError(ApertureError, KeyError):
+    """Raised for a name that is not in the registry; the message suggests close matches."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Hyper-parameters of one ResNet, in the report's notation (N, B, C, F, K, P).
+
+    `report_params` is Table 1's parameter count: building the model must reproduce it exactly.
+    `report_top1_20ep` is Table 1's 20-epoch test accuracy when we have it from the report; None
+    means we do not, and nothing is invented in its place.
+    """
+
+    name: str
+    blocks: tuple[int, ...]          # B_i, residual blocks per stage
+    channels: tuple[int, ...]        # C_i, channels per stage
+    conv_kernel: int = 3             # F, kernel of the block convolutions
+    shortcut_kernel: int = 1         # K, kernel of the projection shortcut
+    pool_kernel: int = 4             # P, average-pool kernel before the head
+    num_classes: int = 10
+    input_size: tuple[int, int, int] = (3, 32, 32)
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    report_params: int | None = None
+    report_top1_20ep: float | None = None
+    hub_repo: str | None = None      # "org/name" on the Hugging Face Hub, when published
+    hub_revision: str | None = None  # pinned commit of the Hub repo
+    hub_sha256: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != len(self.channels):
+            raise ValueError(
+                f"{self.name}: blocks {self.blocks} and channels {self.channels} must have one "
+                "entry per stage"
+            )
+        if not self.blocks or min(self.blocks) < 1 or min(self.channels) < 1:
+            raise ValueError(f"{self.name}: every stage needs >= 1 block and >= 1 channel")
+        if self.conv_kernel % 2 == 0 or self.shortcut_kernel % 2 == 0:
+            raise ValueError(f"{self.name}: kernels must be odd to keep 'same' padding")
+        side = self.input_size[1] // 2 ** (len(self.blocks) - 1)
+        if side % self.pool_kernel:
+            raise ValueError(
+                f"{self.name}: the last stage is {side}x{side}, which pool kernel "
+                f"{self.pool_kernel} does not divide"
+            )
+
+    @property
+    def num_stages(self) -> int:
+        """N in the report."""
+        return len(self.blocks)
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: the stem, two convolutions per block, the head."""
+        return 2 * sum(self.blocks) + 2
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return CIFAR10_CLASSES if self.num_classes == 10 else tuple(
+            f"class_{i}" for i in range(self.num_classes)
+        )
+
+    def replace(self, **overrides: Any) -> ModelSpec:
+        """A new spec with some fields changed; provenance tied to the original is dropped."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(
+                f"unknown spec field(s) {sorted(unknown)}; valid: "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        for key in ("blocks", "channels", "input_size", "mean", "std"):
+            if key in overrides:
+                overrides[key] = tuple(overrides[key])
+        changes_arch = any(
+            k not in ("name", "mean", "std") and overrides[k] != getattr(self, k) for k in overrides
+        )
+        if changes_arch:
+            overrides.setdefault("report_params", None)
+            overrides.setdefault("report_top1_20ep", None)
+            overrides.setdefault("hub_repo", None)
+            overrides.setdefault("hub_revision", None)
+            overrides.setdefault("hub_sha256", {})
+        return dataclasses.replace(self, **overrides)
+
+    def arch_dict(self) -> dict[str, Any]:
+        """The fields that define the network (what a checkpoint must match)."""
+        return {
+            "name": self.name,
+            "blocks": list(self.blocks),
+            "channels": list(self.channels),
+            "conv_kernel": self.conv_kernel,
+            "shortcut_kernel": self.shortcut_kernel,
+            "pool_kernel": self.pool_kernel,
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("blocks", "channels", "input_size", "mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int) -> ModelSpec:
+    return ModelSpec(name=name, blocks=blocks, channels=channels, report_params=params)
+
+
+# Table 1 of the report (N=4, F=3, K=1, P=4 throughout). The channel widths are the report's own
+# code's; resnet22 is its best model ("resnet22_2" there), resnet24 is its "resnet22_1".
+_REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        _entry("resnet10", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242),
+        _entry("resnet18", (2, 2, 2, 2), (64, 157, 211, 270), 4_996_254),
+        _entry("resnet20", (2, 2, 2, 3), (64, 128, 185, 245), 4_998_382),
+        _entry("resnet22", (3, 2, 3, 2), (64, 128, 192, 256), 4_922_826),
+        _entry("resnet24", (3, 3, 2, 3), (64, 128, 128, 256), 4_935_242),
+        _entry("resnet32", (4, 4, 4, 3), (32, 64, 128, 256), 4_754_218),
+    )
+}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching an fnmatch pattern, e.g. ``list_models("resnet2*")``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec; an unknown name raises UnknownModelError naming close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(_unknown_message(name)) from None
+
+
+def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add a spec to the registry (for experiments); refuses to shadow a name silently."""
+    if spec.name in _REGISTRY and not overwrite:
+        raise ValueError(f"{spec.name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def _unknown_message(name: str) -> str:
+    names = list_models()
+    # Typos first (one edit away), then looser similarity for wholly different spellings.
+    close = [n for n in names if n == name.lower()]
+    close = close or [n for n in names if _edit_distance(name.lower(), n) <= 1]
+    close = close or difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(sorted(close))}?" if close else "run `aperture list` to see them."
+    return f"unknown model {name!r}; {hint} Available: {', '.join(names)}"

@@ -1,0 +1,91 @@
+"""Facts about each model for `aperture list` / `aperture info` and the model cards.
+
+Parameter counts and FLOPs are measured on a built model, never copied from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from .registry import get_spec, list_models
+
+
+@lru_cache(maxsize=None)
+def measure(name: str) -> dict[str, int]:
+    """Parameters and forward FLOPs for one 32x32 image (torch's flop counter; 1 MAC = 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import count_parameters, create_model
+
+    model = create_model(name).eval()
+    x = torch.zeros(1, *model.spec.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return {"params": count_parameters(model), "flops": int(counter.get_total_flops())}
+
+
+def local_weights_metadata(name: str) -> dict[str, Any] | None:
+    """Metadata of weights found locally for ``name`` (None when there are none)."""
+    from .pretrained import NoPretrainedWeightsError, resolve_weights
+    from .weights import read_metadata
+
+    try:
+        path = resolve_weights(name)
+    except NoPretrainedWeightsError:
+        return None
+    return {"path": str(path), **_decode(read_metadata(path))}
+
+
+def _decode(meta: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            out[key] = value
+    return out
+
+
+def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any]]:
+    """One row per registered model: architecture, measured size, report and own accuracy."""
+    rows = []
+    for name in list_models(pattern):
+        spec = get_spec(name)
+        facts = measure(name)
+        meta = local_weights_metadata(name) or {}
+        row: dict[str, Any] = {
+            "name": name,
+            "depth": spec.depth,
+            "blocks": list(spec.blocks),
+            "channels": list(spec.channels),
+            "params": facts["params"],
+            "report_params": spec.report_params,
+            "params_match_report": facts["params"] == spec.report_params,
+            "report_top1_20ep": spec.report_top1_20ep,
+            "top1": meta.get("test_top1"),
+        }
+        if with_flops:
+            row["flops"] = facts["flops"]
+        rows.append(row)
+    return rows
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata."""
+    spec = get_spec(name)
+    facts = measure(name)
+    return {
+        "name": name,
+        "spec": json.loads(spec.to_json()),
+        "depth": spec.depth,
+        "params": facts["params"],
+        "report_params": spec.report_params,
+        "flops_per_image": facts["flops"],
+        "macs_per_image": facts["flops"] // 2,
+        "weights": local_weights_metadata(name),
+    }
+

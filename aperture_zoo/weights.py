@@ -1,0 +1,199 @@
+"""Weights as safetensors with self-describing metadata; never pickle.
+
+A file carries its architecture, so loading can say exactly what does not match instead of failing
+on the first shape error or, worse, loading silently into the wrong network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ApertureError
+from .model import ResNet, count_parameters, create_model
+from .registry import ModelSpec
+
+FORMAT = "aperture_zoo/1"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save's zip container
+
+
+class WeightsError(ApertureError, ValueError):
+    """A weights file that cannot be used; the message names the problem and the fix."""
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """String metadata for a safetensors file: the spec plus whatever the caller knows."""
+    spec = model.spec
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "arch": spec.name,
+        "spec": json.dumps(spec.arch_dict(), sort_keys=True),
+        "num_params": count_parameters(model),
+        "dataset": "cifar10",
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "label_names": json.dumps(list(spec.label_names)),
+        "torch_version": torch.__version__,
+        "package_version": _package_version(),
+    }
+    for key, value in (extra or {}).items():
+        meta[key] = value
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    """Write the state dict (contiguous, CPU) atomically, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=build_metadata(model, metadata))
+    os.replace(tmp, path)
+    return path
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise WeightsError(
+            f"weights file {str(path)!r} does not exist; check the path, or use "
+            "pretrained=True to fetch published weights"
+        )
+    if path.is_dir():
+        raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise WeightsError(
+            f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors; it was not loaded "
+            "because unpickling can run arbitrary code. Convert it once in a trusted environment: "
+            "safetensors.torch.save_file(torch.load(p, weights_only=True), 'model.safetensors')"
+        )
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The file's string metadata (empty for a bare safetensors file)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{str(path)!r} is not a readable safetensors file ({exc}); it is truncated or "
+            "corrupt. Download or export it again."
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata, with corruption reported as a WeightsError."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(
+            f"{str(path)!r} could not be read ({exc}); it is truncated or corrupt. "
+            "Download or export it again."
+        ) from None
+    return tensors, meta
+
+
+def spec_from_metadata(meta: dict[str, str], base: ModelSpec | None = None) -> ModelSpec | None:
+    """Rebuild the spec a file was saved with (None for a file without our metadata)."""
+    if "spec" not in meta:
+        return None
+    arch = json.loads(meta["spec"])
+    if base is None:
+        from .registry import get_spec
+
+        base = get_spec(arch["name"])
+    return base.replace(**arch)
+
+
+def _describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    for key in sorted(set(expected) & set(tensors)):
+        if tuple(expected[key].shape) != tuple(tensors[key].shape):
+            problems.append(
+                f"{key}: file has shape {tuple(tensors[key].shape)}, model expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    return problems
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_weights(model_or_name: ResNet | str, path: str | os.PathLike[str], strict: bool = True) -> ResNet:
+    """Load a safetensors file into a model (or a registry name) after checking it matches.
+
+    Architecture, num_classes, every key and every shape are compared first, and all differences
+    are reported together.
+    """
+    path = Path(path)
+    tensors, meta = read_state_dict(path)
+    model = create_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    spec = model.spec
+    saved = json.loads(meta["spec"]) if "spec" in meta else None
+    if saved is not None:
+        ours = spec.arch_dict()
+        if strict and saved.get("num_classes") != ours["num_classes"]:
+            raise WeightsError(
+                f"{str(path)!r} was trained for {saved.get('num_classes')} classes but the model has "
+                f"{ours['num_classes']}; create the model with num_classes={saved.get('num_classes')}, "
+                "or pass strict=False to load everything but the head"
+            )
+        diffs = [k for k in ours if k not in ("name", "num_classes") and saved.get(k) != ours[k]]
+        if diffs:
+            detail = "; ".join(f"{k}: file {saved.get(k)} vs model {ours[k]}" for k in diffs)
+            raise WeightsError(
+                f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
+                f"{spec.name!r} ({detail}); load it with the matching model name"
+            )
+    problems = _describe_mismatch(model, tensors)
+    if strict and problems:
+        arch = meta.get("arch", "an unknown architecture")
+        raise WeightsError(
+            f"{str(path)!r} does not match {spec.name} (file is for {arch}): " + "; ".join(problems)
+        )
+    if not strict:
+        keep = model.state_dict()
+        tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
+    model.load_state_dict(tensors, strict=strict)
+    model.weights_metadata = meta  # provenance for `aperture info` and model cards
+    return model
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

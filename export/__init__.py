@@ -1,0 +1,1 @@
+"""ONNX export, validation and torch-free inference (installed as ``aperture_zoo.export``)."""

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cifar_synth import write_cifar10
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Parent folder of a small synthetic ``cifar-10-batches-py`` (500 train / 200 test images)."""
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="session")
+def real_cifar() -> Path:
+    """Parent of the real ``cifar-10-batches-py``; skips unless APERTURE_CIFAR10_DIR is set."""
+    path = os.environ.get("APERTURE_CIFAR10_DIR")
+    if not path:
+        pytest.skip("APERTURE_CIFAR10_DIR is not set (real CIFAR-10 tests skipped)")
+    return Path(path)
