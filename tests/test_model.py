@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from aperture_zoo import InputShapeError, count_parameters, create_model, list_models
+from aperture_zoo.registry import get_spec
+
+KEY = re.compile(
+    r"^(conv1\.weight|bn1\.(weight|bias|running_mean|running_var|num_batches_tracked)|fc\.(weight|bias)|"
+    r"layer[1-4]\.\d+\.(conv[12]\.weight|bn[12]\.\w+|downsample\.0\.weight|downsample\.1\.\w+))$"
+)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_equals_table1(name: str) -> None:
+    model = create_model(name)
+    assert count_parameters(model) == get_spec(name).report_params
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_state_dict_uses_torchvision_layout(name: str) -> None:
+    spec = get_spec(name)
+    keys = list(create_model(name).state_dict())
+    assert all(KEY.match(k) for k in keys), [k for k in keys if not KEY.match(k)]
+    for stage, n_blocks in enumerate(spec.blocks, start=1):
+        assert f"layer{stage}.{n_blocks - 1}.conv2.weight" in keys
+        assert f"layer{stage}.{n_blocks}.conv1.weight" not in keys
+    # Projection shortcuts exactly where stride or width changes: stages 2-4, first block.
+    shortcuts = sorted({k.split(".downsample")[0] for k in keys if ".downsample." in k})
+    assert shortcuts == ["layer2.0", "layer3.0", "layer4.0"]
+    assert tuple(create_model(name).fc.weight.shape) == (10, spec.channels[-1])
+
+
+def test_forward_shapes_and_block_structure() -> None:
+    model = create_model("resnet22").eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    block = model.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.downsample[0].kernel_size == (1, 1)
+    assert model.conv1.bias is None and model.conv1.kernel_size == (3, 3)
+    assert model.avgpool.kernel_size == 4
+
+
+def test_overrides_and_num_classes() -> None:
+    model = create_model("resnet22", num_classes=100, channels=(16, 32, 48, 64))
+    assert model.spec.channels == (16, 32, 48, 64) and model.fc.out_features == 100
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 32, 32), (1, 1, 32, 32), (1, 3, 64, 64), (2, 32, 32, 3)]
+)
+def test_wrong_input_shape_is_named(shape: tuple[int, ...]) -> None:
+    model = create_model("resnet10").eval()
+    with pytest.raises(InputShapeError, match=r"expects a batch of images shaped N x 3 x 32 x 32"):
+        model(torch.randn(*shape))
+
+
+@pytest.fixture(scope="module")
+def small() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+
+
+def test_channels_last_matches(small: torch.nn.Module) -> None:
+    x = torch.randn(4, 3, 32, 32)
+    ref = small(x)
+    cl = small.to(memory_format=torch.channels_last)
+    out = cl(x.to(memory_format=torch.channels_last))
+    small.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_trace_and_torch_export(small: torch.nn.Module) -> None:
+    x = torch.randn(3, 3, 32, 32)
+    traced = torch.jit.trace(small, x)
+    torch.testing.assert_close(traced(x), small(x))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(small, (x,), dynamic_shapes={"x": {0: batch}})
+    y = torch.randn(5, 3, 32, 32)
+    torch.testing.assert_close(exported.module()(y), small(y))
+
+
+@pytest.mark.slow
+def test_torch_compile(small: torch.nn.Module) -> None:
+    compiled = torch.compile(small, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(compiled(x), small(x))

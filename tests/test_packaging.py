@@ -1,0 +1,53 @@
+"""The wheel installs train/ and export/ as aperture_zoo.train / aperture_zoo.export, nothing top-level."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True, capture_output=True, text=True,
+    )
+    (whl,) = out.glob("aperture_zoo-*.whl")
+    return whl
+
+
+def test_wheel_maps_subpackages(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "aperture_zoo/train/__init__.py" in names
+    assert "aperture_zoo/export/__init__.py" in names
+    assert "aperture_zoo/cli/__init__.py" in names
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"aperture_zoo", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    assert not any(n.startswith(("train/", "export/", "tests/")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "aperture = aperture_zoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_wheel_installs_and_imports_in_a_throwaway_venv(wheel: Path, tmp_path: Path) -> None:
+    # --system-site-packages borrows the already-installed dependencies, so no download is needed.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    code = (
+        "import importlib.util as u;"
+        "print(u.find_spec('aperture_zoo.train').origin, u.find_spec('aperture_zoo.export').origin);"
+        "print(u.find_spec('train'), u.find_spec('export'))"
+    )
+    out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    train_origin, export_origin = out.stdout.splitlines()[0].split()
+    assert train_origin.startswith(str(venv)) and train_origin.endswith("aperture_zoo/train/__init__.py")
+    assert export_origin.startswith(str(venv)) and export_origin.endswith("aperture_zoo/export/__init__.py")
+    assert out.stdout.splitlines()[1] == "None None"

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import aperture_zoo
+from aperture_zoo import WeightsError, create_model, load, load_weights, read_metadata, save_weights
+from aperture_zoo.weights import file_sha256
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(1)
+    model = create_model("resnet22")
+    path = tmp_path_factory.mktemp("w") / "model.safetensors"
+    save_weights(model, path, {"test_top1": 94.5, "recipe": {"name": "fast", "epochs": 18}})
+    return model, path
+
+
+def test_round_trip_is_exact_and_eval_mode(saved: tuple[torch.nn.Module, Path]) -> None:
+    model, path = saved
+    loaded = load("resnet22", weights=path)
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_metadata_is_self_describing(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    meta = read_metadata(path)
+    assert meta["arch"] == "resnet22" and meta["dataset"] == "cifar10"
+    assert json.loads(meta["spec"])["channels"] == [64, 128, 192, 256]
+    assert int(meta["num_params"]) == 4_922_826
+    assert json.loads(meta["mean"]) == [0.4914, 0.4822, 0.4465]
+    assert json.loads(meta["test_top1"]) == 94.5
+    assert json.loads(meta["recipe"]) == {"epochs": 18, "name": "fast"}
+    assert meta["torch_version"] == torch.__version__
+    assert meta["package_version"] == aperture_zoo.__version__
+    assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_load_by_name_builds_the_model(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    model = load_weights("resnet22", path)
+    assert model.spec.name == "resnet22" and model.weights_metadata["arch"] == "resnet22"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match=r"does not exist; check the path"):
+        load("resnet22", weights=tmp_path / "nope.safetensors")
+
+
+def test_pickle_checkpoint_is_refused_never_unpickled(tmp_path: Path) -> None:
+    class Boom:
+        def __reduce__(self):  # would run on unpickling
+            return (Path(tmp_path / "pwned").touch, ())
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": Boom()}, protocol=4))
+    with pytest.raises(WeightsError, match="pickle checkpoint, not safetensors"):
+        load("resnet22", weights=evil)
+    assert not (tmp_path / "pwned").exists()
+    torch.save(create_model("resnet10").state_dict(), tmp_path / "model.pt")
+    with pytest.raises(WeightsError, match="unpickling can run arbitrary code"):
+        load("resnet10", weights=tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_truncated_file(saved: tuple[torch.nn.Module, Path], tmp_path: Path, keep: float) -> None:
+    _, path = saved
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(data[: max(9, int(len(data) * keep))])
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        load("resnet22", weights=bad)
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\x00" * 64)
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        read_metadata(bad)
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="is a directory"):
+        load("resnet22", weights=tmp_path)
+
+
+def test_weights_of_another_architecture(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    with pytest.raises(WeightsError, match=r"architecture 'resnet22', not 'resnet24'.*blocks"):
+        load("resnet24", weights=path)
+
+
+def test_wrong_num_classes(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, path = saved
+    with pytest.raises(WeightsError, match=r"trained for 10 classes but the model has 100"):
+        load_weights(create_model("resnet22", num_classes=100), path)
+    # Fine-tuning path: everything but the head.
+    model = load_weights(create_model("resnet22", num_classes=100), path, strict=False)
+    assert model.fc.out_features == 100
+
+
+def test_bare_safetensors_with_other_keys_names_them(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = create_model("resnet10").state_dict()
+    state = {k.replace("layer1.", "stage1."): v for k, v in state.items()}
+    save_file(state, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(WeightsError, match=r"missing keys: layer1\..*unexpected keys: stage1\."):
+        load("resnet10", weights=tmp_path / "bare.safetensors")
+
+
+def test_save_replaces_atomically(saved: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    model, _ = saved
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+    save_weights(model, target, {"seed": 0})
+    assert read_metadata(target)["seed"] == "0"
+    assert not list(tmp_path.glob("*.tmp"))
+    assert len(file_sha256(target)) == 64
+
+
+def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from aperture_zoo import pretrained
+
+    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
+    with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="no published weights for resnet22"):
+        load("resnet22", pretrained=True)
