@@ -73,6 +73,7 @@ def test_channels_last_matches(small: torch.nn.Module) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
 def test_jit_trace_and_torch_export(small: torch.nn.Module) -> None:
     x = torch.randn(3, 3, 32, 32)
     traced = torch.jit.trace(small, x)
