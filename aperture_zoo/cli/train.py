@@ -1,0 +1,188 @@
+"""`aperture train` and `aperture eval`: thin wrappers over ``aperture_zoo.train``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from .common import console, err_console, print_json, user_errors
+
+
+def _parse_arch(items: list[str]) -> dict[str, Any]:
+    """``--arch channels=16,32,32,64`` -> ``{"channels": (16, 32, 32, 64)}`` for a derived model."""
+    from aperture_zoo.errors import ApertureError
+
+    class ArchError(ApertureError, ValueError):
+        pass
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ArchError(f"--arch {item!r}: expected key=value, e.g. --arch channels=32,64,128,256")
+        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        try:
+            nums = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ArchError(f"--arch {item!r}: values must be integers") from None
+        out[key.strip()] = nums if key.strip() in ("blocks", "channels", "input_size") else nums[0]
+    return out
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command("train")
+def train_cmd(
+    name: Optional[str] = typer.Argument(None, help="Model name (see `aperture list`); optional with --resume."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), paper or table1."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd"),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing"),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (0 = off)."),
+    cutout: Optional[int] = typer.Option(None, "--cutout", help="Cutout square side in pixels (0 = off)."),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (0 = off)."),
+    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_epochs=2 (repeatable)."),
+    arch: list[str] = typer.Option([], "--arch", help="Derive the model: --arch channels=32,64,128,256."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
+                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo)."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if it is not found."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset of N images."),
+    test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
+    val_split: Optional[float] = typer.Option(None, "--val-split",
+                                              help="Hold out N (or a fraction) of train, stratified."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
+    from aperture_zoo.model import create_model
+    from aperture_zoo.train import TrainConfig, TrainingInterrupted, apply_overrides, fit, get_recipe
+
+    with user_errors():
+        flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                 "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        chosen = None
+        if resume is None or recipe is not None or overrides or set_:
+            if resume is not None and recipe is None:
+                import json
+
+                from aperture_zoo.train import Recipe
+
+                base = Recipe.from_dict(json.loads((resume / "recipe.json").read_text()))
+            else:
+                base = get_recipe(recipe or "fast")
+            chosen = apply_overrides(apply_overrides(base, set_), overrides)
+        model: Any = name
+        if name is not None and arch:
+            model = create_model(name, **_parse_arch(arch)).spec
+        cfg = TrainConfig(
+            model=model, recipe=chosen, seed=seed, data_dir=data_dir, download=download, subset=subset,
+            test_subset=test_subset, val_split=val_split, device=device, compile=compile_, out_dir=out,
+            resume=resume, progress=not no_progress,
+        )
+        if cfg.model is None and resume is None:
+            raise typer.BadParameter("give a model name, e.g. `aperture train resnet22`, or --resume RUN_DIR")
+        try:
+            result = fit(cfg)
+        except TrainingInterrupted as exc:
+            if _is_main_rank():
+                err_console.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=128 + int(exc.signum)) from None
+    if not _is_main_rank():
+        return
+    summary = {
+        "run_dir": str(result.run_dir), "test_top1": result.test_top1, "test_loss": result.test_loss,
+        "epochs": result.epochs, "wall_time_s": result.wall_time_s,
+        "train_images_per_s": result.train_images_per_s,
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(
+            f"[bold green]done[/]: final-epoch test top-1 {result.test_top1:.2f}% after {result.epochs} epochs, "
+            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {result.run_dir}",
+            highlight=False,
+        )
+
+
+@app.command("eval")
+def eval_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A model.safetensors file."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if it is not found."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="A stratified subset of N test images."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    batch_size: int = typer.Option(1000, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Where eval.json/confusion.png go (default: beside --weights)."),
+    json_out: bool = typer.Option(False, "--json", help="Print eval.json to stdout."),
+) -> None:
+    """Test top-1, per-class accuracy and confusion matrix; writes eval.json and confusion.png."""
+    from aperture_zoo.data import load_split, subset as take_subset
+    from aperture_zoo.train.distributed import resolve_device
+    from aperture_zoo.train.evaluate import evaluate, format_confusion
+    from aperture_zoo.train.plots import plot_confusion
+    from aperture_zoo.weights import WeightsError
+
+    with user_errors():
+        if (weights is None) == (not pretrained):
+            raise WeightsError("pass exactly one of --weights PATH or --pretrained")
+        model = _load_for_eval(name, weights)
+        dev = resolve_device(device)
+        split = take_subset(load_split("test", data_dir, download), subset, 0)
+        result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta)
+        out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = {"model": name, "weights": str(weights) if weights else "pretrained",
+                  "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
+        import json
+
+        (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_confusion(result.confusion, result.classes, out_dir / "confusion.png",
+                       title=f"{name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
+    if json_out:
+        print_json(report)
+        return
+    console.print(f"[bold]{name}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
+                  f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
+                  f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
+    for cls, acc in result.per_class_top1.items():
+        console.print(f"  {cls:<12} {acc:6.2f}%", highlight=False)
+    console.print(format_confusion(result), highlight=False)
+    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
+
+
+def _load_for_eval(name: str, weights: Optional[Path]) -> Any:
+    """The model ``weights`` were trained as (a derived architecture included), or the published one."""
+    from aperture_zoo.model import create_model
+    from aperture_zoo.pretrained import load
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.weights import WeightsError, load_weights, read_metadata, spec_from_metadata
+
+    get_spec(name)
+    if weights is None:
+        return load(name, pretrained=True)
+    spec = spec_from_metadata(read_metadata(weights))
+    if spec is not None and spec.name != name:
+        raise WeightsError(
+            f"{str(weights)!r} holds weights for {spec.name}, not {name}; run `aperture eval {spec.name} "
+            f"--weights {weights}`"
+        )
+    return load_weights(create_model(spec) if spec is not None else create_model(name), weights).eval()

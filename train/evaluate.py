@@ -1,0 +1,152 @@
+"""Test-set evaluation: top-1, loss, per-class accuracy and the confusion matrix, on device.
+
+Used by the training loop every epoch (sums reduced across DDP ranks) and by ``aperture eval``.
+Counts are accumulated as device tensors and read back once, so evaluation does not stall the GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .augment import normalise
+
+
+@dataclass
+class EvalResult:
+    top1: float                      # percent
+    loss: float                      # mean cross-entropy
+    num_images: int
+    confusion: list[list[int]]       # rows: true class, columns: predicted class
+    classes: tuple[str, ...]
+    images_per_s: float = 0.0
+    device: str = "cpu"
+    tta: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_class_top1(self) -> dict[str, float]:
+        out = {}
+        for name, row in zip(self.classes, self.confusion):
+            total = sum(row)
+            out[name] = 100.0 * row[self.classes.index(name)] / total if total else float("nan")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top1": self.top1, "loss": self.loss, "num_images": self.num_images,
+            "per_class_top1": self.per_class_top1, "confusion": self.confusion,
+            "classes": list(self.classes), "images_per_s": self.images_per_s,
+            "device": self.device, "tta": self.tta, **self.extra,
+        }
+
+
+def predict_logits(model: nn.Module, x: Tensor, tta: bool = False) -> Tensor:
+    """Logits, optionally averaged with the mirrored image's (flip test-time augmentation)."""
+    logits = model(x)
+    if tta:
+        logits = 0.5 * (logits + model(x.flip(3)))
+    return logits
+
+
+@torch.no_grad()
+def evaluate_sums(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    num_classes: int,
+    batch_size: int = 1000,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    tta: bool = False,
+) -> Tensor:
+    """A flat device tensor [loss_sum, count, confusion (K*K)] for uint8 ``images``.
+
+    Sums, not means, so DDP ranks can all-reduce their shards into the exact global result.
+    """
+    was_training = model.training
+    model.eval()
+    dev = images.device
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    confusion = torch.zeros(num_classes * num_classes, device=dev, dtype=torch.float64)
+    for start in range(0, images.shape[0], batch_size):
+        x = normalise(images[start:start + batch_size], mean, std, channels_last)
+        y = labels[start:start + batch_size]
+        with torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = predict_logits(model, x, tta)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        pred = logits.argmax(1)
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
+    model.train(was_training)
+    count = torch.tensor([float(images.shape[0])], device=dev, dtype=torch.float64)
+    return torch.cat([loss_sum.view(1), count, confusion])
+
+
+def result_from_sums(sums: Tensor, classes: tuple[str, ...], **kw: Any) -> EvalResult:
+    values = sums.double().cpu()
+    k = len(classes)
+    count = int(values[1].item())
+    confusion = values[2:].view(k, k).round().long()
+    correct = int(confusion.diag().sum().item())
+    return EvalResult(
+        top1=100.0 * correct / max(count, 1), loss=float(values[0].item()) / max(count, 1),
+        num_images=count, confusion=confusion.tolist(), classes=classes, **kw,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    split: Any,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+) -> EvalResult:
+    """Evaluate ``model`` on a ``aperture_zoo.data.Split`` (uint8 images), timing the forward passes.
+
+    The model's spec supplies the normalisation, so a model is always evaluated the way it was
+    trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(dev)
+    spec = model.spec
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.as_tensor(split.images).to(dev)
+    labels = torch.as_tensor(split.labels).to(dev)
+    mean = torch.tensor(spec.mean, device=dev)
+    std = torch.tensor(spec.std, device=dev)
+    use_bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    dtype = torch.bfloat16 if use_bf16 else None
+    if dev.type == "cuda":  # warm-up so the timing excludes cuDNN autotuning
+        evaluate_sums(model, images[:batch_size], labels[:batch_size], mean, std, spec.num_classes,
+                      batch_size, dtype, channels_last, tta)
+        torch.cuda.synchronize(dev)
+    start = time.perf_counter()
+    sums = evaluate_sums(model, images, labels, mean, std, spec.num_classes, batch_size, dtype,
+                         channels_last, tta)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    classes = tuple(split.classes) if len(split.classes) == spec.num_classes else spec.label_names
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=name, tta=tta)
+
+
+def format_confusion(result: EvalResult) -> str:
+    """The confusion matrix as aligned text (rows true, columns predicted)."""
+    short = [c[:5] for c in result.classes]
+    width = max(5, len(str(max(max(r) for r in result.confusion))))
+    lines = ["true\\pred " + " ".join(f"{s:>{width}}" for s in short)]
+    for name, row in zip(short, result.confusion):
+        lines.append(f"{name:>9} " + " ".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)

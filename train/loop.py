@@ -1,0 +1,524 @@
+"""The training loop: device-resident data, bf16 autocast, DDP, atomic per-epoch checkpoints.
+
+``fit(TrainConfig(...))`` is the library entry point; ``aperture train`` and ``torchrun -m
+aperture_zoo.train`` are thin wrappers over it. The hot loop never reads a value back to the host
+per step: loss and accuracy are summed on the device and read every ``log_every`` steps (one sync),
+where the progress bar, the NaN/inf check and, under DDP, the agreed stop decision happen together.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aperture_zoo.errors import ApertureError
+from aperture_zoo.model import ResNet, create_model
+from aperture_zoo.registry import ModelSpec, get_spec
+
+from . import distributed as D
+from .augment import AugmentConfig, Batch, augment_batch, step_seed
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from .evaluate import evaluate_sums, result_from_sums
+from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
+from .recipes import FAST, Recipe, RecipeError
+
+WEIGHTS_NAME = "model.safetensors"
+METRICS_NAME = "metrics.jsonl"
+RECIPE_NAME = "recipe.json"
+RUN_NAME = "run.json"
+CURVES_NAME = "curves.png"
+
+
+class TrainingError(ApertureError, RuntimeError):
+    """Training cannot go on (diverged, impossible settings); the message says what to change."""
+
+
+class TrainingInterrupted(ApertureError, RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the message says how to resume."""
+
+    def __init__(self, message: str, run_dir: Path, signum: int) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.signum = signum
+
+
+@dataclass
+class TrainConfig:
+    """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved"."""
+
+    model: str | ModelSpec | None = "resnet22"
+    recipe: Recipe | None = None
+    seed: int | None = None
+    data_dir: str | os.PathLike[str] | None = None
+    download: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    val_split: float | None = None
+    device: str = "auto"
+    compile: bool = False
+    out_dir: str | os.PathLike[str] | None = None
+    resume: str | os.PathLike[str] | None = None
+    progress: bool = True
+    log_every: int = 25
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test_top1: float
+    test_loss: float
+    epochs: int
+    wall_time_s: float
+    train_images_per_s: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- schedule & optimizer
+
+
+def lr_at(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of global step ``step``: a pure function, so resuming needs no scheduler state."""
+    total = recipe.epochs * steps_per_epoch
+    warm = int(round(recipe.warmup_epochs * steps_per_epoch))
+    peak, final = recipe.lr, recipe.lr * recipe.final_lr_fraction
+    if step < warm:
+        return peak * (step + 1) / warm
+    if recipe.schedule == "constant":
+        return peak
+    progress = (step - warm) / max(total - warm, 1)
+    if recipe.schedule == "onecycle":
+        return peak + (final - peak) * progress
+    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's optimizer; fused (or multi-tensor) kernels on CUDA, weight decay on weights only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.decay_norm_and_bias:
+        groups: list[dict[str, Any]] = [{"params": params, "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    cuda = device.type == "cuda"
+    if recipe.optimizer == "sgd":
+        nesterov = recipe.nesterov and recipe.momentum > 0
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,
+                               fused=True if cuda else None)
+    if recipe.optimizer == "adadelta":
+        return torch.optim.Adadelta(groups, lr=recipe.lr, foreach=True if cuda else None)
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999), fused=True if cuda else None)
+
+
+class TrainStep:
+    """Forward, soft-target cross-entropy, backward and optimizer step for one (local) batch.
+
+    Returns the mean loss and the number of correct top-1 predictions as device tensors.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, autocast_dtype: torch.dtype | None):
+        self.model = model
+        self.optimizer = optimizer
+        self.autocast_dtype = autocast_dtype
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        dev = batch.inputs.device
+        with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(batch.inputs)
+        logits = logits.float()
+        loss = torch.sum(-batch.targets * F.log_softmax(logits, dim=1), dim=1).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        correct = (logits.detach().argmax(1) == batch.labels).sum()
+        return loss.detach(), correct
+
+
+class EMA:
+    """Exponential moving average of all float state (weights and BN statistics), with warm-up."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.updates = 0
+        mine, theirs = self.model.state_dict(), model.state_dict()  # views of the live tensors
+        self._floats = [(mine[k], theirs[k]) for k in mine if mine[k].is_floating_point()]
+        self._others = [(mine[k], theirs[k]) for k in mine if not mine[k].is_floating_point()]
+
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], 1.0 - d)
+            for a, b in self._others:
+                a.copy_(b)
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def _default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{str(path.parent)!r} is not a run directory of `aperture train` ({path.name} is missing)"
+        ) from None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path, dict[str, Any] | None]:
+    """Spec, recipe, data options, run dir and (when resuming) the checkpoint, checked for consistency."""
+    if cfg.resume is None:
+        if cfg.model is None:
+            raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
+        spec = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
+        recipe = (cfg.recipe or FAST).validate()
+        run = {
+            "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
+            "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
+            "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0,
+        }
+        run_dir = Path(cfg.out_dir) if cfg.out_dir is not None else _default_run_dir(spec.name)
+        if (run_dir / CHECKPOINT_NAME).exists():
+            raise TrainingError(
+                f"{str(run_dir)!r} already holds a training run; continue it with --resume {run_dir} "
+                "or choose another --out"
+            )
+        return spec, recipe, run, run_dir, None
+
+    run_dir = Path(cfg.resume)
+    run = _read_json(run_dir / RUN_NAME)
+    saved_recipe = Recipe.from_dict(_read_json(run_dir / RECIPE_NAME))
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    spec = ModelSpec.from_dict(run["spec"])
+    if cfg.model is not None:
+        asked = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
+        if asked.arch_dict() != run["arch"]:
+            raise CheckpointError(
+                f"cannot resume {str(run_dir)!r}: it trains {run['arch']['name']} "
+                f"{run['arch']['blocks']}/{run['arch']['channels']}, not {asked.name} "
+                f"{list(asked.blocks)}/{list(asked.channels)}. Resume without a model name, or start "
+                "a new run"
+            )
+    if cfg.recipe is not None and cfg.recipe != saved_recipe:
+        detail = ", ".join(f"{k}: run {v!r} vs asked {getattr(cfg.recipe, k)!r}"
+                           for k, v in saved_recipe.to_dict().items() if getattr(cfg.recipe, k) != v)
+        raise RecipeError(
+            f"cannot resume {str(run_dir)!r} with a different recipe ({detail}); resume with no "
+            "recipe options to continue it as it was, or start a new run"
+        )
+    for key, asked_value in (("seed", cfg.seed), ("subset", cfg.subset), ("test_subset", cfg.test_subset),
+                             ("val_split", cfg.val_split)):
+        if asked_value is not None and asked_value != run[key]:
+            raise CheckpointError(
+                f"cannot resume {str(run_dir)!r} with {key}={asked_value}: the run used "
+                f"{key}={run[key]}. Drop the option to continue it, or start a new run"
+            )
+    return spec, saved_recipe, run, run_dir, ckpt
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop reads between steps; handlers restored afterwards."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[ips]} img/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=False,
+    )
+
+
+def fit(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) one run and write its directory; see the module docstring."""
+    info, device = D.setup(cfg.device)
+    try:
+        return _fit(cfg, info, device)
+    finally:
+        D.cleanup(info)
+
+
+def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResult:
+    spec, recipe, run, run_dir, ckpt = _resolve_run(cfg)
+    run_dir = Path(D.broadcast_object(str(run_dir), info))
+    seed = int(run["seed"])
+    B = recipe.batch_size
+    if B % info.world_size:
+        raise TrainingError(f"batch size {B} does not split over {info.world_size} ranks; use a multiple")
+
+    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed, cfg.download)
+    train = DeviceSplit.from_split(splits.train, device)
+    test = DeviceSplit.from_split(splits.test, device)
+    val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
+    steps = len(train) // B
+    if steps == 0:
+        raise TrainingError(
+            f"batch size {B} is larger than the {len(train)} training images; lower it with --batch-size"
+        )
+
+    torch.manual_seed(seed)
+    raw = create_model(spec)
+    autocast_dtype = None
+    if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda"):
+        autocast_dtype = torch.bfloat16
+    start_epoch, start_step = 0, 0
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n of the epoch so far
+    elapsed = {"wall": 0.0, "train": 0.0, "images": 0.0}
+    if ckpt is not None:
+        raw.load_state_dict(ckpt["model"])
+        start_epoch, start_step = ckpt["info"]["epoch"], ckpt["info"]["step"]
+        if info.is_main:  # the saved sums are already totals over all ranks
+            sums = torch.tensor(ckpt["info"]["sums"], device=device, dtype=torch.float64)
+        elapsed = ckpt["info"]["elapsed"]
+    if info.enabled and device.type == "cuda" and recipe.sync_bn:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw = raw.to(device)
+    if recipe.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(raw, recipe, device)
+    ema = EMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None and ckpt["ema"] is not None:
+            ema.model.load_state_dict(ckpt["ema"])
+            ema.updates = ckpt["info"].get("ema_updates", 0)
+    net: nn.Module = raw
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    step_fn = TrainStep(net, optimizer, autocast_dtype)
+    mean = torch.tensor(spec.mean, device=device)
+    std = torch.tensor(spec.std, device=device)
+    aug = AugmentConfig(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout,
+                        recipe.mixup_alpha, recipe.label_smoothing)
+    shard = rank_slice(B, info.rank, info.world_size) if info.enabled else None
+    gen = torch.Generator(device=device)
+    local_n = B // info.world_size
+    local_n_t = torch.tensor(float(local_n), device=device, dtype=torch.float64)  # made once: no copy per step
+
+    metrics_path = run_dir / METRICS_NAME
+    rows: list[dict[str, Any]] = []
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            _write_json_atomic(run_dir / RECIPE_NAME, recipe.to_dict())
+            _write_json_atomic(run_dir / RUN_NAME, {**run, "world_size": info.world_size,
+                                                    "torch_version": torch.__version__})
+            metrics_path.write_text("")
+        else:  # drop rows of epochs the checkpoint does not include (written, then killed)
+            old = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] \
+                if metrics_path.exists() else []
+            rows = [r for r in old if r["epoch"] <= start_epoch]
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def checkpoint(epoch: int, step: int, epoch_sums: list[float]) -> None:
+        if not info.is_main:
+            return
+        state = {"epoch": epoch, "step": step, "sums": epoch_sums, "elapsed": elapsed,
+                 "ema_updates": ema.updates if ema else 0, "arch": spec.arch_dict(), "seed": seed}
+        save_checkpoint(run_dir / CHECKPOINT_NAME, raw.state_dict(), optimizer.state_dict(), state,
+                        ema.model.state_dict() if ema else None)
+
+    def eval_model() -> nn.Module:
+        return ema.model if ema is not None else raw
+
+    def evaluate_on(split: DeviceSplit) -> Tensor:
+        part = slice(info.rank, None, info.world_size)
+        s = evaluate_sums(eval_model(), split.images[part], split.labels[part], mean, std, spec.num_classes,
+                          recipe.eval_batch_size, autocast_dtype, recipe.channels_last)
+        return D.all_reduce_sum(s, info)
+
+    last_test: dict[str, float] = {}
+    halt = False
+    net.train()
+    progress = _progress(cfg.progress and info.is_main)
+    with _StopFlag() as stop, progress:
+        task = progress.add_task("train", total=steps, epoch="", loss="-", acc="-", ips="-")
+        for epoch in range(start_epoch, recipe.epochs):
+            gen.manual_seed(step_seed(seed, epoch, -1))
+            order = epoch_order(len(train), gen, device)
+            first = start_step if epoch == start_epoch else 0
+            if epoch != start_epoch:
+                sums.zero_()
+            progress.update(task, completed=first, epoch=f"{epoch + 1}/{recipe.epochs}")
+            t_epoch = time.perf_counter()
+            for step in range(first, steps):
+                lr = lr_at(recipe, epoch * steps + step, steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                idx = order[step * B:(step + 1) * B]
+                gen.manual_seed(step_seed(seed, epoch, step))
+                batch = augment_batch(train.images[idx], train.labels[idx], aug, mean, std, spec.num_classes,
+                                      gen, shard, recipe.channels_last)
+                loss, correct = step_fn(batch)
+                sums += torch.stack([loss.double() * local_n, correct.double(), local_n_t])
+                if ema is not None:
+                    ema.update()
+                done = step + 1
+                sync_now = done % cfg.log_every == 0 or done == steps
+                if not info.enabled and stop.signum:
+                    sync_now = True
+                if sync_now:
+                    flag = torch.tensor([float(stop.signum > 0)], device=device, dtype=torch.float64)
+                    shown = D.all_reduce_sum(torch.cat([sums, flag]), info).tolist()
+                    if not all(math.isfinite(v) for v in shown[:2]):
+                        raise TrainingError(
+                            f"the training loss became {'nan' if math.isnan(shown[0]) else 'inf'} in epoch "
+                            f"{epoch + 1}, by step {done}; stopped. "
+                            + (f"The last good checkpoint (epoch {epoch}) is kept in {str(run_dir)!r}. "
+                               if (run_dir / CHECKPOINT_NAME).exists() else "No checkpoint had been written yet. ")
+                            + "Lower --lr, add warm-up (--set warmup_epochs=2) or use --set precision=fp32"
+                        )
+                    secs = time.perf_counter() - t_epoch
+                    ips = (done - first) * B / max(secs, 1e-9)
+                    progress.update(task, completed=done, loss=f"{shown[0] / max(shown[2], 1):.4f}",
+                                    acc=f"{100 * shown[1] / max(shown[2], 1):.2f}%", ips=f"{ips:,.0f}")
+                    halt = shown[3] > 0
+                    if halt and done < steps:
+                        checkpoint(epoch, done, shown[:3])
+                        raise TrainingInterrupted(
+                            f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
+                            f"checkpoint saved in {str(run_dir)!r}. Continue with: aperture train --resume "
+                            f"{run_dir}", run_dir, stop.signum or signal.SIGTERM)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_secs = time.perf_counter() - t_epoch
+            total = D.all_reduce_sum(sums.clone(), info).tolist()
+            row: dict[str, Any] = {
+                "epoch": epoch + 1, "lr": lr_at(recipe, (epoch + 1) * steps - 1, steps),
+                "train_loss": total[0] / max(total[2], 1), "train_top1": 100 * total[1] / max(total[2], 1),
+                "train_seconds": train_secs, "images_per_s": (steps - first) * B / max(train_secs, 1e-9),
+            }
+            if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+                res = result_from_sums(evaluate_on(test), test.classes)
+                row.update(test_loss=res.loss, test_top1=res.top1)
+                last_test = {"loss": res.loss, "top1": res.top1}
+                if val is not None:
+                    vres = result_from_sums(evaluate_on(val), val.classes)
+                    row.update(val_loss=vres.loss, val_top1=vres.top1)
+            row["epoch_seconds"] = time.perf_counter() - t_epoch
+            elapsed["wall"] += row["epoch_seconds"]
+            elapsed["train"] += train_secs
+            elapsed["images"] += (steps - first) * B
+            sums.zero_()
+            if info.is_main:
+                rows.append(row)
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                progress.console.print(_epoch_line(row, recipe.epochs), highlight=False)
+            checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
+            if (halt or (stop.signum and not info.enabled)) and epoch + 1 < recipe.epochs:
+                signum = stop.signum or signal.SIGTERM
+                raise TrainingInterrupted(
+                    f"interrupted by {_signame(signum)} after epoch {epoch + 1}; checkpoint saved in "
+                    f"{str(run_dir)!r}. Continue with: aperture train --resume {run_dir}", run_dir, signum)
+
+    if not last_test:  # resumed a run whose last epoch was already complete
+        res = result_from_sums(evaluate_on(test), test.classes)
+        last_test = {"loss": res.loss, "top1": res.top1}
+    result = TrainResult(
+        run_dir=run_dir, test_top1=last_test["top1"], test_loss=last_test["loss"], epochs=recipe.epochs,
+        wall_time_s=elapsed["wall"], train_images_per_s=elapsed["images"] / max(elapsed["train"], 1e-9),
+        metrics=rows,
+    )
+    if info.is_main:
+        _write_outputs(result, eval_model(), recipe, run, device, info)
+    D.barrier(info)
+    return result
+
+
+def _signame(signum: float) -> str:
+    try:
+        return signal.Signals(int(signum)).name
+    except ValueError:
+        return f"signal {int(signum)}"
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    text = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.2f}%"
+            f"  lr {row['lr']:.4g}  {row['images_per_s']:,.0f} img/s  {row['epoch_seconds']:.1f}s")
+    if "val_top1" in row:
+        text += f"  val {row['val_top1']:.2f}%"
+    if "test_top1" in row:
+        text += f"  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}%"
+    return text
+
+
+def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: dict[str, Any],
+                   device: torch.device, info: D.DistInfo) -> None:
+    """model.safetensors (with provenance metadata) and curves.png; the final epoch's numbers only."""
+    from aperture_zoo.weights import save_weights
+
+    from .plots import plot_curves
+
+    plain = model
+    if not isinstance(plain, ResNet):  # SyncBatchNorm-converted modules keep the ResNet class
+        raise TrainingError("internal: expected a ResNet to save")
+    metadata = {
+        "test_top1": round(result.test_top1, 4), "test_loss": round(result.test_loss, 6),
+        "epochs": result.epochs, "recipe": recipe.to_dict(), "seed": run["seed"],
+        "train_device": _device_name(device), "world_size": info.world_size,
+        "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
+        "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
+        "ema": recipe.ema_decay > 0,
+    }
+    save_weights(plain, result.run_dir / WEIGHTS_NAME, metadata)
+    rows = [json.loads(x) for x in (result.run_dir / METRICS_NAME).read_text().splitlines() if x.strip()]
+    plot_curves(rows, result.run_dir / CURVES_NAME, title=f"{plain.spec.name} ({recipe.name})")

@@ -1,0 +1,67 @@
+"""Figures written next to the weights: training curves and the confusion matrix (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: runs write PNGs, they never open windows
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Loss and top-1 against epoch, train and test (and validation when held out)."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in rows]
+    for key, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+        pts = [(e, r.get(f"{key}_loss"), r.get(f"{key}_top1")) for e, r in zip(epochs, rows)]
+        pts = [p for p in pts if p[1] is not None]
+        if pts:
+            ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+            ax_acc.plot([p[0] for p in pts], [p[2] for p in pts], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(
+    confusion: list[list[int]], classes: tuple[str, ...] | list[str], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix with the counts written in each cell."""
+    plt = _pyplot()
+    import numpy as np
+
+    m = np.asarray(confusion, dtype=float)
+    frac = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
