@@ -1,0 +1,51 @@
+"""`aperture card` (write a model card) and `aperture push` (publish to the Hugging Face Hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import console, user_errors
+
+
+@app.command("card")
+def card_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    run: Path | None = typer.Option(None, "--run", help="Training run folder (model.safetensors, eval.json, ...)."),
+    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to describe instead of a run."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: model_cards/<name>)."),
+) -> None:
+    """Write README.md (model card) and config.json; with --run, copy the run's weights and outputs too."""
+    from aperture_zoo.cards import write_card
+    from aperture_zoo.pretrained import model_cards_dir
+
+    with user_errors():
+        folder = write_card(name, out or model_cards_dir() / name, weights=weights, run_dir=run)
+    console.print(f"wrote {folder / 'README.md'} and {folder / 'config.json'}", highlight=False)
+
+
+@app.command("push")
+def push_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub repo, ORG/NAME (created if missing)."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Weights to publish (default: $APERTURE_WEIGHTS_DIR, then model_cards/<name>)."),
+    token: str | None = typer.Option(
+        None, "--token", help="Hub token with write access (default: HF_TOKEN, then `hf auth login`).",
+        show_default=False),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to commit to (created if missing)."),
+    with_onnx: bool = typer.Option(False, "--with-onnx", help="Also upload an exported model.onnx (+ its report)."),
+) -> None:
+    """Upload weights, config.json and the model card to the Hub in one commit; prints the commit URL."""
+    from aperture_zoo.hub import push
+
+    with user_errors():
+        result = push(name, repo_id, weights=weights, token=token, private=private,
+                      revision=revision, with_onnx=with_onnx)
+    if not result.changed:
+        console.print(f"{result.repo_id}@{result.revision} already holds these files; no new commit.",
+                      highlight=False)
+    console.print(result.commit_url, highlight=False, soft_wrap=True)

@@ -1,0 +1,324 @@
+"""Publishing to and fetching from the Hugging Face Hub, through the ``huggingface_hub`` client.
+
+The client does the protocol, caching and auth; this module decides what a model repo holds
+(timm's layout: ``model.safetensors``, ``config.json``, ``README.md``, optionally ``model.onnx``),
+verifies pinned SHA-256 digests, and turns the client's exceptions into one-line errors that say
+what went wrong and how to fix it. Tokens are passed through to the client and never printed.
+
+The client reads ``HF_HOME``/``HF_HUB_CACHE`` when it is imported; ``HF_ENDPOINT`` and
+``HF_HUB_OFFLINE`` are also read here at call time, so setting them in a running process works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ApertureError
+
+DEFAULT_ORG = "aperture-zoo"
+WEIGHTS_FILENAME = "model.safetensors"
+CONFIG_FILENAME = "config.json"
+ONNX_FILENAME = "model.onnx"
+# Run outputs that travel with the weights when present beside them.
+RUN_FILES = ("eval.json", "metrics.jsonl", "curves.png")
+
+log = logging.getLogger(__name__)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+class HubError(ApertureError, RuntimeError):
+    """The Hub refused or could not serve a request; the message names the fix."""
+
+
+class HubUnavailableError(HubError):
+    """The Hub has no such repo/file, or it cannot be reached and the cache has no copy."""
+
+
+class HubIntegrityError(HubError):
+    """A downloaded file does not match the SHA-256 digest the registry pins for it."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit_oid: str
+    commit_url: str
+    changed: bool  # False when the repo already held exactly these files (no commit was made)
+
+
+# -- configuration read at call time -----------------------------------------------------------
+def endpoint() -> str:
+    """``HF_ENDPOINT`` now, else the client's configured endpoint."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` set now or when the client was imported."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def default_repo_id(name: str) -> str:
+    """``$APERTURE_HUB_ORG/<name>`` (default org ``aperture-zoo``)."""
+    return f"{os.environ.get('APERTURE_HUB_ORG') or DEFAULT_ORG}/{name}"
+
+
+def parse_hf_hub(ref: str) -> tuple[str, str | None]:
+    """``hf-hub:ORG/NAME[@rev]`` (the prefix is optional) -> (repo_id, revision or None)."""
+    body = ref.removeprefix("hf-hub:")
+    repo_id, _, rev = body.partition("@")
+    check_repo_id(repo_id)
+    return repo_id, rev or None
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_ID.match(repo_id):
+        raise HubError(f"invalid Hub repo id {repo_id!r}; use the form ORG/NAME, e.g. aperture-zoo/resnet22")
+    return repo_id
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The flag's token, else ``HF_TOKEN``, else the client's stored login."""
+    from huggingface_hub import get_token
+
+    found = token or get_token()
+    if not found:
+        raise HubError(
+            "no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login` "
+            "(the token needs write access to the repo)"
+        )
+    return found
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the endpoint opens; saves the client's ~25 s of retries offline."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# -- error translation ---------------------------------------------------------------------------
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for mod in ("httpx2", "httpx", "requests"):  # whichever HTTP stack this client version uses
+        try:
+            module = __import__(mod)
+        except ImportError:
+            continue
+        for attr in ("TransportError", "ConnectionError", "Timeout"):
+            if isinstance(getattr(module, attr, None), type):
+                errors.append(getattr(module, attr))
+    return tuple(errors)
+
+
+@contextmanager
+def _translate(repo_id: str, action: str, url: str) -> Iterator[None]:
+    """Map the client's exceptions to HubError subclasses with a fix in the message."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise  # the caller knows whether it was offline; see download()
+    except RevisionNotFoundError:
+        raise HubUnavailableError(
+            f"{repo_id} has no revision for this request at {url}; check the branch/commit name"
+        ) from None
+    except RepositoryNotFoundError:
+        raise HubUnavailableError(
+            f"Hub repo {repo_id} was not found at {url} (or it is private and the token cannot "
+            "read it); check the repo id, or pass a token with access"
+        ) from None
+    except EntryNotFoundError as exc:
+        raise HubUnavailableError(f"{repo_id} does not contain the requested file ({_first_line(exc)})") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise HubError(
+                f"the Hub at {url} rejected the token (401) while trying to {action} {repo_id}; create a "
+                "new token at https://huggingface.co/settings/tokens and pass --token or set HF_TOKEN"
+            ) from None
+        if status == 403:
+            raise HubError(
+                f"not allowed to {action} {repo_id} (403): the namespace {repo_id.split('/')[0]!r} "
+                "belongs to someone else or the token is read-only; push to your own namespace or "
+                "use a token with write access to it"
+            ) from None
+        raise HubError(f"the Hub at {url} failed to {action} {repo_id}: {_first_line(exc)}") from None
+    except _transport_errors() as exc:
+        raise HubUnavailableError(
+            f"cannot reach the Hub at {url} to {action} {repo_id} ({type(exc).__name__}); check the "
+            "network or HF_ENDPOINT"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- pull ----------------------------------------------------------------------------------------
+def download(
+    repo_id: str,
+    filename: str = WEIGHTS_FILENAME,
+    revision: str | None = None,
+    *,
+    sha256: str | None = None,
+    token: str | bool | None = None,
+    local_only: bool = False,
+) -> Path:
+    """A file of a Hub repo through the client's cache, checked against ``sha256`` when pinned.
+
+    ``local_only`` (and ``HF_HUB_OFFLINE``) never touch the network. An unreachable endpoint is
+    detected up front and served from the cache like offline mode, instead of retrying for ~25 s.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    url = endpoint()
+    rev = revision or "main"
+    why_local = (
+        "local lookup only" if local_only
+        else "HF_HUB_OFFLINE is set" if offline()
+        else None if reachable(url)
+        else f"the Hub at {url} cannot be reached"
+    )
+    try:
+        with _translate(repo_id, "download from", url):
+            path = Path(hf_hub_download(
+                repo_id, filename, revision=revision, endpoint=url, token=token,
+                local_files_only=why_local is not None,
+            ))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        from huggingface_hub import constants
+
+        raise HubUnavailableError(
+            f"{filename} of Hub repo {repo_id}@{rev} is not in the Hub cache ({constants.HF_HUB_CACHE}) "
+            f"and {why_local or 'the download failed'}; connect once without HF_HUB_OFFLINE to cache "
+            "it, or pass weights=PATH / 'local-dir:DIR'"
+        ) from None
+    if sha256 is not None:
+        from .weights import file_sha256
+
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise HubIntegrityError(
+                f"{filename} of {repo_id}@{rev} has SHA-256 {actual}, but the registry pins {sha256}; "
+                f"refusing to load it. Delete the cached copy ({path}) and download again; if it "
+                "still differs the repo changed after pinning: pin its new digest in the registry"
+            )
+    return path
+
+
+# -- push ----------------------------------------------------------------------------------------
+def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False) -> Path:
+    """Lay out the repo's files in ``dest``: weights, config.json, README.md, run outputs, ONNX."""
+    from .cards import write_card
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, dest / WEIGHTS_FILENAME)
+    for extra in RUN_FILES:
+        if (weights.parent / extra).is_file():
+            shutil.copyfile(weights.parent / extra, dest / extra)
+    if with_onnx:
+        onnx_file = _find_onnx(name, weights)
+        shutil.copyfile(onnx_file, dest / ONNX_FILENAME)
+        report = onnx_file.with_suffix(".report.json")
+        if report.is_file():
+            shutil.copyfile(report, dest / "model.report.json")
+    write_card(name, dest, weights=dest / WEIGHTS_FILENAME)
+    return dest
+
+
+def _find_onnx(name: str, weights: Path) -> Path:
+    """An already exported ``model.onnx`` beside the weights or in ``model_cards/<name>/``."""
+    from .pretrained import model_cards_dir
+
+    candidates = [weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
+                  model_cards_dir() / name / ONNX_FILENAME]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise HubError(
+        f"--with-onnx: no exported ONNX model for {name} (looked at "
+        f"{', '.join(str(c) for c in candidates)}); export it first with `aperture export {name}` "
+        "next to the weights"
+    )
+
+
+def push(
+    name: str,
+    repo_id: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    with_onnx: bool = False,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Create the repo if needed and upload weights + card + config in one commit.
+
+    Pushing identical files again makes no commit (the client skips unchanged files) and returns
+    the existing head with ``changed=False``.
+    """
+    from huggingface_hub import HfApi
+
+    from .pretrained import local_weights
+
+    check_repo_id(repo_id)
+    weights_path = Path(weights) if weights is not None else local_weights(name)
+    if weights_path is None:
+        raise HubError(
+            f"nothing to push for {name}: no weights given and none found locally; train it "
+            "(`aperture train`) and pass --weights runs/.../model.safetensors"
+        )
+    tok = resolve_token(token)
+    url = endpoint()
+    branch = revision or "main"
+    api = HfApi(endpoint=url, token=tok)
+    with tempfile.TemporaryDirectory(prefix="aperture-push-") as tmp:
+        folder = stage(name, weights_path, Path(tmp) / name, with_onnx=with_onnx)
+        if not reachable(url):
+            raise HubUnavailableError(
+                f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"
+            )
+        with _translate(repo_id, "push to", url):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch != "main":
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            before = api.repo_info(repo_id, revision=branch).sha
+            info = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=branch,
+                commit_message=commit_message or f"Upload {name} (aperture_zoo)",
+            )
+    log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
+    return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before)

@@ -1,0 +1,222 @@
+"""Push and pull through the real, unpatched huggingface_hub client against a local Hub server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hub_fixtures import ROOT, client_env, hub_env, hub_server, random_weights, run_script  # noqa: F401
+
+REPO = "zoo/resnet10"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return random_weights(tmp_path_factory.mktemp("run") / "model.safetensors", "resnet10", seed=3)
+
+
+@pytest.fixture(scope="module")
+def pushed(hub_server, weights, tmp_path_factory):
+    """`aperture push` in a subprocess with the token in HF_TOKEN; returns (stdout, stderr)."""
+    env = client_env(hub_server, tmp_path_factory.mktemp("hf_push"), HF_TOKEN="tok-alice")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aperture_zoo", "push", "resnet10", "--repo-id", REPO, "--weights", str(weights)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, proc.stderr
+
+
+def test_push_creates_repo_in_one_commit_with_timm_layout(hub_server, pushed, weights):
+    stdout, stderr = pushed
+    repo = hub_server.repos[REPO]
+    head = repo.history()[0]
+    assert f"{hub_server.url}/{REPO}/commit/{head.oid}" in stdout
+    assert "tok-alice" not in stdout + stderr
+    assert len(repo.history()) == 2  # the repo's initial commit + exactly one upload commit
+    assert {"model.safetensors", "config.json", "README.md", ".gitattributes"} <= set(head.files)
+    assert head.files["model.safetensors"] == weights.read_bytes()
+    config = json.loads(head.files["config.json"])
+    assert config["architecture"] == "resnet10" and config["num_classes"] == 10
+    assert config["trained"] is False and "metrics" not in config  # random weights claim nothing
+    assert head.files["README.md"].startswith(b"---\n")
+
+
+PULL = """
+import json, torch, aperture_zoo
+from aperture_zoo.pretrained import resolve_weights
+from aperture_zoo.weights import read_state_dict
+W = {weights!r}
+expected, _ = read_state_dict(W)
+x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+ref = aperture_zoo.load("resnet10", weights=W)
+def same(m):
+    sd = m.state_dict()
+    with torch.no_grad():
+        return set(sd) == set(expected) and all(torch.equal(sd[k], v) for k, v in expected.items()) \\
+            and torch.equal(m(x), ref(x))
+def error(fn):
+    try:
+        fn()
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+"""
+
+
+def test_load_pretrained_fresh_cache_then_offline(hub_server, pushed, weights, tmp_path):
+    hf_home = tmp_path / "hf_home"
+    env = client_env(hub_server, hf_home, APERTURE_HUB_ORG="zoo")
+    head = hub_server.repos[REPO].history()[0].oid
+    online = run_script(PULL.format(weights=str(weights)) + textwrap.dedent(f"""
+        m = aperture_zoo.load("resnet10", pretrained=True)
+        print(json.dumps(dict(
+            same=same(m), path=str(resolve_weights("resnet10")),
+            hf_hub=same(aperture_zoo.load("hf-hub:{REPO}", pretrained=True)),
+            hf_hub_rev=same(aperture_zoo.load("hf-hub:{REPO}@{head}", pretrained=True)),
+            missing=error(lambda: aperture_zoo.load("hf-hub:zoo/nope", pretrained=True)),
+        )))
+    """), env)
+    assert online["same"] and online["hf_hub"] and online["hf_hub_rev"]
+    assert online["path"].startswith(str(hf_home)) and head in online["path"]
+    kind, message = online["missing"]
+    assert kind == "HubUnavailableError" and "zoo/nope" in message and "not found" in message
+
+    requests_before = len(hub_server.requests)
+    offline = run_script(PULL.format(weights=str(weights)) + textwrap.dedent(f"""
+        import dataclasses, pathlib, tempfile
+        import aperture_zoo.pretrained as P
+        from aperture_zoo import registry
+        from aperture_zoo.weights import file_sha256
+        out = dict(same=same(aperture_zoo.load("resnet10", pretrained=True)))
+        P.model_cards_dir = lambda: pathlib.Path(tempfile.mkdtemp())  # no checkout fallback
+        out["uncached"] = error(lambda: aperture_zoo.load("resnet18", pretrained=True))
+        spec = registry.get_spec("resnet10")
+        registry.register(dataclasses.replace(spec, hub_repo="{REPO}",
+                          hub_sha256={{"model.safetensors": file_sha256(W)}}), overwrite=True)
+        out["pinned_ok"] = same(aperture_zoo.load("resnet10", pretrained=True))
+        blob = P.resolve_weights("resnet10").resolve()
+        data = bytearray(blob.read_bytes()); data[-1] ^= 1; blob.write_bytes(bytes(data))
+        out["tampered"] = error(lambda: aperture_zoo.load("resnet10", pretrained=True))
+        print(json.dumps(out))
+    """), {**env, "HF_HUB_OFFLINE": "1"})
+    assert len(hub_server.requests) == requests_before  # offline means no traffic at all
+    assert offline["same"] and offline["pinned_ok"]
+    kind, message = offline["uncached"]
+    assert kind == "NoPretrainedWeightsError"
+    assert "zoo/resnet18" in message and "HF_HUB_OFFLINE" in message and "not in the Hub cache" in message
+    kind, message = offline["tampered"]
+    assert kind == "HubIntegrityError" and "SHA-256" in message and "refusing" in message
+
+
+def test_push_again_without_changes_makes_no_commit(hub_env, pushed, weights):
+    from aperture_zoo.hub import push
+
+    before = [c.oid for c in hub_env.repos[REPO].history()]
+    result = push("resnet10", REPO, weights=weights, token="tok-alice")
+    assert result.changed is False
+    assert result.commit_oid == before[0]
+    assert [c.oid for c in hub_env.repos[REPO].history()] == before
+
+
+def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
+    from aperture_zoo.hub import push
+
+    first = push("resnet10", "zoo/changes", weights=weights, token="tok-alice")
+    other = random_weights(tmp_path / "model.safetensors", "resnet10", seed=4)
+    second = push("resnet10", "zoo/changes", weights=other, token="tok-alice")
+    history = hub_env.repos["zoo/changes"].history()
+    assert first.changed and second.changed and second.commit_oid != first.commit_oid
+    assert [c.oid for c in history[:2]] == [second.commit_oid, first.commit_oid]
+    assert history[0].files["model.safetensors"] == other.read_bytes()
+
+
+def test_wrong_token_is_a_clear_error(hub_env, pushed, weights):
+    from aperture_zoo.hub import HubError, push
+
+    with pytest.raises(HubError, match=r"rejected the token \(401\)") as info:
+        push("resnet10", REPO, weights=weights, token="not-a-token")
+    assert "not-a-token" not in str(info.value) and "HF_TOKEN" in str(info.value)
+
+
+def test_repo_of_someone_else_is_a_clear_error(hub_env, pushed, weights):
+    from aperture_zoo.hub import HubError, push
+
+    with pytest.raises(HubError, match=r"\(403\).*belongs to someone else"):
+        push("resnet10", REPO, weights=weights, token="tok-bob")
+
+
+def test_no_token_is_a_clear_error(hub_env, weights, monkeypatch):
+    from huggingface_hub import get_token
+
+    from aperture_zoo.hub import HubError, push
+
+    if get_token() is not None:
+        pytest.skip("a Hugging Face login is stored on this machine")
+    with pytest.raises(HubError, match="no Hugging Face token: pass --token, set HF_TOKEN"):
+        push("resnet10", REPO, weights=weights)
+
+
+def test_nothing_to_push(hub_env, monkeypatch, tmp_path):
+    import aperture_zoo.pretrained as pretrained
+    from aperture_zoo.hub import HubError, push
+
+    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
+    with pytest.raises(HubError, match="nothing to push for resnet10"):
+        push("resnet10", REPO, token="tok-alice")
+    with pytest.raises(HubError, match="does not exist"):
+        push("resnet10", REPO, weights=tmp_path / "missing.safetensors", token="tok-alice")
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch, weights):
+    import socket
+
+    from aperture_zoo.hub import HubUnavailableError, download, push
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(HubUnavailableError, match=rf"cannot reach the Hub at http://127.0.0.1:{port}"):
+        push("resnet10", REPO, weights=weights, token="tok-alice")
+    with pytest.raises(HubUnavailableError, match="cannot be reached"):
+        download("zoo/never-cached-repo", revision="0" * 40)
+
+
+def test_private_repo_on_a_branch(hub_env, weights):
+    from aperture_zoo.hub import HubUnavailableError, download, push
+
+    result = push("resnet10", "alice/private10", weights=weights, token="tok-alice",
+                  private=True, revision="v1")
+    repo = hub_env.repos["alice/private10"]
+    assert repo.private and result.revision == "v1" and result.changed
+    assert "model.safetensors" in repo.resolve("v1").files
+    assert "model.safetensors" not in repo.resolve("main").files
+    with pytest.raises(HubUnavailableError, match="not found"):  # anonymous read of a private repo
+        download("alice/private10", "config.json", "v1", token=False)
+
+
+def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
+    import shutil
+
+    from aperture_zoo.hub import HubError, push
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(weights, run / "model.safetensors")
+    with pytest.raises(HubError, match="no exported ONNX model for resnet10"):
+        push("resnet10", "zoo/onnx10", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
+    (run / "model.onnx").write_bytes(b"onnx-bytes")
+    (run / "model.report.json").write_text(json.dumps({
+        "precision": "fp32", "provider": "CPUExecutionProvider", "passed": True,
+        "comparisons": [{"inputs": "random", "num_images": 72, "max_abs_diff": 3e-6, "agreement": 100.0}],
+    }))
+    push("resnet10", "zoo/onnx10", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
+    files = hub_env.repos["zoo/onnx10"].resolve("main").files
+    assert files["model.onnx"] == b"onnx-bytes"
+    readme = files["README.md"].decode()
+    assert "- onnx" in readme and "## ONNX parity" in readme and "3e-06" in readme
