@@ -57,7 +57,7 @@ class TrainingInterrupted(ApertureError, RuntimeError):
 class TrainConfig:
     """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved"."""
 
-    model: str | ModelSpec | None = "resnet22"
+    model: str | ModelSpec | None = None
     recipe: Recipe | None = None
     seed: int | None = None
     data_dir: str | os.PathLike[str] | None = None
