@@ -75,8 +75,12 @@ def _check_readable(path: Path) -> None:
     if path.is_dir():
         raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
     with path.open("rb") as f:
-        head = f.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # safetensors starts with its header length (u64 LE) then "{"; that length's first byte can be
+    # 0x80 too, so only a file that is not plausibly safetensors is called a pickle.
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    looks_safetensors = head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+    if head.startswith(_PICKLE_MAGIC) and not looks_safetensors:
         raise WeightsError(
             f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors; it was not loaded "
             "because unpickling can run arbitrary code. Convert it once in a trusted environment: "
