@@ -19,6 +19,7 @@ app = typer.Typer(
 from . import zoo  # noqa: E402,F401  (registers commands)
 from . import hub  # noqa: E402,F401
 from . import train  # noqa: E402,F401
+from . import export  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,226 @@
+"""`aperture export`, `aperture predict` and `aperture bench`: thin layers over aperture_zoo.export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from . import app
+from .common import console, err_console, print_json, user_errors
+
+
+def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
+    """The model to export and the SHA-256 of its weights file (None for random weights)."""
+    from aperture_zoo.errors import ApertureError
+
+    chosen = sum([weights is not None, pretrained, random_init])
+    if chosen != 1:
+        class _Usage(ApertureError, ValueError):
+            pass
+
+        raise _Usage(
+            "say which weights to use: --weights PATH (a model.safetensors), --pretrained (the "
+            "published ones), or --random-init (untrained, for benchmarks and tests) — exactly one"
+        )
+    from aperture_zoo.model import create_model
+    from aperture_zoo.pretrained import resolve_weights
+    from aperture_zoo.weights import file_sha256, load_weights
+
+    model = create_model(name)
+    if random_init:
+        import torch
+
+        torch.manual_seed(0)
+        return create_model(name).eval(), None
+    path = resolve_weights(name, weights)
+    load_weights(model, path)
+    return model.eval(), file_sha256(path)
+
+
+def _auto_data_dir(data_dir: Path | None) -> Path | None:
+    """``--data-dir``, else the default data folder when CIFAR-10 is already there."""
+    from aperture_zoo.data import DataError, default_data_dir, find_batches_dir
+
+    if data_dir is not None:
+        find_batches_dir(data_dir)  # a wrong path is an error, not a silent skip
+        return data_dir
+    try:
+        find_batches_dir(default_data_dir())
+    except DataError:
+        return None
+    err_console.print(f"using CIFAR-10 found in {default_data_dir()}")
+    return default_data_dir()
+
+
+def _parse_batch(batch: str) -> int | None:
+    from aperture_zoo.export.errors import ExportError
+
+    if batch == "dynamic":
+        return None
+    if not batch.isdigit() or int(batch) < 1:
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    return int(batch)
+
+
+def _report_table(report: Any) -> Any:
+    from rich.table import Table
+
+    status = "[green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    tol = report.tolerance
+    limits = ", ".join(
+        s for s in (
+            f"max |Δ| ≤ {tol.max_abs:g}" if tol.max_abs is not None else "",
+            f"agreement ≥ {tol.min_agreement:g} %" if tol.min_agreement is not None else "",
+            f"top-1 drop ≤ {tol.max_top1_drop:g} pt" if tol.max_top1_drop is not None else "",
+        ) if s
+    )
+    table = Table(title=f"{Path(report.onnx_file).name}: {report.precision} on {report.provider} — {status}",
+                  caption=f"tolerance: {limits}; reference: PyTorch fp32 on {report.reference_device}")
+    for col in ("inputs", "images", "max |Δ|", "mean |Δ|", "agree %", "ONNX top-1", "torch top-1"):
+        table.add_column(col, justify="left" if col == "inputs" else "right")
+    for c in report.comparisons:
+        table.add_row(
+            c.inputs, str(c.num_images), f"{c.max_abs_diff:.2e}", f"{c.mean_abs_diff:.2e}", f"{c.agreement:.2f}",
+            "—" if c.onnx_top1 is None else f"{c.onnx_top1:.2f}", "—" if c.torch_top1 is None else f"{c.torch_top1:.2f}",
+        )
+    return table
+
+
+@app.command("export")
+def export_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format supported)."),
+    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to export."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
+    random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for <name>.onnx and its report."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
+    provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Put CIFAR-10 normalisation in the graph (inputs are pixels in [0, 1]); --no-normalize exports the bare network."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, default) or legacy (TorchScript fallback)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Compare every file against PyTorch."),
+    calibration_images: int = typer.Option(512, "--calibration-images", help="Training images for int8 calibration (stratified)."),
+    max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on a stratified subset of the test set."),
+    json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
+) -> None:
+    """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch."""
+    with user_errors():
+        from aperture_zoo.export.errors import ExportError
+        from aperture_zoo.export.pipeline import export_model
+        from aperture_zoo.export.runtime import PROVIDERS
+
+        if not onnx:
+            raise ExportError("ONNX is the only export format; add --onnx")
+        if provider not in PROVIDERS:
+            raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+        model, sha = _load_model(name, weights, pretrained, random_init)
+        data = _auto_data_dir(data_dir)
+        with err_console.status("exporting") as status:
+            result = export_model(
+                model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
+                exporter=exporter, fp16=fp16, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
+                provider=provider, run_validation=validate, max_val_images=max_val_images,  # type: ignore[arg-type]
+                progress=lambda msg: status.update(msg),
+            )
+    if json_out:
+        print_json([r.to_dict() for r in result.reports] if validate else [str(f) for f in result.files])
+    else:
+        for report in result.reports:
+            console.print(_report_table(report))
+            for failure in report.failures:
+                err_console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+        for path in result.files:
+            console.print(f"wrote {path}", highlight=False)
+        for path in result.report_files:
+            console.print(f"wrote {path}", highlight=False)
+        if not validate:
+            err_console.print("[yellow]validation skipped (--no-validate)[/]")
+        elif data is None:
+            err_console.print("[yellow]no CIFAR-10 found: validated on random inputs only (pass --data-dir)[/]")
+    if not result.passed:
+        raise typer.Exit(code=1)
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
+    onnx: Path = typer.Option(..., "--onnx", help="An ONNX file written by `aperture export`."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per image."),
+    provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Classify images with an exported ONNX file (onnxruntime only, no PyTorch)."""
+    with user_errors():
+        from aperture_zoo.export.predict import OnnxClassifier
+
+        clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
+        predictions = clf.predict(images, top_k=top_k)
+    for p in predictions:
+        for notice in p.notices:
+            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False)
+    if json_out:
+        print_json([p.to_dict() for p in predictions])
+        return
+    for p in predictions:
+        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top)
+        console.print(f"{p.source}: [bold]{p.label}[/]  ({ranked})", highlight=False)
+
+
+@app.command("bench")
+def bench_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (speed does not depend on it)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
+    batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    variants: str = typer.Option("all", "--variants", help="Comma-separated subset of the runtimes, or 'all'."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
+    min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Images/s for torch eager, channels_last, torch.compile and onnxruntime fp32/fp16/int8."""
+    with user_errors():
+        from aperture_zoo.export.bench import VARIANTS, run_benchmark
+        from aperture_zoo.export.errors import ExportError
+
+        try:
+            sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            raise ExportError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+        chosen = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
+        bad = [v for v in chosen if v not in VARIANTS]
+        if bad:
+            raise ExportError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+        if device not in ("cpu", "cuda"):
+            raise ExportError(f"--device must be cpu or cuda, got {device!r}")
+        model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
+        with err_console.status("benchmarking") as status:
+            rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen,
+                                 data_dir=_auto_data_dir(data_dir), exporter=exporter,
+                                 min_seconds=min_seconds, progress=lambda m: status.update(m))
+    if json_out:
+        print_json([r.to_dict() for r in rows])
+        return
+    console.print(bench_table(rows, title=f"{name}: images/s"))
+
+
+def bench_table(rows: list[Any], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("runtime", "device", "batch", "images/s", "ms/batch", "× torch eager", "note"):
+        table.add_column(col, justify="right" if col not in ("runtime", "note", "device") else "left")
+    for r in rows:
+        table.add_row(
+            r.variant, r.device, str(r.batch), "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
+            "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.1f}",
+            "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}", r.note,
+        )
+    return table

@@ -1,0 +1,215 @@
+"""PyTorch -> ONNX: one self-describing, checked file per model.
+
+The file is a product of its own for apps without PyTorch, so it carries everything needed to use
+it: named input ``pixel_values`` (N x 3 x 32 x 32 float32 in [0, 1]) and output ``logits``
+(N x classes), CIFAR-10 normalisation inside the graph (apps feed plain pixels), and
+``metadata_props`` with the architecture, spec, class names, mean/std, weights SHA-256, opset and
+package version. Every written file passes ``onnx.checker.check_model(full_check=True)`` and
+strict shape inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from aperture_zoo.model import ResNet
+
+from .errors import ExportError, OnnxFileError
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+Exporter = Literal["dynamo", "legacy"]
+EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
+
+
+class NormalizedClassifier(nn.Module):
+    """``model((pixels - mean) / std)``: the network as apps see it, taking pixels in [0, 1]."""
+
+    def __init__(self, model: ResNet) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(model.spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model((pixel_values - self.mean) / self.std)
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 of the weights as safetensors bytes: an identity for weights that have no file."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return hashlib.sha256(save(tensors)).hexdigest()
+
+
+def build_metadata(
+    model: ResNet,
+    *,
+    opset: int,
+    normalize: bool,
+    exporter: str,
+    batch: int | None,
+    weights_sha256: str | None,
+    precision: str = "fp32",
+) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file (all values strings; lists and dicts as JSON)."""
+    from aperture_zoo import __version__
+
+    spec = model.spec
+    sha_of = "file" if weights_sha256 else "state_dict"
+    return {
+        "format": "aperture_zoo.onnx/1",
+        "arch": spec.name,
+        "spec": json.dumps(spec.arch_dict(), sort_keys=True),
+        "label_names": json.dumps(list(spec.label_names)),
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "normalize_in_graph": json.dumps(normalize),
+        "input": json.dumps({"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                             "range": [0.0, 1.0] if normalize else "normalised",
+                             "shape": ["N" if batch is None else batch, *spec.input_size]}),
+        "output": json.dumps({"name": OUTPUT_NAME, "kind": "logits", "shape": ["N" if batch is None else batch, spec.num_classes]}),
+        "weights_sha256": weights_sha256 or state_dict_sha256(model),
+        "weights_sha256_of": sha_of,
+        "opset": str(opset),
+        "precision": precision,
+        "exporter": exporter,
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "package_version": __version__,
+    }
+
+
+def _export_dynamo(module: nn.Module, example: Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
+    quiet = io.StringIO()  # the exporter prints progress lines; the CLI shows its own
+    with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
+        )
+    return program.model_proto
+
+
+def _export_legacy(module: nn.Module, example: Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript deprecation and tracer warnings
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def check_model_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Full checker plus strict shape inference; returns the model with inferred shapes."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{str(path)!r} fails the ONNX checker: {exc}. This is a bug; please report it.") from None
+
+
+def save_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write atomically (no half-written file on a crash), then run the checker on the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, path)
+    check_model_file(path)
+    return path
+
+
+def to_onnx(
+    model: ResNet,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    normalize: bool = True,
+    exporter: Exporter = "dynamo",
+    weights_sha256: str | None = None,
+) -> Path:
+    """Export ``model`` to a checked, self-describing ONNX file at ``path``.
+
+    ``batch=None`` gives a dynamic batch axis, an int a fixed one. ``normalize=False`` exports the
+    bare network (input already normalised with the metadata's mean/std). ``exporter="legacy"``
+    uses the TorchScript exporter, the fallback when torch.export cannot trace a model.
+    ``weights_sha256`` is the SHA-256 of the weights file the model was loaded from (hashed from
+    the state dict when omitted).
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if batch is not None and batch < 1:
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    model = model.eval().cpu()
+    module = NormalizedClassifier(model).eval() if normalize else model
+    # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
+    example = torch.rand(batch or 2, *model.spec.input_size)
+    try:
+        with torch.no_grad():
+            proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(
+                module, example, opset, batch is None
+            )
+    except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types here
+        other = "legacy" if exporter == "dynamo" else "dynamo"
+        raise ExportError(
+            f"the {exporter} ONNX exporter failed on {model.spec.name}: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Retry with "
+            f"--exporter {other}, or another --opset."
+        ) from exc
+    meta = build_metadata(
+        model, opset=opset, normalize=normalize, exporter=exporter, batch=batch, weights_sha256=weights_sha256
+    )
+    set_metadata(proto, meta)
+    proto.doc_string = (
+        f"aperture_zoo {model.spec.name}: CIFAR-10 classifier. Input {INPUT_NAME} float32 NCHW "
+        f"{'pixels in [0, 1]' if normalize else 'normalised with metadata mean/std'}; output {OUTPUT_NAME}."
+    )
+    return save_checked(proto, path)
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Replace ``metadata_props`` keys with ``meta`` (other keys are kept)."""
+    existing = {p.key: p.value for p in proto.metadata_props}
+    existing.update(meta)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, existing)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, read without loading the weights into memory twice."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001
+        raise OnnxFileError(f"{str(path)!r} is not an ONNX file ({exc}); export it again") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """Metadata with its JSON values decoded (for reports and tests)."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            out[key] = value
+    return out

@@ -1,0 +1,92 @@
+"""The whole ``aperture export --onnx`` job as one function: export, convert, validate, report.
+
+Kept apart from the CLI so scripts and tests get the same behaviour: every file written is
+checked, and validated (unless asked not to) with its report written beside it as
+``<stem>.report.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aperture_zoo.model import ResNet
+
+from .errors import ExportError
+from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
+from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
+from .runtime import Provider
+from .validate import ValidationReport, validate
+
+
+@dataclass
+class ExportResult:
+    files: list[Path] = field(default_factory=list)
+    reports: list[ValidationReport] = field(default_factory=list)
+    report_files: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+
+def export_model(
+    model: ResNet,
+    out_dir: str | os.PathLike[str],
+    *,
+    stem: str | None = None,
+    weights_sha256: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    normalize: bool = True,
+    exporter: Exporter = "dynamo",
+    fp16: bool = False,
+    int8: bool = False,
+    data_dir: str | os.PathLike[str] | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    provider: Provider = "auto",
+    run_validation: bool = True,
+    max_val_images: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
+
+    int8 needs ``data_dir``: calibration uses a stratified sample of its training split, and the
+    int8 tolerance is judged on its test split.
+    """
+    say = progress or (lambda _msg: None)
+    if int8 and data_dir is None:
+        raise ExportError(
+            "--int8 needs training images to calibrate on; pass --data-dir pointing at CIFAR-10 "
+            "(the folder containing cifar-10-batches-py)"
+        )
+    if int8:  # fail on a bad data dir before spending time on the export
+        calibration = calibration_pixels(data_dir, calibration_images)
+    out = Path(out_dir)
+    stem = stem or model.spec.name
+    result = ExportResult()
+    say(f"exporting {model.spec.name} with the {exporter} exporter (opset {opset})")
+    fp32_path = to_onnx(model, out / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
+                        exporter=exporter, weights_sha256=weights_sha256)
+    result.files.append(fp32_path)
+    if fp16:
+        say("converting to fp16")
+        result.files.append(to_fp16(fp32_path, out / f"{stem}.fp16.onnx"))
+    if int8:
+        if not normalize:
+            import numpy as np
+
+            mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
+            calibration = (calibration - mean) / std
+        say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
+        result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
+    if run_validation:
+        for path in result.files:
+            say(f"validating {path.name} against PyTorch")
+            report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images)
+            result.reports.append(report)
+            result.report_files.append(report.write_json())
+    return result

@@ -1,0 +1,144 @@
+"""Torch-free inference on an exported file: onnxruntime, numpy and pillow only.
+
+Apps can copy this module into their own code. Everything the model needs (class names, whether
+normalisation is in the graph, mean/std) is read from the file's metadata::
+
+    from aperture_zoo.export.predict import OnnxClassifier
+
+    clf = OnnxClassifier("resnet22.onnx")            # provider="auto": CUDA if it works, else CPU
+    for label, prob in clf.predict("cat.jpg", top_k=3)[0].top:
+        print(label, prob)
+    probs = clf.predict_proba(batch)                  # batch: N x 32 x 32 x 3 uint8, or N x 3 x 32 x 32 float in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, OnnxFileError
+from .runtime import Provider, check_onnx_path, create_session
+
+@dataclass
+class Prediction:
+    source: str
+    top: list[tuple[str, float]]           # (class name, probability), most likely first
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    def to_dict(self) -> dict:
+        return {"image": self.source, "top": [{"label": c, "probability": p} for c, p in self.top],
+                "notices": self.notices}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
+    """An image file as uint8 H x W x 3 at ``size`` (RGB), with notices for what was changed."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image {str(path)!r} does not exist or is not a file; check the path")
+    notices = []
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                notices.append(f"converted {img.mode} to RGB")
+                img = img.convert("RGB")
+            if img.size != size:
+                notices.append(f"resized {img.size[0]}x{img.size[1]} to {size[0]}x{size[1]} (the model's input)")
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8), notices
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(
+            f"{str(path)!r} could not be decoded as an image ({exc}); pass a PNG, JPEG or other "
+            "format pillow reads"
+        ) from None
+
+
+class OnnxClassifier:
+    """A CIFAR-10 classifier from an ``aperture export`` ONNX file, without PyTorch."""
+
+    def __init__(self, path: str | os.PathLike[str], provider: Provider = "auto", threads: int | None = None) -> None:
+        self.path = check_onnx_path(path)
+        self.session = create_session(self.path, provider, threads=threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise OnnxFileError(
+                f"{str(self.path)!r} is not an image classifier with one N x C x H x W input "
+                f"(inputs: {[(i.name, i.shape) for i in inputs]}); export it with `aperture export`"
+            )
+        self.input_name = inputs[0].name
+        shape = inputs[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.image_size = (int(shape[3]), int(shape[2]))
+        n_out = self.session.get_outputs()[0].shape[-1]
+        self.labels: list[str] = json.loads(meta["label_names"]) if "label_names" in meta else [
+            f"class_{i}" for i in range(int(n_out))
+        ]
+        self.metadata = dict(meta)
+        self.normalize_in_graph = json.loads(meta.get("normalize_in_graph", "true"))
+        self.mean = np.asarray(json.loads(meta.get("mean", "[0, 0, 0]")), np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(json.loads(meta.get("std", "[1, 1, 1]")), np.float32).reshape(1, -1, 1, 1)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _to_input(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ImageError(f"expected images shaped N x H x W x 3 or N x 3 x H x W, got {x.shape}")
+        if x.dtype == np.uint8:  # decoded pixels: N x H x W x 3 (or already N x 3 x H x W)
+            if x.shape[-1] == 3 and x.shape[1] != 3:
+                x = x.transpose(0, 3, 1, 2)
+            x = x.astype(np.float32) / 255.0
+        x = x.astype(np.float32, copy=False)
+        if not self.normalize_in_graph:
+            x = (x - self.mean) / self.std
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits for uint8 N x H x W x 3 images or float N x 3 x H x W pixels in [0, 1]."""
+        x = self._to_input(images)
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        out, b = [], self.fixed_batch
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            pad = np.zeros((b - len(chunk), *x.shape[1:]), np.float32)
+            out.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][: len(chunk)])
+        return np.concatenate(out).astype(np.float32)
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(images))
+
+    def predict(self, paths: str | os.PathLike[str] | list, top_k: int = 3) -> list[Prediction]:
+        """Top-k (class, probability) for image files of any size and mode."""
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not paths:
+            return []
+        decoded = [load_image(p, self.image_size) for p in paths]
+        probs = self.predict_proba(np.stack([img for img, _ in decoded]))
+        k = max(1, min(top_k, probs.shape[1]))
+        results = []
+        for p, (_, notices), row in zip(paths, decoded, probs):
+            order = np.argsort(-row)[:k]
+            results.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in order], notices))
+        return results

@@ -1,0 +1,123 @@
+"""Reduced-precision variants of an exported file: fp16 and int8 (static, QDQ).
+
+Both start from the checked fp32 file and use the libraries built for it:
+``onnxruntime.transformers.float16`` (the onnxconverter-common converter shipped with
+onnxruntime) keeps the float32 inputs/outputs so apps need no change, and
+``onnxruntime.quantization.quantize_static`` calibrates activation ranges on a stratified sample
+of *training* images (never the test set the accuracy is reported on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import ExportError
+from .onnx_export import INPUT_NAME, save_checked, set_metadata
+
+DEFAULT_CALIBRATION_IMAGES = 512
+
+
+def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
+    """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False)
+    # The converter appends the input Casts at the end of the node list; the ONNX spec (and the
+    # full checker) want nodes in topological order.
+    sorter = OnnxModel(converted)
+    sorter.topological_sort()
+    converted = sorter.model
+    set_metadata(converted, {"precision": "fp16", "fp16_io": json.dumps(not keep_io_types)})
+    return save_checked(converted, dst)
+
+
+def calibration_pixels(
+    data_dir: str | os.PathLike[str] | None, n: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0
+) -> np.ndarray:
+    """``n`` training images (n/10 per class, random) as float32 N x 3 x 32 x 32 in [0, 1]."""
+    from aperture_zoo.data import load_split, stratified_indices
+
+    train = load_split("train", data_dir)
+    n = min(n, len(train))
+    idx = stratified_indices(train.labels, n, seed)
+    return train.images[idx].astype(np.float32) / 255.0
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an in-memory array, in batches."""
+
+    def __init__(self, pixels: np.ndarray, batch: int) -> None:
+        self._pixels, self._batch = pixels, batch
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self._pixels), self._batch):
+            yield {INPUT_NAME: self._pixels[i : i + self._batch]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+
+def to_int8(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    calibration: np.ndarray,
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+) -> Path:
+    """Static int8 QDQ quantisation (uint8 activations, int8 per-channel weights).
+
+    ``calibration`` holds the model's inputs as it expects them (pixels in [0, 1] when
+    normalisation is in the graph). The file is pre-processed with onnxruntime's
+    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ExportError(f"unknown calibration method {method!r}; use one of {', '.join(methods)}")
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ExportError(f"int8 calibration needs a non-empty N x C x H x W array, got {calibration.shape}")
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    fixed_batch = json.loads(meta.get("input", "{}")).get("shape", ["N"])[0]
+    batch = fixed_batch if isinstance(fixed_batch, int) else 64
+    if isinstance(fixed_batch, int):
+        calibration = calibration[: len(calibration) // batch * batch] if len(calibration) >= batch else np.resize(calibration, (batch, *calibration.shape[1:]))
+    with tempfile.TemporaryDirectory(prefix="aperture_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "quantized.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        quantize_static(
+            str(prepared), str(quantized), _Reader(calibration.astype(np.float32), batch),
+            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+        )
+        model = onnx.load(str(quantized))
+    set_metadata(model, {
+        **meta, "precision": "int8",
+        "int8": json.dumps({"format": "QDQ", "activations": "uint8", "weights": "int8",
+                            "per_channel": per_channel, "calibration": method,
+                            "calibration_images": int(len(calibration))}),
+    })
+    return save_checked(model, dst)

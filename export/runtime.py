@@ -1,0 +1,143 @@
+"""onnxruntime sessions with an honest provider choice (torch-free).
+
+onnxruntime silently falls back to CPU when a CUDA session cannot be created (no GPU, missing
+CUDA/cuDNN libraries), and onnxruntime-gpu lists ``CUDAExecutionProvider`` even on machines
+without a GPU. So the provider actually used is read back from the session, and asking for CUDA
+where it does not run is an error instead of a quietly slower (or differently rounded) answer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from .errors import ExportError, OnnxFileError
+
+Provider = Literal["auto", "cuda", "cpu"]
+PROVIDERS: tuple[str, ...] = ("auto", "cuda", "cpu")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+def cuda_offered() -> bool:
+    """True when this onnxruntime build has the CUDA execution provider compiled in."""
+    import onnxruntime as ort
+
+    return _CUDA in ort.get_available_providers()
+
+
+def cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads: without it a CUDA session cannot start.
+
+    Probing this first keeps ``auto`` from making onnxruntime print a CUDA load failure on every
+    CPU-only machine that has onnxruntime-gpu installed.
+    """
+    import ctypes
+    import sys
+
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
+
+
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries shipped in pip wheels (e.g. the
+    # ones torch brings); without this a CUDA session may fail to start on a working GPU machine.
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - best effort; session creation reports the real failure
+            pass
+
+
+def session_options(threads: int | None = None) -> "object":
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: CUDA fallback warnings are reported by us instead
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def create_session(
+    path: str | os.PathLike[str] | bytes,
+    provider: Provider = "cpu",
+    *,
+    threads: int | None = None,
+    cuda_tf32: bool = False,
+):
+    """An ``InferenceSession`` on the requested provider, verified to really run there.
+
+    ``auto`` uses CUDA when it works and CPU otherwise; ``cuda`` raises ExportError when the
+    session does not get the CUDA provider. TF32 is off by default on CUDA so numbers compare
+    with an fp32 reference.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ExportError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if isinstance(path, (str, os.PathLike)):
+        check_onnx_path(path)
+    want_cuda = provider == "cuda" or (provider == "auto" and cuda_offered() and cuda_driver_present())
+    if provider == "cuda" and not cuda_offered():
+        raise ExportError(
+            "--provider cuda was requested but this onnxruntime has no CUDA execution provider "
+            f"(available: {', '.join(ort.get_available_providers())}). Install onnxruntime-gpu on "
+            "a machine with an NVIDIA GPU, or use --provider cpu."
+        )
+    if provider == "cuda" and not cuda_driver_present():
+        raise ExportError(
+            "--provider cuda was requested but no NVIDIA driver was found (libcuda could not be "
+            "loaded), so onnxruntime would silently run on CPU. Run on a machine with an NVIDIA "
+            "GPU and driver, or use --provider cpu."
+        )
+    providers: list = [_CPU]
+    if want_cuda:
+        _preload_cuda_libraries()
+        providers = [(_CUDA, {"use_tf32": "1" if cuda_tf32 else "0"}), _CPU]
+    source = path if isinstance(path, bytes) else str(path)
+    try:
+        session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise OnnxFileError(
+            f"onnxruntime could not load {_describe(path)} ({str(exc).strip().splitlines()[0]}); "
+            "it is not a valid ONNX model or was written by a newer exporter. Export it again "
+            "with `aperture export NAME --onnx`."
+        ) from None
+    if provider == "cuda" and _CUDA not in session.get_providers():
+        raise ExportError(
+            "--provider cuda was requested but onnxruntime fell back to CPU (no usable GPU, or the "
+            "CUDA/cuDNN libraries onnxruntime-gpu needs are missing). Check `nvidia-smi` and the "
+            "onnxruntime-gpu CUDA requirements, or use --provider cpu."
+        )
+    return session
+
+
+def session_device(session) -> str:
+    """'cuda' or 'cpu': where the session's first provider runs."""
+    return "cuda" if session.get_providers()[0] == _CUDA else "cpu"
+
+
+def check_onnx_path(path: str | os.PathLike[str]) -> Path:
+    """Fail early, and clearly, on a path that cannot be an ONNX model."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxFileError(
+            f"ONNX file {str(path)!r} does not exist; check the path, or create it with "
+            "`aperture export NAME --pretrained --onnx`"
+        )
+    if path.is_dir():
+        raise OnnxFileError(f"{str(path)!r} is a directory; pass the .onnx file inside it")
+    return path
+
+
+def _describe(path: object) -> str:
+    return "the in-memory model" if isinstance(path, bytes) else repr(str(path))

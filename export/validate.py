@@ -1,0 +1,246 @@
+"""Prove an exported file equals the PyTorch model it came from, or say exactly where it does not.
+
+The reference is the fp32 PyTorch model with the same input contract as the file (pixels in
+[0, 1] through ``NormalizedClassifier``), with TF32 off on CUDA so the reference itself is fp32.
+Checks, per the precision of the file:
+
+=========  ===========================================================================
+fp32 CPU   max |Δlogit| <= 1e-4 and 100 % top-1 agreement (random inputs and test set)
+fp32 CUDA  max |Δlogit| <= 1e-3
+fp16       max |Δlogit| <= 5e-2 and >= 99.5 % top-1 agreement
+int8       >= 99 % top-1 agreement and <= 0.5 point top-1 drop on the test set
+=========  ===========================================================================
+
+Top-1 agreement (and accuracy) is judged on the test set when a data set is given, on the random
+inputs only when it is not: uniform noise puts a trained classifier near its decision boundaries,
+where an argmax flip measures a near-tie, not an error (the logit bound still applies there).
+int8 is judged on real images only: its activation ranges are calibrated on images, so uniform
+noise falls outside them by design; the noise figures are still reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aperture_zoo.model import ResNet
+
+from .errors import ExportError
+from .onnx_export import INPUT_NAME, NormalizedClassifier, decode_metadata, read_metadata
+from .runtime import Provider, create_session, session_device
+
+RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs: float | None = None        # on logits
+    min_agreement: float | None = None  # percent of top-1 predictions equal to PyTorch's
+    max_top1_drop: float | None = None  # accuracy points lost against PyTorch on the test set
+    random_inputs_gated: bool = True
+
+
+def tolerance_for(precision: str, device: str) -> Tolerance:
+    """The issue's tolerances for a file of ``precision`` run on ``device``."""
+    if precision == "fp32":
+        return Tolerance(max_abs=1e-4, min_agreement=100.0) if device == "cpu" else Tolerance(max_abs=1e-3)
+    if precision == "fp16":
+        return Tolerance(max_abs=5e-2, min_agreement=99.5)
+    if precision == "int8":
+        return Tolerance(min_agreement=99.0, max_top1_drop=0.5, random_inputs_gated=False)
+    raise ExportError(f"unknown precision {precision!r} in the file's metadata; export it again")
+
+
+@dataclass
+class Comparison:
+    """ONNX vs PyTorch on one input set."""
+
+    inputs: str
+    num_images: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    agreement: float                  # percent
+    onnx_top1: float | None = None    # percent, when labels are known
+    torch_top1: float | None = None
+
+    @property
+    def top1_drop(self) -> float | None:
+        return None if self.onnx_top1 is None else self.torch_top1 - self.onnx_top1
+
+
+@dataclass
+class ValidationReport:
+    onnx_file: str
+    arch: str
+    precision: str
+    provider: str                       # the provider the session really used
+    tolerance: Tolerance
+    comparisons: list[Comparison] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    reference_device: str = "cpu"
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnx_file": self.onnx_file, "arch": self.arch, "precision": self.precision,
+            "provider": self.provider, "reference_device": self.reference_device,
+            "tolerance": asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
+            "comparisons": [{**asdict(c), "top1_drop": c.top1_drop} for c in self.comparisons],
+        }
+
+    def write_json(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write beside the file as ``<stem>.report.json`` unless a path is given."""
+        onnx_path = Path(self.onnx_file)
+        path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def report_path(onnx_path: str | os.PathLike[str]) -> Path:
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".report.json")
+
+
+@contextlib.contextmanager
+def _fp32_reference() -> Iterator[None]:
+    """Disable TF32 for the duration (restored after), so the CUDA reference is true fp32."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _torch_logits(reference: torch.nn.Module, pixels: np.ndarray, device: str, batch: int = 256) -> np.ndarray:
+    out = []
+    with torch.inference_mode(), _fp32_reference():
+        for i in range(0, len(pixels), batch):
+            x = torch.from_numpy(pixels[i : i + batch]).to(device)
+            out.append(reference(x).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _onnx_logits(session, pixels: np.ndarray, feed_batch: int | None, transform) -> np.ndarray:
+    """Run in chunks; a fixed-batch file gets its last chunk padded and the padding dropped."""
+    step = feed_batch or 256
+    out = []
+    for i in range(0, len(pixels), step):
+        chunk = pixels[i : i + step]
+        n = len(chunk)
+        if feed_batch and n < feed_batch:
+            chunk = np.concatenate([chunk, np.zeros((feed_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        out.append(session.run(None, {INPUT_NAME: transform(chunk)})[0][:n].astype(np.float32))
+    return np.concatenate(out)
+
+
+def compare(onnx_logits: np.ndarray, torch_logits: np.ndarray, inputs: str,
+            labels: np.ndarray | None = None) -> Comparison:
+    diff = np.abs(onnx_logits.astype(np.float64) - torch_logits.astype(np.float64))
+    o_top, t_top = onnx_logits.argmax(1), torch_logits.argmax(1)
+    comp = Comparison(
+        inputs=inputs, num_images=len(diff), max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+        agreement=float((o_top == t_top).mean() * 100),
+    )
+    if labels is not None:
+        comp.onnx_top1 = float((o_top == labels).mean() * 100)
+        comp.torch_top1 = float((t_top == labels).mean() * 100)
+    return comp
+
+
+def _judge(comp: Comparison, tol: Tolerance, label: str, *, logits: bool = True, agreement: bool = True) -> list[str]:
+    fails = []
+    if logits and tol.max_abs is not None and comp.max_abs_diff > tol.max_abs:
+        fails.append(f"{label} on {comp.inputs}: max |Δlogit| {comp.max_abs_diff:.3g} > {tol.max_abs:g}")
+    if agreement and tol.min_agreement is not None and comp.agreement < tol.min_agreement:
+        fails.append(f"{label} on {comp.inputs}: top-1 agreement {comp.agreement:.2f} % < {tol.min_agreement:g} %")
+    if agreement and tol.max_top1_drop is not None and comp.top1_drop is not None and comp.top1_drop > tol.max_top1_drop:
+        fails.append(
+            f"{label} on {comp.inputs}: top-1 {comp.onnx_top1:.2f} % vs PyTorch {comp.torch_top1:.2f} % "
+            f"(drop {comp.top1_drop:.2f} > {tol.max_top1_drop:g} points)"
+        )
+    return fails
+
+
+def validate(
+    onnx_path: str | os.PathLike[str],
+    model: ResNet,
+    *,
+    provider: Provider = "auto",
+    data_dir: str | os.PathLike[str] | None = None,
+    max_images: int | None = None,
+    batch_sizes: Sequence[int] = RANDOM_BATCH_SIZES,
+    seed: int = 0,
+) -> ValidationReport:
+    """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
+
+    ``data_dir`` adds the CIFAR-10 test set (``max_images`` of it, stratified, when given);
+    without it only random inputs are compared, which an int8 file cannot be judged on.
+    """
+    meta = decode_metadata(read_metadata(onnx_path))
+    precision = meta.get("precision", "fp32")
+    session = create_session(onnx_path, provider)
+    device = session_device(session)
+    tol = tolerance_for(precision, device)
+    if precision == "int8" and data_dir is None:
+        raise ExportError(
+            "an int8 file can only be validated on real images (its ranges are calibrated on them); "
+            "pass --data-dir with CIFAR-10, or --no-validate"
+        )
+    ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    reference = NormalizedClassifier(model).eval().to(ref_device)
+    spec = model.spec
+    if meta.get("normalize_in_graph", True):
+        transform = lambda x: x  # noqa: E731
+    else:
+        mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
+        transform = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+    fixed = meta.get("input", {}).get("shape", ["N"])[0]
+    fixed = fixed if isinstance(fixed, int) else None
+    report = ValidationReport(
+        onnx_file=str(onnx_path), arch=meta.get("arch", spec.name), precision=precision,
+        provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
+    )
+    label = f"{precision}/{device}"
+    rng = np.random.default_rng(seed)
+    sizes = [fixed] if fixed else list(batch_sizes)
+    random_o, random_t = [], []
+    for n in sizes:
+        pixels = rng.random((n, *spec.input_size), dtype=np.float32)
+        o = session.run(None, {INPUT_NAME: transform(pixels)})[0].astype(np.float32)
+        t = _torch_logits(reference, pixels, ref_device)
+        if o.shape != t.shape:
+            report.failures.append(f"{label}: output shape {o.shape} at batch {n}, PyTorch gives {t.shape}")
+            continue
+        report.comparisons.append(compare(o, t, f"random, batch {n}"))
+        random_o.append(o)
+        random_t.append(t)
+    if random_o:
+        pooled = compare(np.concatenate(random_o), np.concatenate(random_t), "random, all")
+        report.comparisons.append(pooled)
+        gated = tol.random_inputs_gated
+        report.failures += _judge(pooled, tol, label, logits=gated, agreement=gated and data_dir is None)
+    if data_dir is not None:
+        from aperture_zoo.data import load_split, subset
+
+        test = subset(load_split("test", data_dir), max_images, seed)
+        pixels = test.images.astype(np.float32) / 255.0
+        o = _onnx_logits(session, pixels, fixed, transform)
+        t = _torch_logits(reference, pixels, ref_device)
+        comp = compare(o, t, "CIFAR-10 test", test.labels)
+        report.comparisons.append(comp)
+        report.failures += _judge(comp, tol, label)
+    return report

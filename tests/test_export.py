@@ -1,0 +1,236 @@
+"""ONNX export: parity for every architecture, metadata, normalisation, dynamic batch, fp16/int8.
+
+Exports are shared through module-scoped fixtures: one dynamo export costs ~5 s on 2 cores, a
+legacy (TorchScript) one ~1.5 s. The six-model parity sweep uses the legacy exporter; the default
+dynamo exporter is tested on resnet10, whose file then feeds the metadata, dynamic-batch, fp16,
+int8 and validation tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from aperture_zoo.data import load_split, subset
+from aperture_zoo.export import ExportError
+from aperture_zoo.export.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    NormalizedClassifier,
+    decode_metadata,
+    read_metadata,
+    state_dict_sha256,
+    to_onnx,
+)
+from aperture_zoo.export.quantize import calibration_pixels, to_fp16, to_int8
+from aperture_zoo.export.runtime import create_session, cuda_driver_present
+from aperture_zoo.export.validate import report_path, validate
+from aperture_zoo.model import create_model
+from aperture_zoo.registry import CIFAR10_CLASSES, list_models
+
+
+def _seeded(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name).eval()
+
+
+def _torch_logits(model: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return NormalizedClassifier(model)(torch.from_numpy(pixels)).numpy()
+
+
+def _onnx_logits(path: Path, pixels: np.ndarray) -> np.ndarray:
+    return create_session(path, "cpu").run(None, {INPUT_NAME: pixels})[0]
+
+
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, 32, 32), dtype=np.float32)
+
+
+def _fit_head(model: torch.nn.Module, data_dir: Path, n: int = 100) -> torch.nn.Module:
+    """Give the random network a ridge-regression head fitted on synthetic training images.
+
+    A randomly initialised ResNet predicts one class for every image, against which top-1
+    agreement and accuracy checks could never fail; with a fitted head the predictions are
+    diverse and the int8/fp16 tolerances are really exercised.
+    """
+    train = subset(load_split("train", data_dir), n, seed=1)
+    x = torch.from_numpy(train.images.astype(np.float32) / 255.0)
+    with torch.no_grad():
+        net = model
+        normalised = (x - torch.tensor(net.spec.mean).view(1, 3, 1, 1)) / torch.tensor(net.spec.std).view(1, 3, 1, 1)
+        feats = torch.flatten(net.avgpool(net.forward_features(normalised)), 1).double()
+        mu = feats.mean(0)
+        z = feats - mu
+        y = torch.nn.functional.one_hot(torch.from_numpy(train.labels), 10).double() * 2 - 1
+        ridge = 0.1 * (z * z).sum() / z.shape[1]
+        w = torch.linalg.solve(z.T @ z + ridge * torch.eye(z.shape[1], dtype=torch.double), z.T @ y)
+        net.fc.weight.copy_(w.T.float())
+        net.fc.bias.copy_((-(mu @ w)).float())
+    return model
+
+
+# --------------------------------------------------------------------------- six-model parity
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parity_every_architecture(name: str, tmp_path: Path) -> None:
+    model = _seeded(name)
+    path = to_onnx(model, tmp_path / f"{name}.onnx", exporter="legacy")
+    for batch in (1, 7):
+        pixels = _pixels(batch, seed=batch)
+        got, want = _onnx_logits(path, pixels), _torch_logits(model, pixels)
+        assert got.shape == (batch, 10)
+        assert np.abs(got - want).max() <= 1e-4
+        assert (got.argmax(1) == want.argmax(1)).all()
+    assert decode_metadata(read_metadata(path))["spec"] == model.spec.arch_dict()
+
+
+# --------------------------------------------------------------------------- the dynamo file
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_cifar: Path) -> torch.nn.Module:
+    return _fit_head(_seeded("resnet10"), synthetic_cifar)
+
+
+@pytest.fixture(scope="module")
+def dynamo_file(fitted: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return to_onnx(fitted, tmp_path_factory.mktemp("dynamo") / "resnet10.onnx")  # default: dynamo
+
+
+def test_fitted_head_is_not_degenerate(fitted: torch.nn.Module, synthetic_cifar: Path) -> None:
+    test = load_split("test", synthetic_cifar)
+    preds = _torch_logits(fitted, test.images.astype(np.float32) / 255).argmax(1)
+    assert len(np.unique(preds)) >= 8  # otherwise agreement checks below would be vacuous
+
+
+def test_dynamo_file_is_checked_and_self_describing(dynamo_file: Path, fitted: torch.nn.Module) -> None:
+    onnx.checker.check_model(str(dynamo_file), full_check=True)
+    proto = onnx.load(str(dynamo_file))
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    in_dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert in_dims[0].dim_param and [d.dim_value for d in in_dims[1:]] == [3, 32, 32]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10
+    assert not (dynamo_file.parent / (dynamo_file.name + ".data")).exists()  # one self-contained file
+
+    meta = decode_metadata(read_metadata(dynamo_file))
+    from aperture_zoo import __version__
+
+    assert meta["arch"] == "resnet10"
+    assert meta["spec"] == fitted.spec.arch_dict()
+    assert meta["label_names"] == list(CIFAR10_CLASSES)
+    assert meta["mean"] == list(fitted.spec.mean) and meta["std"] == list(fitted.spec.std)
+    assert meta["weights_sha256"] == state_dict_sha256(fitted)
+    assert meta["opset"] == 18 and {o.version for o in proto.opset_import if o.domain == ""} == {18}
+    assert meta["package_version"] == __version__
+    assert meta["exporter"] == "dynamo" and meta["precision"] == "fp32" and meta["normalize_in_graph"] is True
+
+
+def test_dynamic_batch_at_sizes_not_used_in_export(dynamo_file: Path, fitted: torch.nn.Module) -> None:
+    session = create_session(dynamo_file, "cpu")
+    for batch in (1, 3, 13):  # the export traced batch 2
+        pixels = _pixels(batch, seed=10 + batch)
+        got = session.run(None, {INPUT_NAME: pixels})[0]
+        np.testing.assert_allclose(got, _torch_logits(fitted, pixels), atol=1e-4, rtol=0)
+
+
+def test_normalisation_in_graph_equals_normalise_then_bare(fitted: torch.nn.Module, dynamo_file: Path, tmp_path: Path) -> None:
+    bare = to_onnx(fitted, tmp_path / "bare.onnx", normalize=False, exporter="legacy")
+    assert decode_metadata(read_metadata(bare))["normalize_in_graph"] is False
+    pixels = _pixels(5, seed=3)
+    mean = np.asarray(fitted.spec.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(fitted.spec.std, np.float32).reshape(1, 3, 1, 1)
+    normalised = ((pixels - mean) / std).astype(np.float32)
+    np.testing.assert_allclose(_onnx_logits(dynamo_file, pixels), _onnx_logits(bare, normalised), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(_onnx_logits(bare, normalised), fitted(torch.from_numpy(normalised)).numpy(), atol=1e-4, rtol=0)
+
+
+def test_fixed_batch_export(fitted: torch.nn.Module, tmp_path: Path) -> None:
+    path = to_onnx(fitted, tmp_path / "b4.onnx", batch=4, exporter="legacy")
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 4
+    report = validate(path, fitted, provider="cpu")  # validation pads to the fixed batch
+    assert report.passed, report.failures
+    assert [c.num_images for c in report.comparisons] == [4, 4]
+
+
+def test_fp32_validation_passes_and_writes_report(dynamo_file: Path, fitted: torch.nn.Module) -> None:
+    report = validate(dynamo_file, fitted, provider="cpu")
+    assert report.passed, report.failures
+    assert [c.num_images for c in report.comparisons] == [1, 7, 64, 72]
+    assert report.provider == "CPUExecutionProvider"
+    written = json.loads(report.write_json().read_text())
+    assert report_path(dynamo_file).name == "resnet10.report.json"
+    assert written["passed"] is True and written["tolerance"]["max_abs"] == 1e-4
+
+
+def test_validation_catches_a_wrong_model(dynamo_file: Path) -> None:
+    other = _seeded("resnet10", seed=1)
+    report = validate(dynamo_file, other, provider="cpu")
+    assert not report.passed
+    assert any("max |Δlogit|" in f and "> 0.0001" in f for f in report.failures)
+
+
+def test_fp16_meets_tolerance(dynamo_file: Path, fitted: torch.nn.Module, synthetic_cifar: Path) -> None:
+    path = to_fp16(dynamo_file, dynamo_file.with_name("resnet10.fp16.onnx"))
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays fp32
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    assert decode_metadata(read_metadata(path))["precision"] == "fp16"
+    report = validate(path, fitted, provider="cpu", data_dir=synthetic_cifar, max_images=60, batch_sizes=(1, 7))
+    assert report.passed, report.failures
+    test = report.comparisons[-1]
+    assert test.num_images == 60 and test.max_abs_diff <= 5e-2 and test.agreement >= 99.5
+
+
+@pytest.fixture(scope="module")
+def int8_file(dynamo_file: Path, synthetic_cifar: Path) -> Path:
+    return to_int8(dynamo_file, dynamo_file.with_name("resnet10.int8.onnx"), calibration_pixels(synthetic_cifar, 50))
+
+
+def test_int8_meets_tolerance(int8_file: Path, fitted: torch.nn.Module, synthetic_cifar: Path) -> None:
+    path = int8_file
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    meta = decode_metadata(read_metadata(path))
+    assert meta["precision"] == "int8" and meta["int8"]["calibration_images"] == 50
+    assert meta["weights_sha256"] == state_dict_sha256(fitted)  # metadata survives quantisation
+    report = validate(path, fitted, provider="cpu", data_dir=synthetic_cifar, max_images=60, batch_sizes=(1, 7))
+    assert report.passed, report.failures
+    test = report.comparisons[-1]
+    assert test.num_images == 60 and test.agreement >= 99.0 and test.top1_drop <= 0.5 and test.torch_top1 > 50
+
+
+def test_int8_validation_needs_images(int8_file: Path, fitted: torch.nn.Module) -> None:
+    with pytest.raises(ExportError, match="--data-dir"):
+        validate(int8_file, fitted, provider="cpu")
+
+
+@pytest.mark.skipif(cuda_driver_present(), reason="a CUDA driver is present on this machine")
+def test_provider_cuda_without_cuda_fails_clearly(dynamo_file: Path, fitted: torch.nn.Module) -> None:
+    with pytest.raises(ExportError, match=r"--provider cuda was requested.*use --provider cpu"):
+        create_session(dynamo_file, "cuda")
+    with pytest.raises(ExportError, match="--provider cuda"):
+        validate(dynamo_file, fitted, provider="cuda")
+
+
+def test_auto_provider_falls_back_to_cpu_without_cuda(dynamo_file: Path) -> None:
+    if cuda_driver_present():
+        pytest.skip("a CUDA driver is present on this machine")
+    assert create_session(dynamo_file, "auto").get_providers() == ["CPUExecutionProvider"]
+
+
+def test_bad_arguments_are_clear(fitted: torch.nn.Module, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="unknown exporter 'jit'"):
+        to_onnx(fitted, tmp_path / "x.onnx", exporter="jit")  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="positive integer"):
+        to_onnx(fitted, tmp_path / "x.onnx", batch=0)
