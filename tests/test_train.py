@@ -25,7 +25,7 @@ from aperture_zoo.weights import read_metadata
 # A 98k-parameter derivative of resnet10: the real architecture code path, CPU-cheap.
 ARCH = "channels=16,32,32,64"
 TINY = create_model("resnet10", channels=(16, 32, 32, 64)).spec
-SETS = ["epochs=4", "batch_size=50", "lr=0.2", "warmup_epochs=1", "cutout=8", "eval_every=2"]
+SETS = ["epochs=4", "batch_size=50", "lr=0.2", "warmup_fraction=0.25", "cutout=8", "eval_every=2"]
 RECIPE = apply_overrides(get_recipe("fast"), SETS)
 
 

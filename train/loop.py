@@ -90,7 +90,7 @@ class TrainResult:
 def lr_at(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     """Learning rate of global step ``step``: a pure function, so resuming needs no scheduler state."""
     total = recipe.epochs * steps_per_epoch
-    warm = int(round(recipe.warmup_epochs * steps_per_epoch))
+    warm = int(round(recipe.warmup_fraction * total))
     peak, final = recipe.lr, recipe.lr * recipe.final_lr_fraction
     if step < warm:
         return peak * (step + 1) / warm
@@ -424,7 +424,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                             f"{epoch + 1}, by step {done}; stopped. "
                             + (f"The last good checkpoint (epoch {epoch}) is kept in {str(run_dir)!r}. "
                                if (run_dir / CHECKPOINT_NAME).exists() else "No checkpoint had been written yet. ")
-                            + "Lower --lr, add warm-up (--set warmup_epochs=2) or use --set precision=fp32"
+                            + "Lower --lr, add warm-up (--set warmup_fraction=0.1) or use --set precision=fp32"
                         )
                     secs = time.perf_counter() - t_epoch
                     ips = (done - first) * B / max(secs, 1e-9)
@@ -448,7 +448,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
             }
             if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
                 res = result_from_sums(evaluate_on(test), test.classes)
-                row.update(test_loss=res.loss, test_top1=res.top1)
+                row.update(test_loss=res.loss, test_top1=res.top1, test_images=res.num_images)
                 last_test = {"loss": res.loss, "top1": res.top1}
                 if val is not None:
                     vres = result_from_sums(evaluate_on(val), val.classes)

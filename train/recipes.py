@@ -37,7 +37,7 @@ class Recipe:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases
     schedule: str = "onecycle"      # constant | onecycle (linear warm-up, linear decay) | cosine
-    warmup_epochs: float = 0.0
+    warmup_fraction: float = 0.0    # linear warm-up over this fraction of all steps (scales with --epochs)
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0
     crop_padding: int = 4           # random crop after padding by this many pixels (0 = off)
@@ -80,7 +80,7 @@ class Recipe:
             (self.mixup_alpha >= 0, "mixup_alpha must be >= 0"),
             (0 <= self.crop_padding <= 16, "crop_padding must be in 0..16"),
             (0 <= self.cutout <= 32, "cutout must be in 0..32"),
-            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in 0..epochs"),
+            (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be >= 1"),
         ]
         bad = [msg for ok, msg in checks if not ok]
@@ -105,13 +105,13 @@ TABLE1 = PAPER.replace(name="table1", epochs=20, batch_size=32, mixup_alpha=0.0,
 
 # Time-to-accuracy on one GPU, after Page's DAWNBench ResNet (24 epochs to 94 %) and torchvision/
 # Keller Jordan's airbench practice: SGD + Nesterov 0.9 at batch 512 with the linearly scaled lr 0.4
-# (0.1 per 128), a one-cycle shape (linear warm-up over 5 epochs, linear decay to zero: the
+# (0.1 per 128), a one-cycle shape (linear warm-up over the first 1/6 = 5 of 30 epochs, linear decay to zero: the
 # decay-to-zero end is what makes the *final* epoch the good one), weight decay 5e-4 on weights only,
 # label smoothing 0.1, reflect-padded crop + flip + 8 px cutout, bf16 autocast, channels_last.
 # 30 epochs is 1/10 of the paper's 300.
 FAST = Recipe(
     name="fast", epochs=30, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9, nesterov=True,
-    weight_decay=5e-4, decay_norm_and_bias=False, schedule="onecycle", warmup_epochs=5.0,
+    weight_decay=5e-4, decay_norm_and_bias=False, schedule="onecycle", warmup_fraction=1 / 6,
     final_lr_fraction=0.0, label_smoothing=0.1, crop_padding=4, pad_mode="reflect", flip=True,
     cutout=8, mixup_alpha=0.0, ema_decay=0.0, precision="auto", channels_last=True,
 )

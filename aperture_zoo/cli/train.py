@@ -50,7 +50,7 @@ def train_cmd(
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (0 = off)."),
     cutout: Optional[int] = typer.Option(None, "--cutout", help="Cutout square side in pixels (0 = off)."),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (0 = off)."),
-    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_epochs=2 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_fraction=0.1 (repeatable)."),
     arch: list[str] = typer.Option([], "--arch", help="Derive the model: --arch channels=32,64,128,256."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "

@@ -1,0 +1,142 @@
+"""DDP on CPU with gloo, 2 processes: one step over 2 ranks equals one single-process step.
+
+About BatchNorm: without SyncBatchNorm (CUDA/XPU only) each rank normalises its half batch with
+its own statistics, which is "ghost batch" BN, a different function from BN over the whole batch.
+So the test checks two exact equalities instead of one loose one:
+
+* BN in eval mode (fixed statistics): 2 ranks x B/2 == 1 process x B. This isolates what DDP must
+  get right: the sharding of the global batch, identical augmentation draws, gradient averaging.
+* BN in train mode: 2 ranks x B/2 == 1 process that averages the gradients of the two halves (the
+  ghost-batch computation DDP performs). On CUDA the trainer uses SyncBatchNorm
+  (``recipe.sync_bn``), which makes train mode match the full-batch step as well.
+
+Then a full 1-epoch ``fit`` runs on both ranks: rank 0 writes the run, test metrics cover every
+test image exactly once (each rank scores a shard, sums are all-reduced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from aperture_zoo.model import create_model
+from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe
+from aperture_zoo.train.augment import AugmentConfig, augment_batch
+from aperture_zoo.train.loader import rank_slice
+from aperture_zoo.train.loop import TrainStep, build_optimizer
+from aperture_zoo.weights import read_metadata
+
+SPEC = create_model("resnet10", channels=(8, 16, 16, 32)).spec
+RECIPE = apply_overrides(get_recipe("fast"), ["batch_size=16", "lr=0.1", "epochs=1", "cutout=6"])
+B = 16
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(SPEC)
+
+
+def _batch(shard: slice | None):
+    from cifar_synth import make_images
+
+    x, y = make_images(2, seed=3)  # 20 images, 2 per class
+    g = torch.Generator()
+    g.manual_seed(1234)
+    aug = AugmentConfig(crop_padding=4, flip=True, cutout=6, label_smoothing=0.1)
+    mean, std = torch.tensor(SPEC.mean), torch.tensor(SPEC.std)
+    return augment_batch(torch.from_numpy(x[:B]), torch.from_numpy(y[:B]), aug, mean, std, 10, g, shard)
+
+
+def _one_step(model: torch.nn.Module, net: torch.nn.Module, shard: slice | None, bn_train: bool) -> None:
+    opt = build_optimizer(model, RECIPE, torch.device("cpu"))
+    model.train(bn_train)
+    TrainStep(net, opt, None)(_batch(shard))
+
+
+def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from aperture_zoo.train import distributed as D
+
+    info, device = D.setup("cpu")
+    assert info.world_size == 2 and device.type == "cpu"
+    for bn_train in (False, True):
+        model = _model()
+        _one_step(model, DDP(model), rank_slice(B, rank, 2), bn_train)
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      str(Path(out) / f"ddp_bn_train_{bn_train}.safetensors"))
+    fit(TrainConfig(model=SPEC, recipe=RECIPE.replace(batch_size=50), data_dir=data_dir,
+                    out_dir=Path(out) / "run", device="cpu", progress=False))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    # fork: the workers inherit the imported torch instead of paying for it again on 2 shared cores
+    mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=True,
+                       start_method="fork")
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def test_two_rank_step_equals_single_process_step_with_frozen_bn(ddp_out: Path) -> None:
+    model = _model()
+    before = {k: v.clone() for k, v in _params(model).items()}
+    _one_step(model, model, None, bn_train=False)
+    ddp = load_file(str(ddp_out / "ddp_bn_train_False.safetensors"))
+    for k, v in _params(model).items():
+        assert not torch.equal(v, before[k]) or k.endswith("bias"), f"{k} did not move"
+        torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_rank_step_equals_ghost_batch_reference_with_train_bn(ddp_out: Path) -> None:
+    model = _model()
+    opt = build_optimizer(model, RECIPE, torch.device("cpu"))
+    model.train()
+    full = _batch(None)
+    for half in (slice(0, B // 2), slice(B // 2, B)):
+        logits = model(full.inputs[half])
+        loss = torch.sum(-full.targets[half] * torch.log_softmax(logits, 1), 1).mean() / 2
+        loss.backward()
+    opt.step()
+    ddp = load_file(str(ddp_out / "ddp_bn_train_True.safetensors"))
+    for k, v in _params(model).items():
+        torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_ddp_fit_writes_one_run_with_metrics_over_the_whole_test_set(ddp_out: Path) -> None:
+    run = ddp_out / "run"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["test_images"] == 200  # 2 ranks x 100, all-reduced
+    meta = read_metadata(run / "model.safetensors")
+    assert json.loads(meta["world_size"]) == 2
+    assert not list(run.glob("*.tmp*"))
