@@ -8,13 +8,11 @@ then the model's Hub repo, then ``model_cards/<name>/``). Works from a clone wit
 
 from __future__ import annotations
 
-from typing import Any
-
 dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 
 def _entry(name: str):
-    def entry(pretrained: bool = False, weights: str | None = None, device: str = "cpu", **kwargs: Any):
+    def entry(pretrained: bool = False, weights: str | None = None, device: str = "cpu", **kwargs: object):
         from aperture_zoo.model import create_model
         from aperture_zoo.pretrained import load
         from aperture_zoo.weights import load_weights

@@ -138,7 +138,8 @@ def build_config(facts: CardFacts) -> dict[str, Any]:
         config["files"] = {WEIGHTS_FILENAME: {"sha256": facts.weights_sha256, "size": facts.weights_size}}
         config["recipe"] = facts.recipe
         config["training"] = {k: meta.get(k) for k in (
-            "epochs", "seed", "train_device", "wall_time_s", "train_images_per_s", "subset", "torch_version")}
+            "epochs", "seed", "train_device", "world_size", "wall_time_s", "train_images_per_s",
+            "subset", "val_split", "test_subset", "ema", "torch_version")}
     if facts.trained:
         config["metrics"] = {"dataset": "cifar10", "split": "test", "top1": meta["test_top1"],
                              "test_loss": meta.get("test_loss"), "epoch": meta.get("epochs")}
@@ -172,7 +173,7 @@ def _front_matter(facts: CardFacts) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 and value != 0 else f"{value:,.2f}"
+        return f"{value:.6g}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
@@ -195,7 +196,7 @@ def _architecture(facts: CardFacts) -> str:
              s.shortcut_kernel, s.pool_kernel)]
     return "\n".join([
         "## Architecture", "",
-        f"A {s.depth}-layer ResNet in the report's notation: N residual stages of B_i basic blocks "
+        f"{'An' if str(s.depth).startswith(('8', '11', '18')) else 'A'} {s.depth}-layer ResNet in the report's notation: N residual stages of B_i basic blocks "
         f"with C_i channels, F x F block convolutions, K x K projection shortcuts and a P x P "
         "average pool before the linear head.", "",
         _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"), rows), "",
@@ -217,7 +218,8 @@ def _training(facts: CardFacts) -> str:
         lines += [_table(("setting", "value"), [(k, _fmt(recipe[k])) for k in sorted(recipe)]), ""]
     facts_rows = [
         ("epochs", meta.get("epochs")), ("seed", meta.get("seed")),
-        ("hardware", meta.get("train_device")), ("wall time (s)", meta.get("wall_time_s")),
+        ("hardware", meta.get("train_device")), ("processes (world size)", meta.get("world_size")),
+        ("EMA weights", meta.get("ema")), ("validation split", meta.get("val_split")), ("wall time (s)", meta.get("wall_time_s")),
         ("training throughput (images/s)", meta.get("train_images_per_s")),
         ("PyTorch", meta.get("torch_version")), ("aperture_zoo", meta.get("package_version")),
     ]
@@ -233,6 +235,9 @@ def _results(facts: CardFacts) -> str:
     lines = ["## Results on the CIFAR-10 test set", "",
              f"- Final-epoch top-1 accuracy: **{meta['test_top1']:.2f}%** (epoch {_fmt(meta.get('epochs'))}, "
              "the last epoch, not the best one)"]
+    if meta.get("test_subset"):
+        lines.append(f"- **Measured on a subset of the test set ({_fmt(meta['test_subset'])} images)**, "
+                     "not the full 10,000")
     if meta.get("test_loss") is not None:
         lines.append(f"- Final-epoch test loss: {meta['test_loss']:.4f}")
     if facts.spec.report_top1_20ep is not None:

@@ -39,12 +39,12 @@ def hub_env(hub_server, monkeypatch, tmp_path):
     return hub_server
 
 
-def random_weights(path: Path, name: str, seed: int = 0, **metadata) -> Path:
+def random_weights(path: Path, name: str, init_seed: int = 0, **metadata) -> Path:
     """A randomly initialised model saved as safetensors (with BN statistics made non-trivial)."""
     from aperture_zoo.model import create_model
     from aperture_zoo.weights import save_weights
 
-    torch.manual_seed(seed)
+    torch.manual_seed(init_seed)
     model = create_model(name)
     with torch.no_grad():
         for module in model.modules():

@@ -3,40 +3,41 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from hub_fixtures import ROOT, client_env, hub_env, hub_server, random_weights, run_script  # noqa: F401
+from hub_fixtures import client_env, hub_env, hub_server, random_weights, run_script  # noqa: F401
 
 REPO = "zoo/resnet10"
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    return random_weights(tmp_path_factory.mktemp("run") / "model.safetensors", "resnet10", seed=3)
+    return random_weights(tmp_path_factory.mktemp("run") / "model.safetensors", "resnet10", init_seed=3)
 
 
 @pytest.fixture(scope="module")
-def pushed(hub_server, weights, tmp_path_factory):
-    """`aperture push` in a subprocess with the token in HF_TOKEN; returns (stdout, stderr)."""
-    env = client_env(hub_server, tmp_path_factory.mktemp("hf_push"), HF_TOKEN="tok-alice")
-    proc = subprocess.run(
-        [sys.executable, "-m", "aperture_zoo", "push", "resnet10", "--repo-id", REPO, "--weights", str(weights)],
-        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout, proc.stderr
+def pushed(hub_server, weights):
+    """`aperture push` with the token in HF_TOKEN; returns its output."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_ENDPOINT", hub_server.url)
+        mp.setenv("HF_TOKEN", "tok-alice")
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        result = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", REPO, "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def test_push_creates_repo_in_one_commit_with_timm_layout(hub_server, pushed, weights):
-    stdout, stderr = pushed
     repo = hub_server.repos[REPO]
     head = repo.history()[0]
-    assert f"{hub_server.url}/{REPO}/commit/{head.oid}" in stdout
-    assert "tok-alice" not in stdout + stderr
+    assert f"{hub_server.url}/{REPO}/commit/{head.oid}" in pushed
+    assert "tok-alice" not in pushed
     assert len(repo.history()) == 2  # the repo's initial commit + exactly one upload commit
     assert {"model.safetensors", "config.json", "README.md", ".gitattributes"} <= set(head.files)
     assert head.files["model.safetensors"] == weights.read_bytes()
@@ -126,7 +127,7 @@ def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
     from aperture_zoo.hub import push
 
     first = push("resnet10", "zoo/changes", weights=weights, token="tok-alice")
-    other = random_weights(tmp_path / "model.safetensors", "resnet10", seed=4)
+    other = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=4)
     second = push("resnet10", "zoo/changes", weights=other, token="tok-alice")
     history = hub_env.repos["zoo/changes"].history()
     assert first.changed and second.changed and second.commit_oid != first.commit_oid

@@ -1,0 +1,118 @@
+"""Model cards and config.json: generated from files, honest without weights, never stale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from hub_fixtures import random_weights
+from aperture_zoo.cards import CardError, write_card
+from aperture_zoo.pretrained import model_cards_dir
+from aperture_zoo.registry import CIFAR10_CLASSES, list_models
+from aperture_zoo.summary import measure
+from aperture_zoo.weights import file_sha256
+
+
+def _front_matter(readme: str) -> dict:
+    assert readme.startswith("---\n")
+    return yaml.safe_load(readme.split("---\n", 2)[1])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_committed_cards_are_up_to_date(name, tmp_path):
+    committed = model_cards_dir() / name
+    assert (committed / "README.md").is_file() and (committed / "config.json").is_file()
+    shutil.copytree(committed, tmp_path / name, ignore=shutil.ignore_patterns("README.md", "config.json"))
+    write_card(name, tmp_path / name)
+    for file_name in ("README.md", "config.json"):
+        assert (tmp_path / name / file_name).read_text() == (committed / file_name).read_text(), (
+            f"model_cards/{name}/{file_name} is out of date: run `aperture card {name}` and commit it")
+
+
+def test_card_without_weights_makes_no_accuracy_claim(tmp_path):
+    write_card("resnet22", tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    meta = _front_matter(readme)
+    assert "model-index" not in meta and meta["datasets"] == ["cifar10"] and "onnx" not in meta["tags"]
+    assert "No trained weights are published for this model yet" in readme
+    assert "%" not in readme and "## Results" not in readme and "mixup" not in readme
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["trained"] is False and "metrics" not in config and "files" not in config
+    assert config["params"] == measure("resnet22")["params"] == 4_922_826
+    assert f"{measure('resnet22')['flops']:,}" in readme
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    recipe = {"name": "paper", "optimizer": "adadelta", "lr": 0.1, "batch_size": 64, "mixup_alpha": 1.0}
+    random_weights(run / "model.safetensors", "resnet18", init_seed=1, test_top1=87.6543, test_loss=0.4321,
+                   epochs=7, recipe=recipe, seed=11, train_device="NVIDIA H100 80GB HBM3",
+                   wall_time_s=123.4, train_images_per_s=9876.5, subset=None)
+    per_class = {c: 80.0 + i for i, c in enumerate(CIFAR10_CLASSES)}
+    (run / "eval.json").write_text(json.dumps({
+        "top1": 87.65, "per_class_top1": per_class, "confusion": [[0] * 10] * 10,
+        "images_per_s": 4321.0, "num_images": 10000, "device": "cpu"}))
+    (run / "metrics.jsonl").write_text('{"epoch": 7}\n')
+    return run
+
+
+def test_card_from_run_reads_every_number_from_the_files(run_dir, tmp_path):
+    out = write_card("resnet18", tmp_path / "card", run_dir=run_dir)
+    for copied in ("model.safetensors", "eval.json", "metrics.jsonl"):
+        assert (out / copied).read_bytes() == (run_dir / copied).read_bytes()
+    readme = (out / "README.md").read_text()
+    meta = _front_matter(readme)
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["type"] == "cifar10" and result["metrics"][0]["value"] == 87.65
+    assert "Final-epoch top-1 accuracy: **87.65%** (epoch 7" in readme
+    assert "NVIDIA H100 80GB HBM3" in readme and "adadelta" in readme
+    assert "| truck | 89.00 |" in readme and "| airplane | 80.00 |" in readme
+    assert "zhang2018mixup" in readme and "he2016deep" in readme
+    config = json.loads((out / "config.json").read_text())
+    assert config["trained"] and config["metrics"]["top1"] == 87.6543
+    assert config["metrics"]["per_class_top1"]["truck"] == 89.0
+    assert config["files"]["model.safetensors"]["sha256"] == file_sha256(out / "model.safetensors")
+    assert config["recipe"]["mixup_alpha"] == 1.0 and config["training"]["epochs"] == 7
+
+
+def test_card_is_deterministic_and_survives_without_the_weights_file(run_dir, tmp_path):
+    out = write_card("resnet18", tmp_path / "a", run_dir=run_dir)
+    first = {f: (out / f).read_text() for f in ("README.md", "config.json", "weights.json")}
+    write_card("resnet18", out)
+    assert {f: (out / f).read_text() for f in first} == first
+    (out / "model.safetensors").unlink()  # a clean checkout: weights are not committed
+    write_card("resnet18", out)
+    assert {f: (out / f).read_text() for f in first} == first
+
+
+def test_card_without_mixup_does_not_cite_it(tmp_path):
+    random_weights(tmp_path / "model.safetensors", "resnet10", test_top1=50.0, recipe={"mixup_alpha": 0.0},
+                   test_subset=1000)
+    write_card("resnet10", tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "zhang2018mixup" not in readme and "50.00%" in readme
+    assert "Measured on a subset of the test set (1,000 images)" in readme
+    assert "Per-class accuracy: not available" in readme
+
+
+def test_card_errors_name_the_fix(tmp_path, run_dir):
+    with pytest.raises(CardError, match="has no model.safetensors; pass the folder a training run wrote"):
+        write_card("resnet18", tmp_path / "out", run_dir=tmp_path)
+    with pytest.raises(CardError, match="holds weights for resnet18, not resnet22"):
+        write_card("resnet22", tmp_path / "out2", weights=run_dir / "model.safetensors")
+
+
+def test_card_cli(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    result = CliRunner().invoke(app, ["card", "resnet18", "--run", str(run_dir), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "README.md").is_file() and (tmp_path / "c" / "model.safetensors").is_file()
+    result = CliRunner().invoke(app, ["card", "resnet18", "--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "has no model.safetensors" in result.output
