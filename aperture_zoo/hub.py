@@ -21,9 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import ApertureError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 DEFAULT_ORG = "aperture-zoo"
 WEIGHTS_FILENAME = "model.safetensors"
@@ -124,8 +128,10 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         except ImportError:
             continue
         for attr in ("TransportError", "ConnectionError", "Timeout"):
-            if isinstance(getattr(module, attr, None), type):
-                errors.append(getattr(module, attr))
+            candidate = getattr(module, attr, None)
+            # httpx's ``Timeout`` is a config class, not an exception: keep exceptions only.
+            if isinstance(candidate, type) and issubclass(candidate, BaseException):
+                errors.append(candidate)
     return tuple(errors)
 
 
@@ -274,6 +280,21 @@ def _find_onnx(name: str, weights: Path) -> Path:
     )
 
 
+def _ensure_repo(api: "HfApi", repo_id: str, private: bool) -> None:
+    """Create ``repo_id`` unless it exists already.
+
+    Looking first (instead of ``create_repo(exist_ok=True)`` alone) means that a repo in someone
+    else's namespace fails at the upload with a plain 403, rather than inside the client's
+    create-then-recover path, which cannot parse repo URLs of a custom ``HF_ENDPOINT``.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+
+
 def push(
     name: str,
     repo_id: str,
@@ -312,7 +333,7 @@ def push(
                 f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"
             )
         with _translate(repo_id, "push to", url):
-            api.create_repo(repo_id, private=private, exist_ok=True)
+            _ensure_repo(api, repo_id, private)
             if branch != "main":
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
             before = api.repo_info(repo_id, revision=branch).sha

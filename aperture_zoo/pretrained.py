@@ -131,7 +131,7 @@ def resolve_weights(
         return card_file
     looked.append(str(card_file))
     raise NoPretrainedWeightsError(
-        f"no pretrained weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
+        f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
         f"weights='runs/.../model.safetensors' (train with `aperture train {name}`), set "
         "APERTURE_WEIGHTS_DIR, or set APERTURE_HUB_ORG / HF_ENDPOINT to where they are published."
     )

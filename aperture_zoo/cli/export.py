@@ -134,11 +134,11 @@ def export_cmd(
         for report in result.reports:
             console.print(_report_table(report))
             for failure in report.failures:
-                err_console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+                err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
         for path in result.files:
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         for path in result.report_files:
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")
         elif data is None:
@@ -163,7 +163,7 @@ def predict_cmd(
         predictions = clf.predict(images, top_k=top_k)
     for p in predictions:
         for notice in p.notices:
-            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False)
+            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False, soft_wrap=True)
     if json_out:
         print_json([p.to_dict() for p in predictions])
         return
