@@ -58,16 +58,6 @@ class CardFacts:
         return bool(recipe.get("mixup")) or float(recipe.get("mixup_alpha") or 0) > 0
 
 
-def _decode(meta: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in meta.items():
-        try:
-            out[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            out[key] = value
-    return out
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -79,7 +69,7 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     """Facts for ``name`` from ``weights`` (else ``source_dir/model.safetensors``, else the
     committed ``weights.json``), ``eval.json`` and ``*.report.json`` in ``source_dir``."""
     from .summary import measure
-    from .weights import file_sha256, read_metadata
+    from .weights import decode_metadata, file_sha256, read_metadata
 
     spec = get_spec(name)
     measured = measure(name)
@@ -89,7 +79,7 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     # environment they are generated in.
     weights = weights or (source_dir / WEIGHTS_FILENAME)
     if weights.is_file():
-        facts.weights = _decode(read_metadata(weights))
+        facts.weights = decode_metadata(read_metadata(weights))
         facts.weights_sha256, facts.weights_size = file_sha256(weights), weights.stat().st_size
         arch = facts.weights.get("arch")
         if arch and arch != name:
@@ -295,15 +285,19 @@ def _usage(facts: CardFacts) -> str:
 
 
 def _limitations(facts: CardFacts) -> str:
-    lines = ["## Limitations", "",
-             "- Trained and evaluated on CIFAR-10 only: 32x32 RGB images of 10 classes. It is not a "
-             "general image classifier and its accuracy on other data is unknown.",
-             "- Accuracy is measured on the 10,000-image CIFAR-10 test set; no robustness, "
-             "calibration or fairness evaluation was done.",
-             "- The model expects normalised input (see Architecture); raw 0-255 pixels give "
-             "meaningless predictions."]
-    if not facts.trained:
-        lines.append("- No trained weights exist for this card yet, so nothing about its accuracy is known.")
+    lines = ["## Limitations", ""]
+    if facts.trained:
+        lines += ["- Trained and evaluated on CIFAR-10 only: 32x32 RGB images of 10 classes. It is not a "
+                  "general image classifier and its accuracy on other data is unknown.",
+                  "- Accuracy is measured on the CIFAR-10 test set; no robustness, calibration or "
+                  "fairness evaluation was done."]
+    else:
+        lines += ["- No trained, evaluated weights exist for this card yet, so nothing about the "
+                  "model's accuracy is known; untrained weights predict at chance level.",
+                  "- The architecture is designed for CIFAR-10 (32x32 RGB images of 10 classes); it is "
+                  "not a general image classifier."]
+    lines.append("- The model expects normalised input (see Architecture); raw 0-255 pixels give "
+                 "meaningless predictions.")
     return "\n".join(lines)
 
 
@@ -337,6 +331,12 @@ def render_card(facts: CardFacts) -> str:
         sha = facts.weights_sha256
         intro.append(f"Weights: `model.safetensors` (SHA-256 `{sha}`), trained with aperture_zoo; "
                      "the figures below are read from its metadata and run outputs.")
+    elif facts.weights is not None:
+        intro.append(f"**These weights (`model.safetensors`, SHA-256 `{facts.weights_sha256}`) carry "
+                     "no test accuracy in their metadata: they are untrained or were never evaluated.** "
+                     "This card makes no accuracy claim. Train the model with "
+                     f"`aperture train {s.name}` and regenerate the card with "
+                     f"`aperture card {s.name} --run RUN_DIR`.")
     else:
         intro.append("**No trained weights are published for this model yet.** This card describes "
                      "the architecture only and makes no accuracy claim. Train it with "
@@ -384,3 +384,23 @@ def write_card(
     (out / "config.json").write_text(json.dumps(build_config(facts), indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(render_card(facts))
     return out
+
+
+def stale_files(name: str, folder: str | os.PathLike[str]) -> list[str]:
+    """Generated files of the card in ``folder`` that differ from a fresh regeneration.
+
+    The card is regenerated in a temporary copy of ``folder`` (so weights or ``weights.json``
+    there are taken into account) and compared byte for byte; ``[]`` means up to date. A missing
+    file counts as stale.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    generated = ("README.md", "config.json")
+    with tempfile.TemporaryDirectory(prefix="aperture-card-") as tmp:
+        copy = Path(tmp) / name
+        if folder.is_dir():
+            shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(*generated))
+        write_card(name, copy)
+        return [f for f in generated
+                if not (folder / f).is_file() or (folder / f).read_bytes() != (copy / f).read_bytes()]

@@ -136,7 +136,9 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _translate(repo_id: str, action: str, url: str) -> Iterator[None]:
+def _translate(
+    repo_id: str, action: str, url: str, revision: str | None = None, token_source: str = ""
+) -> Iterator[None]:
     """Map the client's exceptions to HubError subclasses with a fix in the message."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -153,7 +155,8 @@ def _translate(repo_id: str, action: str, url: str) -> Iterator[None]:
         raise  # the caller knows whether it was offline; see download()
     except RevisionNotFoundError:
         raise HubUnavailableError(
-            f"{repo_id} has no revision for this request at {url}; check the branch/commit name"
+            f"{repo_id} has no revision {revision or 'main'!r} at {url}; check the branch or commit "
+            "name (hf-hub:ORG/NAME@REVISION)"
         ) from None
     except RepositoryNotFoundError:
         raise HubUnavailableError(
@@ -165,9 +168,12 @@ def _translate(repo_id: str, action: str, url: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 401:
+            fix = ("pass a valid token with --token or HF_TOKEN" if action == "push to" else
+                   "set HF_TOKEN to a valid token, or unset it (public repos need none)")
             raise HubError(
-                f"the Hub at {url} rejected the token (401) while trying to {action} {repo_id}; create a "
-                "new token at https://huggingface.co/settings/tokens and pass --token or set HF_TOKEN"
+                f"the Hub at {url} rejected the token{token_source} (401) while trying to {action} "
+                f"{repo_id}; it is invalid or expired: {fix}, or run `hf auth login` "
+                "(new tokens: https://huggingface.co/settings/tokens)"
             ) from None
         if status == 403:
             raise HubError(
@@ -181,6 +187,16 @@ def _translate(repo_id: str, action: str, url: str) -> Iterator[None]:
             f"cannot reach the Hub at {url} to {action} {repo_id} ({type(exc).__name__}); check the "
             "network or HF_ENDPOINT"
         ) from None
+
+
+def _token_source(explicit: object = None, flag: str = "token=") -> str:
+    """Where the client took its token from (never the token itself), for 401 messages."""
+    if isinstance(explicit, str):
+        return f" (from {flag})"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(var):
+            return f" (from {var})"
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -215,7 +231,7 @@ def download(
         else f"the Hub at {url} cannot be reached"
     )
     try:
-        with _translate(repo_id, "download from", url):
+        with _translate(repo_id, "download from", url, revision, _token_source(token)):
             path = Path(hf_hub_download(
                 repo_id, filename, revision=revision, endpoint=url, token=token,
                 local_files_only=why_local is not None,
@@ -280,6 +296,23 @@ def _find_onnx(name: str, weights: Path) -> Path:
     )
 
 
+def _check_weights(name: str, weights: Path) -> None:
+    """Refuse, before anything is uploaded, a file that ``load(name)`` could not use.
+
+    The same checks as loading (safetensors only, architecture, every key and shape), so a
+    missing, corrupt, pickled or other-model file is named by the path the user gave.
+    """
+    from .model import create_model
+    from .weights import WeightsError, load_weights
+
+    if not weights.is_file():
+        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
+    try:
+        load_weights(create_model(name), weights)
+    except WeightsError as exc:
+        raise HubError(f"not pushing {name}: {exc}") from None
+
+
 def _ensure_repo(api: "HfApi", repo_id: str, private: bool) -> None:
     """Create ``repo_id`` unless it exists already.
 
@@ -322,6 +355,7 @@ def push(
             f"nothing to push for {name}: no weights given and none found locally; train it "
             "(`aperture train`) and pass --weights runs/.../model.safetensors"
         )
+    _check_weights(name, weights_path)
     tok = resolve_token(token)
     url = endpoint()
     branch = revision or "main"
@@ -332,7 +366,7 @@ def push(
             raise HubUnavailableError(
                 f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"
             )
-        with _translate(repo_id, "push to", url):
+        with _translate(repo_id, "push to", url, branch, _token_source(token, "--token")):
             _ensure_repo(api, repo_id, private)
             if branch != "main":
                 api.create_branch(repo_id, branch=branch, exist_ok=True)

@@ -108,6 +108,12 @@ class ResNet(nn.Module):
                 f"(float, normalised), got {tuple(x.shape)}. Add a batch dimension with "
                 "x.unsqueeze(0), or resize images to 32x32."
             )
+        if not x.is_floating_point():
+            raise InputShapeError(
+                f"{self.spec.name} expects float input normalised with the model's mean/std, got "
+                f"dtype {x.dtype}. Convert raw pixels first: ((x.float() / 255) - mean) / std with "
+                "mean/std from model.spec."
+            )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,9 @@ Resolution order for ``load(name, pretrained=True)``:
 4. ``model_cards/<name>/model.safetensors`` of a source checkout.
 
 ``load("hf-hub:ORG/NAME[@rev]")`` and ``load("local-dir:DIR")`` (timm-style) take the
-architecture from the source's ``config.json``. When nothing is found the error lists every place
+architecture from the source's ``config.json``. An ``hf-hub:`` repo that the registry publishes to
+is read at the registry's pinned revision (unless ``@rev`` names another), and every file the
+registry pins (``model.safetensors``, ``config.json``) is SHA-256 checked. When nothing is found the error lists every place
 it looked and why each failed.
 """
 
@@ -67,13 +69,23 @@ def _from_local_dir(ref: str, name: str) -> Path:
     return found
 
 
-def _from_hf_hub(ref: str, name: str | None, download: bool = True) -> Path:
-    repo_id, revision = hub.parse_hf_hub(ref)
-    pin = None
-    if name is not None:
+def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | None, str | None]:
+    """(revision, SHA-256) the registry pins for ``filename`` of ``repo_id``, if a model publishes there.
+
+    An explicit revision other than the pinned one is the caller's choice: it is used unpinned.
+    """
+    from .registry import list_models
+
+    for name in list_models():
         spec = get_spec(name)
         if spec.hub_repo == repo_id and (revision is None or revision == spec.hub_revision):
-            pin = spec.hub_sha256.get(WEIGHTS_FILENAME)
+            return revision or spec.hub_revision, spec.hub_sha256.get(filename)
+    return revision, None
+
+
+def _from_hf_hub(ref: str, name: str | None, download: bool = True) -> Path:
+    repo_id, revision = hub.parse_hf_hub(ref)
+    revision, pin = _pinned(repo_id, revision, WEIGHTS_FILENAME)
     return hub.download(repo_id, WEIGHTS_FILENAME, revision, sha256=pin, local_only=not download)
 
 
@@ -141,7 +153,8 @@ def _source_config(source: str) -> dict:
     """config.json of an ``hf-hub:`` or ``local-dir:`` source (architecture, model args)."""
     if source.startswith(HF_HUB_PREFIX):
         repo_id, revision = hub.parse_hf_hub(source)
-        path = hub.download(repo_id, hub.CONFIG_FILENAME, revision)
+        revision, pin = _pinned(repo_id, revision, hub.CONFIG_FILENAME)
+        path = hub.download(repo_id, hub.CONFIG_FILENAME, revision, sha256=pin)
     else:
         path = Path(source.removeprefix(LOCAL_DIR_PREFIX)).expanduser() / hub.CONFIG_FILENAME
         if not path.is_file():

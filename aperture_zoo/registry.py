@@ -32,6 +32,10 @@ class UnknownModelError(ApertureError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class NoMatchingModelError(ApertureError, LookupError):
+    """A wildcard pattern that selects no registered model."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Hyper-parameters of one ResNet, in the report's notation (N, B, C, F, K, P).
@@ -65,6 +69,8 @@ class ModelSpec:
             )
         if not self.blocks or min(self.blocks) < 1 or min(self.channels) < 1:
             raise ValueError(f"{self.name}: every stage needs >= 1 block and >= 1 channel")
+        if self.num_classes < 1:
+            raise ValueError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
         if self.conv_kernel % 2 == 0 or self.shortcut_kernel % 2 == 0:
             raise ValueError(f"{self.name}: kernels must be odd to keep 'same' padding")
         side = self.input_size[1] // 2 ** (len(self.blocks) - 1)

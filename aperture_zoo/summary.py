@@ -13,6 +13,14 @@ from .registry import get_spec, list_models
 
 
 @lru_cache(maxsize=None)
+def parameter_count(name: str) -> int:
+    """Trainable parameters of the built model (cheap: no forward pass, unlike ``measure``)."""
+    from .model import count_parameters, create_model
+
+    return count_parameters(create_model(name))
+
+
+@lru_cache(maxsize=None)
 def measure(name: str) -> dict[str, int]:
     """Parameters and forward FLOPs for one 32x32 image (torch's flop counter; 1 MAC = 2 FLOPs)."""
     import torch
@@ -31,23 +39,13 @@ def measure(name: str) -> dict[str, int]:
 def local_weights_metadata(name: str) -> dict[str, Any] | None:
     """Metadata of weights found locally for ``name`` (None when there are none)."""
     from .pretrained import NoPretrainedWeightsError, resolve_weights
-    from .weights import read_metadata
+    from .weights import decode_metadata, read_metadata
 
     try:
         path = resolve_weights(name)
     except NoPretrainedWeightsError:
         return None
-    return {"path": str(path), **_decode(read_metadata(path))}
-
-
-def _decode(meta: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in meta.items():
-        try:
-            out[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            out[key] = value
-    return out
+    return {"path": str(path), **decode_metadata(read_metadata(path))}
 
 
 def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any]]:
@@ -55,7 +53,8 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
     rows = []
     for name in list_models(pattern):
         spec = get_spec(name)
-        facts = measure(name)
+        # FLOPs need a counted forward pass (seconds on first use); the table does without them.
+        facts = measure(name) if with_flops else {"params": parameter_count(name)}
         meta = local_weights_metadata(name) or {}
         row: dict[str, Any] = {
             "name": name,

@@ -20,7 +20,8 @@ from .model import ResNet, count_parameters, create_model
 from .registry import ModelSpec
 
 FORMAT = "aperture_zoo/1"
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save's zip container
+# Raw pickle (PROTO opcode 0x80 then protocol 2-5) and torch.save's zip container.
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
 class WeightsError(ApertureError, ValueError):
@@ -51,6 +52,17 @@ def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[s
     for key, value in (extra or {}).items():
         meta[key] = value
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """String metadata (safetensors header or ONNX ``metadata_props``) with JSON values decoded."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            out[key] = value
+    return out
 
 
 def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
@@ -121,11 +133,26 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return tensors, meta
 
 
+def _saved_arch(meta: dict[str, str], path: Path | None = None) -> dict[str, Any]:
+    """The architecture recorded in a file's metadata, or a WeightsError if it is unreadable."""
+    try:
+        arch = json.loads(meta["spec"])
+    except (json.JSONDecodeError, TypeError):
+        arch = None
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        where = f"{str(path)!r}" if path is not None else "the weights file"
+        raise WeightsError(
+            f"{where} has a damaged 'spec' entry in its metadata ({meta['spec'][:80]!r}); it was "
+            "edited or corrupted. Save it again with aperture_zoo.save_weights"
+        )
+    return arch
+
+
 def spec_from_metadata(meta: dict[str, str], base: ModelSpec | None = None) -> ModelSpec | None:
     """Rebuild the spec a file was saved with (None for a file without our metadata)."""
     if "spec" not in meta:
         return None
-    arch = json.loads(meta["spec"])
+    arch = _saved_arch(meta)
     if base is None:
         from .registry import get_spec
 
@@ -165,7 +192,7 @@ def load_weights(model_or_name: ResNet | str, path: str | os.PathLike[str], stri
     tensors, meta = read_state_dict(path)
     model = create_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
     spec = model.spec
-    saved = json.loads(meta["spec"]) if "spec" in meta else None
+    saved = _saved_arch(meta, path) if "spec" in meta else None
     if saved is not None:
         ours = spec.arch_dict()
         if strict and saved.get("num_classes") != ours["num_classes"]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
 
 from hub_fixtures import random_weights
-from aperture_zoo.cards import CardError, write_card
+from aperture_zoo.cards import CardError, stale_files, write_card
 from aperture_zoo.pretrained import model_cards_dir
 from aperture_zoo.registry import CIFAR10_CLASSES, list_models
 from aperture_zoo.summary import measure
@@ -22,14 +21,34 @@ def _front_matter(readme: str) -> dict:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_committed_cards_are_up_to_date(name, tmp_path):
+def test_committed_cards_are_up_to_date(name):
     committed = model_cards_dir() / name
     assert (committed / "README.md").is_file() and (committed / "config.json").is_file()
-    shutil.copytree(committed, tmp_path / name, ignore=shutil.ignore_patterns("README.md", "config.json"))
-    write_card(name, tmp_path / name)
-    for file_name in ("README.md", "config.json"):
-        assert (tmp_path / name / file_name).read_text() == (committed / file_name).read_text(), (
-            f"model_cards/{name}/{file_name} is out of date: run `aperture card {name}` and commit it")
+    assert stale_files(name, committed) == [], (
+        f"model_cards/{name} is out of date: run `aperture card {name}` and commit it")
+    if not (committed / "model.safetensors").is_file() and not (committed / "weights.json").is_file():
+        readme = (committed / "README.md").read_text()
+        assert "No trained weights are published for this model yet" in readme
+        assert "model-index" not in _front_matter(readme) and "%" not in readme
+
+
+def test_stale_check_catches_every_kind_of_drift(tmp_path):
+    card = write_card("resnet32", tmp_path / "resnet32")
+    assert stale_files("resnet32", card) == []
+    readme = (card / "README.md").read_text()
+    (card / "README.md").write_text(readme.replace("4,754,218", "4,754,219"))  # a hand-edited number
+    assert stale_files("resnet32", card) == ["README.md"]
+    (card / "README.md").write_text(readme)
+    config = json.loads((card / "config.json").read_text())
+    config["flops_per_image"] += 1
+    (card / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    assert stale_files("resnet32", card) == ["config.json"]
+    (card / "config.json").unlink()
+    assert stale_files("resnet32", card) == ["config.json"]
+    # A card of a model that was trained since: new weights beside it make the old card stale.
+    write_card("resnet32", card)
+    random_weights(card / "model.safetensors", "resnet32", test_top1=12.5)
+    assert stale_files("resnet32", card) == ["README.md", "config.json"]
 
 
 def test_card_without_weights_makes_no_accuracy_claim(tmp_path):
@@ -87,6 +106,15 @@ def test_card_is_deterministic_and_survives_without_the_weights_file(run_dir, tm
     (out / "model.safetensors").unlink()  # a clean checkout: weights are not committed
     write_card("resnet18", out)
     assert {f: (out / f).read_text() for f in first} == first
+
+
+def test_card_for_weights_without_accuracy_claims_nothing(tmp_path):
+    random_weights(tmp_path / "model.safetensors", "resnet10")
+    write_card("resnet10", tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "carry no test accuracy in their metadata" in readme
+    assert "model-index" not in _front_matter(readme) and "## Results" not in readme
+    assert "Accuracy is measured" not in readme and "nothing about the model's accuracy is known" in readme
 
 
 def test_card_without_mixup_does_not_cite_it(tmp_path):

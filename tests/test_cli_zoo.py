@@ -26,6 +26,17 @@ def test_list_table_and_pattern() -> None:
     assert "4,922,826" in result.stdout and "resnet10" not in result.stdout
 
 
+def test_list_table_fits_80_columns_without_truncating_numbers() -> None:
+    # `make run` and CI logs are not terminals: rich renders 80 columns there.
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "…" not in result.stdout
+    for name, params in (("resnet10", "4,903,242"), ("resnet18", "4,996,254"), ("resnet20", "4,998,382"),
+                         ("resnet22", "4,922,826"), ("resnet24", "4,935,242"), ("resnet32", "4,754,218")):
+        line = next(line for line in result.stdout.splitlines() if line.strip().startswith(name))
+        assert line.count(params) == 2, line  # built and Table 1, side by side
+
+
 def test_info_reports_measured_flops() -> None:
     result = runner.invoke(app, ["info", "resnet22", "--json"])
     assert result.exit_code == 0, result.output
@@ -34,6 +45,21 @@ def test_info_reports_measured_flops() -> None:
     # Conv/linear MACs of resnet22 counted by hand from the architecture.
     assert info["macs_per_image"] == _hand_counted_macs([3, 2, 3, 2], [64, 128, 192, 256])
     assert info["flops_per_image"] == 2 * info["macs_per_image"]
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet20", "resnet22", "resnet24", "resnet32"])
+def test_flops_of_every_model_match_a_hand_count(name: str) -> None:
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.summary import measure
+
+    spec = get_spec(name)
+    assert measure(name)["flops"] == 2 * _hand_counted_macs(list(spec.blocks), list(spec.channels))
+
+
+def test_list_pattern_without_match_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["list", "vgg*"])
+    assert result.exit_code == 2
+    assert "no model matches 'vgg*'" in result.output and "resnet22" in result.output
 
 
 def _hand_counted_macs(blocks: list[int], channels: list[int]) -> int:

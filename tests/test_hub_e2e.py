@@ -138,9 +138,9 @@ def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
 def test_wrong_token_is_a_clear_error(hub_env, pushed, weights):
     from aperture_zoo.hub import HubError, push
 
-    with pytest.raises(HubError, match=r"rejected the token \(401\)") as info:
+    with pytest.raises(HubError, match=r"rejected the token \(from --token\) \(401\)") as info:
         push("resnet10", REPO, weights=weights, token="not-a-token")
-    assert "not-a-token" not in str(info.value) and "HF_TOKEN" in str(info.value)
+    assert "not-a-token" not in str(info.value) and "invalid or expired" in str(info.value)
 
 
 def test_repo_of_someone_else_is_a_clear_error(hub_env, pushed, weights):
@@ -148,6 +148,33 @@ def test_repo_of_someone_else_is_a_clear_error(hub_env, pushed, weights):
 
     with pytest.raises(HubError, match=r"\(403\).*belongs to someone else"):
         push("resnet10", REPO, weights=weights, token="tok-bob")
+
+
+def test_new_repo_in_someone_elses_namespace_is_a_clear_error(hub_env, weights):
+    from aperture_zoo.hub import HubError, push
+
+    with pytest.raises(HubError, match=r"not allowed to push to bob/resnet10 \(403\).*belongs to someone else"):
+        push("resnet10", "bob/resnet10", weights=weights, token="tok-alice")
+    assert "bob/resnet10" not in hub_env.repos
+
+
+def test_unusable_weights_are_refused_before_any_upload(hub_env, weights, tmp_path):
+    import pickle
+
+    from aperture_zoo.hub import HubError, push
+
+    other = random_weights(tmp_path / "r20.safetensors", "resnet20")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(weights.read_bytes()[:1000])
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(pickle.dumps({"conv1.weight": 0}, protocol=2))
+    before = len(hub_env.requests)
+    for path, message in ((other, "holds weights for architecture 'resnet20', not 'resnet10'"),
+                          (corrupt, "truncated or corrupt"), (pickled, "pickle checkpoint, not safetensors")):
+        with pytest.raises(HubError, match="not pushing resnet10") as info:
+            push("resnet10", "zoo/refused", weights=path, token="tok-alice")
+        assert message in str(info.value) and str(path) in str(info.value)
+    assert len(hub_env.requests) == before and "zoo/refused" not in hub_env.repos
 
 
 def test_no_token_is_a_clear_error(hub_env, weights, monkeypatch):

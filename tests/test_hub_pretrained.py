@@ -87,3 +87,55 @@ def test_local_dir_source_takes_the_architecture_from_config(two_weights, tmp_pa
 def test_bad_hf_hub_reference(dead_hub):
     with pytest.raises(HubError, match="invalid Hub repo id 'not-a-repo'; use the form ORG/NAME"):
         load("hf-hub:not-a-repo", pretrained=True)
+
+
+def test_registry_pins_revision_and_every_file_digest(hub_env, monkeypatch, tmp_path):
+    """A registered Hub repo is read at the pinned commit, and config.json is checked like the weights."""
+    import dataclasses
+
+    from huggingface_hub import constants
+
+    from aperture_zoo import registry
+    from aperture_zoo.hub import HubIntegrityError, push
+    from aperture_zoo.weights import file_sha256
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # not the user's cache
+    first = random_weights(tmp_path / "1" / "model.safetensors", "resnet10", init_seed=1)
+    second = random_weights(tmp_path / "2" / "model.safetensors", "resnet10", init_seed=2)
+    pinned = push("resnet10", "zoo/pinned10", weights=first, token="tok-alice")
+    push("resnet10", "zoo/pinned10", weights=second, token="tok-alice")  # main moves on
+    config = hub_env.repos["zoo/pinned10"].resolve(pinned.commit_oid).files["config.json"]
+    (tmp_path / "config.json").write_bytes(config)
+    spec = dataclasses.replace(
+        registry.get_spec("resnet10"), hub_repo="zoo/pinned10", hub_revision=pinned.commit_oid,
+        hub_sha256={"model.safetensors": file_sha256(first), "config.json": file_sha256(tmp_path / "config.json")})
+    monkeypatch.setitem(registry._REGISTRY, "resnet10", spec)
+
+    assert _same(load("resnet10", pretrained=True), first)  # the pinned commit, not main
+    assert _same(load("hf-hub:zoo/pinned10", pretrained=True), first)
+    head = hub_env.repos["zoo/pinned10"].history()[0].oid
+    assert _same(load(f"hf-hub:zoo/pinned10@{head}", pretrained=True), second)  # explicit rev: unpinned
+
+    monkeypatch.setitem(registry._REGISTRY, "resnet10", dataclasses.replace(
+        spec, hub_sha256={**spec.hub_sha256, "config.json": "0" * 64}))
+    with pytest.raises(HubIntegrityError, match=r"config.json of zoo/pinned10@.*refusing to load it"):
+        load("hf-hub:zoo/pinned10", pretrained=True)
+
+
+def test_bad_token_and_unknown_revision_on_download(hub_env, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from aperture_zoo.hub import HubError, HubUnavailableError, push
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path / "no_cards")
+    weights = random_weights(tmp_path / "model.safetensors", "resnet10")
+    push("resnet10", "zoo/tokens10", weights=weights, token="tok-alice")
+    with pytest.raises(HubUnavailableError, match=r"zoo/tokens10 has no revision 'v9'.*ORG/NAME@REVISION"):
+        load("hf-hub:zoo/tokens10@v9", pretrained=True)
+    monkeypatch.setenv("HF_TOKEN", "expired-token")
+    monkeypatch.setenv("APERTURE_HUB_ORG", "zoo")
+    for call in (lambda: load("resnet10", pretrained=True), lambda: load("hf-hub:zoo/tokens10")):
+        with pytest.raises(HubError, match=r"rejected the token \(from HF_TOKEN\) \(401\).*unset it") as info:
+            call()
+        assert "expired-token" not in str(info.value)

@@ -14,10 +14,24 @@ KEY = re.compile(
 )
 
 
-@pytest.mark.parametrize("name", list_models())
+# The report's Table 1, typed here independently of the registry: a wrong registry entry and a
+# wrong model cannot agree with each other and pass.
+TABLE1_PARAMS = {
+    "resnet10": 4_903_242, "resnet18": 4_996_254, "resnet20": 4_998_382,
+    "resnet22": 4_922_826, "resnet24": 4_935_242, "resnet32": 4_754_218,
+}
+
+
+def test_every_table1_model_is_registered() -> None:
+    assert list_models() == sorted(TABLE1_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE1_PARAMS))
 def test_parameter_count_equals_table1(name: str) -> None:
     model = create_model(name)
-    assert count_parameters(model) == get_spec(name).report_params
+    built = count_parameters(model)
+    assert built == sum(p.numel() for p in model.parameters())  # nothing frozen or hidden
+    assert built == TABLE1_PARAMS[name] == get_spec(name).report_params
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -56,6 +70,12 @@ def test_wrong_input_shape_is_named(shape: tuple[int, ...]) -> None:
     model = create_model("resnet10").eval()
     with pytest.raises(InputShapeError, match=r"expects a batch of images shaped N x 3 x 32 x 32"):
         model(torch.randn(*shape))
+
+
+def test_integer_pixels_are_named() -> None:
+    model = create_model("resnet10").eval()
+    with pytest.raises(InputShapeError, match=r"expects float input normalised.*got dtype torch.uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
 @pytest.fixture(scope="module")

@@ -51,3 +51,28 @@ def test_wheel_installs_and_imports_in_a_throwaway_venv(wheel: Path, tmp_path: P
     assert train_origin.startswith(str(venv)) and train_origin.endswith("aperture_zoo/train/__init__.py")
     assert export_origin.startswith(str(venv)) and export_origin.endswith("aperture_zoo/export/__init__.py")
     assert out.stdout.splitlines()[1] == "None None"
+
+
+def test_editable_install_maps_subpackages_to_the_source_tree(tmp_path: Path) -> None:
+    """What `pip install -e .` does (PEP 660): build the editable wheel, install it, import from the tree."""
+    out = tmp_path / "editable"
+    out.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_editable({str(out)!r}))"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )
+    (whl,) = out.glob("aperture_zoo-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(whl)], check=True)
+    code = (
+        "import importlib.util as u;"
+        "print(*(u.find_spec(m).origin for m in ('aperture_zoo', 'aperture_zoo.train', 'aperture_zoo.export')));"
+        "print(u.find_spec('train'), u.find_spec('export'))"
+    )
+    lines = subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True,
+                           cwd=tmp_path).stdout.splitlines()
+    assert lines[0].split() == [str(ROOT / "aperture_zoo" / "__init__.py"), str(ROOT / "train" / "__init__.py"),
+                                str(ROOT / "export" / "__init__.py")]
+    assert lines[1] == "None None"

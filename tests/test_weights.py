@@ -81,11 +81,23 @@ def test_truncated_file(saved: tuple[torch.nn.Module, Path], tmp_path: Path, kee
         load("resnet22", weights=bad)
 
 
-def test_garbage_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\x00" * 64,  # bad header
+        b"",  # empty
+        b"\x80\xff" + bytes(range(64)),  # starts like a pickle opcode but is not one
+        (10**12).to_bytes(8, "little") + b"{}",  # header length past the end of the file
+    ],
+    ids=["bad-header", "empty", "0x80-garbage", "huge-header"],
+)
+def test_garbage_file(tmp_path: Path, data: bytes) -> None:
     bad = tmp_path / "garbage.safetensors"
-    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\x00" * 64)
-    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+    bad.write_bytes(data)
+    with pytest.raises(WeightsError, match="not a readable safetensors file.*truncated or corrupt"):
         read_metadata(bad)
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        load("resnet10", weights=bad)
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
@@ -118,6 +130,15 @@ def test_bare_safetensors_with_other_keys_names_them(tmp_path: Path) -> None:
         load("resnet10", weights=tmp_path / "bare.safetensors")
 
 
+def test_damaged_metadata_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = create_model("resnet10").state_dict()
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"arch": "resnet10", "spec": "{oops"})
+    with pytest.raises(WeightsError, match=r"damaged 'spec' entry in its metadata"):
+        load("resnet10", weights=tmp_path / "bad.safetensors")
+
+
 def test_save_replaces_atomically(saved: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
     model, _ = saved
     target = tmp_path / "model.safetensors"
@@ -132,5 +153,13 @@ def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.Monk
     from aperture_zoo import pretrained
 
     monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
-    with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="no published weights for resnet22"):
+    import socket
+
+    with socket.socket() as s:  # never ask the real Hub from a test: point it at a closed port
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
+    # (Not HF_HUB_OFFLINE: huggingface_hub reads it once, when first imported, for the whole session.)
+    monkeypatch.delenv("APERTURE_WEIGHTS_DIR", raising=False)
+    with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="no published weights for resnet22") as info:
         load("resnet22", pretrained=True)
+    assert "aperture train resnet22" in str(info.value)

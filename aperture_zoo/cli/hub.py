@@ -23,7 +23,7 @@ def card_cmd(
 
     with user_errors():
         folder = write_card(name, out or model_cards_dir() / name, weights=weights, run_dir=run)
-    console.print(f"wrote {folder / 'README.md'} and {folder / 'config.json'}", highlight=False)
+    console.print(f"wrote {folder / 'README.md'} and {folder / 'config.json'}", highlight=False, soft_wrap=True)
 
 
 @app.command("push")

@@ -21,24 +21,40 @@ def list_cmd(
     ),
 ) -> None:
     """The zoo: architecture, exact parameter count against the report, and accuracies."""
+    from rich import box
     from rich.table import Table
 
     from aperture_zoo.summary import zoo_rows
 
     with user_errors():
         rows = zoo_rows(pattern)
+        if not rows:
+            from aperture_zoo.registry import NoMatchingModelError, list_models
+
+            raise NoMatchingModelError(
+                f"no model matches {pattern!r}; patterns are fnmatch wildcards such as 'resnet2*'. "
+                f"Available: {', '.join(list_models())}"
+            )
     if json_out:
         print_json(rows)
     else:
-        table = Table(title="aperture_zoo: CIFAR-10 ResNets (report Table 1)")
-        for col in ("model", "blocks", "channels", "params (built)", "report params", "match",
-                    "report top-1 (20 ep)", "our top-1 (final ep)"):
-            table.add_column(col, justify="right" if "param" in col or "top" in col else "left")
+        # Compact enough for 80 columns (CI logs, pipes), so no number is ever truncated.
+        table = Table(
+            title="aperture_zoo: CIFAR-10 ResNets (report Table 1)",
+            caption="params: counted on the built model (red if it differs from Table 1); "
+                    "top-1 %: the report's at 20 epochs / ours at the last epoch of our weights",
+            box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+        )
+        for col, justify in (("model", "left"), ("blocks B", "left"), ("channels C", "left"),
+                             ("params", "right"), ("Table 1", "right"), ("report %", "right"),
+                             ("our %", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)
         for r in rows:
+            params = f"{r['params']:,}"
             table.add_row(
-                r["name"], str(tuple(r["blocks"])), str(tuple(r["channels"])), f"{r['params']:,}",
+                r["name"], ",".join(map(str, r["blocks"])), ",".join(map(str, r["channels"])),
+                params if r["params_match_report"] else f"[bold red]{params} ≠[/]",
                 f"{r['report_params']:,}" if r["report_params"] else "—",
-                "yes" if r["params_match_report"] else "[red]NO[/]",
                 _pct(r["report_top1_20ep"]), _pct(r["top1"]),
             )
         console.print(table)
