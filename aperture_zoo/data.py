@@ -27,6 +27,10 @@ class DataError(ApertureError, FileNotFoundError):
     """CIFAR-10 is missing or malformed; the message says how to provide it."""
 
 
+class SubsetError(ApertureError, ValueError):
+    """A subset or hold-out size the split cannot provide; the message gives the valid range."""
+
+
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8, N x 3 x 32 x 32
@@ -107,30 +111,60 @@ def _missing_message(root: Path) -> str:
     )
 
 
+# torchvision's downloader opens the URL without a timeout; a network that drops packets instead
+# of refusing them would otherwise hang the command for minutes before saying "offline".
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
 def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Fetch and extract the official archive (MD5-checked by torchvision's utilities)."""
+    """Fetch and extract the official archive (MD5-checked by torchvision's utilities).
+
+    Offline (or when the archive fails its MD5) this raises ``DataError`` saying how to point at a
+    local copy instead, so a machine without network gets one actionable line, not a traceback.
+    """
+    import socket
+
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         from torchvision.datasets.utils import download_and_extract_archive
 
         download_and_extract_archive(ARCHIVE_URL, str(root), md5=ARCHIVE_MD5)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types
-        raise DataError(f"could not download CIFAR-10 ({exc}). {_missing_message(root)}") from None
+        raise DataError(
+            f"CIFAR-10 is not in {str(root)!r} and downloading it from {ARCHIVE_URL} failed ({exc}); "
+            "if this machine is offline, copy the data here instead. Point --data-dir (or "
+            f"$APERTURE_DATA) at a folder that contains {BATCHES_DIR}/ (pass --no-download to skip "
+            "the attempt). From split archive parts: cat cifar-10-python.tar.gz.part* > c.tgz && "
+            "tar xzf c.tgz -C DIR"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     return find_batches_dir(root)
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None, download_if_missing: bool = False) -> Path:
+    """The ``cifar-10-batches-py`` folder, downloading it first if it is missing and that is allowed."""
+    try:
+        return find_batches_dir(data_dir)
+    except DataError:
+        if not download_if_missing:
+            raise
+        return download(data_dir)
 
 
 def load_split(
     split: str = "train", data_dir: str | os.PathLike[str] | None = None, download_if_missing: bool = False
 ) -> Split:
-    """All images of ``split`` ("train" or "test") as uint8 NCHW plus int64 labels."""
+    """All images of ``split`` ("train" or "test") as uint8 NCHW plus int64 labels.
+
+    When the files are missing and ``download_if_missing`` is set, the official archive is fetched
+    into ``data_dir`` first (see ``download``); otherwise the error says how to provide them.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    try:
-        folder = find_batches_dir(data_dir)
-    except DataError:
-        if not download_if_missing:
-            raise
-        folder = download(data_dir)
+    folder = locate(data_dir, download_if_missing)
     images, labels = [], []
     for name in TRAIN_FILES if split == "train" else TEST_FILES:
         batch = _read_batch(folder / name)
@@ -173,14 +207,17 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     classes = np.unique(labels)
     per_class, extra = divmod(n, len(classes))
     if n <= 0 or n > len(labels):
-        raise ValueError(f"subset size must be in 1..{len(labels)}, got {n}")
+        raise SubsetError(f"subset size must be in 1..{len(labels)}, got {n}")
     rng = np.random.default_rng(seed)
     picked = []
     for i, c in enumerate(classes):
         pool = np.flatnonzero(labels == c)
         k = per_class + (1 if i < extra else 0)
         if k > len(pool):
-            raise ValueError(f"class {c} has only {len(pool)} images, {k} requested")
+            raise SubsetError(
+                f"a stratified subset of {n} needs {k} images of class {c}, which has only {len(pool)}; "
+                "choose a smaller subset"
+            )
         picked.append(rng.choice(pool, size=k, replace=False))
     out = np.concatenate(picked)
     rng.shuffle(out)
@@ -188,8 +225,14 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def subset(split: Split, n: int | None, seed: int = 0) -> Split:
-    """A stratified subset of ``n`` images (the split itself when ``n`` is None)."""
-    if n is None or n >= len(split):
+    """A stratified subset of ``n`` images (the split itself when ``n`` is None or its size).
+
+    Asking for more images than the split holds is an error rather than a silent "all of it", so a
+    typo in ``--subset`` cannot turn a smoke run into a full one.
+    """
+    if n is None or n == len(split):
         return split
+    if n <= 0 or n > len(split):
+        raise SubsetError(f"--subset must be in 1..{len(split)} for this split, got {n}")
     idx = stratified_indices(split.labels, n, seed)
     return Split(images=split.images[idx], labels=split.labels[idx], classes=split.classes)

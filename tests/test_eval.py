@@ -96,10 +96,33 @@ def test_cli_eval_refuses_weights_of_another_model(weights: Path, synthetic_cifa
     assert r.exit_code == 2 and "aperture eval resnet10 --weights" in " ".join(r.output.split())
 
 
-def test_cli_train_reports_missing_data_with_the_fix(tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["train", "resnet10", "--data-dir", str(tmp_path), "--device", "cpu",
-                                 "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "--download" in r.output and "--data-dir" in r.output
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_cli_missing_data_offline_and_no_download_name_the_fix(command: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data missing: the CLI tries the download by default; offline, one line says what to do instead."""
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    attempts = []
+
+    def offline(url: str, root: str, md5: str | None = None, **kw) -> None:
+        attempts.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    args = [command, "resnet10", "--data-dir", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "o")]
+    if command == "eval":
+        save_weights(create_model(SPEC), tmp_path / "w.safetensors")
+        args += ["--weights", str(tmp_path / "w.safetensors")]
+    r = CliRunner().invoke(app, args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "offline" in text and "--data-dir" in text and "Traceback" not in text, r.output
+    assert len(attempts) == 1
+    r = CliRunner().invoke(app, [*args, "--no-download"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "CIFAR-10 not found" in text and "--data-dir" in text, r.output
+    assert len(attempts) == 1
 
 
 def test_cli_train_rejects_unknown_recipe_fields(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from aperture_zoo.weights import read_metadata
 # A 98k-parameter derivative of resnet10: the real architecture code path, CPU-cheap.
 ARCH = "channels=16,32,32,64"
 TINY = create_model("resnet10", channels=(16, 32, 32, 64)).spec
-SETS = ["epochs=4", "batch_size=50", "lr=0.2", "warmup_fraction=0.25", "cutout=8", "eval_every=2"]
+# EMA on, so every resume test also checks that the averaged weights continue exactly.
+SETS = ["epochs=4", "batch_size=50", "lr=0.2", "warmup_fraction=0.25", "cutout=8", "eval_every=2", "ema_decay=0.9"]
 RECIPE = apply_overrides(get_recipe("fast"), SETS)
 
 
@@ -56,10 +57,16 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
+    """Saved (EMA) weights, and the raw weights and EMA in the final checkpoint, are bit-identical."""
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    ca, cb = load_checkpoint(a / "checkpoint.safetensors"), load_checkpoint(b / "checkpoint.safetensors")
+    for part in ("model", "ema"):
+        assert ca[part].keys() == cb[part].keys()
+        for k in ca[part]:
+            assert torch.equal(ca[part][k], cb[part][k]), (part, k)
 
 
 def test_learns_synthetic_classes_and_writes_every_output(straight) -> None:
@@ -107,6 +114,7 @@ def test_resume_after_sigterm_gives_identical_weights(straight, synthetic_cifar,
     monkeypatch.undo()
     ckpt = load_checkpoint(run / "checkpoint.safetensors")["info"]
     assert (ckpt["epoch"], ckpt["step"]) == ((2, 0) if call == 20 else (2, 7))
+    assert ckpt["elapsed"]["images"] == (20 if call == 20 else 27) * 50  # a partial epoch counts too
     assert info.value.signum == signal.SIGTERM and not (run / "model.safetensors").exists()
     result = fit(TrainConfig(resume=run, data_dir=synthetic_cifar, device="cpu", progress=False))
     _assert_same_weights(run, straight.run_dir)
@@ -165,7 +173,7 @@ def test_bad_settings_and_missing_data_name_the_fix(synthetic_cifar, tmp_path) -
     with pytest.raises(TrainingError, match="larger than the 500 training images.*--batch-size"):
         fit(_cfg(synthetic_cifar, tmp_path / "a", recipe=RECIPE.replace(batch_size=1000)))
     with pytest.raises(DataError, match="--data-dir.*--download"):
-        fit(_cfg(tmp_path / "nothing-here", tmp_path / "b"))
+        fit(_cfg(tmp_path / "nothing-here", tmp_path / "b", download=False))
     with pytest.raises(CheckpointError, match="not a run directory"):
         fit(TrainConfig(resume=tmp_path / "nope", progress=False))
 
@@ -186,3 +194,105 @@ def test_val_split_and_subset_are_stratified_and_held_out(synthetic_cifar, tmp_p
     assert torch.bincount(torch.from_numpy(s.test.labels)).tolist() == [10] * 10
     train_rows = {r.tobytes() for r in s.train.images.reshape(240, -1)}
     assert not any(r.tobytes() in train_rows for r in s.val.images.reshape(60, -1))
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9: unwinds without running any of the interrupted code after it."""
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes_exactly(
+        straight, synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """Die half-way through writing epoch 3's checkpoint, and half-way through a metrics row.
+
+    The file system then looks exactly as after a kill -9 at that moment: a truncated temp file
+    beside the intact epoch-2 checkpoint. Resume must ignore both torn files and finish identically.
+    """
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+    saves = {"n": 0}
+
+    def dying_save(tensors, filename, metadata=None):
+        saves["n"] += 1
+        real_save(tensors, filename, metadata=metadata)
+        if saves["n"] == 3:
+            size = os.path.getsize(filename)
+            with open(filename, "r+b") as f:
+                f.truncate(size // 2)
+            raise _Killed
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dying_save)
+    run = tmp_path / "run"
+    with pytest.raises(_Killed):
+        fit(_cfg(synthetic_cifar, run))
+    monkeypatch.undo()
+    assert [p.name for p in run.glob("checkpoint.safetensors.tmp*")], "the torn temp file should be there"
+    assert load_checkpoint(run / "checkpoint.safetensors")["info"]["epoch"] == 2
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 4, "train_lo')  # a row cut off mid-append
+
+    result = fit(TrainConfig(resume=run, data_dir=synthetic_cifar, device="cpu", progress=False))
+    _assert_same_weights(run, straight.run_dir)
+    assert result.test_top1 == straight.test_top1
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert not list(run.glob("*.tmp*"))
+
+
+def test_non_finite_weights_are_never_checkpointed(synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """An update that overflows the weights on an epoch's last step, while that step's loss was finite."""
+    original = loop.TrainStep.__call__
+    calls = {"n": 0}
+
+    def step(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 20:  # last step of epoch 2
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(loop.TrainStep, "__call__", step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"weights became nan/inf .* epoch 2, by step 10.*checkpoint \(epoch 1\)"):
+        fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=3)))
+    ckpt = load_checkpoint(run / "checkpoint.safetensors")
+    assert ckpt["info"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_start_again(straight, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("run.json", "recipe.json", "metrics.jsonl"):  # what a run has before epoch 1 ends
+        (run / name).write_bytes((straight.run_dir / name).read_bytes())
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again .*--out"):
+        fit(TrainConfig(resume=run, progress=False))
+    loop._resolve_run(_cfg(tmp_path, run))  # ... and starting again in the same directory is allowed
+    (run / "recipe.json").write_text('{"epochs": 4,')
+    with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
+        fit(TrainConfig(resume=run, progress=False))
+
+
+def test_cli_resume_errors_are_one_line_not_a_traceback(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "nope"), "--epochs", "5"])
+    assert r.exit_code == 2 and "is not a run directory" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_bad_subset_and_val_split_are_clear_cli_errors(synthetic_cifar, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    base = ["train", "resnet10", "--arch", ARCH, "--data-dir", str(synthetic_cifar), "--device", "cpu",
+            "--no-progress", "--out", str(tmp_path / "run")]
+    for extra, message in ((["--subset", "0"], "1..500"), (["--subset", "600"], "1..500"),
+                           (["--val-split", "500"], "leaves no training images"),
+                           (["--val-split", "-0.1"], "--val-split must be")):
+        r = CliRunner().invoke(app, [*base, *extra])
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (extra, r.output)

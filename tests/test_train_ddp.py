@@ -69,6 +69,7 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
 
     info, device = D.setup("cpu")
     assert info.world_size == 2 and device.type == "cpu"
+    _missing_data_on_two_ranks(rank, info, out)
     for bn_train in (False, True):
         model = _model()
         _one_step(model, DDP(model), rank_slice(B, rank, 2), bn_train)
@@ -77,6 +78,26 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
                       str(Path(out) / f"ddp_bn_train_{bn_train}.safetensors"))
     fit(TrainConfig(model=SPEC, recipe=RECIPE.replace(batch_size=50), data_dir=data_dir,
                     out_dir=Path(out) / "run", device="cpu", progress=False))
+
+
+def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
+    """Only rank 0 may download (two ranks writing one folder corrupt it); both must see its failure."""
+    from aperture_zoo import data
+    from aperture_zoo.train import loop
+
+    calls = []
+
+    def offline(data_dir):
+        calls.append(rank)
+        raise data.DataError("simulated: download failed, offline")
+
+    data.download = offline  # this forked worker's copy only
+    try:
+        loop._fetch_data_once(TrainConfig(data_dir=Path(out) / "no-data", download=True), info)
+        error = None
+    except data.DataError as exc:
+        error = str(exc)
+    (Path(out) / f"fetch_rank{rank}.json").write_text(json.dumps({"calls": calls, "error": error}))
 
 
 def _free_port() -> int:
@@ -140,3 +161,9 @@ def test_ddp_fit_writes_one_run_with_metrics_over_the_whole_test_set(ddp_out: Pa
     meta = read_metadata(run / "model.safetensors")
     assert json.loads(meta["world_size"]) == 2
     assert not list(run.glob("*.tmp*"))
+
+
+def test_only_rank_0_downloads_and_every_rank_gets_its_error(ddp_out: Path) -> None:
+    seen = [json.loads((ddp_out / f"fetch_rank{r}.json").read_text()) for r in range(2)]
+    assert [s["calls"] for s in seen] == [[0], []]
+    assert all(s["error"] == "simulated: download failed, offline" for s in seen)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aperture_zoo.data import Split, load_split, stratified_indices, subset
+from aperture_zoo.data import Split, SubsetError, load_split, stratified_indices, subset
 
 
 @dataclass
@@ -55,10 +55,12 @@ def load_splits(
     train = subset(load_split("train", data_dir, download), subset_size, seed)
     test = subset(load_split("test", data_dir), test_subset, seed)
     val = None
+    if val_split < 0 or (val_split >= 1 and val_split != int(val_split)):
+        raise SubsetError(f"--val-split must be a fraction in [0, 1) or a whole count of images, not {val_split}")
     n_val = int(round(val_split * len(train))) if 0 < val_split < 1 else int(val_split)
     if n_val > 0:
         if n_val >= len(train):
-            raise ValueError(f"--val-split {val_split} leaves no training images (train has {len(train)})")
+            raise SubsetError(f"--val-split {val_split} leaves no training images (train has {len(train)})")
         held = stratified_indices(train.labels, n_val, seed + 1)
         keep = np.setdiff1d(np.arange(len(train)), held)
         val = Split(train.images[held], train.labels[held], train.classes)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aperture_zoo.data import DataError, locate
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.model import ResNet, create_model
 from aperture_zoo.registry import ModelSpec, get_spec
@@ -55,13 +56,17 @@ class TrainingInterrupted(ApertureError, RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved"."""
+    """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved".
+
+    ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the error says how to point
+    at a local copy instead).
+    """
 
     model: str | ModelSpec | None = None
     recipe: Recipe | None = None
     seed: int | None = None
     data_dir: str | os.PathLike[str] | None = None
-    download: bool = False
+    download: bool = True
     subset: int | None = None
     test_subset: int | None = None
     val_split: float | None = None
@@ -181,12 +186,44 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{str(path.parent)!r} is not a run directory of `aperture train` ({path.name} is missing)"
         ) from None
+    except (OSError, ValueError) as exc:  # a directory in its place, truncated or hand-edited JSON
+        raise CheckpointError(f"{str(path)!r} is unreadable ({exc}); this run cannot be resumed") from None
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def load_run_recipe(run_dir: str | os.PathLike[str]) -> Recipe:
+    """The recipe a run directory was trained with (its ``recipe.json``); a clear error if it is not a run."""
+    return Recipe.from_dict(_read_json(Path(run_dir) / RECIPE_NAME))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``; a torn last line (``kill -9`` mid-append) is skipped, not fatal.
+
+    Rows are appended before the epoch's checkpoint is written, so a torn row always belongs to an
+    epoch the checkpoint does not include and would be dropped on resume anyway.
+    """
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every float tensor of the model (weights and BN statistics) is finite: one host sync."""
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all().item())
 
 
 def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path, dict[str, Any] | None]:
@@ -211,7 +248,13 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
 
     run_dir = Path(cfg.resume)
     run = _read_json(run_dir / RUN_NAME)
-    saved_recipe = Recipe.from_dict(_read_json(run_dir / RECIPE_NAME))
+    saved_recipe = load_run_recipe(run_dir)
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        raise CheckpointError(
+            f"the run in {str(run_dir)!r} stopped before its first checkpoint (the end of epoch 1, or "
+            "the first interruption it saw), so there is nothing to resume; start it again with the "
+            f"same options and --out {run_dir}"
+        )
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     spec = ModelSpec.from_dict(run["spec"])
     if cfg.model is not None:
@@ -302,7 +345,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     if B % info.world_size:
         raise TrainingError(f"batch size {B} does not split over {info.world_size} ranks; use a multiple")
 
-    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed, cfg.download)
+    _fetch_data_once(cfg, info)
+    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed)
     train = DeviceSplit.from_split(splits.train, device)
     test = DeviceSplit.from_split(splits.test, device)
     val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
@@ -363,18 +407,32 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                                                     "torch_version": torch.__version__})
             metrics_path.write_text("")
         else:  # drop rows of epochs the checkpoint does not include (written, then killed)
-            old = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] \
-                if metrics_path.exists() else []
-            rows = [r for r in old if r["epoch"] <= start_epoch]
+            rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for stale in run_dir.glob(f"{CHECKPOINT_NAME}.tmp*"):  # a save cut short by kill -9
+            stale.unlink(missing_ok=True)
+    saved = {"at": f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")} if ckpt else {}
+
+    def diverged(what: str, epoch: int, step: int) -> TrainingError:
+        kept = (f"The last good checkpoint ({saved['at']}) is kept in {str(run_dir)!r}. " if saved
+                else "No checkpoint had been written yet. ")
+        return TrainingError(
+            f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
+            "Lower --lr, add warm-up (--set warmup_fraction=0.1) or use --set precision=fp32"
+        )
 
     def checkpoint(epoch: int, step: int, epoch_sums: list[float]) -> None:
-        if not info.is_main:
-            return
-        state = {"epoch": epoch, "step": step, "sums": epoch_sums, "elapsed": elapsed,
-                 "ema_updates": ema.updates if ema else 0, "arch": spec.arch_dict(), "seed": seed}
-        save_checkpoint(run_dir / CHECKPOINT_NAME, raw.state_dict(), optimizer.state_dict(), state,
-                        ema.model.state_dict() if ema else None)
+        # A finite loss does not prove finite weights: the last update of an epoch can overflow
+        # them. Every rank checks (DDP keeps them identical) so all ranks stop together.
+        if not _all_finite(raw):
+            raise diverged("weights became nan/inf (the loss was still finite)", epoch - (step == 0),
+                           step or steps)
+        if info.is_main:
+            state = {"epoch": epoch, "step": step, "sums": epoch_sums, "elapsed": elapsed,
+                     "ema_updates": ema.updates if ema else 0, "arch": spec.arch_dict(), "seed": seed}
+            save_checkpoint(run_dir / CHECKPOINT_NAME, raw.state_dict(), optimizer.state_dict(), state,
+                            ema.model.state_dict() if ema else None)
+        saved["at"] = f"epoch {epoch}" + (f", step {step}" if step else "")
 
     def eval_model() -> nn.Module:
         return ema.model if ema is not None else raw
@@ -419,19 +477,16 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                     flag = torch.tensor([float(stop.signum > 0)], device=device, dtype=torch.float64)
                     shown = D.all_reduce_sum(torch.cat([sums, flag]), info).tolist()
                     if not all(math.isfinite(v) for v in shown[:2]):
-                        raise TrainingError(
-                            f"the training loss became {'nan' if math.isnan(shown[0]) else 'inf'} in epoch "
-                            f"{epoch + 1}, by step {done}; stopped. "
-                            + (f"The last good checkpoint (epoch {epoch}) is kept in {str(run_dir)!r}. "
-                               if (run_dir / CHECKPOINT_NAME).exists() else "No checkpoint had been written yet. ")
-                            + "Lower --lr, add warm-up (--set warmup_fraction=0.1) or use --set precision=fp32"
-                        )
+                        raise diverged(f"loss became {'nan' if math.isnan(shown[0]) else 'inf'}", epoch, done)
                     secs = time.perf_counter() - t_epoch
                     ips = (done - first) * B / max(secs, 1e-9)
                     progress.update(task, completed=done, loss=f"{shown[0] / max(shown[2], 1):.4f}",
                                     acc=f"{100 * shown[1] / max(shown[2], 1):.2f}%", ips=f"{ips:,.0f}")
                     halt = shown[3] > 0
                     if halt and done < steps:
+                        elapsed["wall"] += secs  # the partial epoch counts towards the run's time
+                        elapsed["train"] += secs
+                        elapsed["images"] += (done - first) * B
                         checkpoint(epoch, done, shown[:3])
                         raise TrainingInterrupted(
                             f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
@@ -484,6 +539,23 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     return result
 
 
+def _fetch_data_once(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """Make sure CIFAR-10 is there, downloading it on rank 0 only.
+
+    Ranks downloading into one folder at once would corrupt it; and if rank 0 fails (offline),
+    every rank must raise the same clear error rather than wait for it at a barrier.
+    """
+    problem = None
+    if info.is_main:
+        try:
+            locate(cfg.data_dir, cfg.download)
+        except DataError as exc:
+            problem = str(exc)
+    problem = D.broadcast_object(problem, info)
+    if problem:
+        raise DataError(problem)
+
+
 def _signame(signum: float) -> str:
     try:
         return signal.Signals(int(signum)).name
@@ -520,5 +592,5 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
         "ema": recipe.ema_decay > 0,
     }
     save_weights(plain, result.run_dir / WEIGHTS_NAME, metadata)
-    rows = [json.loads(x) for x in (result.run_dir / METRICS_NAME).read_text().splitlines() if x.strip()]
+    rows = read_metrics(result.run_dir / METRICS_NAME)
     plot_curves(rows, result.run_dir / CURVES_NAME, title=f"{plain.spec.name} ({recipe.name})")

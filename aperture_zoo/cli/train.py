@@ -55,7 +55,8 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
                                             "(default $APERTURE_DATA or ~/.cache/aperture_zoo)."),
-    download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if it is not found."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Download CIFAR-10 (MD5-checked) if it is not found."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset of N images."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
     val_split: Optional[float] = typer.Option(None, "--val-split",
@@ -77,12 +78,10 @@ def train_cmd(
         overrides = {k: v for k, v in flags.items() if v is not None}
         chosen = None
         if resume is None or recipe is not None or overrides or set_:
-            if resume is not None and recipe is None:
-                import json
+            if resume is not None and recipe is None:  # override the saved recipe, not the default one
+                from aperture_zoo.train.loop import load_run_recipe
 
-                from aperture_zoo.train import Recipe
-
-                base = Recipe.from_dict(json.loads((resume / "recipe.json").read_text()))
+                base = load_run_recipe(resume)
             else:
                 base = get_recipe(recipe or "fast")
             chosen = apply_overrides(apply_overrides(base, set_), overrides)
@@ -125,7 +124,8 @@ def eval_cmd(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A model.safetensors file."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
-    download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if it is not found."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Download CIFAR-10 (MD5-checked) if it is not found."),
     subset: Optional[int] = typer.Option(None, "--subset", help="A stratified subset of N test images."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     batch_size: int = typer.Option(1000, "--batch-size", "-b"),
