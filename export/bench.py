@@ -3,11 +3,16 @@ torch.compile, and onnxruntime fp32 / fp16 / int8, as images per second.
 
 Numbers are measured, never asserted: each variant gets warm-up runs, then is timed until
 ``min_seconds`` have passed (at least ``min_iters`` runs); the median per-iteration time is
-reported. Ratios are to torch eager NCHW at the same batch size and device.
+reported. Ratios are to torch eager NCHW, and for onnxruntime rows also to onnxruntime fp32 (the
+int8 target is >= 2x that on CPU), at the same batch size and device.
+
+``aperture bench NAME`` and ``bench/onnx_inference.py`` are thin layers over ``run_benchmark``
+and ``format_table``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -40,6 +45,7 @@ class BenchRow:
     ratio_to_eager: float | None = None
     ms_per_batch: float | None = None
     note: str = ""
+    ratio_to_ort_fp32: float | None = None   # onnxruntime rows only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,11 +73,42 @@ def _torch_runner(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], obje
     return run
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"1,256"`` -> ``[1, 256]``, with a clear error for anything else."""
+    from .errors import ExportError
+
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(b < 1 for b in sizes):
+        raise ExportError(f"--batch-sizes must be positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def parse_variants(text: str) -> list[str]:
+    """``"all"`` or a comma-separated subset of VARIANTS."""
+    from .errors import ExportError
+
+    if text.strip() == "all":
+        return list(VARIANTS)
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in chosen if v not in VARIANTS]
+    if bad or not chosen:
+        raise ExportError(f"unknown variant(s) {bad or [text]}; choose from {', '.join(VARIANTS)} (or 'all')")
+    return chosen
+
+
+def default_devices() -> list[str]:
+    """CPU, plus CUDA when torch sees a GPU (onnxruntime rows on CUDA then say if it cannot run)."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
 def run_benchmark(
     model: ResNet,
     *,
     batch_sizes: Sequence[int] = (1, 256),
-    device: str = "cpu",
+    device: str | Sequence[str] = "cpu",
     variants: Sequence[str] = VARIANTS,
     data_dir: str | os.PathLike[str] | None = None,
     exporter: str = "dynamo",
@@ -80,23 +117,28 @@ def run_benchmark(
     warmup: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
-    """Images/s per (variant, batch size) on ``device`` ('cpu' or 'cuda').
+    """Images/s per (device, variant, batch size).
 
-    int8 is calibrated on ``data_dir``'s training images when given, else on uniform noise
-    (fine for speed, meaningless for accuracy — the row's note says so).
+    ``device`` is 'cpu', 'cuda', 'auto' (CPU, plus CUDA when present) or a list of them. int8 is
+    calibrated on ``data_dir``'s training images when given, else on uniform noise (fine for
+    speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
+    torch.compile without a C++ compiler) is a row with no number and the error as its note.
     """
+    from .errors import ExportError
+
     say = progress or (lambda _m: None)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        from .errors import ExportError
-
-        raise ExportError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu")
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    provider = "cuda" if device == "cuda" else "cpu"
-    model = model.eval()
-    wrapped = NormalizedClassifier(model).eval()
+        raise ExportError(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    devices = default_devices() if device == "auto" else [device] if isinstance(device, str) else list(device)
+    for d in devices:
+        if d not in ("cpu", "cuda"):
+            raise ExportError(f"--device must be cpu, cuda or auto, got {d!r}")
+        if d == "cuda" and not torch.cuda.is_available():
+            raise ExportError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu")
+    model = copy.deepcopy(model).eval().cpu()  # the caller's model stays where it is
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="aperture_bench_") as tmp:
         files: dict[str, Path] = {}
@@ -113,36 +155,97 @@ def run_benchmark(
                     calib = np.random.default_rng(0).random((256, *model.spec.input_size), dtype=np.float32)
                     notes["int8"] = "calibrated on noise (speed only)"
                 files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
-        for batch in batch_sizes:
-            pixels = np.random.default_rng(batch).random((batch, *model.spec.input_size), dtype=np.float32)
-            x = torch.from_numpy(pixels).to(device)
-            eager: float | None = None
-            for variant in variants:
-                say(f"{variant} batch {batch}")
-                note = ""
-                try:
-                    if variant.startswith("onnxruntime"):
-                        precision = variant.split()[-1]
-                        session = create_session(files[precision], provider)  # type: ignore[arg-type]
-                        note = notes.get(precision, "")
-                        fn: Callable[[], object] = lambda s=session: s.run(None, {INPUT_NAME: pixels})  # noqa: E731
-                    else:
-                        module = wrapped.to(device)
-                        xin = x
-                        if variant in ("torch channels_last", "torch.compile"):
-                            module = NormalizedClassifier(model).eval().to(device, memory_format=torch.channels_last)
-                            xin = x.contiguous(memory_format=torch.channels_last)
-                        if variant == "torch.compile":
-                            module = torch.compile(module)
-                            note = "channels_last; compile time excluded"
-                        fn = _torch_runner(module, xin)
-                    seconds = _time(fn, sync, warmup, min_seconds, min_iters)
-                    row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note)
-                except Exception as exc:  # noqa: BLE001 - a failing runtime is a result, not a crash
-                    row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {str(exc)[:120]}")
-                if variant == "torch eager":
-                    eager = row.images_per_s
-                if eager and row.images_per_s:
-                    row.ratio_to_eager = row.images_per_s / eager
-                rows.append(row)
+        for dev in devices:
+            rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say)
     return rows
+
+
+def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],
+                  files: dict[str, Path], notes: dict[str, str], warmup: int, min_seconds: float,
+                  min_iters: int, say: Callable[[str], None]) -> list[BenchRow]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    provider = "cuda" if device == "cuda" else "cpu"
+    model = copy.deepcopy(model).to(device)
+    rows: list[BenchRow] = []
+    for batch in batch_sizes:
+        pixels = np.random.default_rng(batch).random((batch, *model.spec.input_size), dtype=np.float32)
+        x = torch.from_numpy(pixels).to(device)
+        for variant in variants:
+            say(f"{variant} on {device}, batch {batch}")
+            note = ""
+            try:
+                if variant.startswith("onnxruntime"):
+                    precision = variant.split()[-1]
+                    session = create_session(files[precision], provider)  # type: ignore[arg-type]
+                    note = notes.get(precision, "")
+                    fn: Callable[[], object] = lambda s=session: s.run(None, {INPUT_NAME: pixels})  # noqa: E731
+                else:
+                    # a copy per variant: .to(memory_format=...) converts parameters in place, and
+                    # eager NCHW must not run on channels_last weights left by an earlier variant
+                    module = NormalizedClassifier(copy.deepcopy(model)).eval().to(device)
+                    xin = x
+                    if variant in ("torch channels_last", "torch.compile"):
+                        module = module.to(memory_format=torch.channels_last)
+                        xin = x.contiguous(memory_format=torch.channels_last)
+                    if variant == "torch.compile":
+                        module = torch.compile(module)
+                        note = "channels_last; compile time excluded"
+                    fn = _torch_runner(module, xin)
+                seconds = _time(fn, sync, warmup, min_seconds, min_iters)
+                row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note)
+            except Exception as exc:  # noqa: BLE001 - a failing runtime is a result, not a crash
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+                row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {first}")
+            rows.append(row)
+    if "torch.compile" in variants:
+        torch._dynamo.reset()  # compiled graphs hold the model; free them between devices
+    return add_ratios(rows)
+
+
+def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
+    """Fill each row's ratios to torch eager and onnxruntime fp32 at the same device and batch."""
+    base = {(r.variant, r.device, r.batch): r.images_per_s for r in rows}
+    for r in rows:
+        if r.images_per_s is None:
+            continue
+        eager = base.get(("torch eager", r.device, r.batch))
+        fp32 = base.get(("onnxruntime fp32", r.device, r.batch))
+        r.ratio_to_eager = r.images_per_s / eager if eager else None
+        r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and r.variant.startswith("onnxruntime") else None
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
+    """The rows as a Markdown table (what the CLI prints, in plain text; pastes into notes)."""
+    head = ["runtime", "device", "batch", "images/s", "ms/batch", "× torch eager", "× ORT fp32", "note"]
+    body = [
+        [r.variant, r.device, str(r.batch),
+         "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
+         "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.2f}",
+         "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}",
+         "—" if r.ratio_to_ort_fp32 is None else f"{r.ratio_to_ort_fp32:.2f}", r.note]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    right = {2, 3, 4, 5, 6}
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    out = ([f"**{title}**", ""] if title else []) + [line(head), sep] + [line(b) for b in body]
+    return "\n".join(out)
+
+
+def environment() -> dict[str, object]:
+    """What a benchmark number depends on besides the model: versions, cores, threads, GPU."""
+    import platform
+
+    import onnxruntime as ort
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -14,10 +14,11 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import onnx
 import torch
@@ -96,13 +97,33 @@ def build_metadata(
 def _export_dynamo(module: nn.Module, example: Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     quiet = io.StringIO()  # the exporter prints progress lines; the CLI shows its own
-    with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+    with contextlib.redirect_stdout(quiet), warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
         )
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Silence the exporter's log lines (e.g. a failed opset down-conversion with its traceback):
+    what went wrong is reported by ``to_onnx`` itself."""
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
+def graph_opset(proto: onnx.ModelProto) -> int | None:
+    """The default-domain (``ai.onnx``) opset the graph really uses."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_legacy(module: nn.Module, example: Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
@@ -176,6 +197,15 @@ def to_onnx(
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Retry with "
             f"--exporter {other}, or another --opset."
         ) from exc
+    got = graph_opset(proto)
+    if got != opset:
+        # The dynamo exporter writes opset 18+ and converts down on request; when the conversion
+        # fails it keeps 18 with only a log line. A file must have the opset it says it has.
+        hint = "use --exporter legacy for opsets below 18, or --opset 18 or newer" if opset < 18 else "use another --opset"
+        raise ExportError(
+            f"the {exporter} exporter wrote opset {got} for {model.spec.name} where --opset {opset} "
+            f"was asked (it could not convert the graph); {hint}"
+        )
     meta = build_metadata(
         model, opset=opset, normalize=normalize, exporter=exporter, batch=batch, weights_sha256=weights_sha256
     )
@@ -202,14 +232,3 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     except Exception as exc:  # noqa: BLE001
         raise OnnxFileError(f"{str(path)!r} is not an ONNX file ({exc}); export it again") from None
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
-    """Metadata with its JSON values decoded (for reports and tests)."""
-    out: dict[str, Any] = {}
-    for key, value in meta.items():
-        try:
-            out[key] = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            out[key] = value
-    return out

@@ -17,7 +17,7 @@ from aperture_zoo.model import ResNet
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
-from .runtime import Provider
+from .runtime import Provider, check_provider
 from .validate import ValidationReport, validate
 
 
@@ -43,6 +43,7 @@ def export_model(
     normalize: bool = True,
     exporter: Exporter = "dynamo",
     fp16: bool = False,
+    fp16_io: bool = False,
     int8: bool = False,
     data_dir: str | os.PathLike[str] | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
@@ -54,9 +55,18 @@ def export_model(
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
     int8 needs ``data_dir``: calibration uses a stratified sample of its training split, and the
-    int8 tolerance is judged on its test split.
+    int8 tolerance is judged on its test split. ``fp16_io`` makes the fp16 file take and give
+    float16 (its inputs and outputs stay float32 otherwise).
     """
     say = progress or (lambda _msg: None)
+    if fp16_io and not fp16:
+        raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
+    if int8 and calibration_images < 1:
+        raise ExportError(f"--calibration-images must be at least 1, got {calibration_images}")
+    if max_val_images is not None and max_val_images < 1:
+        raise ExportError(f"--max-val-images must be at least 1, got {max_val_images}")
+    if run_validation:  # an unusable provider is an error before minutes of export, not after
+        check_provider(provider)
     if int8 and data_dir is None:
         raise ExportError(
             "--int8 needs training images to calibrate on; pass --data-dir pointing at CIFAR-10 "
@@ -73,7 +83,7 @@ def export_model(
     result.files.append(fp32_path)
     if fp16:
         say("converting to fp16")
-        result.files.append(to_fp16(fp32_path, out / f"{stem}.fp16.onnx"))
+        result.files.append(to_fp16(fp32_path, out / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
     if int8:
         if not normalize:
             import numpy as np

@@ -1,7 +1,10 @@
 """Torch-free inference on an exported file: onnxruntime, numpy and pillow only.
 
-Apps can copy this module into their own code. Everything the model needs (class names, whether
-normalisation is in the graph, mean/std) is read from the file's metadata::
+Apps use it without PyTorch installed (``pip install --no-deps aperture-zoo`` beside onnxruntime,
+numpy and pillow), or copy it into their own code together with its two siblings ``runtime.py``
+(provider choice) and ``errors.py`` (whose one import, ``ApertureError``, can become
+``Exception``). Everything the model needs (class names, whether normalisation is in the graph,
+mean/std, fixed or dynamic batch, float32 or float16 input) is read from the file::
 
     from aperture_zoo.export.predict import OnnxClassifier
 
@@ -83,6 +86,8 @@ class OnnxClassifier:
                 f"(inputs: {[(i.name, i.shape) for i in inputs]}); export it with `aperture export`"
             )
         self.input_name = inputs[0].name
+        # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)
+        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         shape = inputs[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.image_size = (int(shape[3]), int(shape[2]))
@@ -112,7 +117,7 @@ class OnnxClassifier:
         x = x.astype(np.float32, copy=False)
         if not self.normalize_in_graph:
             x = (x - self.mean) / self.std
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Logits for uint8 N x H x W x 3 images or float N x 3 x H x W pixels in [0, 1]."""
@@ -122,7 +127,7 @@ class OnnxClassifier:
         out, b = [], self.fixed_batch
         for i in range(0, len(x), b):
             chunk = x[i : i + b]
-            pad = np.zeros((b - len(chunk), *x.shape[1:]), np.float32)
+            pad = np.zeros((b - len(chunk), *x.shape[1:]), x.dtype)
             out.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][: len(chunk)])
         return np.concatenate(out).astype(np.float32)
 

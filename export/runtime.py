@@ -82,23 +82,9 @@ def create_session(
     """
     import onnxruntime as ort
 
-    if provider not in PROVIDERS:
-        raise ExportError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
     if isinstance(path, (str, os.PathLike)):
         check_onnx_path(path)
-    want_cuda = provider == "cuda" or (provider == "auto" and cuda_offered() and cuda_driver_present())
-    if provider == "cuda" and not cuda_offered():
-        raise ExportError(
-            "--provider cuda was requested but this onnxruntime has no CUDA execution provider "
-            f"(available: {', '.join(ort.get_available_providers())}). Install onnxruntime-gpu on "
-            "a machine with an NVIDIA GPU, or use --provider cpu."
-        )
-    if provider == "cuda" and not cuda_driver_present():
-        raise ExportError(
-            "--provider cuda was requested but no NVIDIA driver was found (libcuda could not be "
-            "loaded), so onnxruntime would silently run on CPU. Run on a machine with an NVIDIA "
-            "GPU and driver, or use --provider cpu."
-        )
+    want_cuda = check_provider(provider)
     providers: list = [_CPU]
     if want_cuda:
         _preload_cuda_libraries()
@@ -119,6 +105,31 @@ def create_session(
             "onnxruntime-gpu CUDA requirements, or use --provider cpu."
         )
     return session
+
+
+def check_provider(provider: str) -> bool:
+    """Refuse, before any work is done, a provider that cannot run here; True when CUDA is to be tried.
+
+    Passing this does not prove a CUDA session will start (libraries may be missing): the
+    provider a session really got is checked by ``create_session``.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ExportError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+    if provider == "cuda" and not cuda_offered():
+        raise ExportError(
+            "--provider cuda was requested but this onnxruntime has no CUDA execution provider "
+            f"(available: {', '.join(ort.get_available_providers())}). Install onnxruntime-gpu on "
+            "a machine with an NVIDIA GPU, or use --provider cpu."
+        )
+    if provider == "cuda" and not cuda_driver_present():
+        raise ExportError(
+            "--provider cuda was requested but no NVIDIA driver was found (libcuda could not be "
+            "loaded), so onnxruntime would silently run on CPU. Run on a machine with an NVIDIA "
+            "GPU and driver, or use --provider cpu."
+        )
+    return provider == "cuda" or (provider == "auto" and cuda_offered() and cuda_driver_present())
 
 
 def session_device(session) -> str:

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from aperture_zoo.model import ResNet
+from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, NormalizedClassifier, decode_metadata, read_metadata
+from .onnx_export import INPUT_NAME, NormalizedClassifier, read_metadata
 from .runtime import Provider, create_session, session_device
 
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
@@ -202,12 +203,14 @@ def validate(
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     reference = NormalizedClassifier(model).eval().to(ref_device)
     spec = model.spec
+    # fp16 files exported with fp16 I/O take float16 inputs; the reference still sees float32.
+    in_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     if meta.get("normalize_in_graph", True):
-        transform = lambda x: x  # noqa: E731
+        transform = lambda x: x.astype(in_dtype, copy=False)  # noqa: E731
     else:
         mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-        transform = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+        transform = lambda x: ((x - mean) / std).astype(in_dtype)  # noqa: E731
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     fixed = fixed if isinstance(fixed, int) else None
     report = ValidationReport(

@@ -1,9 +1,9 @@
 """ONNX export: parity for every architecture, metadata, normalisation, dynamic batch, fp16/int8.
 
-Exports are shared through module-scoped fixtures: one dynamo export costs ~5 s on 2 cores, a
-legacy (TorchScript) one ~1.5 s. The six-model parity sweep uses the legacy exporter; the default
-dynamo exporter is tested on resnet10, whose file then feeds the metadata, dynamic-batch, fp16,
-int8 and validation tests.
+Exports are shared through module-scoped fixtures: one dynamo export costs ~3 s on 2 cores, a
+legacy (TorchScript) one ~0.5 s. The six-model parity sweep runs both exporters (dynamo is the
+default, so it is what apps get); the fitted resnet10 dynamo file then feeds the metadata,
+dynamic-batch, fp16, int8 and validation tests.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ from aperture_zoo.export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
     NormalizedClassifier,
-    decode_metadata,
+    graph_opset,
     read_metadata,
     state_dict_sha256,
     to_onnx,
 )
+from aperture_zoo.weights import decode_metadata
 from aperture_zoo.export.quantize import calibration_pixels, to_fp16, to_int8
+from aperture_zoo.export import runtime
+from aperture_zoo.export.pipeline import export_model
+from aperture_zoo.export.predict import OnnxClassifier
 from aperture_zoo.export.runtime import create_session, cuda_driver_present
 from aperture_zoo.export.validate import report_path, validate
 from aperture_zoo.model import create_model
@@ -78,17 +82,23 @@ def _fit_head(model: torch.nn.Module, data_dir: Path, n: int = 100) -> torch.nn.
 # --------------------------------------------------------------------------- six-model parity
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 @pytest.mark.parametrize("name", list_models())
-def test_parity_every_architecture(name: str, tmp_path: Path) -> None:
+def test_parity_every_architecture(name: str, exporter: str, tmp_path: Path) -> None:
     model = _seeded(name)
-    path = to_onnx(model, tmp_path / f"{name}.onnx", exporter="legacy")
+    path = to_onnx(model, tmp_path / f"{name}.onnx", exporter=exporter)  # type: ignore[arg-type]
     for batch in (1, 7):
         pixels = _pixels(batch, seed=batch)
         got, want = _onnx_logits(path, pixels), _torch_logits(model, pixels)
         assert got.shape == (batch, 10)
         assert np.abs(got - want).max() <= 1e-4
         assert (got.argmax(1) == want.argmax(1)).all()
-    assert decode_metadata(read_metadata(path))["spec"] == model.spec.arch_dict()
+    # The logits really depend on the input (by far more than the tolerance), so a file that
+    # ignored its input, or dropped the normalisation, could not pass the bound above.
+    assert np.ptp(want, axis=0).max() > 1e-2
+    meta = decode_metadata(read_metadata(path))
+    assert meta["spec"] == model.spec.arch_dict() and meta["arch"] == name and meta["exporter"] == exporter
+    assert meta["opset"] == graph_opset(onnx.load(str(path))) == 18
 
 
 # --------------------------------------------------------------------------- the dynamo file
@@ -234,3 +244,58 @@ def test_bad_arguments_are_clear(fitted: torch.nn.Module, tmp_path: Path) -> Non
         to_onnx(fitted, tmp_path / "x.onnx", exporter="jit")  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="positive integer"):
         to_onnx(fitted, tmp_path / "x.onnx", batch=0)
+
+
+def test_opset_is_what_the_file_says(fitted: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = to_onnx(fitted, tmp_path / "o17.onnx", opset=17, exporter="legacy")
+    assert decode_metadata(read_metadata(path))["opset"] == graph_opset(onnx.load(str(path))) == 17
+    # The dynamo exporter keeps opset 18 (with only a log line) when it cannot convert down; a
+    # file whose graph has another opset than the one asked for is refused, not mislabelled.
+    from aperture_zoo.export import onnx_export
+
+    real = onnx_export._export_legacy
+    monkeypatch.setattr(onnx_export, "_export_legacy", lambda m, x, opset, dyn: real(m, x, 17, dyn))
+    with pytest.raises(ExportError, match=r"wrote opset 17 .* --opset 16 was asked.*--exporter legacy"):
+        to_onnx(fitted, tmp_path / "o16.onnx", opset=16, exporter="legacy")
+    assert not (tmp_path / "o16.onnx").exists()
+
+
+def test_fp16_with_fp16_io(dynamo_file: Path, fitted: torch.nn.Module, synthetic_cifar: Path) -> None:
+    path = to_fp16(dynamo_file, dynamo_file.with_name("resnet10.fp16io.onnx"), keep_io_types=False)
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert decode_metadata(read_metadata(path))["fp16_io"] is True
+    report = validate(path, fitted, provider="cpu", data_dir=synthetic_cifar, max_images=60, batch_sizes=(1, 7))
+    assert report.passed, report.failures
+    # The torch-free classifier feeds float16 to such a file and still returns float32.
+    images = load_split("test", synthetic_cifar).images[:5]
+    half = OnnxClassifier(path, provider="cpu").predict_proba(images)
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, OnnxClassifier(dynamo_file, provider="cpu").predict_proba(images), atol=2e-2)
+
+
+@pytest.mark.skipif(cuda_driver_present(), reason="a CUDA driver is present on this machine")
+def test_silent_cpu_fallback_is_caught(dynamo_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend the driver is there: onnxruntime is then really asked for CUDA, cannot start it, and
+    # quietly hands back a CPU session. Only reading session.get_providers() catches that.
+    monkeypatch.setattr(runtime, "cuda_offered", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_driver_present", lambda: True)
+    with pytest.raises(ExportError, match=r"--provider cuda was requested but onnxruntime fell back to CPU"):
+        create_session(dynamo_file, "cuda")
+    assert create_session(dynamo_file, "auto").get_providers() == ["CPUExecutionProvider"]
+
+
+def test_export_model_refuses_bad_requests_before_exporting(fitted: torch.nn.Module, tmp_path: Path) -> None:
+    cases = [
+        (dict(fp16_io=True), "--fp16-io applies to the fp16 file"),
+        (dict(int8=True, data_dir=tmp_path, calibration_images=0), "--calibration-images must be at least 1"),
+        (dict(max_val_images=0), "--max-val-images must be at least 1"),
+        (dict(provider="gpu"), "unknown provider 'gpu'"),
+    ]
+    if not cuda_driver_present():
+        cases.append((dict(provider="cuda"), "--provider cuda was requested"))
+    for kwargs, message in cases:
+        with pytest.raises(ExportError, match=message):
+            export_model(fitted, tmp_path, exporter="legacy", **kwargs)  # type: ignore[arg-type]
+    assert not list(tmp_path.glob("*.onnx"))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -21,8 +22,8 @@ def exported(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("cli_export")
     result = runner.invoke(app, [
         "export", "resnet10", "--random-init", "--onnx", "--out", str(out), "--exporter", "legacy",
-        "--no-normalize", "--int8", "--data-dir", str(synthetic_cifar), "--calibration-images", "50",
-        "--max-val-images", "50", "--provider", "cpu",
+        "--no-normalize", "--int8", "--fp16", "--fp16-io", "--data-dir", str(synthetic_cifar),
+        "--calibration-images", "50", "--max-val-images", "50", "--provider", "cpu",
     ])
     return out, result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output}"
 
@@ -30,13 +31,15 @@ def exported(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_export_end_to_end(exported: tuple[Path, str]) -> None:
     out, output = exported
     assert not output.startswith("exit"), output
-    for stem in ("resnet10", "resnet10.int8"):
+    for stem in ("resnet10", "resnet10.int8", "resnet10.fp16"):
         assert (out / f"{stem}.onnx").is_file()
         report = json.loads((out / f"{stem}.report.json").read_text())
         assert report["passed"] is True and report["provider"] == "CPUExecutionProvider"
         assert report["comparisons"][-1]["inputs"] == "CIFAR-10 test"
         assert report["comparisons"][-1]["num_images"] == 50
     assert json.loads((out / "resnet10.int8.report.json").read_text())["precision"] == "int8"
+    fp16 = onnx.load(str(out / "resnet10.fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # --fp16-io
     assert "PASS" in output and "wrote" in output
 
 
@@ -79,13 +82,145 @@ def test_export_provider_cuda_without_cuda(exported: tuple[Path, str], tmp_path:
                                  "--exporter", "legacy", "--provider", "cuda"])
     assert result.exit_code == 2
     assert "--provider cuda was requested" in result.stderr and "--provider cpu" in result.stderr
+    assert not list(tmp_path.glob("*.onnx"))  # refused before exporting
+
+
+def test_export_with_weights_file(tmp_path: Path) -> None:
+    import torch
+
+    from aperture_zoo.export.onnx_export import graph_opset, read_metadata
+    from aperture_zoo.weights import decode_metadata
+    from aperture_zoo.model import create_model
+    from aperture_zoo.weights import file_sha256, save_weights
+
+    torch.manual_seed(3)
+    weights = save_weights(create_model("resnet10"), tmp_path / "model.safetensors")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", "resnet10", "--weights", str(weights), "--onnx", "--out", str(out),
+                                 "--exporter", "legacy", "--opset", "17", "--batch", "3", "--no-validate"])
+    assert result.exit_code == 0, result.output
+    path = out / "resnet10.onnx"
+    meta = decode_metadata(read_metadata(path))
+    assert meta["weights_sha256"] == file_sha256(weights) and meta["weights_sha256_of"] == "file"
+    proto = onnx.load(str(path))
+    assert meta["opset"] == graph_opset(proto) == 17
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3 and meta["input"]["shape"][0] == 3
+    assert "validation skipped" in result.stderr and not (out / "resnet10.report.json").exists()
+
+
+def test_export_validation_failure_exits_1(synthetic_cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aperture_zoo.export import validate as validate_mod
+    from aperture_zoo.export.validate import Tolerance
+
+    # A bound no file can meet stands in for a broken export.
+    monkeypatch.setattr(validate_mod, "tolerance_for", lambda precision, device: Tolerance(max_abs=-1.0, min_agreement=100.0))
+    result = runner.invoke(app, ["export", "resnet10", "--random-init", "--onnx", "--out", str(tmp_path),
+                                 "--exporter", "legacy", "--provider", "cpu", "--data-dir", str(synthetic_cifar),
+                                 "--max-val-images", "20"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.stdout and "failed: fp32/cpu on random, all: max |Δlogit|" in result.stderr
+    report = json.loads((tmp_path / "resnet10.report.json").read_text())
+    assert report["passed"] is False
+    assert any("random, all" in f for f in report["failures"]) and any("CIFAR-10 test" in f for f in report["failures"])
+
+
+def test_export_bad_batch(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", "resnet10", "--random-init", "--onnx", "--out", str(tmp_path), "--batch", "big"])
+    assert result.exit_code == 2 and "--batch must be 'dynamic' or a positive integer" in result.stderr
 
 
 def test_bench_cli_json() -> None:
     result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "2", "--variants",
-                                 "torch eager,onnxruntime fp32", "--min-seconds", "0", "--exporter", "legacy", "--json"])
+                                 "torch eager,onnxruntime fp32", "--min-seconds", "0", "--exporter", "legacy",
+                                 "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in json.loads(result.stdout)}
     assert set(rows) == {"torch eager", "onnxruntime fp32"}
-    assert rows["torch eager"]["ratio_to_eager"] == 1.0
+    assert rows["torch eager"]["ratio_to_eager"] == 1.0 and rows["torch eager"]["ratio_to_ort_fp32"] is None
+    assert rows["onnxruntime fp32"]["ratio_to_ort_fp32"] == 1.0
     assert rows["onnxruntime fp32"]["images_per_s"] > 0 and rows["onnxruntime fp32"]["batch"] == 2
+
+
+def test_bench_cli_table() -> None:
+    result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "1", "--variants", "torch eager",
+                                 "--min-seconds", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "**resnet10 (random weights): images/s**"
+    assert lines[2].startswith("| runtime ") and lines[4].startswith("| torch eager ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes", "1,x"], "--batch-sizes must be positive integers"),
+    (["--batch-sizes", "0"], "--batch-sizes must be positive integers"),
+    (["--variants", "torch eager,tensorrt"], "unknown variant(s) ['tensorrt']"),
+    (["--device", "tpu"], "--device must be cpu, cuda or auto"),
+])
+def test_bench_cli_bad_arguments(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["bench", "resnet10", *args])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_bench_ratios_and_table() -> None:
+    from aperture_zoo.export.bench import BenchRow, add_ratios, format_table
+
+    rows = add_ratios([
+        BenchRow("onnxruntime int8", "cpu", 256, 600.0),   # order does not matter
+        BenchRow("torch eager", "cpu", 256, 60.0),
+        BenchRow("onnxruntime fp32", "cpu", 256, 200.0),
+        BenchRow("torch.compile", "cpu", 256, None, note="failed: no compiler"),
+        BenchRow("torch eager", "cpu", 1, 10.0),
+    ])
+    int8, eager, fp32, failed, eager1 = rows
+    assert int8.ratio_to_eager == 10.0 and int8.ratio_to_ort_fp32 == 3.0
+    assert eager.ratio_to_eager == 1.0 and eager.ratio_to_ort_fp32 is None
+    assert fp32.ratio_to_ort_fp32 == 1.0 and failed.ratio_to_eager is None and eager1.ratio_to_eager == 1.0
+    lines = format_table(rows, title="t").splitlines()
+    assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows)
+    assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
+    cells = [c.strip() for c in lines[4].strip("|").split("|")]
+    assert cells == ["onnxruntime int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
+    assert "failed: no compiler" in lines[7]
+
+
+def test_bench_script(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/onnx_inference.py: the same library code, plus the environment, as JSON."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "onnx_inference.py"
+    spec = importlib.util.spec_from_file_location("onnx_inference", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch eager,onnxruntime fp32",
+                        "--min-seconds", "0", "--exporter", "legacy", "--device", "cpu", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["model"] == "resnet10" and payload["environment"]["cpu_count"] >= 1
+    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch eager", 3), ("onnxruntime fp32", 3)]
+    assert all(r["images_per_s"] > 0 for r in payload["rows"])
+    assert module.main(["resnet10", "--variants", "nope"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
+def test_bench_variants_do_not_leak_memory_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each torch variant runs on its own copy: eager NCHW after channels_last is still NCHW."""
+    import torch
+
+    from aperture_zoo.export import bench
+    from aperture_zoo.model import create_model
+
+    seen: list[tuple[bool, bool]] = []
+    real = bench._torch_runner
+
+    def spy(module: torch.nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        nhwc_weights = any(p.dim() == 4 and not p.is_contiguous() for p in module.parameters())
+        seen.append((nhwc_weights, not x.is_contiguous()))
+        return real(module, x)
+
+    monkeypatch.setattr(bench, "_torch_runner", spy)
+    model = create_model("resnet10").eval()
+    rows = bench.run_benchmark(model, batch_sizes=(2, 3), variants=("torch channels_last", "torch eager"),
+                               device="cpu", min_seconds=0, min_iters=1, warmup=0)
+    assert [(r.variant, r.batch) for r in rows] == [("torch channels_last", 2), ("torch eager", 2),
+                                                    ("torch channels_last", 3), ("torch eager", 3)]
+    assert seen == [(True, True), (False, False)] * 2
+    assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched

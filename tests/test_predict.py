@@ -81,20 +81,46 @@ def test_bare_network_file_is_normalised_by_the_classifier(model: torch.nn.Modul
     )
 
 
+# PyTorch made unimportable (as on an app's machine without it): any `import torch` raises.
+_NO_TORCH = "import sys, json\nsys.modules['torch'] = None\n"
+_THIRD_PARTY = (
+    "third = sorted({m.split('.')[0] for m, mod in sys.modules.items() if mod is not None}"
+    " - set(sys.stdlib_module_names))\n"
+    "third = [m for m in third if not m.startswith('_')]\n"  # editable-install finders, __main__
+)
+
+
 def test_predict_path_does_not_import_torch(onnx_file: Path, images: dict[str, Path]) -> None:
     code = (
-        "import sys, json\n"
+        _NO_TORCH +
         "from aperture_zoo.export.predict import OnnxClassifier\n"
         "import aperture_zoo.export as ex\n"
         "assert ex.OnnxClassifier is OnnxClassifier\n"
         f"preds = OnnxClassifier({str(onnx_file)!r}).predict([{str(images['rgb'])!r}], top_k=2)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'label': preds[0].label}))\n"
+        + _THIRD_PARTY +
+        "print(json.dumps({'modules': third, 'label': preds[0].label}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["torch"] is False
+    assert "torch" not in result["modules"]
+    # onnxruntime, numpy and pillow only: not even the onnx package
+    assert set(result["modules"]) <= {"aperture_zoo", "onnxruntime", "numpy", "PIL"}, result["modules"]
     assert result["label"] in CIFAR10_CLASSES
+
+
+def test_predict_command_does_not_import_torch(onnx_file: Path, images: dict[str, Path]) -> None:
+    code = (
+        _NO_TORCH +
+        "from aperture_zoo.cli import app\n"
+        f"app(['predict', {str(images['grey'])!r}, '--onnx', {str(onnx_file)!r}, '--json'], standalone_mode=False)\n"
+        + _THIRD_PARTY +
+        "print(json.dumps({'torch': 'torch' in third}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False}
+    assert json.loads(out.stdout[: out.stdout.rindex("\n{")])[0]["top"][0]["label"] in CIFAR10_CLASSES
 
 
 def test_missing_onnx_file(tmp_path: Path) -> None:
@@ -119,3 +145,39 @@ def test_undecodable_image(onnx_file: Path, tmp_path: Path) -> None:
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageError, match=r"could not be decoded as an image.*PNG, JPEG"):
         OnnxClassifier(onnx_file, provider="cpu").predict([broken])
+
+
+def test_directory_instead_of_onnx_file(tmp_path: Path) -> None:
+    with pytest.raises(OnnxFileError, match="is a directory"):
+        OnnxClassifier(tmp_path)
+
+
+def test_onnx_file_that_is_not_an_image_classifier(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "not_a_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    with pytest.raises(OnnxFileError, match=r"not an image classifier with one N x C x H x W input.*aperture export"):
+        OnnxClassifier(path, provider="cpu")
+
+
+def test_float_pixels_and_fixed_batch_file(model: torch.nn.Module, onnx_file: Path, tmp_path: Path) -> None:
+    batch = np.random.default_rng(2).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    dynamic = OnnxClassifier(onnx_file, provider="cpu")
+    want = _torch_probs(model, batch)
+    np.testing.assert_allclose(dynamic.predict_proba(batch), want, atol=1e-5)
+    # float N x 3 x H x W in [0, 1] is the same input as uint8 N x H x W x 3
+    floats = batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    np.testing.assert_allclose(dynamic.predict_proba(floats), want, atol=1e-5)
+    # a fixed-batch file (4) gets 6 images as a padded 4 + 4, padding dropped
+    fixed = OnnxClassifier(to_onnx(model, tmp_path / "b4.onnx", batch=4, exporter="legacy"), provider="cpu")
+    assert fixed.fixed_batch == 4
+    np.testing.assert_allclose(fixed.predict_proba(batch), want, atol=1e-5)
+    with pytest.raises(ImageError, match="expected images shaped"):
+        dynamic.predict_proba(np.zeros((2, 32), np.uint8))

@@ -98,7 +98,8 @@ def export_cmd(
     out: Path = typer.Option(Path("."), "--out", help="Folder for <name>.onnx and its report."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O unless --fp16-io)."),
+    fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
     int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
@@ -124,7 +125,7 @@ def export_cmd(
         with err_console.status("exporting") as status:
             result = export_model(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
-                exporter=exporter, fp16=fp16, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
+                exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
                 provider=provider, run_validation=validate, max_val_images=max_val_images,  # type: ignore[arg-type]
                 progress=lambda msg: status.update(msg),
             )
@@ -178,7 +179,7 @@ def bench_cmd(
     weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (speed does not depend on it)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
     variants: str = typer.Option("all", "--variants", help="Comma-separated subset of the runtimes, or 'all'."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
@@ -187,19 +188,9 @@ def bench_cmd(
 ) -> None:
     """Images/s for torch eager, channels_last, torch.compile and onnxruntime fp32/fp16/int8."""
     with user_errors():
-        from aperture_zoo.export.bench import VARIANTS, run_benchmark
-        from aperture_zoo.export.errors import ExportError
+        from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
 
-        try:
-            sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-        except ValueError:
-            raise ExportError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
-        chosen = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
-        bad = [v for v in chosen if v not in VARIANTS]
-        if bad:
-            raise ExportError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
-        if device not in ("cpu", "cuda"):
-            raise ExportError(f"--device must be cpu or cuda, got {device!r}")
+        sizes, chosen = parse_batch_sizes(batch_sizes), parse_variants(variants)
         model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
         with err_console.status("benchmarking") as status:
             rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen,
@@ -208,19 +199,5 @@ def bench_cmd(
     if json_out:
         print_json([r.to_dict() for r in rows])
         return
-    console.print(bench_table(rows, title=f"{name}: images/s"))
-
-
-def bench_table(rows: list[Any], title: str) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("runtime", "device", "batch", "images/s", "ms/batch", "× torch eager", "note"):
-        table.add_column(col, justify="right" if col not in ("runtime", "note", "device") else "left")
-    for r in rows:
-        table.add_row(
-            r.variant, r.device, str(r.batch), "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
-            "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.1f}",
-            "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}", r.note,
-        )
-    return table
+    weights_note = "random weights" if weights is None and not pretrained else "trained weights"
+    console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)
