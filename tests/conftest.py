@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from cifar_synth import write_cifar10
 
@@ -21,3 +22,12 @@ def real_cifar() -> Path:
     if not path:
         pytest.skip("APERTURE_CIFAR10_DIR is not set (real CIFAR-10 tests skipped)")
     return Path(path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the same kernels in every run, and 2 shared cores prefer it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,13 +30,8 @@ SETS = ["epochs=4", "batch_size=50", "lr=0.2", "warmup_fraction=0.25", "cutout=8
 RECIPE = apply_overrides(get_recipe("fast"), SETS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-exact comparisons need the same kernels in every run, and 2 shared cores prefer 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Bit-exact comparisons need the same kernels in every run (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:

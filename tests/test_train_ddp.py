@@ -117,12 +117,8 @@ def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Bit-exact comparisons need the same kernels in every run (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
