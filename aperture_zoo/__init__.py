@@ -9,9 +9,9 @@ first use, so ``aperture --help`` and torch-free ONNX inference stay light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from .registry import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -50,13 +50,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .weights import WeightsError, load_weights, read_metadata, save_weights
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'aperture_zoo' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, __all__)

@@ -10,8 +10,9 @@ Nothing heavy is imported here: ``from aperture_zoo.export.predict import OnnxCl
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from aperture_zoo._lazy import lazy_exports
 
 from .errors import ExportError, ImageError, OnnxFileError
 
@@ -47,13 +48,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .validate import ValidationReport, tolerance_for, validate
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'aperture_zoo.export' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, __all__)

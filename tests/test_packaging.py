@@ -35,12 +35,20 @@ def test_wheel_maps_subpackages(wheel: Path) -> None:
     assert "aperture = aperture_zoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_wheel_installs_and_imports_in_a_throwaway_venv(wheel: Path, tmp_path: Path) -> None:
-    # --system-site-packages borrows the already-installed dependencies, so no download is needed.
-    venv = tmp_path / "venv"
+def _install_in_throwaway_venv(wheel: Path, venv: Path) -> Path:
+    """Install ``wheel`` (no deps) into a new venv; returns its python.
+
+    --system-site-packages borrows the already-installed dependencies, so no download is needed.
+    """
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    return py
+
+
+def test_wheel_installs_and_imports_in_a_throwaway_venv(wheel: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    py = _install_in_throwaway_venv(wheel, venv)
     code = (
         "import importlib.util as u;"
         "print(u.find_spec('aperture_zoo.train').origin, u.find_spec('aperture_zoo.export').origin);"
@@ -63,9 +71,7 @@ def test_editable_install_maps_subpackages_to_the_source_tree(tmp_path: Path) ->
     )
     (whl,) = out.glob("aperture_zoo-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(whl)], check=True)
+    py = _install_in_throwaway_venv(whl, venv)
     code = (
         "import importlib.util as u;"
         "print(*(u.find_spec(m).origin for m in ('aperture_zoo', 'aperture_zoo.train', 'aperture_zoo.export')));"
