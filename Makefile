@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test zoo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
+# ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".
+zoo: $(STAMP)
+	$(VENV)/bin/aperture train-zoo $(ZOO_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

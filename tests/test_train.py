@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from aperture_zoo.data import DataError
 from aperture_zoo.model import create_model
-from aperture_zoo.train import TrainConfig, TrainingError, TrainingInterrupted, apply_overrides, fit, get_recipe
+from aperture_zoo.train import (TimeBudgetReached, TrainConfig, TrainingError, TrainingInterrupted, apply_overrides, fit,
+                                get_recipe)
 from aperture_zoo.train import loop
 from aperture_zoo.train.checkpoint import CheckpointError, load_checkpoint
 from aperture_zoo.train.recipes import RecipeError
@@ -291,3 +292,20 @@ def test_bad_subset_and_val_split_are_clear_cli_errors(synthetic_cifar, tmp_path
                            (["--val-split", "-0.1"], "--val-split must be")):
         r = CliRunner().invoke(app, [*base, *extra])
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (extra, r.output)
+
+
+def test_time_budget_stops_at_an_epoch_boundary_and_resumes_exactly(straight, synthetic_cifar, tmp_path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(TimeBudgetReached, match="--resume") as info:
+        fit(_cfg(synthetic_cifar, run, time_budget_s=1e-3))  # one epoch always runs; the next would not fit
+    assert info.value.epoch == 1 and info.value.run_dir == run
+    assert load_checkpoint(run / "checkpoint.safetensors")["info"]["epoch"] == 1
+    assert not (run / "model.safetensors").exists()
+    # a budget that fits everything left: the run finishes as if it had never stopped
+    fit(TrainConfig(resume=run, data_dir=synthetic_cifar, device="cpu", progress=False, time_budget_s=3600))
+    _assert_same_weights(run, straight.run_dir)
+
+
+def test_time_budget_must_be_positive(synthetic_cifar, tmp_path) -> None:
+    with pytest.raises(TrainingError, match="--time-budget must be a positive"):
+        fit(_cfg(synthetic_cifar, tmp_path / "run", time_budget_s=0))

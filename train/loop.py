@@ -54,6 +54,14 @@ class TrainingInterrupted(ApertureError, RuntimeError):
         self.signum = signum
 
 
+class TimeBudgetReached(TrainingInterrupted):
+    """The run's time budget would not fit another epoch: checkpointed at an epoch boundary, resumable."""
+
+    def __init__(self, message: str, run_dir: Path, epoch: int) -> None:
+        super().__init__(message, run_dir, 0)
+        self.epoch = epoch
+
+
 @dataclass
 class TrainConfig:
     """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved".
@@ -76,6 +84,22 @@ class TrainConfig:
     resume: str | os.PathLike[str] | None = None
     progress: bool = True
     log_every: int = 25
+    time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
+
+
+@dataclass
+class _Budget:
+    """Whether one more epoch fits in ``seconds`` from ``start``, judged on the slowest epoch seen."""
+
+    seconds: float | None
+    start: float
+    slowest: float = 0.0
+
+    def fits_another(self, last_epoch_s: float) -> bool:
+        self.slowest = max(self.slowest, last_epoch_s)
+        if self.seconds is None:
+            return True
+        return time.perf_counter() - self.start + self.slowest <= self.seconds
 
 
 @dataclass
@@ -330,6 +354,8 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
 
 def fit(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one run and write its directory; see the module docstring."""
+    if cfg.time_budget_s is not None and not cfg.time_budget_s > 0:
+        raise TrainingError(f"--time-budget must be a positive number of seconds, not {cfg.time_budget_s}")
     info, device = D.setup(cfg.device)
     try:
         return _fit(cfg, info, device)
@@ -338,7 +364,10 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 
 def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResult:
+    budget = _Budget(cfg.time_budget_s, time.perf_counter())
     spec, recipe, run, run_dir, ckpt = _resolve_run(cfg)
+    if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
+        torch.backends.cudnn.benchmark = True
     run_dir = Path(D.broadcast_object(str(run_dir), info))
     seed = int(run["seed"])
     B = recipe.batch_size
@@ -519,6 +548,13 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                     f.write(json.dumps(row) + "\n")
                 progress.console.print(_epoch_line(row, recipe.epochs), highlight=False)
             checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
+            # rank 0 decides for all ranks, so they stop at the same epoch
+            over = D.broadcast_object(not budget.fits_another(row["epoch_seconds"]), info)
+            if epoch + 1 < recipe.epochs and over:
+                raise TimeBudgetReached(
+                    f"time budget of {cfg.time_budget_s:g}s reached after epoch {epoch + 1}/{recipe.epochs} "
+                    f"(another epoch takes about {budget.slowest:.0f}s); checkpoint saved in {str(run_dir)!r}. "
+                    f"Continue with: aperture train --resume {run_dir}", run_dir, epoch + 1)
             if (halt or (stop.signum and not info.enabled)) and epoch + 1 < recipe.epochs:
                 signum = stop.signum or signal.SIGTERM
                 raise TrainingInterrupted(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -65,6 +66,9 @@ def train_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", help="Seconds this call may train: stops at an epoch boundary, checkpointed, "
+        "before an epoch that would not fit (resume later with --resume)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -91,7 +95,7 @@ def train_cmd(
         cfg = TrainConfig(
             model=model, recipe=chosen, seed=seed, data_dir=data_dir, download=download, subset=subset,
             test_subset=test_subset, val_split=val_split, device=device, compile=compile_, out_dir=out,
-            resume=resume, progress=not no_progress,
+            resume=resume, progress=not no_progress, time_budget_s=time_budget,
         )
         if cfg.model is None and resume is None:
             raise typer.BadParameter("give a model name, e.g. `aperture train resnet22`, or --resume RUN_DIR")
@@ -100,7 +104,8 @@ def train_cmd(
         except TrainingInterrupted as exc:
             if _is_main_rank():
                 err_console.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=128 + int(exc.signum)) from None
+            # 75 (EX_TEMPFAIL) for a spent time budget: "not done yet, run again", not a failure
+            raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
         return
     summary = {
@@ -186,3 +191,46 @@ def _load_for_eval(name: str, weights: Optional[Path]) -> Any:
             f"--weights {weights}`"
         )
     return load_weights(create_model(spec) if spec is not None else create_model(name), weights).eval()
+
+
+@app.command("train-zoo")
+def train_zoo_cmd(
+    models: list[str] = typer.Argument(None, help="Models in training order (default: all six, registry order)."),
+    runs_dir: Path = typer.Option(Path("runs/zoo"), "--runs-dir", help="One run directory per model, and the summary."),
+    recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), paper or table1."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set cutout=0 (repeatable)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
+    download: bool = typer.Option(True, "--download/--no-download",
+                                  help="Download CIFAR-10 (MD5-checked) if it is not found."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset (a rehearsal)."),
+    test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile each model."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget",
+                                                help="Seconds each model may train in this call."),
+    deadline: Optional[float] = typer.Option(None, "--deadline",
+                                             help="Seconds for the whole call: training stops at an epoch "
+                                             "boundary, checkpointed, before it would overrun."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Export each model to ONNX and validate it."),
+    provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto, cuda, cpu."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
+) -> None:
+    """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
+    from aperture_zoo.train import apply_overrides, get_recipe
+    from aperture_zoo.train.zoo import ZooConfig, train_zoo
+
+    with user_errors():
+        chosen = apply_overrides(apply_overrides(get_recipe(recipe), set_), {"epochs": epochs} if epochs else None)
+        cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
+                        download=download, device=device, compile=compile_, subset=subset,
+                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
+                        provider=provider, progress=not no_progress)
+        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+    if json_out:
+        print_json(result.rows)
+    else:
+        sys.stdout.write((result.runs_dir / "summary.md").read_text())
+    if not result.complete:  # 75 (EX_TEMPFAIL): paused by a budget; the same command continues
+        raise typer.Exit(code=75)

@@ -1,0 +1,258 @@
+"""Train the whole zoo (or a chosen subset, in a chosen order) with one recipe, and summarise it.
+
+Each model gets ``RUNS/<name>/``: a finished run (its ``model.safetensors`` exists) is skipped, a
+checkpointed one resumes, a missing one starts. So the same command, run again after a kill or a
+spent deadline, continues where it stopped; the summary is rebuilt from the run directories every
+time, never from memory, and says for each model whether it is finished.
+
+After training, each model is checked: its saved weights are loaded into a fresh model and
+re-evaluated on the test split, which must reproduce the final-epoch accuracy recorded in them;
+then (unless ``export=False``) it is exported to ONNX and validated against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aperture_zoo.errors import ApertureError
+from aperture_zoo.registry import get_spec, list_models
+
+from .checkpoint import CHECKPOINT_NAME
+from .loop import (METRICS_NAME, RECIPE_NAME, WEIGHTS_NAME, TimeBudgetReached, TrainConfig, fit, load_run_recipe,
+                   read_metrics)
+from .recipes import FAST, Recipe
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+REPORT_BEST_TOP1 = 94.12  # the report's headline (Table 3: resnet22, best of 400 epochs on the test set)
+CHECK_TOLERANCE = 0.1     # points of top-1 a reload may differ from the record (cuDNN algorithm choice)
+
+
+class ZooError(ApertureError, ValueError):
+    """A zoo run that cannot go on as asked; the message says what to change."""
+
+
+@dataclass
+class ZooConfig:
+    """Options of ``train_zoo``; ``None`` for ``models`` means every registered model, in registry order."""
+
+    models: Sequence[str] | None = None
+    runs_dir: str | os.PathLike[str] = "runs/zoo"
+    recipe: Recipe = FAST
+    data_dir: str | os.PathLike[str] | None = None
+    download: bool = True
+    device: str = "auto"
+    compile: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    time_budget_s: float | None = None  # per model and call
+    deadline_s: float | None = None     # for the whole call: no model starts or continues after it
+    export: bool = True
+    provider: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class ZooResult:
+    runs_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False  # every asked-for model finished
+
+
+def _order(models: Sequence[str] | None) -> list[str]:
+    names = list(models) if models else list_models()
+    for name in names:
+        get_spec(name)  # unknown names fail here with the registry's suggestion, before any training
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ZooError(f"model(s) given more than once: {', '.join(dupes)}")
+    return names
+
+
+def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """A run trained with another recipe must not be continued or counted as this one."""
+    if not (run_dir / RECIPE_NAME).exists():
+        return
+    saved = load_run_recipe(run_dir)
+    if saved != recipe:
+        diff = ", ".join(f"{k} {v!r} (asked {getattr(recipe, k)!r})"
+                         for k, v in saved.to_dict().items() if getattr(recipe, k) != v)
+        raise ZooError(
+            f"{str(run_dir)!r} holds a run with another recipe: {diff}. Use another --runs-dir, or "
+            "remove that folder to retrain it"
+        )
+
+
+def time_to_reach(rows: list[dict[str, Any]], top1: float) -> float | None:
+    """Wall seconds (training + per-epoch evaluation) until the first epoch whose test top-1 >= ``top1``."""
+    total = 0.0
+    for row in rows:
+        total += float(row.get("epoch_seconds", 0.0))
+        if row.get("test_top1") is not None and row["test_top1"] >= top1:
+            return total
+    return None
+
+
+def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
+    """What the run directory says about one model: finished (with its figures), paused, or not started."""
+    from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
+
+    spec = get_spec(name)
+    row: dict[str, Any] = {"model": name, "params": spec.report_params, "report_top1_20ep": spec.report_top1_20ep,
+                           "run_dir": str(run_dir)}
+    metrics = read_metrics(run_dir / METRICS_NAME)
+    weights = run_dir / WEIGHTS_NAME
+    if weights.exists():
+        meta = decode_metadata(read_metadata(weights))
+        recipe = meta.get("recipe") or {}
+        row.update(
+            status="done", epochs=meta.get("epochs"), recipe=recipe.get("name"), top1=meta.get("test_top1"),
+            wall_time_s=meta.get("wall_time_s"), images_per_s=meta.get("train_images_per_s"),
+            device=meta.get("train_device"), torch=meta.get("torch_version"),
+            seconds_to_report_best=time_to_reach(metrics, REPORT_BEST_TOP1), sha256=file_sha256(weights),
+        )
+    elif (run_dir / CHECKPOINT_NAME).exists():
+        epochs = load_run_recipe(run_dir).epochs
+        row.update(status="paused", epochs_done=len(metrics), epochs=epochs)
+    else:
+        row.update(status="not started")
+    for extra in ("check.json", "export.json"):
+        if (run_dir / extra).exists():
+            row[extra.split(".")[0]] = json.loads((run_dir / extra).read_text())
+    return row
+
+
+def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
+    """Reload the saved weights into a fresh model and re-evaluate: the record must be reproduced."""
+    from aperture_zoo.data import load_split, subset
+    from aperture_zoo.weights import decode_metadata, load_weights, read_metadata
+
+    from .distributed import resolve_device
+    from .evaluate import evaluate
+
+    weights = run_dir / WEIGHTS_NAME
+    meta = decode_metadata(read_metadata(weights))
+    run = json.loads((run_dir / "run.json").read_text())
+    test = subset(load_split("test", cfg.data_dir), run.get("test_subset"), int(run.get("seed", 0)))
+    model = load_weights(name, weights).eval()
+    res = evaluate(model, test, device=resolve_device(cfg.device))
+    recorded = float(meta["test_top1"])
+    out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
+           "device": res.device, "passed": abs(res.top1 - recorded) <= CHECK_TOLERANCE}
+    (run_dir / "check.json").write_text(json.dumps(out, indent=2) + "\n")
+    if not out["passed"]:
+        raise ZooError(
+            f"{name}: the saved weights score {res.top1:.2f}% on reload but {recorded:.2f}% was recorded; "
+            f"the weights file in {str(run_dir)!r} does not hold the trained model"
+        )
+    return out
+
+
+def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
+    """ONNX export of the saved weights, validated against PyTorch (``aperture export --onnx``'s job)."""
+    from aperture_zoo.export.pipeline import export_model
+    from aperture_zoo.weights import file_sha256, load_weights
+
+    weights = run_dir / WEIGHTS_NAME
+    model = load_weights(name, weights).eval()
+    result = export_model(model, run_dir / "onnx", weights_sha256=file_sha256(weights), provider=cfg.provider,
+                          data_dir=cfg.data_dir, max_val_images=1000)
+    out = {"files": [p.name for p in result.files], "passed": result.passed,
+           "reports": [r.to_dict() for r in result.reports]}
+    (run_dir / "export.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
+    """Train, check and export each asked-for model in order; write ``summary.json`` / ``summary.md``."""
+    names = _order(cfg.models)
+    for limit, what in ((cfg.time_budget_s, "--time-budget"), (cfg.deadline_s, "--deadline")):
+        if limit is not None and not limit > 0:
+            raise ZooError(f"{what} must be a positive number of seconds, not {limit}")
+    runs = Path(cfg.runs_dir)
+    recipe = cfg.recipe.validate()
+    for name in names:  # refuse a mixed-recipe runs folder before training anything
+        _check_recipe(runs / name, recipe)
+    start = time.perf_counter()
+    stopped = False
+    for name in names:
+        run_dir = runs / name
+        left = None if cfg.deadline_s is None else cfg.deadline_s - (time.perf_counter() - start)
+        if left is not None and left <= 0:
+            say(f"{name}: deadline reached before it could start or continue; run again to go on")
+            stopped = True
+            break
+        if not (run_dir / WEIGHTS_NAME).exists():
+            budget = min(b for b in (cfg.time_budget_s, left) if b is not None) \
+                if (cfg.time_budget_s, left) != (None, None) else None
+            resuming = (run_dir / CHECKPOINT_NAME).exists()
+            say(f"{name}: {'resuming' if resuming else 'training'} in {run_dir}")
+            tc = TrainConfig(
+                model=None if resuming else name, recipe=None if resuming else recipe,
+                resume=run_dir if resuming else None, out_dir=None if resuming else run_dir,
+                data_dir=cfg.data_dir, download=cfg.download, device=cfg.device, compile=cfg.compile,
+                subset=None if resuming else cfg.subset, test_subset=None if resuming else cfg.test_subset,
+                progress=cfg.progress, time_budget_s=budget,
+            )
+            try:
+                result = fit(tc)
+            except TimeBudgetReached as exc:
+                say(f"{name}: paused after epoch {exc.epoch} (time budget); run again to resume")
+                if cfg.deadline_s is not None and budget == left:
+                    stopped = True
+                    break
+                continue
+            say(f"{name}: final-epoch test top-1 {result.test_top1:.2f}% in {result.wall_time_s:.1f}s")
+        if not (run_dir / "check.json").exists():
+            chk = check_weights(name, run_dir, cfg)
+            say(f"{name}: reloaded weights score {chk['reloaded_top1']:.2f}% (recorded {chk['recorded_top1']:.2f}%)")
+        if cfg.export and not (run_dir / "export.json").exists():
+            exp = export_checked(name, run_dir, cfg)
+            say(f"{name}: ONNX {', '.join(exp['files'])} {'validated' if exp['passed'] else 'FAILED validation'}")
+    result = write_summary(runs, names)
+    result.complete = not stopped and all(r["status"] == "done" for r in result.rows if r["model"] in names)
+    return result
+
+
+def write_summary(runs: Path, names: Sequence[str] = ()) -> ZooResult:
+    """``summary.json`` and ``summary.md`` from every model with a run directory (plus ``names``)."""
+    import torch
+
+    present = [n for n in list_models() if (runs / n).is_dir() or n in names]
+    rows = [_status_row(n, runs / n) for n in present]
+    runs.mkdir(parents=True, exist_ok=True)
+    doc = {"report_best_top1": REPORT_BEST_TOP1, "torch": torch.__version__,
+           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
+    (runs / SUMMARY_JSON).write_text(json.dumps(doc, indent=2) + "\n")
+    (runs / SUMMARY_MD).write_text(summary_markdown(rows))
+    return ZooResult(runs_dir=runs, rows=rows)
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table: final-epoch figures only, with the report's Table 1 beside them."""
+    def num(v: Any, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    lines = [
+        f"| model | status | epochs | final-epoch top-1 % | report Table 1 % (20 ep.) | wall s | train img/s "
+        f"| s to {REPORT_BEST_TOP1} % | device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        status = r["status"] if r["status"] != "paused" else f"paused ({r['epochs_done']}/{r['epochs']})"
+        lines.append(
+            f"| {r['model']} | {status} | {num(r.get('epochs'), 'd')} | {num(r.get('top1'), '.2f')} "
+            f"| {num(r.get('report_top1_20ep'), '.2f')} | {num(r.get('wall_time_s'), '.1f')} "
+            f"| {num(r.get('images_per_s'), ',.0f')} | {num(r.get('seconds_to_report_best'), '.1f')} "
+            f"| {r.get('device') or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ZooConfig", "ZooError", "ZooResult", "summary_markdown", "time_to_reach", "train_zoo", "write_summary"]
