@@ -1,4 +1,5 @@
-# The README's two commands: `make run` (install + the main job) and `make test` (install + tests).
+# The README's two commands: `make run` (install + the main job: the zoo, then real predictions of
+# every published model on bundled CIFAR-10 test images) and `make test` (install + tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/aperture list --verify
+	$(VENV)/bin/aperture samples
 
 test: $(STAMP)
 	$(PY) -m pytest -q

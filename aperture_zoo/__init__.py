@@ -2,6 +2,7 @@
 
 >>> import aperture_zoo
 >>> model = aperture_zoo.load("resnet22", pretrained=True)
+>>> logits = model(aperture_zoo.preprocess(["cat.png"], model))
 
 The registry is imported eagerly (it is pure Python); everything that needs torch is imported on
 first use, so ``aperture --help`` and torch-free ONNX inference stay light.
@@ -37,6 +38,8 @@ _LAZY = {
     "load": "pretrained",
     "resolve_weights": "pretrained",
     "NoPretrainedWeightsError": "pretrained",
+    "preprocess": "transforms",
+    "classify_samples": "samples",
 }
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .model import InputShapeError, ResNet, count_parameters, create_model
     from .pretrained import NoPretrainedWeightsError, load, resolve_weights
+    from .samples import classify_samples
+    from .transforms import preprocess
     from .weights import WeightsError, load_weights, read_metadata, save_weights
 
 

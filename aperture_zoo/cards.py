@@ -21,7 +21,7 @@ from .registry import REPORT, ModelSpec, get_spec
 
 WEIGHTS_FILENAME = "model.safetensors"
 PROVENANCE_FILENAME = "weights.json"  # small committed record of the weights a card describes
-RUN_FILES = ("metrics.jsonl", "curves.png", "eval.json")
+RUN_FILES = ("metrics.jsonl", "curves.png", "eval.json", "confusion.png")
 LICENSE = "mit"
 
 
@@ -266,20 +266,17 @@ def _usage(facts: CardFacts) -> str:
     return "\n".join([
         "## Usage", "", "PyTorch:", "", "```python", "import torch", "import aperture_zoo", "",
         f'model = aperture_zoo.load("{name}", pretrained=True)  # or load("hf-hub:{repo}", pretrained=True)',
-        "x = torch.rand(1, 3, 32, 32)  # RGB in [0, 1]",
-        "mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)",
-        "std = torch.tensor(model.spec.std).view(1, 3, 1, 1)",
+        'x = aperture_zoo.preprocess(["cat.png"], model)  # RGB, 32x32 (bilinear), normalised',
         "with torch.no_grad():",
-        "    probs = model((x - mean) / std).softmax(-1)",
+        "    probs = model(x).softmax(-1)",
         "print(model.spec.label_names[probs.argmax().item()])",
         "```", "",
         f'torch.hub: `torch.hub.load("<owner>/aperture_zoo", "{name}", pretrained=True)`.', "",
-        "onnxruntime (`model.onnx`, exported with `aperture export`; check its metadata for whether "
-        "normalisation is inside the graph):", "",
-        "```python", "import numpy as np", "import onnxruntime as ort", "",
-        'session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])',
-        "x = np.random.rand(1, 3, 32, 32).astype(np.float32)",
-        "logits = session.run(None, {session.get_inputs()[0].name: x})[0]",
+        f"onnxruntime, no PyTorch (`aperture export {name} --pretrained --onnx` writes `{name}.onnx`; "
+        "it takes pixels in [0, 1] and normalises inside the graph):", "",
+        "```python", "from aperture_zoo.export.predict import OnnxClassifier", "",
+        f'clf = OnnxClassifier("{name}.onnx")',
+        'print(clf.predict("cat.png", top_k=3)[0].top)  # the same image rule as preprocess()',
         "```",
     ])
 
@@ -372,6 +369,7 @@ def write_card(
         run = Path(run_dir)
         if not (run / WEIGHTS_FILENAME).is_file():
             raise CardError(f"run dir {run} has no {WEIGHTS_FILENAME}; pass the folder a training run wrote")
+        _refuse_replacing_published(name, out / WEIGHTS_FILENAME, run / WEIGHTS_FILENAME)
         for file_name in (WEIGHTS_FILENAME, *RUN_FILES):
             src = run / file_name
             if src.is_file() and src.resolve() != (out / file_name).resolve():
@@ -384,6 +382,18 @@ def write_card(
     (out / "config.json").write_text(json.dumps(build_config(facts), indent=2, sort_keys=True) + "\n")
     (out / "README.md").write_text(render_card(facts))
     return out
+
+
+def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:
+    """A run's card must never overwrite the zoo's published (pinned) weights of ``name``."""
+    from .weights import file_sha256
+
+    pin = get_spec(name).hub_sha256.get(WEIGHTS_FILENAME)
+    if pin and current.is_file() and file_sha256(current) == pin and file_sha256(new) != pin:
+        raise CardError(
+            f"{current.parent} holds the published {name} weights (SHA-256 pinned in the registry); "
+            f"a card for your run would replace them. Write it elsewhere with --out DIR"
+        )
 
 
 def stale_files(name: str, folder: str | os.PathLike[str]) -> list[str]:

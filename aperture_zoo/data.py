@@ -224,7 +224,7 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def subset(split: Split, n: int | None, seed: int = 0) -> Split:
+def subset(split: Split, n: int | None, seed: int = 0, option: str = "--subset") -> Split:
     """A stratified subset of ``n`` images (the split itself when ``n`` is None or its size).
 
     Asking for more images than the split holds is an error rather than a silent "all of it", so a
@@ -233,6 +233,6 @@ def subset(split: Split, n: int | None, seed: int = 0) -> Split:
     if n is None or n == len(split):
         return split
     if n <= 0 or n > len(split):
-        raise SubsetError(f"--subset must be in 1..{len(split)} for this split, got {n}")
+        raise SubsetError(f"{option} must be in 1..{len(split)} for this split, got {n}")
     idx = stratified_indices(split.labels, n, seed)
     return Split(images=split.images[idx], labels=split.labels[idx], classes=split.classes)

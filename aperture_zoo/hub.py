@@ -11,6 +11,7 @@ The client reads ``HF_HOME``/``HF_HUB_CACHE`` when it is imported; ``HF_ENDPOINT
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ WEIGHTS_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
 ONNX_FILENAME = "model.onnx"
 # Run outputs that travel with the weights when present beside them.
-RUN_FILES = ("eval.json", "metrics.jsonl", "curves.png")
+RUN_FILES = ("eval.json", "metrics.jsonl", "curves.png", "confusion.png")
 
 log = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -239,22 +240,49 @@ def download(
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         from huggingface_hub import constants
 
+        fix = {
+            "local lookup only": "load it once with pretrained=True (or `aperture eval NAME --pretrained`) to download it",
+            "HF_HUB_OFFLINE is set": "unset HF_HUB_OFFLINE and connect once to cache it",
+        }.get(why_local or "", f"connect to {url} once (or set HF_ENDPOINT to a reachable mirror) to cache it")
         raise HubUnavailableError(
             f"{filename} of Hub repo {repo_id}@{rev} is not in the Hub cache ({constants.HF_HUB_CACHE}) "
-            f"and {why_local or 'the download failed'}; connect once without HF_HUB_OFFLINE to cache "
-            "it, or pass weights=PATH / 'local-dir:DIR'"
+            f"and {why_local or 'the download failed'}; {fix}, or pass weights=PATH / 'local-dir:DIR'"
         ) from None
+    source = "the registry pins"
+    if sha256 is None and filename == WEIGHTS_FILENAME:
+        sha256, source = _config_pin(repo_id, path, token, local_only or why_local is not None), "its config.json records"
     if sha256 is not None:
         from .weights import file_sha256
 
         actual = file_sha256(path)
         if actual != sha256.lower():
             raise HubIntegrityError(
-                f"{filename} of {repo_id}@{rev} has SHA-256 {actual}, but the registry pins {sha256}; "
+                f"{filename} of {repo_id}@{rev} has SHA-256 {actual}, but {source} {sha256}; "
                 f"refusing to load it. Delete the cached copy ({path}) and download again; if it "
                 "still differs the repo changed after pinning: pin its new digest in the registry"
             )
     return path
+
+
+def _config_pin(repo_id: str, weights: Path, token: str | bool | None, local_only: bool) -> str:
+    """The weights' SHA-256 as config.json *of the same commit* records it (what `aperture push` writes).
+
+    An unpinned file is never used: with no record to check against, the download is refused.
+    """
+    from huggingface_hub import hf_hub_download
+
+    commit = weights.parent.name  # the cache lays files out as snapshots/<commit>/<file>
+    try:
+        with _translate(repo_id, "download from", endpoint(), commit, _token_source(token)):
+            config = json.loads(Path(hf_hub_download(repo_id, CONFIG_FILENAME, revision=commit, endpoint=endpoint(),
+                                                     token=token, local_files_only=local_only)).read_text())
+        return str(config["files"][WEIGHTS_FILENAME]["sha256"])
+    except Exception as exc:  # noqa: BLE001 - missing file, offline without it cached, or no record in it
+        raise HubIntegrityError(
+            f"{WEIGHTS_FILENAME} of {repo_id}@{commit} has no SHA-256 to be checked against: the registry "
+            f"pins none for this repo and its {CONFIG_FILENAME} gives none ({_first_line(exc)}). Refusing "
+            "unverified weights: publish with `aperture push` (it records the digest), or pass weights=PATH"
+        ) from None
 
 
 # -- push ----------------------------------------------------------------------------------------
@@ -267,7 +295,7 @@ def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: 
         raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, dest / WEIGHTS_FILENAME)
-    for extra in RUN_FILES:
+    for extra in [*RUN_FILES, *(p.name for p in weights.parent.glob("*.report.json"))]:
         if (weights.parent / extra).is_file():
             shutil.copyfile(weights.parent / extra, dest / extra)
     if with_onnx:
@@ -346,14 +374,15 @@ def push(
     """
     from huggingface_hub import HfApi
 
-    from .pretrained import local_weights
+    from .pretrained import published_weights
 
     check_repo_id(repo_id)
-    weights_path = Path(weights) if weights is not None else local_weights(name)
+    weights_path = Path(weights) if weights is not None else published_weights(name)
     if weights_path is None:
         raise HubError(
-            f"nothing to push for {name}: no weights given and none found locally; train it "
-            "(`aperture train`) and pass --weights runs/.../model.safetensors"
+            f"nothing to push for {name}: without --weights only the zoo's published weights are pushed, "
+            f"and model_cards/{name}/ holds no file matching their SHA-256 pin; pass your own with "
+            "--weights runs/.../model.safetensors"
         )
     _check_weights(name, weights_path)
     tok = resolve_token(token)

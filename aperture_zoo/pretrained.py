@@ -78,7 +78,7 @@ def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | No
 
     for name in list_models():
         spec = get_spec(name)
-        if spec.hub_repo == repo_id and (revision is None or revision == spec.hub_revision):
+        if hub_source(spec)[0] == repo_id and (revision is None or revision == spec.hub_revision):
             return revision or spec.hub_revision, spec.hub_sha256.get(filename)
     return revision, None
 
@@ -105,6 +105,22 @@ def local_weights(name: str) -> Path | None:
     """Weights for ``name`` on this disk, without the Hub: $APERTURE_WEIGHTS_DIR, then model_cards/."""
     card_file = model_cards_dir() / name / WEIGHTS_FILENAME
     return _env_dir_weights(name) or (card_file if card_file.is_file() else None)
+
+
+def published_weights(name: str) -> Path | None:
+    """The checkout's copy of the zoo's published weights for ``name``, only if it hashes to the pin.
+
+    Never a user's own run: listings and ``aperture push`` must not mistake an experiment for the
+    zoo's weights (an unpinned model has no published weights at all).
+    """
+    spec = get_spec(name)
+    card_file = model_cards_dir() / name / WEIGHTS_FILENAME
+    if not spec.hub_sha256.get(WEIGHTS_FILENAME) or not card_file.is_file():
+        return None
+    try:
+        return _check_pin(card_file, spec)
+    except WeightsError:
+        return None
 
 
 def resolve_weights(
@@ -140,13 +156,28 @@ def resolve_weights(
 
     card_file = model_cards_dir() / name / WEIGHTS_FILENAME
     if card_file.is_file():
-        return card_file
+        return _check_pin(card_file, spec)
     looked.append(str(card_file))
     raise NoPretrainedWeightsError(
         f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
         f"weights='runs/.../model.safetensors' (train with `aperture train {name}`), set "
         "APERTURE_WEIGHTS_DIR, or set APERTURE_HUB_ORG / HF_ENDPOINT to where they are published."
     )
+
+
+def _check_pin(path: Path, spec: ModelSpec) -> Path:
+    """``path`` if its SHA-256 is the registry's pin for the published weights (or none is pinned)."""
+    from .weights import file_sha256
+
+    pin = spec.hub_sha256.get(WEIGHTS_FILENAME)
+    actual = file_sha256(path) if pin else None
+    if pin and actual != pin:
+        raise WeightsError(
+            f"{path} has SHA-256 {actual}, but the published {spec.name} weights are pinned to {pin}: "
+            f"the file is damaged or was replaced. Fix: restore it (git checkout -- {path}), or pass "
+            "your own file explicitly with weights=PATH"
+        )
+    return path
 
 
 def _source_config(source: str) -> dict:

@@ -36,6 +36,14 @@ class NoMatchingModelError(ApertureError, LookupError):
     """A wildcard pattern that selects no registered model."""
 
 
+class SpecError(ApertureError, ValueError):
+    """An architecture that cannot be built (mismatched lengths, even kernels, ...)."""
+
+
+class UnknownSpecFieldError(SpecError, TypeError):
+    """``replace()`` with a field a spec does not have (a TypeError, like an unknown keyword)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Hyper-parameters of one ResNet, in the report's notation (N, B, C, F, K, P).
@@ -63,19 +71,19 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.channels):
-            raise ValueError(
+            raise SpecError(
                 f"{self.name}: blocks {self.blocks} and channels {self.channels} must have one "
                 "entry per stage"
             )
         if not self.blocks or min(self.blocks) < 1 or min(self.channels) < 1:
-            raise ValueError(f"{self.name}: every stage needs >= 1 block and >= 1 channel")
+            raise SpecError(f"{self.name}: every stage needs >= 1 block and >= 1 channel")
         if self.num_classes < 1:
-            raise ValueError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
+            raise SpecError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
         if self.conv_kernel % 2 == 0 or self.shortcut_kernel % 2 == 0:
-            raise ValueError(f"{self.name}: kernels must be odd to keep 'same' padding")
+            raise SpecError(f"{self.name}: kernels must be odd to keep 'same' padding")
         side = self.input_size[1] // 2 ** (len(self.blocks) - 1)
         if side % self.pool_kernel:
-            raise ValueError(
+            raise SpecError(
                 f"{self.name}: the last stage is {side}x{side}, which pool kernel "
                 f"{self.pool_kernel} does not divide"
             )
@@ -100,7 +108,7 @@ class ModelSpec:
         """A new spec with some fields changed; provenance tied to the original is dropped."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise TypeError(
+            raise UnknownSpecFieldError(
                 f"unknown spec field(s) {sorted(unknown)}; valid: "
                 f"{[f.name for f in dataclasses.fields(self)]}"
             )
@@ -144,21 +152,32 @@ class ModelSpec:
         return cls(**kwargs)
 
 
-def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int) -> ModelSpec:
-    return ModelSpec(name=name, blocks=blocks, channels=channels, report_params=params)
+def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int, top1_20ep: float,
+           weights_sha256: str) -> ModelSpec:
+    return ModelSpec(name=name, blocks=blocks, channels=channels, report_params=params,
+                     report_top1_20ep=top1_20ep, hub_sha256={"model.safetensors": weights_sha256})
 
 
-# Table 1 of the report (N=4, F=3, K=1, P=4 throughout). The channel widths are the report's own
-# code's; resnet22 is its best model ("resnet22_2" there), resnet24 is its "resnet22_1".
+# Table 1 of the report (N=4, F=3, K=1, P=4 throughout): parameters and 20-epoch test accuracy
+# (Adadelta, batch 32, crop + flip). The channel widths are the report's own code's; resnet22 is
+# its best model ("resnet22_2" there), resnet24 is its "resnet22_1". The last column pins the
+# SHA-256 of each published model.safetensors (model_cards/<name>/): whatever the source, Hub,
+# cache or checkout, a file with another hash is refused.
 _REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        _entry("resnet10", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242),
-        _entry("resnet18", (2, 2, 2, 2), (64, 157, 211, 270), 4_996_254),
-        _entry("resnet20", (2, 2, 2, 3), (64, 128, 185, 245), 4_998_382),
-        _entry("resnet22", (3, 2, 3, 2), (64, 128, 192, 256), 4_922_826),
-        _entry("resnet24", (3, 3, 2, 3), (64, 128, 128, 256), 4_935_242),
-        _entry("resnet32", (4, 4, 4, 3), (32, 64, 128, 256), 4_754_218),
+        _entry("resnet10", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, 81.61,
+               "090ef93be35b7e494b478e87c58a275a1cc1e3808627d1700bf6b20914062083"),
+        _entry("resnet18", (2, 2, 2, 2), (64, 157, 211, 270), 4_996_254, 83.35,
+               "843e80673dfb9c1246cc4b77ba04711ef98f9c2c8e1e2eee5619382013847229"),
+        _entry("resnet20", (2, 2, 2, 3), (64, 128, 185, 245), 4_998_382, 83.63,
+               "58dc5b9d3a9ee1ff084dfc76280004c56c58a51e3b93f894ecb07e5380704596"),
+        _entry("resnet22", (3, 2, 3, 2), (64, 128, 192, 256), 4_922_826, 84.53,
+               "1e6e6ed11cfc76ca90c8033bbeae69e17c5ad5c1daa6a5e99c0d28e667667e28"),
+        _entry("resnet24", (3, 3, 2, 3), (64, 128, 128, 256), 4_935_242, 83.95,
+               "9c16a48118b79f159d64730e3ab73b05b37f1e1d163af12aa5593e509a9fc395"),
+        _entry("resnet32", (4, 4, 4, 3), (32, 64, 128, 256), 4_754_218, 82.80,
+               "32718eaac7b0d3d2d1e499b3330abcf86f4196f30995a369667566af25590df1"),
     )
 }
 

@@ -37,15 +37,24 @@ def measure(name: str) -> dict[str, int]:
 
 
 def local_weights_metadata(name: str) -> dict[str, Any] | None:
-    """Metadata of weights found locally for ``name`` (None when there are none)."""
+    """Metadata of the weights ``load(name, pretrained=True)`` would use from this disk (None if none)."""
     from .pretrained import NoPretrainedWeightsError, resolve_weights
-    from .weights import decode_metadata, read_metadata
+    from .weights import WeightsError, decode_metadata, read_metadata
 
     try:
         path = resolve_weights(name)
-    except NoPretrainedWeightsError:
+    except (NoPretrainedWeightsError, WeightsError):
         return None
     return {"path": str(path), **decode_metadata(read_metadata(path))}
+
+
+def published_metadata(name: str) -> dict[str, Any] | None:
+    """Metadata of the zoo's published (pinned) weights in this checkout; never a local experiment's."""
+    from .pretrained import published_weights
+    from .weights import decode_metadata, read_metadata
+
+    path = published_weights(name)
+    return None if path is None else {"path": str(path), **decode_metadata(read_metadata(path))}
 
 
 def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any]]:
@@ -55,7 +64,7 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
         spec = get_spec(name)
         # FLOPs need a counted forward pass (seconds on first use); the table does without them.
         facts = measure(name) if with_flops else {"params": parameter_count(name)}
-        meta = local_weights_metadata(name) or {}
+        meta = published_metadata(name) or {}
         row: dict[str, Any] = {
             "name": name,
             "depth": spec.depth,
@@ -75,8 +84,11 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
 
 def model_info(name: str) -> dict[str, Any]:
     """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata."""
+    from .weights import file_sha256
+
     spec = get_spec(name)
     facts = measure(name)
+    weights = local_weights_metadata(name)
     return {
         "name": name,
         "spec": json.loads(spec.to_json()),
@@ -85,6 +97,7 @@ def model_info(name: str) -> dict[str, Any]:
         "report_params": spec.report_params,
         "flops_per_image": facts["flops"],
         "macs_per_image": facts["flops"] // 2,
-        "weights": local_weights_metadata(name),
+        "weights": weights,
+        "weights_published": weights is not None and file_sha256(weights["path"]) == spec.hub_sha256.get("model.safetensors"),
     }
 

@@ -81,8 +81,8 @@ def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise WeightsError(
-            f"weights file {str(path)!r} does not exist; check the path, or use "
-            "pretrained=True to fetch published weights"
+            f"weights file {str(path)!r} does not exist; check the path, or use the published weights "
+            "(load(NAME, pretrained=True); on the command line --pretrained)"
         )
     if path.is_dir():
         raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
@@ -95,8 +95,8 @@ def _check_readable(path: Path) -> None:
     if head.startswith(_PICKLE_MAGIC) and not looks_safetensors:
         raise WeightsError(
             f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors; it was not loaded "
-            "because unpickling can run arbitrary code. Convert it once in a trusted environment: "
-            "safetensors.torch.save_file(torch.load(p, weights_only=True), 'model.safetensors')"
+            "because unpickling can run arbitrary code. If you trust it, convert it once: "
+            f"aperture convert {path} model.safetensors --model NAME"
         )
 
 
@@ -228,3 +228,37 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:
+    """A PyTorch pickle checkpoint of ``name`` as a checked safetensors file.
+
+    Only for files you trust: it unpickles with ``torch.load(weights_only=True)``, which refuses
+    anything but tensors and plain containers (a pickled whole model, like a ``DataParallel``
+    object, is refused: save its ``state_dict()`` first). Nested ``state_dict``/``model`` entries
+    and DataParallel's ``module.`` prefixes are unwrapped; keys and shapes are checked strictly.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise WeightsError(f"checkpoint {str(src)!r} does not exist; check the path")
+    try:
+        with src.open("rb") as f:  # a file object: torch.load would treat a *.safetensors *path* by its suffix
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
+        raise WeightsError(
+            f"{str(src)!r} cannot be read as a weights-only checkpoint ({str(exc).strip().splitlines()[0][:160]}); "
+            "if it pickles a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
+        ) from None
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{str(src)!r} holds no state dict of tensors; save one with torch.save(model.state_dict(), PATH)")
+    tensors = {k.removeprefix("module."): v for k, v in obj.items()}
+    model = create_model(name)
+    problems = _describe_mismatch(model, tensors)
+    if problems:
+        raise WeightsError(f"{str(src)!r} does not match {name}: " + "; ".join(problems))
+    model.load_state_dict(tensors)
+    return save_weights(model, dst, {"converted_from": src.name})

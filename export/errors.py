@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aperture_zoo.errors import ApertureError
+from aperture_zoo.images import ImageError
 
 
 class ExportError(ApertureError, RuntimeError):
@@ -13,5 +14,4 @@ class OnnxFileError(ApertureError, ValueError):
     """A path that is not a usable ONNX classifier (missing, not ONNX, wrong inputs)."""
 
 
-class ImageError(ApertureError, ValueError):
-    """An image file that is missing or cannot be decoded."""
+__all__ = ["ExportError", "ImageError", "OnnxFileError"]  # ImageError lives with the image rule

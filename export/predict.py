@@ -1,9 +1,9 @@
 """Torch-free inference on an exported file: onnxruntime, numpy and pillow only.
 
 Apps use it without PyTorch installed (``pip install --no-deps aperture-zoo`` beside onnxruntime,
-numpy and pillow), or copy it into their own code together with its two siblings ``runtime.py``
-(provider choice) and ``errors.py`` (whose one import, ``ApertureError``, can become
-``Exception``). Everything the model needs (class names, whether normalisation is in the graph,
+numpy and pillow), or copy it into their own code together with ``runtime.py`` (provider choice),
+``errors.py`` and ``aperture_zoo/images.py`` (the image rule; their one import, ``ApertureError``,
+can become ``Exception``). Everything the model needs (class names, whether normalisation is in the graph,
 mean/std, fixed or dynamic batch, float32 or float16 input) is read from the file::
 
     from aperture_zoo.export.predict import OnnxClassifier
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, OnnxFileError
+from aperture_zoo.images import ImageError, load_image
+
+from .errors import OnnxFileError
 from .runtime import Provider, check_onnx_path, create_session
 
 @dataclass
@@ -45,31 +47,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
-    """An image file as uint8 H x W x 3 at ``size`` (RGB), with notices for what was changed."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image {str(path)!r} does not exist or is not a file; check the path")
-    notices = []
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode != "RGB":
-                notices.append(f"converted {img.mode} to RGB")
-                img = img.convert("RGB")
-            if img.size != size:
-                notices.append(f"resized {img.size[0]}x{img.size[1]} to {size[0]}x{size[1]} (the model's input)")
-                img = img.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8), notices
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageError(
-            f"{str(path)!r} could not be decoded as an image ({exc}); pass a PNG, JPEG or other "
-            "format pillow reads"
-        ) from None
 
 
 class OnnxClassifier:

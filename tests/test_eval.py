@@ -191,3 +191,32 @@ def test_real_subset_one_epoch_resnet10_writes_every_output(real_cifar: Path, tm
     assert json.loads(meta["subset"]) == 1000 and json.loads(meta["epochs"]) == 1
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["test_images"] == 500 and 0 <= row["test_top1"] <= 100
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "-5"], ["--batch-size", "0"], ["--subset", "0"]])
+def test_cli_eval_numeric_options_are_checked_before_anything_runs(option, weights: Path, synthetic_cifar: Path,
+                                                                   tmp_path: Path) -> None:
+    """Issue: --batch-size -5 printed 'top-1 0.00%, 28,492,870 img/s' and exited 0."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--data-dir",
+                                      str(synthetic_cifar), "--out", str(out), *option])
+    assert result.exit_code == 2
+    assert f"{option[0]} must be at least 1" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_cli_eval_refuses_a_head_of_another_size_and_writes_no_nan(synthetic_cifar: Path, tmp_path: Path) -> None:
+    """Issue: a 100-class head printed class_10..class_99 with nan% and wrote NaN into eval.json."""
+    w100 = save_weights(create_model("resnet10", channels=(8, 16, 16, 32), num_classes=100),
+                        tmp_path / "w100" / "model.safetensors")
+    result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(w100), "--data-dir", str(synthetic_cifar)])
+    assert result.exit_code == 2 and "100-class head but the data has 10 classes" in result.output
+    assert not (w100.parent / "eval.json").exists()
+
+
+def test_per_class_accuracy_of_a_class_with_no_images_is_null_not_nan() -> None:
+    from aperture_zoo.train.evaluate import EvalResult
+
+    result = EvalResult(top1=50.0, loss=1.0, num_images=2, confusion=[[1, 0], [0, 0]], classes=("a", "b"))
+    assert result.per_class_top1 == {"a": 100.0, "b": None}
+    json.dumps(result.to_dict(), allow_nan=False)  # strict JSON

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from aperture_zoo.weights import read_metadata
 from hub_fixtures import client_env, hub_env, hub_server, random_weights, run_script  # noqa: F401
 
 REPO = "zoo/resnet10"
@@ -14,7 +16,13 @@ REPO = "zoo/resnet10"
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    return random_weights(tmp_path_factory.mktemp("run") / "model.safetensors", "resnet10", init_seed=3)
+    """The published resnet10 weights: `pretrained=True` accepts only the file the registry pins."""
+    import shutil
+
+    from aperture_zoo.pretrained import model_cards_dir
+
+    return Path(shutil.copyfile(model_cards_dir() / "resnet10" / "model.safetensors",
+                                tmp_path_factory.mktemp("run") / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def test_push_creates_repo_in_one_commit_with_timm_layout(hub_server, pushed, we
     assert head.files["model.safetensors"] == weights.read_bytes()
     config = json.loads(head.files["config.json"])
     assert config["architecture"] == "resnet10" and config["num_classes"] == 10
-    assert config["trained"] is False and "metrics" not in config  # random weights claim nothing
+    meta = json.loads(read_metadata(weights)["test_top1"])
+    assert config["trained"] is True and config["metrics"]["top1"] == meta  # the weights' own record
     assert head.files["README.md"].startswith(b"---\n")
 
 
@@ -133,6 +142,8 @@ def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
     assert first.changed and second.changed and second.commit_oid != first.commit_oid
     assert [c.oid for c in history[:2]] == [second.commit_oid, first.commit_oid]
     assert history[0].files["model.safetensors"] == other.read_bytes()
+    config = json.loads(history[0].files["config.json"])
+    assert config["trained"] is False and "metrics" not in config  # random weights claim nothing
 
 
 def test_wrong_token_is_a_clear_error(hub_env, pushed, weights):
@@ -248,3 +259,43 @@ def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
     assert files["model.onnx"] == b"onnx-bytes"
     readme = files["README.md"].decode()
     assert "- onnx" in readme and "## ONNX parity" in readme and "3e-06" in readme
+
+
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    """A Hub cache of this test's own, so a file it damages is never seen by another run."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def test_unpinned_repo_is_verified_against_its_own_config_json(hub_env, own_cache, tmp_path):
+    """Issue: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
+    import aperture_zoo
+    from aperture_zoo.hub import HubIntegrityError, push
+    from aperture_zoo.pretrained import resolve_weights
+
+    mine = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=7)
+    push("resnet10", "zoo/experiment", weights=mine, token="tok-alice")
+    model = aperture_zoo.load("hf-hub:zoo/experiment", pretrained=True)  # verified, loads
+    assert model.spec.name == "resnet10"
+    blob = resolve_weights("resnet10", "hf-hub:zoo/experiment").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(HubIntegrityError, match="its config.json records"):
+        aperture_zoo.load("hf-hub:zoo/experiment", pretrained=True)
+
+
+def test_a_repo_without_a_recorded_digest_is_refused(hub_env, own_cache, hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    import aperture_zoo
+    from aperture_zoo.hub import HubIntegrityError
+
+    mine = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=8)
+    api = HfApi(endpoint=hub_server.url, token="tok-alice")
+    api.create_repo("zoo/bare")
+    api.upload_file(path_or_fileobj=str(mine), path_in_repo="model.safetensors", repo_id="zoo/bare")
+    with pytest.raises(HubIntegrityError, match="no SHA-256 to be checked against.*aperture push"):
+        aperture_zoo.load("resnet10", weights="hf-hub:zoo/bare")

@@ -12,7 +12,10 @@ from hub_fixtures import hub_env, hub_server, random_weights  # noqa: F401
 from aperture_zoo.cards import write_card
 from aperture_zoo.hub import HubError
 from aperture_zoo.pretrained import NoPretrainedWeightsError, load, resolve_weights
-from aperture_zoo.weights import read_state_dict
+from aperture_zoo.registry import get_spec
+from aperture_zoo.weights import WeightsError, file_sha256, read_state_dict
+
+CHECKOUT_CARDS = pretrained.model_cards_dir()  # before any test patches it
 
 
 @pytest.fixture
@@ -42,16 +45,27 @@ def _same(model, path) -> bool:
     return all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
 
 
-def test_resolution_order_local_sources(dead_hub, two_weights, monkeypatch):
-    env_file, card_file = two_weights
+def test_resolution_order_local_sources(dead_hub, two_weights, monkeypatch, tmp_path):
+    env_file, other = two_weights
+    published = CHECKOUT_CARDS
     dead_hub.mkdir()
-    (dead_hub / "resnet20").symlink_to(card_file.parent)
-    assert resolve_weights("resnet20", download=True) == dead_hub / "resnet20" / "model.safetensors"
+    (dead_hub / "resnet20").symlink_to(published / "resnet20")  # the checkout's published, pinned file
+    card_file = dead_hub / "resnet20" / "model.safetensors"
+    assert resolve_weights("resnet20", download=True) == card_file
     monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(env_file.parent.parent))
-    assert resolve_weights("resnet20", download=True) == env_file
-    assert resolve_weights("resnet20", card_file) == card_file  # weights= wins over everything
+    assert resolve_weights("resnet20", download=True) == env_file  # a folder the user names explicitly
+    assert resolve_weights("resnet20", other) == other  # weights= wins over everything
     assert _same(load("resnet20", pretrained=True), env_file)
-    assert _same(load("resnet20", weights=f"local-dir:{card_file.parent}"), card_file)
+    assert _same(load("resnet20", weights=f"local-dir:{other.parent}"), other)
+
+
+def test_checkout_weights_that_differ_from_the_pin_are_refused(dead_hub, two_weights):
+    _, other = two_weights
+    (dead_hub / "resnet20").mkdir(parents=True)
+    (dead_hub / "resnet20" / "model.safetensors").write_bytes(other.read_bytes())
+    pin = get_spec("resnet20").hub_sha256["model.safetensors"]
+    with pytest.raises(WeightsError, match=f"SHA-256 {file_sha256(other)}.*pinned to {pin}.*git checkout"):
+        load("resnet20", pretrained=True)
 
 
 def test_nothing_found_lists_every_place_and_the_fix(dead_hub, monkeypatch, tmp_path):

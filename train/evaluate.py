@@ -7,6 +7,7 @@ Counts are accumulated as device tensors and read back once, so evaluation does 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aperture_zoo.errors import ApertureError
+
 from .augment import normalise
+
+
+class EvalError(ApertureError, ValueError):
+    """An evaluation that would give a meaningless number; the message says what to change."""
 
 
 @dataclass
@@ -30,11 +37,11 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def per_class_top1(self) -> dict[str, float]:
+    def per_class_top1(self) -> dict[str, float | None]:
         out = {}
         for name, row in zip(self.classes, self.confusion):
             total = sum(row)
-            out[name] = 100.0 * row[self.classes.index(name)] / total if total else float("nan")
+            out[name] = 100.0 * row[self.classes.index(name)] / total if total else None  # JSON has no NaN
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,10 +73,12 @@ def evaluate_sums(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     tta: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Tensor:
     """A flat device tensor [loss_sum, count, confusion (K*K)] for uint8 ``images``.
 
     Sums, not means, so DDP ranks can all-reduce their shards into the exact global result.
+    ``on_batch(n)`` is called after each batch of ``n`` images (progress display).
     """
     was_training = model.training
     model.eval()
@@ -85,6 +94,8 @@ def evaluate_sums(
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
+        if on_batch is not None:
+            on_batch(int(y.shape[0]))
     model.train(was_training)
     count = torch.tensor([float(images.shape[0])], device=dev, dtype=torch.float64)
     return torch.cat([loss_sum.view(1), count, confusion])
@@ -102,6 +113,14 @@ def result_from_sums(sums: Tensor, classes: tuple[str, ...], **kw: Any) -> EvalR
     )
 
 
+def check_eval_options(batch_size: int, subset: int | None = None) -> None:
+    """Numeric options checked before any model or data is loaded."""
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if subset is not None and subset < 1:
+        raise EvalError(f"--subset must be at least 1 test image, got {subset}")
+
+
 def evaluate(
     model: nn.Module,
     split: Any,
@@ -109,15 +128,23 @@ def evaluate(
     device: str | torch.device | None = None,
     tta: bool = False,
     precision: str = "auto",
+    on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on a ``aperture_zoo.data.Split`` (uint8 images), timing the forward passes.
 
     The model's spec supplies the normalisation, so a model is always evaluated the way it was
     trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU.
     """
+    check_eval_options(batch_size)
+    spec = model.spec
+    if spec.num_classes != len(split.classes):
+        raise EvalError(
+            f"the model has a {spec.num_classes}-class head but the data has {len(split.classes)} classes "
+            f"({', '.join(split.classes[:3])}, ...); evaluate it on data with the same classes, or load "
+            f"weights trained for them"
+        )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
-    spec = model.spec
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -133,7 +160,7 @@ def evaluate(
         torch.cuda.synchronize(dev)
     start = time.perf_counter()
     sums = evaluate_sums(model, images, labels, mean, std, spec.num_classes, batch_size, dtype,
-                         channels_last, tta)
+                         channels_last, tta, on_batch)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start

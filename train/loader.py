@@ -53,7 +53,7 @@ def load_splits(
     are removed from training, so choosing an epoch or a setting on them never looks at the test set.
     """
     train = subset(load_split("train", data_dir, download), subset_size, seed)
-    test = subset(load_split("test", data_dir), test_subset, seed)
+    test = subset(load_split("test", data_dir), test_subset, seed, option="--test-subset")
     val = None
     if val_split < 0 or (val_split >= 1 and val_split != int(val_split)):
         raise SubsetError(f"--val-split must be a fraction in [0, 1) or a whole count of images, not {val_split}")

@@ -16,21 +16,20 @@ from .common import console, err_console, print_json, user_errors
 
 def _parse_arch(items: list[str]) -> dict[str, Any]:
     """``--arch channels=16,32,32,64`` -> ``{"channels": (16, 32, 32, 64)}`` for a derived model."""
-    from aperture_zoo.errors import ApertureError
-
-    class ArchError(ApertureError, ValueError):
-        pass
+    from aperture_zoo.registry import SpecError
 
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ArchError(f"--arch {item!r}: expected key=value, e.g. --arch channels=32,64,128,256")
+            raise SpecError(f"--arch {item!r}: expected key=value, e.g. --arch channels=32,64,128,256")
         parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
         try:
             nums = tuple(int(p) for p in parts)
         except ValueError:
-            raise ArchError(f"--arch {item!r}: values must be integers") from None
+            raise SpecError(f"--arch {item!r}: values must be integers") from None
+        if not nums:
+            raise SpecError(f"--arch {item!r}: give at least one integer")
         out[key.strip()] = nums if key.strip() in ("blocks", "channels", "input_size") else nums[0]
     return out
 
@@ -133,7 +132,7 @@ def eval_cmd(
                                   help="Download CIFAR-10 (MD5-checked) if it is not found."),
     subset: Optional[int] = typer.Option(None, "--subset", help="A stratified subset of N test images."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
-    batch_size: int = typer.Option(1000, "--batch-size", "-b"),
+    batch_size: int = typer.Option(1000, "--batch-size", "-b", help="Images per forward pass (>= 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Where eval.json/confusion.png go (default: beside --weights)."),
@@ -146,20 +145,29 @@ def eval_cmd(
     from aperture_zoo.train.plots import plot_confusion
     from aperture_zoo.weights import WeightsError
 
+    from aperture_zoo.train.evaluate import check_eval_options
+
     with user_errors():
+        check_eval_options(batch_size, subset)
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model = _load_for_eval(name, weights)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
-        result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta)
+        with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
+            result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         out_dir.mkdir(parents=True, exist_ok=True)
+        from aperture_zoo.pretrained import resolve_weights
+        from aperture_zoo.weights import file_sha256
+
+        used = weights if weights is not None else resolve_weights(name, download=True)
         report = {"model": name, "weights": str(weights) if weights else "pretrained",
+                  "weights_sha256": file_sha256(used),
                   "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
         import json
 
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         plot_confusion(result.confusion, result.classes, out_dir / "confusion.png",
                        title=f"{name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
     if json_out:
@@ -169,9 +177,29 @@ def eval_cmd(
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
     for cls, acc in result.per_class_top1.items():
-        console.print(f"  {cls:<12} {acc:6.2f}%", highlight=False)
+        console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
     console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
+
+
+def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
+    """A progress bar with ETA on a terminal; one start line when piped (so logs show what runs)."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar():  # type: ignore[no-untyped-def]
+        if not err_console.is_terminal:
+            err_console.print(f"evaluating {what}", highlight=False)
+            yield lambda n: None
+            return
+        with Progress(TextColumn("evaluating " + what), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                      TimeRemainingColumn(), console=err_console, transient=True) as progress:
+            task = progress.add_task("eval", total=total)
+            yield lambda n: progress.advance(task, n)
+
+    return bar()
 
 
 def _load_for_eval(name: str, weights: Optional[Path]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from . import app
@@ -86,7 +88,60 @@ def info_cmd(
     if weights is None:
         console.print("  weights          none found locally (see `aperture train`)")
     else:
-        console.print(f"  weights          {weights['path']}")
+        kind = "published, SHA-256 pinned" if info["weights_published"] else \
+            "NOT the published weights: yours, from $APERTURE_WEIGHTS_DIR"
+        console.print(f"  weights          {weights['path']} ({kind})", highlight=False, soft_wrap=True)
         for key, value in sorted(weights.items()):
             if key not in ("path", "spec", "label_names"):
                 console.print(f"    {key:<18} {value}")
+
+
+@app.command("samples")
+def samples_cmd(
+    models: list[str] = typer.Argument(None, help="Models to run (default: every model)."),
+    show: str = typer.Option("resnet22", "--show", help="Model whose per-image predictions are printed."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Classify the 30 bundled CIFAR-10 test images with each published model (no download)."""
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.samples import classify_samples, sample_images
+
+    with user_errors():
+        for name in models or []:
+            get_spec(name)
+        results = classify_samples(models or None)
+    if json_out:
+        print_json([{"model": r.model, "published": r.published, "accuracy": r.accuracy,
+                     "predictions": [{"image": f, "label": p, "probability": q} for f, p, q in r.predictions]}
+                    for r in results])
+        return
+    truth = {p.name: label for p, label in sample_images()}
+    shown = next((r for r in results if r.model == show and r.predictions), None)
+    if shown is not None:
+        console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images:", highlight=False)
+        for image, label, prob in shown.predictions:
+            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {truth[image]})"
+            console.print(f"  {image:<28} {label:<10} {prob:6.1%}  {mark}", highlight=False)
+    for r in results:
+        if r.predictions:
+            console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
+                          f"({r.accuracy:.1f}%) on the bundled images", highlight=False)
+        else:
+            console.print(f"{r.model:<9} no published weights: architecture only "
+                          f"(train it with `aperture train {r.model}`)", highlight=False)
+
+
+@app.command("convert")
+def convert_cmd(
+    checkpoint: Path = typer.Argument(..., help="A PyTorch .pth/.pt checkpoint you trust."),
+    out: Path = typer.Argument(..., help="Where to write model.safetensors."),
+    model: str = typer.Option(..., "--model", "-m", help="Architecture it holds, e.g. resnet22."),
+) -> None:
+    """Convert a trusted pickle checkpoint to checked safetensors (the only weights format loaded)."""
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.weights import convert_checkpoint
+
+    with user_errors():
+        get_spec(model)
+        path = convert_checkpoint(checkpoint, out, model)
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)

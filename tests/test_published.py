@@ -1,0 +1,147 @@
+"""The published weights against their records, like torchvision's test_extended_models.
+
+Every pinned file in model_cards/ must hash to its pin, build the registered architecture with
+Table 1's parameter count, carry a full-data final-epoch record, and agree with its card's
+config.json. On real CIFAR-10 (APERTURE_CIFAR10_DIR) a stratified 500-image slice of the test set
+must score near the recorded accuracy; everywhere, the 30 bundled test images must be classified.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import aperture_zoo
+from aperture_zoo.pretrained import model_cards_dir
+from aperture_zoo.registry import get_spec, list_models
+from aperture_zoo.samples import classify_samples, sample_images
+from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
+
+PUBLISHED = [n for n in list_models() if get_spec(n).hub_sha256.get("model.safetensors")]
+
+
+def test_every_model_is_published() -> None:
+    assert PUBLISHED == list_models()
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_file_matches_its_pin_record_and_card(name: str) -> None:
+    spec = get_spec(name)
+    path = model_cards_dir() / name / "model.safetensors"
+    assert file_sha256(path) == spec.hub_sha256["model.safetensors"]
+    meta = decode_metadata(read_metadata(path))
+    assert meta["arch"] == name and meta["num_params"] == spec.report_params
+    assert meta["subset"] is None and meta["test_subset"] is None and meta["val_split"] == 0  # full data
+    assert meta["recipe"]["name"] == "fast" and meta["epochs"] == meta["recipe"]["epochs"] >= 30
+    assert 93.0 <= meta["test_top1"] <= 100 and meta["test_top1"] > spec.report_top1_20ep
+    assert "H100" in meta["train_device"]
+    rows = [json.loads(x) for x in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == meta["epochs"] and rows[-1]["test_top1"] == pytest.approx(meta["test_top1"], abs=1e-3)
+    config = json.loads((path.parent / "config.json").read_text())
+    assert config["files"]["model.safetensors"]["sha256"] == spec.hub_sha256["model.safetensors"]
+    assert config["metrics"]["top1"] == meta["test_top1"] and config["trained"] is True
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["resnet10", "resnet22"])
+def test_published_accuracy_reproduces_on_real_test_images(name: str, real_cifar) -> None:
+    from aperture_zoo.data import load_split, subset
+    from aperture_zoo.train.evaluate import evaluate
+
+    recorded = decode_metadata(read_metadata(model_cards_dir() / name / "model.safetensors"))["test_top1"]
+    result = evaluate(aperture_zoo.load(name, pretrained=True), subset(load_split("test", real_cifar), 500, 0))
+    # 500 images: the binomial standard error at 94 % is ~1.1 points; 4 points is > 3.5 sigma
+    assert abs(result.top1 - recorded) < 4.0
+
+
+def test_bundled_images_are_real_cifar10_test_images_with_labels() -> None:
+    images = sample_images()
+    assert len(images) == 30
+    labels = [label for _, label in images]
+    assert sorted(set(labels)) == sorted(aperture_zoo.CIFAR10_CLASSES)
+    assert all(labels.count(c) == 3 for c in set(labels))
+    assert all(p.is_file() and p.stat().st_size < 8000 for p, _ in images)
+
+
+def test_the_main_job_classifies_the_bundled_images() -> None:
+    (result,) = classify_samples(["resnet10"])
+    assert result.published and len(result.predictions) == 30
+    assert result.accuracy >= 80.0  # a 93.8 % model; 24 of 30 is far below what it does
+    assert all(0.0 < p <= 1.0 for _, _, p in result.predictions)
+
+
+def test_preprocess_is_the_onnx_rule_then_the_models_normalisation(tmp_path) -> None:
+    from PIL import Image
+
+    from aperture_zoo.images import load_image
+    from aperture_zoo.transforms import preprocess
+
+    rng = np.random.default_rng(0)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)).save(wide)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L").save(grey)
+    model = aperture_zoo.create_model("resnet10")
+    x = preprocess([wide, grey, Image.open(grey)], model)
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32
+    pixels = torch.from_numpy(np.stack([load_image(wide)[0], load_image(grey)[0]])).permute(0, 3, 1, 2) / 255.0
+    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.spec.std).view(1, 3, 1, 1)
+    assert torch.allclose(x[:2], (pixels - mean) / std)
+    assert torch.equal(x[1], x[2])  # a path and an open pillow image give the same input
+
+
+def test_preprocess_rejects_what_is_not_an_image(tmp_path) -> None:
+    from aperture_zoo.images import ImageError
+    from aperture_zoo.transforms import preprocess
+
+    with pytest.raises(ImageError, match="cannot use array float64"):
+        preprocess(np.zeros((32, 32, 3)))
+    with pytest.raises(ImageError, match="no images given"):
+        preprocess([])
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    with pytest.raises(ImageError, match="could not be decoded"):
+        preprocess(junk)
+
+
+def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
+    """Issue: `aperture card NAME --run RUN` used to overwrite model_cards/NAME's weights silently."""
+    import shutil
+
+    from aperture_zoo.cards import CardError, write_card
+    from hub_fixtures import random_weights
+
+    folder = tmp_path / "resnet10"
+    shutil.copytree(model_cards_dir() / "resnet10", folder)
+    run = tmp_path / "run"
+    random_weights(run / "model.safetensors", "resnet10", init_seed=5)
+    before = file_sha256(folder / "model.safetensors")
+    with pytest.raises(CardError, match="holds the published resnet10 weights.*--out DIR"):
+        write_card("resnet10", folder, run_dir=run)
+    assert file_sha256(folder / "model.safetensors") == before
+    write_card("resnet10", tmp_path / "elsewhere", run_dir=run)  # anywhere else is fine
+
+
+def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) -> None:
+    import aperture_zoo.pretrained as P
+    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.summary import model_info, zoo_rows
+    from hub_fixtures import random_weights
+
+    mine = random_weights(tmp_path / "mine" / "resnet10" / "model.safetensors", "resnet10", init_seed=6)
+    monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path / "mine"))
+    published = decode_metadata(read_metadata(model_cards_dir() / "resnet10" / "model.safetensors"))
+    assert zoo_rows("resnet10")[0]["top1"] == published["test_top1"]  # not the experiment's
+    info = model_info("resnet10")
+    assert info["weights"]["path"] == str(mine) and info["weights_published"] is False
+    cards = tmp_path / "cards"
+    (cards / "resnet10").mkdir(parents=True)
+    (cards / "resnet10" / "model.safetensors").write_bytes(mine.read_bytes())  # a replaced checkout file
+    monkeypatch.setattr(P, "model_cards_dir", lambda: cards)
+    assert zoo_rows("resnet10")[0]["top1"] is None
+    with pytest.raises(HubError, match="only the zoo's published weights.*--weights"):
+        push("resnet10", "zoo/resnet10", token="tok")

@@ -1,0 +1,64 @@
+"""One-line errors that name the fix, for inputs users really get wrong (issue: reliability pass)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aperture_zoo.cli import app
+from aperture_zoo.model import create_model
+from aperture_zoo.weights import WeightsError, convert_checkpoint, load_weights, read_state_dict
+
+
+@pytest.mark.parametrize("arch, message", [
+    ("channels=1,2", "must have one entry per stage"),
+    ("foo=3", "unknown spec field(s) ['foo']"),
+    ("conv_kernel=2", "kernels must be odd"),
+    ("channels=", "give at least one integer"),
+])
+def test_bad_arch_is_one_line_not_a_traceback(arch: str, message: str, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["train", "resnet10", "--arch", arch, "--device", "cpu", "--no-download",
+                                      "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+def test_test_subset_error_names_its_own_option(synthetic_cifar, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["train", "resnet10", "--arch", "channels=8,8,8,8", "--device", "cpu",
+                                      "--data-dir", str(synthetic_cifar), "--test-subset", "0",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--test-subset must be in 1.." in result.output
+
+
+def test_the_pickle_refusal_gives_a_fix_that_works(tmp_path) -> None:
+    """Issue: the suggested conversion command failed as written. Follow it literally."""
+    torch.manual_seed(0)
+    model = create_model("resnet10")
+    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    pth = tmp_path / "old.safetensors"  # a pickle wearing the wrong extension
+    torch.save(wrapped, pth)
+    with pytest.raises(WeightsError, match="aperture convert") as info:
+        load_weights("resnet10", pth)
+    fix = str(info.value).split("convert it once: ")[1]
+    cmd = fix.replace("NAME", "resnet10").split()
+    assert cmd[:2] == ["aperture", "convert"]
+    done = subprocess.run([sys.executable, "-m", "aperture_zoo", *cmd[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    tensors, meta = read_state_dict(tmp_path / "model.safetensors")
+    assert meta["converted_from"] == "old.safetensors"
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+
+
+def test_convert_refuses_what_is_not_a_matching_state_dict(tmp_path) -> None:
+    torch.save({"a": 1}, tmp_path / "plain.pt")
+    with pytest.raises(WeightsError, match="no state dict of tensors"):
+        convert_checkpoint(tmp_path / "plain.pt", tmp_path / "out.safetensors", "resnet10")
+    torch.save(create_model("resnet32").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="does not match resnet10"):
+        convert_checkpoint(tmp_path / "other.pt", tmp_path / "out.safetensors", "resnet10")
+    assert not (tmp_path / "out.safetensors").exists()
