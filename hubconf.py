@@ -13,19 +13,9 @@ dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 def _entry(name: str):
     def entry(pretrained: bool = False, weights: str | None = None, device: str = "cpu", **kwargs: object):
-        from aperture_zoo.model import create_model
         from aperture_zoo.pretrained import load
-        from aperture_zoo.weights import load_weights
 
-        if kwargs:  # architecture overrides (e.g. num_classes=100) give a fresh, untrained head
-            if pretrained or weights is not None:
-                model = create_model(name, **kwargs)
-                from aperture_zoo.pretrained import resolve_weights
-
-                return load_weights(model, resolve_weights(name, weights, download=True),
-                                    strict=False).to(device).eval()
-            return create_model(name, **kwargs).to(device).eval()
-        return load(name, pretrained=pretrained, weights=weights, device=device)
+        return load(name, pretrained=pretrained, weights=weights, device=device, **kwargs)
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (

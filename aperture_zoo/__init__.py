@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
+from .catalog import Weights, get_weights, list_pretrained, register_weights
 from .registry import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -43,8 +44,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ModelSpec", "UnknownModelError",
-    "get_spec", "list_models", "register", "__version__", *_LAZY,
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ModelSpec", "UnknownModelError", "Weights",
+    "get_spec", "get_weights", "list_models", "list_pretrained", "register", "register_weights", "__version__", *_LAZY,
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
+from .files import CARD_FILENAME, CONFIG_FILENAME, RUN_FILES, WEIGHTS_FILENAME, atomic_write_text
 from .registry import REPORT, ModelSpec, get_spec
 
-WEIGHTS_FILENAME = "model.safetensors"
 PROVENANCE_FILENAME = "weights.json"  # small committed record of the weights a card describes
-RUN_FILES = ("metrics.jsonl", "curves.png", "eval.json", "confusion.png")
 LICENSE = "mit"
 
 
@@ -73,8 +73,9 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
 
     spec = get_spec(name)
     measured = measure(name)
+    record = find_weights(name)
     facts = CardFacts(spec, measured["params"], measured["flops"],
-                      repo_id or spec.hub_repo or f"aperture-zoo/{name}")
+                      repo_id or (record and record.hub_repo) or f"{DEFAULT_HUB_ORG}/{name}")
     # The default org is fixed here, not read from $APERTURE_HUB_ORG: cards must not depend on the
     # environment they are generated in.
     weights = weights or (source_dir / WEIGHTS_FILENAME)
@@ -378,9 +379,9 @@ def write_card(
     facts = gather(name, out, Path(weights) if weights is not None else None, repo_id)
     if facts.weights is not None and (out / WEIGHTS_FILENAME).is_file():
         record = {"sha256": facts.weights_sha256, "size": facts.weights_size, "metadata": facts.weights}
-        (out / PROVENANCE_FILENAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    (out / "config.json").write_text(json.dumps(build_config(facts), indent=2, sort_keys=True) + "\n")
-    (out / "README.md").write_text(render_card(facts))
+        atomic_write_text(out / PROVENANCE_FILENAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / CONFIG_FILENAME, json.dumps(build_config(facts), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / CARD_FILENAME, render_card(facts))
     return out
 
 
@@ -388,7 +389,8 @@ def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:
     """A run's card must never overwrite the zoo's published (pinned) weights of ``name``."""
     from .weights import file_sha256
 
-    pin = get_spec(name).hub_sha256.get(WEIGHTS_FILENAME)
+    record = find_weights(name)
+    pin = record.sha256 if record else None
     if pin and current.is_file() and file_sha256(current) == pin and file_sha256(new) != pin:
         raise CardError(
             f"{current.parent} holds the published {name} weights (SHA-256 pinned in the registry); "
@@ -406,7 +408,7 @@ def stale_files(name: str, folder: str | os.PathLike[str]) -> list[str]:
     import tempfile
 
     folder = Path(folder)
-    generated = ("README.md", "config.json")
+    generated = (CARD_FILENAME, CONFIG_FILENAME)
     with tempfile.TemporaryDirectory(prefix="aperture-card-") as tmp:
         copy = Path(tmp) / name
         if folder.is_dir():

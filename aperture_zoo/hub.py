@@ -1,9 +1,8 @@
-"""Publishing to and fetching from the Hugging Face Hub, through the ``huggingface_hub`` client.
+"""Fetching from the Hugging Face Hub through the ``huggingface_hub`` client (publishing is ``publish.py``).
 
-The client does the protocol, caching and auth; this module decides what a model repo holds
-(timm's layout: ``model.safetensors``, ``config.json``, ``README.md``, optionally ``model.onnx``),
-verifies pinned SHA-256 digests, and turns the client's exceptions into one-line errors that say
-what went wrong and how to fix it. Tokens are passed through to the client and never printed.
+The client does the protocol, caching and auth; this module verifies SHA-256 pins and turns the
+client's exceptions into one-line errors that say what went wrong and how to fix it. Tokens are
+passed through to the client and never printed.
 
 The client reads ``HF_HOME``/``HF_HUB_CACHE`` when it is imported; ``HF_ENDPOINT`` and
 ``HF_HUB_OFFLINE`` are also read here at call time, so setting them in a running process works.
@@ -12,33 +11,19 @@ The client reads ``HF_HOME``/``HF_HUB_CACHE`` when it is imported; ``HF_ENDPOINT
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import ApertureError
 
-if TYPE_CHECKING:
-    from huggingface_hub import HfApi
 
-DEFAULT_ORG = "aperture-zoo"
-WEIGHTS_FILENAME = "model.safetensors"
-CONFIG_FILENAME = "config.json"
-ONNX_FILENAME = "model.onnx"
+from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
 # Run outputs that travel with the weights when present beside them.
-RUN_FILES = ("eval.json", "metrics.jsonl", "curves.png", "confusion.png")
 
-log = logging.getLogger(__name__)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class HubError(ApertureError, RuntimeError):
@@ -51,15 +36,6 @@ class HubUnavailableError(HubError):
 
 class HubIntegrityError(HubError):
     """A downloaded file does not match the SHA-256 digest the registry pins for it."""
-
-
-@dataclass(frozen=True)
-class PushResult:
-    repo_id: str
-    revision: str
-    commit_oid: str
-    commit_url: str
-    changed: bool  # False when the repo already held exactly these files (no commit was made)
 
 
 # -- configuration read at call time -----------------------------------------------------------
@@ -77,9 +53,6 @@ def offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def default_repo_id(name: str) -> str:
-    """``$APERTURE_HUB_ORG/<name>`` (default org ``aperture-zoo``)."""
-    return f"{os.environ.get('APERTURE_HUB_ORG') or DEFAULT_ORG}/{name}"
 
 
 def parse_hf_hub(ref: str) -> tuple[str, str | None]:
@@ -91,9 +64,17 @@ def parse_hf_hub(ref: str) -> tuple[str, str | None]:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not _REPO_ID.match(repo_id):
-        raise HubError(f"invalid Hub repo id {repo_id!r}; use the form ORG/NAME, e.g. aperture-zoo/resnet22")
-    return repo_id
+    """The client's own repo-id rules, plus a namespace: a model repo here is always ORG/NAME."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        pass
+    else:
+        if "/" in repo_id:
+            return repo_id
+    raise HubError(f"invalid Hub repo id {repo_id!r}; use the form ORG/NAME, e.g. aperture-zoo/resnet22")
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -283,126 +264,3 @@ def _config_pin(repo_id: str, weights: Path, token: str | bool | None, local_onl
             f"pins none for this repo and its {CONFIG_FILENAME} gives none ({_first_line(exc)}). Refusing "
             "unverified weights: publish with `aperture push` (it records the digest), or pass weights=PATH"
         ) from None
-
-
-# -- push ----------------------------------------------------------------------------------------
-def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False) -> Path:
-    """Lay out the repo's files in ``dest``: weights, config.json, README.md, run outputs, ONNX."""
-    from .cards import write_card
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, dest / WEIGHTS_FILENAME)
-    for extra in [*RUN_FILES, *(p.name for p in weights.parent.glob("*.report.json"))]:
-        if (weights.parent / extra).is_file():
-            shutil.copyfile(weights.parent / extra, dest / extra)
-    if with_onnx:
-        onnx_file = _find_onnx(name, weights)
-        shutil.copyfile(onnx_file, dest / ONNX_FILENAME)
-        report = onnx_file.with_suffix(".report.json")
-        if report.is_file():
-            shutil.copyfile(report, dest / "model.report.json")
-    write_card(name, dest, weights=dest / WEIGHTS_FILENAME)
-    return dest
-
-
-def _find_onnx(name: str, weights: Path) -> Path:
-    """An already exported ``model.onnx`` beside the weights or in ``model_cards/<name>/``."""
-    from .pretrained import model_cards_dir
-
-    candidates = [weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
-                  model_cards_dir() / name / ONNX_FILENAME]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise HubError(
-        f"--with-onnx: no exported ONNX model for {name} (looked at "
-        f"{', '.join(str(c) for c in candidates)}); export it first with `aperture export {name}` "
-        "next to the weights"
-    )
-
-
-def _check_weights(name: str, weights: Path) -> None:
-    """Refuse, before anything is uploaded, a file that ``load(name)`` could not use.
-
-    The same checks as loading (safetensors only, architecture, every key and shape), so a
-    missing, corrupt, pickled or other-model file is named by the path the user gave.
-    """
-    from .model import create_model
-    from .weights import WeightsError, load_weights
-
-    if not weights.is_file():
-        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
-    try:
-        load_weights(create_model(name), weights)
-    except WeightsError as exc:
-        raise HubError(f"not pushing {name}: {exc}") from None
-
-
-def _ensure_repo(api: "HfApi", repo_id: str, private: bool) -> None:
-    """Create ``repo_id`` unless it exists already.
-
-    Looking first (instead of ``create_repo(exist_ok=True)`` alone) means that a repo in someone
-    else's namespace fails at the upload with a plain 403, rather than inside the client's
-    create-then-recover path, which cannot parse repo URLs of a custom ``HF_ENDPOINT``.
-    """
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        api.repo_info(repo_id)
-    except RepositoryNotFoundError:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-
-
-def push(
-    name: str,
-    repo_id: str,
-    *,
-    weights: str | os.PathLike[str] | None = None,
-    token: str | None = None,
-    private: bool = False,
-    revision: str | None = None,
-    with_onnx: bool = False,
-    commit_message: str | None = None,
-) -> PushResult:
-    """Create the repo if needed and upload weights + card + config in one commit.
-
-    Pushing identical files again makes no commit (the client skips unchanged files) and returns
-    the existing head with ``changed=False``.
-    """
-    from huggingface_hub import HfApi
-
-    from .pretrained import published_weights
-
-    check_repo_id(repo_id)
-    weights_path = Path(weights) if weights is not None else published_weights(name)
-    if weights_path is None:
-        raise HubError(
-            f"nothing to push for {name}: without --weights only the zoo's published weights are pushed, "
-            f"and model_cards/{name}/ holds no file matching their SHA-256 pin; pass your own with "
-            "--weights runs/.../model.safetensors"
-        )
-    _check_weights(name, weights_path)
-    tok = resolve_token(token)
-    url = endpoint()
-    branch = revision or "main"
-    api = HfApi(endpoint=url, token=tok)
-    with tempfile.TemporaryDirectory(prefix="aperture-push-") as tmp:
-        folder = stage(name, weights_path, Path(tmp) / name, with_onnx=with_onnx)
-        if not reachable(url):
-            raise HubUnavailableError(
-                f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"
-            )
-        with _translate(repo_id, "push to", url, branch, _token_source(token, "--token")):
-            _ensure_repo(api, repo_id, private)
-            if branch != "main":
-                api.create_branch(repo_id, branch=branch, exist_ok=True)
-            before = api.repo_info(repo_id, revision=branch).sha
-            info = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, revision=branch,
-                commit_message=commit_message or f"Upload {name} (aperture_zoo)",
-            )
-    log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
-    return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before)

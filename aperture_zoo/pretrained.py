@@ -5,11 +5,11 @@ Resolution order for ``load(name, pretrained=True)``:
 1. ``weights=`` — an explicit safetensors path, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@rev]``;
 2. a local directory: ``$APERTURE_WEIGHTS_DIR`` holding ``<name>/model.safetensors`` (or
    ``<name>.safetensors``);
-3. the model's Hugging Face Hub repo: the registry's ``hub_repo`` pinned at ``hub_revision``, else
-   ``$APERTURE_HUB_ORG/<name>`` (default org ``aperture-zoo``) at ``main``, through
-   ``hf_hub_download`` and its cache (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` honoured);
-   a file whose SHA-256 differs from the registry's pin is refused;
-4. ``model_cards/<name>/model.safetensors`` of a source checkout.
+3. the published record's Hugging Face Hub repo (``aperture_zoo.catalog``): its ``hub_repo`` at its
+   pinned revision, else ``$APERTURE_HUB_ORG/<name>`` (default org ``aperture-zoo``) at ``main``,
+   through ``hf_hub_download`` and its cache (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``
+   honoured); a file whose SHA-256 differs from the record's pin is refused;
+4. ``model_cards/<name>/model.safetensors`` of a source checkout, refused too unless it hashes to the pin.
 
 ``load("hf-hub:ORG/NAME[@rev]")`` and ``load("local-dir:DIR")`` (timm-style) take the
 architecture from the source's ``config.json``. An ``hf-hub:`` repo that the registry publishes to
@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 
 from . import hub
+from .catalog import Weights, by_repo, find_weights, hub_location
+from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
 from .model import ResNet, create_model
-from .registry import ModelSpec, get_spec
+from .registry import get_spec
 from .weights import WeightsError, load_weights, read_metadata, spec_from_metadata
 
-WEIGHTS_FILENAME = hub.WEIGHTS_FILENAME
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 
@@ -43,11 +44,6 @@ class NoPretrainedWeightsError(WeightsError):
 def model_cards_dir() -> Path:
     """``model_cards/`` of the source checkout this package runs from (may not exist)."""
     return Path(__file__).resolve().parent.parent / "model_cards"
-
-
-def hub_source(spec: ModelSpec) -> tuple[str, str | None]:
-    """(repo id, pinned revision or None) of a model's published weights."""
-    return spec.hub_repo or hub.default_repo_id(spec.name), spec.hub_revision
 
 
 def _in_local_dir(directory: Path, name: str) -> Path | None:
@@ -70,17 +66,16 @@ def _from_local_dir(ref: str, name: str) -> Path:
 
 
 def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | None, str | None]:
-    """(revision, SHA-256) the registry pins for ``filename`` of ``repo_id``, if a model publishes there.
+    """(revision, SHA-256) a published record pins for ``filename`` of ``repo_id``, if one lives there.
 
-    An explicit revision other than the pinned one is the caller's choice: it is used unpinned.
+    An explicit revision other than the pinned one is the caller's choice: it is used unpinned
+    (the weights are then checked against the config.json of that commit instead).
     """
-    from .registry import list_models
-
-    for name in list_models():
-        spec = get_spec(name)
-        if hub_source(spec)[0] == repo_id and (revision is None or revision == spec.hub_revision):
-            return revision or spec.hub_revision, spec.hub_sha256.get(filename)
-    return revision, None
+    w = by_repo(repo_id, revision)
+    if w is None:
+        return revision, None
+    pins = {WEIGHTS_FILENAME: w.sha256, CONFIG_FILENAME: w.config_sha256}
+    return revision or w.revision, pins.get(filename)
 
 
 def _from_hf_hub(ref: str, name: str | None, download: bool = True) -> Path:
@@ -111,14 +106,14 @@ def published_weights(name: str) -> Path | None:
     """The checkout's copy of the zoo's published weights for ``name``, only if it hashes to the pin.
 
     Never a user's own run: listings and ``aperture push`` must not mistake an experiment for the
-    zoo's weights (an unpinned model has no published weights at all).
+    zoo's weights (an architecture with no record has no published weights at all).
     """
-    spec = get_spec(name)
-    card_file = model_cards_dir() / name / WEIGHTS_FILENAME
-    if not spec.hub_sha256.get(WEIGHTS_FILENAME) or not card_file.is_file():
+    record = find_weights(name)
+    card_file = model_cards_dir() / (record.arch if record else name) / WEIGHTS_FILENAME
+    if record is None or not card_file.is_file():
         return None
     try:
-        return _check_pin(card_file, spec)
+        return _check_pin(card_file, record)
     except WeightsError:
         return None
 
@@ -131,7 +126,8 @@ def resolve_weights(
     With ``download=False`` (the default, used by ``aperture list``/``info``) the Hub step only
     looks in the client's cache; ``load()`` passes ``download=True``.
     """
-    spec = get_spec(name)  # unknown names fail here, with suggestions
+    record = find_weights(name)  # unknown names fail here, with suggestions
+    arch = record.arch if record else name
     if weights is not None:
         ref = str(weights)
         if ref.startswith(HF_HUB_PREFIX):
@@ -141,41 +137,41 @@ def resolve_weights(
         return Path(weights)
 
     looked: list[str] = []
-    found = _env_dir_weights(name)
+    found = _env_dir_weights(arch)
     if found is not None:
         return found
     if os.environ.get("APERTURE_WEIGHTS_DIR"):
-        looked.append(f"$APERTURE_WEIGHTS_DIR={os.environ['APERTURE_WEIGHTS_DIR']} (no {name}/{WEIGHTS_FILENAME})")
+        looked.append(f"$APERTURE_WEIGHTS_DIR={os.environ['APERTURE_WEIGHTS_DIR']} (no {arch}/{WEIGHTS_FILENAME})")
 
-    repo_id, revision = hub_source(spec)
-    try:
-        return hub.download(repo_id, WEIGHTS_FILENAME, revision,
-                            sha256=spec.hub_sha256.get(WEIGHTS_FILENAME), local_only=not download)
-    except hub.HubUnavailableError as exc:
-        looked.append(f"Hub repo {repo_id}: {exc}")
-
-    card_file = model_cards_dir() / name / WEIGHTS_FILENAME
-    if card_file.is_file():
-        return _check_pin(card_file, spec)
-    looked.append(str(card_file))
+    if record is None:
+        looked.append(f"the catalog (no published weights for {name})")
+    else:
+        repo_id, revision = hub_location(record)
+        try:
+            return hub.download(repo_id, WEIGHTS_FILENAME, revision, sha256=record.sha256, local_only=not download)
+        except hub.HubUnavailableError as exc:
+            looked.append(f"Hub repo {repo_id}: {exc}")
+        card_file = model_cards_dir() / arch / WEIGHTS_FILENAME
+        if card_file.is_file():
+            return _check_pin(card_file, record)
+        looked.append(str(card_file))
     raise NoPretrainedWeightsError(
         f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
-        f"weights='runs/.../model.safetensors' (train with `aperture train {name}`), set "
+        f"weights='runs/.../model.safetensors' (train with `aperture train {arch}`), set "
         "APERTURE_WEIGHTS_DIR, or set APERTURE_HUB_ORG / HF_ENDPOINT to where they are published."
     )
 
 
-def _check_pin(path: Path, spec: ModelSpec) -> Path:
-    """``path`` if its SHA-256 is the registry's pin for the published weights (or none is pinned)."""
+def _check_pin(path: Path, record: Weights) -> Path:
+    """``path`` if its SHA-256 is the record's pin; a clear error naming both digests otherwise."""
     from .weights import file_sha256
 
-    pin = spec.hub_sha256.get(WEIGHTS_FILENAME)
-    actual = file_sha256(path) if pin else None
-    if pin and actual != pin:
+    actual = file_sha256(path)
+    if actual != record.sha256:
         raise WeightsError(
-            f"{path} has SHA-256 {actual}, but the published {spec.name} weights are pinned to {pin}: "
-            f"the file is damaged or was replaced. Fix: restore it (git checkout -- {path}), or pass "
-            "your own file explicitly with weights=PATH"
+            f"{path} has SHA-256 {actual}, but the published {record.tag} weights are pinned to "
+            f"{record.sha256}: the file is damaged or was replaced. Fix: restore it (git checkout -- {path}), "
+            "or pass your own file explicitly with weights=PATH"
         )
     return path
 
@@ -184,10 +180,10 @@ def _source_config(source: str) -> dict:
     """config.json of an ``hf-hub:`` or ``local-dir:`` source (architecture, model args)."""
     if source.startswith(HF_HUB_PREFIX):
         repo_id, revision = hub.parse_hf_hub(source)
-        revision, pin = _pinned(repo_id, revision, hub.CONFIG_FILENAME)
-        path = hub.download(repo_id, hub.CONFIG_FILENAME, revision, sha256=pin)
+        revision, pin = _pinned(repo_id, revision, CONFIG_FILENAME)
+        path = hub.download(repo_id, CONFIG_FILENAME, revision, sha256=pin)
     else:
-        path = Path(source.removeprefix(LOCAL_DIR_PREFIX)).expanduser() / hub.CONFIG_FILENAME
+        path = Path(source.removeprefix(LOCAL_DIR_PREFIX)).expanduser() / CONFIG_FILENAME
         if not path.is_file():
             weights = _from_local_dir(source, "model")
             spec = spec_from_metadata(read_metadata(weights))
@@ -217,13 +213,16 @@ def load(
     pretrained: bool = False,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
+    **overrides: object,
 ) -> ResNet:
     """A model in eval mode on ``device``; trained weights when ``pretrained`` or ``weights``.
 
-    ``name`` is a registered model (``"resnet22"``) or a source: ``"hf-hub:ORG/NAME[@rev]"`` or
+    ``name`` is a registered model (``"resnet22"``: its default published weights), a weights tag
+    (``"resnet22.fast"``, see ``list_pretrained()``) or a source: ``"hf-hub:ORG/NAME[@rev]"`` or
     ``"local-dir:DIR"``. Weights are searched in the order given in this module's docstring:
-    ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR`` -> the Hub repo
-    (registry pin or ``$APERTURE_HUB_ORG/<name>``, SHA-256 checked) -> ``model_cards/<name>/``.
+    ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR`` -> the record's Hub
+    repo (SHA-256 pinned) -> ``model_cards/<arch>/`` (pinned too). ``overrides`` change the
+    architecture (``num_classes=100``): tensors that no longer fit, such as the head, start fresh.
     """
     if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
         model = _create_from_source(name)
@@ -232,7 +231,10 @@ def load(
         if weights is not None:
             load_weights(model, resolve_weights(model.spec.name, weights, download=True))
         return model.to(device).eval()
-    model = create_model(name)
-    if pretrained or weights is not None:
-        load_weights(model, resolve_weights(name, weights, download=True))
+    record = find_weights(name)  # a tag ("resnet22.fast") names its architecture too
+    model = create_model(record.arch if record else name, **overrides)
+    if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
+        # Overrides (e.g. num_classes=100 to fine-tune) keep every tensor that still fits and
+        # start the rest fresh, like timm's pretrained=True with another num_classes.
+        load_weights(model, resolve_weights(name, weights, download=True), strict=not overrides)
     return model.to(device).eval()

@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ApertureError
@@ -65,9 +65,6 @@ class ModelSpec:
     std: tuple[float, ...] = CIFAR10_STD
     report_params: int | None = None
     report_top1_20ep: float | None = None
-    hub_repo: str | None = None      # "org/name" on the Hugging Face Hub, when published
-    hub_revision: str | None = None  # pinned commit of the Hub repo
-    hub_sha256: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.channels):
@@ -121,9 +118,6 @@ class ModelSpec:
         if changes_arch:
             overrides.setdefault("report_params", None)
             overrides.setdefault("report_top1_20ep", None)
-            overrides.setdefault("hub_repo", None)
-            overrides.setdefault("hub_revision", None)
-            overrides.setdefault("hub_sha256", {})
         return dataclasses.replace(self, **overrides)
 
     def arch_dict(self) -> dict[str, Any]:
@@ -152,32 +146,23 @@ class ModelSpec:
         return cls(**kwargs)
 
 
-def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int, top1_20ep: float,
-           weights_sha256: str) -> ModelSpec:
-    return ModelSpec(name=name, blocks=blocks, channels=channels, report_params=params,
-                     report_top1_20ep=top1_20ep, hub_sha256={"model.safetensors": weights_sha256})
+def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int, top1_20ep: float) -> ModelSpec:
+    return ModelSpec(name=name, blocks=blocks, channels=channels, report_params=params, report_top1_20ep=top1_20ep)
 
 
 # Table 1 of the report (N=4, F=3, K=1, P=4 throughout): parameters and 20-epoch test accuracy
-# (Adadelta, batch 32, crop + flip). The channel widths are the report's own code's; resnet22 is
-# its best model ("resnet22_2" there), resnet24 is its "resnet22_1". The last column pins the
-# SHA-256 of each published model.safetensors (model_cards/<name>/): whatever the source, Hub,
-# cache or checkout, a file with another hash is refused.
+# (Adadelta, batch 32, crop + flip), as provenance. The channel widths are the report's own code's;
+# resnet22 is its best model ("resnet22_2" there), resnet24 is its "resnet22_1". Trained weights
+# are records of their own: ``aperture_zoo.catalog``.
 _REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in (
-        _entry("resnet10", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, 81.61,
-               "090ef93be35b7e494b478e87c58a275a1cc1e3808627d1700bf6b20914062083"),
-        _entry("resnet18", (2, 2, 2, 2), (64, 157, 211, 270), 4_996_254, 83.35,
-               "843e80673dfb9c1246cc4b77ba04711ef98f9c2c8e1e2eee5619382013847229"),
-        _entry("resnet20", (2, 2, 2, 3), (64, 128, 185, 245), 4_998_382, 83.63,
-               "58dc5b9d3a9ee1ff084dfc76280004c56c58a51e3b93f894ecb07e5380704596"),
-        _entry("resnet22", (3, 2, 3, 2), (64, 128, 192, 256), 4_922_826, 84.53,
-               "1e6e6ed11cfc76ca90c8033bbeae69e17c5ad5c1daa6a5e99c0d28e667667e28"),
-        _entry("resnet24", (3, 3, 2, 3), (64, 128, 128, 256), 4_935_242, 83.95,
-               "9c16a48118b79f159d64730e3ab73b05b37f1e1d163af12aa5593e509a9fc395"),
-        _entry("resnet32", (4, 4, 4, 3), (32, 64, 128, 256), 4_754_218, 82.80,
-               "32718eaac7b0d3d2d1e499b3330abcf86f4196f30995a369667566af25590df1"),
+        _entry("resnet10", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, 81.61),
+        _entry("resnet18", (2, 2, 2, 2), (64, 157, 211, 270), 4_996_254, 83.35),
+        _entry("resnet20", (2, 2, 2, 3), (64, 128, 185, 245), 4_998_382, 83.63),
+        _entry("resnet22", (3, 2, 3, 2), (64, 128, 192, 256), 4_922_826, 84.53),
+        _entry("resnet24", (3, 3, 2, 3), (64, 128, 128, 256), 4_935_242, 83.95),
+        _entry("resnet32", (4, 4, 4, 3), (32, 64, 128, 256), 4_754_218, 82.80),
     )
 }
 
@@ -203,20 +188,11 @@ def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
     return spec
 
 
-def _edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 def _unknown_message(name: str) -> str:
     names = list_models()
-    # Typos first (one edit away), then looser similarity for wholly different spellings.
+    # Case first, then near-typos (a high similarity ratio), then looser matches for other spellings.
     close = [n for n in names if n == name.lower()]
-    close = close or [n for n in names if _edit_distance(name.lower(), n) <= 1]
-    close = close or difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.6)
+    close = close or difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.9)
+    close = close or difflib.get_close_matches(name.lower(), names, n=4, cutoff=0.6)
     hint = f"did you mean {', '.join(sorted(close))}?" if close else "run `aperture list` to see them."
     return f"unknown model {name!r}; {hint} Available: {', '.join(names)}"

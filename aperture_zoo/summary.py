@@ -48,23 +48,16 @@ def local_weights_metadata(name: str) -> dict[str, Any] | None:
     return {"path": str(path), **decode_metadata(read_metadata(path))}
 
 
-def published_metadata(name: str) -> dict[str, Any] | None:
-    """Metadata of the zoo's published (pinned) weights in this checkout; never a local experiment's."""
-    from .pretrained import published_weights
-    from .weights import decode_metadata, read_metadata
-
-    path = published_weights(name)
-    return None if path is None else {"path": str(path), **decode_metadata(read_metadata(path))}
-
-
 def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any]]:
     """One row per registered model: architecture, measured size, report and own accuracy."""
+    from .catalog import find_weights
+
     rows = []
     for name in list_models(pattern):
         spec = get_spec(name)
         # FLOPs need a counted forward pass (seconds on first use); the table does without them.
         facts = measure(name) if with_flops else {"params": parameter_count(name)}
-        meta = published_metadata(name) or {}
+        record = find_weights(name)
         row: dict[str, Any] = {
             "name": name,
             "depth": spec.depth,
@@ -74,7 +67,8 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
             "report_params": spec.report_params,
             "params_match_report": facts["params"] == spec.report_params,
             "report_top1_20ep": spec.report_top1_20ep,
-            "top1": meta.get("test_top1"),
+            "top1": record.top1 if record else None,  # the published record's final-epoch figure
+            "weights": record.tag if record else None,
         }
         if with_flops:
             row["flops"] = facts["flops"]
@@ -84,9 +78,11 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
 
 def model_info(name: str) -> dict[str, Any]:
     """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata."""
+    from .catalog import find_weights
     from .weights import file_sha256
 
     spec = get_spec(name)
+    record = find_weights(name)
     facts = measure(name)
     weights = local_weights_metadata(name)
     return {
@@ -98,6 +94,6 @@ def model_info(name: str) -> dict[str, Any]:
         "flops_per_image": facts["flops"],
         "macs_per_image": facts["flops"] // 2,
         "weights": weights,
-        "weights_published": weights is not None and file_sha256(weights["path"]) == spec.hub_sha256.get("model.safetensors"),
+        "weights_published": weights is not None and record is not None and file_sha256(weights["path"]) == record.sha256,
     }
 

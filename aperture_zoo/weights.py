@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ApertureError
+from .files import atomic_path
 from .model import ResNet, count_parameters, create_model
 from .registry import ModelSpec
 
@@ -72,9 +73,8 @@ def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=build_metadata(model, metadata))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=build_metadata(model, metadata))
     return path
 
 

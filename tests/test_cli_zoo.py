@@ -78,7 +78,7 @@ def _hand_counted_macs(blocks: list[int], channels: list[int]) -> int:
 def test_unknown_model_is_one_clear_line() -> None:
     result = runner.invoke(app, ["info", "resnet23"])
     assert result.exit_code == 2
-    assert "did you mean resnet20, resnet22, resnet24?" in result.output
+    assert "did you mean resnet20, resnet22, resnet24, resnet32?" in result.output
     assert "Traceback" not in result.output
 
 

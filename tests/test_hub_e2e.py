@@ -99,14 +99,13 @@ def test_load_pretrained_fresh_cache_then_offline(hub_server, pushed, weights, t
     offline = run_script(PULL.format(weights=str(weights)) + textwrap.dedent(f"""
         import dataclasses, pathlib, tempfile
         import aperture_zoo.pretrained as P
-        from aperture_zoo import registry
+        from aperture_zoo import catalog
         from aperture_zoo.weights import file_sha256
         out = dict(same=same(aperture_zoo.load("resnet10", pretrained=True)))
         P.model_cards_dir = lambda: pathlib.Path(tempfile.mkdtemp())  # no checkout fallback
         out["uncached"] = error(lambda: aperture_zoo.load("resnet18", pretrained=True))
-        spec = registry.get_spec("resnet10")
-        registry.register(dataclasses.replace(spec, hub_repo="{REPO}",
-                          hub_sha256={{"model.safetensors": file_sha256(W)}}), overwrite=True)
+        catalog.register_weights(dataclasses.replace(catalog.get_weights("resnet10"), hub_repo="{REPO}",
+                                 sha256=file_sha256(W)), overwrite=True)
         out["pinned_ok"] = same(aperture_zoo.load("resnet10", pretrained=True))
         blob = P.resolve_weights("resnet10").resolve()
         data = bytearray(blob.read_bytes()); data[-1] ^= 1; blob.write_bytes(bytes(data))
@@ -123,7 +122,7 @@ def test_load_pretrained_fresh_cache_then_offline(hub_server, pushed, weights, t
 
 
 def test_push_again_without_changes_makes_no_commit(hub_env, pushed, weights):
-    from aperture_zoo.hub import push
+    from aperture_zoo.publish import push
 
     before = [c.oid for c in hub_env.repos[REPO].history()]
     result = push("resnet10", REPO, weights=weights, token="tok-alice")
@@ -133,7 +132,7 @@ def test_push_again_without_changes_makes_no_commit(hub_env, pushed, weights):
 
 
 def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
-    from aperture_zoo.hub import push
+    from aperture_zoo.publish import push
 
     first = push("resnet10", "zoo/changes", weights=weights, token="tok-alice")
     other = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=4)
@@ -147,7 +146,8 @@ def test_push_changed_weights_makes_a_new_commit(hub_env, weights, tmp_path):
 
 
 def test_wrong_token_is_a_clear_error(hub_env, pushed, weights):
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     with pytest.raises(HubError, match=r"rejected the token \(from --token\) \(401\)") as info:
         push("resnet10", REPO, weights=weights, token="not-a-token")
@@ -155,14 +155,16 @@ def test_wrong_token_is_a_clear_error(hub_env, pushed, weights):
 
 
 def test_repo_of_someone_else_is_a_clear_error(hub_env, pushed, weights):
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     with pytest.raises(HubError, match=r"\(403\).*belongs to someone else"):
         push("resnet10", REPO, weights=weights, token="tok-bob")
 
 
 def test_new_repo_in_someone_elses_namespace_is_a_clear_error(hub_env, weights):
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     with pytest.raises(HubError, match=r"not allowed to push to bob/resnet10 \(403\).*belongs to someone else"):
         push("resnet10", "bob/resnet10", weights=weights, token="tok-alice")
@@ -172,7 +174,8 @@ def test_new_repo_in_someone_elses_namespace_is_a_clear_error(hub_env, weights):
 def test_unusable_weights_are_refused_before_any_upload(hub_env, weights, tmp_path):
     import pickle
 
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     other = random_weights(tmp_path / "r20.safetensors", "resnet20")
     corrupt = tmp_path / "corrupt.safetensors"
@@ -191,7 +194,8 @@ def test_unusable_weights_are_refused_before_any_upload(hub_env, weights, tmp_pa
 def test_no_token_is_a_clear_error(hub_env, weights, monkeypatch):
     from huggingface_hub import get_token
 
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     if get_token() is not None:
         pytest.skip("a Hugging Face login is stored on this machine")
@@ -201,7 +205,8 @@ def test_no_token_is_a_clear_error(hub_env, weights, monkeypatch):
 
 def test_nothing_to_push(hub_env, monkeypatch, tmp_path):
     import aperture_zoo.pretrained as pretrained
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
     with pytest.raises(HubError, match="nothing to push for resnet10"):
@@ -213,7 +218,8 @@ def test_nothing_to_push(hub_env, monkeypatch, tmp_path):
 def test_unreachable_hub_is_a_clear_error(monkeypatch, weights):
     import socket
 
-    from aperture_zoo.hub import HubUnavailableError, download, push
+    from aperture_zoo.hub import HubUnavailableError, download
+    from aperture_zoo.publish import push
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -227,7 +233,8 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch, weights):
 
 
 def test_private_repo_on_a_branch(hub_env, weights):
-    from aperture_zoo.hub import HubUnavailableError, download, push
+    from aperture_zoo.hub import HubUnavailableError, download
+    from aperture_zoo.publish import push
 
     result = push("resnet10", "alice/private10", weights=weights, token="tok-alice",
                   private=True, revision="v1")
@@ -242,7 +249,8 @@ def test_private_repo_on_a_branch(hub_env, weights):
 def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
     import shutil
 
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
 
     run = tmp_path / "run"
     run.mkdir()
@@ -272,7 +280,8 @@ def own_cache(monkeypatch, tmp_path):
 def test_unpinned_repo_is_verified_against_its_own_config_json(hub_env, own_cache, tmp_path):
     """Issue: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
     import aperture_zoo
-    from aperture_zoo.hub import HubIntegrityError, push
+    from aperture_zoo.hub import HubIntegrityError
+    from aperture_zoo.publish import push
     from aperture_zoo.pretrained import resolve_weights
 
     mine = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=7)

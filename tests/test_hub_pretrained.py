@@ -12,7 +12,7 @@ from hub_fixtures import hub_env, hub_server, random_weights  # noqa: F401
 from aperture_zoo.cards import write_card
 from aperture_zoo.hub import HubError
 from aperture_zoo.pretrained import NoPretrainedWeightsError, load, resolve_weights
-from aperture_zoo.registry import get_spec
+from aperture_zoo.catalog import get_weights
 from aperture_zoo.weights import WeightsError, file_sha256, read_state_dict
 
 CHECKOUT_CARDS = pretrained.model_cards_dir()  # before any test patches it
@@ -63,7 +63,7 @@ def test_checkout_weights_that_differ_from_the_pin_are_refused(dead_hub, two_wei
     _, other = two_weights
     (dead_hub / "resnet20").mkdir(parents=True)
     (dead_hub / "resnet20" / "model.safetensors").write_bytes(other.read_bytes())
-    pin = get_spec("resnet20").hub_sha256["model.safetensors"]
+    pin = get_weights("resnet20").sha256
     with pytest.raises(WeightsError, match=f"SHA-256 {file_sha256(other)}.*pinned to {pin}.*git checkout"):
         load("resnet20", pretrained=True)
 
@@ -109,8 +109,9 @@ def test_registry_pins_revision_and_every_file_digest(hub_env, monkeypatch, tmp_
 
     from huggingface_hub import constants
 
-    from aperture_zoo import registry
-    from aperture_zoo.hub import HubIntegrityError, push
+    from aperture_zoo import catalog
+    from aperture_zoo.hub import HubIntegrityError
+    from aperture_zoo.publish import push
     from aperture_zoo.weights import file_sha256
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # not the user's cache
@@ -120,18 +121,17 @@ def test_registry_pins_revision_and_every_file_digest(hub_env, monkeypatch, tmp_
     push("resnet10", "zoo/pinned10", weights=second, token="tok-alice")  # main moves on
     config = hub_env.repos["zoo/pinned10"].resolve(pinned.commit_oid).files["config.json"]
     (tmp_path / "config.json").write_bytes(config)
-    spec = dataclasses.replace(
-        registry.get_spec("resnet10"), hub_repo="zoo/pinned10", hub_revision=pinned.commit_oid,
-        hub_sha256={"model.safetensors": file_sha256(first), "config.json": file_sha256(tmp_path / "config.json")})
-    monkeypatch.setitem(registry._REGISTRY, "resnet10", spec)
+    record = dataclasses.replace(
+        catalog.get_weights("resnet10"), hub_repo="zoo/pinned10", revision=pinned.commit_oid,
+        sha256=file_sha256(first), config_sha256=file_sha256(tmp_path / "config.json"))
+    monkeypatch.setitem(catalog._WEIGHTS, "resnet10.fast", record)
 
     assert _same(load("resnet10", pretrained=True), first)  # the pinned commit, not main
     assert _same(load("hf-hub:zoo/pinned10", pretrained=True), first)
     head = hub_env.repos["zoo/pinned10"].history()[0].oid
     assert _same(load(f"hf-hub:zoo/pinned10@{head}", pretrained=True), second)  # explicit rev: unpinned
 
-    monkeypatch.setitem(registry._REGISTRY, "resnet10", dataclasses.replace(
-        spec, hub_sha256={**spec.hub_sha256, "config.json": "0" * 64}))
+    monkeypatch.setitem(catalog._WEIGHTS, "resnet10.fast", dataclasses.replace(record, config_sha256="0" * 64))
     with pytest.raises(HubIntegrityError, match=r"config.json of zoo/pinned10@.*refusing to load it"):
         load("hf-hub:zoo/pinned10", pretrained=True)
 
@@ -139,7 +139,8 @@ def test_registry_pins_revision_and_every_file_digest(hub_env, monkeypatch, tmp_
 def test_bad_token_and_unknown_revision_on_download(hub_env, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    from aperture_zoo.hub import HubError, HubUnavailableError, push
+    from aperture_zoo.hub import HubError, HubUnavailableError
+    from aperture_zoo.publish import push
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path / "no_cards")

@@ -16,33 +16,49 @@ import torch
 
 import aperture_zoo
 from aperture_zoo.pretrained import model_cards_dir
+from aperture_zoo.catalog import get_weights, list_pretrained
 from aperture_zoo.registry import get_spec, list_models
 from aperture_zoo.samples import classify_samples, sample_images
 from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
 
-PUBLISHED = [n for n in list_models() if get_spec(n).hub_sha256.get("model.safetensors")]
+PUBLISHED = list_pretrained()
 
 
-def test_every_model_is_published() -> None:
-    assert PUBLISHED == list_models()
+def test_every_model_is_published_and_the_default_tag_is_fast() -> None:
+    assert PUBLISHED == [f"{n}.fast" for n in list_models()]
+    assert all(get_weights(n).tag == f"{n}.fast" for n in list_models())
 
 
-@pytest.mark.parametrize("name", PUBLISHED)
-def test_published_file_matches_its_pin_record_and_card(name: str) -> None:
-    spec = get_spec(name)
-    path = model_cards_dir() / name / "model.safetensors"
-    assert file_sha256(path) == spec.hub_sha256["model.safetensors"]
+@pytest.mark.parametrize("tag", PUBLISHED)
+def test_published_file_matches_its_record_and_card(tag: str) -> None:
+    record = get_weights(tag)
+    spec = get_spec(record.arch)
+    path = model_cards_dir() / record.arch / record.filename
+    assert file_sha256(path) == record.sha256
     meta = decode_metadata(read_metadata(path))
-    assert meta["arch"] == name and meta["num_params"] == spec.report_params
+    assert meta["arch"] == record.arch and meta["num_params"] == spec.report_params
     assert meta["subset"] is None and meta["test_subset"] is None and meta["val_split"] == 0  # full data
-    assert meta["recipe"]["name"] == "fast" and meta["epochs"] == meta["recipe"]["epochs"] >= 30
-    assert 93.0 <= meta["test_top1"] <= 100 and meta["test_top1"] > spec.report_top1_20ep
-    assert "H100" in meta["train_device"]
+    assert meta["recipe"]["name"] == record.recipe and meta["epochs"] == meta["recipe"]["epochs"] == record.epochs
+    assert meta["test_top1"] == record.top1 and meta["train_device"] == record.train_device
+    assert meta["wall_time_s"] == pytest.approx(record.wall_time_s, abs=1e-3)
+    assert 93.0 <= record.top1 <= 100 and record.top1 > spec.report_top1_20ep
     rows = [json.loads(x) for x in (path.parent / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == meta["epochs"] and rows[-1]["test_top1"] == pytest.approx(meta["test_top1"], abs=1e-3)
+    assert len(rows) == record.epochs and rows[-1]["test_top1"] == pytest.approx(record.top1, abs=1e-3)
     config = json.loads((path.parent / "config.json").read_text())
-    assert config["files"]["model.safetensors"]["sha256"] == spec.hub_sha256["model.safetensors"]
-    assert config["metrics"]["top1"] == meta["test_top1"] and config["trained"] is True
+    assert config["files"]["model.safetensors"]["sha256"] == record.sha256
+    assert config["metrics"]["top1"] == record.top1 and config["trained"] is True
+
+
+def test_load_takes_a_tag_or_the_default_and_unknown_tags_list_the_published() -> None:
+    from aperture_zoo.catalog import UnknownWeightsError
+
+    a = aperture_zoo.load("resnet10.fast")
+    b = aperture_zoo.load("resnet10", pretrained=True)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(UnknownWeightsError, match="no published weights 'resnet10.paper'; published: resnet10.fast"):
+        aperture_zoo.load("resnet10.paper")
+    x = get_weights("resnet10").transforms()(sample_images()[0][0])
+    assert x.shape == (1, 3, 32, 32)
 
 
 @pytest.mark.realdata
@@ -128,20 +144,19 @@ def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
 
 def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) -> None:
     import aperture_zoo.pretrained as P
-    from aperture_zoo.hub import HubError, push
+    from aperture_zoo.hub import HubError
+    from aperture_zoo.publish import push
     from aperture_zoo.summary import model_info, zoo_rows
     from hub_fixtures import random_weights
 
     mine = random_weights(tmp_path / "mine" / "resnet10" / "model.safetensors", "resnet10", init_seed=6)
     monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path / "mine"))
-    published = decode_metadata(read_metadata(model_cards_dir() / "resnet10" / "model.safetensors"))
-    assert zoo_rows("resnet10")[0]["top1"] == published["test_top1"]  # not the experiment's
+    assert zoo_rows("resnet10")[0]["top1"] == get_weights("resnet10").top1  # the record's, not the experiment's
     info = model_info("resnet10")
     assert info["weights"]["path"] == str(mine) and info["weights_published"] is False
     cards = tmp_path / "cards"
     (cards / "resnet10").mkdir(parents=True)
     (cards / "resnet10" / "model.safetensors").write_bytes(mine.read_bytes())  # a replaced checkout file
     monkeypatch.setattr(P, "model_cards_dir", lambda: cards)
-    assert zoo_rows("resnet10")[0]["top1"] is None
     with pytest.raises(HubError, match="only the zoo's published weights.*--weights"):
         push("resnet10", "zoo/resnet10", token="tok")

@@ -40,7 +40,7 @@ def push_cmd(
     with_onnx: bool = typer.Option(False, "--with-onnx", help="Also upload an exported model.onnx (+ its report)."),
 ) -> None:
     """Upload weights, config.json and the model card to the Hub in one commit; prints the commit URL."""
-    from aperture_zoo.hub import push
+    from aperture_zoo.publish import push
 
     with user_errors():
         result = push(name, repo_id, weights=weights, token=token, private=private,

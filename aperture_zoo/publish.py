@@ -1,0 +1,154 @@
+"""Publishing a model to the Hugging Face Hub: one commit with timm's repo layout.
+
+A repo holds ``model.safetensors``, ``config.json``, ``README.md`` (the model card), the run's
+metrics/curves/evaluation and ONNX reports, and optionally ``model.onnx``. Everything is checked
+before the first request (the weights load into the named architecture), and the client's errors
+come back through ``hub._translate`` as one-line messages. Kept apart from ``hub.py`` (fetching)
+so imports go one way: registry <- model <- weights <- hub <- pretrained <- summary <- cards <- publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .cards import write_card
+from .files import ONNX_FILENAME, RUN_FILES, WEIGHTS_FILENAME
+from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id,
+                  endpoint, reachable, resolve_token)
+from .model import create_model
+from .pretrained import model_cards_dir, published_weights
+from .weights import WeightsError, load_weights
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    revision: str
+    commit_oid: str
+    commit_url: str
+    changed: bool  # False when the repo already held exactly these files (no commit was made)
+
+
+def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False) -> Path:
+    """Lay out the repo's files in ``dest``: weights, config.json, README.md, run outputs, ONNX."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, dest / WEIGHTS_FILENAME)
+    for extra in [*RUN_FILES, *(p.name for p in weights.parent.glob("*.report.json"))]:
+        if (weights.parent / extra).is_file():
+            shutil.copyfile(weights.parent / extra, dest / extra)
+    if with_onnx:
+        onnx_file = _find_onnx(name, weights)
+        shutil.copyfile(onnx_file, dest / ONNX_FILENAME)
+        report = onnx_file.with_suffix(".report.json")
+        if report.is_file():
+            shutil.copyfile(report, dest / "model.report.json")
+    write_card(name, dest, weights=dest / WEIGHTS_FILENAME)
+    return dest
+
+
+def _find_onnx(name: str, weights: Path) -> Path:
+    """An already exported ``model.onnx`` beside the weights or in ``model_cards/<name>/``."""
+    candidates = [weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
+                  model_cards_dir() / name / ONNX_FILENAME]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise HubError(
+        f"--with-onnx: no exported ONNX model for {name} (looked at "
+        f"{', '.join(str(c) for c in candidates)}); export it first with `aperture export {name}` "
+        "next to the weights"
+    )
+
+
+def _check_weights(name: str, weights: Path) -> None:
+    """Refuse, before anything is uploaded, a file that ``load(name)`` could not use.
+
+    The same checks as loading (safetensors only, architecture, every key and shape), so a
+    missing, corrupt, pickled or other-model file is named by the path the user gave.
+    """
+    if not weights.is_file():
+        raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
+    try:
+        load_weights(create_model(name), weights)
+    except WeightsError as exc:
+        raise HubError(f"not pushing {name}: {exc}") from None
+
+
+def _ensure_repo(api: "HfApi", repo_id: str, private: bool) -> None:
+    """Create ``repo_id`` unless it exists already.
+
+    Looking first (instead of ``create_repo(exist_ok=True)`` alone) means that a repo in someone
+    else's namespace fails at the upload with a plain 403, rather than inside the client's
+    create-then-recover path, which cannot parse repo URLs of a custom ``HF_ENDPOINT``.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+
+
+def push(
+    name: str,
+    repo_id: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    with_onnx: bool = False,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Create the repo if needed and upload weights + card + config in one commit.
+
+    Pushing identical files again makes no commit (the client skips unchanged files) and returns
+    the existing head with ``changed=False``.
+    """
+    from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
+    weights_path = Path(weights) if weights is not None else published_weights(name)
+    if weights_path is None:
+        raise HubError(
+            f"nothing to push for {name}: without --weights only the zoo's published weights are pushed, "
+            f"and model_cards/{name}/ holds no file matching their SHA-256 pin; pass your own with "
+            "--weights runs/.../model.safetensors"
+        )
+    _check_weights(name, weights_path)
+    tok = resolve_token(token)
+    url = endpoint()
+    branch = revision or "main"
+    api = HfApi(endpoint=url, token=tok)
+    with tempfile.TemporaryDirectory(prefix="aperture-push-") as tmp:
+        folder = stage(name, weights_path, Path(tmp) / name, with_onnx=with_onnx)
+        if not reachable(url):
+            raise HubUnavailableError(
+                f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"
+            )
+        with _translate(repo_id, "push to", url, branch, _token_source(token, "--token")):
+            _ensure_repo(api, repo_id, private)
+            if branch != "main":
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            before = api.repo_info(repo_id, revision=branch).sha
+            info = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=branch,
+                commit_message=commit_message or f"Upload {name} (aperture_zoo)",
+            )
+    log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
+    return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before)
