@@ -291,8 +291,8 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
                 "a new run"
             )
     if cfg.recipe is not None and cfg.recipe != saved_recipe:
-        detail = ", ".join(f"{k}: run {v!r} vs asked {getattr(cfg.recipe, k)!r}"
-                           for k, v in saved_recipe.to_dict().items() if getattr(cfg.recipe, k) != v)
+        detail = ", ".join(f"{k}: run {getattr(saved_recipe, k)!r} vs asked {getattr(cfg.recipe, k)!r}"
+                           for k in saved_recipe.differences(cfg.recipe))
         raise RecipeError(
             f"cannot resume {str(run_dir)!r} with a different recipe ({detail}); resume with no "
             "recipe options to continue it as it was, or start a new run"

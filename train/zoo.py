@@ -81,8 +81,7 @@ def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
         return
     saved = load_run_recipe(run_dir)
     if saved != recipe:
-        diff = ", ".join(f"{k} {v!r} (asked {getattr(recipe, k)!r})"
-                         for k, v in saved.to_dict().items() if getattr(recipe, k) != v)
+        diff = ", ".join(f"{k} {getattr(saved, k)!r} (asked {getattr(recipe, k)!r})" for k in saved.differences(recipe))
         raise ZooError(
             f"{str(run_dir)!r} holds a run with another recipe: {diff}. Use another --runs-dir, or "
             "remove that folder to retrain it"
