@@ -264,7 +264,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_start_again(
         (run / name).write_bytes((straight.run_dir / name).read_bytes())
     with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again .*--out"):
         fit(TrainConfig(resume=run, progress=False))
-    loop._resolve_run(_cfg(tmp_path, run))  # ... and starting again in the same directory is allowed
+    loop.check_new_run_dir(run)  # ... and starting again in the same directory is allowed
     (run / "recipe.json").write_text('{"epochs": 4,')
     with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
         fit(TrainConfig(resume=run, progress=False))
@@ -309,3 +309,56 @@ def test_time_budget_stops_at_an_epoch_boundary_and_resumes_exactly(straight, sy
 def test_time_budget_must_be_positive(synthetic_cifar, tmp_path) -> None:
     with pytest.raises(TrainingError, match="--time-budget must be a positive"):
         fit(_cfg(synthetic_cifar, tmp_path / "run", time_budget_s=0))
+
+
+# ----------------------------------------------------------------- run folders are never shared
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")  # one frozen second
+    first, second, third = (loop.claim_run_dir(None, "resnet10") for _ in range(3))
+    assert first == Path("runs/resnet10-20250101-120000")
+    assert second == Path("runs/resnet10-20250101-120000-2") and third.name.endswith("-3")
+    assert all(p.is_dir() for p in (first, second, third))
+
+
+def test_default_run_folder_is_created_exclusively_by_fit(synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """The same second's folder already exists (another run's): fit takes the next name, not that one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")
+    taken = tmp_path / "runs" / "resnet10-20250101-120000"
+    taken.mkdir(parents=True)
+    (taken / "run.json").write_text('{"seed": 7}')
+    result = fit(_cfg(synthetic_cifar, None, recipe=RECIPE.replace(epochs=1), seed=1, subset=100, test_subset=50))
+    assert result.run_dir == Path("runs/resnet10-20250101-120000-2")
+    assert json.loads((taken / "run.json").read_text()) == {"seed": 7}  # the other run is untouched
+    assert json.loads((result.run_dir / "run.json").read_text())["seed"] == 1
+
+
+def test_out_into_a_folder_that_holds_something_else_is_refused_first(tmp_path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "cat.png").write_bytes(b"not ours")
+    with pytest.raises(TrainingError, match=r"is not empty \(it holds 'cat.png'\).*choose a new or empty folder"):
+        fit(_cfg(tmp_path / "no-data-here", out, download=False))  # refused before looking for data
+    assert [p.name for p in out.iterdir()] == ["cat.png"]
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    r = CliRunner().invoke(app, ["train", "resnet10", "--out", str(out), "--no-download", "--data-dir",
+                                 str(tmp_path / "no-data-here")])
+    assert r.exit_code == 2 and "is not empty" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(synthetic_cifar, tmp_path) -> None:
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / loop.LOCK_NAME, "a+") as held:  # what a training process holds while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match="in use by another training process"):
+            fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=1)))
+    assert not (run / "run.json").exists()

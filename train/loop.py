@@ -8,15 +8,17 @@ where the progress bar, the NaN/inf check and, under DDP, the agreed stop decisi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,11 @@ METRICS_NAME = "metrics.jsonl"
 RECIPE_NAME = "recipe.json"
 RUN_NAME = "run.json"
 CURVES_NAME = "curves.png"
+LOCK_NAME = ".lock"
+# What a run directory holds before its first checkpoint: such a folder may be started again.
+_PRE_CHECKPOINT_FILES = frozenset({METRICS_NAME, RECIPE_NAME, RUN_NAME, LOCK_NAME,
+                                   RUN_NAME + ".tmp", RECIPE_NAME + ".tmp"})
+_T = TypeVar("_T")
 
 
 class TrainingError(ApertureError, RuntimeError):
@@ -199,8 +206,108 @@ class EMA:
 # --------------------------------------------------------------------------- run directory
 
 
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{name}-{_timestamp()}"
+
+
+def check_new_run_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse to start a new run in ``path`` unless it is missing, empty, or a run that never checkpointed.
+
+    A run that stopped before its first checkpoint left only its settings there, so starting it
+    again loses nothing; anything else (a checkpointed run, someone's files) is never overwritten.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise TrainingError(f"--out {str(path)!r} is a file, not a folder; choose another --out")
+    if (path / CHECKPOINT_NAME).exists():
+        raise TrainingError(
+            f"{str(path)!r} already holds a training run; continue it with --resume {path} "
+            "or choose another --out"
+        )
+    other = sorted(p.name for p in path.iterdir()
+                   if p.name not in _PRE_CHECKPOINT_FILES and not p.name.startswith(CHECKPOINT_NAME + ".tmp"))
+    if other:
+        raise TrainingError(
+            f"--out {str(path)!r} is not empty (it holds {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}) "
+            "and is not a run of `aperture train`; choose a new or empty folder, or leave out --out "
+            "for a fresh runs/NAME-TIME"
+        )
+
+
+def claim_run_dir(requested: str | os.PathLike[str] | None, name: str) -> Path:
+    """Create the directory of a new run, never one another run already uses.
+
+    ``requested`` (``--out``) must pass ``check_new_run_dir``. Without it the run gets
+    ``runs/NAME-YYYYmmdd-HHMMSS``, created exclusively: a second run started in the same second
+    gets ``...-2`` (then ``-3``, ...) instead of sharing the folder.
+    """
+    if requested is not None:
+        path = Path(requested)
+        check_new_run_dir(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = _default_run_dir(name)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise TrainingError(f"could not create a new run folder beside {str(base)!r}; pass --out")
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive lock on the run directory while training (released when the process dies).
+
+    Two processes writing one run directory interleave their metrics and overwrite each other's
+    weights; the second is refused instead. Needs ``fcntl`` (POSIX); elsewhere it is a no-op.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(run_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrainingError(
+                f"{str(run_dir)!r} is in use by another training process; wait for it to finish, or "
+                "start a new run (leave out --out for a fresh folder)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _decided_on_rank0(info: D.DistInfo, decide: Callable[[], _T]) -> _T:
+    """Run ``decide`` on rank 0 only and hand every rank its result, or the ApertureError it raised.
+
+    File-system decisions (which folder, is the data there) must be taken once: ranks deciding
+    separately could pick different folders, and a rank that fails alone would leave the others
+    waiting at the next collective.
+    """
+    value: Any = None
+    error: ApertureError | None = None
+    if info.is_main:
+        try:
+            value = decide()
+        except ApertureError as exc:
+            error = exc
+    value, error = D.broadcast_object((value, error), info)  # type: ignore[misc]
+    if error is not None:
+        raise error
+    return value
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -250,8 +357,8 @@ def _all_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all().item())
 
 
-def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path, dict[str, Any] | None]:
-    """Spec, recipe, data options, run dir and (when resuming) the checkpoint, checked for consistency."""
+def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path | None, dict[str, Any] | None]:
+    """Spec, recipe, data options, run dir (resuming only) and checkpoint, checked for consistency."""
     if cfg.resume is None:
         if cfg.model is None:
             raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
@@ -262,13 +369,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
             "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0,
         }
-        run_dir = Path(cfg.out_dir) if cfg.out_dir is not None else _default_run_dir(spec.name)
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise TrainingError(
-                f"{str(run_dir)!r} already holds a training run; continue it with --resume {run_dir} "
-                "or choose another --out"
-            )
-        return spec, recipe, run, run_dir, None
+        return spec, recipe, run, None, None  # the folder is claimed later, on rank 0
 
     run_dir = Path(cfg.resume)
     run = _read_json(run_dir / RUN_NAME)
@@ -358,17 +459,19 @@ def fit(cfg: TrainConfig) -> TrainResult:
         raise TrainingError(f"--time-budget must be a positive number of seconds, not {cfg.time_budget_s}")
     info, device = D.setup(cfg.device)
     try:
-        return _fit(cfg, info, device)
+        with contextlib.ExitStack() as stack:
+            return _fit(cfg, info, device, stack)
     finally:
         D.cleanup(info)
 
 
-def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResult:
+def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contextlib.ExitStack) -> TrainResult:
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
-    spec, recipe, run, run_dir, ckpt = _resolve_run(cfg)
+    spec, recipe, run, resume_dir, ckpt = _resolve_run(cfg)
     if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
         torch.backends.cudnn.benchmark = True
-    run_dir = Path(D.broadcast_object(str(run_dir), info))
+    if resume_dir is None and cfg.out_dir is not None:  # a refused --out fails before the data is loaded
+        _decided_on_rank0(info, lambda: check_new_run_dir(cfg.out_dir))  # type: ignore[arg-type]
     seed = int(run["seed"])
     B = recipe.batch_size
     if B % info.world_size:
@@ -415,7 +518,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
     step_fn = TrainStep(net, optimizer, autocast_dtype)
     mean = torch.tensor(spec.mean, device=device)
     std = torch.tensor(spec.std, device=device)
@@ -426,10 +529,16 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     local_n = B // info.world_size
     local_n_t = torch.tensor(float(local_n), device=device, dtype=torch.float64)  # made once: no copy per step
 
+    def claim() -> str:
+        path = resume_dir if resume_dir is not None else claim_run_dir(cfg.out_dir, spec.name)
+        stack.enter_context(_run_lock(path))
+        return str(path)
+
+    # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
+    run_dir = Path(_decided_on_rank0(info, claim))
     metrics_path = run_dir / METRICS_NAME
     rows: list[dict[str, Any]] = []
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             _write_json_atomic(run_dir / RECIPE_NAME, recipe.to_dict())
             _write_json_atomic(run_dir / RUN_NAME, {**run, "world_size": info.world_size,
@@ -519,8 +628,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                         checkpoint(epoch, done, shown[:3])
                         raise TrainingInterrupted(
                             f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
-                            f"checkpoint saved in {str(run_dir)!r}. Continue with: aperture train --resume "
-                            f"{run_dir}", run_dir, stop.signum or signal.SIGTERM)
+                            f"checkpoint saved in {str(run_dir)!r}. Continue with: aperture train --resume {run_dir}", run_dir, stop.signum or signal.SIGTERM)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_secs = time.perf_counter() - t_epoch

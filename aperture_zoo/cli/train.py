@@ -67,7 +67,8 @@ def train_cmd(
                                               help="Hold out N (or a fraction) of train, stratified."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME-TIME)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="A new or empty run directory (default: a fresh "
+                                       "runs/NAME-TIME)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="Seconds this call may train: stops at an epoch boundary, checkpointed, "
