@@ -262,7 +262,8 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_start_again(
     run.mkdir()
     for name in ("run.json", "recipe.json", "metrics.jsonl"):  # what a run has before epoch 1 ends
         (run / name).write_bytes((straight.run_dir / name).read_bytes())
-    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again .*--out"):
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again: `aperture "
+                                              "train resnet10 --arch channels=16,32,32,64 .*--out"):
         fit(TrainConfig(resume=run, progress=False))
     loop.check_new_run_dir(run)  # ... and starting again in the same directory is allowed
     (run / "recipe.json").write_text('{"epochs": 4,')
@@ -362,3 +363,93 @@ def test_a_run_folder_in_use_by_another_process_is_refused(synthetic_cifar, tmp_
         with pytest.raises(TrainingError, match="in use by another training process"):
             fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=1)))
     assert not (run / "run.json").exists()
+
+
+# ----------------------------------------------------------------- resume restores every option
+
+
+def test_resume_alone_continues_with_the_options_the_run_was_started_with(synthetic_cifar, tmp_path,
+                                                                          monkeypatch) -> None:
+    """The tool's own hint, `aperture train --resume DIR`, works without repeating --data-dir etc."""
+    import shlex
+    import re
+
+    from typer.testing import CliRunner
+
+    from aperture_zoo import data
+    from aperture_zoo.cli import app
+
+    monkeypatch.delenv("APERTURE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # the default folder has no data
+
+    def offline(data_dir=None):
+        raise DataError("offline")
+
+    monkeypatch.setattr(data, "download", offline)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run dir"  # a space: the hint must quote it
+    args = ["train", "resnet10", "--arch", ARCH, "--data-dir", str(synthetic_cifar), "--no-download",
+            "--device", "cpu", "--no-progress", "--out", str(run), "--time-budget", "0.001",
+            *[x for s in SETS for x in ("--set", s)], "--set", "epochs=2"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 75, first.output  # paused by the time budget after epoch 1
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["data_dir"] == str(synthetic_cifar.resolve())
+    assert (saved["download"], saved["device"], saved["compile"]) == (False, "cpu", False)
+    hint = re.search(r"Continue with: (aperture train --resume .*)$", " ".join(first.output.split()))
+    assert hint, first.output
+    second = CliRunner().invoke(app, [*shlex.split(hint.group(1))[1:], "--no-progress"])
+    assert second.exit_code == 0, second.output
+    assert (run / "model.safetensors").is_file()
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_saved_options_fill_in_what_resume_leaves_out_and_given_ones_win(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"seed": 0, "data_dir": "/data/cifar", "download": False,
+                                              "device": "cuda", "compile": True}))
+    got = loop.with_run_options(TrainConfig(resume=run))
+    assert (str(got.data_dir), got.download, got.device, got.compile) == ("/data/cifar", False, "cuda", True)
+    moved = loop.with_run_options(TrainConfig(resume=run, data_dir=tmp_path / "new", device="cpu"))
+    assert (moved.data_dir, moved.device, moved.compile) == (tmp_path / "new", "cpu", True)
+    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run from before options were recorded
+    old = loop.with_run_options(TrainConfig(resume=run))
+    assert (old.data_dir, old.download, old.device, old.compile) == (None, True, "auto", False)
+    fresh = loop.with_run_options(TrainConfig(model="resnet10"))
+    assert (fresh.download, fresh.device, fresh.compile) == (True, "auto", False)
+
+
+def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """Diverge, then type the suggested command: it trains the same run again with half the lr."""
+    import re
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    recipe = apply_overrides(get_recipe("fast"), ["epochs=2", "batch_size=50", "cutout=0"])  # lr scaled: 0.0390625
+    real_lr = loop.lr_at
+    with monkeypatch.context() as m:
+        m.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 3 else 1e30)
+        with pytest.raises(TrainingError, match="Lower --lr") as info:
+            fit(_cfg(synthetic_cifar, tmp_path / "diverged", recipe=recipe, seed=5, subset=200, test_subset=50,
+                     download=False))
+    found = re.search(r"`(aperture train [^`]+)`", str(info.value))
+    assert found, str(info.value)
+    argv = shlex.split(found.group(1))
+    assert "--out" not in argv and argv[argv.index("--lr") + 1] == "0.0195312"
+    r = CliRunner().invoke(app, [*argv[1:], "--no-progress"])
+    assert r.exit_code == 0, r.output
+    (new,) = list((tmp_path / "runs").iterdir())
+    again = json.loads((new / "recipe.json").read_text())
+    before = json.loads((tmp_path / "diverged" / "recipe.json").read_text())
+    assert again["lr"] == 0.0195312
+    assert {k: v for k, v in again.items() if not k.startswith(("lr", "reference_"))} == \
+        {k: v for k, v in before.items() if not k.startswith(("lr", "reference_"))}
+    run_new = json.loads((new / "run.json").read_text())
+    run_old = json.loads((tmp_path / "diverged" / "run.json").read_text())
+    for key in ("arch", "seed", "subset", "test_subset", "val_split", "data_dir", "download", "device"):
+        assert run_new[key] == run_old[key], key

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aperture_zoo.data import DataError, locate
+from aperture_zoo.data import DataError, default_data_dir, locate
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.model import ResNet, create_model
 from aperture_zoo.registry import ModelSpec, get_spec
@@ -34,7 +36,7 @@ from .augment import AugmentConfig, Batch, augment_batch, step_seed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_sums, result_from_sums
 from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
-from .recipes import FAST, Recipe, RecipeError
+from .recipes import FAST, RECIPES, Recipe, RecipeError
 
 WEIGHTS_NAME = "model.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -71,22 +73,25 @@ class TimeBudgetReached(TrainingInterrupted):
 
 @dataclass
 class TrainConfig:
-    """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved".
+    """One run. ``None`` means "the default", or on ``resume`` "as the run was started".
 
-    ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the error says how to point
-    at a local copy instead).
+    A run's ``run.json`` records its data folder (absolute), ``download``, ``device`` and
+    ``compile``, so ``--resume DIR`` alone continues it as it was; a value given here wins (data
+    may have moved). ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the
+    error says how to point at a local copy instead). Defaults: the default data folder,
+    ``download=True``, ``device="auto"``, ``compile=False``.
     """
 
     model: str | ModelSpec | None = None
     recipe: Recipe | None = None
     seed: int | None = None
     data_dir: str | os.PathLike[str] | None = None
-    download: bool = True
+    download: bool | None = None
     subset: int | None = None
     test_subset: int | None = None
     val_split: float | None = None
-    device: str = "auto"
-    compile: bool = False
+    device: str | None = None
+    compile: bool | None = None
     out_dir: str | os.PathLike[str] | None = None
     resume: str | os.PathLike[str] | None = None
     progress: bool = True
@@ -310,6 +315,76 @@ def _decided_on_rank0(info: D.DistInfo, decide: Callable[[], _T]) -> _T:
     return value
 
 
+def _data_root(data_dir: str | os.PathLike[str] | None) -> str:
+    """The data folder as an absolute path, so a resume from another directory finds it too."""
+    return str(Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve())
+
+
+def with_run_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every option left at ``None`` filled in: on resume as the run was started, else the defaults.
+
+    Runs from before these options were recorded fall back to the defaults.
+    """
+    saved = _read_json(Path(cfg.resume) / RUN_NAME) if cfg.resume is not None else {}
+    changes: dict[str, Any] = {}
+    for key, default in (("download", True), ("device", "auto"), ("compile", False)):
+        if getattr(cfg, key) is None:
+            changes[key] = saved.get(key, default)
+    if cfg.data_dir is None and saved.get("data_dir"):
+        changes["data_dir"] = saved["data_dir"]
+    return dataclasses.replace(cfg, **changes)
+
+
+def resume_command(run_dir: str | os.PathLike[str]) -> str:
+    """The command that continues a checkpointed run: everything else comes from its run.json."""
+    return f"aperture train --resume {shlex.quote(str(run_dir))}"
+
+
+def retry_command(spec: ModelSpec, recipe: Recipe, run: dict[str, Any], cfg: TrainConfig,
+                  out: str | os.PathLike[str] | None = None, **changes: Any) -> str:
+    """The ``aperture train`` command line that starts this run again, with recipe ``changes``.
+
+    It names every option, so it reproduces the run wherever it is typed; without ``out`` the new
+    run gets a fresh folder. Recipe fields other than the named recipe's become ``--set``.
+    """
+    args = ["aperture", "train", spec.name]
+    try:
+        base_arch = get_spec(spec.name).arch_dict()
+    except ApertureError:  # a spec registered by a script: the command cannot name it
+        base_arch = spec.arch_dict()
+    for key, value in spec.arch_dict().items():
+        if key != "name" and value != base_arch[key]:
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            args += ["--arch", f"{key}={text}"]
+    wanted = recipe.replace(**changes) if changes else recipe
+    base = RECIPES.get(recipe.name, FAST)
+    args += ["--recipe", base.name]
+    scaled = wanted.reference_lr is not None and (wanted.reference_lr, wanted.reference_batch_size) == (
+        base.reference_lr, base.reference_batch_size)  # its lr follows from --set batch_size
+    for key in base.differences(wanted):
+        if key == "name" or key in changes or (key == "lr" and scaled):
+            continue
+        value = getattr(wanted, key)
+        args += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    for key in changes:
+        value = getattr(wanted, key)
+        args += ["--lr", f"{value:g}"] if key == "lr" else ["--set", f"{key}={value}"]
+    args += ["--seed", str(run["seed"])]
+    for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split")):
+        if run.get(key):
+            args += [flag, str(run[key])]
+    args += ["--data-dir", _data_root(cfg.data_dir)]
+    if cfg.download is False:
+        args.append("--no-download")
+    if cfg.device not in (None, "auto"):
+        args += ["--device", str(cfg.device)]
+    if cfg.compile:
+        args.append("--compile")
+    if out is not None:
+        args += ["--out", str(out)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -377,8 +452,8 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
     if not (run_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(
             f"the run in {str(run_dir)!r} stopped before its first checkpoint (the end of epoch 1, or "
-            "the first interruption it saw), so there is nothing to resume; start it again with the "
-            f"same options and --out {run_dir}"
+            "the first interruption it saw), so there is nothing to resume; start it again: "
+            f"`{retry_command(ModelSpec.from_dict(run['spec']), saved_recipe, run, cfg, out=run_dir)}`"
         )
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     spec = ModelSpec.from_dict(run["spec"])
@@ -457,15 +532,18 @@ def fit(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one run and write its directory; see the module docstring."""
     if cfg.time_budget_s is not None and not cfg.time_budget_s > 0:
         raise TrainingError(f"--time-budget must be a positive number of seconds, not {cfg.time_budget_s}")
-    info, device = D.setup(cfg.device)
+    data_from_run = cfg.resume is not None and cfg.data_dir is None
+    cfg = with_run_options(cfg)
+    info, device = D.setup(str(cfg.device))
     try:
         with contextlib.ExitStack() as stack:
-            return _fit(cfg, info, device, stack)
+            return _fit(cfg, info, device, stack, data_from_run)
     finally:
         D.cleanup(info)
 
 
-def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contextlib.ExitStack) -> TrainResult:
+def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contextlib.ExitStack,
+         data_from_run: bool) -> TrainResult:
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
     spec, recipe, run, resume_dir, ckpt = _resolve_run(cfg)
     if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
@@ -477,7 +555,13 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     if B % info.world_size:
         raise TrainingError(f"batch size {B} does not split over {info.world_size} ranks; use a multiple")
 
-    _fetch_data_once(cfg, info)
+    try:
+        _fetch_data_once(cfg, info)
+    except DataError as exc:
+        if not data_from_run:
+            raise
+        raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
+                        "--data-dir if the data has moved)") from None
     splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed)
     train = DeviceSplit.from_split(splits.train, device)
     test = DeviceSplit.from_split(splits.test, device)
@@ -541,8 +625,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     if info.is_main:
         if ckpt is None:
             _write_json_atomic(run_dir / RECIPE_NAME, recipe.to_dict())
-            _write_json_atomic(run_dir / RUN_NAME, {**run, "world_size": info.world_size,
-                                                    "torch_version": torch.__version__})
+            _write_json_atomic(run_dir / RUN_NAME, {
+                **run, "world_size": info.world_size, "torch_version": torch.__version__,
+                # how it ran, so that `--resume DIR` alone continues it the same way
+                "data_dir": _data_root(cfg.data_dir), "download": cfg.download, "device": cfg.device,
+                "compile": cfg.compile,
+            })
             metrics_path.write_text("")
         else:  # drop rows of epochs the checkpoint does not include (written, then killed)
             rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
@@ -554,9 +642,11 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
         kept = (f"The last good checkpoint ({saved['at']}) is kept in {str(run_dir)!r}. " if saved
                 else "No checkpoint had been written yet. ")
+        retry = retry_command(spec, recipe, run, cfg, lr=recipe.lr / 2)
         return TrainingError(
             f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
-            "Lower --lr, add warm-up (--set warmup_fraction=0.1) or use --set precision=fp32"
+            f"Lower --lr: start again with half of it, `{retry}` (or add warm-up, --set warmup_fraction=0.1, "
+            "or --set precision=fp32 to that command)"
         )
 
     def checkpoint(epoch: int, step: int, epoch_sums: list[float]) -> None:
@@ -628,7 +718,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
                         checkpoint(epoch, done, shown[:3])
                         raise TrainingInterrupted(
                             f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
-                            f"checkpoint saved in {str(run_dir)!r}. Continue with: aperture train --resume {run_dir}", run_dir, stop.signum or signal.SIGTERM)
+                            f"checkpoint saved in {str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, stop.signum or signal.SIGTERM)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_secs = time.perf_counter() - t_epoch
@@ -662,12 +752,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
                 raise TimeBudgetReached(
                     f"time budget of {cfg.time_budget_s:g}s reached after epoch {epoch + 1}/{recipe.epochs} "
                     f"(another epoch takes about {budget.slowest:.0f}s); checkpoint saved in {str(run_dir)!r}. "
-                    f"Continue with: aperture train --resume {run_dir}", run_dir, epoch + 1)
+                    f"Continue with: {resume_command(run_dir)}", run_dir, epoch + 1)
             if (halt or (stop.signum and not info.enabled)) and epoch + 1 < recipe.epochs:
                 signum = stop.signum or signal.SIGTERM
                 raise TrainingInterrupted(
                     f"interrupted by {_signame(signum)} after epoch {epoch + 1}; checkpoint saved in "
-                    f"{str(run_dir)!r}. Continue with: aperture train --resume {run_dir}", run_dir, signum)
+                    f"{str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, signum)
 
     if not last_test:  # resumed a run whose last epoch was already complete
         res = result_from_sums(evaluate_on(test), test.classes)

@@ -58,18 +58,23 @@ def train_cmd(
     arch: list[str] = typer.Option([], "--arch", help="Derive the model: --arch channels=32,64,128,256."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
-                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo)."),
-    download: bool = typer.Option(True, "--download/--no-download",
-                                  help="Download CIFAR-10 (MD5-checked) if it is not found."),
+                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo; on --resume, "
+                                            "the run's own)."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download",
+                                            help="Download CIFAR-10 (MD5-checked) if it is not found "
+                                            "(default: download; on --resume, as the run was started)."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset of N images."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
     val_split: Optional[float] = typer.Option(None, "--val-split",
                                               help="Hold out N (or a fraction) of train, stratified."),
-    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cuda or cpu; on --resume, "
+                                         "as the run was started."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                            help="torch.compile the model (default off; on --resume, as started)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="A new or empty run directory (default: a fresh "
                                        "runs/NAME-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory, with the "
+                                          "options it was started with."),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="Seconds this call may train: stops at an epoch boundary, checkpointed, "
         "before an epoch that would not fit (resume later with --resume)."),
