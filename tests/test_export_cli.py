@@ -130,30 +130,34 @@ def test_export_bad_batch(tmp_path: Path) -> None:
 
 
 def test_bench_cli_json() -> None:
-    result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "2", "--variants",
-                                 "torch eager,onnxruntime fp32", "--min-seconds", "0", "--exporter", "legacy",
-                                 "--device", "cpu", "--json"])
+    import shlex
+
+    # typed in a shell without quotes: the variant names must survive word splitting
+    args = shlex.split("bench resnet10 --batch-sizes 2 --variants torch-eager,ort-fp32 --min-seconds 0 "
+                       "--exporter legacy --device cpu --json")
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"torch eager", "onnxruntime fp32"}
-    assert rows["torch eager"]["ratio_to_eager"] == 1.0 and rows["torch eager"]["ratio_to_ort_fp32"] is None
-    assert rows["onnxruntime fp32"]["ratio_to_ort_fp32"] == 1.0
-    assert rows["onnxruntime fp32"]["images_per_s"] > 0 and rows["onnxruntime fp32"]["batch"] == 2
+    assert set(rows) == {"torch-eager", "ort-fp32"}
+    assert rows["torch-eager"]["ratio_to_eager"] == 1.0 and rows["torch-eager"]["ratio_to_ort_fp32"] is None
+    assert rows["ort-fp32"]["ratio_to_ort_fp32"] == 1.0
+    assert rows["ort-fp32"]["images_per_s"] > 0 and rows["ort-fp32"]["batch"] == 2
 
 
 def test_bench_cli_table() -> None:
     result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "1", "--variants", "torch eager",
-                                 "--min-seconds", "0", "--device", "cpu"])
+                                 "--min-seconds", "0", "--device", "cpu"])  # the old spaced name still works
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "**resnet10 (random weights): images/s**"
-    assert lines[2].startswith("| runtime ") and lines[4].startswith("| torch eager ")
+    assert lines[2].startswith("| runtime ") and lines[4].startswith("| torch-eager ")
 
 
 @pytest.mark.parametrize("args, message", [
     (["--batch-sizes", "1,x"], "--batch-sizes must be positive integers"),
     (["--batch-sizes", "0"], "--batch-sizes must be positive integers"),
-    (["--variants", "torch eager,tensorrt"], "unknown variant(s) ['tensorrt']"),
+    (["--variants", "torch-eager,tensorrt"], "unknown variant(s) ['tensorrt']"),
+    (["--variants", "eager"], "choose from torch-eager, torch-channels-last"),
     (["--device", "tpu"], "--device must be cpu, cuda or auto"),
 ])
 def test_bench_cli_bad_arguments(args: list[str], message: str) -> None:
@@ -165,11 +169,11 @@ def test_bench_ratios_and_table() -> None:
     from aperture_zoo.export.bench import BenchRow, add_ratios, format_table
 
     rows = add_ratios([
-        BenchRow("onnxruntime int8", "cpu", 256, 600.0),   # order does not matter
-        BenchRow("torch eager", "cpu", 256, 60.0),
-        BenchRow("onnxruntime fp32", "cpu", 256, 200.0),
-        BenchRow("torch.compile", "cpu", 256, None, note="failed: no compiler"),
-        BenchRow("torch eager", "cpu", 1, 10.0),
+        BenchRow("ort-int8", "cpu", 256, 600.0),   # order does not matter
+        BenchRow("torch-eager", "cpu", 256, 60.0),
+        BenchRow("ort-fp32", "cpu", 256, 200.0),
+        BenchRow("torch-compile", "cpu", 256, None, note="failed: no compiler"),
+        BenchRow("torch-eager", "cpu", 1, 10.0),
     ])
     int8, eager, fp32, failed, eager1 = rows
     assert int8.ratio_to_eager == 10.0 and int8.ratio_to_ort_fp32 == 3.0
@@ -179,7 +183,7 @@ def test_bench_ratios_and_table() -> None:
     assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows)
     assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells == ["onnxruntime int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
+    assert cells == ["ort-int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
     assert "failed: no compiler" in lines[7]
 
 
@@ -191,11 +195,11 @@ def test_bench_script(capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("onnx_inference", script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch eager,onnxruntime fp32",
+    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch-eager,onnxruntime fp32",
                         "--min-seconds", "0", "--exporter", "legacy", "--device", "cpu", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["model"] == "resnet10" and payload["environment"]["cpu_count"] >= 1
-    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch eager", 3), ("onnxruntime fp32", 3)]
+    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch-eager", 3), ("ort-fp32", 3)]
     assert all(r["images_per_s"] > 0 for r in payload["rows"])
     assert module.main(["resnet10", "--variants", "nope"]) == 2
     assert "unknown variant" in capsys.readouterr().err
@@ -218,9 +222,9 @@ def test_bench_variants_do_not_leak_memory_format(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(bench, "_torch_runner", spy)
     model = create_model("resnet10").eval()
-    rows = bench.run_benchmark(model, batch_sizes=(2, 3), variants=("torch channels_last", "torch eager"),
+    rows = bench.run_benchmark(model, batch_sizes=(2, 3), variants=("torch-channels-last", "torch eager"),
                                device="cpu", min_seconds=0, min_iters=1, warmup=0)
-    assert [(r.variant, r.batch) for r in rows] == [("torch channels_last", 2), ("torch eager", 2),
-                                                    ("torch channels_last", 3), ("torch eager", 3)]
+    assert [(r.variant, r.batch) for r in rows] == [("torch-channels-last", 2), ("torch-eager", 2),
+                                                    ("torch-channels-last", 3), ("torch-eager", 3)]
     assert seen == [(True, True), (False, False)] * 2
     assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched

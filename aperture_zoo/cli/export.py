@@ -180,7 +180,8 @@ def bench_cmd(
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
-    variants: str = typer.Option("all", "--variants", help="Comma-separated subset of the runtimes, or 'all'."),
+    variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
