@@ -41,6 +41,11 @@ def test_export_end_to_end(exported: tuple[Path, str]) -> None:
     fp16 = onnx.load(str(out / "resnet10.fp16.onnx"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # --fp16-io
     assert "PASS" in output and "wrote" in output
+    # not a terminal (CliRunner, like a pipe): a plain timestamped line per step, no spinner
+    for step in ("exporting resnet10", "converting to fp16", "quantising to int8", "validating resnet10.onnx",
+                 "validating resnet10.fp16.onnx", "validating resnet10.int8.onnx"):
+        assert f"s] {step}" in output, step
+    assert "stratified 50 of 200" in " ".join(output.split()) and "±" in output
 
 
 def test_predict_cli_json(exported: tuple[Path, str], tmp_path: Path) -> None:
@@ -119,9 +124,20 @@ def test_export_validation_failure_exits_1(synthetic_cifar: Path, tmp_path: Path
                                  "--max-val-images", "20"])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.stdout and "failed: fp32/cpu on random, all: max |Δlogit|" in result.stderr
-    report = json.loads((tmp_path / "resnet10.report.json").read_text())
-    assert report["passed"] is False
+    # the failed file is not left where a user would take it for a good one
+    assert not (tmp_path / "resnet10.onnx").exists() and (tmp_path / "resnet10.FAILED.onnx").is_file()
+    assert "kept as" in result.stderr and "resnet10.FAILED.onnx" in result.stderr
+    assert not (tmp_path / "resnet10.report.json").exists()
+    report = json.loads((tmp_path / "resnet10.FAILED.report.json").read_text())
+    assert report["passed"] is False and report["renamed_from"] == "resnet10.onnx"
     assert any("random, all" in f for f in report["failures"]) and any("CIFAR-10 test" in f for f in report["failures"])
+
+
+@pytest.mark.parametrize("value", ["0", "some", "-3"])
+def test_export_bad_max_val_images(tmp_path: Path, value: str) -> None:
+    result = runner.invoke(app, ["export", "resnet10", "--random-init", "--onnx", "--out", str(tmp_path),
+                                 "--max-val-images", value])
+    assert result.exit_code == 2 and "--max-val-images must be a positive number of test images or 'all'" in result.stderr
 
 
 def test_export_bad_batch(tmp_path: Path) -> None:
