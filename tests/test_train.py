@@ -354,7 +354,7 @@ def test_out_into_a_folder_that_holds_something_else_is_refused_first(tmp_path) 
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused(synthetic_cifar, tmp_path) -> None:
-    import fcntl
+    fcntl = pytest.importorskip("fcntl")  # the run lock is POSIX-only
 
     run = tmp_path / "run"
     run.mkdir()
