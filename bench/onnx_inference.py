@@ -6,6 +6,7 @@ A thin wrapper over ``aperture_zoo.export.bench`` (the same code as ``aperture b
 records the environment, for baselines::
 
     python bench/onnx_inference.py resnet22                      # random weights, Markdown table
+    python bench/onnx_inference.py resnet22 --variants torch-eager,ort-fp32,ort-int8
     python bench/onnx_inference.py resnet22 --data-dir ~/data --json > bench.json
 
 Speed does not depend on the weights, so random ones (seed 0) are the default; int8 is calibrated
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="a model.safetensors (default: random weights, seed 0)")
     parser.add_argument("--batch-sizes", default="1,256", help="comma-separated (default 1,256)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, plus CUDA when present)")
-    parser.add_argument("--variants", default="all", help="comma-separated subset of the runtimes, or 'all'")
+    parser.add_argument("--variants", default="all",
+                        help="comma-separated subset of torch-eager, torch-channels-last, torch-compile, ort-fp32, "
+                        "ort-fp16, ort-int8; or 'all'")
     parser.add_argument("--data-dir", type=Path, help="CIFAR-10 folder, for int8 calibration")
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timing window per measurement")

@@ -4,7 +4,8 @@ torch.compile, and onnxruntime fp32 / fp16 / int8, as images per second.
 Numbers are measured, never asserted: each variant gets warm-up runs, then is timed until
 ``min_seconds`` have passed (at least ``min_iters`` runs); the median per-iteration time is
 reported. Ratios are to torch eager NCHW, and for onnxruntime rows also to onnxruntime fp32 (the
-int8 target is >= 2x that on CPU), at the same batch size and device.
+int8 target is >= 2x that on CPU), at the same batch size and device. Variants have shell-friendly
+names (``torch-eager``, ..., ``ort-int8``); the spaced names of earlier versions are still accepted.
 
 ``aperture bench NAME`` and ``bench/onnx_inference.py`` are thin layers over ``run_benchmark``
 and ``format_table``.
@@ -30,10 +31,26 @@ from .onnx_export import INPUT_NAME, NormalizedClassifier, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import create_session
 
+# Shell-friendly names (no spaces: `--variants torch-eager,ort-int8` needs no quoting).
 VARIANTS: tuple[str, ...] = (
-    "torch eager", "torch channels_last", "torch.compile", "onnxruntime fp32", "onnxruntime fp16",
-    "onnxruntime int8",
+    "torch-eager", "torch-channels-last", "torch-compile", "ort-fp32", "ort-fp16", "ort-int8",
 )
+# The names of earlier versions, still accepted so existing scripts keep working.
+OLD_NAMES: dict[str, str] = {
+    "torch eager": "torch-eager", "torch channels_last": "torch-channels-last", "torch.compile": "torch-compile",
+    "onnxruntime fp32": "ort-fp32", "onnxruntime fp16": "ort-fp16", "onnxruntime int8": "ort-int8",
+}
+
+
+def canonical_variants(names: Sequence[str]) -> list[str]:
+    """``names`` with old spellings mapped to today's; unknown names are an error listing the valid ones."""
+    from .errors import ExportError
+
+    chosen = [OLD_NAMES.get(n, n) for n in names]
+    bad = [n for n, c in zip(names, chosen) if c not in VARIANTS]
+    if bad or not chosen:
+        raise ExportError(f"unknown variant(s) {bad or list(names)}; choose from {', '.join(VARIANTS)} (or 'all')")
+    return chosen
 
 
 @dataclass
@@ -45,7 +62,7 @@ class BenchRow:
     ratio_to_eager: float | None = None
     ms_per_batch: float | None = None
     note: str = ""
-    ratio_to_ort_fp32: float | None = None   # onnxruntime rows only
+    ratio_to_ort_fp32: float | None = None   # onnxruntime (ort-*) rows only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,16 +104,15 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def parse_variants(text: str) -> list[str]:
-    """``"all"`` or a comma-separated subset of VARIANTS."""
+    """``"all"`` or a comma-separated subset of VARIANTS (old spaced names accepted)."""
     from .errors import ExportError
 
     if text.strip() == "all":
         return list(VARIANTS)
     chosen = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in chosen if v not in VARIANTS]
-    if bad or not chosen:
-        raise ExportError(f"unknown variant(s) {bad or [text]}; choose from {', '.join(VARIANTS)} (or 'all')")
-    return chosen
+    if not chosen:
+        raise ExportError(f"unknown variant(s) [{text!r}]; choose from {', '.join(VARIANTS)} (or 'all')")
+    return canonical_variants(chosen)
 
 
 def default_devices() -> list[str]:
@@ -127,9 +143,7 @@ def run_benchmark(
     from .errors import ExportError
 
     say = progress or (lambda _m: None)
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise ExportError(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    variants = canonical_variants(variants)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     devices = default_devices() if device == "auto" else [device] if isinstance(device, str) else list(device)
@@ -143,12 +157,12 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="aperture_bench_") as tmp:
         files: dict[str, Path] = {}
         notes: dict[str, str] = {}
-        if any(v.startswith("onnxruntime") for v in variants):
+        if any(v.startswith("ort-") for v in variants):
             say("exporting ONNX files")
             files["fp32"] = to_onnx(model, Path(tmp) / "m.onnx", exporter=exporter)  # type: ignore[arg-type]
-            if "onnxruntime fp16" in variants:
+            if "ort-fp16" in variants:
                 files["fp16"] = to_fp16(files["fp32"], Path(tmp) / "m.fp16.onnx")
-            if "onnxruntime int8" in variants:
+            if "ort-int8" in variants:
                 if data_dir is not None:
                     calib = calibration_pixels(data_dir, DEFAULT_CALIBRATION_IMAGES)
                 else:
@@ -174,8 +188,8 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             say(f"{variant} on {device}, batch {batch}")
             note = ""
             try:
-                if variant.startswith("onnxruntime"):
-                    precision = variant.split()[-1]
+                if variant.startswith("ort-"):
+                    precision = variant.removeprefix("ort-")
                     session = create_session(files[precision], provider)  # type: ignore[arg-type]
                     note = notes.get(precision, "")
                     fn: Callable[[], object] = lambda s=session: s.run(None, {INPUT_NAME: pixels})  # noqa: E731
@@ -184,10 +198,10 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
                     # eager NCHW must not run on channels_last weights left by an earlier variant
                     module = NormalizedClassifier(copy.deepcopy(model)).eval().to(device)
                     xin = x
-                    if variant in ("torch channels_last", "torch.compile"):
+                    if variant in ("torch-channels-last", "torch-compile"):
                         module = module.to(memory_format=torch.channels_last)
                         xin = x.contiguous(memory_format=torch.channels_last)
-                    if variant == "torch.compile":
+                    if variant == "torch-compile":
                         module = torch.compile(module)
                         note = "channels_last; compile time excluded"
                     fn = _torch_runner(module, xin)
@@ -197,7 +211,7 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
                 first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
                 row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {first}")
             rows.append(row)
-    if "torch.compile" in variants:
+    if "torch-compile" in variants:
         torch._dynamo.reset()  # compiled graphs hold the model; free them between devices
     return add_ratios(rows)
 
@@ -208,10 +222,10 @@ def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
     for r in rows:
         if r.images_per_s is None:
             continue
-        eager = base.get(("torch eager", r.device, r.batch))
-        fp32 = base.get(("onnxruntime fp32", r.device, r.batch))
+        eager = base.get(("torch-eager", r.device, r.batch))
+        fp32 = base.get(("ort-fp32", r.device, r.batch))
         r.ratio_to_eager = r.images_per_s / eager if eager else None
-        r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and r.variant.startswith("onnxruntime") else None
+        r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and r.variant.startswith("ort-") else None
     return rows
 
 

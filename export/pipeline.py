@@ -2,7 +2,8 @@
 
 Kept apart from the CLI so scripts and tests get the same behaviour: every file written is
 checked, and validated (unless asked not to) with its report written beside it as
-``<stem>.report.json``.
+``<stem>.report.json``. A file that fails validation is renamed ``<stem>.FAILED.onnx`` (its report
+``<stem>.FAILED.report.json``): nothing is left under the name a user would load.
 """
 
 from __future__ import annotations
@@ -11,25 +12,56 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aperture_zoo.model import ResNet
 
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
+from .progress import ExportProgress, MessageProgress, SilentProgress
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider
-from .validate import ValidationReport, validate
+from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
+
+FAILED_TAG = "FAILED"
 
 
 @dataclass
 class ExportResult:
-    files: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)          # usable: passed, or not validated
+    failed_files: list[Path] = field(default_factory=list)   # failed validation, renamed by failed_path
     reports: list[ValidationReport] = field(default_factory=list)
     report_files: list[Path] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.reports)
+        return all(r.passed for r in self.reports) and not self.failed_files
+
+
+def failed_path(path: str | os.PathLike[str]) -> Path:
+    """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{FAILED_TAG}{p.suffix}")
+
+
+def parse_max_val_images(text: str) -> int | None:
+    """``--max-val-images``: a positive count, or ``all`` (None) for the whole test set."""
+    from .errors import ExportError
+
+    value = text.strip().lower()
+    if value in ("all", "full"):
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ExportError(f"--max-val-images must be a positive number of test images or 'all', got {text!r}")
+    return int(value)
+
+
+def _as_progress(progress: ExportProgress | Callable[[str], None] | None) -> ExportProgress:
+    if progress is None:
+        return SilentProgress()
+    if hasattr(progress, "stage") and hasattr(progress, "update"):
+        return progress  # type: ignore[return-value]
+    return MessageProgress(progress)
 
 
 def export_model(
@@ -49,16 +81,20 @@ def export_model(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     provider: Provider = "auto",
     run_validation: bool = True,
-    max_val_images: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    max_val_images: int | None = DEFAULT_VAL_IMAGES,
+    progress: ExportProgress | Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
     int8 needs ``data_dir``: calibration uses a stratified sample of its training split, and the
     int8 tolerance is judged on its test split. ``fp16_io`` makes the fp16 file take and give
-    float16 (its inputs and outputs stay float32 otherwise).
+    float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
+    ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
+    carries its standard error. ``progress`` gets each step and the images validated so far (an
+    ``ExportProgress``), or is a plain ``callback(message)`` per step.
     """
-    say = progress or (lambda _msg: None)
+    reporter = _as_progress(progress)
+    say = reporter.stage
     if fp16_io and not fp16:
         raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
     if int8 and calibration_images < 1:
@@ -93,10 +129,24 @@ def export_model(
             calibration = (calibration - mean) / std
         say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
-    if run_validation:
-        for path in result.files:
-            say(f"validating {path.name} against PyTorch")
-            report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images)
-            result.reports.append(report)
-            result.report_files.append(report.write_json())
+    if not run_validation:
+        return result
+    written, result.files = result.files, []
+    reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
+    for path in written:
+        say(f"validating {path.name} against PyTorch")
+        report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                          progress=reporter.update, reference_cache=reference_cache)
+        aside = failed_path(path)
+        if report.passed:
+            for stale in (aside, report_path(aside)):  # left by an earlier export that failed
+                stale.unlink(missing_ok=True)
+            result.files.append(path)
+        else:
+            os.replace(path, aside)
+            report_path(path).unlink(missing_ok=True)  # an earlier good export's report must not vouch for it
+            report.renamed_from, report.onnx_file = path.name, str(aside)
+            result.failed_files.append(aside)
+        result.reports.append(report)
+        result.report_files.append(report.write_json())
     return result

@@ -299,3 +299,93 @@ def test_export_model_refuses_bad_requests_before_exporting(fitted: torch.nn.Mod
         with pytest.raises(ExportError, match=message):
             export_model(fitted, tmp_path, exporter="legacy", **kwargs)  # type: ignore[arg-type]
     assert not list(tmp_path.glob("*.onnx"))
+
+
+# --------------------------------------------------------------------------- validation sample, failures, progress
+
+
+def _tiny() -> torch.nn.Module:
+    """A 25k-parameter resnet10 derivative: validating thousands of images stays cheap on CPU."""
+    torch.manual_seed(0)
+    return create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+
+
+@pytest.fixture(scope="module")
+def big_test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,500 test images (250 per class): more than the 2,000 validated by default."""
+    from cifar_synth import write_cifar10
+
+    return write_cifar10(tmp_path_factory.mktemp("cifar_big"), n_train_per_class=5, n_test_per_class=250)
+
+
+def test_validation_uses_a_stratified_2000_by_default_with_standard_errors(big_test_split: Path, tmp_path: Path) -> None:
+    model = _tiny()
+    result = export_model(model, tmp_path, exporter="legacy", provider="cpu", data_dir=big_test_split)
+    (report,) = result.reports
+    test = report.comparisons[-1]
+    assert (test.inputs, test.num_images, report.test_images_total) == ("CIFAR-10 test", 2000, 2500)
+    saved = json.loads(result.report_files[0].read_text())["comparisons"][-1]
+    assert saved["num_images"] == 2000 and 0 < saved["agreement_se"] < 0.5
+    assert saved["onnx_top1_se"] > 0 and saved["top1_drop_se"] is not None
+    full = validate(result.files[0], model, provider="cpu", data_dir=big_test_split, max_images=None)
+    assert full.comparisons[-1].num_images == 2500  # the whole test split on request
+
+
+def test_standard_errors() -> None:
+    from aperture_zoo.export.validate import binomial_se, paired_difference_se
+
+    assert binomial_se(1880, 2000) == pytest.approx(0.53, abs=0.01)   # 94 % top-1 on 2,000 images
+    assert binomial_se(2000, 2000) == pytest.approx(0.0705, abs=1e-3)  # 100 % still is not certain
+    assert paired_difference_se(5, 15, 2000) == pytest.approx(0.2233, abs=1e-3)
+    assert paired_difference_se(0, 0, 2000) == 0.0
+
+
+def test_a_file_that_fails_validation_is_renamed_and_stale_reports_go(synthetic_cifar: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from aperture_zoo.export import validate as validate_mod
+    from aperture_zoo.export.validate import Tolerance
+
+    real = validate_mod.tolerance_for
+    monkeypatch.setattr(validate_mod, "tolerance_for",  # an int8 bound no file can meet: a broken quantisation
+                        lambda p, d: Tolerance(min_agreement=101.0, random_inputs_gated=False) if p == "int8" else real(p, d))
+    (tmp_path / "tiny.int8.report.json").write_text('{"passed": true}')  # from an earlier, good export
+    kw = dict(stem="tiny", exporter="legacy", provider="cpu", int8=True, data_dir=synthetic_cifar,
+              calibration_images=20, max_val_images=50)
+    result = export_model(_tiny(), tmp_path, **kw)
+    assert not result.passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tiny.int8.FAILED.onnx", "tiny.int8.FAILED.report.json", "tiny.onnx", "tiny.report.json"]
+    assert result.files == [tmp_path / "tiny.onnx"] and result.failed_files == [tmp_path / "tiny.int8.FAILED.onnx"]
+    saved = json.loads((tmp_path / "tiny.int8.FAILED.report.json").read_text())
+    assert saved["passed"] is False and saved["renamed_from"] == "tiny.int8.onnx"
+    assert saved["onnx_file"].endswith("tiny.int8.FAILED.onnx") and "renamed" in saved["note"]
+
+    # exported again and good this time: the file is back under its name, the failed one is gone
+    monkeypatch.setattr(validate_mod, "tolerance_for", lambda p, d: Tolerance(random_inputs_gated=False))
+    again = export_model(_tiny(), tmp_path, **kw)
+    assert again.passed and again.failed_files == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tiny.int8.onnx", "tiny.int8.report.json", "tiny.onnx", "tiny.report.json"]
+
+
+def test_progress_on_a_terminal_is_a_bar_with_eta() -> None:
+    import io
+
+    from rich.console import Console
+
+    from aperture_zoo.export.progress import ConsoleProgress
+
+    out = io.StringIO()
+    with ConsoleProgress(Console(file=out, force_terminal=True, width=120)) as progress:
+        assert progress.interactive
+        progress.stage("validating tiny.onnx against PyTorch")
+        progress.update(1000, 4000)
+    text = out.getvalue()
+    assert "validating tiny.onnx" in text and "1000/4000" in text and "ETA" in text
+    plain = io.StringIO()
+    with ConsoleProgress(Console(file=plain, force_terminal=False)) as progress:
+        progress.stage("exporting tiny")
+        progress.update(5, 10)  # no bar in a log
+        progress.stage("validating tiny.onnx against PyTorch")
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("s] exporting tiny") and "validating" in lines[1]

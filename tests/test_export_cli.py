@@ -41,6 +41,11 @@ def test_export_end_to_end(exported: tuple[Path, str]) -> None:
     fp16 = onnx.load(str(out / "resnet10.fp16.onnx"))
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # --fp16-io
     assert "PASS" in output and "wrote" in output
+    # not a terminal (CliRunner, like a pipe): a plain timestamped line per step, no spinner
+    for step in ("exporting resnet10", "converting to fp16", "quantising to int8", "validating resnet10.onnx",
+                 "validating resnet10.fp16.onnx", "validating resnet10.int8.onnx"):
+        assert f"s] {step}" in output, step
+    assert "stratified 50 of 200" in " ".join(output.split()) and "±" in output
 
 
 def test_predict_cli_json(exported: tuple[Path, str], tmp_path: Path) -> None:
@@ -119,9 +124,20 @@ def test_export_validation_failure_exits_1(synthetic_cifar: Path, tmp_path: Path
                                  "--max-val-images", "20"])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.stdout and "failed: fp32/cpu on random, all: max |Δlogit|" in result.stderr
-    report = json.loads((tmp_path / "resnet10.report.json").read_text())
-    assert report["passed"] is False
+    # the failed file is not left where a user would take it for a good one
+    assert not (tmp_path / "resnet10.onnx").exists() and (tmp_path / "resnet10.FAILED.onnx").is_file()
+    assert "kept as" in result.stderr and "resnet10.FAILED.onnx" in result.stderr
+    assert not (tmp_path / "resnet10.report.json").exists()
+    report = json.loads((tmp_path / "resnet10.FAILED.report.json").read_text())
+    assert report["passed"] is False and report["renamed_from"] == "resnet10.onnx"
     assert any("random, all" in f for f in report["failures"]) and any("CIFAR-10 test" in f for f in report["failures"])
+
+
+@pytest.mark.parametrize("value", ["0", "some", "-3"])
+def test_export_bad_max_val_images(tmp_path: Path, value: str) -> None:
+    result = runner.invoke(app, ["export", "resnet10", "--random-init", "--onnx", "--out", str(tmp_path),
+                                 "--max-val-images", value])
+    assert result.exit_code == 2 and "--max-val-images must be a positive number of test images or 'all'" in result.stderr
 
 
 def test_export_bad_batch(tmp_path: Path) -> None:
@@ -130,30 +146,34 @@ def test_export_bad_batch(tmp_path: Path) -> None:
 
 
 def test_bench_cli_json() -> None:
-    result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "2", "--variants",
-                                 "torch eager,onnxruntime fp32", "--min-seconds", "0", "--exporter", "legacy",
-                                 "--device", "cpu", "--json"])
+    import shlex
+
+    # typed in a shell without quotes: the variant names must survive word splitting
+    args = shlex.split("bench resnet10 --batch-sizes 2 --variants torch-eager,ort-fp32 --min-seconds 0 "
+                       "--exporter legacy --device cpu --json")
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"torch eager", "onnxruntime fp32"}
-    assert rows["torch eager"]["ratio_to_eager"] == 1.0 and rows["torch eager"]["ratio_to_ort_fp32"] is None
-    assert rows["onnxruntime fp32"]["ratio_to_ort_fp32"] == 1.0
-    assert rows["onnxruntime fp32"]["images_per_s"] > 0 and rows["onnxruntime fp32"]["batch"] == 2
+    assert set(rows) == {"torch-eager", "ort-fp32"}
+    assert rows["torch-eager"]["ratio_to_eager"] == 1.0 and rows["torch-eager"]["ratio_to_ort_fp32"] is None
+    assert rows["ort-fp32"]["ratio_to_ort_fp32"] == 1.0
+    assert rows["ort-fp32"]["images_per_s"] > 0 and rows["ort-fp32"]["batch"] == 2
 
 
 def test_bench_cli_table() -> None:
     result = runner.invoke(app, ["bench", "resnet10", "--batch-sizes", "1", "--variants", "torch eager",
-                                 "--min-seconds", "0", "--device", "cpu"])
+                                 "--min-seconds", "0", "--device", "cpu"])  # the old spaced name still works
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "**resnet10 (random weights): images/s**"
-    assert lines[2].startswith("| runtime ") and lines[4].startswith("| torch eager ")
+    assert lines[2].startswith("| runtime ") and lines[4].startswith("| torch-eager ")
 
 
 @pytest.mark.parametrize("args, message", [
     (["--batch-sizes", "1,x"], "--batch-sizes must be positive integers"),
     (["--batch-sizes", "0"], "--batch-sizes must be positive integers"),
-    (["--variants", "torch eager,tensorrt"], "unknown variant(s) ['tensorrt']"),
+    (["--variants", "torch-eager,tensorrt"], "unknown variant(s) ['tensorrt']"),
+    (["--variants", "eager"], "choose from torch-eager, torch-channels-last"),
     (["--device", "tpu"], "--device must be cpu, cuda or auto"),
 ])
 def test_bench_cli_bad_arguments(args: list[str], message: str) -> None:
@@ -165,11 +185,11 @@ def test_bench_ratios_and_table() -> None:
     from aperture_zoo.export.bench import BenchRow, add_ratios, format_table
 
     rows = add_ratios([
-        BenchRow("onnxruntime int8", "cpu", 256, 600.0),   # order does not matter
-        BenchRow("torch eager", "cpu", 256, 60.0),
-        BenchRow("onnxruntime fp32", "cpu", 256, 200.0),
-        BenchRow("torch.compile", "cpu", 256, None, note="failed: no compiler"),
-        BenchRow("torch eager", "cpu", 1, 10.0),
+        BenchRow("ort-int8", "cpu", 256, 600.0),   # order does not matter
+        BenchRow("torch-eager", "cpu", 256, 60.0),
+        BenchRow("ort-fp32", "cpu", 256, 200.0),
+        BenchRow("torch-compile", "cpu", 256, None, note="failed: no compiler"),
+        BenchRow("torch-eager", "cpu", 1, 10.0),
     ])
     int8, eager, fp32, failed, eager1 = rows
     assert int8.ratio_to_eager == 10.0 and int8.ratio_to_ort_fp32 == 3.0
@@ -179,7 +199,7 @@ def test_bench_ratios_and_table() -> None:
     assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows)
     assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells == ["onnxruntime int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
+    assert cells == ["ort-int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
     assert "failed: no compiler" in lines[7]
 
 
@@ -191,11 +211,11 @@ def test_bench_script(capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("onnx_inference", script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch eager,onnxruntime fp32",
+    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch-eager,onnxruntime fp32",
                         "--min-seconds", "0", "--exporter", "legacy", "--device", "cpu", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["model"] == "resnet10" and payload["environment"]["cpu_count"] >= 1
-    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch eager", 3), ("onnxruntime fp32", 3)]
+    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch-eager", 3), ("ort-fp32", 3)]
     assert all(r["images_per_s"] > 0 for r in payload["rows"])
     assert module.main(["resnet10", "--variants", "nope"]) == 2
     assert "unknown variant" in capsys.readouterr().err
@@ -218,9 +238,9 @@ def test_bench_variants_do_not_leak_memory_format(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(bench, "_torch_runner", spy)
     model = create_model("resnet10").eval()
-    rows = bench.run_benchmark(model, batch_sizes=(2, 3), variants=("torch channels_last", "torch eager"),
+    rows = bench.run_benchmark(model, batch_sizes=(2, 3), variants=("torch-channels-last", "torch eager"),
                                device="cpu", min_seconds=0, min_iters=1, warmup=0)
-    assert [(r.variant, r.batch) for r in rows] == [("torch channels_last", 2), ("torch eager", 2),
-                                                    ("torch channels_last", 3), ("torch eager", 3)]
+    assert [(r.variant, r.batch) for r in rows] == [("torch-channels-last", 2), ("torch-eager", 2),
+                                                    ("torch-channels-last", 3), ("torch-eager", 3)]
     assert seen == [(True, True), (False, False)] * 2
     assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched

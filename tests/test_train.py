@@ -262,9 +262,10 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_start_again(
     run.mkdir()
     for name in ("run.json", "recipe.json", "metrics.jsonl"):  # what a run has before epoch 1 ends
         (run / name).write_bytes((straight.run_dir / name).read_bytes())
-    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again .*--out"):
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again: `aperture "
+                                              "train resnet10 --arch channels=16,32,32,64 .*--out"):
         fit(TrainConfig(resume=run, progress=False))
-    loop._resolve_run(_cfg(tmp_path, run))  # ... and starting again in the same directory is allowed
+    loop.check_new_run_dir(run)  # ... and starting again in the same directory is allowed
     (run / "recipe.json").write_text('{"epochs": 4,')
     with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
         fit(TrainConfig(resume=run, progress=False))
@@ -309,3 +310,146 @@ def test_time_budget_stops_at_an_epoch_boundary_and_resumes_exactly(straight, sy
 def test_time_budget_must_be_positive(synthetic_cifar, tmp_path) -> None:
     with pytest.raises(TrainingError, match="--time-budget must be a positive"):
         fit(_cfg(synthetic_cifar, tmp_path / "run", time_budget_s=0))
+
+
+# ----------------------------------------------------------------- run folders are never shared
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")  # one frozen second
+    first, second, third = (loop.claim_run_dir(None, "resnet10") for _ in range(3))
+    assert first == Path("runs/resnet10-20250101-120000")
+    assert second == Path("runs/resnet10-20250101-120000-2") and third.name.endswith("-3")
+    assert all(p.is_dir() for p in (first, second, third))
+
+
+def test_default_run_folder_is_created_exclusively_by_fit(synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """The same second's folder already exists (another run's): fit takes the next name, not that one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")
+    taken = tmp_path / "runs" / "resnet10-20250101-120000"
+    taken.mkdir(parents=True)
+    (taken / "run.json").write_text('{"seed": 7}')
+    result = fit(_cfg(synthetic_cifar, None, recipe=RECIPE.replace(epochs=1), seed=1, subset=100, test_subset=50))
+    assert result.run_dir == Path("runs/resnet10-20250101-120000-2")
+    assert json.loads((taken / "run.json").read_text()) == {"seed": 7}  # the other run is untouched
+    assert json.loads((result.run_dir / "run.json").read_text())["seed"] == 1
+
+
+def test_out_into_a_folder_that_holds_something_else_is_refused_first(tmp_path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "cat.png").write_bytes(b"not ours")
+    with pytest.raises(TrainingError, match=r"is not empty \(it holds 'cat.png'\).*choose a new or empty folder"):
+        fit(_cfg(tmp_path / "no-data-here", out, download=False))  # refused before looking for data
+    assert [p.name for p in out.iterdir()] == ["cat.png"]
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    r = CliRunner().invoke(app, ["train", "resnet10", "--out", str(out), "--no-download", "--data-dir",
+                                 str(tmp_path / "no-data-here")])
+    assert r.exit_code == 2 and "is not empty" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(synthetic_cifar, tmp_path) -> None:
+    fcntl = pytest.importorskip("fcntl")  # the run lock is POSIX-only
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / loop.LOCK_NAME, "a+") as held:  # what a training process holds while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match="in use by another training process"):
+            fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=1)))
+    assert not (run / "run.json").exists()
+
+
+# ----------------------------------------------------------------- resume restores every option
+
+
+def test_resume_alone_continues_with_the_options_the_run_was_started_with(synthetic_cifar, tmp_path,
+                                                                          monkeypatch) -> None:
+    """The tool's own hint, `aperture train --resume DIR`, works without repeating --data-dir etc."""
+    import shlex
+    import re
+
+    from typer.testing import CliRunner
+
+    from aperture_zoo import data
+    from aperture_zoo.cli import app
+
+    monkeypatch.delenv("APERTURE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # the default folder has no data
+
+    def offline(data_dir=None):
+        raise DataError("offline")
+
+    monkeypatch.setattr(data, "download", offline)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run dir"  # a space: the hint must quote it
+    args = ["train", "resnet10", "--arch", ARCH, "--data-dir", str(synthetic_cifar), "--no-download",
+            "--device", "cpu", "--no-progress", "--out", str(run), "--time-budget", "0.001",
+            *[x for s in SETS for x in ("--set", s)], "--set", "epochs=2"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 75, first.output  # paused by the time budget after epoch 1
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["data_dir"] == str(synthetic_cifar.resolve())
+    assert (saved["download"], saved["device"], saved["compile"]) == (False, "cpu", False)
+    hint = re.search(r"Continue with: (aperture train --resume .*)$", " ".join(first.output.split()))
+    assert hint, first.output
+    second = CliRunner().invoke(app, [*shlex.split(hint.group(1))[1:], "--no-progress"])
+    assert second.exit_code == 0, second.output
+    assert (run / "model.safetensors").is_file()
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_saved_options_fill_in_what_resume_leaves_out_and_given_ones_win(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"seed": 0, "data_dir": "/data/cifar", "download": False,
+                                              "device": "cuda", "compile": True}))
+    got = loop.with_run_options(TrainConfig(resume=run))
+    assert (str(got.data_dir), got.download, got.device, got.compile) == ("/data/cifar", False, "cuda", True)
+    moved = loop.with_run_options(TrainConfig(resume=run, data_dir=tmp_path / "new", device="cpu"))
+    assert (moved.data_dir, moved.device, moved.compile) == (tmp_path / "new", "cpu", True)
+    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run from before options were recorded
+    old = loop.with_run_options(TrainConfig(resume=run))
+    assert (old.data_dir, old.download, old.device, old.compile) == (None, True, "auto", False)
+    fresh = loop.with_run_options(TrainConfig(model="resnet10"))
+    assert (fresh.download, fresh.device, fresh.compile) == (True, "auto", False)
+
+
+def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, monkeypatch) -> None:
+    """Diverge, then type the suggested command: it trains the same run again with half the lr."""
+    import re
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    recipe = apply_overrides(get_recipe("fast"), ["epochs=2", "batch_size=50", "cutout=0"])  # lr scaled: 0.0390625
+    real_lr = loop.lr_at
+    with monkeypatch.context() as m:
+        m.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 3 else 1e30)
+        with pytest.raises(TrainingError, match="Lower --lr") as info:
+            fit(_cfg(synthetic_cifar, tmp_path / "diverged", recipe=recipe, seed=5, subset=200, test_subset=50,
+                     download=False))
+    found = re.search(r"`(aperture train [^`]+)`", str(info.value))
+    assert found, str(info.value)
+    argv = shlex.split(found.group(1))
+    assert "--out" not in argv and argv[argv.index("--lr") + 1] == "0.0195312"
+    r = CliRunner().invoke(app, [*argv[1:], "--no-progress"])
+    assert r.exit_code == 0, r.output
+    (new,) = list((tmp_path / "runs").iterdir())
+    again = json.loads((new / "recipe.json").read_text())
+    before = json.loads((tmp_path / "diverged" / "recipe.json").read_text())
+    assert again["lr"] == 0.0195312
+    assert {k: v for k, v in again.items() if not k.startswith(("lr", "reference_"))} == \
+        {k: v for k, v in before.items() if not k.startswith(("lr", "reference_"))}
+    run_new = json.loads((new / "run.json").read_text())
+    run_old = json.loads((tmp_path / "diverged" / "run.json").read_text())
+    for key in ("arch", "seed", "subset", "test_subset", "val_split", "data_dir", "download", "device"):
+        assert run_new[key] == run_old[key], key

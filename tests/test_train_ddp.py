@@ -70,6 +70,7 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
     info, device = D.setup("cpu")
     assert info.world_size == 2 and device.type == "cpu"
     _missing_data_on_two_ranks(rank, info, out)
+    _run_dir_decided_on_rank_0(rank, info, out)
     for bn_train in (False, True):
         model = _model()
         _one_step(model, DDP(model), rank_slice(B, rank, 2), bn_train)
@@ -98,6 +99,16 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
     except data.DataError as exc:
         error = str(exc)
     (Path(out) / f"fetch_rank{rank}.json").write_text(json.dumps({"calls": calls, "error": error}))
+
+
+def _run_dir_decided_on_rank_0(rank: int, info, out: str) -> None:
+    """Two new runs in one second: rank 0 creates each folder (exclusively) and every rank gets its name."""
+    from aperture_zoo.train import loop
+
+    os.chdir(out)  # this forked worker's working directory only
+    loop._timestamp = lambda: "20250101-120000"  # one frozen second, this worker only
+    names = [loop._decided_on_rank0(info, lambda: str(loop.claim_run_dir(None, "tiny"))) for _ in range(2)]
+    (Path(out) / f"claimed_rank{rank}.json").write_text(json.dumps(names))
 
 
 def _free_port() -> int:
@@ -163,3 +174,9 @@ def test_only_rank_0_downloads_and_every_rank_gets_its_error(ddp_out: Path) -> N
     seen = [json.loads((ddp_out / f"fetch_rank{r}.json").read_text()) for r in range(2)]
     assert [s["calls"] for s in seen] == [[0], []]
     assert all(s["error"] == "simulated: download failed, offline" for s in seen)
+
+
+def test_rank_0_decides_the_run_folder_for_every_rank(ddp_out: Path) -> None:
+    seen = [json.loads((ddp_out / f"claimed_rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0] == seen[1] == ["runs/tiny-20250101-120000", "runs/tiny-20250101-120000-2"]
+    assert sorted(p.name for p in (ddp_out / "runs").iterdir()) == ["tiny-20250101-120000", "tiny-20250101-120000-2"]

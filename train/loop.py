@@ -8,21 +8,25 @@ where the progress bar, the NaN/inf check and, under DDP, the agreed stop decisi
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aperture_zoo.data import DataError, locate
+from aperture_zoo.data import DataError, default_data_dir, locate
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.model import ResNet, create_model
 from aperture_zoo.registry import ModelSpec, get_spec
@@ -32,13 +36,18 @@ from .augment import AugmentConfig, Batch, augment_batch, step_seed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_sums, result_from_sums
 from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
-from .recipes import FAST, Recipe, RecipeError
+from .recipes import FAST, RECIPES, Recipe, RecipeError
 
 WEIGHTS_NAME = "model.safetensors"
 METRICS_NAME = "metrics.jsonl"
 RECIPE_NAME = "recipe.json"
 RUN_NAME = "run.json"
 CURVES_NAME = "curves.png"
+LOCK_NAME = ".lock"
+# What a run directory holds before its first checkpoint: such a folder may be started again.
+_PRE_CHECKPOINT_FILES = frozenset({METRICS_NAME, RECIPE_NAME, RUN_NAME, LOCK_NAME,
+                                   RUN_NAME + ".tmp", RECIPE_NAME + ".tmp"})
+_T = TypeVar("_T")
 
 
 class TrainingError(ApertureError, RuntimeError):
@@ -64,22 +73,25 @@ class TimeBudgetReached(TrainingInterrupted):
 
 @dataclass
 class TrainConfig:
-    """One run. ``None`` for recipe/seed/data options means "the default", or on ``resume`` "as saved".
+    """One run. ``None`` means "the default", or on ``resume`` "as the run was started".
 
-    ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the error says how to point
-    at a local copy instead).
+    A run's ``run.json`` records its data folder (absolute), ``download``, ``device`` and
+    ``compile``, so ``--resume DIR`` alone continues it as it was; a value given here wins (data
+    may have moved). ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the
+    error says how to point at a local copy instead). Defaults: the default data folder,
+    ``download=True``, ``device="auto"``, ``compile=False``.
     """
 
     model: str | ModelSpec | None = None
     recipe: Recipe | None = None
     seed: int | None = None
     data_dir: str | os.PathLike[str] | None = None
-    download: bool = True
+    download: bool | None = None
     subset: int | None = None
     test_subset: int | None = None
     val_split: float | None = None
-    device: str = "auto"
-    compile: bool = False
+    device: str | None = None
+    compile: bool | None = None
     out_dir: str | os.PathLike[str] | None = None
     resume: str | os.PathLike[str] | None = None
     progress: bool = True
@@ -199,8 +211,178 @@ class EMA:
 # --------------------------------------------------------------------------- run directory
 
 
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _default_run_dir(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / f"{name}-{_timestamp()}"
+
+
+def check_new_run_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse to start a new run in ``path`` unless it is missing, empty, or a run that never checkpointed.
+
+    A run that stopped before its first checkpoint left only its settings there, so starting it
+    again loses nothing; anything else (a checkpointed run, someone's files) is never overwritten.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise TrainingError(f"--out {str(path)!r} is a file, not a folder; choose another --out")
+    if (path / CHECKPOINT_NAME).exists():
+        raise TrainingError(
+            f"{str(path)!r} already holds a training run; continue it with --resume {path} "
+            "or choose another --out"
+        )
+    other = sorted(p.name for p in path.iterdir()
+                   if p.name not in _PRE_CHECKPOINT_FILES and not p.name.startswith(CHECKPOINT_NAME + ".tmp"))
+    if other:
+        raise TrainingError(
+            f"--out {str(path)!r} is not empty (it holds {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}) "
+            "and is not a run of `aperture train`; choose a new or empty folder, or leave out --out "
+            "for a fresh runs/NAME-TIME"
+        )
+
+
+def claim_run_dir(requested: str | os.PathLike[str] | None, name: str) -> Path:
+    """Create the directory of a new run, never one another run already uses.
+
+    ``requested`` (``--out``) must pass ``check_new_run_dir``. Without it the run gets
+    ``runs/NAME-YYYYmmdd-HHMMSS``, created exclusively: a second run started in the same second
+    gets ``...-2`` (then ``-3``, ...) instead of sharing the folder.
+    """
+    if requested is not None:
+        path = Path(requested)
+        check_new_run_dir(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = _default_run_dir(name)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise TrainingError(f"could not create a new run folder beside {str(base)!r}; pass --out")
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
+    """Hold an exclusive lock on the run directory while training (released when the process dies).
+
+    Two processes writing one run directory interleave their metrics and overwrite each other's
+    weights; the second is refused instead. Needs ``fcntl`` (POSIX); elsewhere it is a no-op.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(run_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TrainingError(
+                f"{str(run_dir)!r} is in use by another training process; wait for it to finish, or "
+                "start a new run (leave out --out for a fresh folder)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _decided_on_rank0(info: D.DistInfo, decide: Callable[[], _T]) -> _T:
+    """Run ``decide`` on rank 0 only and hand every rank its result, or the ApertureError it raised.
+
+    File-system decisions (which folder, is the data there) must be taken once: ranks deciding
+    separately could pick different folders, and a rank that fails alone would leave the others
+    waiting at the next collective.
+    """
+    value: Any = None
+    error: ApertureError | None = None
+    if info.is_main:
+        try:
+            value = decide()
+        except ApertureError as exc:
+            error = exc
+    value, error = D.broadcast_object((value, error), info)  # type: ignore[misc]
+    if error is not None:
+        raise error
+    return value
+
+
+def _data_root(data_dir: str | os.PathLike[str] | None) -> str:
+    """The data folder as an absolute path, so a resume from another directory finds it too."""
+    return str(Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve())
+
+
+def with_run_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every option left at ``None`` filled in: on resume as the run was started, else the defaults.
+
+    Runs from before these options were recorded fall back to the defaults.
+    """
+    saved = _read_json(Path(cfg.resume) / RUN_NAME) if cfg.resume is not None else {}
+    changes: dict[str, Any] = {}
+    for key, default in (("download", True), ("device", "auto"), ("compile", False)):
+        if getattr(cfg, key) is None:
+            changes[key] = saved.get(key, default)
+    if cfg.data_dir is None and saved.get("data_dir"):
+        changes["data_dir"] = saved["data_dir"]
+    return dataclasses.replace(cfg, **changes)
+
+
+def resume_command(run_dir: str | os.PathLike[str]) -> str:
+    """The command that continues a checkpointed run: everything else comes from its run.json."""
+    return f"aperture train --resume {shlex.quote(str(run_dir))}"
+
+
+def retry_command(spec: ModelSpec, recipe: Recipe, run: dict[str, Any], cfg: TrainConfig,
+                  out: str | os.PathLike[str] | None = None, **changes: Any) -> str:
+    """The ``aperture train`` command line that starts this run again, with recipe ``changes``.
+
+    It names every option, so it reproduces the run wherever it is typed; without ``out`` the new
+    run gets a fresh folder. Recipe fields other than the named recipe's become ``--set``.
+    """
+    args = ["aperture", "train", spec.name]
+    try:
+        base_arch = get_spec(spec.name).arch_dict()
+    except ApertureError:  # a spec registered by a script: the command cannot name it
+        base_arch = spec.arch_dict()
+    for key, value in spec.arch_dict().items():
+        if key != "name" and value != base_arch[key]:
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            args += ["--arch", f"{key}={text}"]
+    wanted = recipe.replace(**changes) if changes else recipe
+    base = RECIPES.get(recipe.name, FAST)
+    args += ["--recipe", base.name]
+    scaled = wanted.reference_lr is not None and (wanted.reference_lr, wanted.reference_batch_size) == (
+        base.reference_lr, base.reference_batch_size)  # its lr follows from --set batch_size
+    for key in base.differences(wanted):
+        if key == "name" or key in changes or (key == "lr" and scaled):
+            continue
+        value = getattr(wanted, key)
+        args += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    for key in changes:
+        value = getattr(wanted, key)
+        args += ["--lr", f"{value:g}"] if key == "lr" else ["--set", f"{key}={value}"]
+    args += ["--seed", str(run["seed"])]
+    for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split")):
+        if run.get(key):
+            args += [flag, str(run[key])]
+    args += ["--data-dir", _data_root(cfg.data_dir)]
+    if cfg.download is False:
+        args.append("--no-download")
+    if cfg.device not in (None, "auto"):
+        args += ["--device", str(cfg.device)]
+    if cfg.compile:
+        args.append("--compile")
+    if out is not None:
+        args += ["--out", str(out)]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -250,8 +432,8 @@ def _all_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all().item())
 
 
-def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path, dict[str, Any] | None]:
-    """Spec, recipe, data options, run dir and (when resuming) the checkpoint, checked for consistency."""
+def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path | None, dict[str, Any] | None]:
+    """Spec, recipe, data options, run dir (resuming only) and checkpoint, checked for consistency."""
     if cfg.resume is None:
         if cfg.model is None:
             raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
@@ -262,13 +444,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
             "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0,
         }
-        run_dir = Path(cfg.out_dir) if cfg.out_dir is not None else _default_run_dir(spec.name)
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise TrainingError(
-                f"{str(run_dir)!r} already holds a training run; continue it with --resume {run_dir} "
-                "or choose another --out"
-            )
-        return spec, recipe, run, run_dir, None
+        return spec, recipe, run, None, None  # the folder is claimed later, on rank 0
 
     run_dir = Path(cfg.resume)
     run = _read_json(run_dir / RUN_NAME)
@@ -276,8 +452,8 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
     if not (run_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(
             f"the run in {str(run_dir)!r} stopped before its first checkpoint (the end of epoch 1, or "
-            "the first interruption it saw), so there is nothing to resume; start it again with the "
-            f"same options and --out {run_dir}"
+            "the first interruption it saw), so there is nothing to resume; start it again: "
+            f"`{retry_command(ModelSpec.from_dict(run['spec']), saved_recipe, run, cfg, out=run_dir)}`"
         )
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     spec = ModelSpec.from_dict(run["spec"])
@@ -291,8 +467,8 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
                 "a new run"
             )
     if cfg.recipe is not None and cfg.recipe != saved_recipe:
-        detail = ", ".join(f"{k}: run {v!r} vs asked {getattr(cfg.recipe, k)!r}"
-                           for k, v in saved_recipe.to_dict().items() if getattr(cfg.recipe, k) != v)
+        detail = ", ".join(f"{k}: run {getattr(saved_recipe, k)!r} vs asked {getattr(cfg.recipe, k)!r}"
+                           for k in saved_recipe.differences(cfg.recipe))
         raise RecipeError(
             f"cannot resume {str(run_dir)!r} with a different recipe ({detail}); resume with no "
             "recipe options to continue it as it was, or start a new run"
@@ -356,25 +532,36 @@ def fit(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one run and write its directory; see the module docstring."""
     if cfg.time_budget_s is not None and not cfg.time_budget_s > 0:
         raise TrainingError(f"--time-budget must be a positive number of seconds, not {cfg.time_budget_s}")
-    info, device = D.setup(cfg.device)
+    data_from_run = cfg.resume is not None and cfg.data_dir is None
+    cfg = with_run_options(cfg)
+    info, device = D.setup(str(cfg.device))
     try:
-        return _fit(cfg, info, device)
+        with contextlib.ExitStack() as stack:
+            return _fit(cfg, info, device, stack, data_from_run)
     finally:
         D.cleanup(info)
 
 
-def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResult:
+def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contextlib.ExitStack,
+         data_from_run: bool) -> TrainResult:
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
-    spec, recipe, run, run_dir, ckpt = _resolve_run(cfg)
+    spec, recipe, run, resume_dir, ckpt = _resolve_run(cfg)
     if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
         torch.backends.cudnn.benchmark = True
-    run_dir = Path(D.broadcast_object(str(run_dir), info))
+    if resume_dir is None and cfg.out_dir is not None:  # a refused --out fails before the data is loaded
+        _decided_on_rank0(info, lambda: check_new_run_dir(cfg.out_dir))  # type: ignore[arg-type]
     seed = int(run["seed"])
     B = recipe.batch_size
     if B % info.world_size:
         raise TrainingError(f"batch size {B} does not split over {info.world_size} ranks; use a multiple")
 
-    _fetch_data_once(cfg, info)
+    try:
+        _fetch_data_once(cfg, info)
+    except DataError as exc:
+        if not data_from_run:
+            raise
+        raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
+                        "--data-dir if the data has moved)") from None
     splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed)
     train = DeviceSplit.from_split(splits.train, device)
     test = DeviceSplit.from_split(splits.test, device)
@@ -415,7 +602,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
     step_fn = TrainStep(net, optimizer, autocast_dtype)
     mean = torch.tensor(spec.mean, device=device)
     std = torch.tensor(spec.std, device=device)
@@ -426,14 +613,24 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     local_n = B // info.world_size
     local_n_t = torch.tensor(float(local_n), device=device, dtype=torch.float64)  # made once: no copy per step
 
+    def claim() -> str:
+        path = resume_dir if resume_dir is not None else claim_run_dir(cfg.out_dir, spec.name)
+        stack.enter_context(_run_lock(path))
+        return str(path)
+
+    # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
+    run_dir = Path(_decided_on_rank0(info, claim))
     metrics_path = run_dir / METRICS_NAME
     rows: list[dict[str, Any]] = []
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             _write_json_atomic(run_dir / RECIPE_NAME, recipe.to_dict())
-            _write_json_atomic(run_dir / RUN_NAME, {**run, "world_size": info.world_size,
-                                                    "torch_version": torch.__version__})
+            _write_json_atomic(run_dir / RUN_NAME, {
+                **run, "world_size": info.world_size, "torch_version": torch.__version__,
+                # how it ran, so that `--resume DIR` alone continues it the same way
+                "data_dir": _data_root(cfg.data_dir), "download": cfg.download, "device": cfg.device,
+                "compile": cfg.compile,
+            })
             metrics_path.write_text("")
         else:  # drop rows of epochs the checkpoint does not include (written, then killed)
             rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
@@ -445,9 +642,11 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
         kept = (f"The last good checkpoint ({saved['at']}) is kept in {str(run_dir)!r}. " if saved
                 else "No checkpoint had been written yet. ")
+        retry = retry_command(spec, recipe, run, cfg, lr=recipe.lr / 2)
         return TrainingError(
             f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
-            "Lower --lr, add warm-up (--set warmup_fraction=0.1) or use --set precision=fp32"
+            f"Lower --lr: start again with half of it, `{retry}` (or add warm-up, --set warmup_fraction=0.1, "
+            "or --set precision=fp32 to that command)"
         )
 
     def checkpoint(epoch: int, step: int, epoch_sums: list[float]) -> None:
@@ -519,8 +718,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                         checkpoint(epoch, done, shown[:3])
                         raise TrainingInterrupted(
                             f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
-                            f"checkpoint saved in {str(run_dir)!r}. Continue with: aperture train --resume "
-                            f"{run_dir}", run_dir, stop.signum or signal.SIGTERM)
+                            f"checkpoint saved in {str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, stop.signum or signal.SIGTERM)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_secs = time.perf_counter() - t_epoch
@@ -554,12 +752,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> TrainResul
                 raise TimeBudgetReached(
                     f"time budget of {cfg.time_budget_s:g}s reached after epoch {epoch + 1}/{recipe.epochs} "
                     f"(another epoch takes about {budget.slowest:.0f}s); checkpoint saved in {str(run_dir)!r}. "
-                    f"Continue with: aperture train --resume {run_dir}", run_dir, epoch + 1)
+                    f"Continue with: {resume_command(run_dir)}", run_dir, epoch + 1)
             if (halt or (stop.signum and not info.enabled)) and epoch + 1 < recipe.epochs:
                 signum = stop.signum or signal.SIGTERM
                 raise TrainingInterrupted(
                     f"interrupted by {_signame(signum)} after epoch {epoch + 1}; checkpoint saved in "
-                    f"{str(run_dir)!r}. Continue with: aperture train --resume {run_dir}", run_dir, signum)
+                    f"{str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, signum)
 
     if not last_test:  # resumed a run whose last epoch was already complete
         res = result_from_sums(evaluate_on(test), test.classes)

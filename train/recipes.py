@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aperture_zoo.errors import ApertureError
@@ -25,6 +25,13 @@ class Recipe:
 
     ``lr`` is the peak learning rate for the loss averaged over the (global) batch. Schedules are a
     pure function of the global step, so resuming needs no scheduler state.
+
+    ``lr`` is always the rate actually used. When ``reference_lr``/``reference_batch_size`` are set,
+    ``lr`` follows the linear scaling rule (Goyal et al. 2017): ``replace(batch_size=B)`` sets
+    ``lr = reference_lr * B / reference_batch_size``, so a smaller batch does not keep a peak rate
+    tuned for a larger one. An explicit ``lr`` wins and clears both (the rule no longer applies).
+    They are a record of where ``lr`` came from, not a setting: recipes that differ only in them
+    train identically and compare equal.
     """
 
     name: str = "custom"
@@ -51,9 +58,28 @@ class Recipe:
     sync_bn: bool = True            # SyncBatchNorm under multi-GPU DDP (CUDA only)
     eval_every: int = 1             # test every N epochs; the final epoch is always tested
     eval_batch_size: int = 1000
+    reference_lr: float | None = field(default=None, compare=False)       # lr tuned for ...
+    reference_batch_size: int | None = field(default=None, compare=False)  # ... this global batch
 
     def replace(self, **changes: Any) -> Recipe:
+        """A changed copy; a new ``batch_size`` without a new ``lr`` rescales ``lr`` (see the class)."""
+        if "lr" in changes:
+            changes.setdefault("reference_lr", None)
+            changes.setdefault("reference_batch_size", None)
+        elif "batch_size" in changes and self.reference_lr is not None and self.reference_batch_size:
+            changes["lr"] = scale_lr_for_batch(self.reference_lr, self.reference_batch_size, changes["batch_size"])
         return dataclasses.replace(self, **changes)
+
+    def differences(self, other: Recipe) -> list[str]:
+        """Names of the fields that make ``other`` train differently (the ``lr`` record excluded)."""
+        return [f.name for f in dataclasses.fields(self) if f.compare and getattr(self, f.name) != getattr(other, f.name)]
+
+    def lr_note(self) -> str | None:
+        """One line saying that ``lr`` was scaled with the batch size, or None when it was not."""
+        if self.reference_lr is None or self.reference_batch_size == self.batch_size:
+            return None
+        return (f"lr {self.lr:g}: the {self.name} recipe's {self.reference_lr:g} for batch "
+                f"{self.reference_batch_size}, scaled linearly to batch {self.batch_size} (--lr sets it instead)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +108,16 @@ class Recipe:
             (0 <= self.cutout <= 32, "cutout must be in 0..32"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be >= 1"),
+            ((self.reference_lr is None) == (self.reference_batch_size is None),
+             "reference_lr and reference_batch_size go together (set lr explicitly to drop both)"),
         ]
+        if self.reference_lr is not None and self.reference_batch_size is not None:
+            expected = scale_lr_for_batch(self.reference_lr, self.reference_batch_size, self.batch_size) \
+                if self.reference_lr > 0 and self.reference_batch_size >= 1 and self.batch_size >= 1 else None
+            if expected is None or abs(self.lr - expected) > 1e-9 * expected:
+                checks.append((False, f"lr {self.lr:g} does not follow its reference ({self.reference_lr:g} at batch "
+                                      f"{self.reference_batch_size}) at batch {self.batch_size}; change the batch "
+                                      "size with Recipe.replace or apply_overrides, or set lr explicitly"))
         bad = [msg for ok, msg in checks if not ok]
         if bad:
             raise RecipeError(f"invalid recipe {self.name!r}: {'; '.join(bad)}")
@@ -90,6 +125,15 @@ class Recipe:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+_RECORD = ("reference_lr", "reference_batch_size")  # provenance of lr, not settable with --set
+
+
+def scale_lr_for_batch(lr: float, batch_size: int, new_batch_size: int) -> float:
+    """The linear scaling rule: ``lr`` tuned for ``batch_size``, for a global batch of ``new_batch_size``.
+
+    Rounded to 12 significant digits so recipe.json shows 0.05, not 0.05000000000000000277.
+    """
+    return float(f"{lr * new_batch_size / batch_size:.12g}")
 
 # The report's Table 3: Adadelta at lr 0.1, batch 64, mixup, crop + flip, weight decay 5e-4,
 # 300 epochs, no schedule. The report does not state the mixup alpha; 1.0 is Zhang et al.'s CIFAR-10
@@ -108,12 +152,13 @@ TABLE1 = PAPER.replace(name="table1", epochs=20, batch_size=32, mixup_alpha=0.0,
 # (0.1 per 128), a one-cycle shape (linear warm-up over the first 1/6 = 5 of 30 epochs, linear decay to zero: the
 # decay-to-zero end is what makes the *final* epoch the good one), weight decay 5e-4 on weights only,
 # label smoothing 0.1, reflect-padded crop + flip + 8 px cutout, bf16 autocast, channels_last.
-# 30 epochs is 1/10 of the paper's 300.
+# 30 epochs is 1/10 of the paper's 300. Another --batch-size scales the lr by the same linear rule.
 FAST = Recipe(
     name="fast", epochs=30, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.9, nesterov=True,
     weight_decay=5e-4, decay_norm_and_bias=False, schedule="onecycle", warmup_fraction=1 / 6,
     final_lr_fraction=0.0, label_smoothing=0.1, crop_padding=4, pad_mode="reflect", flip=True,
     cutout=8, mixup_alpha=0.0, ema_decay=0.0, precision="auto", channels_last=True,
+    reference_lr=0.4, reference_batch_size=512,
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (FAST, PAPER, TABLE1)}
@@ -149,7 +194,11 @@ def _coerce(key: str, raw: str) -> Any:
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any] | list[str] | None) -> Recipe:
-    """``recipe`` with fields replaced; strings ``key=value`` (from ``--set``) are parsed by type."""
+    """``recipe`` with fields replaced; strings ``key=value`` (from ``--set``) are parsed by type.
+
+    Goes through ``Recipe.replace``, so a new ``batch_size`` scales ``lr`` unless ``lr`` is among the
+    overrides: ``aperture train --batch-size``, ``--set batch_size=`` and ``train-zoo`` agree.
+    """
     if not overrides:
         return recipe.validate()
     if isinstance(overrides, list):
@@ -168,8 +217,9 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any] | list[str] | None
 
 
 def _check_key(key: str) -> None:
-    if key not in _FIELDS or key == "name":
-        close = difflib.get_close_matches(key, _FIELDS, n=1)
+    if key not in _FIELDS or key == "name" or key in _RECORD:
+        settable = [k for k in _FIELDS if k != "name" and k not in _RECORD]
+        close = difflib.get_close_matches(key, settable, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        valid = ", ".join(k for k in _FIELDS if k != "name")
+        valid = ", ".join(settable)
         raise RecipeError(f"unknown recipe field {key!r}.{hint} Valid fields: {valid}")

@@ -81,8 +81,7 @@ def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
         return
     saved = load_run_recipe(run_dir)
     if saved != recipe:
-        diff = ", ".join(f"{k} {v!r} (asked {getattr(recipe, k)!r})"
-                         for k, v in saved.to_dict().items() if getattr(recipe, k) != v)
+        diff = ", ".join(f"{k} {getattr(saved, k)!r} (asked {getattr(recipe, k)!r})" for k in saved.differences(recipe))
         raise ZooError(
             f"{str(run_dir)!r} holds a run with another recipe: {diff}. Use another --runs-dir, or "
             "remove that folder to retrain it"
@@ -163,8 +162,8 @@ def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     model = load_weights(name, weights).eval()
     result = export_model(model, run_dir / "onnx", weights_sha256=file_sha256(weights), provider=cfg.provider,
                           data_dir=cfg.data_dir, max_val_images=1000)
-    out = {"files": [p.name for p in result.files], "passed": result.passed,
-           "reports": [r.to_dict() for r in result.reports]}
+    out = {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
+           "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
     (run_dir / "export.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
 

@@ -64,6 +64,18 @@ def _parse_batch(batch: str) -> int | None:
     return int(batch)
 
 
+def _test_set_line(report: Any) -> str | None:
+    """How many test images the figures rest on, and how precise they are (one standard error)."""
+    if not report.test_images_total:
+        return None
+    c = report.comparisons[-1]
+    n, total = c.num_images, report.test_images_total
+    sample = f"all {n:,}" if n >= total else f"a stratified {n:,} of {total:,} (--max-val-images all for every one)"
+    drop = "" if c.top1_drop is None else f", top-1 drop {c.top1_drop:.2f} ± {c.top1_drop_se:.2f} points"
+    return (f"test images: {sample}; agreement {c.agreement:.2f} ± {c.agreement_se:.2f} %, ONNX top-1 "
+            f"{c.onnx_top1:.2f} ± {c.onnx_top1_se:.2f} %{drop} (± one binomial standard error)")
+
+
 def _report_table(report: Any) -> Any:
     from rich.table import Table
 
@@ -107,39 +119,50 @@ def export_cmd(
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, default) or legacy (TorchScript fallback)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Compare every file against PyTorch."),
     calibration_images: int = typer.Option(512, "--calibration-images", help="Training images for int8 calibration (stratified)."),
-    max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on a stratified subset of the test set."),
+    max_val_images: str = typer.Option("2000", "--max-val-images", help="Test images to validate on: a stratified sample "
+                                       "(default 2000, each rate shown with its standard error), or 'all' for all 10,000."),
     json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
-    """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch."""
+    """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
+
+    A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
+    """
     with user_errors():
         from aperture_zoo.export.errors import ExportError
-        from aperture_zoo.export.pipeline import export_model
+        from aperture_zoo.export.pipeline import export_model, parse_max_val_images
+        from aperture_zoo.export.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS
 
         if not onnx:
             raise ExportError("ONNX is the only export format; add --onnx")
         if provider not in PROVIDERS:
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+        val_images = parse_max_val_images(max_val_images)
         model, sha = _load_model(name, weights, pretrained, random_init)
         data = _auto_data_dir(data_dir)
-        with err_console.status("exporting") as status:
+        with ConsoleProgress(err_console) as progress:
             result = export_model(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
                 exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
-                provider=provider, run_validation=validate, max_val_images=max_val_images,  # type: ignore[arg-type]
-                progress=lambda msg: status.update(msg),
+                provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
+                progress=progress,
             )
     if json_out:
         print_json([r.to_dict() for r in result.reports] if validate else [str(f) for f in result.files])
     else:
         for report in result.reports:
             console.print(_report_table(report))
+            if _test_set_line(report):
+                console.print(_test_set_line(report), highlight=False, soft_wrap=True)
             for failure in report.failures:
                 err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
         for path in result.files:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         for path in result.report_files:
             console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        for path in result.failed_files:
+            err_console.print(f"[bold red]failed validation:[/] kept as {path} so that it is not taken for a good "
+                              "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")
         elif data is None:
@@ -180,7 +203,8 @@ def bench_cmd(
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
-    variants: str = typer.Option("all", "--variants", help="Comma-separated subset of the runtimes, or 'all'."),
+    variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),

@@ -43,28 +43,37 @@ def train_cmd(
     name: Optional[str] = typer.Argument(None, help="Model name (see `aperture list`); optional with --resume."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), paper or table1."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Global batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", help="Global batch size. The lr scales linearly with it (fast: 0.4 per 512, "
+        "so 0.05 at 64) unless --lr is given; recipe.json records both."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (wins over the batch-size scaling)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", "--wd"),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing"),
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Mixup alpha (0 = off)."),
     cutout: Optional[int] = typer.Option(None, "--cutout", help="Cutout square side in pixels (0 = off)."),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (0 = off)."),
-    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_fraction=0.1 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_fraction=0.1 (repeatable); "
+                                   "--set batch_size=N scales the lr like --batch-size."),
     arch: list[str] = typer.Option([], "--arch", help="Derive the model: --arch channels=32,64,128,256."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
-                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo)."),
-    download: bool = typer.Option(True, "--download/--no-download",
-                                  help="Download CIFAR-10 (MD5-checked) if it is not found."),
+                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo; on --resume, "
+                                            "the run's own)."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download",
+                                            help="Download CIFAR-10 (MD5-checked) if it is not found "
+                                            "(default: download; on --resume, as the run was started)."),
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset of N images."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
     val_split: Optional[float] = typer.Option(None, "--val-split",
                                               help="Hold out N (or a fraction) of train, stratified."),
-    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME-TIME)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cuda or cpu; on --resume, "
+                                         "as the run was started."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                            help="torch.compile the model (default off; on --resume, as started)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="A new or empty run directory (default: a fresh "
+                                       "runs/NAME-TIME)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory, with the "
+                                          "options it was started with."),
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="Seconds this call may train: stops at an epoch boundary, checkpointed, "
         "before an epoch that would not fit (resume later with --resume)."),
@@ -98,6 +107,9 @@ def train_cmd(
         )
         if cfg.model is None and resume is None:
             raise typer.BadParameter("give a model name, e.g. `aperture train resnet22`, or --resume RUN_DIR")
+        note = chosen.lr_note() if chosen is not None and resume is None else None
+        if note and _is_main_rank():
+            err_console.print(note, highlight=False, soft_wrap=True)
         try:
             result = fit(cfg)
         except TrainingInterrupted as exc:
@@ -227,7 +239,8 @@ def train_zoo_cmd(
     runs_dir: Path = typer.Option(Path("runs/zoo"), "--runs-dir", help="One run directory per model, and the summary."),
     recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), paper or table1."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set cutout=0 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set cutout=0 (repeatable); "
+                                   "--set batch_size=N scales the lr linearly unless --set lr= is given."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
     download: bool = typer.Option(True, "--download/--no-download",
                                   help="Download CIFAR-10 (MD5-checked) if it is not found."),
@@ -251,6 +264,8 @@ def train_zoo_cmd(
 
     with user_errors():
         chosen = apply_overrides(apply_overrides(get_recipe(recipe), set_), {"epochs": epochs} if epochs else None)
+        if chosen.lr_note():
+            err_console.print(chosen.lr_note(), highlight=False, soft_wrap=True)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset,
                         test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
