@@ -20,11 +20,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ImageError, OnnxFileError
 from .runtime import Provider, check_onnx_path, create_session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
 
 @dataclass
 class Prediction:
@@ -47,9 +52,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def resize_bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's BILINEAR resize, always as a horizontal pass then a vertical pass.
+
+    Pillow's filter is exactly reproducible (fixed-point arithmetic), but recent Pillow versions
+    make one ``resize`` call run the vertical pass first when the height shrinks much more than
+    the width, which rounds differently. Fixing the order keeps ``aperture predict`` identical
+    across Pillow versions and to the browser demo (apps/web/preprocess.js ports both passes).
+    """
+    from PIL import Image
+
+    if img.size[0] != size[0]:
+        img = img.resize((size[0], img.size[1]), Image.Resampling.BILINEAR)
+    if img.size[1] != size[1]:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return img
+
+
 def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
-    """An image file as uint8 H x W x 3 at ``size`` (RGB), with notices for what was changed."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 H x W x 3 at ``size`` (RGB), with notices for what was changed.
+
+    The one preprocessing rule (the browser demo follows it too): decode; turn upright by the
+    EXIF orientation, as browsers do; ``convert("RGB")`` (alpha dropped, grey replicated, palette
+    expanded; no colour management); :func:`resize_bilinear` to ``size``; the model input is
+    these bytes / 255.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -58,12 +89,16 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
     try:
         with Image.open(path) as img:
             img.load()
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            if orientation in range(2, 9):
+                notices.append(f"turned upright (EXIF orientation {orientation})")
+                img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 notices.append(f"converted {img.mode} to RGB")
                 img = img.convert("RGB")
             if img.size != size:
                 notices.append(f"resized {img.size[0]}x{img.size[1]} to {size[0]}x{size[1]} (the model's input)")
-                img = img.resize(size, Image.Resampling.BILINEAR)
+                img = resize_bilinear(img, size)
             return np.asarray(img, dtype=np.uint8), notices
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(
