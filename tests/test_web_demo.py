@@ -43,15 +43,16 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser")
 
 
 def _unavailable(reason: str) -> None:
+    """Skip for a missing tool, except under CI, which must run every test here."""
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} — CI must run the browser tests (.ci/run installs Chromium and onnxruntime-web)")
-    pytest.skip(reason)
+        pytest.fail(f"{reason}; CI must run this test (.ci/run installs Chromium and onnxruntime-web)")
+    pytest.skip(f"{reason}; skipped")
 
 
 def _chromium() -> str:
     path = os.environ.get("APERTURE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if not path:
-        _unavailable("Chromium is not installed (apt-get install chromium), so the browser tests are skipped")
+        _unavailable("Chromium is not installed (apt-get install chromium)")
     return str(path)
 
 
@@ -95,9 +96,12 @@ def page(server: DemoServer) -> Iterator[Any]:
         demo.check_web_runtime(WEB)
     except DemoError as exc:
         _unavailable(str(exc))
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
     errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True)
         pg = browser.new_page(viewport={"width": 1100, "height": 720})
         pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -380,7 +384,7 @@ def test_preprocess_js_resizes_exactly_like_load_image(tmp_path: Path) -> None:
     """apps/web/preprocess.js against resize_bilinear, bit for bit, on many shapes (node, no browser)."""
     node = shutil.which("node")
     if node is None:
-        _unavailable("node is not installed, so preprocess.js is not checked outside the browser")
+        _unavailable("node is not installed, so preprocess.js cannot be checked outside the browser")
     rng = np.random.default_rng(0)
     sizes = [(7, 300), (300, 7), (1, 1), (1, 500), (500, 1), (33, 32), (32, 33), (640, 480), (31, 31)]
     sizes += [(int(w), int(h)) for w, h in rng.integers(1, 260, (40, 2))]
