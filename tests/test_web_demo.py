@@ -90,8 +90,9 @@ def server(models_dir: Path) -> Iterator[DemoServer]:
 
 
 @pytest.fixture(scope="module")
-def page(server: DemoServer) -> Iterator[Any]:
-    chromium = _chromium()
+def browser_type() -> Iterator[Any]:
+    """Playwright's Chromium launcher, set up to start Debian's Chromium (nothing is downloaded)."""
+    _chromium()
     try:
         demo.check_web_runtime(WEB)
     except DemoError as exc:
@@ -100,15 +101,22 @@ def page(server: DemoServer) -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        yield pw.chromium
+
+
+@pytest.fixture(scope="module")
+def page(browser_type: Any, server: DemoServer) -> Iterator[Any]:
+    errors: list[str] = []
+    browser = browser_type.launch(executable_path=_chromium(), headless=True)
+    try:
         pg = browser.new_page(viewport={"width": 1100, "height": 720})
         pg.on("pageerror", lambda exc: errors.append(str(exc)))
         pg.goto(f"{server.url}?model=resnet10&ep=wasm")
         pg.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
         assert pg.evaluate("window.apertureDemo.state") == "ready", pg.evaluate("window.apertureDemo.error")
         yield pg
+    finally:
         browser.close()
     assert not errors, f"uncaught errors on the page: {errors}"
 
@@ -228,6 +236,29 @@ def test_screenshot(page: Any) -> None:
     with Image.open(shot) as img:
         assert img.size[0] >= 1000 and img.size[1] >= 500
     print(f"screenshot: {shot}")
+
+
+WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]
+
+
+def test_webgpu_path_matches_onnx_classifier(browser_type: Any, server: DemoServer, images: dict[str, Path],
+                                             classifier: OnnxClassifier) -> None:
+    """The WebGPU execution provider, on Chromium's software adapter (SwiftShader) where it has one."""
+    browser = browser_type.launch(executable_path=_chromium(), headless=True, args=WEBGPU_FLAGS)
+    try:
+        gpu_page = browser.new_page()
+        gpu_page.goto(f"{server.url}?model=resnet10&ep=webgpu")
+        gpu_page.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
+        if gpu_page.evaluate("window.apertureDemo.ep") != "webgpu":
+            assert "WebGPU" in gpu_page.inner_text("#runtime")  # the page says why it uses WebAssembly
+            pytest.skip("this Chromium offers no WebGPU adapter, not even a software one")
+        assert "WebGPU" in gpu_page.inner_text("#runtime")
+        for key in ("wide", "grey"):
+            result = _upload(gpu_page, images[key])
+            assert result["state"] == "done" and result["last"]["ep"] == "webgpu", result["error"]
+            _assert_same_as_python(result["last"], images[key], classifier)
+    finally:
+        browser.close()
 
 
 # ---------------------------------------------------------------- the server and its preparation

@@ -17,6 +17,7 @@ const $ = (id) => document.getElementById(id);
 
 let ort = null;
 let ep = "wasm";
+let epNote = "";            // why WebGPU was asked for but is not used
 let threads = 1;
 let manifest = [];
 let current = null;         // { entry, session }
@@ -78,9 +79,7 @@ async function loadRuntime() {
       gpu = false;
     }
   }
-  if (want === "webgpu" && !gpu) {
-    showMessage("This browser offers no WebGPU adapter; using WebAssembly instead.", "info");
-  }
+  if (want === "webgpu" && !gpu) epNote = "this browser offers no WebGPU adapter";
   const file = gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs";
   try {
     ort = await import(ORT_DIR + file);
@@ -97,7 +96,7 @@ async function loadRuntime() {
 
 function runtimeLabel() {
   const name = ep === "webgpu" ? "WebGPU" : `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}`;
-  return `onnxruntime-web ${ort.env.versions.common} · ${name}`;
+  return `onnxruntime-web ${ort.env.versions.common} · ${name}${ep === "wasm" && epNote ? ` (${epNote})` : ""}`;
 }
 
 async function loadManifest() {
@@ -152,6 +151,7 @@ async function createSession(entry) {
       return await ort.InferenceSession.create(url, { executionProviders: ["webgpu"] });
     } catch (err) {
       console.warn(`WebGPU session failed (${err.message}); falling back to WebAssembly`);
+      epNote = "WebGPU failed, see the console";
       ep = "wasm";
     }
   }
