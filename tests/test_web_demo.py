@@ -134,6 +134,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "grey": (frog.convert("L").resize((64, 48), Image.Resampling.BICUBIC), "grey.png"),
         "small": (dog.resize((20, 13), Image.Resampling.BICUBIC), "small.png"),         # upscaled
         "jpeg": (ship.resize((80, 80), Image.Resampling.BICUBIC), "photo.jpg"),
+        "palette": (Image.open(WEB / "gallery" / "horse_1.png").quantize(64), "palette.png"),  # mode P
     }
     out = {}
     for key, (img, name) in files.items():
@@ -185,7 +186,7 @@ def test_page_lists_the_zoo_and_says_which_models_have_no_weights(page: Any) -> 
     assert "WebAssembly" in page.inner_text("#runtime")
 
 
-@pytest.mark.parametrize("key", ["wide", "tall", "grey", "small", "jpeg", "translucent", "rotated"])
+@pytest.mark.parametrize("key", ["wide", "tall", "grey", "small", "jpeg", "palette", "translucent", "rotated"])
 def test_page_matches_onnx_classifier(page: Any, images: dict[str, Path], classifier: OnnxClassifier, key: str) -> None:
     result = _upload(page, images[key])
     assert result["state"] == "done", result["error"]
@@ -197,7 +198,7 @@ def test_page_matches_onnx_classifier(page: Any, images: dict[str, Path], classi
 
 def test_the_comparisons_are_not_vacuous(images: dict[str, Path], classifier: OnnxClassifier) -> None:
     # a 1e-4 agreement means something only if the images get clearly different, peaked answers
-    keys = ("wide", "tall", "grey", "small", "jpeg", "translucent", "rotated")
+    keys = ("wide", "tall", "grey", "small", "jpeg", "palette", "translucent", "rotated")
     probs = classifier.predict_proba(np.stack([load_image(images[k])[0] for k in keys]))
     assert probs.max(axis=1).min() > 0.2
     spread = np.abs(probs[:, None, :] - probs[None, :, :]).max(axis=2)
