@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test zoo clean
+.PHONY: install run test zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".
 zoo: $(STAMP)
 	$(VENV)/bin/aperture train-zoo $(ZOO_ARGS)
+
+# The browser demo (apps/web): installs the pinned onnxruntime-web once (npm ci), exports the
+# models with published weights to ONNX once, and serves the page on http://127.0.0.1:8000/.
+# DEMO_ARGS passes options, e.g. make demo DEMO_ARGS="--port 8080 resnet22".
+demo: $(STAMP)
+	test -d apps/web/node_modules/onnxruntime-web || npm ci --prefix apps/web --ignore-scripts --no-audit --no-fund
+	$(VENV)/bin/aperture demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

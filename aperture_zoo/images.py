@@ -1,10 +1,12 @@
 """The one image rule shared by every inference path: files -> uint8 RGB at the model's size.
 
-PyTorch (``aperture_zoo.preprocess``), ONNX (``OnnxClassifier``) and the web demo all decode an
-image the same way, so a picture gets the same prediction whichever runtime classifies it:
-any mode becomes RGB (pillow's ``convert``), any size becomes 32x32 with pillow's bilinear
-resampling (the aspect ratio is not kept: CIFAR-10 images are square), and pixels are then
-scaled to [0, 1]. Only numpy and pillow: the ONNX path imports this without torch.
+PyTorch (``aperture_zoo.preprocess``), ONNX (``OnnxClassifier``) and the web demo
+(``apps/web/preprocess.js``, a bit-exact port) all decode an image the same way, so a picture gets
+the same prediction whichever runtime classifies it: decode; turn upright by the EXIF orientation,
+as browsers do; ``convert("RGB")`` (alpha dropped, grey replicated, palette expanded; no colour
+management); :func:`resize_bilinear` to 32x32 (the aspect ratio is not kept: CIFAR-10 images are
+square); the model input is these bytes / 255. Only numpy and pillow: the ONNX path imports this
+without torch.
 """
 
 from __future__ import annotations
@@ -39,16 +41,40 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
         ) from None
 
 
-def fit_image(img: "object", size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
-    """A decoded pillow image as uint8 H x W x 3 RGB at ``size``, with notices for what was changed."""
+_EXIF_ORIENTATION = 0x0112
+
+
+def resize_bilinear(img: "object", size: tuple[int, int]) -> "object":
+    """Pillow's BILINEAR resize, always as a horizontal pass then a vertical pass.
+
+    Pillow's filter is exactly reproducible (fixed-point arithmetic), but recent Pillow versions
+    make one ``resize`` call run the vertical pass first when the height shrinks much more than
+    the width, which rounds differently. Fixing the order keeps predictions identical across
+    Pillow versions and to the browser demo, which ports both passes.
+    """
     from PIL import Image
 
+    if img.size[0] != size[0]:  # type: ignore[attr-defined]
+        img = img.resize((size[0], img.size[1]), Image.Resampling.BILINEAR)  # type: ignore[attr-defined]
+    if img.size[1] != size[1]:  # type: ignore[attr-defined]
+        img = img.resize(size, Image.Resampling.BILINEAR)  # type: ignore[attr-defined]
+    return img
+
+
+def fit_image(img: "object", size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
+    """A decoded pillow image as uint8 H x W x 3 RGB at ``size``, with notices for what was changed."""
+    from PIL import ImageOps
+
     notices = []
+    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)  # type: ignore[attr-defined]
+    if orientation in range(2, 9):
+        notices.append(f"turned upright (EXIF orientation {orientation})")
+        img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":  # type: ignore[attr-defined]
         notices.append(f"converted {img.mode} to RGB")  # type: ignore[attr-defined]
         img = img.convert("RGB")  # type: ignore[attr-defined]
     if img.size != size:  # type: ignore[attr-defined]
         w, h = img.size  # type: ignore[attr-defined]
         notices.append(f"resized {w}x{h} to {size[0]}x{size[1]} (the model's input)")
-        img = img.resize(size, Image.Resampling.BILINEAR)  # type: ignore[attr-defined]
+        img = resize_bilinear(img, size)
     return np.asarray(img, dtype=np.uint8), notices

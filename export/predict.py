@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aperture_zoo.images import ImageError, load_image
+from aperture_zoo.images import ImageError, load_image, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
 from .errors import OnnxFileError
 from .runtime import Provider, check_onnx_path, create_session

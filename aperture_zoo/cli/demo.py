@@ -1,0 +1,46 @@
+"""`aperture demo`: export the published models to ONNX (once) and serve the browser demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import console, err_console, user_errors
+
+
+@app.command("demo")
+def demo_cmd(
+    models: list[str] | None = typer.Argument(None, help="Models to offer (default: every one with published weights)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on; 0 picks a free one."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Folder for the exported ONNX files (default: apps/web/models)."),
+    web_dir: Path | None = typer.Option(None, "--web-dir", help="The page's folder (default: apps/web of this checkout)."),
+) -> None:
+    """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
+    with user_errors():
+        from aperture_zoo.demo import DemoServer, check_web_runtime, default_models_dir, prepare_models
+        from aperture_zoo.demo import web_dir as find_web_dir
+
+        web = web_dir.resolve() if web_dir else find_web_dir()
+        check_web_runtime(web)
+        out = models_dir or default_models_dir(web)
+        server = DemoServer(web, out, host=host, port=port)  # a busy port fails before any export
+        try:
+            with err_console.status("preparing models") as status:
+                entries = prepare_models(out, models or None, progress=lambda m: status.update(m))
+        except BaseException:
+            server.close()
+            raise
+    offered = [e.name for e in entries if e.available]
+    missing = [e.name for e in entries if not e.available and e.reason == "no published weights"]
+    console.print(f"models: {', '.join(offered)}", highlight=False)
+    if missing:
+        err_console.print(f"[yellow]no published weights (not offered):[/] {', '.join(missing)}", highlight=False)
+    with server:
+        console.print(f"Serving the aperture_zoo demo at [bold]{server.url}[/] (Ctrl-C to stop)", highlight=False)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            console.print("stopped")

@@ -1,0 +1,280 @@
+"""The browser demo (apps/web/): export the zoo's published models to ONNX, then serve the page.
+
+The page runs the exported files with onnxruntime-web entirely in the browser; this module only
+prepares files and serves them statically. It is kept apart from the CLI (`aperture demo`) so
+tests drive the same code:
+
+    entries = prepare_models(models_dir)            # export what has published weights, once
+    with DemoServer(web_dir(), models_dir) as srv:  # 127.0.0.1, a free port with port=0
+        print(srv.url)
+
+``models.json`` beside the ONNX files tells the page every registered model, which ones it can
+run, and why the others cannot (no published weights).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .errors import ApertureError
+from .registry import get_spec, list_models
+
+MANIFEST = "models.json"
+MANIFEST_FORMAT = "aperture_zoo.web/1"
+ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
+ORT_CHECKSUMS = "ort-dist.sha256"
+NO_WEIGHTS = "no published weights"
+
+
+class DemoError(ApertureError, RuntimeError):
+    """The demo cannot be prepared or served as asked (missing page, runtime, weights, port)."""
+
+
+@dataclass
+class DemoModel:
+    """One row of ``models.json``: what the page shows in its model menu."""
+
+    name: str
+    params: int
+    available: bool
+    file: str | None = None             # ONNX file name inside the models folder
+    bytes: int | None = None
+    weights_sha256: str | None = None
+    top1: float | None = None           # CIFAR-10 test top-1 % recorded with the weights
+    reason: str | None = None           # why it is not available
+    labels: list[str] | None = None
+    input_size: list[int] | None = None
+
+
+def web_dir() -> Path:
+    """``apps/web`` of the source checkout this package runs from (the page is not in the wheel)."""
+    path = Path(__file__).resolve().parent.parent / "apps" / "web"
+    if not (path / "index.html").is_file():
+        raise DemoError(
+            f"the web demo is not at {path}: it ships with the source repository, not the wheel; "
+            "run `aperture demo` from a clone (pip install -e .) or pass --web-dir"
+        )
+    return path
+
+
+def check_web_runtime(web: Path) -> Path:
+    """The onnxruntime-web ``dist`` folder the page loads, checked against the pinned SHA-256s.
+
+    ``npm ci`` already verifies the package tarball against package-lock.json; this checks the
+    files actually served, so a hand-edited or partly installed node_modules is caught too.
+    """
+    dist = web / ORT_DIST
+    fix = f"run `npm ci --prefix {web}` (or `make demo`)"
+    sums = web / ORT_CHECKSUMS
+    if not dist.is_dir():
+        raise DemoError(f"onnxruntime-web is not installed in {dist.parent}: {fix}")
+    for line in sums.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        want, name = line.split(maxsplit=1)
+        path = web / name.lstrip("*")
+        if not path.is_file():
+            raise DemoError(f"{path} is missing from the onnxruntime-web install: {fix}")
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != want:
+            raise DemoError(
+                f"{path} has SHA-256 {got}, not the pinned {want}: the installed onnxruntime-web "
+                f"is not the version in package-lock.json; {fix}"
+            )
+    return dist
+
+
+def published_weights(name: str) -> Path | None:
+    """The weights ``load(name, pretrained=True)`` would use, found without the network, or None."""
+    from .pretrained import NoPretrainedWeightsError, resolve_weights
+
+    try:
+        return resolve_weights(name, download=False)
+    except NoPretrainedWeightsError:
+        return None
+
+
+def _read_manifest(models_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads((models_dir / MANIFEST).read_text())
+        return {m["name"]: m for m in data["models"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoModel]) -> Path:
+    """Write ``models.json`` (atomically: the page may be reading it)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]}, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,
+                    *, validate: bool = True, exporter: str = "dynamo") -> DemoModel:
+    """Export one model to ``<models_dir>/<name>.onnx`` and describe it for the page.
+
+    Written to a temporary folder and moved into place, so the server never serves half a file.
+    """
+    from .export.pipeline import export_model
+
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    name = model.spec.name
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
+        result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
+                              provider="cpu", run_validation=validate)
+        if not result.passed:
+            failures = "; ".join(f for r in result.reports for f in r.failures)
+            raise DemoError(f"the ONNX export of {name} does not match PyTorch ({failures}); "
+                            f"run `aperture export {name} --onnx --pretrained` to see the report")
+        target = models_dir / f"{name}.onnx"
+        os.replace(result.files[0], target)
+    spec = model.spec
+    return DemoModel(
+        name=name, params=sum(p.numel() for p in model.parameters()), available=True, file=target.name,
+        bytes=target.stat().st_size, weights_sha256=weights_sha256, labels=list(spec.label_names),
+        input_size=list(spec.input_size),
+    )
+
+
+def prepare_models(
+    models_dir: str | os.PathLike[str],
+    names: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[DemoModel]:
+    """Export every model with published weights (``names``: a subset) and write ``models.json``.
+
+    An ONNX file is reused while the weights it came from are unchanged (same SHA-256), so only
+    the first run pays for the exports. Models without published weights are listed as such.
+    """
+    from .summary import parameter_count
+    from .weights import decode_metadata, file_sha256, read_metadata
+
+    say = progress or (lambda _msg: None)
+    models_dir = Path(models_dir)
+    wanted = list(names) if names is not None else list_models()
+    for name in wanted:
+        get_spec(name)  # unknown names fail here, with suggestions
+    previous = _read_manifest(models_dir)
+    entries = []
+    for name in list_models():
+        spec = get_spec(name)
+        weights = published_weights(name) if name in wanted else None
+        if weights is None:
+            reason = NO_WEIGHTS if name in wanted else "not selected for this demo"
+            entries.append(DemoModel(name=name, params=parameter_count(name), available=False, reason=reason))
+            continue
+        sha = file_sha256(weights)
+        top1 = decode_metadata(read_metadata(weights)).get("test_top1")
+        old = previous.get(name)
+        onnx_file = models_dir / f"{name}.onnx"
+        if old and old.get("available") and old.get("weights_sha256") == sha and onnx_file.is_file():
+            say(f"{name}: up to date ({onnx_file})")
+            known = {f.name for f in fields(DemoModel)}
+            entry = DemoModel(**{k: v for k, v in old.items() if k in known})
+            entry.bytes, entry.top1 = onnx_file.stat().st_size, top1
+        else:
+            from .pretrained import load
+
+            say(f"{name}: exporting to ONNX (once; later runs reuse it)")
+            entry = export_for_demo(load(name, weights=weights), models_dir, sha)
+            entry.top1 = top1
+        entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)
+        entries.append(entry)
+    write_manifest(models_dir, entries)
+    return entries
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files with the headers the page needs; ``/models/`` comes from the models folder."""
+
+    models_dir: Path | None = None
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                      ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream",
+                      ".json": "application/json"}
+
+    def translate_path(self, path: str) -> str:
+        if self.models_dir is not None and (path == "/models" or path.startswith(("/models/", "/models?"))):
+            root = self.directory
+            self.directory = str(self.models_dir)
+            try:
+                return super().translate_path(path[len("/models"):] or "/")
+            finally:
+                self.directory = root
+        return super().translate_path(path)
+
+    def end_headers(self) -> None:
+        # Cross-origin isolation lets onnxruntime-web use its multi-threaded WebAssembly build.
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-cache")  # a re-exported model is picked up on reload
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class DemoServer:
+    """The static server of the demo, on a background thread; use as a context manager."""
+
+    def __init__(self, web: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None,
+                 host: str = "127.0.0.1", port: int = 8000) -> None:
+        web = Path(web)
+        handler = type("Handler", (_Handler,), {"models_dir": Path(models_dir) if models_dir else None})
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(web)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DemoError(f"port {port} on {host} is already in use (another `aperture demo`?); "
+                                "pass --port N with a free port, or --port 0 to pick one") from None
+            raise DemoError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --host or --port") from None
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}/"
+
+    def start(self) -> DemoServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="aperture-demo", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join()
+        self.httpd.server_close()
+
+    def __enter__(self) -> DemoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_models_dir(web: Path) -> Path:
+    """Where `aperture demo` keeps its exports: ``apps/web/models`` (git-ignored)."""
+    return web / "models"

@@ -1,0 +1,426 @@
+// The demo page: pick a model, give it an image, see the top-3 classes. Everything runs here,
+// with onnxruntime-web loaded from node_modules/ (pinned in package-lock.json; no CDN).
+//
+// URL parameters: ?model=resnet22 (initial model), ?ep=auto|wasm|webgpu (execution provider;
+// auto = WebGPU when the browser offers an adapter, else WebAssembly), ?threads=N (WebAssembly
+// threads; default: onnxruntime-web's choice).
+//
+// window.apertureDemo exposes the state and the last result (pixels, logits, probabilities,
+// time) so tests and benchmarks can read exactly what the page computed.
+
+import { hasTranslucency, resizeBilinearRGB, rgbaToRgb, softmax, toPixelValues } from "./preprocess.js";
+
+const ORT_DIR = "./node_modules/onnxruntime-web/dist/";
+const MAX_PIXELS = 64e6;
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+
+let ort = null;
+let ep = "wasm";
+let epNote = "";            // why WebGPU was asked for but is not used
+let threads = 1;
+let manifest = [];
+let current = null;         // { entry, session }
+const sessions = new Map(); // model name -> InferenceSession
+let lastInput = null;       // { blob, name, trueLabel } of the last image, re-run on a model change
+let queue = Promise.resolve();
+
+const demo = {
+  state: "loading",
+  runs: 0,
+  errors: 0,
+  model: null,
+  ep: null,
+  threads: null,
+  last: null,
+  error: null,
+  classify: (blob, name, trueLabel) => enqueue(() => classify(blob, name, trueLabel)),
+  selectModel: (name) => enqueue(() => selectModel(name)),
+  benchmark: (n) => enqueue(() => benchmark(n)),
+};
+window.apertureDemo = demo;
+
+function setState(state) {
+  demo.state = state;
+  document.body.dataset.state = state;
+}
+
+function enqueue(task) {
+  const run = queue.then(task);
+  queue = run.catch(() => {});
+  return run;
+}
+
+function showMessage(text, kind = "error") {
+  const el = $("message");
+  el.textContent = text;
+  el.className = kind;
+  el.hidden = false;
+}
+
+function clearMessage() {
+  $("message").hidden = true;
+}
+
+function fail(text) {
+  demo.error = text;
+  demo.errors += 1;
+  showMessage(text);
+  setState(current ? "error" : "failed");
+}
+
+async function loadRuntime() {
+  const want = params.get("ep") || "auto";
+  let gpu = false;
+  if (want !== "wasm" && navigator.gpu) {
+    try {
+      gpu = !!(await navigator.gpu.requestAdapter());
+    } catch {
+      gpu = false;
+    }
+  }
+  if (want === "webgpu" && !gpu) epNote = "this browser offers no WebGPU adapter";
+  const file = gpu ? "ort.webgpu.min.mjs" : "ort.wasm.min.mjs";
+  try {
+    ort = await import(ORT_DIR + file);
+  } catch (err) {
+    throw new Error(
+      `onnxruntime-web could not be loaded from ${ORT_DIR}${file} (${err.message}): install it with ` +
+      "`npm ci --prefix apps/web`, or start the page with `make demo`");
+  }
+  // Unset, onnxruntime-web picks min(4, cores / 2) threads when the page is cross-origin
+  // isolated (as `aperture demo` serves it) and 1 otherwise; on 2 cores, 1 is also the fastest.
+  if (Number(params.get("threads")) > 0) ort.env.wasm.numThreads = Number(params.get("threads"));
+  ep = gpu ? "webgpu" : "wasm";
+}
+
+function runtimeLabel() {
+  const name = ep === "webgpu" ? "WebGPU" : `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}`;
+  return `onnxruntime-web ${ort.env.versions.common} · ${name}${ep === "wasm" && epNote ? ` (${epNote})` : ""}`;
+}
+
+async function loadManifest() {
+  let response;
+  try {
+    response = await fetch("models/models.json", { cache: "no-cache" });
+  } catch (err) {
+    throw new Error(`models/models.json could not be fetched (${err.message}); serve the page with \`aperture demo\``);
+  }
+  if (!response.ok) {
+    throw new Error("no exported models here (models/models.json is missing): start the page with " +
+                    "`aperture demo`, which exports the models with published weights and serves them");
+  }
+  manifest = (await response.json()).models;
+  const select = $("model");
+  select.replaceChildren();
+  for (const m of manifest) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    const size = m.params ? ` · ${(m.params / 1e6).toFixed(2)} M params` : "";
+    const acc = m.top1 != null ? ` · ${m.top1.toFixed(2)} % test top-1` : "";
+    option.textContent = m.available ? `${m.name}${size}${acc}` : `${m.name} — ${m.reason}`;
+    option.disabled = !m.available;
+    select.append(option);
+  }
+  const missing = manifest.filter((m) => !m.available && m.reason === "no published weights");
+  if (missing.length) {
+    $("unavailable").textContent =
+      `No published weights, so not in this demo: ${missing.map((m) => m.name).join(", ")} ` +
+      "(train one with `aperture train NAME`).";
+    $("unavailable").hidden = false;
+  }
+  const available = manifest.filter((m) => m.available);
+  if (!available.length) {
+    throw new Error("no model of the zoo has published weights yet, so there is nothing to run; " +
+                    "train one with `aperture train resnet22` and publish it");
+  }
+  select.disabled = false;
+  select.addEventListener("change", () => demo.selectModel(select.value));
+  const asked = params.get("model");
+  const pick = available.find((m) => m.name === asked) || available.find((m) => m.name === "resnet22") || available[0];
+  if (asked && pick.name !== asked) {
+    showMessage(`Model ${asked} is not available here; showing ${pick.name}.`, "info");
+  }
+  return pick.name;
+}
+
+async function createSession(entry) {
+  const url = `models/${entry.file}`;
+  if (ep === "webgpu") {
+    try {
+      return await ort.InferenceSession.create(url, { executionProviders: ["webgpu"] });
+    } catch (err) {
+      console.warn(`WebGPU session failed (${err.message}); falling back to WebAssembly`);
+      epNote = "WebGPU failed, see the console";
+      ep = "wasm";
+    }
+  }
+  const session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  threads = ort.env.wasm.numThreads || 1; // settled when the WebAssembly backend started
+  return session;
+}
+
+async function selectModel(name) {
+  const entry = manifest.find((m) => m.name === name && m.available);
+  if (!entry) {
+    fail(`model ${name} is not available in this demo; choose one of the enabled models`);
+    return;
+  }
+  setState("loading");
+  $("model").value = name;
+  $("model").disabled = true;
+  const mb = entry.bytes ? ` (${(entry.bytes / 1e6).toFixed(1)} MB)` : "";
+  showMessage(`Loading ${name}${mb}…`, "info");
+  try {
+    let session = sessions.get(name);
+    if (!session) {
+      session = await createSession(entry);
+      const [h, w] = entry.input_size.slice(1);
+      const zeros = new ort.Tensor("float32", new Float32Array(3 * h * w), [1, 3, h, w]);
+      await session.run({ [session.inputNames[0]]: zeros }); // warm-up: shown times are steady-state
+      sessions.set(name, session);
+    }
+    current = { entry, session };
+  } catch (err) {
+    $("model").disabled = false;
+    fail(`model ${name} could not be loaded (${err.message}); re-export it by restarting \`aperture demo\``);
+    return;
+  }
+  $("model").disabled = false;
+  demo.model = name;
+  demo.ep = ep;
+  demo.threads = ep === "wasm" ? threads : null;
+  $("runtime").textContent = runtimeLabel();
+  clearMessage();
+  setState("ready");
+  if (lastInput) await classify(lastInput.blob, lastInput.name, lastInput.trueLabel);
+}
+
+let gl = null; // a WebGL context, only to read decoded pixels back exactly (false: none)
+
+// The decoded RGBA bytes exactly as stored, alpha not premultiplied, or null without WebGL.
+// A 2D canvas would premultiply alpha and lose the colour of translucent pixels.
+function readPixelsExact(bitmap) {
+  if (gl === null) {
+    const canvas = new OffscreenCanvas(1, 1);
+    gl = canvas.getContext("webgl2") || canvas.getContext("webgl") || false;
+  }
+  if (!gl) return null;
+  const max = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+  if (bitmap.width > max || bitmap.height > max) return null;
+  const texture = gl.createTexture();
+  const framebuffer = gl.createFramebuffer();
+  try {
+    gl.bindTexture(gl.TEXTURE_2D, texture);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_COLORSPACE_CONVERSION_WEBGL, gl.NONE);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, bitmap);
+    gl.bindFramebuffer(gl.FRAMEBUFFER, framebuffer);
+    gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, texture, 0);
+    if (gl.checkFramebufferStatus(gl.FRAMEBUFFER) !== gl.FRAMEBUFFER_COMPLETE) return null;
+    const rgba = new Uint8Array(bitmap.width * bitmap.height * 4);
+    gl.readPixels(0, 0, bitmap.width, bitmap.height, gl.RGBA, gl.UNSIGNED_BYTE, rgba);
+    return gl.getError() === gl.NO_ERROR ? rgba : null;
+  } finally {
+    gl.bindFramebuffer(gl.FRAMEBUFFER, null);
+    gl.deleteFramebuffer(framebuffer);
+    gl.deleteTexture(texture);
+  }
+}
+
+async function decode(blob) {
+  // colorSpaceConversion "none": pixels as stored (Pillow applies no ICC profile either); the
+  // browser turns the image upright by its EXIF orientation, as load_image does.
+  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const { width, height } = bitmap;
+  try {
+    if (width * height > MAX_PIXELS) {
+      throw new Error(`${width}×${height} is too large for this page; pick an image under 64 megapixels`);
+    }
+    const exact = readPixelsExact(bitmap);
+    if (exact) return { width, height, rgba: exact, exact: true };
+    const canvas = new OffscreenCanvas(width, height);
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
+    return { width, height, rgba: ctx.getImageData(0, 0, width, height).data, exact: false };
+  } finally {
+    bitmap.close();
+  }
+}
+
+async function classify(blob, name, trueLabel = null) {
+  if (!current) {
+    fail("no model is loaded yet; wait for the model menu, or reload the page");
+    return null;
+  }
+  setState("busy");
+  clearMessage();
+  let image;
+  try {
+    image = await decode(blob);
+  } catch (err) {
+    const why = err.name === "InvalidStateError" || err.name === "EncodingError" ? "the browser cannot decode it" : err.message;
+    fail(`"${name}" is not an image this page can read (${why}); choose a PNG, JPEG, GIF, BMP or WebP file`);
+    return null;
+  }
+  lastInput = { blob, name, trueLabel };
+  const { entry, session } = current;
+  const [h, w] = entry.input_size.slice(1);
+  const notices = [];
+  if (hasTranslucency(image.rgba)) {
+    notices.push(image.exact ? "alpha dropped (colours kept as stored)"
+                             : "alpha dropped; without WebGL, colours under translucent pixels are approximate");
+  }
+  if (image.width !== w || image.height !== h) {
+    notices.push(`resized ${image.width}×${image.height} to ${w}×${h} (the model's input)`);
+  }
+  const pixels = resizeBilinearRGB(rgbaToRgb(image.rgba), image.width, image.height, w, h);
+  const input = new ort.Tensor("float32", toPixelValues(pixels, w, h), [1, 3, h, w]);
+  let output;
+  const t0 = performance.now();
+  try {
+    output = await session.run({ [session.inputNames[0]]: input });
+  } catch (err) {
+    fail(`inference failed (${err.message}); reload the page, or choose another model`);
+    return null;
+  }
+  const ms = performance.now() - t0;
+  const logits = Array.from(output[session.outputNames[0]].data);
+  const probs = softmax(logits);
+  const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
+  const top = order.map(([p, i]) => ({ label: entry.labels[i], index: i, probability: p }));
+  demo.last = {
+    source: name, model: entry.name, width: image.width, height: image.height, pixels: Array.from(pixels),
+    logits, probs, top, ms, ep, threads: ep === "wasm" ? threads : null, notices,
+  };
+  render(demo.last, trueLabel, pixels, w, h);
+  demo.runs += 1;
+  demo.error = null;
+  setState("done");
+  return demo.last;
+}
+
+function render(result, trueLabel, pixels, w, h) {
+  $("result").hidden = false;
+  const preview = $("preview");
+  preview.width = w;
+  preview.height = h;
+  const rgba = new Uint8ClampedArray(w * h * 4);
+  for (let i = 0; i < w * h; i++) {
+    rgba.set(pixels.subarray(i * 3, i * 3 + 3), i * 4);
+    rgba[i * 4 + 3] = 255;
+  }
+  preview.getContext("2d").putImageData(new ImageData(rgba, w, h), 0, 0);
+  const truth = trueLabel ? ` — true label: ${trueLabel}${trueLabel === result.top[0].label ? " ✓" : " ✗"}` : "";
+  $("source").textContent = `${result.source}${truth}`;
+  $("notices").textContent = result.notices.join("; ");
+  const list = $("top");
+  list.replaceChildren();
+  for (const { label, probability } of result.top) {
+    const li = document.createElement("li");
+    li.dataset.label = label;
+    li.dataset.probability = String(probability);
+    const name = document.createElement("span");
+    name.className = "label";
+    name.textContent = label;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${(probability * 100).toFixed(2)}%`;
+    bar.append(fill);
+    const pct = document.createElement("span");
+    pct.className = "p";
+    pct.textContent = `${(probability * 100).toFixed(1)} %`;
+    li.append(name, bar, pct);
+    list.append(li);
+  }
+  $("timing").textContent = `Inference: ${result.ms.toFixed(2)} ms · ${result.model} · ${runtimeLabel()}`;
+}
+
+async function benchmark(n = 50) {
+  if (!current) throw new Error("no model loaded");
+  const { entry, session } = current;
+  const [h, w] = entry.input_size.slice(1);
+  const x = demo.last ? toPixelValues(Uint8Array.from(demo.last.pixels), w, h) : new Float32Array(3 * h * w);
+  const input = new ort.Tensor("float32", x, [1, 3, h, w]);
+  const feeds = { [session.inputNames[0]]: input };
+  await session.run(feeds);
+  const times = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await session.run(feeds);
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return { model: entry.name, ep, threads: ep === "wasm" ? threads : null, runs: n,
+           median_ms: times[Math.floor(n / 2)], min_ms: times[0], mean_ms: times.reduce((a, b) => a + b, 0) / n };
+}
+
+async function loadGallery() {
+  let items;
+  try {
+    const response = await fetch("gallery/gallery.json");
+    items = (await response.json()).images;
+  } catch {
+    return; // the page works without it
+  }
+  const gallery = $("gallery");
+  for (const item of items) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = item.label;
+    button.dataset.file = item.file;
+    const img = document.createElement("img");
+    img.src = `gallery/${item.file}`;
+    img.alt = `CIFAR-10 test image of a ${item.label}`;
+    button.append(img);
+    button.addEventListener("click", async () => {
+      const blob = await (await fetch(`gallery/${item.file}`)).blob();
+      demo.classify(blob, `gallery/${item.file}`, item.label);
+    });
+    gallery.append(button);
+  }
+}
+
+function wireInputs() {
+  const input = $("file");
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    if (file) demo.classify(file, file.name);
+    input.value = ""; // the same file can be chosen again
+  });
+  const drop = $("drop");
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") input.click();
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    window.addEventListener(type, (e) => {
+      e.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    window.addEventListener(type, () => drop.classList.remove("over"));
+  }
+  window.addEventListener("drop", (e) => {
+    e.preventDefault(); // a dropped file is classified, not opened in place of the page
+    const file = e.dataTransfer?.files?.[0];
+    if (file) demo.classify(file, file.name);
+  });
+}
+
+async function main() {
+  wireInputs();
+  const gallery = loadGallery();
+  try {
+    await loadRuntime();
+    const first = await loadManifest();
+    await gallery;
+    await demo.selectModel(first);
+  } catch (err) {
+    fail(err.message);
+  }
+}
+
+main();

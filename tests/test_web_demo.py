@@ -1,0 +1,453 @@
+"""The browser demo (apps/web): the page in headless Chromium against OnnxClassifier, and its server.
+
+The page must compute what ``aperture predict`` computes: the same 32x32 pixels (bit for bit) and
+the same probabilities (within 1e-4) for the same files. One Chromium page serves every browser
+test of the module; a random-weights resnet10 with a spread-out head stands in for trained
+weights, so no download or published weights are needed.
+
+The browser tests skip when Chromium or onnxruntime-web is missing, except under CI (``CI`` set),
+where .ci/run installs both and a skip would hide a broken setup.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from aperture_zoo import UnknownModelError, demo
+from aperture_zoo.cli import app
+from aperture_zoo.demo import DemoError, DemoModel, DemoServer
+from aperture_zoo.export.predict import OnnxClassifier, load_image, resize_bilinear
+from aperture_zoo.model import create_model
+
+REPO = Path(__file__).resolve().parent.parent
+WEB = REPO / "apps" / "web"
+ARTIFACTS = Path(os.environ.get("APERTURE_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip for a missing tool, except under CI, which must run every test here."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test (.ci/run installs Chromium and onnxruntime-web)")
+    pytest.skip(f"{reason}; skipped")
+
+
+def _chromium() -> str:
+    path = os.environ.get("APERTURE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    if not path:
+        _unavailable("Chromium is not installed (apt-get install chromium)")
+    return str(path)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = create_model("resnet10").eval()
+    with torch.no_grad():  # a spread-out head: probabilities far from uniform, so 1e-4 means something
+        net.fc.weight.normal_(0, 0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def models_dir(network: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("web-models")
+    entry = demo.export_for_demo(network, out, validate=False, exporter="legacy")
+    # what the page shows for a model without published weights
+    absent = DemoModel(name="resnet24", params=4_935_242, available=False, reason=demo.NO_WEIGHTS)
+    demo.write_manifest(out, [entry, absent])
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier(models_dir: Path) -> OnnxClassifier:
+    return OnnxClassifier(models_dir / "resnet10.onnx", provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[DemoServer]:
+    with DemoServer(WEB, models_dir, port=0) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser_type() -> Iterator[Any]:
+    """Playwright's Chromium launcher, set up to start Debian's Chromium (nothing is downloaded)."""
+    _chromium()
+    try:
+        demo.check_web_runtime(WEB)
+    except DemoError as exc:
+        _unavailable(str(exc))
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as pw:
+        yield pw.chromium
+
+
+@pytest.fixture(scope="module")
+def page(browser_type: Any, server: DemoServer) -> Iterator[Any]:
+    errors: list[str] = []
+    browser = browser_type.launch(executable_path=_chromium(), headless=True)
+    try:
+        pg = browser.new_page(viewport={"width": 1100, "height": 720})
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(f"{server.url}?model=resnet10&ep=wasm")
+        pg.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
+        assert pg.evaluate("window.apertureDemo.state") == "ready", pg.evaluate("window.apertureDemo.error")
+        yield pg
+    finally:
+        browser.close()
+    assert not errors, f"uncaught errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real CIFAR-10 test images from the gallery, in the shapes and modes people upload."""
+    folder = tmp_path_factory.mktemp("web-images")
+    dog = Image.open(WEB / "gallery" / "dog_1.png")
+    ship = Image.open(WEB / "gallery" / "ship_2.png")
+    frog = Image.open(WEB / "gallery" / "frog_1.png")
+    files = {
+        "wide": (dog.resize((97, 61), Image.Resampling.BICUBIC), "wide.png"),           # non-square, downscaled
+        "tall": (ship.resize((40, 150), Image.Resampling.BICUBIC), "tall.png"),         # height shrinks most
+        "grey": (frog.convert("L").resize((64, 48), Image.Resampling.BICUBIC), "grey.png"),
+        "small": (dog.resize((20, 13), Image.Resampling.BICUBIC), "small.png"),         # upscaled
+        "jpeg": (ship.resize((80, 80), Image.Resampling.BICUBIC), "photo.jpg"),
+        "palette": (Image.open(WEB / "gallery" / "horse_1.png").quantize(64), "palette.png"),  # mode P
+    }
+    out = {}
+    for key, (img, name) in files.items():
+        img.save(folder / name, quality=90) if name.endswith(".jpg") else img.save(folder / name)
+        out[key] = folder / name
+    rgba = np.asarray(frog.convert("RGBA")).copy()
+    rgba[..., 3] = np.linspace(0, 255, 32, dtype=np.uint8)[None, :]  # translucent, colour kept under alpha 0
+    Image.fromarray(rgba, "RGBA").save(folder / "translucent.png")
+    out["translucent"] = folder / "translucent.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": browsers and load_image both turn it upright
+    dog.resize((48, 36)).save(folder / "rotated.jpg", quality=95, exif=exif.tobytes())
+    out["rotated"] = folder / "rotated.jpg"
+    (folder / "notes.txt").write_text("not an image\n")
+    out["text"] = folder / "notes.txt"
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")
+    out["broken"] = folder / "broken.png"
+    return out
+
+
+def _upload(page: Any, path: Path) -> dict[str, Any]:
+    """Give the page a file through its file input; the state it ends in and its last result."""
+    before = page.evaluate("window.apertureDemo.runs + window.apertureDemo.errors")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function(f"window.apertureDemo.runs + window.apertureDemo.errors > {before}", timeout=60_000)
+    return page.evaluate("({state: window.apertureDemo.state, last: window.apertureDemo.last, error: window.apertureDemo.error})")
+
+
+def _assert_same_as_python(result: dict[str, Any], path: Path, classifier: OnnxClassifier) -> None:
+    pixels, _ = load_image(path)
+    page_pixels = np.asarray(result["pixels"], dtype=np.uint8).reshape(32, 32, 3)
+    np.testing.assert_array_equal(page_pixels, pixels, err_msg=f"{path.name}: the page's 32x32 input differs")
+    want = classifier.predict_proba(pixels)[0]
+    got = np.asarray(result["probs"])
+    assert int(np.argmax(got)) == int(np.argmax(want)), path.name
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=path.name)
+    pred = classifier.predict(path, top_k=3)[0]
+    assert [t["label"] for t in result["top"]] == [label for label, _ in pred.top]
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_page_lists_the_zoo_and_says_which_models_have_no_weights(page: Any) -> None:
+    options = page.eval_on_selector_all("#model option", "els => els.map(e => [e.value, e.disabled, e.textContent])")
+    assert [(v, d) for v, d, _ in options] == [("resnet10", False), ("resnet24", True)]
+    assert "no published weights" in options[1][2]
+    assert "resnet24" in page.inner_text("#unavailable")
+    assert "WebAssembly" in page.inner_text("#runtime")
+
+
+@pytest.mark.parametrize("key", ["wide", "tall", "grey", "small", "jpeg", "palette", "translucent", "rotated"])
+def test_page_matches_onnx_classifier(page: Any, images: dict[str, Path], classifier: OnnxClassifier, key: str) -> None:
+    result = _upload(page, images[key])
+    assert result["state"] == "done", result["error"]
+    _assert_same_as_python(result["last"], images[key], classifier)
+    shown = page.eval_on_selector_all("#top li", "els => els.map(e => e.dataset.label)")
+    assert shown == [t["label"] for t in result["last"]["top"]]
+    assert "ms" in page.inner_text("#timing")
+
+
+def test_the_comparisons_are_not_vacuous(images: dict[str, Path], classifier: OnnxClassifier) -> None:
+    # a 1e-4 agreement means something only if the images get clearly different, peaked answers
+    keys = ("wide", "tall", "grey", "small", "jpeg", "palette", "translucent", "rotated")
+    probs = classifier.predict_proba(np.stack([load_image(images[k])[0] for k in keys]))
+    assert probs.max(axis=1).min() > 0.2
+    spread = np.abs(probs[:, None, :] - probs[None, :, :]).max(axis=2)
+    pairs = spread[~np.eye(len(keys), dtype=bool)]
+    assert pairs.min() > 5e-4 and np.median(pairs) > 1e-2  # the tolerance is 1e-4
+
+
+def test_gallery_click_matches_onnx_classifier(page: Any, classifier: OnnxClassifier) -> None:
+    before = page.evaluate("window.apertureDemo.runs")
+    page.click("#gallery button[data-file='cat_1.png']")
+    page.wait_for_function(f"window.apertureDemo.runs > {before}", timeout=60_000)
+    result = page.evaluate("window.apertureDemo.last")
+    assert result["source"] == "gallery/cat_1.png"
+    _assert_same_as_python(result, WEB / "gallery" / "cat_1.png", classifier)
+    assert "true label: cat" in page.inner_text("#source")
+
+
+@pytest.mark.parametrize("key", ["text", "broken"])
+def test_a_file_that_is_not_an_image_is_a_message(page: Any, images: dict[str, Path], classifier: OnnxClassifier, key: str) -> None:
+    result = _upload(page, images[key])
+    assert result["state"] == "error"
+    message = page.inner_text("#message")
+    assert page.is_visible("#message") and images[key].name in message and "not an image" in message
+    # the page still works afterwards
+    ok = _upload(page, images["wide"])
+    assert ok["state"] == "done" and not page.is_visible("#message")
+    _assert_same_as_python(ok["last"], images["wide"], classifier)
+
+
+def test_screenshot(page: Any) -> None:
+    page.click("#gallery button[data-file='ship_1.png']")
+    page.wait_for_function("window.apertureDemo.last?.source === 'gallery/ship_1.png'", timeout=60_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "web-demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with Image.open(shot) as img:
+        assert img.size[0] >= 1000 and img.size[1] >= 500
+    print(f"screenshot: {shot}")
+
+
+WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]
+
+
+def test_webgpu_path_matches_onnx_classifier(browser_type: Any, server: DemoServer, images: dict[str, Path],
+                                             classifier: OnnxClassifier) -> None:
+    """The WebGPU execution provider, on Chromium's software adapter (SwiftShader) where it has one."""
+    browser = browser_type.launch(executable_path=_chromium(), headless=True, args=WEBGPU_FLAGS)
+    try:
+        gpu_page = browser.new_page()
+        gpu_page.goto(f"{server.url}?model=resnet10&ep=webgpu")
+        gpu_page.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
+        if gpu_page.evaluate("window.apertureDemo.ep") != "webgpu":
+            assert "WebGPU" in gpu_page.inner_text("#runtime")  # the page says why it uses WebAssembly
+            pytest.skip("this Chromium offers no WebGPU adapter, not even a software one")
+        assert "WebGPU" in gpu_page.inner_text("#runtime")
+        for key in ("wide", "grey"):
+            result = _upload(gpu_page, images[key])
+            assert result["state"] == "done" and result["last"]["ep"] == "webgpu", result["error"]
+            _assert_same_as_python(result["last"], images[key], classifier)
+    finally:
+        browser.close()
+
+
+# ---------------------------------------------------------------- the server and its preparation
+
+
+def _get(url: str) -> tuple[int, Any, bytes]:
+    """Status, headers (case-insensitive) and body of a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, b""
+
+
+def test_server_serves_page_models_and_isolation_headers(server: DemoServer, models_dir: Path) -> None:
+    assert server.url.startswith("http://127.0.0.1:")
+    status, headers, body = _get(server.url)
+    assert status == 200 and b"app.js" in body
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    status, headers, body = _get(server.url + "models/models.json")
+    assert status == 200 and json.loads(body)["models"][0]["name"] == "resnet10"
+    status, headers, _ = _get(server.url + "app.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert _get(server.url + "models/../../../../etc/passwd")[0] == 404
+    assert _get(server.url + "models/%2e%2e/index.html")[0] == 404  # /models/ never reaches the page folder
+
+
+def test_port_in_use_is_a_clear_error(server: DemoServer) -> None:
+    port = server.httpd.server_address[1]
+    with pytest.raises(DemoError, match=rf"port {port} .* in use.*--port"):
+        DemoServer(WEB, port=port)
+
+
+def test_cli_port_in_use_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["demo", "--port", str(port)])
+    if "onnxruntime-web is not installed" in result.output:
+        pytest.skip("onnxruntime-web is not installed: the CLI stops there first")
+    assert result.exit_code == 2, result.output
+    assert "in use" in result.output and "--port" in result.output and "Traceback" not in result.output
+
+
+def test_cli_unknown_model_is_one_line(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    _fake_runtime(web, b"ort")
+    result = CliRunner().invoke(app, ["demo", "resnet99", "--web-dir", str(web), "--port", "0"])
+    assert result.exit_code == 2 and "resnet99" in result.output and "Traceback" not in result.output
+
+
+def _fake_runtime(web: Path, content: bytes) -> Path:
+    dist = web / demo.ORT_DIST
+    dist.mkdir(parents=True)
+    (dist / "ort.wasm.min.mjs").write_bytes(content)
+    (web / "index.html").write_text("<!doctype html>")
+    digest = hashlib.sha256(b"ort").hexdigest()
+    (web / demo.ORT_CHECKSUMS).write_text(f"# pinned\n{digest}  {demo.ORT_DIST.as_posix()}/ort.wasm.min.mjs\n")
+    return web
+
+
+def test_runtime_check_names_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / demo.ORT_CHECKSUMS).write_text("")
+    with pytest.raises(DemoError, match=r"onnxruntime-web is not installed.*npm ci --prefix"):
+        demo.check_web_runtime(missing)
+    assert demo.check_web_runtime(_fake_runtime(tmp_path / "good", b"ort")).is_dir()
+    with pytest.raises(DemoError, match=r"SHA-256 .* not the pinned .*npm ci"):
+        demo.check_web_runtime(_fake_runtime(tmp_path / "tampered", b"something else"))
+
+
+def test_the_shipped_checksums_cover_what_the_page_loads() -> None:
+    listed = {line.split()[1] for line in (WEB / demo.ORT_CHECKSUMS).read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    app_js = (WEB / "app.js").read_text()
+    for name in ("ort.wasm.min.mjs", "ort.webgpu.min.mjs"):
+        assert name in app_js and f"{demo.ORT_DIST.as_posix()}/{name}" in listed
+    lock = json.loads((WEB / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/onnxruntime-web"]
+    assert pinned["version"] == json.loads((WEB / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+    assert pinned["integrity"].startswith("sha512-") and pinned["version"] in (WEB / demo.ORT_CHECKSUMS).read_text()
+
+
+def test_gallery_is_small_labelled_and_real(classifier: OnnxClassifier) -> None:
+    index = json.loads((WEB / "gallery" / "gallery.json").read_text())["images"]
+    files = sorted((WEB / "gallery").glob("*.png"))
+    assert {e["file"] for e in index} == {f.name for f in files} and len(files) >= 20
+    assert sum(f.stat().st_size for f in files) < 300_000
+    assert {e["label"] for e in index} == set(classifier.labels)
+    for f in files[:3]:
+        with Image.open(f) as img:
+            assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_prepare_models_exports_once_and_lists_models_without_weights(
+    network: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aperture_zoo.weights import save_weights
+
+    weights = tmp_path / "weights"
+    save_weights(network, weights / "resnet10" / "model.safetensors", metadata={"test_top1": 12.5})
+    monkeypatch.setattr(demo, "published_weights",
+                        lambda name: weights / name / "model.safetensors" if name == "resnet10" else None)
+    exports: list[str] = []
+    real_export = demo.export_for_demo
+
+    def counting_export(model: Any, out: Path, sha: str | None = None, **kw: Any) -> DemoModel:
+        exports.append(model.spec.name)
+        return real_export(model, out, sha, validate=False, exporter="legacy")
+
+    monkeypatch.setattr(demo, "export_for_demo", counting_export)
+    out = tmp_path / "models"
+    entries = {e.name: e for e in demo.prepare_models(out)}
+    assert exports == ["resnet10"]
+    assert entries["resnet10"].available and entries["resnet10"].top1 == 12.5
+    assert entries["resnet10"].file == "resnet10.onnx" and (out / "resnet10.onnx").is_file()
+    assert [n for n, e in entries.items() if not e.available] == ["resnet18", "resnet20", "resnet22", "resnet24", "resnet32"]
+    assert all(e.reason == demo.NO_WEIGHTS for e in entries.values() if not e.available)
+    manifest = json.loads((out / demo.MANIFEST).read_text())
+    assert manifest["format"] == demo.MANIFEST_FORMAT and len(manifest["models"]) == 6
+    # a second run reuses the file; new weights are exported again
+    demo.prepare_models(out)
+    assert exports == ["resnet10"]
+    changed = create_model("resnet10")
+    save_weights(changed, weights / "resnet10" / "model.safetensors")
+    demo.prepare_models(out)
+    assert exports == ["resnet10", "resnet10"]
+    probs = OnnxClassifier(out / "resnet10.onnx", provider="cpu").predict_proba(np.zeros((1, 32, 32, 3), np.uint8))
+    assert probs.shape == (1, 10)
+
+
+def test_prepare_models_rejects_unknown_names(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match="resnet99"):
+        demo.prepare_models(tmp_path, ["resnet99"])
+
+
+# ---------------------------------------------------------------- the one preprocessing rule
+
+
+_NODE_RESIZE = """
+import fs from "node:fs";
+import { resizeBilinearRGB } from %s;
+const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const out = cases.map(([file, w, h, ow, oh]) =>
+  Buffer.from(resizeBilinearRGB(new Uint8Array(fs.readFileSync(file)), w, h, ow, oh)).toString("base64"));
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def test_preprocess_js_resizes_exactly_like_load_image(tmp_path: Path) -> None:
+    """apps/web/preprocess.js against resize_bilinear, bit for bit, on many shapes (node, no browser)."""
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed, so preprocess.js cannot be checked outside the browser")
+    rng = np.random.default_rng(0)
+    sizes = [(7, 300), (300, 7), (1, 1), (1, 500), (500, 1), (33, 32), (32, 33), (640, 480), (31, 31)]
+    sizes += [(int(w), int(h)) for w, h in rng.integers(1, 260, (40, 2))]
+    cases, want = [], []
+    for i, (w, h) in enumerate(sizes):
+        target = (32, 32) if i % 3 else (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        (tmp_path / f"{i}.rgb").write_bytes(pixels.tobytes())
+        cases.append([str(tmp_path / f"{i}.rgb"), w, h, *target])
+        want.append(np.asarray(resize_bilinear(Image.fromarray(pixels), target)))
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = tmp_path / "resize.mjs"
+    script.write_text(_NODE_RESIZE % json.dumps((WEB / "preprocess.js").as_uri()))
+    done = subprocess.run([node, str(script), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for (_, w, h, ow, oh), expected, got in zip(cases, want, json.loads(done.stdout)):
+        page = np.frombuffer(base64.b64decode(got), np.uint8).reshape(oh, ow, 3)
+        np.testing.assert_array_equal(page, expected, err_msg=f"{w}x{h} -> {ow}x{oh}")
+
+
+def test_resize_is_horizontal_then_vertical_whatever_pillow_does() -> None:
+    tall = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 7, 3), dtype=np.uint8))
+    two_passes = tall.resize((32, 300), Image.Resampling.BILINEAR).resize((32, 32), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(np.asarray(resize_bilinear(tall, (32, 32))), np.asarray(two_passes))
+
+
+def test_load_image_turns_exif_rotated_images_upright(tmp_path: Path) -> None:
+    upright = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated 90° counter-clockwise: viewers turn it clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif.tobytes())
+    pixels, notices = load_image(tmp_path / "rotated.png", size=(48, 32))
+    np.testing.assert_array_equal(pixels, np.asarray(upright))
+    assert notices == ["turned upright (EXIF orientation 6)"]
