@@ -238,3 +238,38 @@ def load(
         # start the rest fresh, like timm's pretrained=True with another num_classes.
         load_weights(model, resolve_weights(name, weights, download=True), strict=not overrides)
     return model.to(device).eval()
+
+
+class WeightsChoiceError(WeightsError):
+    """Not exactly one of --weights / --pretrained / --random-init was given."""
+
+
+def model_for_command(
+    name: str, weights: str | os.PathLike[str] | None = None, pretrained: bool = False, random_init: bool = False
+) -> tuple[ResNet, Path | None]:
+    """The eval-mode model a command works on, and the weights file it came from (None: random).
+
+    Exactly one source: a file (whose own metadata names a derived architecture, if it was trained
+    as one), the published weights, or a seeded random init (benchmarks and tests).
+    """
+    if sum([weights is not None, pretrained, random_init]) != 1:
+        raise WeightsChoiceError(
+            "say which weights to use: --weights PATH (a model.safetensors), --pretrained (the "
+            "published ones), or --random-init (untrained, for benchmarks and tests) — exactly one"
+        )
+    record = find_weights(name)
+    arch = record.arch if record else name
+    if random_init:
+        torch.manual_seed(0)
+        return create_model(arch).eval(), None
+    if pretrained:
+        path = resolve_weights(name, download=True)
+        return load_weights(create_model(arch), path).eval(), path
+    path = resolve_weights(name, weights)
+    spec = spec_from_metadata(read_metadata(path))
+    if spec is not None and spec.name != arch:
+        raise WeightsError(
+            f"{str(path)!r} holds weights for {spec.name}, not {arch}; name that model instead "
+            f"(e.g. `aperture eval {spec.name} --weights {path}`)"
+        )
+    return load_weights(create_model(spec if spec is not None else arch), path).eval(), path

@@ -13,30 +13,11 @@ from .common import console, err_console, print_json, user_errors
 
 def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
     """The model to export and the SHA-256 of its weights file (None for random weights)."""
-    from aperture_zoo.errors import ApertureError
+    from aperture_zoo.pretrained import model_for_command
+    from aperture_zoo.weights import file_sha256
 
-    chosen = sum([weights is not None, pretrained, random_init])
-    if chosen != 1:
-        class _Usage(ApertureError, ValueError):
-            pass
-
-        raise _Usage(
-            "say which weights to use: --weights PATH (a model.safetensors), --pretrained (the "
-            "published ones), or --random-init (untrained, for benchmarks and tests) — exactly one"
-        )
-    from aperture_zoo.model import create_model
-    from aperture_zoo.pretrained import resolve_weights
-    from aperture_zoo.weights import file_sha256, load_weights
-
-    model = create_model(name)
-    if random_init:
-        import torch
-
-        torch.manual_seed(0)
-        return create_model(name).eval(), None
-    path = resolve_weights(name, weights)
-    load_weights(model, path)
-    return model.eval(), file_sha256(path)
+    model, path = model_for_command(name, weights, pretrained, random_init)
+    return model, file_sha256(path) if path is not None else None
 
 
 def _auto_data_dir(data_dir: Path | None) -> Path | None:

@@ -154,26 +154,24 @@ def eval_cmd(
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion
+    from aperture_zoo.pretrained import model_for_command
+    from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.train.plots import plot_confusion
     from aperture_zoo.weights import WeightsError
-
-    from aperture_zoo.train.evaluate import check_eval_options
 
     with user_errors():
         check_eval_options(batch_size, subset)
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
-        model = _load_for_eval(name, weights)
+        model, used = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
         with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         out_dir.mkdir(parents=True, exist_ok=True)
-        from aperture_zoo.pretrained import resolve_weights
         from aperture_zoo.weights import file_sha256
 
-        used = weights if weights is not None else resolve_weights(name, download=True)
         report = {"model": name, "weights": str(weights) if weights else "pretrained",
                   "weights_sha256": file_sha256(used),
                   "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
@@ -214,23 +212,7 @@ def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
     return bar()
 
 
-def _load_for_eval(name: str, weights: Optional[Path]) -> Any:
-    """The model ``weights`` were trained as (a derived architecture included), or the published one."""
-    from aperture_zoo.model import create_model
-    from aperture_zoo.pretrained import load
-    from aperture_zoo.registry import get_spec
-    from aperture_zoo.weights import WeightsError, load_weights, read_metadata, spec_from_metadata
 
-    get_spec(name)
-    if weights is None:
-        return load(name, pretrained=True)
-    spec = spec_from_metadata(read_metadata(weights))
-    if spec is not None and spec.name != name:
-        raise WeightsError(
-            f"{str(weights)!r} holds weights for {spec.name}, not {name}; run `aperture eval {spec.name} "
-            f"--weights {weights}`"
-        )
-    return load_weights(create_model(spec) if spec is not None else create_model(name), weights).eval()
 
 
 @app.command("train-zoo")
