@@ -62,3 +62,18 @@ def test_convert_refuses_what_is_not_a_matching_state_dict(tmp_path) -> None:
     with pytest.raises(WeightsError, match="does not match resnet10"):
         convert_checkpoint(tmp_path / "other.pt", tmp_path / "out.safetensors", "resnet10")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_help_of_every_command_reads_whole_at_80_columns() -> None:
+    """Issue: at 80 columns `train --help` cut its defaults off with an ellipsis."""
+    import os
+
+    commands = ["train", "train-zoo", "eval", "export", "bench", "predict", "list", "info", "samples", "card",
+                "push", "demo", "convert"]
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    for command in commands:
+        out = subprocess.run([sys.executable, "-m", "aperture_zoo", command, "--help"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "…" not in out.stdout, f"{command} --help truncates:\n{out.stdout}"
+        assert max(len(line) for line in out.stdout.splitlines()) <= 80

@@ -54,10 +54,10 @@ def train_cmd(
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA decay of the weights (0 = off)."),
     set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set warmup_fraction=0.1 (repeatable); "
                                    "--set batch_size=N scales the lr like --batch-size."),
-    arch: list[str] = typer.Option([], "--arch", help="Derive the model: --arch channels=32,64,128,256."),
+    arch: list[str] = typer.Option([], "--arch", help="Derive the model, e.g. --arch blocks=2,2,2,2 (or channels=...)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
-                                            "(default $APERTURE_DATA or ~/.cache/aperture_zoo; on --resume, "
+                                            "(default: $APERTURE_DATA, else the aperture_zoo folder in ~/.cache; on --resume, "
                                             "the run's own)."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
                                             help="Download CIFAR-10 (MD5-checked) if it is not found "
