@@ -140,7 +140,8 @@ def build_config(facts: CardFacts) -> dict[str, Any]:
 
 
 # -- README.md -----------------------------------------------------------------------------------
-def _front_matter(facts: CardFacts) -> str:
+def _card_data(facts: CardFacts) -> Any:
+    """The card's YAML front matter (Hub metadata, model-index with the final-epoch accuracy)."""
     from huggingface_hub import EvalResult, ModelCardData
 
     tags = ["image-classification", "cifar10", "resnet", "pytorch", "safetensors", "aperture_zoo"]
@@ -159,7 +160,7 @@ def _front_matter(facts: CardFacts) -> str:
         metrics=["accuracy"], pipeline_tag="image-classification", model_name=facts.spec.name,
         eval_results=results,
     )
-    return f"---\n{data.to_yaml()}\n---\n"
+    return data
 
 
 def _fmt(value: Any) -> str:
@@ -180,175 +181,67 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _architecture(facts: CardFacts) -> str:
-    s = facts.spec
-    match = "matches" if facts.params == s.report_params else "DIFFERS from"
-    rows = [(s.num_stages, str(tuple(s.blocks)), str(tuple(s.channels)), s.conv_kernel,
-             s.shortcut_kernel, s.pool_kernel)]
-    return "\n".join([
-        "## Architecture", "",
-        f"{'An' if str(s.depth).startswith(('8', '11', '18')) else 'A'} {s.depth}-layer ResNet in the report's notation: N residual stages of B_i basic blocks "
-        f"with C_i channels, F x F block convolutions, K x K projection shortcuts and a P x P "
-        "average pool before the linear head.", "",
-        _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"), rows), "",
-        f"- Parameters: **{facts.params:,}** (measured on the built model; it {match} the report's "
-        f"Table 1 count of {_fmt(s.report_params)})",
-        f"- FLOPs per 32x32 image: {facts.flops:,} ({facts.flops // 2:,} multiply-accumulates, "
-        "counted by torch.utils.flop_counter)",
-        f"- Input: normalised float tensor N x {' x '.join(map(str, s.input_size))}; "
-        f"mean {list(s.mean)}, std {list(s.std)} (on 0-1 pixels)",
-        f"- Classes ({s.num_classes}): {', '.join(s.label_names)}",
-    ])
+TEMPLATE = Path(__file__).with_name("card_template.md")
 
 
-def _training(facts: CardFacts) -> str:
-    meta = facts.weights or {}
-    lines = ["## Training", ""]
-    recipe = facts.recipe
-    if recipe:
-        lines += [_table(("setting", "value"), [(k, _fmt(recipe[k])) for k in sorted(recipe)]), ""]
-    facts_rows = [
-        ("epochs", meta.get("epochs")), ("seed", meta.get("seed")),
-        ("hardware", meta.get("train_device")), ("processes (world size)", meta.get("world_size")),
-        ("EMA weights", meta.get("ema")), ("validation split", meta.get("val_split")), ("wall time (s)", meta.get("wall_time_s")),
-        ("training throughput (images/s)", meta.get("train_images_per_s")),
-        ("PyTorch", meta.get("torch_version")), ("aperture_zoo", meta.get("package_version")),
-    ]
-    lines.append(_table(("fact", "value"), [(k, _fmt(v)) for k, v in facts_rows if v is not None]))
-    if meta.get("subset"):
-        lines += ["", f"**Trained on a subset of the training set ({_fmt(meta['subset'])} images)**: "
-                      "not comparable with full-data results."]
-    return "\n".join(lines)
-
-
-def _results(facts: CardFacts) -> str:
-    meta, ev = facts.weights or {}, facts.eval
-    lines = ["## Results on the CIFAR-10 test set", "",
-             f"- Final-epoch top-1 accuracy: **{meta['test_top1']:.2f}%** (epoch {_fmt(meta.get('epochs'))}, "
-             "the last epoch, not the best one)"]
-    if meta.get("test_subset"):
-        lines.append(f"- **Measured on a subset of the test set ({_fmt(meta['test_subset'])} images)**, "
-                     "not the full 10,000")
-    if meta.get("test_loss") is not None:
-        lines.append(f"- Final-epoch test loss: {meta['test_loss']:.4f}")
-    if facts.spec.report_top1_20ep is not None:
-        lines.append(f"- The report's Table 1 (20 epochs): {facts.spec.report_top1_20ep:.2f}%")
-    if ev:
-        lines.append(f"- Re-evaluation (`eval.json`): {ev['top1']:.2f}% on {_fmt(ev.get('num_images'))} "
-                     f"images on {ev.get('device', 'unknown device')}, "
-                     f"{_fmt(ev.get('images_per_s'))} images/s")
-        per_class = ev.get("per_class_top1") or {}
-        if per_class:
-            lines += ["", "Per-class accuracy:", "",
-                      _table(("class", "top-1 (%)"), [(c, f"{per_class[c]:.2f}") for c in per_class])]
-    else:
-        lines.append("- Per-class accuracy: not available (no `eval.json`; run `aperture eval` and "
-                     "regenerate the card)")
-    return "\n".join(lines)
-
-
-def _onnx(facts: CardFacts) -> str:
-    lines = ["## ONNX parity", ""]
+def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
+    items = []
     for file_name, report in facts.onnx_reports.items():
-        verdict = "passed" if report.get("passed") else "FAILED"
-        lines.append(f"`{file_name}` ({report.get('precision', '?')}, provider "
-                     f"{report.get('provider', '?')}): validation {verdict} against PyTorch.")
         rows = [(c.get("inputs"), c.get("num_images"), c.get("max_abs_diff"), c.get("agreement"),
                  c.get("onnx_top1"), c.get("torch_top1")) for c in report.get("comparisons", [])]
-        if rows:
-            lines += ["", _table(("inputs", "images", "max |logit diff|", "top-1 agreement (%)",
-                                  "ONNX top-1 (%)", "PyTorch top-1 (%)"), rows)]
-        lines.append("")
-    return "\n".join(lines).rstrip()
+        table = _table(("inputs", "images", "max |logit diff|", "top-1 agreement (%)", "ONNX top-1 (%)",
+                        "PyTorch top-1 (%)"), rows) if rows else ""
+        items.append({"file": file_name, "precision": report.get("precision", "?"),
+                      "provider": report.get("provider", "?"),
+                      "verdict": "passed" if report.get("passed") else "FAILED", "table": table})
+    return items
 
 
-def _usage(facts: CardFacts) -> str:
-    name, repo = facts.spec.name, facts.repo_id
-    return "\n".join([
-        "## Usage", "", "PyTorch:", "", "```python", "import torch", "import aperture_zoo", "",
-        f'model = aperture_zoo.load("{name}", pretrained=True)  # or load("hf-hub:{repo}", pretrained=True)',
-        'x = aperture_zoo.preprocess(["cat.png"], model)  # RGB, 32x32 (bilinear), normalised',
-        "with torch.no_grad():",
-        "    probs = model(x).softmax(-1)",
-        "print(model.spec.label_names[probs.argmax().item()])",
-        "```", "",
-        f'torch.hub: `torch.hub.load("<owner>/aperture_zoo", "{name}", pretrained=True)`.', "",
-        f"onnxruntime, no PyTorch (`aperture export {name} --pretrained --onnx` writes `{name}.onnx`; "
-        "it takes pixels in [0, 1] and normalises inside the graph):", "",
-        "```python", "from aperture_zoo.export.predict import OnnxClassifier", "",
-        f'clf = OnnxClassifier("{name}.onnx")',
-        'print(clf.predict("cat.png", top_k=3)[0].top)  # the same image rule as preprocess()',
-        "```",
-    ])
-
-
-def _limitations(facts: CardFacts) -> str:
-    lines = ["## Limitations", ""]
-    if facts.trained:
-        lines += ["- Trained and evaluated on CIFAR-10 only: 32x32 RGB images of 10 classes. It is not a "
-                  "general image classifier and its accuracy on other data is unknown.",
-                  "- Accuracy is measured on the CIFAR-10 test set; no robustness, calibration or "
-                  "fairness evaluation was done."]
-    else:
-        lines += ["- No trained, evaluated weights exist for this card yet, so nothing about the "
-                  "model's accuracy is known; untrained weights predict at chance level.",
-                  "- The architecture is designed for CIFAR-10 (32x32 RGB images of 10 classes); it is "
-                  "not a general image classifier."]
-    lines.append("- The model expects normalised input (see Architecture); raw 0-255 pixels give "
-                 "meaningless predictions.")
-    return "\n".join(lines)
-
-
-def _citations(facts: CardFacts) -> str:
-    entries = [
-        "@misc{sudrik_residual_design,\n  title  = {Residual Network Design Mini-Project},\n"
-        "  author = {Sudrik and Nagula and Oza},\n  note   = {Compact CIFAR-10 ResNets under 5M parameters}\n}",
-        "@inproceedings{he2016deep,\n  title     = {Deep Residual Learning for Image Recognition},\n"
-        "  author    = {He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian},\n"
-        "  booktitle = {CVPR},\n  year      = {2016},\n  note      = {arXiv:1512.03385 (2015)}\n}",
+def _context(facts: CardFacts) -> dict[str, Any]:
+    """Every value the card template shows, formatted; the prose lives in card_template.md."""
+    s, meta, ev = facts.spec, facts.weights or {}, facts.eval
+    recipe = facts.recipe
+    training_facts = [
+        ("epochs", meta.get("epochs")), ("seed", meta.get("seed")),
+        ("hardware", meta.get("train_device")), ("processes (world size)", meta.get("world_size")),
+        ("EMA weights", meta.get("ema")), ("validation split", meta.get("val_split")),
+        ("wall time (s)", meta.get("wall_time_s")), ("training throughput (images/s)", meta.get("train_images_per_s")),
+        ("PyTorch", meta.get("torch_version")), ("aperture_zoo", meta.get("package_version")),
     ]
-    if facts.uses_mixup:
-        entries.append(
-            "@inproceedings{zhang2018mixup,\n  title     = {mixup: Beyond Empirical Risk Minimization},\n"
-            "  author    = {Zhang, Hongyi and Cisse, Moustapha and Dauphin, Yann N. and Lopez-Paz, David},\n"
-            "  booktitle = {ICLR},\n  year      = {2018}\n}")
-    return "## Citation\n\n```bibtex\n" + "\n\n".join(entries) + "\n```"
+    per_class = (ev or {}).get("per_class_top1") or {}
+    return {
+        "name": s.name, "report": REPORT, "repo_id": facts.repo_id, "trained": facts.trained,
+        "has_weights": facts.weights is not None, "sha256": facts.weights_sha256,
+        "article": "An" if str(s.depth).startswith(("8", "11", "18")) else "A", "depth": s.depth,
+        "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),
+                             [(s.num_stages, str(tuple(s.blocks)), str(tuple(s.channels)), s.conv_kernel,
+                               s.shortcut_kernel, s.pool_kernel)]),
+        "params": f"{facts.params:,}", "report_params": _fmt(s.report_params),
+        "params_match": "matches" if facts.params == s.report_params else "DIFFERS from",
+        "flops": f"{facts.flops:,}", "macs": f"{facts.flops // 2:,}",
+        "input_size": " x ".join(map(str, s.input_size)), "mean": list(s.mean), "std": list(s.std),
+        "num_classes": s.num_classes, "classes": ", ".join(s.label_names),
+        "recipe_table": _table(("setting", "value"), [(k, _fmt(recipe[k])) for k in sorted(recipe)]) if recipe else "",
+        "facts_table": _table(("fact", "value"), [(k, _fmt(v)) for k, v in training_facts if v is not None]),
+        "subset": _fmt(meta["subset"]) if meta.get("subset") else None,
+        "top1": f"{meta['test_top1']:.2f}" if facts.trained else None, "epochs": _fmt(meta.get("epochs")),
+        "test_subset": _fmt(meta["test_subset"]) if meta.get("test_subset") else None,
+        "test_loss": f"{meta['test_loss']:.4f}" if meta.get("test_loss") is not None else None,
+        "report_top1": f"{s.report_top1_20ep:.2f}" if s.report_top1_20ep is not None else None,
+        "eval_line": (f"{ev['top1']:.2f}% on {_fmt(ev.get('num_images'))} images on "
+                      f"{ev.get('device', 'unknown device')}, {_fmt(ev.get('images_per_s'))} images/s") if ev else None,
+        "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
+                                                          for c, v in per_class.items()]) if per_class else "",
+        "onnx": _onnx_items(facts), "mixup": facts.uses_mixup,
+    }
 
 
 def render_card(facts: CardFacts) -> str:
-    """The README.md model card for ``facts``."""
-    s = facts.spec
-    intro = [
-        f"# {s.name}: a compact CIFAR-10 ResNet", "",
-        f"`{s.name}` is one of the six residual networks of the report *{REPORT}*, designed to "
-        f"classify CIFAR-10 images with fewer than 5 million parameters. It is part of "
-        "aperture_zoo and loads as a plain `torch.nn.Module` with torchvision's "
-        "ResNet key layout.", "",
-    ]
-    if facts.trained:
-        sha = facts.weights_sha256
-        intro.append(f"Weights: `model.safetensors` (SHA-256 `{sha}`), trained with aperture_zoo; "
-                     "the figures below are read from its metadata and run outputs.")
-    elif facts.weights is not None:
-        intro.append(f"**These weights (`model.safetensors`, SHA-256 `{facts.weights_sha256}`) carry "
-                     "no test accuracy in their metadata: they are untrained or were never evaluated.** "
-                     "This card makes no accuracy claim. Train the model with "
-                     f"`aperture train {s.name}` and regenerate the card with "
-                     f"`aperture card {s.name} --run RUN_DIR`.")
-    else:
-        intro.append("**No trained weights are published for this model yet.** This card describes "
-                     "the architecture only and makes no accuracy claim. Train it with "
-                     f"`aperture train {s.name}` and regenerate the card with "
-                     f"`aperture card {s.name} --run RUN_DIR`.")
-    sections = [_front_matter(facts) + "\n".join(intro), _architecture(facts)]
-    if facts.weights is not None:
-        sections.append(_training(facts))
-    if facts.trained:
-        sections.append(_results(facts))
-    if facts.onnx_reports:
-        sections.append(_onnx(facts))
-    sections += [_usage(facts), _limitations(facts), _citations(facts)]
-    return "\n\n".join(sections) + "\n"
+    """The README.md model card for ``facts``: huggingface_hub's ModelCard on our Jinja template."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.from_template(_card_data(facts), template_str=TEMPLATE.read_text(), **_context(facts))
+    return str(card).rstrip("\n") + "\n"
 
 
 def write_card(

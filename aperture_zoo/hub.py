@@ -103,6 +103,8 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
 
 # -- error translation ---------------------------------------------------------------------------
 def _transport_errors() -> tuple[type[BaseException], ...]:
+    # Kept because the client re-raises its HTTP stack's own connection errors unwrapped on upload
+    # and repo calls, and that stack (requests, then httpx) differs across supported client versions.
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for mod in ("httpx2", "httpx", "requests"):  # whichever HTTP stack this client version uses
         try:

@@ -30,6 +30,7 @@ def test_wheel_maps_subpackages(wheel: Path) -> None:
     assert "aperture_zoo/cli/__init__.py" in names
     samples = [n for n in names if n.startswith("aperture_zoo/sample_images/")]  # `aperture samples` data
     assert "aperture_zoo/sample_images/labels.json" in samples and len(samples) == 31
+    assert "aperture_zoo/card_template.md" in names  # cards render from it
     tops = {n.split("/")[0] for n in names}
     assert tops == {"aperture_zoo", next(t for t in tops if t.endswith(".dist-info"))}, tops
     assert not any(n.startswith(("train/", "export/", "tests/")) for n in names)
