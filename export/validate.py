@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aperture_zoo.files import atomic_write_text
 from aperture_zoo.model import ResNet
 from aperture_zoo.weights import decode_metadata
 
@@ -146,8 +147,7 @@ class ValidationReport:
         """Write beside the file as ``<stem>.report.json`` unless a path is given."""
         onnx_path = Path(self.onnx_file)
         path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def report_path(onnx_path: str | os.PathLike[str]) -> Path:

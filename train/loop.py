@@ -31,6 +31,8 @@ from aperture_zoo.errors import ApertureError
 from aperture_zoo.model import ResNet, create_model
 from aperture_zoo.registry import ModelSpec, get_spec
 
+from aperture_zoo.files import CURVES_FILENAME, METRICS_FILENAME, WEIGHTS_FILENAME, atomic_write_text
+
 from . import distributed as D
 from .augment import AugmentConfig, Batch, augment_batch, step_seed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
@@ -38,15 +40,14 @@ from .evaluate import evaluate_sums, result_from_sums
 from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
 from .recipes import FAST, RECIPES, Recipe, RecipeError
 
-WEIGHTS_NAME = "model.safetensors"
-METRICS_NAME = "metrics.jsonl"
 RECIPE_NAME = "recipe.json"
 RUN_NAME = "run.json"
-CURVES_NAME = "curves.png"
 LOCK_NAME = ".lock"
+WEIGHTS_NAME, METRICS_NAME, CURVES_NAME = WEIGHTS_FILENAME, METRICS_FILENAME, CURVES_FILENAME  # earlier names
 # What a run directory holds before its first checkpoint: such a folder may be started again.
-_PRE_CHECKPOINT_FILES = frozenset({METRICS_NAME, RECIPE_NAME, RUN_NAME, LOCK_NAME,
-                                   RUN_NAME + ".tmp", RECIPE_NAME + ".tmp"})
+_PRE_CHECKPOINT_FILES = frozenset({METRICS_FILENAME, RECIPE_NAME, RUN_NAME, LOCK_NAME})
+# Files written through a temporary sibling (``<name>.tmp<pid>``) that a kill -9 can leave behind.
+_WRITTEN_ATOMICALLY = (CHECKPOINT_NAME, RUN_NAME, RECIPE_NAME, METRICS_FILENAME)
 _T = TypeVar("_T")
 
 
@@ -235,8 +236,8 @@ def check_new_run_dir(path: str | os.PathLike[str]) -> None:
             f"{str(path)!r} already holds a training run; continue it with --resume {path} "
             "or choose another --out"
         )
-    other = sorted(p.name for p in path.iterdir()
-                   if p.name not in _PRE_CHECKPOINT_FILES and not p.name.startswith(CHECKPOINT_NAME + ".tmp"))
+    other = sorted(p.name for p in path.iterdir() if p.name not in _PRE_CHECKPOINT_FILES
+                   and not p.name.startswith(tuple(f"{name}.tmp" for name in _WRITTEN_ATOMICALLY)))
     if other:
         raise TrainingError(
             f"--out {str(path)!r} is not empty (it holds {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}) "
@@ -397,9 +398,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_run_recipe(run_dir: str | os.PathLike[str]) -> Recipe:
@@ -620,7 +619,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
 
     # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
     run_dir = Path(_decided_on_rank0(info, claim))
-    metrics_path = run_dir / METRICS_NAME
+    metrics_path = run_dir / METRICS_FILENAME
     rows: list[dict[str, Any]] = []
     if info.is_main:
         if ckpt is None:
@@ -631,12 +630,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
                 "data_dir": _data_root(cfg.data_dir), "download": cfg.download, "device": cfg.device,
                 "compile": cfg.compile,
             })
-            metrics_path.write_text("")
         else:  # drop rows of epochs the checkpoint does not include (written, then killed)
             rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for stale in run_dir.glob(f"{CHECKPOINT_NAME}.tmp*"):  # a save cut short by kill -9
-            stale.unlink(missing_ok=True)
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        for name in _WRITTEN_ATOMICALLY:  # a write cut short by kill -9
+            for stale in run_dir.glob(f"{name}.tmp*"):
+                stale.unlink(missing_ok=True)
     saved = {"at": f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")} if ckpt else {}
 
     def diverged(what: str, epoch: int, step: int) -> TrainingError:
@@ -825,6 +824,6 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
         "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
         "ema": recipe.ema_decay > 0,
     }
-    save_weights(plain, result.run_dir / WEIGHTS_NAME, metadata)
-    rows = read_metrics(result.run_dir / METRICS_NAME)
-    plot_curves(rows, result.run_dir / CURVES_NAME, title=f"{plain.spec.name} ({recipe.name})")
+    save_weights(plain, result.run_dir / WEIGHTS_FILENAME, metadata)
+    rows = read_metrics(result.run_dir / METRICS_FILENAME)
+    plot_curves(rows, result.run_dir / CURVES_FILENAME, title=f"{plain.spec.name} ({recipe.name})")
