@@ -257,9 +257,11 @@ def environment() -> dict[str, object]:
 
     import onnxruntime as ort
 
+    from aperture_zoo.train.device import device_name
+
     return {
         "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": device_name("cpu", detail=True), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda_device": device_name("cuda:0") if torch.cuda.is_available() else None,
     }

@@ -36,6 +36,7 @@ from aperture_zoo.files import CURVES_FILENAME, METRICS_FILENAME, WEIGHTS_FILENA
 from . import distributed as D
 from .augment import AugmentConfig, Batch, augment_batch, step_seed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from .device import autocast_dtype, device_name
 from .evaluate import evaluate_sums, result_from_sums
 from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
 from .recipes import FAST, RECIPES, Recipe, RecipeError
@@ -510,10 +511,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -573,9 +570,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
 
     torch.manual_seed(seed)
     raw = create_model(spec)
-    autocast_dtype = None
-    if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda"):
-        autocast_dtype = torch.bfloat16
+    autocast = autocast_dtype(recipe.precision, device)
     start_epoch, start_step = 0, 0
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n of the epoch so far
     elapsed = {"wall": 0.0, "train": 0.0, "images": 0.0}
@@ -602,11 +597,10 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    step_fn = TrainStep(net, optimizer, autocast_dtype)
+    step_fn = TrainStep(net, optimizer, autocast)
     mean = torch.tensor(spec.mean, device=device)
     std = torch.tensor(spec.std, device=device)
-    aug = AugmentConfig(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout,
-                        recipe.mixup_alpha, recipe.label_smoothing)
+    aug = AugmentConfig.from_recipe(recipe)
     shard = rank_slice(B, info.rank, info.world_size) if info.enabled else None
     gen = torch.Generator(device=device)
     local_n = B // info.world_size
@@ -667,7 +661,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     def evaluate_on(split: DeviceSplit) -> Tensor:
         part = slice(info.rank, None, info.world_size)
         s = evaluate_sums(eval_model(), split.images[part], split.labels[part], mean, std, spec.num_classes,
-                          recipe.eval_batch_size, autocast_dtype, recipe.channels_last)
+                          recipe.eval_batch_size, autocast, recipe.channels_last)
         return D.all_reduce_sum(s, info)
 
     last_test: dict[str, float] = {}
@@ -819,7 +813,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
     metadata = {
         "test_top1": round(result.test_top1, 4), "test_loss": round(result.test_loss, 6),
         "epochs": result.epochs, "recipe": recipe.to_dict(), "seed": run["seed"],
-        "train_device": _device_name(device), "world_size": info.world_size,
+        "train_device": device_name(device), "world_size": info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
         "ema": recipe.ema_decay > 0,
