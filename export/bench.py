@@ -7,8 +7,8 @@ reported. Ratios are to torch eager NCHW, and for onnxruntime rows also to onnxr
 int8 target is >= 2x that on CPU), at the same batch size and device. Variants have shell-friendly
 names (``torch-eager``, ..., ``ort-int8``); the spaced names of earlier versions are still accepted.
 
-``aperture bench NAME`` and ``bench/onnx_inference.py`` are thin layers over ``run_benchmark``
-and ``format_table``.
+``aperture bench NAME`` is a thin layer over ``run_benchmark`` and ``format_table``;
+``environment()`` records what the figures depend on besides the model, for a baseline.
 """
 
 from __future__ import annotations
