@@ -36,8 +36,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    finally:
+    except (Exception, KeyboardInterrupt):  # only a kill leaves the temp file (its writer's resume removes it)
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -39,6 +39,7 @@ from aperture_zoo.model import create_model
 from aperture_zoo.registry import list_models
 from aperture_zoo.summary import measure
 from aperture_zoo.train.augment import AugmentConfig, augment_batch
+from aperture_zoo.train.device import autocast_dtype, device_name
 from aperture_zoo.train.distributed import resolve_device
 from aperture_zoo.train.loop import TrainStep, build_optimizer
 from aperture_zoo.train.recipes import Recipe, get_recipe
@@ -70,19 +71,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the thread count torch uses (figures depend on both)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu ({model}, {torch.get_num_threads()} threads)"
-
-
 def measure_training(
     name: str,
     device: torch.device,
@@ -108,8 +96,7 @@ def measure_training(
     spec = model.spec
     mean = torch.tensor(spec.mean, device=device)
     std = torch.tensor(spec.std, device=device)
-    aug = AugmentConfig(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout, recipe.mixup_alpha,
-                        recipe.label_smoothing)
+    aug = AugmentConfig.from_recipe(recipe)
 
     # A device-resident uint8 pool the batches are gathered from at random, as the loader does.
     n = pool_size or max(4 * batch_size, 1024)
@@ -138,7 +125,7 @@ def measure_training(
     train_flops = TRAIN_FLOPS_PER_FORWARD * facts["flops"]
     ips = steps * batch_size / seconds
     return ThroughputRow(
-        model=name, device=device_name(device), memory_format="channels_last" if channels_last else "nchw",
+        model=name, device=device_name(device, detail=True), memory_format="channels_last" if channels_last else "nchw",
         precision="bf16" if bf16 else "fp32", batch=batch_size, steps=steps, compiled=compile_model,
         params=facts["params"], train_gflop_per_image=train_flops / 1e9, seconds=seconds,
         ms_per_step=1000 * seconds / steps, images_per_s=ips, tflops=ips * train_flops / 1e12,
@@ -180,12 +167,12 @@ def run(argv: list[str] | None = None, echo: bool = False) -> dict[str, Any]:
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     if steps < 1 or batch < 1 or warmup < 0:
         raise SystemExit("--steps and --batch-size must be >= 1, --warmup >= 0")
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    bf16 = autocast_dtype(args.precision, device) is not None
     formats = {"channels_last": [True], "nchw": [False], "both": [True, False]}[args.memory_format]
     recipe = get_recipe(args.recipe)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    info = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+    info = {"device": device_name(device, detail=True), "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "recipe": recipe.name}
     if echo:
         print(f"device: {info['device']}, torch {info['torch']}, python {info['python']}, recipe {recipe.name}")

@@ -7,8 +7,8 @@ reported. Ratios are to torch eager NCHW, and for onnxruntime rows also to onnxr
 int8 target is >= 2x that on CPU), at the same batch size and device. Variants have shell-friendly
 names (``torch-eager``, ..., ``ort-int8``); the spaced names of earlier versions are still accepted.
 
-``aperture bench NAME`` and ``bench/onnx_inference.py`` are thin layers over ``run_benchmark``
-and ``format_table``.
+``aperture bench NAME`` is a thin layer over ``run_benchmark`` and ``format_table``;
+``environment()`` records what the figures depend on besides the model, for a baseline.
 """
 
 from __future__ import annotations
@@ -257,9 +257,11 @@ def environment() -> dict[str, object]:
 
     import onnxruntime as ort
 
+    from aperture_zoo.train.device import device_name
+
     return {
         "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": device_name("cpu", detail=True), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda_device": device_name("cuda:0") if torch.cuda.is_available() else None,
     }

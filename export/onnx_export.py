@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from aperture_zoo.files import atomic_path
 from aperture_zoo.model import ResNet
 
 from .errors import ExportError, OnnxFileError
@@ -150,13 +151,10 @@ def check_model_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 def save_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     """Write atomically (no half-written file on a crash), then run the checker on the file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     check_model_file(path)
-    return path
+    return Path(path)
 
 
 def to_onnx(

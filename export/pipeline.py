@@ -95,19 +95,8 @@ def export_model(
     """
     reporter = _as_progress(progress)
     say = reporter.stage
-    if fp16_io and not fp16:
-        raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
-    if int8 and calibration_images < 1:
-        raise ExportError(f"--calibration-images must be at least 1, got {calibration_images}")
-    if max_val_images is not None and max_val_images < 1:
-        raise ExportError(f"--max-val-images must be at least 1, got {max_val_images}")
-    if run_validation:  # an unusable provider is an error before minutes of export, not after
-        check_provider(provider)
-    if int8 and data_dir is None:
-        raise ExportError(
-            "--int8 needs training images to calibrate on; pass --data-dir pointing at CIFAR-10 "
-            "(the folder containing cifar-10-batches-py)"
-        )
+    _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir, calibration_images=calibration_images,
+                   provider=provider if run_validation else None, max_val_images=max_val_images)
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images)
     out = Path(out_dir)
@@ -129,12 +118,36 @@ def export_model(
             calibration = (calibration - mean) / std
         say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
-    if not run_validation:
-        return result
+    if run_validation:
+        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images)
+    return result
+
+
+def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.PathLike[str] | None,
+                   calibration_images: int, provider: Provider | None, max_val_images: int | None) -> None:
+    """Every option error before any work: an export takes minutes, a typo should not cost them."""
+    if fp16_io and not fp16:
+        raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
+    if int8 and calibration_images < 1:
+        raise ExportError(f"--calibration-images must be at least 1, got {calibration_images}")
+    if max_val_images is not None and max_val_images < 1:
+        raise ExportError(f"--max-val-images must be at least 1, got {max_val_images}")
+    if provider is not None:  # validating: an unusable provider is an error before the export, not after
+        check_provider(provider)
+    if int8 and data_dir is None:
+        raise ExportError(
+            "--int8 needs training images to calibrate on; pass --data-dir pointing at CIFAR-10 "
+            "(the folder containing cifar-10-batches-py)"
+        )
+
+
+def _validate_files(result: ExportResult, model: ResNet, reporter: ExportProgress, *, provider: Provider,
+                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
+    """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
     for path in written:
-        say(f"validating {path.name} against PyTorch")
+        reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
                           progress=reporter.update, reference_cache=reference_cache)
         aside = failed_path(path)
@@ -149,4 +162,3 @@ def export_model(
             result.failed_files.append(aside)
         result.reports.append(report)
         result.report_files.append(report.write_json())
-    return result

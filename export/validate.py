@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aperture_zoo.files import atomic_write_text
 from aperture_zoo.model import ResNet
 from aperture_zoo.weights import decode_metadata
 
@@ -146,8 +147,7 @@ class ValidationReport:
         """Write beside the file as ``<stem>.report.json`` unless a path is given."""
         onnx_path = Path(self.onnx_file)
         path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def report_path(onnx_path: str | os.PathLike[str]) -> Path:
@@ -259,63 +259,93 @@ def validate(
             "pass --data-dir with CIFAR-10, or --no-validate"
         )
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
-    reference = NormalizedClassifier(model).eval().to(ref_device)
-    spec = model.spec
-    # fp16 files exported with fp16 I/O take float16 inputs; the reference still sees float32.
-    in_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    if meta.get("normalize_in_graph", True):
-        transform = lambda x: x.astype(in_dtype, copy=False)  # noqa: E731
-    else:
-        mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
-        transform = lambda x: ((x - mean) / std).astype(in_dtype)  # noqa: E731
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
-    fixed = fixed if isinstance(fixed, int) else None
+    pair = _Pair(session, NormalizedClassifier(model).eval().to(ref_device), ref_device,
+                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None)
     report = ValidationReport(
-        onnx_file=str(onnx_path), arch=meta.get("arch", spec.name), precision=precision,
+        onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
     )
     label = f"{precision}/{device}"
+    pooled = _compare_random(pair, report, label, [pair.fixed] if pair.fixed else list(batch_sizes),
+                             model.spec.input_size, seed)
+    if pooled is not None:
+        gated = tol.random_inputs_gated
+        report.failures += _judge(pooled, tol, label, logits=gated, agreement=gated and data_dir is None)
+    if data_dir is not None:
+        comp = _compare_test_set(pair, report, data_dir, max_images, seed, progress, reference_cache)
+        report.failures += _judge(comp, tol, label)
+    return report
+
+
+@dataclass
+class _Pair:
+    """An onnxruntime session and the fp32 PyTorch reference it is compared with."""
+
+    session: Any
+    reference: torch.nn.Module
+    ref_device: str
+    transform: Callable[[np.ndarray], np.ndarray]  # pixels in [0, 1] -> what the file takes
+    fixed: int | None                              # the file's fixed batch size, if it has one
+
+
+def _input_transform(session: Any, meta: dict[str, Any], model: ResNet) -> Callable[[np.ndarray], np.ndarray]:
+    """Pixels in [0, 1] as the file takes them: its input dtype, and normalised unless the graph does it."""
+    # fp16 files exported with fp16 I/O take float16 inputs; the reference still sees float32.
+    in_dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
+    if meta.get("normalize_in_graph", True):
+        return lambda x: x.astype(in_dtype, copy=False)
+    mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
+    return lambda x: ((x - mean) / std).astype(in_dtype)
+
+
+def _compare_random(pair: _Pair, report: ValidationReport, label: str, sizes: Sequence[int],
+                    input_size: Sequence[int], seed: int) -> Comparison | None:
+    """Uniform-noise batches of each size; adds a comparison per batch and the pooled one, returned."""
     rng = np.random.default_rng(seed)
-    sizes = [fixed] if fixed else list(batch_sizes)
     random_o, random_t = [], []
     for n in sizes:
-        pixels = rng.random((n, *spec.input_size), dtype=np.float32)
-        o = session.run(None, {INPUT_NAME: transform(pixels)})[0].astype(np.float32)
-        t = _torch_logits(reference, pixels, ref_device)
+        pixels = rng.random((n, *input_size), dtype=np.float32)
+        o = pair.session.run(None, {INPUT_NAME: pair.transform(pixels)})[0].astype(np.float32)
+        t = _torch_logits(pair.reference, pixels, pair.ref_device)
         if o.shape != t.shape:
             report.failures.append(f"{label}: output shape {o.shape} at batch {n}, PyTorch gives {t.shape}")
             continue
         report.comparisons.append(compare(o, t, f"random, batch {n}"))
         random_o.append(o)
         random_t.append(t)
-    if random_o:
-        pooled = compare(np.concatenate(random_o), np.concatenate(random_t), "random, all")
-        report.comparisons.append(pooled)
-        gated = tol.random_inputs_gated
-        report.failures += _judge(pooled, tol, label, logits=gated, agreement=gated and data_dir is None)
-    if data_dir is not None:
-        from aperture_zoo.data import load_split, subset
+    if not random_o:
+        return None
+    pooled = compare(np.concatenate(random_o), np.concatenate(random_t), "random, all")
+    report.comparisons.append(pooled)
+    return pooled
 
-        full = load_split("test", data_dir)
-        report.test_images_total = len(full)
-        test = subset(full, max_images if max_images is not None and max_images < len(full) else None, seed)
-        pixels = test.images.astype(np.float32) / 255.0
-        key = (str(data_dir), len(test), seed, ref_device)
-        cached = reference_cache.get(key) if reference_cache is not None else None
-        total = len(test) * (1 if cached is not None else 2)
-        done = [0]
 
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], total)
+def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.PathLike[str],
+                      max_images: int | None, seed: int, progress: ProgressFn | None,
+                      reference_cache: dict[Any, np.ndarray] | None) -> Comparison:
+    """A stratified sample of the CIFAR-10 test set, with labels; the PyTorch side cached per model."""
+    from aperture_zoo.data import load_split, subset
 
-        o = _onnx_logits(session, pixels, fixed, transform, tick)
-        t = cached if cached is not None else _torch_logits(reference, pixels, ref_device, tick=tick)
-        if reference_cache is not None:
-            reference_cache[key] = t
-        comp = compare(o, t, "CIFAR-10 test", test.labels)
-        report.comparisons.append(comp)
-        report.failures += _judge(comp, tol, label)
-    return report
+    full = load_split("test", data_dir)
+    report.test_images_total = len(full)
+    test = subset(full, max_images if max_images is not None and max_images < len(full) else None, seed)
+    pixels = test.images.astype(np.float32) / 255.0
+    key = (str(data_dir), len(test), seed, pair.ref_device)
+    cached = reference_cache.get(key) if reference_cache is not None else None
+    total = len(test) * (1 if cached is not None else 2)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    o = _onnx_logits(pair.session, pixels, pair.fixed, pair.transform, tick)
+    t = cached if cached is not None else _torch_logits(pair.reference, pixels, pair.ref_device, tick=tick)
+    if reference_cache is not None:
+        reference_cache[key] = t
+    comp = compare(o, t, "CIFAR-10 test", test.labels)
+    report.comparisons.append(comp)
+    return comp

@@ -203,22 +203,16 @@ def test_bench_ratios_and_table() -> None:
     assert "failed: no compiler" in lines[7]
 
 
-def test_bench_script(capsys: pytest.CaptureFixture[str]) -> None:
-    """bench/onnx_inference.py: the same library code, plus the environment, as JSON."""
-    import importlib.util
+def test_bench_environment_names_what_the_figures_depend_on() -> None:
+    """``environment()``: what a benchmark figure depends on besides the model, for recording a baseline."""
+    import torch
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "onnx_inference.py"
-    spec = importlib.util.spec_from_file_location("onnx_inference", script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    assert module.main(["resnet10", "--batch-sizes", "3", "--variants", "torch-eager,onnxruntime fp32",
-                        "--min-seconds", "0", "--exporter", "legacy", "--device", "cpu", "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["model"] == "resnet10" and payload["environment"]["cpu_count"] >= 1
-    assert [(r["variant"], r["batch"]) for r in payload["rows"]] == [("torch-eager", 3), ("ort-fp32", 3)]
-    assert all(r["images_per_s"] > 0 for r in payload["rows"])
-    assert module.main(["resnet10", "--variants", "nope"]) == 2
-    assert "unknown variant" in capsys.readouterr().err
+    from aperture_zoo.export.bench import environment
+
+    env = environment()
+    assert env["torch"] == torch.__version__ and env["cpu_count"] >= 1
+    assert str(env["cpu"]).startswith("cpu (") and f"{torch.get_num_threads()} threads" in str(env["cpu"])
+    assert env["cuda_device"] is None or isinstance(env["cuda_device"], str)
 
 
 def test_bench_variants_do_not_leak_memory_format(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,14 @@ mid-epoch needs no saved RNG state, and DDP ranks agree on the global batch's dr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .recipes import Recipe
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -98,6 +102,12 @@ class AugmentConfig:
     cutout: int = 0
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> AugmentConfig:
+        """The augmentation a recipe trains with: the trainer and the throughput benchmark use the same."""
+        return cls(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout, recipe.mixup_alpha,
+                   recipe.label_smoothing)
 
 
 @dataclass

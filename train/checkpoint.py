@@ -2,8 +2,9 @@
 
 Model, EMA and optimizer tensors are stored as named tensors; everything else (epoch, step,
 optimizer hyper-parameters, running sums, recipe, wall time) is JSON in the file's metadata. A
-single file written to a temporary name and ``os.replace``-d into place means a ``kill -9`` at any
-moment leaves either the previous checkpoint or the new one, never a torn pair.
+single file written through ``atomic_path`` (a fsynced temporary sibling ``<name>.tmp<pid>``,
+renamed into place) means a ``kill -9`` at any moment leaves either the previous checkpoint or the
+new one, never a torn pair; the trainer removes a stale temporary file when it resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from aperture_zoo.errors import ApertureError
+from aperture_zoo.files import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "aperture_zoo.checkpoint/1"
@@ -66,11 +68,8 @@ def save_checkpoint(
     tensors.update(opt_tensors)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "info": json.dumps(info), "optimizer": json.dumps(opt_info)}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=header)
-    with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it "the" checkpoint
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from aperture_zoo.errors import ApertureError
 
 from .augment import normalise
+from .device import autocast_dtype, device_name
 
 
 class EvalError(ApertureError, ValueError):
@@ -152,8 +153,7 @@ def evaluate(
     labels = torch.as_tensor(split.labels).to(dev)
     mean = torch.tensor(spec.mean, device=dev)
     std = torch.tensor(spec.std, device=dev)
-    use_bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
-    dtype = torch.bfloat16 if use_bf16 else None
+    dtype = autocast_dtype(precision, dev)
     if dev.type == "cuda":  # warm-up so the timing excludes cuDNN autotuning
         evaluate_sums(model, images[:batch_size], labels[:batch_size], mean, std, spec.num_classes,
                       batch_size, dtype, channels_last, tta)
@@ -165,8 +165,7 @@ def evaluate(
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
     classes = tuple(split.classes) if len(split.classes) == spec.num_classes else spec.label_names
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=name, tta=tta)
+    return result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=device_name(dev), tta=tta)
 
 
 def format_confusion(result: EvalResult) -> str:

@@ -1,15 +1,21 @@
 """The training loop: device-resident data, bf16 autocast, DDP, atomic per-epoch checkpoints.
 
 ``fit(TrainConfig(...))`` is the library entry point; ``aperture train`` and ``torchrun -m
-aperture_zoo.train`` are thin wrappers over it. The hot loop never reads a value back to the host
-per step: loss and accuracy are summed on the device and read every ``log_every`` steps (one sync),
-where the progress bar, the NaN/inf check and, under DDP, the agreed stop decision happen together.
+aperture_zoo.train`` are thin wrappers over it. ``_fit`` reads top to bottom: resolve the run, load
+the data, build the ``RunState`` (``state.py``: network, optimizer, EMA, position; it converts to and
+from a checkpoint), then per epoch ``train_epoch`` over the ``BatchStream`` (``stream.py``: order and
+augmentation as a pure function of seed, epoch and step), ``finish_epoch`` (``evaluate_epoch``,
+metrics row), ``checkpoint``, and ``_stop_if_asked``, the one place a run stops early.
+
+The hot loop never reads a value back to the host per step: loss and accuracy are summed on the
+device and read a few times a second (``progress.SyncClock``), where the progress bar, the NaN/inf
+check and, under DDP, the agreed stop decision happen together. The run-directory helpers (claim,
+lock, resume options, retry commands) come first; the loop follows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -31,22 +37,27 @@ from aperture_zoo.errors import ApertureError
 from aperture_zoo.model import ResNet, create_model
 from aperture_zoo.registry import ModelSpec, get_spec
 
-from . import distributed as D
-from .augment import AugmentConfig, Batch, augment_batch, step_seed
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .evaluate import evaluate_sums, result_from_sums
-from .loader import DeviceSplit, epoch_order, load_splits, rank_slice
-from .recipes import FAST, RECIPES, Recipe, RecipeError
+from aperture_zoo.files import CURVES_FILENAME, METRICS_FILENAME, WEIGHTS_FILENAME, atomic_write_text
 
-WEIGHTS_NAME = "model.safetensors"
-METRICS_NAME = "metrics.jsonl"
+from . import distributed as D
+from .augment import AugmentConfig, Batch
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from .device import autocast_dtype, device_name
+from .evaluate import EvalResult, evaluate_sums, result_from_sums
+from .loader import DeviceSplit, load_splits
+from .progress import SYNC_INTERVAL_S, SyncClock, TrainProgress
+from .recipes import FAST, RECIPES, Recipe, RecipeError
+from .state import EMA, RunState
+from .stream import BatchStream
+
 RECIPE_NAME = "recipe.json"
 RUN_NAME = "run.json"
-CURVES_NAME = "curves.png"
 LOCK_NAME = ".lock"
+WEIGHTS_NAME, METRICS_NAME, CURVES_NAME = WEIGHTS_FILENAME, METRICS_FILENAME, CURVES_FILENAME  # earlier names
 # What a run directory holds before its first checkpoint: such a folder may be started again.
-_PRE_CHECKPOINT_FILES = frozenset({METRICS_NAME, RECIPE_NAME, RUN_NAME, LOCK_NAME,
-                                   RUN_NAME + ".tmp", RECIPE_NAME + ".tmp"})
+_PRE_CHECKPOINT_FILES = frozenset({METRICS_FILENAME, RECIPE_NAME, RUN_NAME, LOCK_NAME})
+# Files written through a temporary sibling (``<name>.tmp<pid>``) that a kill -9 can leave behind.
+_WRITTEN_ATOMICALLY = (CHECKPOINT_NAME, RUN_NAME, RECIPE_NAME, METRICS_FILENAME)
 _T = TypeVar("_T")
 
 
@@ -95,7 +106,7 @@ class TrainConfig:
     out_dir: str | os.PathLike[str] | None = None
     resume: str | os.PathLike[str] | None = None
     progress: bool = True
-    log_every: int = 25
+    sync_interval_s: float = SYNC_INTERVAL_S  # how often the loop reads loss/accuracy back (one host sync)
     time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
 
 
@@ -188,26 +199,6 @@ class TrainStep:
         return loss.detach(), correct
 
 
-class EMA:
-    """Exponential moving average of all float state (weights and BN statistics), with warm-up."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval()
-        self.decay = decay
-        self.updates = 0
-        mine, theirs = self.model.state_dict(), model.state_dict()  # views of the live tensors
-        self._floats = [(mine[k], theirs[k]) for k in mine if mine[k].is_floating_point()]
-        self._others = [(mine[k], theirs[k]) for k in mine if not mine[k].is_floating_point()]
-
-    def update(self) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        with torch.no_grad():
-            torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], 1.0 - d)
-            for a, b in self._others:
-                a.copy_(b)
-
-
 # --------------------------------------------------------------------------- run directory
 
 
@@ -235,8 +226,8 @@ def check_new_run_dir(path: str | os.PathLike[str]) -> None:
             f"{str(path)!r} already holds a training run; continue it with --resume {path} "
             "or choose another --out"
         )
-    other = sorted(p.name for p in path.iterdir()
-                   if p.name not in _PRE_CHECKPOINT_FILES and not p.name.startswith(CHECKPOINT_NAME + ".tmp"))
+    other = sorted(p.name for p in path.iterdir() if p.name not in _PRE_CHECKPOINT_FILES
+                   and not p.name.startswith(tuple(f"{name}.tmp" for name in _WRITTEN_ATOMICALLY)))
     if other:
         raise TrainingError(
             f"--out {str(path)!r} is not empty (it holds {other[0]!r}{f' and {len(other) - 1} more' if len(other) > 1 else ''}) "
@@ -397,9 +388,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def load_run_recipe(run_dir: str | os.PathLike[str]) -> Recipe:
@@ -424,12 +413,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict) and "epoch" in row:
             rows.append(row)
     return rows
-
-
-def _all_finite(model: nn.Module) -> bool:
-    """Whether every float tensor of the model (weights and BN statistics) is finite: one host sync."""
-    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all().item())
 
 
 def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], Path | None, dict[str, Any] | None]:
@@ -511,21 +494,39 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+@dataclass
+class _Run:
+    """What the loop's functions share and never change: the settings, this rank, the run's folder."""
+
+    cfg: TrainConfig
+    info: D.DistInfo
+    device: torch.device
+    spec: ModelSpec
+    recipe: Recipe
+    run: dict[str, Any]  # seed and data options, as in run.json
+    run_dir: Path
+
+    def diverged(self, state: RunState, what: str, epoch: int, step: int) -> TrainingError:
+        """The error for a run that diverged: its last good checkpoint, and a command to retry it."""
+        kept = (f"The last good checkpoint ({state.saved_at}) is kept in {str(self.run_dir)!r}. "
+                if state.saved_at else "No checkpoint had been written yet. ")
+        retry = retry_command(self.spec, self.recipe, self.run, self.cfg, lr=self.recipe.lr / 2)
+        return TrainingError(
+            f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
+            f"Lower --lr: start again with half of it, `{retry}` (or add warm-up, --set warmup_fraction=0.1, "
+            "or --set precision=fp32 to that command)"
+        )
 
 
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+@dataclass
+class _Data:
+    """The splits on the device and the normalisation the model was built with."""
 
-    return Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[ips]} img/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
-    )
+    train: DeviceSplit
+    test: DeviceSplit
+    val: DeviceSplit | None
+    mean: Tensor
+    std: Tensor
 
 
 def fit(cfg: TrainConfig) -> TrainResult:
@@ -544,17 +545,53 @@ def fit(cfg: TrainConfig) -> TrainResult:
 
 def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contextlib.ExitStack,
          data_from_run: bool) -> TrainResult:
+    """Set the run up, train its remaining epochs, write its outputs; every early stop is resumable."""
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
     spec, recipe, run, resume_dir, ckpt = _resolve_run(cfg)
-    if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
-        torch.backends.cudnn.benchmark = True
     if resume_dir is None and cfg.out_dir is not None:  # a refused --out fails before the data is loaded
         _decided_on_rank0(info, lambda: check_new_run_dir(cfg.out_dir))  # type: ignore[arg-type]
-    seed = int(run["seed"])
-    B = recipe.batch_size
-    if B % info.world_size:
-        raise TrainingError(f"batch size {B} does not split over {info.world_size} ranks; use a multiple")
+    if recipe.batch_size % info.world_size:
+        raise TrainingError(f"batch size {recipe.batch_size} does not split over {info.world_size} ranks; "
+                            "use a multiple")
+    data = _load_data(cfg, run, spec, recipe.batch_size, info, device, data_from_run)
+    state = _initial_state(spec, recipe, int(run["seed"]), info, device, ckpt)
+    step_fn = TrainStep(_network(state.model, info, device, bool(cfg.compile)), state.optimizer,
+                        autocast_dtype(recipe.precision, device))
+    # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
+    run_dir = Path(_decided_on_rank0(info, lambda: _claim(cfg, resume_dir, spec.name, stack)))
+    r = _Run(cfg, info, device, spec, recipe, run, run_dir)
+    rows = _open_run_dir(r, resumed=ckpt is not None, epochs_done=state.epoch)
+    stream = BatchStream(data.train, recipe.batch_size, AugmentConfig.from_recipe(recipe), data.mean, data.std,
+                         spec.num_classes, int(run["seed"]), rank=info.rank, world_size=info.world_size,
+                         channels_last=recipe.channels_last)
+    last: dict[str, Any] | None = None  # the newest epoch row of this call (all ranks)
+    step_fn.model.train()
+    bar = TrainProgress(cfg.progress and info.is_main, recipe.epochs, stream.steps, with_val=data.val is not None)
+    with _StopFlag() as stop, bar:
+        while state.epoch < recipe.epochs:
+            row, halted = train_epoch(r, state, step_fn, stream, stop, bar)
+            if row is not None:  # the epoch ran to its end
+                last = finish_epoch(r, state, data, row, bar)
+                if info.is_main:
+                    rows.append(last)
+            checkpoint(r, state, stream.steps)
+            _stop_if_asked(r, state, stream.steps, row, budget, halted, stop.signum)
+    if last is None:  # resumed a run whose last epoch was already complete
+        last = evaluate_epoch(r, state.eval_model, data, with_val=False)
+    result = TrainResult(
+        run_dir=run_dir, test_top1=last["test_top1"], test_loss=last["test_loss"], epochs=recipe.epochs,
+        wall_time_s=state.elapsed["wall"],
+        train_images_per_s=state.elapsed["images"] / max(state.elapsed["train"], 1e-9), metrics=rows,
+    )
+    if info.is_main:
+        _write_outputs(result, state.eval_model, recipe, run, device, info)
+    D.barrier(info)
+    return result
 
+
+def _load_data(cfg: TrainConfig, run: dict[str, Any], spec: ModelSpec, batch_size: int, info: D.DistInfo,
+               device: torch.device, data_from_run: bool) -> _Data:
+    """The run's splits on ``device`` (fetched by rank 0 if need be), checked to hold a batch."""
     try:
         _fetch_data_once(cfg, info)
     except DataError as exc:
@@ -562,215 +599,208 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
             raise
         raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
                         "--data-dir if the data has moved)") from None
-    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], seed)
+    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], int(run["seed"]))
     train = DeviceSplit.from_split(splits.train, device)
-    test = DeviceSplit.from_split(splits.test, device)
-    val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
-    steps = len(train) // B
-    if steps == 0:
+    if len(train) < batch_size:
         raise TrainingError(
-            f"batch size {B} is larger than the {len(train)} training images; lower it with --batch-size"
+            f"batch size {batch_size} is larger than the {len(train)} training images; lower it with --batch-size"
         )
+    val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
+    return _Data(train, DeviceSplit.from_split(splits.test, device), val,
+                 torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device))
 
+
+def _initial_state(spec: ModelSpec, recipe: Recipe, seed: int, info: D.DistInfo, device: torch.device,
+                   ckpt: dict[str, Any] | None) -> RunState:
+    """A new run's network (seeded), optimizer and EMA on ``device``, or those of ``ckpt``."""
+    if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
-    raw = create_model(spec)
-    autocast_dtype = None
-    if recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda"):
-        autocast_dtype = torch.bfloat16
-    start_epoch, start_step = 0, 0
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss*n, correct, n of the epoch so far
-    elapsed = {"wall": 0.0, "train": 0.0, "images": 0.0}
-    if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        start_epoch, start_step = ckpt["info"]["epoch"], ckpt["info"]["step"]
-        if info.is_main:  # the saved sums are already totals over all ranks
-            sums = torch.tensor(ckpt["info"]["sums"], device=device, dtype=torch.float64)
-        elapsed = ckpt["info"]["elapsed"]
+    model: nn.Module = create_model(spec)
     if info.enabled and device.type == "cuda" and recipe.sync_bn:
-        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    raw = raw.to(device)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if recipe.channels_last:
-        raw = raw.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(raw, recipe, device)
-    ema = EMA(raw, recipe.ema_decay) if recipe.ema_decay > 0 else None
+        model = model.to(memory_format=torch.channels_last)
+    state = RunState(model, build_optimizer(model, recipe, device),
+                     EMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None,
+                     sums=torch.zeros(3, device=device, dtype=torch.float64))
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None and ckpt["ema"] is not None:
-            ema.model.load_state_dict(ckpt["ema"])
-            ema.updates = ckpt["info"].get("ema_updates", 0)
-    net: nn.Module = raw
+        state.load(ckpt, info.is_main)
+    return state
+
+
+def _network(model: nn.Module, info: D.DistInfo, device: torch.device, compile: bool) -> nn.Module:
+    """What runs the forward pass: ``model`` under DDP on several ranks, compiled if asked."""
+    net = model
     if info.enabled:
-        net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    step_fn = TrainStep(net, optimizer, autocast_dtype)
-    mean = torch.tensor(spec.mean, device=device)
-    std = torch.tensor(spec.std, device=device)
-    aug = AugmentConfig(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout,
-                        recipe.mixup_alpha, recipe.label_smoothing)
-    shard = rank_slice(B, info.rank, info.world_size) if info.enabled else None
-    gen = torch.Generator(device=device)
-    local_n = B // info.world_size
-    local_n_t = torch.tensor(float(local_n), device=device, dtype=torch.float64)  # made once: no copy per step
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if compile else net  # type: ignore[return-value]
 
-    def claim() -> str:
-        path = resume_dir if resume_dir is not None else claim_run_dir(cfg.out_dir, spec.name)
-        stack.enter_context(_run_lock(path))
-        return str(path)
 
-    # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
-    run_dir = Path(_decided_on_rank0(info, claim))
-    metrics_path = run_dir / METRICS_NAME
+def _claim(cfg: TrainConfig, resume_dir: Path | None, name: str, stack: contextlib.ExitStack) -> str:
+    """The run's folder (a new one, or the resumed one), locked for as long as ``stack`` is open."""
+    path = resume_dir if resume_dir is not None else claim_run_dir(cfg.out_dir, name)
+    stack.enter_context(_run_lock(path))
+    return str(path)
+
+
+def _open_run_dir(r: _Run, resumed: bool, epochs_done: int) -> list[dict[str, Any]]:
+    """Write a new run's settings, or trim a resumed run's metrics to its checkpoint; its rows so far.
+
+    Only rank 0 writes. A resumed run drops the rows of epochs its checkpoint does not include
+    (written, then killed) and the temporary files of a write cut short by ``kill -9``.
+    """
+    if not r.info.is_main:
+        return []
+    metrics_path = r.run_dir / METRICS_FILENAME
     rows: list[dict[str, Any]] = []
-    if info.is_main:
-        if ckpt is None:
-            _write_json_atomic(run_dir / RECIPE_NAME, recipe.to_dict())
-            _write_json_atomic(run_dir / RUN_NAME, {
-                **run, "world_size": info.world_size, "torch_version": torch.__version__,
-                # how it ran, so that `--resume DIR` alone continues it the same way
-                "data_dir": _data_root(cfg.data_dir), "download": cfg.download, "device": cfg.device,
-                "compile": cfg.compile,
-            })
-            metrics_path.write_text("")
-        else:  # drop rows of epochs the checkpoint does not include (written, then killed)
-            rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for stale in run_dir.glob(f"{CHECKPOINT_NAME}.tmp*"):  # a save cut short by kill -9
+    if not resumed:
+        _write_json_atomic(r.run_dir / RECIPE_NAME, r.recipe.to_dict())
+        _write_json_atomic(r.run_dir / RUN_NAME, {
+            **r.run, "world_size": r.info.world_size, "torch_version": torch.__version__,
+            # how it ran, so that `--resume DIR` alone continues it the same way
+            "data_dir": _data_root(r.cfg.data_dir), "download": r.cfg.download, "device": r.cfg.device,
+            "compile": r.cfg.compile,
+        })
+    else:
+        rows = [row for row in read_metrics(metrics_path) if row["epoch"] <= epochs_done]
+    atomic_write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+    for name in _WRITTEN_ATOMICALLY:
+        for stale in r.run_dir.glob(f"{name}.tmp*"):
             stale.unlink(missing_ok=True)
-    saved = {"at": f"epoch {start_epoch}" + (f", step {start_step}" if start_step else "")} if ckpt else {}
+    return rows
 
-    def diverged(what: str, epoch: int, step: int) -> TrainingError:
-        kept = (f"The last good checkpoint ({saved['at']}) is kept in {str(run_dir)!r}. " if saved
-                else "No checkpoint had been written yet. ")
-        retry = retry_command(spec, recipe, run, cfg, lr=recipe.lr / 2)
-        return TrainingError(
-            f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
-            f"Lower --lr: start again with half of it, `{retry}` (or add warm-up, --set warmup_fraction=0.1, "
-            "or --set precision=fp32 to that command)"
-        )
 
-    def checkpoint(epoch: int, step: int, epoch_sums: list[float]) -> None:
-        # A finite loss does not prove finite weights: the last update of an epoch can overflow
-        # them. Every rank checks (DDP keeps them identical) so all ranks stop together.
-        if not _all_finite(raw):
-            raise diverged("weights became nan/inf (the loss was still finite)", epoch - (step == 0),
-                           step or steps)
-        if info.is_main:
-            state = {"epoch": epoch, "step": step, "sums": epoch_sums, "elapsed": elapsed,
-                     "ema_updates": ema.updates if ema else 0, "arch": spec.arch_dict(), "seed": seed}
-            save_checkpoint(run_dir / CHECKPOINT_NAME, raw.state_dict(), optimizer.state_dict(), state,
-                            ema.model.state_dict() if ema else None)
-        saved["at"] = f"epoch {epoch}" + (f", step {step}" if step else "")
+def train_epoch(r: _Run, state: RunState, step_fn: TrainStep, stream: BatchStream, stop: _StopFlag,
+                bar: TrainProgress) -> tuple[dict[str, Any] | None, bool]:
+    """Train ``state.epoch`` from ``state.step`` on, to its end or to a stop the ranks agreed on.
 
-    def eval_model() -> nn.Module:
-        return ema.model if ema is not None else raw
+    Loss and accuracy are summed on the device. They are read back (one host sync) only when the
+    clock says so and after the epoch's last step; the NaN check, the progress bar and, under DDP,
+    the ranks' agreement to stop all happen at that read. Returns the epoch's training row (None
+    when it stopped part-way, its time then counted) and whether a stop was agreed.
+    """
+    steps, first, started = stream.steps, state.step, time.perf_counter()
+    clock = SyncClock(r.cfg.sync_interval_s, by_steps=r.info.enabled)
+    clock.start(first)
+    bar.start_epoch(state.epoch, first)
+    local_n = torch.tensor(float(stream.local_batch), device=r.device, dtype=torch.float64)  # not one per step
+    totals, halted = [0.0, 0.0, 0.0], False
+    for step, batch in stream.epoch(state.epoch, first):
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr_at(r.recipe, state.epoch * steps + step, steps)
+        loss, correct = step_fn(batch)
+        state.sums += torch.stack([loss.double() * local_n, correct.double(), local_n])
+        if state.ema is not None:
+            state.ema.update()
+        state.step = done = step + 1
+        if done == steps or clock.due(done) or (stop.signum and not r.info.enabled):
+            totals, halted = _read_back(r, state, stop, time.perf_counter() - started, done - first, bar, clock)
+            if halted and done < steps:
+                secs = time.perf_counter() - started  # the partial epoch counts towards the run's time
+                state.add_time(wall=secs, train=secs, images=(done - first) * stream.batch_size)
+                state.sums.copy_(torch.tensor(totals, dtype=torch.float64))  # what the checkpoint keeps
+                return None, True
+    if r.device.type == "cuda":
+        torch.cuda.synchronize(r.device)
+    train_secs = time.perf_counter() - started
+    images = (steps - first) * stream.batch_size
+    state.add_time(train=train_secs, images=images)
+    return {
+        "epoch": state.epoch + 1, "lr": lr_at(r.recipe, (state.epoch + 1) * steps - 1, steps),
+        "train_loss": totals[0] / max(totals[2], 1), "train_top1": 100 * totals[1] / max(totals[2], 1),
+        "train_seconds": train_secs, "images_per_s": images / max(train_secs, 1e-9),
+    }, halted
 
-    def evaluate_on(split: DeviceSplit) -> Tensor:
-        part = slice(info.rank, None, info.world_size)
-        s = evaluate_sums(eval_model(), split.images[part], split.labels[part], mean, std, spec.num_classes,
-                          recipe.eval_batch_size, autocast_dtype, recipe.channels_last)
-        return D.all_reduce_sum(s, info)
 
-    last_test: dict[str, float] = {}
-    halt = False
-    net.train()
-    progress = _progress(cfg.progress and info.is_main)
-    with _StopFlag() as stop, progress:
-        task = progress.add_task("train", total=steps, epoch="", loss="-", acc="-", ips="-")
-        for epoch in range(start_epoch, recipe.epochs):
-            gen.manual_seed(step_seed(seed, epoch, -1))
-            order = epoch_order(len(train), gen, device)
-            first = start_step if epoch == start_epoch else 0
-            if epoch != start_epoch:
-                sums.zero_()
-            progress.update(task, completed=first, epoch=f"{epoch + 1}/{recipe.epochs}")
-            t_epoch = time.perf_counter()
-            for step in range(first, steps):
-                lr = lr_at(recipe, epoch * steps + step, steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                idx = order[step * B:(step + 1) * B]
-                gen.manual_seed(step_seed(seed, epoch, step))
-                batch = augment_batch(train.images[idx], train.labels[idx], aug, mean, std, spec.num_classes,
-                                      gen, shard, recipe.channels_last)
-                loss, correct = step_fn(batch)
-                sums += torch.stack([loss.double() * local_n, correct.double(), local_n_t])
-                if ema is not None:
-                    ema.update()
-                done = step + 1
-                sync_now = done % cfg.log_every == 0 or done == steps
-                if not info.enabled and stop.signum:
-                    sync_now = True
-                if sync_now:
-                    flag = torch.tensor([float(stop.signum > 0)], device=device, dtype=torch.float64)
-                    shown = D.all_reduce_sum(torch.cat([sums, flag]), info).tolist()
-                    if not all(math.isfinite(v) for v in shown[:2]):
-                        raise diverged(f"loss became {'nan' if math.isnan(shown[0]) else 'inf'}", epoch, done)
-                    secs = time.perf_counter() - t_epoch
-                    ips = (done - first) * B / max(secs, 1e-9)
-                    progress.update(task, completed=done, loss=f"{shown[0] / max(shown[2], 1):.4f}",
-                                    acc=f"{100 * shown[1] / max(shown[2], 1):.2f}%", ips=f"{ips:,.0f}")
-                    halt = shown[3] > 0
-                    if halt and done < steps:
-                        elapsed["wall"] += secs  # the partial epoch counts towards the run's time
-                        elapsed["train"] += secs
-                        elapsed["images"] += (done - first) * B
-                        checkpoint(epoch, done, shown[:3])
-                        raise TrainingInterrupted(
-                            f"interrupted by {_signame(stop.signum)} in epoch {epoch + 1} at step {done}/{steps}; "
-                            f"checkpoint saved in {str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, stop.signum or signal.SIGTERM)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_secs = time.perf_counter() - t_epoch
-            total = D.all_reduce_sum(sums.clone(), info).tolist()
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "lr": lr_at(recipe, (epoch + 1) * steps - 1, steps),
-                "train_loss": total[0] / max(total[2], 1), "train_top1": 100 * total[1] / max(total[2], 1),
-                "train_seconds": train_secs, "images_per_s": (steps - first) * B / max(train_secs, 1e-9),
-            }
-            if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
-                res = result_from_sums(evaluate_on(test), test.classes)
-                row.update(test_loss=res.loss, test_top1=res.top1, test_images=res.num_images)
-                last_test = {"loss": res.loss, "top1": res.top1}
-                if val is not None:
-                    vres = result_from_sums(evaluate_on(val), val.classes)
-                    row.update(val_loss=vres.loss, val_top1=vres.top1)
-            row["epoch_seconds"] = time.perf_counter() - t_epoch
-            elapsed["wall"] += row["epoch_seconds"]
-            elapsed["train"] += train_secs
-            elapsed["images"] += (steps - first) * B
-            sums.zero_()
-            if info.is_main:
-                rows.append(row)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                progress.console.print(_epoch_line(row, recipe.epochs), highlight=False)
-            checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
-            # rank 0 decides for all ranks, so they stop at the same epoch
-            over = D.broadcast_object(not budget.fits_another(row["epoch_seconds"]), info)
-            if epoch + 1 < recipe.epochs and over:
-                raise TimeBudgetReached(
-                    f"time budget of {cfg.time_budget_s:g}s reached after epoch {epoch + 1}/{recipe.epochs} "
-                    f"(another epoch takes about {budget.slowest:.0f}s); checkpoint saved in {str(run_dir)!r}. "
-                    f"Continue with: {resume_command(run_dir)}", run_dir, epoch + 1)
-            if (halt or (stop.signum and not info.enabled)) and epoch + 1 < recipe.epochs:
-                signum = stop.signum or signal.SIGTERM
-                raise TrainingInterrupted(
-                    f"interrupted by {_signame(signum)} after epoch {epoch + 1}; checkpoint saved in "
-                    f"{str(run_dir)!r}. Continue with: {resume_command(run_dir)}", run_dir, signum)
+def _read_back(r: _Run, state: RunState, stop: _StopFlag, secs: float, steps_done: int, bar: TrainProgress,
+               clock: SyncClock) -> tuple[list[float], bool]:
+    """The loop's one host sync: the epoch's totals over all ranks, checked finite, and the stop vote.
 
-    if not last_test:  # resumed a run whose last epoch was already complete
-        res = result_from_sums(evaluate_on(test), test.classes)
-        last_test = {"loss": res.loss, "top1": res.top1}
-    result = TrainResult(
-        run_dir=run_dir, test_top1=last_test["top1"], test_loss=last_test["loss"], epochs=recipe.epochs,
-        wall_time_s=elapsed["wall"], train_images_per_s=elapsed["images"] / max(elapsed["train"], 1e-9),
-        metrics=rows,
-    )
-    if info.is_main:
-        _write_outputs(result, eval_model(), recipe, run, device, info)
-    D.barrier(info)
-    return result
+    One all-reduce carries the sums, each rank's stop flag and rank 0's elapsed seconds (the other
+    ranks add 0), so every rank gets the same step time and sets the same next sync.
+    """
+    extra = torch.tensor([float(stop.signum > 0), secs if r.info.is_main else 0.0], device=r.device,
+                         dtype=torch.float64)
+    shown = D.all_reduce_sum(torch.cat([state.sums, extra]), r.info).tolist()
+    if not all(math.isfinite(v) for v in shown[:2]):
+        raise r.diverged(state, f"loss became {'nan' if math.isnan(shown[0]) else 'inf'}", state.epoch, state.step)
+    clock.synced(state.step, shown[4] / max(steps_done, 1))
+    bar.update(state.step, shown[0] / max(shown[2], 1), 100 * shown[1] / max(shown[2], 1),
+               steps_done * r.recipe.batch_size / max(shown[4], 1e-9))
+    return shown[:3], shown[3] > 0
+
+
+def evaluate_epoch(r: _Run, model: nn.Module, data: _Data, with_val: bool = True) -> dict[str, Any]:
+    """Test (and validation) loss and top-1 of ``model``: each rank scores a shard, sums are all-reduced."""
+    def score(split: DeviceSplit) -> EvalResult:
+        part = slice(r.info.rank, None, r.info.world_size)
+        sums = evaluate_sums(model, split.images[part], split.labels[part], data.mean, data.std,
+                             r.spec.num_classes, r.recipe.eval_batch_size, autocast_dtype(r.recipe.precision, r.device),
+                             r.recipe.channels_last)
+        return result_from_sums(D.all_reduce_sum(sums, r.info), split.classes)
+
+    test = score(data.test)
+    out: dict[str, Any] = {"test_loss": test.loss, "test_top1": test.top1, "test_images": test.num_images}
+    if with_val and data.val is not None:
+        val = score(data.val)
+        out.update(val_loss=val.loss, val_top1=val.top1)
+    return out
+
+
+def finish_epoch(r: _Run, state: RunState, data: _Data, row: dict[str, Any], bar: TrainProgress) -> dict[str, Any]:
+    """Evaluate when due, count the epoch's time, log its row, and move ``state`` to the next epoch."""
+    started = time.perf_counter()
+    if row["epoch"] % r.recipe.eval_every == 0 or row["epoch"] == r.recipe.epochs:
+        row.update(evaluate_epoch(r, state.eval_model, data))
+    row["epoch_seconds"] = row["train_seconds"] + time.perf_counter() - started
+    state.add_time(wall=row["epoch_seconds"])
+    state.next_epoch()
+    if r.info.is_main:
+        with (r.run_dir / METRICS_FILENAME).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.epoch_done(row)
+    return row
+
+
+def checkpoint(r: _Run, state: RunState, steps: int) -> None:
+    """Save ``state`` on rank 0, unless its weights are not finite (a clear error instead).
+
+    A finite loss does not prove finite weights: the last update of an epoch can overflow them.
+    Every rank checks (DDP keeps them identical), so all ranks stop together.
+    """
+    if not state.weights_finite():
+        at_boundary = state.step == 0
+        raise r.diverged(state, "weights became nan/inf (the loss was still finite)",
+                         state.epoch - at_boundary, steps if at_boundary else state.step)
+    if r.info.is_main:
+        state.save(r.run_dir / CHECKPOINT_NAME, arch=r.spec.arch_dict(), seed=int(r.run["seed"]))
+    else:
+        state.saved_at = state.where
+
+
+def _stop_if_asked(r: _Run, state: RunState, steps: int, row: dict[str, Any] | None, budget: _Budget,
+                   halted: bool, signum: int) -> None:
+    """The one way a run stops before its last epoch: after its checkpoint, saying how to continue.
+
+    ``halted``: the ranks agreed on a stop at a sync point (part-way through an epoch, or at its last
+    step); a single process also stops for a signal that came during evaluation. The time budget is
+    judged after each whole epoch (``row``), by rank 0 for every rank.
+    """
+    over = row is not None and D.broadcast_object(not budget.fits_another(row["epoch_seconds"]), r.info)
+    if state.epoch >= r.recipe.epochs:
+        return
+    resume = f"checkpoint saved in {str(r.run_dir)!r}. Continue with: {resume_command(r.run_dir)}"
+    if over:
+        raise TimeBudgetReached(
+            f"time budget of {r.cfg.time_budget_s:g}s reached after epoch {state.epoch}/{r.recipe.epochs} "
+            f"(another epoch takes about {budget.slowest:.0f}s); {resume}", r.run_dir, state.epoch)
+    if halted or (signum and not r.info.enabled):
+        signum = signum or signal.SIGTERM
+        where = (f"in epoch {state.epoch + 1} at step {state.step}/{steps}" if state.step
+                 else f"after epoch {state.epoch}")
+        raise TrainingInterrupted(f"interrupted by {_signame(signum)} {where}; {resume}", r.run_dir, signum)
 
 
 def _fetch_data_once(cfg: TrainConfig, info: D.DistInfo) -> None:
@@ -797,16 +827,6 @@ def _signame(signum: float) -> str:
         return f"signal {int(signum)}"
 
 
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    text = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.2f}%"
-            f"  lr {row['lr']:.4g}  {row['images_per_s']:,.0f} img/s  {row['epoch_seconds']:.1f}s")
-    if "val_top1" in row:
-        text += f"  val {row['val_top1']:.2f}%"
-    if "test_top1" in row:
-        text += f"  test loss {row['test_loss']:.4f} acc {row['test_top1']:.2f}%"
-    return text
-
-
 def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: dict[str, Any],
                    device: torch.device, info: D.DistInfo) -> None:
     """model.safetensors (with provenance metadata) and curves.png; the final epoch's numbers only."""
@@ -820,11 +840,11 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
     metadata = {
         "test_top1": round(result.test_top1, 4), "test_loss": round(result.test_loss, 6),
         "epochs": result.epochs, "recipe": recipe.to_dict(), "seed": run["seed"],
-        "train_device": _device_name(device), "world_size": info.world_size,
+        "train_device": device_name(device), "world_size": info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
         "ema": recipe.ema_decay > 0,
     }
-    save_weights(plain, result.run_dir / WEIGHTS_NAME, metadata)
-    rows = read_metrics(result.run_dir / METRICS_NAME)
-    plot_curves(rows, result.run_dir / CURVES_NAME, title=f"{plain.spec.name} ({recipe.name})")
+    save_weights(plain, result.run_dir / WEIGHTS_FILENAME, metadata)
+    rows = read_metrics(result.run_dir / METRICS_FILENAME)
+    plot_curves(rows, result.run_dir / CURVES_FILENAME, title=f"{plain.spec.name} ({recipe.name})")

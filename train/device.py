@@ -1,0 +1,47 @@
+"""Two facts about a torch device that training, evaluation and the benchmarks must agree on.
+
+``autocast_dtype``: what ``precision="auto"`` means (bf16 autocast on CUDA, fp32 on CPU), so a model
+is evaluated and benchmarked in the precision it was trained in. ``device_name``: how a device is
+named in results (metadata, eval reports, benchmark rows), so one GPU is never recorded under two
+names.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32 (no autocast).
+
+    ``auto`` is bf16 on CUDA, where it is about twice as fast and trains as well, and fp32 on CPU,
+    where bf16 autocast is slower than fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
+
+
+def device_name(device: torch.device | str, detail: bool = False) -> str:
+    """The GPU's product name, or ``cpu``; with ``detail`` the CPU's model and torch's thread count.
+
+    Benchmark figures on a CPU depend on both, so benchmarks ask for the detail; results that only
+    say where a model ran (training metadata, evaluation reports) keep the plain ``cpu``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu" or not detail:
+        return device.type
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu ({model}, {torch.get_num_threads()} threads)"
