@@ -153,7 +153,9 @@ def test_bench_cli_json() -> None:
                        "--exporter legacy --device cpu --json")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = {r["variant"]: r for r in json.loads(result.stdout)}
+    doc = json.loads(result.stdout)
+    assert doc["environment"]["torch"] and doc["environment"]["onnxruntime"]  # which machine the figures are from
+    rows = {r["variant"]: r for r in doc["rows"]}
     assert set(rows) == {"torch-eager", "ort-fp32"}
     assert rows["torch-eager"]["ratio_to_eager"] == 1.0 and rows["torch-eager"]["ratio_to_ort_fp32"] is None
     assert rows["ort-fp32"]["ratio_to_ort_fp32"] == 1.0

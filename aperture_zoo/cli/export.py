@@ -202,7 +202,9 @@ def bench_cmd(
                                  data_dir=_auto_data_dir(data_dir), exporter=exporter,
                                  min_seconds=min_seconds, progress=lambda m: status.update(m))
     if json_out:
-        print_json([r.to_dict() for r in rows])
+        from aperture_zoo.export.bench import environment
+
+        print_json({"environment": environment(), "rows": [r.to_dict() for r in rows]})  # figures say where
         return
     weights_note = "random weights" if weights is None and not pretrained else "trained weights"
     console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)

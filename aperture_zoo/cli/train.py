@@ -6,32 +6,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from . import app
 from .common import console, err_console, print_json, user_errors
-
-
-def _parse_arch(items: list[str]) -> dict[str, Any]:
-    """``--arch channels=16,32,32,64`` -> ``{"channels": (16, 32, 32, 64)}`` for a derived model."""
-    from aperture_zoo.registry import SpecError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SpecError(f"--arch {item!r}: expected key=value, e.g. --arch channels=32,64,128,256")
-        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
-        try:
-            nums = tuple(int(p) for p in parts)
-        except ValueError:
-            raise SpecError(f"--arch {item!r}: values must be integers") from None
-        if not nums:
-            raise SpecError(f"--arch {item!r}: give at least one integer")
-        out[key.strip()] = nums if key.strip() in ("blocks", "channels", "input_size") else nums[0]
-    return out
 
 
 def _is_main_rank() -> bool:
@@ -81,25 +61,14 @@ def train_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
-    from aperture_zoo.model import create_model
-    from aperture_zoo.train import TrainConfig, TrainingInterrupted, apply_overrides, fit, get_recipe
+    from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
+    from aperture_zoo.train.options import model_from_options, recipe_from_options
 
     with user_errors():
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
-        overrides = {k: v for k, v in flags.items() if v is not None}
-        chosen = None
-        if resume is None or recipe is not None or overrides or set_:
-            if resume is not None and recipe is None:  # override the saved recipe, not the default one
-                from aperture_zoo.train.loop import load_run_recipe
-
-                base = load_run_recipe(resume)
-            else:
-                base = get_recipe(recipe or "fast")
-            chosen = apply_overrides(apply_overrides(base, set_), overrides)
-        model: Any = name
-        if name is not None and arch:
-            model = create_model(name, **_parse_arch(arch)).spec
+        chosen = recipe_from_options(recipe, set_, flags, resume)
+        model = model_from_options(name, arch)
         cfg = TrainConfig(
             model=model, recipe=chosen, seed=seed, data_dir=data_dir, download=download, subset=subset,
             test_subset=test_subset, val_split=val_split, device=device, compile=compile_, out_dir=out,
@@ -241,11 +210,11 @@ def train_zoo_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
 ) -> None:
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
-    from aperture_zoo.train import apply_overrides, get_recipe
+    from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
     with user_errors():
-        chosen = apply_overrides(apply_overrides(get_recipe(recipe), set_), {"epochs": epochs} if epochs else None)
+        chosen = recipe_from_options(recipe, set_, {"epochs": epochs})
         if chosen.lr_note():
             err_console.print(chosen.lr_note(), highlight=False, soft_wrap=True)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,

@@ -1,0 +1,56 @@
+"""Command-line options turned into library objects, so the CLI only parses, calls and prints.
+
+``aperture train``, ``aperture train-zoo`` and ``torchrun -m aperture_zoo.train`` share these rules:
+which recipe a run gets (a named recipe, or on ``--resume`` the run's own, with overrides applied
+in one order: ``--set`` first, then the dedicated flags) and which architecture ``--arch`` derives.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aperture_zoo.model import create_model
+from aperture_zoo.registry import ModelSpec, SpecError
+
+from .loop import load_run_recipe
+from .recipes import Recipe, apply_overrides, get_recipe
+
+
+def recipe_from_options(
+    recipe: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+) -> Recipe | None:
+    """The recipe to train with; None means "as saved" when resuming with nothing changed."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if resume is not None and recipe is None and not overrides and not sets:
+        return None
+    base = load_run_recipe(resume) if resume is not None and recipe is None else get_recipe(recipe or "fast")
+    return apply_overrides(apply_overrides(base, list(sets or [])), overrides)
+
+
+def parse_arch(items: list[str]) -> dict[str, Any]:
+    """``["channels=16,32,32,64"]`` -> ``{"channels": (16, 32, 32, 64)}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--arch {item!r}: expected key=value, e.g. --arch channels=32,64,128,256")
+        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        try:
+            nums = tuple(int(p) for p in parts)
+        except ValueError:
+            raise SpecError(f"--arch {item!r}: values must be integers") from None
+        if not nums:
+            raise SpecError(f"--arch {item!r}: give at least one integer")
+        out[key.strip()] = nums if key.strip() in ("blocks", "channels", "input_size") else nums[0]
+    return out
+
+
+def model_from_options(name: str | None, arch: list[str] | None = None) -> str | ModelSpec | None:
+    """A registered name, or the spec ``--arch`` derives from it (checked by building it once)."""
+    if name is None or not arch:
+        return name
+    return create_model(name, **parse_arch(arch)).spec
