@@ -229,6 +229,12 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
+def check_port(port: int) -> None:
+    """A port number the OS can bind (checked before anything else runs)."""
+    if not 0 <= port <= 65535:
+        raise DemoError(f"--port must be in 0..65535 (0 picks a free one), got {port}")
+
+
 class DemoServer:
     """The static server of the demo, on a background thread; use as a context manager."""
 
@@ -237,6 +243,7 @@ class DemoServer:
         web = Path(web)
         handler = type("Handler", (_Handler,), {"models_dir": Path(models_dir) if models_dir else None})
         try:
+            check_port(port)
             self.httpd = ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(web)))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:

@@ -96,7 +96,8 @@ def export_model(
     reporter = _as_progress(progress)
     say = reporter.stage
     _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir, calibration_images=calibration_images,
-                   provider=provider if run_validation else None, max_val_images=max_val_images)
+                   provider=provider if run_validation else None, max_val_images=max_val_images,
+                   opset=opset, exporter=exporter)
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images)
     out = Path(out_dir)
@@ -124,8 +125,13 @@ def export_model(
 
 
 def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.PathLike[str] | None,
-                   calibration_images: int, provider: Provider | None, max_val_images: int | None) -> None:
+                   calibration_images: int, provider: Provider | None, max_val_images: int | None,
+                   opset: int = DEFAULT_OPSET, exporter: str = "dynamo") -> None:
     """Every option error before any work: an export takes minutes, a typo should not cost them."""
+    lowest = 18 if exporter == "dynamo" else 9  # torch.export's ONNX translator starts at opset 18
+    if not lowest <= opset <= 23:
+        raise ExportError(f"--opset {opset} is out of range for the {exporter} exporter: use {lowest}..23"
+                          + (" (or --exporter legacy for older opsets)" if exporter == "dynamo" else ""))
     if fp16_io and not fp16:
         raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
     if int8 and calibration_images < 1:

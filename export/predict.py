@@ -112,6 +112,8 @@ class OnnxClassifier:
 
     def predict(self, paths: str | os.PathLike[str] | list, top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) for image files of any size and mode."""
+        if top_k < 1:
+            raise ImageError(f"--top-k must be at least 1, got {top_k}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:
             return []

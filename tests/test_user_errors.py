@@ -77,3 +77,28 @@ def test_help_of_every_command_reads_whole_at_80_columns() -> None:
         assert out.returncode == 0, out.stderr
         assert "…" not in out.stdout, f"{command} --help truncates:\n{out.stdout}"
         assert max(len(line) for line in out.stdout.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "resnet10", "--min-seconds", "-1", "--device", "cpu"], "--min-seconds must be >= 0"),
+    (["export", "resnet10", "--random-init", "--onnx", "--opset", "3"], "--opset 3 is out of range"),
+    (["predict", "nothing.png", "--onnx", "nothing.onnx", "--top-k", "0"], None),
+    (["demo", "--port", "-1"], "--port must be in 0..65535"),
+])
+def test_numeric_options_fail_first_in_one_line(args, message, tmp_path) -> None:
+    """Found by trying every command: a negative timing window ran, an impossible opset exported
+    first, --port -1 gave a traceback."""
+    result = CliRunner().invoke(app, [*args, *(["--out", str(tmp_path / "x")] if args[0] == "export" else [])])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    if message:
+        assert message in result.output
+    assert not (tmp_path / "x").exists()  # nothing was exported before the error
+
+
+def test_predict_top_k_is_checked_by_the_library(tmp_path) -> None:
+    from aperture_zoo.export.predict import OnnxClassifier
+    from aperture_zoo.images import ImageError
+
+    clf = OnnxClassifier.__new__(OnnxClassifier)  # the check comes before any file is touched
+    with pytest.raises(ImageError, match="--top-k must be at least 1, got 0"):
+        clf.predict(["x.png"], top_k=0)

@@ -20,9 +20,10 @@ def demo_cmd(
 ) -> None:
     """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
     with user_errors():
-        from aperture_zoo.demo import DemoServer, check_web_runtime, default_models_dir, prepare_models
+        from aperture_zoo.demo import DemoServer, check_port, check_web_runtime, default_models_dir, prepare_models
         from aperture_zoo.demo import web_dir as find_web_dir
 
+        check_port(port)
         web = web_dir.resolve() if web_dir else find_web_dir()
         check_web_runtime(web)
         out = models_dir or default_models_dir(web)

@@ -156,7 +156,7 @@ def export_cmd(
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
     onnx: Path = typer.Option(..., "--onnx", help="An ONNX file written by `aperture export`."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per image."),
+    top_k: int = typer.Option(3, "--top-k", help="Classes to show per image (>= 1)."),
     provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
