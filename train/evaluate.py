@@ -6,9 +6,11 @@ Counts are accumulated as device tensors and read back once, so evaluation does 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -176,3 +178,26 @@ def format_confusion(result: EvalResult) -> str:
     for name, row in zip(short, result.confusion):
         lines.append(f"{name:>9} " + " ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model_name: str,
+                      weights: str | os.PathLike[str] | None, weights_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """``eval.json`` (strict JSON: no NaN) and ``confusion.png`` in ``out_dir``; returns the report.
+
+    The weights are named by their SHA-256, so a report always says which file it measured.
+    """
+    import json
+
+    from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, atomic_write_text
+    from aperture_zoo.weights import file_sha256
+
+    from .plots import plot_confusion
+
+    out = Path(out_dir)
+    report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
+              "weights_sha256": file_sha256(weights_file),
+              "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
+    atomic_write_text(out / EVAL_FILENAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    plot_confusion(result.confusion, result.classes, out / CONFUSION_FILENAME,
+                   title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
+    return report

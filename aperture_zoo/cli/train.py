@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -122,10 +121,9 @@ def eval_cmd(
     """Test top-1, per-class accuracy and confusion matrix; writes eval.json and confusion.png."""
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
-    from aperture_zoo.train.evaluate import evaluate, format_confusion
+    from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
     from aperture_zoo.pretrained import model_for_command
     from aperture_zoo.train.evaluate import check_eval_options
-    from aperture_zoo.train.plots import plot_confusion
     from aperture_zoo.weights import WeightsError
 
     with user_errors():
@@ -138,17 +136,7 @@ def eval_cmd(
         with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from aperture_zoo.weights import file_sha256
-
-        report = {"model": name, "weights": str(weights) if weights else "pretrained",
-                  "weights_sha256": file_sha256(used),
-                  "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
-        import json
-
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-        plot_confusion(result.confusion, result.classes, out_dir / "confusion.png",
-                       title=f"{name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
+        report = write_eval_report(result, out_dir, name, weights, used)
     if json_out:
         print_json(report)
         return
