@@ -34,6 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())  # some writers (safetensors) create 0600: follow the umask like open()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except (Exception, KeyboardInterrupt):  # only a kill leaves the temp file (its writer's resume removes it)
@@ -45,6 +46,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _default_mode() -> int:
+    """What ``open()`` would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:

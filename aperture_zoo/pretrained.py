@@ -41,6 +41,14 @@ class NoPretrainedWeightsError(WeightsError):
     """No published or local weights could be found for a model."""
 
 
+class PublishedWeightsUnavailableError(NoPretrainedWeightsError):
+    """Weights are published for the model but cannot be reached now (offline, Hub down, not cached)."""
+
+    def __init__(self, message: str, tag: str) -> None:
+        super().__init__(message)
+        self.tag = tag
+
+
 def model_cards_dir() -> Path:
     """``model_cards/`` of the source checkout this package runs from (may not exist)."""
     return Path(__file__).resolve().parent.parent / "model_cards"
@@ -150,11 +158,14 @@ def resolve_weights(
         try:
             return hub.download(repo_id, WEIGHTS_FILENAME, revision, sha256=record.sha256, local_only=not download)
         except hub.HubUnavailableError as exc:
-            looked.append(f"Hub repo {repo_id}: {exc}")
+            hub_problem = str(exc)
         card_file = model_cards_dir() / arch / WEIGHTS_FILENAME
         if card_file.is_file():
             return _check_pin(card_file, record)
-        looked.append(str(card_file))
+        # Published, but not reachable from here: say that first, not "train your own".
+        raise PublishedWeightsUnavailableError(
+            f"the published weights {record.tag} could not be fetched: {hub_problem} (no copy in "
+            f"{card_file.parent} either" + "".join(f"; {x}" for x in looked) + ")", record.tag)
     raise NoPretrainedWeightsError(
         f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
         f"weights='runs/.../model.safetensors' (train with `aperture train {arch}`), set "

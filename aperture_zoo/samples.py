@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .pretrained import NoPretrainedWeightsError, load
+from .pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError, load
 from .registry import list_models
 from .transforms import preprocess
 
@@ -24,6 +24,7 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "sample_images"
 class SampleResult:
     model: str
     published: bool                           # False: no published weights, nothing was run
+    unavailable: str | None = None            # published, but could not be fetched (why)
     predictions: list[tuple[str, str, float]] = field(default_factory=list)  # (file, predicted, probability)
     correct: int = 0
 
@@ -45,6 +46,9 @@ def classify_samples(models: list[str] | None = None) -> list[SampleResult]:
     for name in models or list_models():
         try:
             model = load(name, pretrained=True)
+        except PublishedWeightsUnavailableError as exc:
+            results.append(SampleResult(name, published=True, unavailable=str(exc)))
+            continue
         except NoPretrainedWeightsError:
             results.append(SampleResult(name, published=False))
             continue

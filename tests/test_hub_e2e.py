@@ -115,7 +115,7 @@ def test_load_pretrained_fresh_cache_then_offline(hub_server, pushed, weights, t
     assert len(hub_server.requests) == requests_before  # offline means no traffic at all
     assert offline["same"] and offline["pinned_ok"]
     kind, message = offline["uncached"]
-    assert kind == "NoPretrainedWeightsError"
+    assert kind == "PublishedWeightsUnavailableError"
     assert "zoo/resnet18" in message and "HF_HUB_OFFLINE" in message and "not in the Hub cache" in message
     kind, message = offline["tampered"]
     assert kind == "HubIntegrityError" and "SHA-256" in message and "refusing" in message

@@ -69,13 +69,16 @@ def test_checkout_weights_that_differ_from_the_pin_are_refused(dead_hub, two_wei
 
 
 def test_nothing_found_lists_every_place_and_the_fix(dead_hub, monkeypatch, tmp_path):
+    from aperture_zoo.pretrained import PublishedWeightsUnavailableError
+
     monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path / "empty"))
-    with pytest.raises(NoPretrainedWeightsError) as info:
+    with pytest.raises(PublishedWeightsUnavailableError) as info:
         load("resnet24", pretrained=True)
     message = str(info.value)
-    assert "$APERTURE_WEIGHTS_DIR=" in message and "Hub repo someorg/resnet24" in message
-    assert "cannot be reached" in message and str(dead_hub / "resnet24" / "model.safetensors") in message
-    assert "aperture train resnet24" in message
+    assert message.startswith("the published weights resnet24.fast could not be fetched")
+    assert "$APERTURE_WEIGHTS_DIR=" in message and "someorg/resnet24" in message
+    assert "cannot be reached" in message and str(dead_hub / "resnet24") in message
+    assert isinstance(info.value, NoPretrainedWeightsError)  # callers catching the old error still do
 
 
 def test_listing_never_downloads(hub_env, monkeypatch, tmp_path):
@@ -154,3 +157,19 @@ def test_bad_token_and_unknown_revision_on_download(hub_env, monkeypatch, tmp_pa
         with pytest.raises(HubError, match=r"rejected the token \(from HF_TOKEN\) \(401\).*unset it") as info:
             call()
         assert "expired-token" not in str(info.value)
+
+
+def test_published_but_unreachable_says_so_first(dead_hub, monkeypatch):
+    """Found by a user: offline without a checkout copy, the error said 'no published weights'."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from aperture_zoo.pretrained import PublishedWeightsUnavailableError
+
+    with pytest.raises(PublishedWeightsUnavailableError,
+                       match=r"^the published weights resnet22\.fast could not be fetched: .*cannot be reached"):
+        load("resnet22", pretrained=True)
+    result = CliRunner().invoke(app, ["samples", "resnet22"])
+    assert result.exit_code == 1 and "not run" in result.output and "could not be fetched" in result.output
+    info = CliRunner().invoke(app, ["info", "resnet22"])
+    assert "published as resnet22.fast" in info.output

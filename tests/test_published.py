@@ -160,3 +160,14 @@ def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) 
     monkeypatch.setattr(P, "model_cards_dir", lambda: cards)
     with pytest.raises(HubError, match="only the zoo's published weights.*--weights"):
         push("resnet10", "zoo/resnet10", token="tok")
+
+
+def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch) -> None:
+    from aperture_zoo import registry
+    from aperture_zoo.pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError
+
+    tiny = get_spec("resnet10").replace(name="tiny10", channels=(8, 8, 8, 8))
+    monkeypatch.setitem(registry._REGISTRY, "tiny10", tiny)
+    with pytest.raises(NoPretrainedWeightsError, match="no published weights for tiny10") as info:
+        aperture_zoo.load("tiny10", pretrained=True)
+    assert not isinstance(info.value, PublishedWeightsUnavailableError)

@@ -163,3 +163,18 @@ def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.Monk
     with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="no published weights for resnet22") as info:
         load("resnet22", pretrained=True)
     assert "aperture train resnet22" in str(info.value)
+
+
+def test_weights_files_follow_the_umask_like_every_other_output(tmp_path) -> None:
+    """Found by a user: model.safetensors came out -rw------- (unreadable by a serving user)."""
+    import os
+
+    from aperture_zoo.model import create_model
+    from aperture_zoo.weights import save_weights
+
+    mask = os.umask(0o022)
+    try:
+        path = save_weights(create_model("resnet10", channels=(8, 8, 8, 8)), tmp_path / "model.safetensors")
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    finally:
+        os.umask(mask)

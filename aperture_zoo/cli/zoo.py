@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, print_json, user_errors
+from .common import console, err_console, print_json, user_errors
 
 
 def _pct(value: float | None) -> str:
@@ -86,7 +86,14 @@ def info_cmd(
     console.print(f"  {'FLOPs/image':<16} {info['flops_per_image']:,} ({info['macs_per_image']:,} MACs)")
     weights = info["weights"]
     if weights is None:
-        console.print("  weights          none found locally (see `aperture train`)")
+        from aperture_zoo.catalog import find_weights
+
+        record = find_weights(name)
+        console.print("  weights          " + (
+            f"published as {record.tag} ({record.top1:.2f}% final-epoch), not on this machine yet: "
+            f"`aperture eval {name} --pretrained` or load(..., pretrained=True) fetches them"
+            if record else "none published and none found locally (see `aperture train`)"), highlight=False,
+            soft_wrap=True)
     else:
         kind = "published, SHA-256 pinned" if info["weights_published"] else \
             "NOT the published weights: yours, from $APERTURE_WEIGHTS_DIR"
@@ -126,9 +133,13 @@ def samples_cmd(
         if r.predictions:
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
                           f"({r.accuracy:.1f}%) on the bundled images", highlight=False)
+        elif r.unavailable:
+            err_console.print(f"[red]{r.model:<9} not run:[/] {r.unavailable}", highlight=False, soft_wrap=True)
         else:
             console.print(f"{r.model:<9} no published weights: architecture only "
                           f"(train it with `aperture train {r.model}`)", highlight=False)
+    if any(r.unavailable for r in results):  # published weights that could not be used: not a success
+        raise typer.Exit(code=1)
 
 
 @app.command("convert")
