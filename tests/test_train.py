@@ -453,3 +453,12 @@ def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, 
     run_old = json.loads((tmp_path / "diverged" / "run.json").read_text())
     for key in ("arch", "seed", "subset", "test_subset", "val_split", "data_dir", "download", "device"):
         assert run_new[key] == run_old[key], key
+
+
+def test_resuming_a_finished_run_changes_nothing(straight, synthetic_cifar) -> None:
+    """Found by a user: --resume of a complete run re-evaluated and rewrote its weights and curves."""
+    run = straight.run_dir
+    before = {f: (run / f).stat().st_mtime_ns for f in ("model.safetensors", "curves.png", "metrics.jsonl")}
+    again = fit(TrainConfig(resume=run, data_dir=synthetic_cifar, device="cpu", progress=False))
+    assert again.already_complete and again.test_top1 == pytest.approx(straight.test_top1, abs=1e-3)
+    assert before == {f: (run / f).stat().st_mtime_ns for f in before}

@@ -134,6 +134,7 @@ class TrainResult:
     wall_time_s: float
     train_images_per_s: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    already_complete: bool = False  # --resume of a finished run: nothing was trained or written
 
 
 # --------------------------------------------------------------------------- schedule & optimizer
@@ -548,6 +549,9 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     """Set the run up, train its remaining epochs, write its outputs; every early stop is resumable."""
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
     spec, recipe, run, resume_dir, ckpt = _resolve_run(cfg)
+    done = _finished(resume_dir, ckpt, recipe)
+    if done is not None:
+        return done
     if resume_dir is None and cfg.out_dir is not None:  # a refused --out fails before the data is loaded
         _decided_on_rank0(info, lambda: check_new_run_dir(cfg.out_dir))  # type: ignore[arg-type]
     if recipe.batch_size % info.world_size:
@@ -587,6 +591,20 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         _write_outputs(result, state.eval_model, recipe, run, device, info)
     D.barrier(info)
     return result
+
+
+def _finished(run_dir: Path | None, ckpt: dict[str, Any] | None, recipe: Recipe) -> TrainResult | None:
+    """The recorded result of a run that already trained every epoch and wrote its weights, else None."""
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    weights = run_dir / WEIGHTS_NAME if run_dir is not None else None
+    if ckpt is None or weights is None or not weights.is_file() or ckpt["info"]["epoch"] < recipe.epochs:
+        return None
+    meta = decode_metadata(read_metadata(weights))
+    return TrainResult(run_dir=run_dir, test_top1=float(meta["test_top1"]), test_loss=float(meta["test_loss"]),
+                       epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
+                       train_images_per_s=float(meta["train_images_per_s"]),
+                       metrics=read_metrics(run_dir / METRICS_NAME), already_complete=True)
 
 
 def _load_data(cfg: TrainConfig, run: dict[str, Any], spec: ModelSpec, batch_size: int, info: D.DistInfo,

@@ -90,13 +90,15 @@ def train_cmd(
     summary = {
         "run_dir": str(result.run_dir), "test_top1": result.test_top1, "test_loss": result.test_loss,
         "epochs": result.epochs, "wall_time_s": result.wall_time_s,
-        "train_images_per_s": result.train_images_per_s,
+        "train_images_per_s": result.train_images_per_s, "already_complete": result.already_complete,
     }
     if json_out:
         print_json(summary)
     else:
+        epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
         console.print(
-            f"[bold green]done[/]: final-epoch test top-1 {result.test_top1:.2f}% after {result.epochs} epochs, "
+            ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
+             "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}, "
             f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {result.run_dir}",
             highlight=False,
         )
@@ -178,6 +180,9 @@ def train_zoo_cmd(
     runs_dir: Path = typer.Option(Path("runs/zoo"), "--runs-dir", help="One run directory per model, and the summary."),
     recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), paper or table1."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b",
+                                             help="Global batch size; the lr follows it linearly unless --lr."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     set_: list[str] = typer.Option([], "--set", help="Any recipe field: --set cutout=0 (repeatable); "
                                    "--set batch_size=N scales the lr linearly unless --set lr= is given."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
@@ -202,7 +207,7 @@ def train_zoo_cmd(
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
     with user_errors():
-        chosen = recipe_from_options(recipe, set_, {"epochs": epochs})
+        chosen = recipe_from_options(recipe, set_, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
         if chosen.lr_note():
             err_console.print(chosen.lr_note(), highlight=False, soft_wrap=True)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
