@@ -31,3 +31,18 @@ def test_arch_derives_a_checked_spec() -> None:
     assert model_from_options("resnet10", []) == "resnet10"
     with pytest.raises(SpecError, match="one entry per stage"):
         model_from_options("resnet10", ["channels=1,2"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"batch_size": -4}, "--batch-size must be at least 1, got -4"),
+    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"lr": 0.0}, "--lr must be greater than 0, got 0"),
+    ({"label_smoothing": 1.0}, "--label-smoothing must be in [0, 1), got 1"),
+])
+def test_flag_errors_name_the_flag(flags, message) -> None:
+    """Found by a user: --batch-size -4 gave three errors ending in library advice (Recipe.replace)."""
+    from aperture_zoo.train.recipes import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        recipe_from_options("fast", [], flags)
+    assert str(info.value) == message

@@ -14,7 +14,7 @@ from aperture_zoo.model import create_model
 from aperture_zoo.registry import ModelSpec, SpecError
 
 from .loop import load_run_recipe
-from .recipes import Recipe, apply_overrides, get_recipe
+from .recipes import Recipe, RecipeError, apply_overrides, get_recipe
 
 
 def recipe_from_options(
@@ -25,10 +25,32 @@ def recipe_from_options(
 ) -> Recipe | None:
     """The recipe to train with; None means "as saved" when resuming with nothing changed."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_flags(overrides)
     if resume is not None and recipe is None and not overrides and not sets:
         return None
     base = load_run_recipe(resume) if resume is not None and recipe is None else get_recipe(recipe or "fast")
     return apply_overrides(apply_overrides(base, list(sets or [])), overrides)
+
+
+# The dedicated flags' rules, checked first so an error names the flag the user typed.
+_FLAG_RULES: dict[str, tuple[str, Any, str]] = {
+    "epochs": ("--epochs", lambda v: v >= 1, "at least 1"),
+    "batch_size": ("--batch-size", lambda v: v >= 1, "at least 1"),
+    "lr": ("--lr", lambda v: v > 0, "greater than 0"),
+    "weight_decay": ("--weight-decay", lambda v: v >= 0, "at least 0"),
+    "label_smoothing": ("--label-smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup_alpha": ("--mixup", lambda v: v >= 0, "at least 0 (0 = off)"),
+    "cutout": ("--cutout", lambda v: 0 <= v <= 32, "in 0..32 (0 = off)"),
+    "ema_decay": ("--ema", lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+}
+
+
+def _check_flags(overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if key in _FLAG_RULES:
+            flag, ok, rule = _FLAG_RULES[key]
+            if not ok(value):
+                raise RecipeError(f"{flag} must be {rule}, got {value:g}")
 
 
 def parse_arch(items: list[str]) -> dict[str, Any]:
