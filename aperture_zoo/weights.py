@@ -169,13 +169,28 @@ def _describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> li
         problems.append(f"missing keys: {_short(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_short(unexpected)}")
-    for key in sorted(set(expected) & set(tensors)):
-        if tuple(expected[key].shape) != tuple(tensors[key].shape):
-            problems.append(
-                f"{key}: file has shape {tuple(tensors[key].shape)}, model expects "
-                f"{tuple(expected[key].shape)}"
-            )
+    shapes = [f"{key}: file has shape {tuple(tensors[key].shape)}, model expects {tuple(expected[key].shape)}"
+              for key in sorted(set(expected) & set(tensors))
+              if tuple(expected[key].shape) != tuple(tensors[key].shape)]
+    problems += shapes[:3] + ([f"(+{len(shapes) - 3} more shape differences)"] if len(shapes) > 3 else [])
+    if problems:
+        guess = _matching_arch(tensors)
+        if guess and guess != getattr(getattr(model, "spec", None), "name", None):
+            problems.append(f"the tensors fit {guess}: use that model name")
     return problems
+
+
+def _matching_arch(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The registered architecture whose every key and shape the tensors match, if one does."""
+    from .registry import list_models
+
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    for name in list_models():
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            ours = {k: tuple(v.shape) for k, v in create_model(name).state_dict().items()}
+        if ours == shapes:
+            return name
+    return None
 
 
 def _short(keys: list[str], n: int = 6) -> str:

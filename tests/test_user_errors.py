@@ -102,3 +102,13 @@ def test_predict_top_k_is_checked_by_the_library(tmp_path) -> None:
     clf = OnnxClassifier.__new__(OnnxClassifier)  # the check comes before any file is touched
     with pytest.raises(ImageError, match="--top-k must be at least 1, got 0"):
         clf.predict(["x.png"], top_k=0)
+
+
+def test_a_mismatch_is_short_and_names_the_architecture_the_file_fits(tmp_path) -> None:
+    """Found by a user: converting resnet10 weights as resnet22 printed ~3,000 characters."""
+    torch.save(create_model("resnet10").state_dict(), tmp_path / "r10.pth")
+    with pytest.raises(WeightsError) as info:
+        convert_checkpoint(tmp_path / "r10.pth", tmp_path / "out.safetensors", "resnet22")
+    message = str(info.value)
+    assert len(message) < 700 and "more shape differences" in message
+    assert message.endswith("the tensors fit resnet10: use that model name")
