@@ -209,6 +209,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         ("PyTorch", meta.get("torch_version")), ("aperture_zoo", meta.get("package_version")),
     ]
     per_class = (ev or {}).get("per_class_top1") or {}
+    record = find_weights(s.name)
     return {
         "name": s.name, "report": REPORT, "repo_id": facts.repo_id, "trained": facts.trained,
         "has_weights": facts.weights is not None, "sha256": facts.weights_sha256,
@@ -233,6 +234,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
         "onnx": _onnx_items(facts), "mixup": facts.uses_mixup,
+        # the usage snippet loads the published weights only when these are them
+        "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
     }
 
 

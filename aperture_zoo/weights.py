@@ -254,6 +254,8 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     and DataParallel's ``module.`` prefixes are unwrapped; keys and shapes are checked strictly.
     """
     src, dst = Path(src), Path(dst)
+    if dst.exists():
+        raise WeightsError(f"{str(dst)!r} already exists; choose another output path or remove it first")
     if not src.is_file():
         raise WeightsError(f"checkpoint {str(src)!r} does not exist; check the path")
     try:

@@ -140,6 +140,10 @@ def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
         write_card("resnet10", folder, run_dir=run)
     assert file_sha256(folder / "model.safetensors") == before
     write_card("resnet10", tmp_path / "elsewhere", run_dir=run)  # anywhere else is fine
+    card = (tmp_path / "elsewhere" / "README.md").read_text()
+    # found by a user: a run's card told readers to load the *published* weights
+    assert 'load("resnet10", weights="model.safetensors")' in card and "pretrained=True" not in card
+    assert 'load("resnet10", pretrained=True)' in (model_cards_dir() / "resnet10" / "README.md").read_text()
 
 
 def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) -> None:

@@ -112,3 +112,20 @@ def test_a_mismatch_is_short_and_names_the_architecture_the_file_fits(tmp_path) 
     message = str(info.value)
     assert len(message) < 700 and "more shape differences" in message
     assert message.endswith("the tensors fit resnet10: use that model name")
+
+
+def test_convert_never_overwrites(tmp_path) -> None:
+    torch.save(create_model("resnet10").state_dict(), tmp_path / "r10.pth")
+    (tmp_path / "out.safetensors").write_text("keep me")
+    with pytest.raises(WeightsError, match="already exists; choose another output path"):
+        convert_checkpoint(tmp_path / "r10.pth", tmp_path / "out.safetensors", "resnet10")
+    assert (tmp_path / "out.safetensors").read_text() == "keep me"
+
+
+def test_bench_shows_progress_lines_when_piped() -> None:
+    """Found by a user: bench ran 67 s with no output in a log."""
+    out = subprocess.run([sys.executable, "-m", "aperture_zoo", "bench", "resnet10", "--device", "cpu",
+                          "--variants", "torch-eager", "--batch-sizes", "1", "--min-seconds", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch-eager on cpu, batch 1" in out.stderr

@@ -20,6 +20,16 @@ def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: 
     return model, file_sha256(path) if path is not None else None
 
 
+def _say(status: Any, message: str) -> None:
+    """The spinner's text on a terminal; a timestamped line when piped, so logs show progress too."""
+    if err_console.is_terminal:
+        status.update(message)
+    else:
+        import time
+
+        err_console.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, soft_wrap=True)
+
+
 def _auto_data_dir(data_dir: Path | None) -> Path | None:
     """``--data-dir``, else the default data folder when CIFAR-10 is already there."""
     from aperture_zoo.data import DataError, default_data_dir, find_batches_dir
@@ -88,7 +98,7 @@ def export_cmd(
     weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to export."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
-    out: Path = typer.Option(Path("."), "--out", help="Folder for <name>.onnx and its report."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <name>.onnx and its report."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O unless --fp16-io)."),
@@ -200,7 +210,7 @@ def bench_cmd(
         with err_console.status("benchmarking") as status:
             rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen,
                                  data_dir=_auto_data_dir(data_dir), exporter=exporter,
-                                 min_seconds=min_seconds, progress=lambda m: status.update(m))
+                                 min_seconds=min_seconds, progress=lambda m: _say(status, m))
     if json_out:
         from aperture_zoo.export.bench import environment
 

@@ -195,8 +195,10 @@ def train_zoo_cmd(
     time_budget: Optional[float] = typer.Option(None, "--time-budget",
                                                 help="Seconds each model may train in this call."),
     deadline: Optional[float] = typer.Option(None, "--deadline",
-                                             help="Seconds for the whole call: training stops at an epoch "
-                                             "boundary, checkpointed, before it would overrun."),
+                                             help="Seconds for the whole call: no epoch starts that would "
+                                             "overrun it (each model's first epoch always runs); paused "
+                                             "runs are checkpointed, the call exits 75 and the same "
+                                             "command resumes."),
     export: bool = typer.Option(True, "--export/--no-export", help="Export each model to ONNX and validate it."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto, cuda, cpu."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
