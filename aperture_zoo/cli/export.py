@@ -144,7 +144,7 @@ def export_cmd(
         for report in result.reports:
             console.print(_report_table(report))
             if _test_set_line(report):
-                console.print(_test_set_line(report), highlight=False, soft_wrap=True)
+                console.print(_test_set_line(report), highlight=False)  # wraps at the terminal width
             for failure in report.failures:
                 err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
         for path in result.files:

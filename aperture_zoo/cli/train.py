@@ -77,7 +77,7 @@ def train_cmd(
             raise typer.BadParameter("give a model name, e.g. `aperture train resnet22`, or --resume RUN_DIR")
         note = chosen.lr_note() if chosen is not None and resume is None else None
         if note and _is_main_rank():
-            err_console.print(note, highlight=False, soft_wrap=True)
+            err_console.print(note, highlight=False)  # prose: wraps at the terminal width
         try:
             result = fit(cfg)
         except TrainingInterrupted as exc:
@@ -211,7 +211,7 @@ def train_zoo_cmd(
     with user_errors():
         chosen = recipe_from_options(recipe, set_, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
         if chosen.lr_note():
-            err_console.print(chosen.lr_note(), highlight=False, soft_wrap=True)
+            err_console.print(chosen.lr_note(), highlight=False)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset,
                         test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
