@@ -104,12 +104,6 @@ def _env_dir_weights(name: str) -> Path | None:
     return None
 
 
-def local_weights(name: str) -> Path | None:
-    """Weights for ``name`` on this disk, without the Hub: $APERTURE_WEIGHTS_DIR, then model_cards/."""
-    card_file = model_cards_dir() / name / WEIGHTS_FILENAME
-    return _env_dir_weights(name) or (card_file if card_file.is_file() else None)
-
-
 def published_weights(name: str) -> Path | None:
     """The checkout's copy of the zoo's published weights for ``name``, only if it hashes to the pin.
 
