@@ -19,11 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ApertureError
-
-
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
-# Run outputs that travel with the weights when present beside them.
-
 
 
 class HubError(ApertureError, RuntimeError):
@@ -51,8 +47,6 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 
 
 def parse_hf_hub(ref: str) -> tuple[str, str | None]:
