@@ -31,7 +31,7 @@ from .catalog import Weights, by_repo, find_weights, hub_location
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
 from .model import ResNet, create_model
 from .registry import get_spec
-from .weights import WeightsError, load_weights, read_metadata, spec_from_metadata
+from .weights import WeightsError, file_sha256, load_weights, read_metadata, spec_from_metadata
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -169,8 +169,6 @@ def resolve_weights(
 
 def _check_pin(path: Path, record: Weights) -> Path:
     """``path`` if its SHA-256 is the record's pin; a clear error naming both digests otherwise."""
-    from .weights import file_sha256
-
     actual = file_sha256(path)
     if actual != record.sha256:
         raise WeightsError(
