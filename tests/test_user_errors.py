@@ -82,6 +82,7 @@ def test_help_of_every_command_reads_whole_at_80_columns() -> None:
 @pytest.mark.parametrize("args, message", [
     (["bench", "resnet10", "--min-seconds", "-1", "--device", "cpu"], "--min-seconds must be >= 0"),
     (["export", "resnet10", "--random-init", "--onnx", "--opset", "3"], "--opset 3 is out of range"),
+    (["export", "resnet10", "--random-init", "--onnx", "--opset", "999"], "knows opsets up to"),
     (["predict", "nothing.png", "--onnx", "nothing.onnx", "--top-k", "0"], None),
     (["demo", "--port", "-1"], "--port must be in 0..65535"),
 ])
