@@ -22,6 +22,7 @@ from .files import CARD_FILENAME, CONFIG_FILENAME, RUN_FILES, WEIGHTS_FILENAME, 
 from .registry import REPORT, ModelSpec, get_spec
 
 PROVENANCE_FILENAME = "weights.json"  # small committed record of the weights a card describes
+RUNTIMES_FILENAME = "runtimes.json"    # `aperture runtimes NAME --out`: the ONNX files in each runtime
 LICENSE = "mit"
 
 
@@ -42,6 +43,7 @@ class CardFacts:
     weights_size: int | None = None
     eval: dict[str, Any] | None = None
     onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> report
+    runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
 
     @property
@@ -93,6 +95,8 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         facts.eval = _read_json(source_dir / "eval.json")
     for report in sorted(source_dir.glob("*.report.json")):
         facts.onnx_reports[report.name.removesuffix(".report.json") + ".onnx"] = _read_json(report)
+    if (source_dir / RUNTIMES_FILENAME).is_file():
+        facts.runtimes = _read_json(source_dir / RUNTIMES_FILENAME)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
 
@@ -197,6 +201,31 @@ def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
     return items
 
 
+def _runtimes_table(matrix: dict[str, Any] | None) -> str:
+    """The runtime matrix (a row per runtime, a column per precision) from ``runtimes.json``."""
+    if not matrix or not matrix.get("cells"):
+        return ""
+    precisions = list(dict.fromkeys(c["precision"] for c in matrix["cells"]))
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in matrix["cells"]:
+        rows.setdefault(c["runtime"], {})[c["precision"]] = c
+
+    def text(c: dict[str, Any] | None) -> str:
+        if c is None or c.get("agreement") is None:
+            shown = "not run" if c is None or c.get("passed") is None else "fails to load"
+        else:
+            shown = f"{c['agreement']:.1f} %, {c['max_abs_diff']:.2g}"
+        return shown if c is None or c.get("declared_valid", True) else f"{shown} (not validated)"
+
+    body = []
+    for key, cells in rows.items():
+        if all(c.get("version") is None for c in cells.values()):
+            continue  # a runtime that did not run here (no GPU, not installable) is left out
+        version = next(c["version"] for c in cells.values() if c.get("version"))
+        body.append((key, version, *[text(cells.get(p)) for p in precisions]))
+    return _table(("runtime", "version", *[f"{p}: agreement, max abs logit diff" for p in precisions]), body)
+
+
 def _context(facts: CardFacts) -> dict[str, Any]:
     """Every value the card template shows, formatted; the prose lives in card_template.md."""
     s, meta, ev = facts.spec, facts.weights or {}, facts.eval
@@ -234,6 +263,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
         "onnx": _onnx_items(facts), "mixup": facts.uses_mixup,
+        "runtimes_table": _runtimes_table(facts.runtimes),
+        "runtimes_images": (facts.runtimes or {}).get("images"), "runtimes_batch": (facts.runtimes or {}).get("batch"),
         # the usage snippet loads the published weights only when these are them
         "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
     }

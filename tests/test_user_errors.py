@@ -69,7 +69,7 @@ def test_help_of_every_command_reads_whole_at_80_columns() -> None:
     import os
 
     commands = ["train", "train-zoo", "eval", "export", "bench", "predict", "list", "info", "samples", "card",
-                "push", "demo", "convert"]
+                "push", "demo", "convert", "runtimes"]
     env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
     for command in commands:
         out = subprocess.run([sys.executable, "-m", "aperture_zoo", command, "--help"], env=env, capture_output=True,
