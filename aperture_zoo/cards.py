@@ -212,7 +212,7 @@ def _runtimes_table(matrix: dict[str, Any] | None) -> str:
 
     def text(c: dict[str, Any] | None) -> str:
         if c is None or c.get("agreement") is None:
-            shown = "not run" if c is None or c.get("passed") is None else "fails to load"
+            shown = "fails to load" if c is not None and str(c.get("note", "")).startswith("fails") else "not run"
         else:
             shown = f"{c['agreement']:.1f} %, {c['max_abs_diff']:.2g}"
         return shown if c is None or c.get("declared_valid", True) else f"{shown} (not validated)"

@@ -270,7 +270,7 @@ def _cell_text(c: Cell | None) -> str:
     if c is None:
         return "—"
     if c.agreement is None:
-        text = c.note.split(":")[0] if c.note else "—"
+        text = "fails to load" if c.note.startswith("fails") else "not run"
         return text if c.declared_valid else f"{text} (declared not valid)"
     text = f"{c.agreement:.1f} %, {c.max_abs_diff:.2g}"
     if not c.declared_valid:
