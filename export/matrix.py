@@ -145,6 +145,18 @@ def run_worker(python: Path, spec: RuntimeSpec, model: Path, pixels: Path, batch
     return np.load(out), info
 
 
+def _input_file(path: Path, pixels: np.ndarray, dest: Path) -> Path:
+    """The pixels as ``path`` takes them (normalised here when its graph does not), saved as .npy."""
+    meta = read_metadata(path)
+    x = np.asarray(pixels, dtype=np.float32)
+    if not json.loads(meta.get("normalize_in_graph", "true")):
+        mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    np.save(dest, np.ascontiguousarray(x, dtype=np.float32))
+    return dest
+
+
 def _not_validated_for(path: Path) -> dict[str, str]:
     raw = read_metadata(path).get("not_validated_for")
     return json.loads(raw) if raw else {}
@@ -174,8 +186,7 @@ def run_matrix(
     say = progress or (lambda _m: None)
     matrix = Matrix(images=images, batch=batch)
     with tempfile.TemporaryDirectory(prefix="aperture_matrix_") as tmp:
-        x = Path(tmp) / "pixels.npy"
-        np.save(x, np.ascontiguousarray(pixels, dtype=np.float32))
+        inputs = {p: _input_file(f, pixels, Path(tmp) / f"{p}.npy") for p, f in files.items()}
         for spec in runtimes:
             declared = {p: _family(spec) not in _not_validated_for(f) for p, f in files.items()}
             if spec.provider == "cuda" and not (cuda_offered() and cuda_driver_present()):
@@ -191,7 +202,7 @@ def run_matrix(
                     cell.note = f"skipped: {why}"
                     continue
                 say(f"{spec.key}: {path.name}")
-                logits, info = run_worker(python, spec, path, x, batch)
+                logits, info = run_worker(python, spec, path, inputs[precision], batch)
                 cell.version, cell.provider = info.get("version"), info.get("provider")
                 if logits is None:
                     cell.note = f"fails to load or run: {info['error']}"
