@@ -65,26 +65,13 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     done = _finished(run)
     if done is not None:
         return done
-    if run.resume_dir is None and cfg.out_dir is not None:  # a refused --out fails before the data is loaded
-        D.decided_on_rank0(info, lambda: RunDir.check_new(cfg.out_dir))  # type: ignore[arg-type]
-    if run.recipe.batch_size % info.world_size:
-        raise TrainingError(f"batch size {run.recipe.batch_size} does not split over {info.world_size} ranks; "
-                            "use a multiple")
+    _refuse_early(cfg, run, info)
     data = load_run_data(cfg, run.record, run.spec, run.recipe.batch_size, info, device, data_from_run)
     state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt)
     step_fn = TrainStep(network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(run.recipe.precision, device))
-    # rank 0 claims the folder (and holds its lock); every rank writes its name in messages
-    folder = RunDir(D.decided_on_rank0(info, lambda: RunDir.open(
-        cfg.out_dir if run.resume_dir is None else run.resume_dir, run.spec.name, stack,
-        resume=run.resume_dir is not None, started=cfg.started).path))
-    r = _Loop(cfg, info, device, run, folder)
-    if not info.is_main:  # only rank 0 writes the folder
-        rows: list[dict[str, Any]] = []
-    elif run.ckpt is not None:
-        rows = folder.reopen(epochs_done=state.epoch)
-    else:
-        rows = folder.start(run.recipe, {**run.record, "world_size": info.world_size, "torch_version": torch.__version__})
+    r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack))
+    rows = _first_rows(r, state)
     stream = BatchStream(data.train, run.recipe.batch_size, AugmentConfig.from_recipe(run.recipe), data.mean,
                          data.std, run.spec.num_classes, run.seed, rank=info.rank, world_size=info.world_size,
                          channels_last=run.recipe.channels_last)
@@ -102,7 +89,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     if last is None:  # resumed a run whose last epoch was already complete
         last = evaluate_epoch(r, state.eval_model, data, with_val=False)
     result = TrainResult(
-        run_dir=folder.path, test_top1=last["test_top1"], test_loss=last["test_loss"], epochs=run.recipe.epochs,
+        run_dir=r.folder.path, test_top1=last["test_top1"], test_loss=last["test_loss"], epochs=run.recipe.epochs,
         wall_time_s=state.elapsed["wall"],
         train_images_per_s=state.elapsed["images"] / max(state.elapsed["train"], 1e-9), metrics=rows,
     )
@@ -110,6 +97,32 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         _write_outputs(result, state.eval_model, r)
     D.barrier(info)
     return result
+
+
+def _refuse_early(cfg: TrainConfig, run: Run, info: D.DistInfo) -> None:
+    """What can be refused before the data is loaded: a ``--out`` in use, a batch the ranks cannot split."""
+    if run.resume_dir is None and cfg.out_dir is not None:
+        D.decided_on_rank0(info, lambda: RunDir.check_new(cfg.out_dir))  # type: ignore[arg-type]
+    if run.recipe.batch_size % info.world_size:
+        raise TrainingError(f"batch size {run.recipe.batch_size} does not split over {info.world_size} ranks; "
+                            "use a multiple")
+
+
+def _open_folder(cfg: TrainConfig, run: Run, info: D.DistInfo, stack: contextlib.ExitStack) -> RunDir:
+    """Rank 0 claims the run's folder and holds its lock; every rank gets its name (for messages)."""
+    resume = run.resume_dir is not None
+    return RunDir(D.decided_on_rank0(info, lambda: RunDir.open(
+        run.resume_dir if resume else cfg.out_dir, run.spec.name, stack, resume=resume, started=cfg.started).path))
+
+
+def _first_rows(r: _Loop, state: RunState) -> list[dict[str, Any]]:
+    """Rank 0 writes a new run's settings, or trims a resumed run's metrics to its checkpoint; the rows so far."""
+    if not r.info.is_main:
+        return []
+    if r.run.ckpt is not None:
+        return r.folder.reopen(epochs_done=state.epoch)
+    return r.folder.start(r.recipe, {**r.run.record, "world_size": r.info.world_size,
+                                     "torch_version": torch.__version__})
 
 
 @dataclass

@@ -33,8 +33,8 @@ class TrainingError(ApertureError, RuntimeError):
 class TrainingDiverged(TrainingError):
     """The loss or the weights became nan/inf; the run may be started again with other settings.
 
-    ``record`` is the run's ``run.json`` (model, seed, data options), so a caller can say how to
-    start it again; ``saved_at`` names the last good checkpoint, or is None.
+    ``record`` is what the run's ``run.json`` holds (model, seed, data options, how it runs), so a
+    caller can say how to start it again.
     """
 
     def __init__(self, message: str, run_dir: Path, recipe: Recipe, record: dict[str, Any]) -> None:
