@@ -9,7 +9,7 @@ import torch
 
 import aperture_zoo
 from aperture_zoo import WeightsError, create_model, load, load_weights, read_metadata, save_weights
-from aperture_zoo.weights import file_sha256
+from aperture_zoo.files import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +150,6 @@ def test_save_replaces_atomically(saved: tuple[torch.nn.Module, Path], tmp_path:
 
 
 def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from aperture_zoo import pretrained
-
-    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
     import socket
 
     with socket.socket() as s:  # never ask the real Hub from a test: point it at a closed port
@@ -162,7 +159,7 @@ def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.Monk
     monkeypatch.delenv("APERTURE_WEIGHTS_DIR", raising=False)
     with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="published weights resnet22.fast could not be "
                        "fetched") as info:
-        load("resnet22", pretrained=True)  # published but unreachable, and no checkout copy: said plainly
+        load("resnet22", pretrained=True, cards_dir=tmp_path)  # published but unreachable, no checkout copy: said plainly
     assert "cannot be reached" in str(info.value) and "weights=PATH" in str(info.value)
 
 

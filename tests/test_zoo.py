@@ -12,7 +12,7 @@ from aperture_zoo.cli import app
 from aperture_zoo.registry import UnknownModelError
 from aperture_zoo.train import apply_overrides, get_recipe
 from aperture_zoo.train.zoo import ZooConfig, ZooError, summary_markdown, time_to_reach, train_zoo
-from aperture_zoo.weights import file_sha256
+from aperture_zoo.files import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -100,7 +100,8 @@ def time_to_reach(rows: list[dict[str, Any]], top1: float) -> float | None:
 
 def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
     """What the run directory says about one model: finished (with its figures), paused, or not started."""
-    from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import decode_metadata, read_metadata
 
     spec = get_spec(name)
     row: dict[str, Any] = {"model": name, "params": spec.report_params, "report_top1_20ep": spec.report_top1_20ep,
@@ -156,7 +157,8 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
 def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     """ONNX export of the saved weights, validated against PyTorch (``aperture export --onnx``'s job)."""
     from aperture_zoo.export.pipeline import export_model
-    from aperture_zoo.weights import file_sha256, load_weights
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import load_weights
 
     weights = run_dir / WEIGHTS_NAME
     model = load_weights(name, weights).eval()

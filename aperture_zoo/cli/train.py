@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, model_for_command, print_json, user_errors
 
 
 def _is_main_rank() -> bool:
@@ -124,7 +124,6 @@ def eval_cmd(
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
-    from aperture_zoo.pretrained import model_for_command
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
 
@@ -132,7 +131,7 @@ def eval_cmd(
         check_eval_options(batch_size, subset)
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
-        model, used = model_for_command(name, weights, pretrained)
+        model, used, _ = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
         with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
