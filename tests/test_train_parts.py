@@ -13,7 +13,7 @@ from aperture_zoo.model import create_model
 from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe, loop
 from aperture_zoo.train.augment import AugmentConfig
 from aperture_zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from aperture_zoo.train.device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 from aperture_zoo.train.loader import DeviceSplit
 from aperture_zoo.train.progress import EpochTable, SyncClock, TrainProgress, seconds, si
 from aperture_zoo.train.state import EMA, RunState

@@ -23,7 +23,7 @@ RECIPE = apply_overrides(get_recipe("fast"), [*SETS, "epochs=2"])
 
 def _cfg(data: Path, runs: Path, **kw) -> ZooConfig:
     base = dict(models=["resnet32", "resnet10"], runs_dir=runs, recipe=RECIPE, data_dir=data, download=False,
-                device="cpu", subset=200, test_subset=100, export=False, progress=False)
+                device="cpu", subset=200, test_subset=100, progress=False)
     base.update(kw)
     return ZooConfig(**base)
 

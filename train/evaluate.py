@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from aperture_zoo.errors import ApertureError
 
 from .augment import normalise
-from .device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 
 
 class EvalError(ApertureError, ValueError):

@@ -42,7 +42,7 @@ from aperture_zoo.files import CURVES_FILENAME, METRICS_FILENAME, WEIGHTS_FILENA
 from . import distributed as D
 from .augment import AugmentConfig, Batch
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from .device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 from .evaluate import EvalResult, evaluate_sums, result_from_sums
 from .loader import DeviceSplit, load_splits
 from .progress import SYNC_INTERVAL_S, SyncClock, TrainProgress

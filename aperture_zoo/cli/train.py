@@ -204,6 +204,8 @@ def train_zoo_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
 ) -> None:
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
+    from functools import partial
+
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
@@ -213,9 +215,15 @@ def train_zoo_cmd(
             err_console.print(chosen.lr_note(), highlight=False)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset,
-                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
-                        provider=provider, progress=not no_progress)
-        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline,
+                        progress=not no_progress)
+        exporter = None
+        if export:
+            from aperture_zoo.export.pipeline import export_run
+
+            exporter = partial(export_run, provider=provider, data_dir=data_dir)
+        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+                           exporter=exporter)
     if json_out:
         print_json(result.rows)
     else:
