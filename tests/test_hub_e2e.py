@@ -276,7 +276,7 @@ def own_cache(monkeypatch, tmp_path):
 
 
 def test_unpinned_repo_is_verified_against_its_own_config_json(hub_env, own_cache, tmp_path):
-    """Issue: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
+    """Regression: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
     import aperture_zoo
     from aperture_zoo.hub import HubIntegrityError
     from aperture_zoo.publish import push

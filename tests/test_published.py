@@ -126,7 +126,7 @@ def test_preprocess_rejects_what_is_not_an_image(tmp_path) -> None:
 
 
 def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
-    """Issue: `aperture card NAME --run RUN` used to overwrite model_cards/NAME's weights silently."""
+    """Regression: `aperture card NAME --run RUN` used to overwrite model_cards/NAME's weights silently."""
     import shutil
 
     from aperture_zoo.cards import CardError, write_card
