@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,75 @@ def test_published_but_unreachable_says_so_first(dead_hub, monkeypatch):
     assert result.exit_code == 1 and "not run" in result.output and "could not be fetched" in result.output
     info = CliRunner().invoke(app, ["info", "resnet22"])
     assert "published as resnet22.fast" in info.output
+
+
+def _count_opens(monkeypatch, target: Path) -> list[str]:
+    """Every open() of ``target`` from Python, and safetensors' own file reader refused outright."""
+    import builtins
+    import io
+
+    import safetensors
+
+    opened: list[str] = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if isinstance(file, (str, Path)) and Path(file).resolve() == target.resolve():
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def no_safe_open(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("safe_open re-opened the weights file")
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(safetensors, "safe_open", no_safe_open)
+    return opened
+
+
+def test_load_reads_the_weights_file_once_and_checks_its_pin(dead_hub, monkeypatch):
+    dead_hub.mkdir()
+    (dead_hub / "resnet20").symlink_to(CHECKOUT_CARDS / "resnet20")  # published and pinned
+    card_file = dead_hub / "resnet20" / "model.safetensors"
+    opened = _count_opens(monkeypatch, card_file)
+    model = load("resnet20", pretrained=True, cards_dir=dead_hub)
+    monkeypatch.undo()
+    assert len(opened) == 1  # one read: hashed against the pin and parsed from the same bytes
+    assert _same(model, card_file)
+
+
+def test_the_source_is_resolved_once_per_load(dead_hub, monkeypatch):
+    from aperture_zoo import catalog
+
+    dead_hub.mkdir()
+    (dead_hub / "resnet20").symlink_to(CHECKOUT_CARDS / "resnet20")
+    lookups: list[str] = []
+    real = catalog.find_weights
+    monkeypatch.setattr(pretrained, "find_weights", lambda name: lookups.append(name) or real(name))
+    load("resnet20", pretrained=True, cards_dir=dead_hub)
+    assert lookups == ["resnet20"]
+    lookups.clear()
+    load("resnet20.fast", cards_dir=dead_hub)  # a tag implies pretrained
+    assert lookups == ["resnet20.fast"]
+
+
+def test_fetch_weights_is_resolve_then_fetch_then_read(dead_hub, two_weights):
+    from aperture_zoo.pretrained import fetch_weights, resolve_source
+
+    _, other = two_weights
+    source = resolve_source("resnet20", cards_dir=dead_hub)
+    assert (source.kind, source.location, source.pin) == ("hub", "someorg/resnet20", get_weights("resnet20").sha256)
+    assert source.fallback is not None and source.fallback.kind == "checkout"
+    assert Path(source.fallback.location) == dead_hub / "resnet20" / "model.safetensors"
+    loaded = fetch_weights("resnet20", other, cards_dir=dead_hub)
+    assert (loaded.source.kind, loaded.path, loaded.sha256) == ("file", other, file_sha256(other))
+    assert loaded.metadata["arch"] == "resnet20" and _same(pretrained.model_from(loaded), other)
+
+
+def test_the_cards_folder_is_a_parameter(tmp_path):
+    from aperture_zoo.pretrained import published_weights
+
+    assert published_weights("resnet10", cards_dir=tmp_path) is None  # an empty folder: nothing published
+    (tmp_path / "resnet10").symlink_to(CHECKOUT_CARDS / "resnet10")
+    assert published_weights("resnet10", cards_dir=tmp_path) == tmp_path / "resnet10" / "model.safetensors"
+    assert published_weights("resnet10") == CHECKOUT_CARDS / "resnet10" / "model.safetensors"  # the default
