@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApertureError
-from .files import atomic_write_text, file_sha256
+from .files import atomic_write_text, file_sha256, read_json
 from .registry import get_spec, list_models
 
 MANIFEST = "models.json"
@@ -107,10 +107,10 @@ def published_weights(name: str) -> Any:
 
 
 def _read_manifest(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """The previous run's manifest; anything unreadable just means every model is exported again."""
     try:
-        data = json.loads((models_dir / MANIFEST).read_text())
-        return {m["name"]: m for m in data["models"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {m["name"]: m for m in read_json(models_dir / MANIFEST)["models"]}
+    except (ApertureError, KeyError, TypeError):
         return {}
 
 
