@@ -20,7 +20,7 @@ from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
 from ._version import __version__
 from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, ONNX_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX,
-                    RUN_FILES, WEIGHTS_FILENAME, atomic_path, atomic_write_text, read_json)
+                    RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME, atomic_path, atomic_write_text, read_json)
 from .registry import REPORT, ModelSpec, get_spec
 LICENSE = "mit"
 
@@ -42,6 +42,7 @@ class CardFacts:
     weights_size: int | None = None
     eval: dict[str, Any] | None = None
     onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> report
+    runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
 
     @property
@@ -91,6 +92,8 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         facts.eval = _read_json(source_dir / EVAL_FILENAME)
     for report in sorted(source_dir.glob("*" + REPORT_SUFFIX)):
         facts.onnx_reports[report.name.removesuffix(REPORT_SUFFIX) + ".onnx"] = _read_json(report)
+    if (source_dir / RUNTIMES_FILENAME).is_file():
+        facts.runtimes = _read_json(source_dir / RUNTIMES_FILENAME)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
 
@@ -193,6 +196,31 @@ def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
     return items
 
 
+def _runtimes_table(matrix: dict[str, Any] | None) -> str:
+    """The runtime matrix (a row per runtime, a column per precision) from ``runtimes.json``."""
+    if not matrix or not matrix.get("cells"):
+        return ""
+    precisions = list(dict.fromkeys(c["precision"] for c in matrix["cells"]))
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in matrix["cells"]:
+        rows.setdefault(c["runtime"], {})[c["precision"]] = c
+
+    def text(c: dict[str, Any] | None) -> str:
+        if c is None or c.get("agreement") is None:
+            shown = "fails to load" if c is not None and str(c.get("note", "")).startswith("fails") else "not run"
+        else:
+            shown = f"{c['agreement']:.1f} %, {c['max_abs_diff']:.2g}"
+        return shown if c is None or c.get("declared_valid", True) else f"{shown} (not validated)"
+
+    body = []
+    for key, cells in rows.items():
+        if all(c.get("version") is None for c in cells.values()):
+            continue  # a runtime that did not run here (no GPU, not installable) is left out
+        version = next(c["version"] for c in cells.values() if c.get("version"))
+        body.append((key, version, *[text(cells.get(p)) for p in precisions]))
+    return _table(("runtime", "version", *[f"{p}: agreement, max abs logit diff" for p in precisions]), body)
+
+
 def _context(facts: CardFacts) -> dict[str, Any]:
     """Every value the card template shows, formatted; the prose lives in card_template.md."""
     s, meta, ev = facts.spec, facts.weights or {}, facts.eval
@@ -230,6 +258,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
         "onnx": _onnx_items(facts), "mixup": facts.uses_mixup,
+        "runtimes_table": _runtimes_table(facts.runtimes),
+        "runtimes_images": (facts.runtimes or {}).get("images"), "runtimes_batch": (facts.runtimes or {}).get("batch"),
         # the usage snippet loads the published weights only when these are them
         "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
     }

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from aperture_zoo.files import atomic_path
 from aperture_zoo.model import ResNet
 
+from .compat import check_opset, stamp_lowest_ir
 from .errors import ExportError, OnnxFileError
 
 INPUT_NAME = "pixel_values"
@@ -150,7 +151,9 @@ def check_model_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def save_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write atomically (no half-written file on a crash), then run the checker on the file."""
+    """Stamp the lowest IR version (``compat.stamp_lowest_ir``), write atomically (no half-written
+    file on a crash), then run the checker on the file."""
+    stamp_lowest_ir(proto)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     check_model_file(path)
@@ -179,6 +182,7 @@ def to_onnx(
         raise ExportError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    check_opset(opset, exporter)
     model = model.eval().cpu()
     module = NormalizedClassifier(model).eval() if normalize else model
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.

@@ -17,6 +17,7 @@ from typing import Any
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
+from .compat import check_opset
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
@@ -144,10 +145,7 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
                    calibration_images: int, provider: Provider | None, max_val_images: int | None,
                    opset: int = DEFAULT_OPSET, exporter: str = "dynamo") -> None:
     """Every option error before any work: an export takes minutes, a typo should not cost them."""
-    lowest = 18 if exporter == "dynamo" else 9  # torch.export's ONNX translator starts at opset 18
-    if not lowest <= opset <= 23:
-        raise ExportError(f"--opset {opset} is out of range for the {exporter} exporter: use {lowest}..23"
-                          + (" (or --exporter legacy for older opsets)" if exporter == "dynamo" else ""))
+    check_opset(opset, exporter)
     if fp16_io and not fp16:
         raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
     if int8 and calibration_images < 1:
@@ -163,6 +161,26 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
         )
 
 
+def record_validation(path: str | os.PathLike[str], report: ValidationReport) -> None:
+    """Write into the file's metadata the onnxruntime it was validated with (``validated_runtimes``),
+    so that a copy found elsewhere still says what it is known to run right on."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from .onnx_export import save_checked, set_metadata
+
+    comp = report.comparisons[-1] if report.comparisons else None
+    entry = {"runtime": "onnxruntime", "version": ort.__version__, "provider": report.provider}
+    if comp is not None:
+        entry.update(inputs=comp.inputs, images=comp.num_images, agreement=round(comp.agreement, 2),
+                     max_abs_diff=float(f"{comp.max_abs_diff:.3g}"))
+    proto = onnx.load(str(path))
+    set_metadata(proto, {"validated_runtimes": json.dumps([entry])})
+    save_checked(proto, path)
+
+
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
@@ -176,6 +194,7 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
         if report.passed:
             for stale in (aside, report_path(aside)):  # left by an earlier export that failed
                 stale.unlink(missing_ok=True)
+            record_validation(path, report)
             result.files.append(path)
         else:
             os.replace(path, aside)

@@ -215,3 +215,70 @@ def bench_cmd(
         return
     weights_note = "random weights" if weights is None and not pretrained else "trained weights"
     console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("runtimes")
+def runtimes_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (the PyTorch reference)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
+    random_init: bool = typer.Option(False, "--random-init", help="Untrained weights (seed 0)."),
+    onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="Folder with <name>.onnx (.fp16/.int8) from "
+                                         "`aperture export`; default: export them here first."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10: test images (and int8 calibration); "
+                                         "else the 30 bundled test images, no int8."),
+    max_images: int = typer.Option(1000, "--max-images", help="Stratified test images per cell."),
+    only: str = typer.Option("all", "--runtimes", help="Comma-separated subset of ort, ort-cuda, ort-1.15, "
+                             "ort-1.16, opencv-4, opencv-5; or 'all'."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the runtimes' venvs are kept "
+                                          "(default $APERTURE_RUNTIMES_DIR or ~/.cache/aperture_zoo/runtimes)."),
+    record: bool = typer.Option(False, "--record", help="Write the passing cells into the files' metadata "
+                                "(validated_runtimes); needs --onnx-dir."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the matrix as JSON here (e.g. "
+                                    "model_cards/NAME/runtimes.json, which the card shows)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Run the fp32/fp16/int8 files in today's and older onnxruntime and in OpenCV DNN; compare with PyTorch.
+
+    Exits 1 when a file runs wrongly in a runtime it does not declare itself unfit for.
+    """
+    with user_errors():
+        from aperture_zoo.export.errors import ExportError
+        from aperture_zoo.export.matrix import DEFAULT_RUNTIMES, format_matrix, measure_model
+
+        keys = [r.key for r in DEFAULT_RUNTIMES]
+        chosen = keys if only.strip() == "all" else [k.strip() for k in only.split(",") if k.strip()]
+        if not chosen or any(k not in keys for k in chosen):
+            raise ExportError(f"--runtimes must name some of {', '.join(keys)} (or 'all'), got {only!r}")
+        if max_images < 1:
+            raise ExportError(f"--max-images must be at least 1, got {max_images}")
+        if record and onnx_dir is None:
+            raise ExportError("--record writes into existing files; pass them with --onnx-dir")
+        files = None
+        if onnx_dir is not None:
+            candidates = {"fp32": onnx_dir / f"{name}.onnx", "fp16": onnx_dir / f"{name}.fp16.onnx",
+                          "int8": onnx_dir / f"{name}.int8.onnx"}
+            files = {p: f for p, f in candidates.items() if f.is_file()}
+            if not files:
+                raise ExportError(f"no {name}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
+        model, sha = _load_model(name, weights, pretrained, random_init)
+        with err_console.status("running the runtime matrix") as status:
+            matrix = measure_model(model, files=files, data_dir=_auto_data_dir(data_dir), max_images=max_images,
+                                   runtimes=[r for r in DEFAULT_RUNTIMES if r.key in chosen], cache_dir=cache_dir,
+                                   weights_sha256=sha, record=record, progress=lambda m: _say(status, m))
+        if out is not None:
+            import json
+
+            from aperture_zoo.files import atomic_write_text
+
+            atomic_write_text(out, json.dumps(matrix.to_dict(), indent=2, sort_keys=True) + "\n")
+    if json_out:
+        print_json(matrix.to_dict())
+    else:
+        console.print(f"{name} on {matrix.images}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
+        console.print(format_matrix(matrix), highlight=False, markup=False, soft_wrap=True)
+        for c in matrix.cells:
+            if c.note and c.passed is not True:
+                err_console.print(f"{c.runtime} {c.precision}: {c.note}", highlight=False, markup=False, soft_wrap=True)
+    if not matrix.passed:
+        raise typer.Exit(code=1)
