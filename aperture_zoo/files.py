@@ -20,8 +20,9 @@ EVAL_FILENAME = "eval.json"
 METRICS_FILENAME = "metrics.jsonl"
 CURVES_FILENAME = "curves.png"
 CONFUSION_FILENAME = "confusion.png"
+RELIABILITY_FILENAME = "reliability.png"
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
-RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME)
+RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
 
 
 @contextmanager

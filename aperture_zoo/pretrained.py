@@ -239,8 +239,17 @@ def load(
     if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
         # Overrides (e.g. num_classes=100 to fine-tune) keep every tensor that still fits and
         # start the rest fresh, like timm's pretrained=True with another num_classes.
-        load_weights(model, resolve_weights(name, weights, download=True), strict=not overrides)
+        path = resolve_weights(name, weights, download=True)
+        with_record_temperature(load_weights(model, path, strict=not overrides), path, record)
     return model.to(device).eval()
+
+
+def with_record_temperature(model: ResNet, path: Path, record: Weights | None) -> ResNet:
+    """The published record's temperature on ``model`` when ``path`` is that record's (pinned) file."""
+    if model.temperature is None and record is not None and record.temperature is not None \
+            and file_sha256(path) == record.sha256:
+        model.temperature = record.temperature
+    return model
 
 
 class WeightsChoiceError(WeightsError):
@@ -267,7 +276,7 @@ def model_for_command(
         return create_model(arch).eval(), None
     if pretrained:
         path = resolve_weights(name, download=True)
-        return load_weights(create_model(arch), path).eval(), path
+        return with_record_temperature(load_weights(create_model(arch), path), path, record).eval(), path
     path = resolve_weights(name, weights)
     spec = spec_from_metadata(read_metadata(path))
     if spec is not None and spec.name != arch:

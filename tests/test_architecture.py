@@ -15,8 +15,8 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "_lazy"},
-    {"model", "weights", "images", "data", "hub"},
-    {"catalog", "pretrained", "transforms", "summary"},
+    {"model", "weights", "images", "data", "hub", "calibration", "corruptions"},
+    {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
     {"train", "export"},
     {"demo", "cli", "__main__"},

@@ -118,9 +118,16 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Where eval.json/confusion.png go (default: beside --weights)."),
+    corruptions: Optional[str] = typer.Option(
+        None, "--corruptions", help="Also test on corrupted copies: 'all' (gaussian_noise, gaussian_blur, "
+        "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or e.g. 'contrast,jpeg_compression:5'."),
+    corruption_images: Optional[int] = typer.Option(
+        None, "--corruption-images", help="A stratified sample of N test images per corruption and severity "
+        "(default: all evaluated images)."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json to stdout."),
 ) -> None:
-    """Test top-1, per-class accuracy and confusion matrix; writes eval.json and confusion.png."""
+    """Test top-1, per-class accuracy, confusion matrix and calibration (ECE, NLL, Brier before and
+    after the temperature); writes eval.json, confusion.png and reliability.png."""
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
@@ -129,7 +136,14 @@ def eval_cmd(
     from aperture_zoo.weights import WeightsError
 
     with user_errors():
+        from aperture_zoo.corruptions import parse_corruptions
+
         check_eval_options(batch_size, subset)
+        chosen = parse_corruptions(corruptions)
+        if corruption_images is not None and corruption_images < 1:
+            from aperture_zoo.train.evaluate import EvalError
+
+            raise EvalError(f"--corruption-images must be at least 1 test image, got {corruption_images}")
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model, used = model_for_command(name, weights, pretrained)
@@ -137,6 +151,13 @@ def eval_cmd(
         split = take_subset(load_split("test", data_dir, download), subset, 0)
         with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
+        if chosen:
+            from aperture_zoo.train.robustness import evaluate_corruptions
+
+            with err_console.status("corruptions") as status:
+                result.extra["corruptions"] = evaluate_corruptions(
+                    model, split, chosen, max_images=corruption_images, batch_size=batch_size, device=dev, tta=tta,
+                    on_step=lambda m: status.update(f"evaluating {name} on {m}"))
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
     if json_out:
@@ -148,7 +169,29 @@ def eval_cmd(
     for cls, acc in result.per_class_top1.items():
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
-    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
+    for line in calibration_lines(result.extra):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'confusion.png'} and {out_dir / 'reliability.png'}",
+                  highlight=False)
+
+
+def calibration_lines(extra: dict) -> list[str]:
+    """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
+    e, lines = extra, []
+    if "ece" in e:
+        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
+                     f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
+                     f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
+    if "top1_by_tta" in e:
+        lines.append(f"top-1 without TTA {e['top1_by_tta']['none']:.2f}%, with flip TTA {e['top1_by_tta']['flip']:.2f}%")
+    c = e.get("corruptions")
+    if c:
+        for corruption, by in c["top1"].items():
+            lines.append(f"  {corruption:<17} " + "  ".join(f"{s}: {v:6.2f}%" for s, v in by.items()))
+        sample = f"a stratified {c['num_images']:,} images" if c["stratified_sample"] else f"{c['num_images']:,} images"
+        lines.append(f"corruptions ({sample} each): mean top-1 {c['mean']:.2f}%, worst {c['worst']} "
+                     f"({c['worst_mean']:.2f}% over its severities)")
+    return lines
 
 
 def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
