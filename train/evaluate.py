@@ -211,7 +211,7 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> d
         calibrated = np.empty_like(logits, dtype=np.float64)  # each half with the other half's temperature
         for idx, half in zip(stratified_halves(labels)[::-1], calib["halves"]):
             calibrated[idx] = softmax(logits[idx], half["temperature"])
-    out: dict[str, Any] = {**calib, "ece_bins": 15}
+    out: dict[str, Any] = {**calib, "ece_bins": 15, "calibration_num_images": int(len(labels))}
     out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels),
                           "calibrated": reliability_bins(calibrated, labels)}
     if mirrored is not None:
@@ -243,6 +243,25 @@ def format_confusion(result: EvalResult) -> str:
     for name, row in zip(short, result.confusion):
         lines.append(f"{name:>9} " + " ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+def format_robustness(extra: dict[str, Any]) -> list[str]:
+    """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
+    e, lines = extra, []
+    if "ece" in e:
+        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
+                     f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
+                     f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
+    if "top1_by_tta" in e:
+        lines.append(f"top-1 without TTA {e['top1_by_tta']['none']:.2f}%, with flip TTA {e['top1_by_tta']['flip']:.2f}%")
+    c = e.get("corruptions")
+    if c:
+        for corruption, by in c["top1"].items():
+            lines.append(f"  {corruption:<17} " + "  ".join(f"{s}: {v:6.2f}%" for s, v in by.items()))
+        sample = f"a stratified {c['num_images']:,} images" if c["stratified_sample"] else f"{c['num_images']:,} images"
+        lines.append(f"corruptions ({sample} each): mean top-1 {c['mean']:.2f}%, worst {c['worst']} "
+                     f"({c['worst_mean']:.2f}% over its severities)")
+    return lines
 
 
 def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model_name: str,

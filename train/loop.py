@@ -43,7 +43,7 @@ from . import distributed as D
 from .augment import AugmentConfig, Batch
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from .device import autocast_dtype, device_name
-from .evaluate import EvalResult, evaluate_sums, result_from_sums
+from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
 from .loader import DeviceSplit, load_splits
 from .progress import SYNC_INTERVAL_S, SyncClock, TrainProgress
 from .recipes import FAST, RECIPES, Recipe, RecipeError
@@ -588,7 +588,10 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         train_images_per_s=state.elapsed["images"] / max(state.elapsed["train"], 1e-9), metrics=rows,
     )
     if info.is_main:
-        _write_outputs(result, state.eval_model, recipe, run, device, info)
+        # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
+        calibration = fit_val_temperature(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
+                                          recipe.eval_batch_size) if data.val is not None else {}
+        _write_outputs(result, state.eval_model, recipe, run, device, info, calibration)
     D.barrier(info)
     return result
 
@@ -846,7 +849,7 @@ def _signame(signum: float) -> str:
 
 
 def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: dict[str, Any],
-                   device: torch.device, info: D.DistInfo) -> None:
+                   device: torch.device, info: D.DistInfo, calibration: dict[str, Any] | None = None) -> None:
     """model.safetensors (with provenance metadata) and curves.png; the final epoch's numbers only."""
     from aperture_zoo.weights import save_weights
 
@@ -861,7 +864,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
         "train_device": device_name(device), "world_size": info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
-        "ema": recipe.ema_decay > 0,
+        "ema": recipe.ema_decay > 0, **(calibration or {}),
     }
     save_weights(plain, result.run_dir / WEIGHTS_FILENAME, metadata)
     rows = read_metrics(result.run_dir / METRICS_FILENAME)

@@ -130,7 +130,7 @@ def eval_cmd(
     after the temperature); writes eval.json, confusion.png and reliability.png."""
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
-    from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
+    from aperture_zoo.train.evaluate import evaluate, format_confusion, format_robustness, write_eval_report
     from aperture_zoo.pretrained import model_for_command
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
@@ -169,29 +169,10 @@ def eval_cmd(
     for cls, acc in result.per_class_top1.items():
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
-    for line in calibration_lines(result.extra):
+    for line in format_robustness(result.extra):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'confusion.png'} and {out_dir / 'reliability.png'}",
                   highlight=False)
-
-
-def calibration_lines(extra: dict) -> list[str]:
-    """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
-    e, lines = extra, []
-    if "ece" in e:
-        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
-                     f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
-                     f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
-    if "top1_by_tta" in e:
-        lines.append(f"top-1 without TTA {e['top1_by_tta']['none']:.2f}%, with flip TTA {e['top1_by_tta']['flip']:.2f}%")
-    c = e.get("corruptions")
-    if c:
-        for corruption, by in c["top1"].items():
-            lines.append(f"  {corruption:<17} " + "  ".join(f"{s}: {v:6.2f}%" for s, v in by.items()))
-        sample = f"a stratified {c['num_images']:,} images" if c["stratified_sample"] else f"{c['num_images']:,} images"
-        lines.append(f"corruptions ({sample} each): mean top-1 {c['mean']:.2f}%, worst {c['worst']} "
-                     f"({c['worst_mean']:.2f}% over its severities)")
-    return lines
 
 
 def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
