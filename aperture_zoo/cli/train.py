@@ -120,7 +120,7 @@ def eval_cmd(
                                        help="Where eval.json/confusion.png go (default: beside --weights)."),
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help="Also test on corrupted copies: 'all' (gaussian_noise, gaussian_blur, "
-        "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or e.g. 'contrast,jpeg_compression:5'."),
+        "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or some, e.g. 'contrast:5,brightness'."),
     corruption_images: Optional[int] = typer.Option(
         None, "--corruption-images", help="A stratified sample of N test images per corruption and severity "
         "(default: all evaluated images)."),
