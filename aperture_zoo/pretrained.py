@@ -30,7 +30,7 @@ from . import hub
 from .catalog import Weights, by_repo, find_weights, hub_location
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
 from .model import ResNet, create_model
-from .registry import get_spec
+from .registry import ModelSpec, get_spec
 from .weights import WeightsError, file_sha256, load_weights, read_metadata, spec_from_metadata
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -235,12 +235,24 @@ def load(
             load_weights(model, resolve_weights(model.spec.name, weights, download=True))
         return model.to(device).eval()
     record = find_weights(name)  # a tag ("resnet22.fast") names its architecture too
-    model = create_model(record.arch if record else name, **overrides)
+    arch = record.arch if record else name
     if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
-        # Overrides (e.g. num_classes=100 to fine-tune) keep every tensor that still fits and
-        # start the rest fresh, like timm's pretrained=True with another num_classes.
-        load_weights(model, resolve_weights(name, weights, download=True), strict=not overrides)
+        path = resolve_weights(name, weights, download=True)
+        # The file's own head, class names and normalisation (a model fine-tuned on a folder)
+        # unless overrides change them. Overrides (e.g. num_classes=100 to fine-tune, 0 for
+        # features) keep every tensor that still fits and start the rest fresh, like timm's.
+        model = create_model(_file_spec(path, arch, overrides))
+        load_weights(model, path, strict=not overrides)
+    else:
+        model = create_model(arch, **overrides)
     return model.to(device).eval()
+
+
+def _file_spec(path: Path, arch: str, overrides: dict[str, object]) -> ModelSpec:
+    """The spec a weights file records for ``arch`` (its classes and mean/std), with ``overrides``."""
+    saved = spec_from_metadata(read_metadata(path))
+    spec = saved if saved is not None and saved.name == arch else get_spec(arch)
+    return spec.replace(**overrides) if overrides else spec
 
 
 class WeightsChoiceError(WeightsError):

@@ -83,6 +83,7 @@ def export_model(
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
     progress: ExportProgress | Callable[[str], None] | None = None,
+    dataset: Any = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -90,16 +91,22 @@ def export_model(
     int8 tolerance is judged on its test split. ``fp16_io`` makes the fp16 file take and give
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
-    carries its standard error. ``progress`` gets each step and the images validated so far (an
+    carries its standard error. ``dataset`` (an ``aperture_zoo.datasets.Dataset``: CIFAR-100 or a
+    folder) takes the place of ``data_dir``: calibration on its training split, validation on its
+    test split. ``progress`` gets each step and the images validated so far (an
     ``ExportProgress``), or is a plain ``callback(message)`` per step.
     """
     reporter = _as_progress(progress)
     say = reporter.stage
-    _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir, calibration_images=calibration_images,
+    if dataset is not None and len(dataset.classes) != model.spec.num_classes:
+        raise ExportError(f"the model has {model.spec.num_classes} classes but the dataset has {len(dataset.classes)}; "
+                          "export it with the dataset it was trained on")
+    _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir if dataset is None else "dataset", calibration_images=calibration_images,
                    provider=provider if run_validation else None, max_val_images=max_val_images,
                    opset=opset, exporter=exporter)
     if int8:  # fail on a bad data dir before spending time on the export
-        calibration = calibration_pixels(data_dir, calibration_images)
+        calibration = calibration_pixels(data_dir, calibration_images,
+                                         train=dataset.train if dataset is not None else None)
     out = Path(out_dir)
     stem = stem or model.spec.name
     result = ExportResult()
@@ -120,7 +127,8 @@ def export_model(
         say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
     if run_validation:
-        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images)
+        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
+                        test_split=dataset.test if dataset is not None else None)
     return result
 
 
@@ -148,13 +156,15 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
 
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: ExportProgress, *, provider: Provider,
-                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
+                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
+                    test_split: Any = None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                          test_split=test_split,
                           progress=reporter.update, reference_cache=reference_cache)
         aside = failed_path(path)
         if report.passed:

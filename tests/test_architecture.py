@@ -15,7 +15,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "_lazy"},
-    {"model", "weights", "images", "data", "hub"},
+    {"model", "weights", "images", "data", "hub", "labels", "folder", "datasets"},
     {"catalog", "pretrained", "transforms", "summary"},
     {"cards", "publish", "samples"},
     {"train", "export"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,14 +47,19 @@ def load_splits(
     test_subset: int | None = None,
     seed: int = 0,
     download: bool = False,
+    dataset: Any = None,
 ) -> Splits:
     """Train/val/test numpy splits; subsets and the validation hold-out are stratified by class.
 
     ``val_split`` is a count (>= 1) or a fraction (< 1) of the (subset) training split; those images
     are removed from training, so choosing an epoch or a setting on them never looks at the test set.
     """
-    train = subset(load_split("train", data_dir, download), subset_size, seed)
-    test = subset(load_split("test", data_dir), test_subset, seed, option="--test-subset")
+    if dataset is not None:  # an aperture_zoo.datasets.Dataset (CIFAR-100, a folder): already loaded
+        train_full, test_full = dataset.train, dataset.test
+    else:
+        train_full, test_full = load_split("train", data_dir, download), load_split("test", data_dir)
+    train = subset(train_full, subset_size, seed)
+    test = subset(test_full, test_subset, seed, option="--test-subset")
     val = None
     if val_split < 0 or (val_split >= 1 and val_split != int(val_split)):
         raise SubsetError(f"--val-split must be a fraction in [0, 1) or a whole count of images, not {val_split}")

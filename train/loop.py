@@ -43,10 +43,11 @@ from . import distributed as D
 from .augment import AugmentConfig, Batch
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from .device import autocast_dtype, device_name
+from . import dataset_run
 from .evaluate import EvalResult, evaluate_sums, result_from_sums
 from .loader import DeviceSplit, load_splits
 from .progress import SYNC_INTERVAL_S, SyncClock, TrainProgress
-from .recipes import FAST, RECIPES, Recipe, RecipeError
+from .recipes import FAST, FINETUNE, RECIPES, Recipe, RecipeError
 from .state import EMA, RunState
 from .stream import BatchStream
 
@@ -108,6 +109,10 @@ class TrainConfig:
     progress: bool = True
     sync_interval_s: float = SYNC_INTERVAL_S  # how often the loop reads loss/accuracy back (one host sync)
     time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
+    dataset: str | os.PathLike[str] | None = None  # cifar10 (default), cifar100 or a folder (datasets.py)
+    test_split: float | None = None  # a folder without test/: the share held out (default 0.2)
+    init: str | os.PathLike[str] | None = None  # start from these weights (a tag or a file): finetune.py
+    freeze_backbone: bool = False  # with init: train the head only
 
 
 @dataclass
@@ -365,6 +370,7 @@ def retry_command(spec: ModelSpec, recipe: Recipe, run: dict[str, Any], cfg: Tra
     for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split")):
         if run.get(key):
             args += [flag, str(run[key])]
+    args += dataset_run.retry_args(run)
     args += ["--data-dir", _data_root(cfg.data_dir)]
     if cfg.download is False:
         args.append("--no-download")
@@ -422,7 +428,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
         if cfg.model is None:
             raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
         spec = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
-        recipe = (cfg.recipe or FAST).validate()
+        recipe = (cfg.recipe or (FINETUNE if cfg.init is not None else FAST)).validate()
         run = {
             "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
@@ -557,8 +563,11 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     if recipe.batch_size % info.world_size:
         raise TrainingError(f"batch size {recipe.batch_size} does not split over {info.world_size} ranks; "
                             "use a multiple")
+    if resume_dir is None:  # the dataset's classes and normalisation, the init weights (dataset_run.py)
+        spec, run = _decided_on_rank0(info, lambda: _new_run(cfg, spec, run, info))
     data = _load_data(cfg, run, spec, recipe.batch_size, info, device, data_from_run)
-    state = _initial_state(spec, recipe, int(run["seed"]), info, device, ckpt)
+    state = _initial_state(spec, recipe, int(run["seed"]), info, device, ckpt,
+                           prepare=dataset_run.prepare_model(run, fresh=ckpt is None))
     step_fn = TrainStep(_network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(recipe.precision, device))
     # rank 0 decides the folder (and holds its lock); every rank writes its name in messages
@@ -607,17 +616,32 @@ def _finished(run_dir: Path | None, ckpt: dict[str, Any] | None, recipe: Recipe)
                        metrics=read_metrics(run_dir / METRICS_NAME), already_complete=True)
 
 
+def _new_run(cfg: TrainConfig, spec: ModelSpec, run: dict[str, Any], info: D.DistInfo) -> tuple[ModelSpec, dict[str, Any]]:
+    """Rank 0's view of a new run's dataset and init (decoded once; the other ranks read the cache)."""
+    import sys
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    return dataset_run.new_run(spec, run, None if cfg.dataset is None else str(cfg.dataset), cfg.test_split,
+                               None if cfg.init is None else str(cfg.init), cfg.freeze_backbone, cfg.data_dir,
+                               bool(cfg.download), say)
+
+
 def _load_data(cfg: TrainConfig, run: dict[str, Any], spec: ModelSpec, batch_size: int, info: D.DistInfo,
                device: torch.device, data_from_run: bool) -> _Data:
     """The run's splits on ``device`` (fetched by rank 0 if need be), checked to hold a batch."""
+    dataset = dataset_run.run_dataset(run, cfg.data_dir, bool(cfg.download))  # None: CIFAR-10
     try:
-        _fetch_data_once(cfg, info)
+        if dataset is None:
+            _fetch_data_once(cfg, info)
     except DataError as exc:
         if not data_from_run:
             raise
         raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
                         "--data-dir if the data has moved)") from None
-    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], int(run["seed"]))
+    splits = load_splits(cfg.data_dir, run["subset"], run["val_split"], run["test_subset"], int(run["seed"]),
+                         dataset=dataset)
     train = DeviceSplit.from_split(splits.train, device)
     if len(train) < batch_size:
         raise TrainingError(
@@ -629,12 +653,14 @@ def _load_data(cfg: TrainConfig, run: dict[str, Any], spec: ModelSpec, batch_siz
 
 
 def _initial_state(spec: ModelSpec, recipe: Recipe, seed: int, info: D.DistInfo, device: torch.device,
-                   ckpt: dict[str, Any] | None) -> RunState:
+                   ckpt: dict[str, Any] | None, prepare: Callable[[nn.Module], None] | None = None) -> RunState:
     """A new run's network (seeded), optimizer and EMA on ``device``, or those of ``ckpt``."""
     if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
     model: nn.Module = create_model(spec)
+    if prepare is not None:  # init weights, frozen backbone: before the optimizer sees the parameters
+        prepare(model)
     if info.enabled and device.type == "cuda" and recipe.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -861,7 +887,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, recipe: Recipe, run: d
         "train_device": device_name(device), "world_size": info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": run["subset"], "val_split": run["val_split"], "test_subset": run["test_subset"],
-        "ema": recipe.ema_decay > 0,
+        "ema": recipe.ema_decay > 0, **dataset_run.weights_metadata(run),
     }
     save_weights(plain, result.run_dir / WEIGHTS_FILENAME, metadata)
     rows = read_metrics(result.run_dir / METRICS_FILENAME)

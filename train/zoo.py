@@ -56,6 +56,7 @@ class ZooConfig:
     export: bool = True
     provider: str = "auto"
     progress: bool = True
+    dataset: str | None = None          # cifar10 (default), cifar100 or an image folder
 
 
 @dataclass
@@ -130,16 +131,20 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
 def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     """Reload the saved weights into a fresh model and re-evaluate: the record must be reproduced."""
     from aperture_zoo.data import load_split, subset
-    from aperture_zoo.weights import decode_metadata, load_weights, read_metadata
+    from aperture_zoo.pretrained import load
+    from aperture_zoo.weights import decode_metadata, read_metadata
 
+    from .dataset_run import run_dataset
     from .distributed import resolve_device
     from .evaluate import evaluate
 
     weights = run_dir / WEIGHTS_NAME
     meta = decode_metadata(read_metadata(weights))
     run = json.loads((run_dir / "run.json").read_text())
-    test = subset(load_split("test", cfg.data_dir), run.get("test_subset"), int(run.get("seed", 0)))
-    model = load_weights(name, weights).eval()
+    own = run_dataset(run, cfg.data_dir)
+    full = own.test if own is not None else load_split("test", cfg.data_dir)
+    test = subset(full, run.get("test_subset"), int(run.get("seed", 0)))
+    model = load(name, weights=weights)  # the file's own head and class names
     res = evaluate(model, test, device=resolve_device(cfg.device))
     recorded = float(meta["test_top1"])
     out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
@@ -156,12 +161,16 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
 def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     """ONNX export of the saved weights, validated against PyTorch (``aperture export --onnx``'s job)."""
     from aperture_zoo.export.pipeline import export_model
-    from aperture_zoo.weights import file_sha256, load_weights
+    from aperture_zoo.pretrained import load
+    from aperture_zoo.weights import file_sha256
+
+    from .dataset_run import run_dataset
 
     weights = run_dir / WEIGHTS_NAME
-    model = load_weights(name, weights).eval()
+    model = load(name, weights=weights)
+    own = run_dataset(json.loads((run_dir / "run.json").read_text()), cfg.data_dir)
     result = export_model(model, run_dir / "onnx", weights_sha256=file_sha256(weights), provider=cfg.provider,
-                          data_dir=cfg.data_dir, max_val_images=1000)
+                          data_dir=cfg.data_dir if own is None else None, max_val_images=1000, dataset=own)
     out = {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
            "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
     (run_dir / "export.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
@@ -197,7 +206,7 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
                 resume=run_dir if resuming else None, out_dir=None if resuming else run_dir,
                 data_dir=cfg.data_dir, download=cfg.download, device=cfg.device, compile=cfg.compile,
                 subset=None if resuming else cfg.subset, test_subset=None if resuming else cfg.test_subset,
-                progress=cfg.progress, time_budget_s=budget,
+                progress=cfg.progress, time_budget_s=budget, dataset=None if resuming else cfg.dataset,
             )
             try:
                 result = fit(tc)
