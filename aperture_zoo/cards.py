@@ -69,16 +69,19 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     """Facts for ``name`` from ``weights`` (else ``source_dir/model.safetensors``, else the
     committed ``weights.json``), ``eval.json`` and ``*.report.json`` in ``source_dir``."""
     from .summary import measure
-    from .weights import decode_metadata, file_sha256, read_metadata
+    from .weights import decode_metadata, file_sha256, read_metadata, spec_from_metadata
 
     spec = get_spec(name)
-    measured = measure(name)
+    weights = weights or (source_dir / WEIGHTS_FILENAME)
+    if weights.is_file():  # a run on other data: its own head, class names and normalisation
+        own = spec_from_metadata(read_metadata(weights))
+        spec = own if own is not None and own.name == name else spec
+    measured = measure(spec)
     record = find_weights(name)
     facts = CardFacts(spec, measured["params"], measured["flops"],
                       repo_id or (record and record.hub_repo) or f"{DEFAULT_HUB_ORG}/{name}")
     # The default org is fixed here, not read from $APERTURE_HUB_ORG: cards must not depend on the
     # environment they are generated in.
-    weights = weights or (source_dir / WEIGHTS_FILENAME)
     if weights.is_file():
         facts.weights = decode_metadata(read_metadata(weights))
         facts.weights_sha256, facts.weights_size = file_sha256(weights), weights.stat().st_size
@@ -171,7 +174,7 @@ def _dataset(meta: dict[str, Any]) -> tuple[str, str]:
     name = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
     if name in ("cifar10", "cifar100"):
         return name, {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
-    return "image-folder", f"image folder {Path(name).name}"
+    return "image-folder", f"`{Path(name).name}` image folder"
 
 
 def _fmt(value: Any) -> str:
