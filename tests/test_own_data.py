@@ -219,7 +219,7 @@ def test_finetune_names_travel_to_eval_export_predict_and_demo(tmp_path: Path, t
     from aperture_zoo.demo import add_onnx_files
     from aperture_zoo.registry import CIFAR10_MEAN
 
-    root = _folder(tmp_path / "imgs", test_images, per_class=10)
+    root = _folder(tmp_path / "imgs", test_images, per_class=8)
     run = tmp_path / "run"
     runner = CliRunner()
     torch.set_num_threads(1)
@@ -248,6 +248,9 @@ def test_finetune_names_travel_to_eval_export_predict_and_demo(tmp_path: Path, t
     result = runner.invoke(app, ["predict", str(png), "--onnx", str(out / "resnet10.onnx"), "--json"])
     assert result.exit_code == 0, result.output
     assert {t["label"] for t in json.loads(result.stdout)[0]["top"]} == set(NAMES)
+    from aperture_zoo.cards import gather
+
+    assert gather("resnet10", run).spec.label_names == tuple(sorted(NAMES))  # the card's classes
     entries = add_onnx_files(tmp_path / "web-models", [out / "resnet10.onnx"], taken=["resnet10"])
     assert entries[0].name == "resnet10-2" and entries[0].labels == sorted(NAMES)
     assert (tmp_path / "web-models" / "resnet10-2.onnx").is_file()
@@ -294,6 +297,16 @@ def test_bad_init_and_split_options_are_one_line(tmp_path: Path, test_images, ar
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_an_empty_folder_is_one_line_on_the_command_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "empty").mkdir()
+    args = (["train", "resnet10", "--out", str(tmp_path / "run")] if command == "train" else
+            ["eval", "resnet10", "--pretrained"])
+    result = CliRunner().invoke(app, [*args, "--dataset", str(tmp_path / "empty"), "--device", "cpu"])
+    assert result.exit_code == 2 and "has no class folders" in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
 
 
 def test_features_with_num_classes_zero() -> None:
