@@ -165,7 +165,14 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     import numpy as np
     import onnx
 
-    from .weights import decode_metadata
+    def decode_metadata(props: dict[str, str]) -> dict[str, Any]:  # weights.py's, without importing torch
+        out: dict[str, Any] = {}
+        for key, value in props.items():
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        return out
 
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
