@@ -98,9 +98,10 @@ def export_model(
     """
     reporter = _as_progress(progress)
     say = reporter.stage
-    if dataset is not None and len(dataset.classes) != model.spec.num_classes:
-        raise ExportError(f"the model has {model.spec.num_classes} classes but the dataset has {len(dataset.classes)}; "
-                          "export it with the dataset it was trained on")
+    if dataset is not None and tuple(dataset.classes) != tuple(model.spec.label_names):
+        raise ExportError(f"the model's classes ({len(model.spec.label_names)}: {', '.join(model.spec.label_names[:3])}, ...) "
+                          f"are not the dataset's ({len(dataset.classes)}: {', '.join(dataset.classes[:3])}, ...); "
+                          "validate it on the dataset it was trained on (--dataset)")
     _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir if dataset is None else "dataset", calibration_images=calibration_images,
                    provider=provider if run_validation else None, max_val_images=max_val_images,
                    opset=opset, exporter=exporter)

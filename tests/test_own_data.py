@@ -319,3 +319,18 @@ def test_features_with_num_classes_zero() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(full.fc(model(x)), full(x), atol=1e-5)
+
+
+def test_weights_for_other_classes_are_not_scored_on_this_data() -> None:
+    """Same class count, other names (or order): an accuracy would be silently wrong, so it is refused."""
+    from aperture_zoo.data import Split
+    from aperture_zoo.model import create_model
+    from aperture_zoo.train.evaluate import EvalError, evaluate
+
+    model = create_model("resnet10", channels=(8, 8, 8, 8), num_classes=2).eval()
+    model = create_model(model.spec.replace(class_names=("cat", "dog")))
+    split = Split(np.zeros((2, 3, 32, 32), np.uint8), np.array([0, 1]), ("dog", "cat"))
+    with pytest.raises(EvalError, match="class 0: 'cat' in the weights, 'dog' in the data"):
+        evaluate(model, split)
+    ok = evaluate(model, Split(split.images, split.labels, ("cat", "dog")))
+    assert ok.classes == ("cat", "dog") and ok.num_images == 2
