@@ -39,11 +39,11 @@ from aperture_zoo.registry import ModelSpec, get_spec
 
 from aperture_zoo.files import CURVES_FILENAME, METRICS_FILENAME, WEIGHTS_FILENAME, atomic_write_text
 
+from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig, Batch
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from .device import autocast_dtype, device_name
-from . import dataset_run
 from .evaluate import EvalResult, evaluate_sums, result_from_sums
 from .loader import DeviceSplit, load_splits
 from .progress import SYNC_INTERVAL_S, SyncClock, TrainProgress
