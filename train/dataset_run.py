@@ -140,17 +140,3 @@ def weights_metadata(run: dict[str, Any]) -> dict[str, Any]:
         if run.get(key) is not None:
             out[key] = run[key]
     return out
-
-
-def retry_args(run: dict[str, Any]) -> list[str]:
-    """The options that start this run's dataset and init again (for the retry command)."""
-    args: list[str] = []
-    if run.get("dataset", "cifar10") != "cifar10":
-        args += ["--dataset", str(run["dataset"])]
-    if run.get("test_split") is not None and run.get("dataset") not in ("cifar10", "cifar100", None):
-        args += ["--test-split", str(run["test_split"])]
-    if run.get("init"):
-        args += ["--init", str(run["init"]["ref"])]
-    if run.get("freeze_backbone"):
-        args.append("--freeze-backbone")
-    return args
