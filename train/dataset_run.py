@@ -111,7 +111,7 @@ def prepare_model(run: dict[str, Any], fresh: bool) -> Callable[[nn.Module], Non
         if fresh and init:
             from pathlib import Path
 
-            from aperture_zoo.weights import file_sha256
+            from aperture_zoo.files import file_sha256
 
             path = Path(init["path"])
             if file_sha256(path) != init["sha256"]:

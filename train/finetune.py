@@ -40,7 +40,8 @@ def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
     """The weights ``ref`` names, checked to be weights of ``spec``'s architecture."""
     from aperture_zoo.catalog import find_weights
     from aperture_zoo.pretrained import resolve_weights
-    from aperture_zoo.weights import WeightsError, file_sha256, read_metadata, spec_from_metadata
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import WeightsError, read_metadata, spec_from_metadata
 
     text = str(ref)
     path = Path(text).expanduser()
