@@ -100,6 +100,8 @@ def export_model(
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
     progress: StepProgress | Callable[[str], None] | None = None,
+    tta: bool = False,
+    temperature: float | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -107,8 +109,10 @@ def export_model(
     int8 tolerance is judged on its test split. ``fp16_io`` makes the fp16 file take and give
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
-    carries its standard error. ``progress`` gets each step and the images validated so far (an
-    ``StepProgress``), or is a plain ``callback(message)`` per step.
+    carries its standard error. ``tta`` puts flip test-time augmentation in the graph (default stem
+    ``<name>.tta``, validated against PyTorch's ``eval --tta`` logits); ``temperature`` (default: the
+    model's own) calibrates the ``probabilities`` output. ``progress`` gets each step and the images
+    validated so far (an ``StepProgress``), or is a plain ``callback(message)`` per step.
     """
     reporter = _as_progress(progress)
     say = reporter.stage
@@ -118,11 +122,11 @@ def export_model(
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images)
     out = Path(out_dir)
-    stem = stem or model.spec.name
+    stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
     result = ExportResult()
-    say(f"exporting {model.spec.name} with the {exporter} exporter (opset {opset})")
+    say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
     fp32_path = to_onnx(model, out / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
-                        exporter=exporter, weights_sha256=weights_sha256)
+                        exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
     result.files.append(fp32_path)
     if fp16:
         say("converting to fp16")

@@ -16,8 +16,8 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress"},
-    {"model", "weights", "images", "data", "hub", "device"},
-    {"catalog", "pretrained", "transforms", "summary"},
+    {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions"},
+    {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
     {"train", "export"},
     {"demo", "cli", "__main__", "__root__"},  # the package root re-exports from every layer

@@ -124,7 +124,7 @@ def test_dynamo_file_is_checked_and_self_describing(dynamo_file: Path, fitted: t
     onnx.checker.check_model(str(dynamo_file), full_check=True)
     proto = onnx.load(str(dynamo_file))
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
-    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, "probabilities"]
     in_dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert in_dims[0].dim_param and [d.dim_value for d in in_dims[1:]] == [3, 32, 32]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -142,6 +142,8 @@ def test_dynamo_file_is_checked_and_self_describing(dynamo_file: Path, fitted: t
     assert meta["opset"] == 18 and {o.version for o in proto.opset_import if o.domain == ""} == {18}
     assert meta["package_version"] == __version__
     assert meta["exporter"] == "dynamo" and meta["precision"] == "fp32" and meta["normalize_in_graph"] is True
+    # no temperature known for these weights: the probabilities output is the plain softmax, and says so
+    assert meta["tta"] == "none" and meta["temperature"] == 1.0 and meta["probabilities"]["calibrated"] is False
 
 
 def test_dynamic_batch_at_sizes_not_used_in_export(dynamo_file: Path, fitted: torch.nn.Module) -> None:

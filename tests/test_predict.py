@@ -62,8 +62,9 @@ def test_predict_matches_pytorch(onnx_file: Path, images: dict[str, Path], model
         assert len(pred.top) == 3
         assert [label for label, _ in pred.top] == [CIFAR10_CLASSES[i] for i in np.argsort(-row)[:3]]
         np.testing.assert_allclose([p for _, p in pred.top], np.sort(row)[::-1][:3], atol=1e-5)
-    assert preds[0].notices == []
-    assert preds[1].notices == ["converted L to RGB", "resized 64x48 to 32x32 (the model's input)"]
+    # random weights carry no temperature: every prediction says its probabilities are uncalibrated
+    assert not clf.calibrated and preds[0].notices == [clf.describe()] and "uncalibrated" in clf.describe()
+    assert preds[1].notices == ["converted L to RGB", "resized 64x48 to 32x32 (the model's input)", clf.describe()]
 
 
 def test_any_mode_is_converted(images: dict[str, Path]) -> None:

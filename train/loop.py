@@ -32,7 +32,7 @@ from aperture_zoo.progress import TrainProgress
 from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
-from .evaluate import EvalResult, evaluate_sums, result_from_sums
+from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -94,7 +94,10 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         train_images_per_s=state.elapsed["images"] / max(state.elapsed["train"], 1e-9), metrics=rows,
     )
     if info.is_main:
-        _write_outputs(result, state.eval_model, r)
+        # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
+        calibration = fit_val_temperature(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
+                                          run.recipe.eval_batch_size) if data.val is not None else {}
+        _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
 
@@ -373,7 +376,7 @@ def _finished(run: Run) -> TrainResult | None:
                        already_complete=True)
 
 
-def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop) -> None:
+def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration: dict[str, Any] | None = None) -> None:
     """model.safetensors (with provenance metadata) and curves.png; the final epoch's numbers only."""
     from aperture_zoo.weights import save_weights
 
@@ -388,7 +391,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop) -> None:
         "train_device": device_name(r.device), "world_size": r.info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": record["subset"], "val_split": record["val_split"], "test_subset": record["test_subset"],
-        "ema": recipe.ema_decay > 0,
+        "ema": recipe.ema_decay > 0, **(calibration or {}),
     }
     save_weights(model, r.folder.weights, metadata)
     plot_curves(r.folder.metrics(), r.folder.curves, title=f"{model.spec.name} ({recipe.name})")

@@ -109,9 +109,13 @@ def export_cmd(
     calibration_images: int = typer.Option(512, "--calibration-images", help="Training images for int8 calibration (stratified)."),
     max_val_images: str = typer.Option("2000", "--max-val-images", help="Test images to validate on: a stratified sample "
                                        "(default 2000, each rate shown with its standard error), or 'all' for all 10,000."),
+    tta: str = typer.Option("none", "--tta", help="flip: average the image and its mirror inside the graph "
+                            "(writes <name>.tta.onnx, same input and outputs; validated against `eval --tta`); none."),
     json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
     """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
+
+    Outputs: logits, and probabilities (softmax(logits / T), calibrated with the weights' temperature).
 
     A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
     """
@@ -120,7 +124,9 @@ def export_cmd(
         from aperture_zoo.export.pipeline import export_model, parse_max_val_images
         from aperture_zoo.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS
+        from aperture_zoo.predict import check_tta
 
+        flip = check_tta(tta)
         if not onnx:
             raise ExportError("ONNX is the only export format; add --onnx")
         if provider not in PROVIDERS:
@@ -133,8 +139,11 @@ def export_cmd(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
                 exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
-                progress=progress,
+                progress=progress, tta=flip,
             )
+        if model.temperature is None:
+            err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
+                              "uncalibrated softmax[/]", highlight=False, soft_wrap=True)
     if json_out:
         print_json([r.to_dict() for r in result.reports] if validate else [str(f) for f in result.files])
     else:
@@ -162,26 +171,62 @@ def export_cmd(
 @app.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
-    onnx: Path = typer.Option(..., "--onnx", help="An ONNX file written by `aperture export`."),
+    model: str = typer.Option("resnet22", "--model", "-m", help="Published model or tag (PyTorch path), e.g. resnet10."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
+                                     "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
+    tta: str | None = typer.Option(None, "--tta", help="flip: average with the mirrored image (PyTorch path); "
+                                   "an ONNX file holds its own (export --tta flip)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image (>= 1)."),
-    provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu"),
+    provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu (ONNX only)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Classify images with an exported ONNX file (onnxruntime only, no PyTorch)."""
+    """Calibrated class probabilities for image files: the published resnet22 by default, or an ONNX file."""
     with user_errors():
-        from aperture_zoo.export.predict import OnnxClassifier
-
-        clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
-        predictions = clf.predict(images, top_k=top_k)
-    for p in predictions:
-        for notice in p.notices:
-            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False, soft_wrap=True)
+        if onnx is not None:
+            rows, what = _predict_onnx(images, onnx, tta, top_k, provider)
+        else:
+            rows, what = _predict_torch(images, model, tta, top_k)
+    err_console.print(what, highlight=False, soft_wrap=True)
+    for row in rows:
+        for notice in row["notices"]:
+            err_console.print(f"[yellow]notice:[/] {row['image']}: {notice}", highlight=False, soft_wrap=True)
     if json_out:
-        print_json([p.to_dict() for p in predictions])
+        print_json(rows)
         return
-    for p in predictions:
-        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top)
-        console.print(f"{p.source}: [bold]{p.label}[/]  ({ranked})", highlight=False)
+    for row in rows:
+        ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in row["top"])
+        console.print(f"{row['image']}: [bold]{row['top'][0]['label']}[/]  ({ranked})", highlight=False)
+
+
+def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int, provider: str) -> tuple[list[dict], str]:
+    """Torch-free: onnxruntime, numpy and pillow only."""
+    from aperture_zoo.export.errors import ExportError
+    from aperture_zoo.export.predict import OnnxClassifier
+
+    if tta is not None:
+        raise ExportError("--tta applies to the PyTorch path; an ONNX file holds its own TTA "
+                          "(`aperture export NAME --pretrained --onnx --tta flip`)")
+    clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
+    rows = [p.to_dict() for p in clf.predict(images, top_k=top_k)]
+    notice = clf.describe()  # said once, not per image
+    for row in rows:
+        row["notices"] = [n for n in row["notices"] if n != notice]
+    return rows, f"{onnx.name}: {notice}"
+
+
+def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], str]:
+    from aperture_zoo.predict import check_tta, classify
+    from aperture_zoo.pretrained import load
+
+    flip = check_tta(tta)
+    model = load(name, pretrained=True)
+    rows = classify(model, images, top_k=top_k, tta=flip)
+    from aperture_zoo.catalog import find_weights
+
+    record = find_weights(name)
+    tag = record.tag if record is not None else name
+    return rows, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
+                  + ("; flip test-time augmentation" if flip else ""))
 
 
 @app.command("bench")
