@@ -86,6 +86,8 @@ def _check_readable(path: Path) -> None:
         )
     if path.is_dir():
         raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
+    if not path.is_file():  # reading a FIFO or a device would block forever or never end
+        raise WeightsError(f"{str(path)!r} is not a regular file (a pipe, socket or device); pass a model.safetensors file")
     with path.open("rb") as f:
         head = f.read(9)
     # safetensors starts with its header length (u64 LE) then "{"; that length's first byte can be
@@ -131,6 +133,20 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             "Download or export it again."
         ) from None
     return tensors, meta
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity: they load and run, but every answer would be wrong.
+
+    The one check used by every path that takes weights in (load, eval, export, push).
+    """
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"{where} holds non-finite values (NaN or infinity) in {len(bad)} of {len(tensors)} tensors "
+            f"({_short(bad, 3)}); training diverged or the file is damaged. Use an earlier checkpoint, "
+            "retrain with a lower --lr, or download the file again"
+        )
 
 
 def _saved_arch(meta: dict[str, str], path: Path | None = None) -> dict[str, Any]:
@@ -223,6 +239,7 @@ def load_weights(model_or_name: ResNet | str, path: str | os.PathLike[str], stri
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
                 f"{spec.name!r} ({detail}); load it with the matching model name"
             )
+    check_finite(tensors, repr(str(path)))
     problems = _describe_mismatch(model, tensors)
     if strict and problems:
         arch = meta.get("arch", "an unknown architecture")

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, print_json, safe, say_error, user_errors
 
 
 def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
@@ -170,21 +170,31 @@ def predict_cmd(
     provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Classify images with an exported ONNX file (onnxruntime only, no PyTorch)."""
+    """Classify images with an exported ONNX file (onnxruntime only, no PyTorch).
+
+    Every readable image is answered; files that cannot be read are listed on stderr and the exit
+    code is then 1 (2: nothing could be classified, e.g. a bad --onnx file).
+    """
     with user_errors():
         from aperture_zoo.export.predict import OnnxClassifier
 
         clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
-        predictions = clf.predict(images, top_k=top_k)
+        predictions, failures = clf.predict_files(images, top_k=top_k)
     for p in predictions:
         for notice in p.notices:
-            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]notice:[/] {safe(p.source)}: {safe(notice)}", highlight=False, soft_wrap=True)
     if json_out:
-        print_json([p.to_dict() for p in predictions])
-        return
-    for p in predictions:
-        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top)
-        console.print(f"{p.source}: [bold]{p.label}[/]  ({ranked})", highlight=False)
+        print_json([p.to_dict() for p in predictions] + [{"image": path, "error": str(exc)} for path, exc in failures])
+    else:
+        for p in predictions:
+            ranked = ", ".join(f"{safe(label)} {prob:.1%}" for label, prob in p.top)
+            console.print(f"{safe(p.source)}: [bold]{safe(p.label)}[/]  ({ranked})", highlight=False, soft_wrap=True)
+    for _, exc in failures:
+        say_error(exc, prefix="[bold red]failed:[/]")
+    if failures:
+        say_error(f"{len(failures)} of {len(images)} images could not be read (listed above); "
+                  f"{len(predictions)} answered", prefix="[bold red]error:[/]")
+        raise typer.Exit(code=1)
 
 
 @app.command("bench")
