@@ -56,6 +56,11 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
                 return fit_image(img, size)
     except ImageError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # pillow's own, larger limit
+        raise ImageError(
+            f"{str(path)!r} declares more than {MAX_PIXELS:,} pixels, more than this decoder accepts (a "
+            "damaged or hostile file?); downscale it first"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - pillow's decoders raise many kinds (OSError, SyntaxError, struct.error, ...)
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ImageError(

@@ -121,10 +121,9 @@ class OnnxClassifier:
         else:  # floats must already be in [0, 1]: 0..255 floats would be classified as white noise
             x = x.astype(np.float32, copy=False)
             if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-                raise ImageError(
-                    f"float pixels must be finite and in [0, 1], got range [{np.nanmin(x):g}, {np.nanmax(x):g}]; "
-                    "divide 0..255 pixels by 255 (or pass them as uint8)"
-                )
+                got = f"range [{x.min():g}, {x.max():g}]" if np.isfinite(x).all() else "NaN or infinity"
+                raise ImageError(f"float pixels must be finite and in [0, 1], got {got}; divide 0..255 pixels by 255 "
+                                 "(or pass them as uint8)")
         if x.shape[1:] != (3, self.image_size[1], self.image_size[0]):
             raise ImageError(f"expected images of 3 x {self.image_size[1]} x {self.image_size[0]}, got "
                              f"{tuple(x.shape[1:])}; decode files with load_image (it resizes)")
