@@ -18,7 +18,7 @@ from typing import Any
 
 from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
-from .files import CARD_FILENAME, CONFIG_FILENAME, RUN_FILES, WEIGHTS_FILENAME, atomic_write_text
+from .files import CARD_FILENAME, CONFIG_FILENAME, RUN_FILES, WEIGHTS_FILENAME, atomic_path, atomic_write_text
 from .registry import REPORT, ModelSpec, get_spec
 
 PROVENANCE_FILENAME = "weights.json"  # small committed record of the weights a card describes
@@ -260,18 +260,27 @@ def write_card(
     With ``run_dir`` the run's model.safetensors, metrics.jsonl, curves.png and eval.json are
     copied in first, so the card describes exactly the files that sit beside it.
     """
+    from .weights import decode_metadata, read_metadata
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if run_dir is not None:
         run = Path(run_dir)
         if not (run / WEIGHTS_FILENAME).is_file():
             raise CardError(f"run dir {run} has no {WEIGHTS_FILENAME}; pass the folder a training run wrote")
+        # Everything is checked before the first copy, so a refused run leaves nothing behind.
+        arch = decode_metadata(read_metadata(run / WEIGHTS_FILENAME)).get("arch")
+        if arch and arch != name:
+            raise CardError(f"{run / WEIGHTS_FILENAME} holds weights for {arch}, not {name}; "
+                            f"write the card with `aperture card {arch} --run {run}`")
         _refuse_replacing_published(name, out / WEIGHTS_FILENAME, run / WEIGHTS_FILENAME)
+        out.mkdir(parents=True, exist_ok=True)
         for file_name in (WEIGHTS_FILENAME, *RUN_FILES):
             src = run / file_name
             if src.is_file() and src.resolve() != (out / file_name).resolve():
-                shutil.copyfile(src, out / file_name)
+                with atomic_path(out / file_name) as tmp:  # a full disk never leaves half a copy
+                    shutil.copyfile(src, tmp)
         weights = out / WEIGHTS_FILENAME
+    out.mkdir(parents=True, exist_ok=True)
     facts = gather(name, out, Path(weights) if weights is not None else None, repo_id)
     if facts.weights is not None and (out / WEIGHTS_FILENAME).is_file():
         record = {"sha256": facts.weights_sha256, "size": facts.weights_size, "metadata": facts.weights}

@@ -30,7 +30,7 @@ _OS_FIXES = {
 }
 
 
-def os_error(exc: OSError, action: str = "use") -> FileSystemError:
+def os_error(exc: OSError, action: str = "read or written") -> FileSystemError:
     """An OSError as a one-line FileSystemError naming the path, what happened and the fix."""
     import errno
 
@@ -38,9 +38,10 @@ def os_error(exc: OSError, action: str = "use") -> FileSystemError:
         return exc  # type: ignore[return-value]
     name = errno.errorcode.get(exc.errno or 0, "")
     what, fix = _OS_FIXES.get(name, (exc.strerror or str(exc) or type(exc).__name__, "check the path and try again"))
-    where = exc.filename if exc.filename is not None else "a file"
-    if exc.filename2 is not None:
-        where = f"{exc.filename!s} -> {exc.filename2!s}"
-    err = FileSystemError(f"cannot {action} {str(where)!r}: {what}; {fix}")
+    if exc.filename is None:
+        err = FileSystemError(f"a file could not be {action}: {what}; {fix}")
+    else:
+        where = repr(str(exc.filename)) + (f" -> {str(exc.filename2)!r}" if exc.filename2 is not None else "")
+        err = FileSystemError(f"{where}: {what}; {fix}")
     err.errno = exc.errno
     return err

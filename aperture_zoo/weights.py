@@ -68,14 +68,30 @@ def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
 
 def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
     """Write the state dict (contiguous, CPU) atomically, so a crash never leaves half a file."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=build_metadata(model, metadata))
+        write_safetensors(tensors, tmp, build_metadata(model, metadata))
     return path
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' writer, with its I/O failures (full or read-only disk) raised as the OSError they are."""
+    import errno
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        num = int(code.group(1))
+        raise OSError(num, os.strerror(num) if num in errno.errorcode else str(exc), str(path)) from None
 
 
 def _check_readable(path: Path) -> None:

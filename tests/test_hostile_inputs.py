@@ -235,7 +235,7 @@ def test_a_file_named_like_markup_prints_as_itself(onnx_file: Path, pictures: Pa
 def test_control_characters_in_names_are_shown_not_sent(onnx_file: Path, tmp_path: Path) -> None:
     name = str(tmp_path / "evil\x1b[31m[b]red.png")
     result = CliRunner().invoke(app, ["predict", "--onnx", str(onnx_file), name])
-    assert result.exit_code == 1 and "\x1b" not in result.output
+    assert result.exit_code == 2 and "\x1b" not in result.output  # 2: no image answered
     assert "\\x1b[31m[b]red.png" in result.output
 
 

@@ -109,6 +109,10 @@ class TrainConfig:
     sync_interval_s: float = SYNC_INTERVAL_S  # how often the loop reads loss/accuracy back (one host sync)
     time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
 
+    def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not 0 <= int(self.seed) < 2**32):
+            raise TrainingError(f"--seed must be in 0..{2**32 - 1} (numpy and torch take unsigned seeds), got {self.seed}")
+
 
 @dataclass
 class _Budget:
@@ -287,6 +291,23 @@ def _run_lock(run_dir: Path):  # type: ignore[no-untyped-def]
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _in_use(run_dir: Path) -> bool:
+    """Whether another process holds the run directory's lock right now (see ``_run_lock``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    if not (run_dir / LOCK_NAME).is_file():
+        return False
+    with open(run_dir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def _decided_on_rank0(info: D.DistInfo, decide: Callable[[], _T]) -> _T:
     """Run ``decide`` on rank 0 only and hand every rank its result, or the ApertureError it raised.
 
@@ -379,7 +400,10 @@ def retry_command(spec: ModelSpec, recipe: Recipe, run: dict[str, Any], cfg: Tra
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+        return data
     except FileNotFoundError:
         raise CheckpointError(
             f"{str(path.parent)!r} is not a run directory of `aperture train` ({path.name} is missing)"
@@ -394,7 +418,11 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def load_run_recipe(run_dir: str | os.PathLike[str]) -> Recipe:
     """The recipe a run directory was trained with (its ``recipe.json``); a clear error if it is not a run."""
-    return Recipe.from_dict(_read_json(Path(run_dir) / RECIPE_NAME))
+    path = Path(run_dir) / RECIPE_NAME
+    try:
+        return Recipe.from_dict(_read_json(path))
+    except RecipeError as exc:
+        raise CheckpointError(f"{str(path)!r} is damaged ({exc}); this run cannot be resumed: start a new one") from None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -431,6 +459,11 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
         return spec, recipe, run, None, None  # the folder is claimed later, on rank 0
 
     run_dir = Path(cfg.resume)
+    if _in_use(run_dir):  # still starting (or training): it has no checkpoint *yet*
+        raise TrainingError(
+            f"{str(run_dir)!r} is in use by another training process (still starting, or training); "
+            "wait for it to finish or stop it, then resume"
+        )
     run = _read_json(run_dir / RUN_NAME)
     saved_recipe = load_run_recipe(run_dir)
     if not (run_dir / CHECKPOINT_NAME).exists():

@@ -172,8 +172,8 @@ def predict_cmd(
 ) -> None:
     """Classify images with an exported ONNX file (onnxruntime only, no PyTorch).
 
-    Every readable image is answered; files that cannot be read are listed on stderr and the exit
-    code is then 1 (2: nothing could be classified, e.g. a bad --onnx file).
+    Every readable image is answered; files that cannot be read are listed on stderr. Exit code: 0
+    all answered, 1 some answered and some not, 2 none answered (or a bad --onnx file).
     """
     with user_errors():
         from aperture_zoo.export.predict import OnnxClassifier
@@ -194,7 +194,7 @@ def predict_cmd(
     if failures:
         say_error(f"{len(failures)} of {len(images)} images could not be read (listed above); "
                   f"{len(predictions)} answered", prefix="[bold red]error:[/]")
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=1 if predictions else 2)
 
 
 @app.command("bench")
