@@ -127,6 +127,7 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
     import socket
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the download fails
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -134,6 +135,7 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
         download_and_extract_archive(ARCHIVE_URL, str(root), md5=ARCHIVE_MD5)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        _remove_empty(created)
         raise DataError(
             f"CIFAR-10 is not in {str(root)!r} and downloading it from {ARCHIVE_URL} failed ({exc}); "
             "if this machine is offline, copy the data here instead. Point --data-dir (or "
@@ -144,6 +146,16 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
     finally:
         socket.setdefaulttimeout(previous)
     return find_batches_dir(root)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created (deepest first), if nothing else is in them now."""
+    for folder in folders:
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:
+            pass
 
 
 def locate(data_dir: str | os.PathLike[str] | None = None, download_if_missing: bool = False) -> Path:

@@ -117,11 +117,10 @@ def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoMod
     """Write ``models.json`` (atomically: the page may be reading it)."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]}, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    from .files import atomic_write_text
+
+    return atomic_write_text(models_dir / MANIFEST,
+                             json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]}, indent=1) + "\n")
 
 
 def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.files import atomic_path
+
 
 def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
@@ -36,8 +38,11 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk never leaves half a picture
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -62,6 +67,9 @@ def plot_confusion(
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk never leaves half a picture
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

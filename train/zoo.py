@@ -22,6 +22,7 @@ from typing import Any
 
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.registry import get_spec, list_models
+from aperture_zoo.files import atomic_write_text
 
 from .checkpoint import CHECKPOINT_NAME
 from .loop import (METRICS_NAME, RECIPE_NAME, WEIGHTS_NAME, TimeBudgetReached, TrainConfig, fit, load_run_recipe,
@@ -144,7 +145,7 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     recorded = float(meta["test_top1"])
     out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
            "device": res.device, "passed": abs(res.top1 - recorded) <= CHECK_TOLERANCE}
-    (run_dir / "check.json").write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_text(run_dir / "check.json", json.dumps(out, indent=2) + "\n")
     if not out["passed"]:
         raise ZooError(
             f"{name}: the saved weights score {res.top1:.2f}% on reload but {recorded:.2f}% was recorded; "
@@ -164,7 +165,7 @@ def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
                           data_dir=cfg.data_dir, max_val_images=1000)
     out = {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
            "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
-    (run_dir / "export.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / "export.json", json.dumps(out, indent=2, default=str) + "\n")
     return out
 
 
@@ -228,8 +229,8 @@ def write_summary(runs: Path, names: Sequence[str] = ()) -> ZooResult:
     runs.mkdir(parents=True, exist_ok=True)
     doc = {"report_best_top1": REPORT_BEST_TOP1, "torch": torch.__version__,
            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
-    (runs / SUMMARY_JSON).write_text(json.dumps(doc, indent=2) + "\n")
-    (runs / SUMMARY_MD).write_text(summary_markdown(rows))
+    atomic_write_text(runs / SUMMARY_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(runs / SUMMARY_MD, summary_markdown(rows))
     return ZooResult(runs_dir=runs, rows=rows)
 
 
