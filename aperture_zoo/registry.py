@@ -174,10 +174,16 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise SpecError(f"a model spec must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        if not isinstance(kwargs.get("name", ""), str):
+            raise SpecError(f"a model spec's name must be a string, got {kwargs['name']!r}")
         for key in ("blocks", "channels", "input_size", "mean", "std"):
             if key in kwargs:
+                if not isinstance(kwargs[key], (list, tuple)):
+                    raise SpecError(f"{key} must be a list, got {kwargs[key]!r}")
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 

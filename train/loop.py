@@ -416,6 +416,34 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _read_run(path: Path) -> dict[str, Any]:
+    """``run.json``, checked field by field: a damaged file is one line, not a KeyError mid-resume."""
+    from aperture_zoo.errors import ApertureError as _Err
+
+    run = _read_json(path)
+
+    def whole(v: Any, optional: bool = False) -> bool:
+        return (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+    problem = None
+    try:
+        spec = ModelSpec.from_dict(run.get("spec"))  # type: ignore[arg-type]
+        if run.get("arch") != spec.arch_dict():
+            problem = "'arch' does not match 'spec'"
+    except (_Err, TypeError, ValueError) as exc:
+        problem = f"'spec': {exc}"
+    if problem is None:
+        for key, optional in (("seed", False), ("subset", True), ("test_subset", True)):
+            if not whole(run.get(key), optional):
+                problem = f"{key!r} is {run.get(key)!r}"
+        val = run.get("val_split")
+        if not (isinstance(val, (int, float)) and not isinstance(val, bool) and val >= 0):
+            problem = problem or f"'val_split' is {val!r}"
+    if problem:
+        raise CheckpointError(f"{str(path)!r} is damaged ({problem}); this run cannot be resumed: start a new one")
+    return run
+
+
 def load_run_recipe(run_dir: str | os.PathLike[str]) -> Recipe:
     """The recipe a run directory was trained with (its ``recipe.json``); a clear error if it is not a run."""
     path = Path(run_dir) / RECIPE_NAME
@@ -464,7 +492,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[ModelSpec, Recipe, dict[str, Any], P
             f"{str(run_dir)!r} is in use by another training process (still starting, or training); "
             "wait for it to finish or stop it, then resume"
         )
-    run = _read_json(run_dir / RUN_NAME)
+    run = _read_run(run_dir / RUN_NAME)
     saved_recipe = load_run_recipe(run_dir)
     if not (run_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(
