@@ -99,7 +99,7 @@ tensor_entries = st.fixed_dictionaries({
 })
 
 
-@FUZZ
+@settings(FUZZ, max_examples=20)
 @given(header=st.dictionaries(st.sampled_from(["conv1.weight", "fc.bias", "__metadata__", "x"]),
                               tensor_entries | json_values, max_size=4),
        payload=st.binary(max_size=64), raw=st.none() | st.binary(max_size=64))
@@ -113,7 +113,7 @@ def test_safetensors_headers_raise_only_weights_errors(tmp_path: Path, header: d
         load_weights("resnet10", path)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=10)
 @given(meta=st.dictionaries(st.sampled_from(["spec", "arch", "format", "label_names", "x"]),
                             json_values.map(json.dumps) | st.text(max_size=12), max_size=4))
 def test_weights_metadata_raises_only_weights_errors(tmp_path: Path, meta: dict) -> None:
