@@ -306,3 +306,72 @@ def test_demo_replies_to_every_malformed_path(capfd: pytest.CaptureFixture[str])
             s.close()
         assert b"200" in _reply(port, b"GET / HTTP/1.1\r\n\r\n")
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ 7. environment variables
+
+def test_a_malformed_hub_org_only_matters_to_hub_fetches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from aperture_zoo import hub
+    from aperture_zoo.hub import HubUnavailableError
+
+    monkeypatch.setenv("APERTURE_HUB_ORG", "bad org!/x")
+    for command in (["list"], ["info", "resnet22"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (command, result.output)
+    with pytest.raises(HubUnavailableError, match="APERTURE_HUB_ORG='bad org!/x'"):
+        hub.download("bad org!/x/resnet22", local_only=True)
+
+
+def test_a_failed_download_leaves_no_empty_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torchvision.datasets.utils as tv
+
+    from aperture_zoo.data import download
+
+    def offline(url: str, root: str, **kwargs: object) -> None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tv, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="downloading it .* failed"):
+        download(tmp_path / "new" / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 9. misleading refusals
+
+def test_a_negative_seed_is_one_line(synthetic_cifar: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "resnet10", "--seed", "-1", "--device", "cpu", "--data-dir",
+                                      str(synthetic_cifar), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--seed must be in 0.." in _one_line(result.output)
+
+
+def test_resume_of_a_run_still_starting_says_so(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "run.json").write_text("{}")
+    with open(tmp_path / ".lock", "a+") as held:  # what a starting `aperture train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "in use by another training process" in _one_line(result.output)
+    assert "first checkpoint" not in result.output
+
+
+@pytest.mark.parametrize("recipe", ['[1, 2]', '{"epochs": "ten"}', '{"lr": -1}', "{not json"])
+def test_resume_with_a_corrupt_recipe_json_is_one_line(tmp_path: Path, recipe: str) -> None:
+    spec = create_model("resnet10").spec
+    (tmp_path / "run.json").write_text(json.dumps({"spec": json.loads(spec.to_json()), "arch": spec.arch_dict(),
+                                                   "seed": 0, "subset": None, "test_subset": None, "val_split": 0}))
+    (tmp_path / "recipe.json").write_text(recipe)
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "recipe.json" in _one_line(result.output)
+    assert "cannot be resumed" in result.output or "unreadable" in result.output
+
+
+def test_card_of_another_architecture_copies_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    save_weights(create_model("resnet20"), run / "model.safetensors")
+    (run / "eval.json").write_text("{}")
+    out = tmp_path / "card"
+    result = CliRunner().invoke(app, ["card", "resnet10", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 2 and "holds weights for resnet20" in _one_line(result.output)
+    assert not out.exists()
