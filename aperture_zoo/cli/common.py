@@ -53,6 +53,18 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def print_whole(table: Any) -> None:
+    """A table at its natural width even on a narrower terminal (its lines wrap; no cell is cut)."""
+    natural = console.measure(table, options=console.options.update_width(1000)).maximum
+    width = console.width
+    if natural > width:
+        console.width = natural
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
 def print_json(data: Any) -> None:
     """JSON on stdout; a non-finite number is written as null, never as the invalid ``NaN``."""
     sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")

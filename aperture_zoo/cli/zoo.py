@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, print_json, print_whole, user_errors
 
 
 def _pct(value: float | None) -> str:
@@ -43,8 +43,6 @@ def list_cmd(
         # Compact enough for 80 columns (CI logs, pipes), so no number is ever truncated.
         table = Table(
             title="aperture_zoo: CIFAR-10 ResNets (report Table 1)",
-            caption="params: counted on the built model (red if it differs from Table 1); "
-                    "top-1 %: the report's at 20 epochs / ours at the last epoch of our weights",
             box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
         )
         for col, justify in (("model", "left"), ("blocks B", "left"), ("channels C", "left"),
@@ -59,7 +57,12 @@ def list_cmd(
                 f"{r['report_params']:,}" if r["report_params"] else "—",
                 _pct(r["report_top1_20ep"]), _pct(r["top1"]),
             )
-        console.print(table)
+        # Never cut a name or a number: a terminal narrower than the table wraps its lines instead.
+        print_whole(table)
+        for note in ("params: counted on the built model (red if it differs from Table 1)",
+                     "report % / our %: top-1 accuracy, the report's at 20 epochs / ours at the last "
+                     "epoch of our weights"):
+            console.print(note, highlight=False)  # prose: wraps between words at the terminal width
     if verify and not all(r["params_match_report"] for r in rows):
         raise typer.Exit(code=1)
 
