@@ -278,6 +278,23 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one informative sentence of torch's multi-paragraph weights-only refusal (never cut mid-sentence)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs the class {found.group(1)}, which a weights-only load refuses"
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+    if found and found.group(1).strip():
+        return f"not a readable pickle: {found.group(1).strip().rstrip('.')}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if len(first) > 160:
+        first = first[:160].rsplit(" ", 1)[0] + " …"
+    return first.rstrip(".")
+
+
 def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:
     """A PyTorch pickle checkpoint of ``name`` as a checked safetensors file.
 
@@ -296,8 +313,8 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
         raise WeightsError(
-            f"{str(src)!r} cannot be read as a weights-only checkpoint ({str(exc).strip().splitlines()[0][:160]}); "
-            "if it pickles a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
+            f"{str(src)!r} cannot be read as a weights-only checkpoint ({_unpickler_reason(exc)}); if it pickles "
+            "a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
         ) from None
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -140,8 +140,13 @@ def run_benchmark(
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
     """
+    import logging
+
     from .errors import ExportError
 
+    # torch.compile imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on every
+    # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     say = progress or (lambda _m: None)
     variants = canonical_variants(variants)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
