@@ -375,3 +375,43 @@ def test_card_of_another_architecture_copies_nothing(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["card", "resnet10", "--run", str(run), "--out", str(out)])
     assert result.exit_code == 2 and "holds weights for resnet20" in _one_line(result.output)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ rough edges
+
+def test_ctrl_c_in_train_zoo_says_run_the_same_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       synthetic_cifar: Path) -> None:
+    import aperture_zoo.train.zoo as zoo
+    from aperture_zoo.train import TrainingInterrupted
+
+    def interrupted(cfg: object) -> None:
+        run = tmp_path / "runs" / "resnet10"
+        raise TrainingInterrupted(f"interrupted by SIGINT in epoch 1 at step 3/10; checkpoint saved in {str(run)!r}. "
+                                  f"Continue with: aperture train --resume {run}", run, 2)
+
+    monkeypatch.setattr(zoo, "fit", interrupted)
+    result = CliRunner().invoke(app, ["train-zoo", "resnet10", "--runs-dir", str(tmp_path / "runs"), "--no-export",
+                                      "--device", "cpu", "--data-dir", str(synthetic_cifar)])
+    assert result.exit_code == 130 and "train --resume" not in result.output
+    assert "running the same `aperture train-zoo` command again" in " ".join(result.output.split())
+
+
+def test_readme_quickstart_names_files_that_exist() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    named = set(re.findall(r"aperture_zoo/sample_images/[\w*.]+", readme))
+    assert named and "\"cat.png\"" not in readme and "dog.jpg" not in readme
+    for pattern in named:
+        assert list(root.glob(pattern)), pattern
+
+
+def test_list_notes_keep_top1_percent_together_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "50")
+    from aperture_zoo.cli import common
+
+    monkeypatch.setattr(common.console, "_width", 50)
+    result = CliRunner().invoke(app, ["list"])
+    assert result.exit_code == 0 and "resnet10" in result.output and "4,903,242" in result.output
+    assert "…" not in result.output

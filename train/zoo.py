@@ -25,8 +25,8 @@ from aperture_zoo.registry import get_spec, list_models
 from aperture_zoo.files import atomic_write_text
 
 from .checkpoint import CHECKPOINT_NAME
-from .loop import (METRICS_NAME, RECIPE_NAME, WEIGHTS_NAME, TimeBudgetReached, TrainConfig, fit, load_run_recipe,
-                   read_metrics)
+from .loop import (METRICS_NAME, RECIPE_NAME, WEIGHTS_NAME, TimeBudgetReached, TrainConfig, TrainingInterrupted, fit,
+                   load_run_recipe, read_metrics)
 from .recipes import FAST, Recipe
 
 SUMMARY_JSON = "summary.json"
@@ -208,6 +208,12 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
                     stopped = True
                     break
                 continue
+            except TrainingInterrupted as exc:  # Ctrl-C: the zoo resumes by running the same command
+                what = str(exc).split("; checkpoint saved", 1)[0]
+                raise TrainingInterrupted(
+                    f"{name}: {what}; checkpoint saved in {str(run_dir)!r}. Continue the zoo by running the same "
+                    "`aperture train-zoo` command again (each model resumes where it stopped)", run_dir, exc.signum
+                ) from None
             say(f"{name}: final-epoch test top-1 {result.test_top1:.2f}% in {result.wall_time_s:.1f}s")
         if not (run_dir / "check.json").exists():
             chk = check_weights(name, run_dir, cfg)

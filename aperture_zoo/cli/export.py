@@ -27,7 +27,7 @@ def _say(status: Any, message: str) -> None:
     else:
         import time
 
-        err_console.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"{time.strftime('%H:%M:%S')} {safe(message)}", highlight=False, soft_wrap=True)
 
 
 def _auto_data_dir(data_dir: Path | None) -> Path | None:
@@ -41,7 +41,7 @@ def _auto_data_dir(data_dir: Path | None) -> Path | None:
         find_batches_dir(default_data_dir())
     except DataError:
         return None
-    err_console.print(f"using CIFAR-10 found in {default_data_dir()}")
+    err_console.print(f"using CIFAR-10 found in {safe(default_data_dir())}", highlight=False)
     return default_data_dir()
 
 
@@ -146,13 +146,13 @@ def export_cmd(
             if _test_set_line(report):
                 console.print(_test_set_line(report), highlight=False)  # wraps at the terminal width
             for failure in report.failures:
-                err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]failed:[/] {safe(failure)}", highlight=False, soft_wrap=True)
         for path in result.files:
-            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+            console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
         for path in result.report_files:
-            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+            console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
         for path in result.failed_files:
-            err_console.print(f"[bold red]failed validation:[/] kept as {path} so that it is not taken for a good "
+            err_console.print(f"[bold red]failed validation:[/] kept as {safe(path)} so that it is not taken for a good "
                               "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")

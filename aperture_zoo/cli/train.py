@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, print_json, safe, user_errors
 
 
 def _is_main_rank() -> bool:
@@ -82,7 +82,7 @@ def train_cmd(
             result = fit(cfg)
         except TrainingInterrupted as exc:
             if _is_main_rank():
-                err_console.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+                err_console.print(f"[yellow]{safe(exc)}[/]", highlight=False, soft_wrap=True)
             # 75 (EX_TEMPFAIL) for a spent time budget: "not done yet, run again", not a failure
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
@@ -99,7 +99,7 @@ def train_cmd(
         console.print(
             ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
              "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}, "
-            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {result.run_dir}",
+            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",
             highlight=False,
         )
 
@@ -148,7 +148,7 @@ def eval_cmd(
     for cls, acc in result.per_class_top1.items():
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
-    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
+    console.print(f"wrote {safe(out_dir / 'eval.json')} and {safe(out_dir / 'confusion.png')}", highlight=False)
 
 
 def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
@@ -160,10 +160,10 @@ def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
     @contextmanager
     def bar():  # type: ignore[no-untyped-def]
         if not err_console.is_terminal:
-            err_console.print(f"evaluating {what}", highlight=False)
+            err_console.print(f"evaluating {safe(what)}", highlight=False)
             yield lambda n: None
             return
-        with Progress(TextColumn("evaluating " + what), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+        with Progress(TextColumn("evaluating " + safe(what)), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=err_console, transient=True) as progress:
             task = progress.add_task("eval", total=total)
             yield lambda n: progress.advance(task, n)
@@ -205,6 +205,7 @@ def train_zoo_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
 ) -> None:
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
+    from aperture_zoo.train import TrainingInterrupted
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
@@ -216,7 +217,11 @@ def train_zoo_cmd(
                         download=download, device=device, compile=compile_, subset=subset,
                         test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
                         provider=provider, progress=not no_progress)
-        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+        try:
+            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+        except TrainingInterrupted as exc:
+            err_console.print(f"[yellow]{safe(exc)}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if json_out:
         print_json(result.rows)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, err_console, print_json, print_whole, user_errors
+from .common import console, err_console, print_json, print_whole, safe, user_errors
 
 
 def _pct(value: float | None) -> str:
@@ -100,10 +100,10 @@ def info_cmd(
     else:
         kind = "published, SHA-256 pinned" if info["weights_published"] else \
             "NOT the published weights: yours, from $APERTURE_WEIGHTS_DIR"
-        console.print(f"  weights          {weights['path']} ({kind})", highlight=False, soft_wrap=True)
+        console.print(f"  weights          {safe(weights['path'])} ({kind})", highlight=False, soft_wrap=True)
         for key, value in sorted(weights.items()):
             if key not in ("path", "spec", "label_names"):
-                console.print(f"    {key:<18} {value}")
+                console.print(f"    {key:<18} {safe(value)}", highlight=False)
 
 
 @app.command("samples")
@@ -137,7 +137,7 @@ def samples_cmd(
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
                           f"({r.accuracy:.1f}%) on the bundled images", highlight=False)
         elif r.unavailable:
-            err_console.print(f"[red]{r.model:<9} not run:[/] {r.unavailable}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]{r.model:<9} not run:[/] {safe(r.unavailable)}", highlight=False, soft_wrap=True)
         else:
             console.print(f"{r.model:<9} no published weights: architecture only "
                           f"(train it with `aperture train {r.model}`)", highlight=False)
@@ -158,4 +158,4 @@ def convert_cmd(
     with user_errors():
         get_spec(model)
         path = convert_checkpoint(checkpoint, out, model)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
