@@ -415,3 +415,30 @@ def test_list_notes_keep_top1_percent_together_at_80_columns(monkeypatch: pytest
     result = CliRunner().invoke(app, ["list"])
     assert result.exit_code == 0 and "resnet10" in result.output and "4,903,242" in result.output
     assert "…" not in result.output
+
+
+def test_training_shows_the_whole_runs_eta_and_warns_when_one_epoch_overruns_the_budget() -> None:
+    import io
+
+    from rich.console import Console
+
+    from aperture_zoo.train.progress import TrainProgress
+
+    clock = [100.0]
+    out = io.StringIO()
+    bar = TrainProgress(False, epochs=10, steps=100, console=Console(file=out, width=80), budget_s=60.0,
+                        now=lambda: clock[0])
+    with bar:
+        bar.start_epoch(0, 0)
+        clock[0] += 5.0  # 10 steps in 5 s: 50 s per epoch, 500 s for the run
+        bar.update(10, 2.3, 10.0, 20.0)
+        assert bar.run_eta(10) == pytest.approx((45.0, 495.0))
+        assert "warning" not in out.getvalue()  # 50 s fits the 60 s budget
+    slow = TrainProgress(False, epochs=3, steps=100, console=Console(file=out, width=80), budget_s=60.0,
+                         now=lambda: clock[0])
+    with slow:
+        slow.start_epoch(0, 0)
+        clock[0] += 10.0  # 100 s per epoch
+        slow.update(10, 2.3, 10.0, 20.0)
+        slow.update(11, 2.3, 10.0, 20.0)
+    assert out.getvalue().count("warning: one epoch takes about 100s") == 1

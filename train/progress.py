@@ -104,21 +104,27 @@ class TrainProgress:
     """
 
     def __init__(self, enabled: bool, epochs: int, steps: int, *, with_val: bool = False,
-                 console: Any = None) -> None:
+                 console: Any = None, budget_s: float | None = None,
+                 now: Callable[[], float] = time.perf_counter) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.epochs = epochs
         self.steps = steps
         self.table = EpochTable(epochs, with_val)
+        self.budget_s = budget_s  # warned about once if the first epoch alone will not fit in it
+        self._now = now
         self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=10), MofNCompleteColumn(),
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=8), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
-            TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),  # this epoch, then the whole run (both at the current speed)
             console=console or Console(stderr=True), disable=not enabled, transient=False,
         )
         self._task: Any = None
         self._header_shown = False
+        self._epoch = 0
+        self._epoch_start = (0.0, 0)
+        self._warned = budget_s is None
 
     @property
     def console(self) -> Any:
@@ -135,11 +141,41 @@ class TrainProgress:
     def start_epoch(self, epoch: int, first_step: int) -> None:
         """``epoch`` counts from 0; a resumed epoch starts its bar at ``first_step``."""
         self._progress.reset(self._task, total=self.steps, completed=first_step,
-                             epoch=f"{epoch + 1}/{self.epochs}", loss="-", acc="-", ips="-")
+                             epoch=f"{epoch + 1}/{self.epochs}", loss="-", acc="-", ips="-", eta="-")
+        self._epoch = epoch
+        self._epoch_start = (self._now(), first_step)
+
+    def run_eta(self, done: int) -> tuple[float, float] | None:
+        """Seconds left in this epoch and in the whole run, at this epoch's speed so far (None: too early)."""
+        start, first = self._epoch_start
+        elapsed, steps = self._now() - start, done - first
+        if steps <= 0 or elapsed <= 0:
+            return None
+        per_step = elapsed / steps
+        epoch_left = (self.steps - done) * per_step
+        return epoch_left, epoch_left + (self.epochs - self._epoch - 1) * self.steps * per_step
 
     def update(self, done: int, loss: float, top1: float, images_per_s: float) -> None:
+        eta = self.run_eta(done)
         self._progress.update(self._task, completed=done, loss=f"{loss:.3f}", acc=f"{top1:.1f}%",
-                              ips=si(images_per_s))
+                              ips=si(images_per_s),
+                              eta="-" if eta is None else f"{seconds(eta[0])}, run {seconds(eta[1])}")
+        self._warn_if_over_budget(done)
+
+    def _warn_if_over_budget(self, done: int) -> None:
+        """Say early (a few seconds in) when even the first epoch cannot fit the time budget."""
+        if self._warned or self._epoch != 0 or self._now() - self._epoch_start[0] < 3.0:
+            return
+        eta = self.run_eta(done)
+        if eta is None:
+            return
+        self._warned = True
+        epoch_s = self._now() - self._epoch_start[0] + eta[0]
+        if epoch_s > self.budget_s:  # type: ignore[operator]
+            self.console.print(
+                f"warning: one epoch takes about {seconds(epoch_s)} here, more than the time budget of "
+                f"{seconds(self.budget_s)} (--time-budget/--deadline); the first epoch runs to its end anyway, "  # type: ignore[arg-type]
+                "so this call will overrun it", highlight=False, markup=False)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         lines = [] if self._header_shown else [self.table.header()]
