@@ -12,6 +12,9 @@ import time
 from typing import Any, Protocol
 
 
+PIPED_INTERVAL_S = 30.0  # when not on a terminal: one line per step, plus one this often within a long step
+
+
 class ExportProgress(Protocol):
     """What ``export_model`` reports: steps, and units (images) done within the current step."""
 
@@ -56,6 +59,7 @@ class ConsoleProgress:
         self.console = console
         self.interactive = bool(console.is_terminal)
         self._start = time.perf_counter()
+        self._last_line = self._start
         self._task: Any = None
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -72,7 +76,8 @@ class ConsoleProgress:
 
     def stage(self, text: str) -> None:
         if not self.interactive:
-            self.console.print(f"[{time.perf_counter() - self._start:7.1f}s] {text}", highlight=False,
+            self._last_line = time.perf_counter()
+            self.console.print(f"[{self._last_line - self._start:7.1f}s] {text}", highlight=False,
                                markup=False, soft_wrap=True)
             return
         if self._task is not None:
@@ -82,3 +87,7 @@ class ConsoleProgress:
     def update(self, done: int, total: int) -> None:
         if self.interactive and self._task is not None:
             self._progress.update(self._task, completed=done, total=total)
+        elif not self.interactive and done < total and time.perf_counter() - self._last_line >= PIPED_INTERVAL_S:
+            self._last_line = time.perf_counter()  # a log also shows a long validation moving
+            self.console.print(f"[{self._last_line - self._start:7.1f}s]   {done:,}/{total:,}", highlight=False,
+                               markup=False, soft_wrap=True)

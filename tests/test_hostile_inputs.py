@@ -442,3 +442,32 @@ def test_training_shows_the_whole_runs_eta_and_warns_when_one_epoch_overruns_the
         slow.update(10, 2.3, 10.0, 20.0)
         slow.update(11, 2.3, 10.0, 20.0)
     assert out.getvalue().count("warning: one epoch takes about 100s") == 1
+
+
+def test_long_export_steps_keep_a_log_moving(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from aperture_zoo.export import progress as export_progress
+
+    out = io.StringIO()
+    monkeypatch.setattr(export_progress, "PIPED_INTERVAL_S", 0.0)
+    with export_progress.ConsoleProgress(Console(file=out, width=80)) as bar:
+        bar.stage("validating fp32 on 10,000 test images")
+        for done in (1000, 2000, 10000):
+            bar.update(done, 10000)
+    lines = out.getvalue().splitlines()
+    assert "validating" in lines[0] and lines[1].endswith("1,000/10,000") and lines[2].endswith("2,000/10,000")
+    assert len(lines) == 3  # the finished count is not repeated
+
+
+def test_eval_in_a_log_says_how_far_it_is(monkeypatch: pytest.MonkeyPatch, synthetic_cifar: Path, tmp_path: Path) -> None:
+    import aperture_zoo.cli.train as cli_train
+
+    monkeypatch.setattr(cli_train, "PIPED_PROGRESS_S", 0.0)
+    weights = save_weights(create_model("resnet10"), tmp_path / "model.safetensors")
+    result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--data-dir", str(synthetic_cifar),
+                                      "--batch-size", "50"])
+    assert result.exit_code == 0, result.output
+    assert "50/200 images after" in result.stderr and "150/200 images after" in result.stderr

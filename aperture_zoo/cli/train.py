@@ -13,6 +13,9 @@ from . import app
 from .common import console, err_console, print_json, safe, user_errors
 
 
+PIPED_PROGRESS_S = 30.0  # how often a long step says how far it is when stderr is a log, not a terminal
+
+
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -159,9 +162,19 @@ def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
 
     @contextmanager
     def bar():  # type: ignore[no-untyped-def]
-        if not err_console.is_terminal:
+        if not err_console.is_terminal:  # a log: the start, then a line every PIPED_PROGRESS_S seconds
+            import time
+
             err_console.print(f"evaluating {safe(what)}", highlight=False)
-            yield lambda n: None
+            start, done, last = time.perf_counter(), [0], [time.perf_counter()]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                if time.perf_counter() - last[0] >= PIPED_PROGRESS_S and done[0] < total:
+                    last[0] = time.perf_counter()
+                    err_console.print(f"  {done[0]:,}/{total:,} images after {last[0] - start:.0f}s", highlight=False)
+
+            yield advance
             return
         with Progress(TextColumn("evaluating " + safe(what)), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
                       TimeRemainingColumn(), console=err_console, transient=True) as progress:
