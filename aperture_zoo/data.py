@@ -216,7 +216,7 @@ def _labels(values: object, num_classes: int, path: Path) -> np.ndarray:
     bad = arr[(arr < 0) | (arr >= num_classes)] if arr.size else arr
     if bad.size:
         raise DataError(
-            f"{str(path)!r}: {bad.size} labels are outside the class range 0..{num_classes - 1} "
+            f"{str(path)!r}: {bad.size} label{' is' if bad.size == 1 else 's are'} outside the class range 0..{num_classes - 1} "
             f"(e.g. {int(bad[0])}); the batch is corrupt or belongs to another dataset"
         )
     return arr.astype(np.int64)
