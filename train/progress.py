@@ -117,7 +117,7 @@ class TrainProgress:
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=8), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
-            TextColumn("ETA {task.fields[eta]}"),  # this epoch, then the whole run (both at the current speed)
+            TextColumn("run ETA {task.fields[eta]}"),  # the whole run's, at this epoch's speed (the bar shows the epoch's)
             console=console or Console(stderr=True), disable=not enabled, transient=False,
         )
         self._task: Any = None
@@ -132,7 +132,7 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         self._progress.__enter__()
-        self._task = self._progress.add_task("train", total=self.steps, epoch="", loss="-", acc="-", ips="-")
+        self._task = self._progress.add_task("train", total=self.steps, epoch="", loss="-", acc="-", ips="-", eta="-")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -159,7 +159,7 @@ class TrainProgress:
         eta = self.run_eta(done)
         self._progress.update(self._task, completed=done, loss=f"{loss:.3f}", acc=f"{top1:.1f}%",
                               ips=si(images_per_s),
-                              eta="-" if eta is None else f"{seconds(eta[0])}, run {seconds(eta[1])}")
+                              eta="-" if eta is None else seconds(eta[1]))
         self._warn_if_over_budget(done)
 
     def _warn_if_over_budget(self, done: int) -> None:
