@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from aperture_zoo.model import ResNet
+from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
-from .progress import ExportProgress, MessageProgress, SilentProgress
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
@@ -36,6 +36,22 @@ class ExportResult:
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.reports) and not self.failed_files
+
+
+def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider = "auto",
+               data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A finished training run's weights as validated ONNX in ``<run_dir>/onnx`` (``train_zoo``'s exporter).
+
+    The weights are read once, through the same path as ``load()``, and their SHA-256 goes into the ONNX.
+    """
+    from aperture_zoo.files import WEIGHTS_FILENAME
+    from aperture_zoo.pretrained import fetch_weights, model_from
+
+    loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
+    result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
+                          provider=provider, data_dir=data_dir, max_val_images=1000)
+    return {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
+            "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
 
 
 def failed_path(path: str | os.PathLike[str]) -> Path:
@@ -56,7 +72,7 @@ def parse_max_val_images(text: str) -> int | None:
     return int(value)
 
 
-def _as_progress(progress: ExportProgress | Callable[[str], None] | None) -> ExportProgress:
+def _as_progress(progress: StepProgress | Callable[[str], None] | None) -> StepProgress:
     if progress is None:
         return SilentProgress()
     if hasattr(progress, "stage") and hasattr(progress, "update"):
@@ -82,7 +98,7 @@ def export_model(
     provider: Provider = "auto",
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
-    progress: ExportProgress | Callable[[str], None] | None = None,
+    progress: StepProgress | Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -91,7 +107,7 @@ def export_model(
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
     carries its standard error. ``progress`` gets each step and the images validated so far (an
-    ``ExportProgress``), or is a plain ``callback(message)`` per step.
+    ``StepProgress``), or is a plain ``callback(message)`` per step.
     """
     reporter = _as_progress(progress)
     say = reporter.stage
@@ -150,7 +166,7 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
         )
 
 
-def _validate_files(result: ExportResult, model: ResNet, reporter: ExportProgress, *, provider: Provider,
+def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []

@@ -182,14 +182,15 @@ def test_cifar_batches_raise_only_data_errors(tmp_path: Path, batch: dict, raw: 
        metrics=st.text(max_size=60))
 def test_resume_of_damaged_run_files_raises_only_aperture_errors(tmp_path: Path, run: object, recipe: object,
                                                                  metrics: str) -> None:
-    from aperture_zoo.train.loop import TrainConfig, _resolve_run, read_metrics
+    from aperture_zoo.train.rundir import RunDir
+    from aperture_zoo.train.settings import TrainConfig, resolve_run
 
     (tmp_path / "run.json").write_text(json.dumps(run))
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     (tmp_path / "metrics.jsonl").write_text(metrics)
     with pytest.raises(ApertureError):  # no checkpoint: never resumable, always said in one line
-        _resolve_run(TrainConfig(resume=tmp_path))
-    for row in read_metrics(tmp_path / "metrics.jsonl"):
+        resolve_run(TrainConfig(resume=tmp_path))
+    for row in RunDir(tmp_path).metrics():
         assert isinstance(row, dict) and isinstance(row["epoch"], int)
 
 

@@ -10,10 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, print_json, safe, user_errors
-
-
-PIPED_PROGRESS_S = 30.0  # how often a long step says how far it is when stderr is a log, not a terminal
+from .common import console, err_console, model_for_command, print_json, safe, user_errors, with_hint
 
 
 def _is_main_rank() -> bool:
@@ -66,7 +63,9 @@ def train_cmd(
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
 
-    with user_errors():
+    from .hints import train_hint
+
+    with user_errors(hint=train_hint):
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
         chosen = recipe_from_options(recipe, set_, flags, resume)
@@ -85,7 +84,7 @@ def train_cmd(
             result = fit(cfg)
         except TrainingInterrupted as exc:
             if _is_main_rank():
-                err_console.print(f"[yellow]{safe(exc)}[/]", highlight=False, soft_wrap=True)
+                err_console.print(f"[yellow]{safe(with_hint(exc, train_hint))}[/]", highlight=False, soft_wrap=True)
             # 75 (EX_TEMPFAIL) for a spent time budget: "not done yet, run again", not a failure
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
@@ -127,7 +126,7 @@ def eval_cmd(
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
-    from aperture_zoo.pretrained import model_for_command
+    from aperture_zoo.progress import counting
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
 
@@ -135,10 +134,11 @@ def eval_cmd(
         check_eval_options(batch_size, subset)
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
-        model, used = model_for_command(name, weights, pretrained)
+        model, used, _ = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
-        with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
+        what = safe(f"evaluating {name} on {len(split):,} test images ({dev.type})")
+        with counting(err_console, len(split), what) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
@@ -152,39 +152,6 @@ def eval_cmd(
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
     console.print(f"wrote {safe(out_dir / 'eval.json')} and {safe(out_dir / 'confusion.png')}", highlight=False)
-
-
-def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
-    """A progress bar with ETA on a terminal; one start line when piped (so logs show what runs)."""
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    @contextmanager
-    def bar():  # type: ignore[no-untyped-def]
-        if not err_console.is_terminal:  # a log: the start, then a line every PIPED_PROGRESS_S seconds
-            import time
-
-            err_console.print(f"evaluating {safe(what)}", highlight=False)
-            start, done, last = time.perf_counter(), [0], [time.perf_counter()]
-
-            def advance(n: int) -> None:
-                done[0] += n
-                if time.perf_counter() - last[0] >= PIPED_PROGRESS_S and done[0] < total:
-                    last[0] = time.perf_counter()
-                    err_console.print(f"  {done[0]:,}/{total:,} images after {last[0] - start:.0f}s", highlight=False)
-
-            yield advance
-            return
-        with Progress(TextColumn("evaluating " + safe(what)), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                      TimeRemainingColumn(), console=err_console, transient=True) as progress:
-            task = progress.add_task("eval", total=total)
-            yield lambda n: progress.advance(task, n)
-
-    return bar()
-
-
-
 
 
 @app.command("train-zoo")
@@ -218,22 +185,33 @@ def train_zoo_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
 ) -> None:
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
+    from functools import partial
+
     from aperture_zoo.train import TrainingInterrupted
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
-    with user_errors():
+    from .hints import train_hint
+
+    with user_errors(hint=train_hint):
         chosen = recipe_from_options(recipe, set_, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
         if chosen.lr_note():
             err_console.print(chosen.lr_note(), highlight=False)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset,
-                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
-                        provider=provider, progress=not no_progress)
+                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline,
+                        progress=not no_progress)
+        exporter = None
+        if export:
+            from aperture_zoo.export.pipeline import export_run
+
+            exporter = partial(export_run, provider=provider, data_dir=data_dir)
         try:
-            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
-        except TrainingInterrupted as exc:
-            err_console.print(f"[yellow]{safe(exc)}[/]", highlight=False, soft_wrap=True)
+            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+                               exporter=exporter)
+        except TrainingInterrupted as exc:  # Ctrl-C: the zoo resumes by running the same command, not `train`
+            err_console.print(f"[yellow]{safe(exc)}. Continue the zoo by running the same `aperture train-zoo` "
+                              "command again (each model resumes where it stopped)[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if json_out:
         print_json(result.rows)

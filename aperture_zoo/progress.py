@@ -1,48 +1,17 @@
-"""What a person watching a training run sees: a live bar, and one line per finished epoch.
+"""What a person watching a long job sees: one policy for training, export and evaluation.
 
-The loop reads its device-side counters back only when ``SyncClock`` says so: a few times a second
-whatever a step costs, so the bar moves on a slow CPU and a fast GPU is not stalled. Both the bar and
-the table of finished epochs fit an 80-column terminal.
+On a terminal: a rich progress bar with items done and time left. In a pipe or a log file bars
+would be garbage, so there: plain lines (a line per export step with the seconds since the start,
+a start line for an evaluation, a table row per training epoch). Everything fits 80 columns. rich
+is imported when a bar is made, so importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
-
-SYNC_INTERVAL_S = 0.25  # at most about 4 host syncs a second
-
-
-class SyncClock:
-    """When the training loop next reads its counters back (one host sync): about every ``interval`` s.
-
-    One process looks at the clock after each step (``time.perf_counter``, no device sync). The
-    ranks of a DDP run must sync at the same steps, so there the clock counts steps: each sync sets
-    the next one from the seconds per step that rank 0 measured and every rank received in that sync.
-    """
-
-    def __init__(self, interval: float = SYNC_INTERVAL_S, by_steps: bool = False,
-                 now: Callable[[], float] = time.perf_counter) -> None:
-        self.interval = interval
-        self.by_steps = by_steps
-        self._now = now
-        self.start(0)
-
-    def start(self, step: int) -> None:
-        """A new epoch (or a resumed one) starts at ``step``: the first sync is one step later by steps."""
-        self._last = self._now()
-        self._next_step = step + 1
-
-    def due(self, done: int) -> bool:
-        if self.by_steps:
-            return done >= self._next_step
-        return self._now() - self._last >= self.interval
-
-    def synced(self, done: int, seconds_per_step: float) -> None:
-        """A sync happened after step ``done``; ``seconds_per_step`` must be the same on every rank."""
-        self._last = self._now()
-        self._next_step = done + max(1, int(self.interval / max(seconds_per_step, 1e-9)))
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 
 def si(value: float) -> str:
@@ -63,6 +32,126 @@ def seconds(value: float) -> str:
         return f"{value:.0f}s"
     minutes = int(value // 60)
     return f"{minutes}m{int(value % 60):02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _bar(console: Any, lead: list[Any], middle: list[Any] = (), *, bar_width: int | None = None,  # type: ignore[assignment]
+         transient: bool, enabled: bool, eta: bool = True) -> Any:
+    """The one bar: ``lead`` columns, the bar, done/total, ``middle`` columns, then the time left (``eta``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tail = [TextColumn("ETA"), TimeRemainingColumn()] if eta else []
+    return Progress(*lead, BarColumn(bar_width=bar_width), MofNCompleteColumn(), *middle, *tail,
+                    console=console, transient=transient, disable=not enabled)
+
+
+# When not on a terminal (a log): besides the start of each step, a line this often within a long one.
+PIPED_INTERVAL_S = 30.0
+
+
+# ----------------------------------------------------------------------- steps of a job (export)
+
+
+class StepProgress(Protocol):
+    """What a multi-step job reports: steps, and units (images) done within the current step."""
+
+    def stage(self, text: str) -> None: ...
+
+    def update(self, done: int, total: int) -> None: ...
+
+
+class SilentProgress:
+    """Reports nothing (the library default)."""
+
+    def stage(self, text: str) -> None:
+        pass
+
+    def update(self, done: int, total: int) -> None:
+        pass
+
+
+class MessageProgress:
+    """Adapts a plain ``callback(message)``: one call per step."""
+
+    def __init__(self, callback: Callable[[str], Any]) -> None:
+        self._callback = callback
+
+    def stage(self, text: str) -> None:
+        self._callback(text)
+
+    def update(self, done: int, total: int) -> None:
+        pass
+
+
+class ConsoleProgress:
+    """A transient bar per step on a terminal; one timestamped line per step otherwise.
+
+    Use as a context manager around the job, so the terminal bar is cleaned up on errors too.
+    """
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.interactive = bool(console.is_terminal)
+        self._start = time.perf_counter()
+        self._last_line = self._start
+        self._task: Any = None
+        self._progress = _bar(console, [SpinnerColumn(), TextColumn("{task.description}")], [TimeElapsedColumn()],
+                              transient=True, enabled=self.interactive)
+
+    def __enter__(self) -> ConsoleProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def stage(self, text: str) -> None:
+        if not self.interactive:
+            self._last_line = time.perf_counter()
+            self.console.print(f"[{self._last_line - self._start:7.1f}s] {text}", highlight=False,
+                               markup=False, soft_wrap=True)
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(text, total=None)
+
+    def update(self, done: int, total: int) -> None:
+        if self.interactive and self._task is not None:
+            self._progress.update(self._task, completed=done, total=total)
+        elif not self.interactive and done < total and time.perf_counter() - self._last_line >= PIPED_INTERVAL_S:
+            self._last_line = time.perf_counter()  # a log also shows a long validation moving
+            self.console.print(f"[{self._last_line - self._start:7.1f}s]   {done:,}/{total:,}", highlight=False,
+                               markup=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------- counting items (evaluation)
+
+
+@contextmanager
+def counting(console: Any, total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` for a bar over ``total`` items on a terminal; when piped, a start line and then
+    one every ``PIPED_INTERVAL_S`` seconds, so a long evaluation is never silent in a log."""
+    if not console.is_terminal:
+        console.print(what, highlight=False)
+        start, done, last = time.perf_counter(), [0], [time.perf_counter()]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if time.perf_counter() - last[0] >= PIPED_INTERVAL_S and done[0] < total:
+                last[0] = time.perf_counter()
+                console.print(f"  {done[0]:,}/{total:,} after {last[0] - start:.0f}s", highlight=False)
+
+        yield advance
+        return
+    from rich.progress import TextColumn
+
+    with _bar(console, [TextColumn(what)], transient=True, enabled=True) as progress:
+        task = progress.add_task("count", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+# ----------------------------------------------------------------------- epochs of a training run
 
 
 class EpochTable:
@@ -107,18 +196,18 @@ class TrainProgress:
                  console: Any = None, budget_s: float | None = None,
                  now: Callable[[], float] = time.perf_counter) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TextColumn
 
         self.epochs = epochs
         self.steps = steps
         self.table = EpochTable(epochs, with_val)
         self.budget_s = budget_s  # warned about once if the first epoch alone will not fit in it
         self._now = now
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=8), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
-            TextColumn("run ETA {task.fields[eta]}"),  # the whole run's, at this epoch's speed (the bar shows the epoch's)
-            console=console or Console(stderr=True), disable=not enabled, transient=False,
+        self._progress = _bar(
+            console or Console(stderr=True), [TextColumn("[bold]epoch {task.fields[epoch]}")],
+            [TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
+             TextColumn("run ETA {task.fields[eta]}")],  # the whole run's, at this epoch's speed (the bar: the epoch)
+            bar_width=8, transient=False, enabled=enabled, eta=False,
         )
         self._task: Any = None
         self._header_shown = False
@@ -158,8 +247,7 @@ class TrainProgress:
     def update(self, done: int, loss: float, top1: float, images_per_s: float) -> None:
         eta = self.run_eta(done)
         self._progress.update(self._task, completed=done, loss=f"{loss:.3f}", acc=f"{top1:.1f}%",
-                              ips=si(images_per_s),
-                              eta="-" if eta is None else seconds(eta[1]))
+                              ips=si(images_per_s), eta="-" if eta is None else seconds(eta[1]))
         self._warn_if_over_budget(done)
 
     def _warn_if_over_budget(self, done: int) -> None:
