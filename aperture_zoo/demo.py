@@ -272,6 +272,16 @@ class _Handler(SimpleHTTPRequestHandler):
                 self.directory = root
         return super().translate_path(path)
 
+    def send_head(self):  # type: ignore[no-untyped-def]
+        """Every request gets an HTTP reply: a path the OS cannot even look up is 400 or 404, not a dropped socket."""
+        try:
+            return super().send_head()
+        except ValueError:  # e.g. an encoded NUL byte (/%00): no file can have that name
+            self.send_error(400, "Malformed path")
+        except OSError:  # a path through a file (/index.html/x), too long a name, ...
+            self.send_error(404, "File not found")
+        return None
+
     def end_headers(self) -> None:
         # Cross-origin isolation lets onnxruntime-web use its multi-threaded WebAssembly build.
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
@@ -281,6 +291,20 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
+
+
+class _Server(ThreadingHTTPServer):
+    """A client that goes away mid-download is normal for a browser: not a traceback on the console."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        print(f"demo server: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def check_port(port: int) -> None:
@@ -298,7 +322,7 @@ class DemoServer:
         handler = type("Handler", (_Handler,), {"models_dir": Path(models_dir) if models_dir else None})
         try:
             check_port(port)
-            self.httpd = ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(web)))
+            self.httpd = _Server((host, port), functools.partial(handler, directory=str(web)))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise DemoError(f"port {port} on {host} is already in use (another `aperture demo`?); "

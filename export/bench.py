@@ -140,8 +140,13 @@ def run_benchmark(
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
     """
+    import logging
+
     from .errors import ExportError
 
+    # torch.compile imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on every
+    # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     say = progress or (lambda _m: None)
     variants = canonical_variants(variants)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -232,14 +237,21 @@ def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
 
 
 def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
-    """The rows as a Markdown table (what the CLI prints, in plain text; pastes into notes)."""
-    head = ["runtime", "device", "batch", "images/s", "ms/batch", "× torch eager", "× ORT fp32", "note"]
+    """The rows as a Markdown table (what the CLI prints, in plain text; pastes into notes).
+
+    Notes (and failures) are footnotes under the table, so it stays within 80 columns.
+    """
+    notes: list[str] = []
+    for r in rows:
+        if r.note and r.note not in notes:
+            notes.append(r.note)
+    head = ["runtime", "device", "batch", "images/s", "ms/batch", "× eager", "× fp32"]
     body = [
-        [r.variant, r.device, str(r.batch),
+        [r.variant + (f" [{notes.index(r.note) + 1}]" if r.note else ""), r.device, str(r.batch),
          "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
          "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.2f}",
          "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}",
-         "—" if r.ratio_to_ort_fp32 is None else f"{r.ratio_to_ort_fp32:.2f}", r.note]
+         "—" if r.ratio_to_ort_fp32 is None else f"{r.ratio_to_ort_fp32:.2f}"]
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -250,6 +262,8 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
 
     sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     out = ([f"**{title}**", ""] if title else []) + [line(head), sep] + [line(b) for b in body]
+    out += ["", "× eager: against torch eager; × fp32: against onnxruntime fp32 (same device and batch)"]
+    out += [f"[{i}] {note}" for i, note in enumerate(notes, start=1)]
     return "\n".join(out)
 
 

@@ -154,7 +154,18 @@ class ValidationReport:
         """Write beside the file as ``<stem>.report.json`` unless a path is given."""
         onnx_path = Path(self.onnx_file)
         path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return atomic_write_text(path, json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinity replaced by None: JSON has no NaN, and a reader must not get one."""
+    if isinstance(data, float) and not np.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def report_path(onnx_path: str | os.PathLike[str]) -> Path:
@@ -234,6 +245,8 @@ def compare(onnx_logits: np.ndarray, torch_logits: np.ndarray, inputs: str,
 
 def _judge(comp: Comparison, tol: Tolerance, label: str, *, logits: bool = True, agreement: bool = True) -> list[str]:
     fails = []
+    if not (np.isfinite(comp.max_abs_diff) and np.isfinite(comp.mean_abs_diff)):  # NaN compares False: never a pass
+        fails.append(f"{label} on {comp.inputs}: non-finite logits (NaN or infinity); the weights or the graph are damaged")
     if logits and tol.max_abs is not None and comp.max_abs_diff > tol.max_abs:
         fails.append(f"{label} on {comp.inputs}: max |Δlogit| {comp.max_abs_diff:.3g} > {tol.max_abs:g}")
     # softmax(z / T) moves at most |Δz| / (2T) per entry; the logit bound carries over.

@@ -89,7 +89,26 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+        """A recipe from JSON (``recipe.json``), each field checked against its type, then validated.
+
+        A hand-edited or damaged file becomes a RecipeError naming the field, not a TypeError later.
+        """
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a JSON object of fields, got {type(data).__name__}")
+        defaults = cls()
+        for key, value in data.items():
+            if key not in _FIELDS:
+                continue
+            want = type(getattr(defaults, key))
+            optional = getattr(defaults, key) is None
+            ok = (value is None and optional) or isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+            if not ok and want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if optional and isinstance(value, (int, float)) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise RecipeError(f"recipe field {key!r} is {value!r}; it must be {_type_name(want, optional)}")
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS}).validate()
 
     def validate(self) -> Recipe:
         """Reject values that would fail later, or worse, train silently wrong."""
@@ -169,6 +188,12 @@ FINETUNE = FAST.replace(
     name="finetune", epochs=10, batch_size=128, lr=0.02, warmup_fraction=0.2, cutout=0,
 ).replace(reference_lr=0.02, reference_batch_size=128)
 
+
+def _type_name(kind: type, optional: bool) -> str:
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, kind.__name__)
+    return f"{name} or null" if optional else name
+
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (FAST, PAPER, TABLE1, FINETUNE)}
 
 
@@ -197,7 +222,8 @@ def _coerce(key: str, raw: str) -> Any:
         if kind in ("float", float):
             return float(text)
     except ValueError:
-        raise RecipeError(f"--set {key}={raw}: expected a {kind} value") from None
+        name = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(getattr(kind, "__name__", str(kind)), str(kind))
+        raise RecipeError(f"--set {key}={raw}: expected {name}") from None
     return text
 
 
