@@ -184,8 +184,6 @@ def resolve_run(cfg: TrainConfig) -> Run:
         }
         recipe = cfg.recipe or (FINETUNE if cfg.init is not None else FAST)
         return Run(spec, recipe.validate(), record)  # the folder is claimed later, on rank 0
-    folder = RunDir(Path(cfg.resume))
-        return Run(spec, (cfg.recipe or FAST).validate(), record)  # the folder is claimed later, on rank 0
     folder = _resumed(cfg.resume)
     saved = folder.record()
     run = Run(ModelSpec.from_dict(saved["spec"]), folder.recipe(), {**saved, **_how_it_runs(cfg)}, folder.path)
