@@ -23,6 +23,10 @@ class ImageError(ApertureError, ValueError):
     """An image file that is missing or cannot be decoded."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image that declares more pixels than the decoder accepts (a decompression bomb, or a huge scan)."""
+
+
 # Far above any photo a classifier of 32x32 inputs needs, far below what exhausts memory: a small
 # file can declare 30000x30000 pixels (a "decompression bomb"), refused before it is decoded.
 MAX_PIXELS = 64_000_000
@@ -48,7 +52,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(
+                    raise ImageTooLargeError(
                         f"{str(path)!r} declares {w}x{h} pixels, more than the {MAX_PIXELS:,} this decoder "
                         "accepts (a damaged or hostile file?); downscale it first"
                     )
@@ -57,7 +61,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # pillow's own, larger limit
-        raise ImageError(
+        raise ImageTooLargeError(
             f"{str(path)!r} declares more than {MAX_PIXELS:,} pixels, more than this decoder accepts (a "
             "damaged or hostile file?); downscale it first"
         ) from None

@@ -229,7 +229,7 @@ def test_predict_json_keeps_answers_and_failures(onnx_file: Path, pictures: Path
 def test_a_file_named_like_markup_prints_as_itself(onnx_file: Path, pictures: Path) -> None:
     path = str(pictures / "[b]x.png")
     result = CliRunner().invoke(app, ["predict", "--onnx", str(onnx_file), path])
-    assert result.exit_code == 0 and result.output.startswith(f"{path}: ")
+    assert result.exit_code == 0 and result.stdout.startswith(f"{path}: ")
 
 
 def test_control_characters_in_names_are_shown_not_sent(onnx_file: Path, tmp_path: Path) -> None:
