@@ -1,7 +1,8 @@
 """Prove an exported file equals the PyTorch model it came from, or say exactly where it does not.
 
 The reference is the fp32 PyTorch model with the same input contract as the file (pixels in
-[0, 1] through ``NormalizedClassifier``), with TF32 off on CUDA so the reference itself is fp32.
+[0, 1], normalised by the spec's mean/std in code of this module's own, not the wrapper the graph
+was exported from), with TF32 off on CUDA so the reference itself is fp32.
 Checks, per the precision of the file:
 
 =========  ===========================================================================
@@ -44,7 +45,7 @@ from aperture_zoo.model import ResNet
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, NormalizedClassifier, read_metadata
+from .onnx_export import INPUT_NAME, read_metadata
 from .runtime import Provider, create_session, session_device
 
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
@@ -260,7 +261,7 @@ def validate(
         )
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
-    pair = _Pair(session, NormalizedClassifier(model).eval().to(ref_device), ref_device,
+    pair = _Pair(session, _NormaliseThenNetwork(model).eval().to(ref_device), ref_device,
                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
@@ -276,6 +277,20 @@ def validate(
         comp = _compare_test_set(pair, report, data_dir, max_images, seed, progress, reference_cache)
         report.failures += _judge(comp, tol, label)
     return report
+
+
+class _NormaliseThenNetwork(torch.nn.Module):
+    """``model((pixels - mean) / std)``, written apart from the export wrapper on purpose: a wrong
+    normalisation in that wrapper is then in the file but not in the reference, and fails."""
+
+    def __init__(self, model: ResNet) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(model.spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
 
 
 @dataclass
