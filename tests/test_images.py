@@ -83,6 +83,21 @@ def test_load_image_gives_the_golden_pixels(files: dict[str, Path], name: str) -
     np.testing.assert_array_equal(pixels, want)
 
 
+def test_pytorch_preprocess_gives_the_golden_pixels_normalised(files: dict[str, Path]) -> None:
+    """Paths and opened pillow images alike, then the model's mean/std (aperture_zoo.preprocess)."""
+    from aperture_zoo.registry import CIFAR10_MEAN, CIFAR10_STD
+    from aperture_zoo.transforms import preprocess, to_pixels
+
+    want = np.stack([golden(n) for n in NAMES])
+    np.testing.assert_array_equal(to_pixels([files[n] for n in NAMES]), want)
+    opened = [Image.open(files[n]) for n in NAMES]
+    np.testing.assert_array_equal(to_pixels(opened), want)
+    x = preprocess([files[n] for n in NAMES]).numpy()
+    mean = np.asarray(CIFAR10_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(CIFAR10_STD, np.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(x, (want.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std, atol=1e-6, rtol=0)
+
+
 def test_goldens_tell_other_rules_apart(files: dict[str, Path]) -> None:
     """The goldens are no fixed point of likely mistakes: each of these rules misses them."""
     def differs(name: str, rule) -> bool:
