@@ -114,3 +114,17 @@ def test_validation_fails_a_file_whose_graph_normalises_wrongly(small: torch.nn.
                         lambda self, x: self.model((x - self.mean) / (self.std * 1.01)))
     wrong = to_onnx(small, tmp_path / "wrong.onnx", exporter="legacy")
     assert not validate(wrong, small, provider="cpu", batch_sizes=(4,)).passed
+
+
+def test_an_int8_file_is_not_judged_without_test_images(small: torch.nn.Module, tmp_path: Path) -> None:
+    """Its ranges are calibrated on images: uniform noise alone can neither pass nor fail it."""
+    import onnx
+
+    from aperture_zoo.export import ExportError
+    from aperture_zoo.export.onnx_export import save_checked, set_metadata
+
+    proto = onnx.load(str(to_onnx(small, tmp_path / "small.onnx", exporter="legacy")))
+    set_metadata(proto, {"precision": "int8"})
+    path = save_checked(proto, tmp_path / "small.int8.onnx")
+    with pytest.raises(ExportError, match="--data-dir"):
+        validate(path, small, provider="cpu", batch_sizes=(4,))
