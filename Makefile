@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test zoo demo clean
+.PHONY: install run test mutants zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The curated mutation check (not part of `make test`): each promise in bench/mutants.toml broken
+# on purpose in a temporary copy of the tree must fail its listed tests. Prints the score.
+mutants: $(STAMP)
+	$(PY) bench/mutants.py $(MUTANTS_ARGS)
 
 # Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".

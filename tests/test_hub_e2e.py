@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import huggingface_hub.constants  # noqa: F401 - the client is imported before any test sets HF_* (as in a long-lived process)
 import pytest
 
 from aperture_zoo.weights import read_metadata
@@ -311,7 +312,8 @@ def test_a_repo_without_a_recorded_digest_is_refused(hub_env, own_cache, hub_ser
 
 
 def test_hf_hub_offline_set_while_the_process_runs_is_honoured(hub_env, own_cache, hub_server, monkeypatch):
-    """The client reads HF_HUB_OFFLINE once, when it is imported; setting it later must still stop all traffic."""
+    """The client reads HF_HUB_OFFLINE (and HF_ENDPOINT) once, when it is imported (here, at the top of
+    this module); setting them later must still be honoured: offline stops all traffic."""
     from huggingface_hub import HfApi, constants
 
     from aperture_zoo import hub
