@@ -56,3 +56,19 @@ def test_export_calibrates_int8_on_training_images(synthetic_cifar: Path, splits
     assert calibration.shape == (60, 3, 32, 32) and 0.0 <= calibration.min() and calibration.max() <= 1.0
     got = _hashes(_as_uint8(calibration))
     assert len(got) == 60 and got <= train and not got & test
+
+
+def test_fp16_file_passes_the_full_checker_with_float32_io(tmp_path: Path) -> None:
+    """The converter appends its input Casts last; the file must still be in topological order."""
+    import onnx
+
+    from aperture_zoo.export.onnx_export import to_onnx
+    from aperture_zoo.export.quantize import to_fp16
+
+    torch.manual_seed(0)
+    model = create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    path = to_fp16(to_onnx(model, tmp_path / "small.onnx", exporter="legacy"), tmp_path / "small.fp16.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
