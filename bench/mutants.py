@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,17 +81,22 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, quiet: bool = 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tree),
            "PYTEST_ADDOPTS": "-p no:cacheprovider"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-rN", *tests]
+    # Its own process group, so that a timeout or Ctrl-C also ends the processes the tests started.
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout,
-                              start_new_session=True)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
         return "timeout", out[-2000:]
     if proc.returncode == 0:
-        return "passed", proc.stdout[-2000:]
+        return "passed", out[-2000:]
     if proc.returncode in (4, 5):  # usage error / no tests collected: a broken entry, not a kill
-        return "error", (proc.stdout + proc.stderr)[-2000:]
-    return "failed", (proc.stdout + proc.stderr)[-2000:]
+        return "error", out[-2000:]
+    return "failed", out[-2000:]
 
 
 def _check_imports(tree: Path) -> None:
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("the listed tests must pass before mutants mean anything")
                 return 1
         results: dict[str, list[Mutant]] = {"killed": [], "survived": [], "stale": [], "error": []}
+        timeouts: list[Mutant] = []
         for i, m in enumerate(mutants, 1):
             text = originals[m.file]
             t0 = time.perf_counter()
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 target.write_text(text)
             verdict = {"failed": "killed", "timeout": "killed", "passed": "survived", "error": "error"}[status]
             results[verdict].append(m)
+            if status == "timeout":
+                timeouts.append(m)
             label = {"killed": "killed", "survived": "SURVIVED", "error": "ERROR"}[verdict]
             note = " (timeout)" if status == "timeout" else ""
             print(f"[{i:2d}/{len(mutants)}] {label:<9} {m.id}{note} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -165,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("survived", "stale", "error"):
         for m in results[kind]:
             print(f"  {kind.upper()}: {m.id} ({m.file}): {m.promise}")
+    for m in timeouts:  # counted as killed (the tests did not pass), but worth a look
+        print(f"  killed by the {args.timeout:g}s timeout: {m.id}")
     return 0 if score >= args.min_score and not results["stale"] and not results["error"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: the temporary copy is removed; the working tree was never written")
+        sys.exit(130)
