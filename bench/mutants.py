@@ -120,11 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the run of every listed test on the unmutated copy")
     ap.add_argument("--min-score", type=float, default=95.0)
     ap.add_argument("-v", "--verbose", action="store_true", help="print the tests' output for survivors")
+    ap.add_argument("--stale", action="store_true", help="only check that every snippet is still in its file")
     args = ap.parse_args(argv)
 
     mutants = [m for m in load() if not args.k or any(k.lower() in f"{m.id} {m.promise}".lower() for k in args.k)]
     if not mutants:
         raise SystemExit(f"no entry matches {args.k!r}")
+    if args.stale:
+        stale = [m for m in mutants if not (ROOT / m.file).is_file() or (ROOT / m.file).read_text().count(m.original) != 1]
+        for m in stale:
+            print(f"STALE: {m.id} ({m.file})")
+        print(f"{len(mutants) - len(stale)}/{len(mutants)} snippets found exactly once")
+        return 1 if stale else 0
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aperture-mutants-") as tmp:
         tree = Path(tmp) / "tree"

@@ -135,7 +135,7 @@ def test_the_reload_check_refuses_a_record_the_weights_do_not_reproduce(syntheti
     from aperture_zoo.train.zoo import check_weights
 
     cfg = _cfg(synthetic_cifar, tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({"test_subset": 100, "seed": 0}))
+    (tmp_path / "run.json").write_text(json.dumps({"test_subset": 50, "seed": 0}))
     weights = tmp_path / "model.safetensors"
 
     def check(recorded: float) -> dict:
