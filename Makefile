@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test mutants zoo demo clean
+.PHONY: install run test test-slow mutants zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ run: $(STAMP)
 	$(VENV)/bin/aperture list --verify
 	$(VENV)/bin/aperture samples
 
+# `make test` leaves out tests marked slow (torch.compile, a real-data epoch); `make test-slow` runs
+# only those. CI (.ci/run) runs both, so nothing goes untested.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # The curated mutation check (not part of `make test`): each promise in bench/mutants.toml broken
 # on purpose in a temporary copy of the tree must fail its listed tests. Prints the score.

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.files import atomic_path
+
 
 def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
@@ -36,7 +38,8 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
     plt.close(fig)
     return path
 
@@ -62,6 +65,7 @@ def plot_confusion(
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
     plt.close(fig)
     return path
