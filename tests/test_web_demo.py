@@ -439,6 +439,33 @@ def test_preprocess_js_resizes_exactly_like_load_image(tmp_path: Path) -> None:
         np.testing.assert_array_equal(page, expected, err_msg=f"{w}x{h} -> {ow}x{oh}")
 
 
+def test_preprocess_js_gives_the_golden_pixels(tmp_path: Path) -> None:
+    """preprocess.js on the odd inputs of test_images.py (upright RGB) gives the checked-in 32x32 numbers."""
+    from PIL import ImageOps
+
+    from test_images import NAMES, golden, input_files
+
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed, so preprocess.js cannot be checked outside the browser")
+    cases, files = [], input_files(tmp_path)
+    for name, path in files.items():
+        with Image.open(path) as img:
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        (tmp_path / f"{name}.rgb").write_bytes(rgb.tobytes())
+        cases.append([str(tmp_path / f"{name}.rgb"), rgb.shape[1], rgb.shape[0], 32, 32])
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = tmp_path / "resize.mjs"
+    script.write_text(_NODE_RESIZE % json.dumps((WEB / "preprocess.js").as_uri()))
+    done = subprocess.run([node, str(script), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert sorted(files) == sorted(NAMES) and len(got) == len(NAMES)
+    for name, page in zip(files, got):
+        np.testing.assert_array_equal(np.frombuffer(base64.b64decode(page), np.uint8).reshape(32, 32, 3),
+                                      golden(name), err_msg=name)
+
+
 def test_resize_is_horizontal_then_vertical_whatever_pillow_does() -> None:
     tall = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 7, 3), dtype=np.uint8))
     two_passes = tall.resize((32, 300), Image.Resampling.BILINEAR).resize((32, 32), Image.Resampling.BILINEAR)
