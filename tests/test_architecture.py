@@ -19,7 +19,7 @@ LAYERS = [
     {"catalog", "pretrained", "transforms", "summary"},
     {"cards", "publish", "samples"},
     {"train", "export"},
-    {"demo", "cli", "__main__"},
+    {"demo", "browser", "cli", "__main__"},
 ]
 
 

@@ -17,26 +17,38 @@ def demo_cmd(
     port: int = typer.Option(8000, "--port", help="Port to serve on; 0 picks a free one."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Folder for the exported ONNX files (default: apps/web/models)."),
     web_dir: Path | None = typer.Option(None, "--web-dir", help="The page's folder (default: apps/web of this checkout)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 to calibrate and validate the int8 files "
+                                         "(default: the data folder when CIFAR-10 is there; without it: fp32 and fp16 only)."),
 ) -> None:
     """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
     with user_errors():
         from aperture_zoo.demo import DemoServer, check_port, check_web_runtime, default_models_dir, prepare_models
         from aperture_zoo.demo import web_dir as find_web_dir
 
+        from .export import _auto_data_dir
+
         check_port(port)
+        data = _auto_data_dir(data_dir)
         web = web_dir.resolve() if web_dir else find_web_dir()
         check_web_runtime(web)
         out = models_dir or default_models_dir(web)
         server = DemoServer(web, out, host=host, port=port)  # a busy port fails before any export
         try:
             with err_console.status("preparing models") as status:
-                entries = prepare_models(out, models or None, progress=lambda m: status.update(m))
+                entries = prepare_models(out, models or None, progress=lambda m: status.update(m), data_dir=data)
         except BaseException:
             server.close()
             raise
     offered = [e.name for e in entries if e.available]
     missing = [e.name for e in entries if not e.available and e.reason == "no published weights"]
     console.print(f"models: {', '.join(offered)}", highlight=False)
+    for e in entries:
+        if e.available and e.files:
+            shown = ", ".join(f"{f.precision}" + (f" ({f.agreement:.2f} % agreement with fp32)" if f.agreement is not None
+                                                   and f.precision != "fp32" else "") for f in e.files)
+            console.print(f"  {e.name}: {shown}; default {e.precision}", highlight=False)
+    if data is None:
+        err_console.print("[yellow]no int8 files:[/] int8 needs CIFAR-10 to calibrate on; pass --data-dir", highlight=False)
     if missing:
         err_console.print(f"[yellow]no published weights (not offered):[/] {', '.join(missing)}", highlight=False)
     with server:
