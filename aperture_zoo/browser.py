@@ -62,7 +62,12 @@ def split_variants(names: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def find_chromium() -> str:
     """A Chromium binary to drive (``APERTURE_CHROMIUM`` first), or a one-line error saying how to get one."""
-    path = os.environ.get("APERTURE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    asked = os.environ.get("APERTURE_CHROMIUM")
+    if asked:
+        if not Path(asked).is_file():
+            raise BrowserError(f"APERTURE_CHROMIUM={asked} is not a file; {INSTALL}")
+        return asked
+    path = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if not path:
         raise BrowserError(f"no Chromium found; {INSTALL}")
     return path
@@ -105,23 +110,27 @@ def write_page_models(model: Any, out: Path, data_dir: str | os.PathLike[str] | 
 
 
 @contextmanager
-def _chromium(chromium: str, args: Sequence[str] = ()) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+def _chromium(chromium: str, args: Sequence[str] = (), launcher: Any = None) -> Iterator[Any]:
+    """A headless Chromium; ``launcher``: a running Playwright's ``chromium`` (one Playwright per thread)."""
+    if launcher is None:
+        from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=list(args))
-        try:
+        with sync_playwright() as pw, _chromium(chromium, args, pw.chromium) as browser:
             yield browser
-        finally:
-            browser.close()
+        return
+    browser = launcher.launch(executable_path=chromium, headless=True, args=list(args))
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def time_page(url: str, name: str, variant: str, precision: str, threads: int | None, runs: int,
-              chromium: str, timeout_s: float = 180) -> PageTiming:
+              chromium: str, timeout_s: float = 180, launcher: Any = None) -> PageTiming:
     """Open the demo at ``url`` on one model file and run its benchmark; a failure is a row's note."""
     ep = variant.removeprefix("browser-")
     query = f"?model={name}&precision={precision}&ep={ep}" + (f"&threads={threads}" if threads else "")
-    with _chromium(chromium, WEBGPU_FLAGS if ep == "webgpu" else ()) as browser:
+    with _chromium(chromium, WEBGPU_FLAGS if ep == "webgpu" else (), launcher) as browser:
         page = browser.new_page()
         page.goto(url + query)
         page.wait_for_function("['ready', 'failed', 'error'].includes(window.apertureDemo?.state)",
@@ -137,6 +146,11 @@ def time_page(url: str, name: str, variant: str, precision: str, threads: int | 
             return PageTiming(variant, precision, state["ep"], None, None, None, 0, NO_ADAPTER)
         r = page.evaluate("(n) => apertureDemo.benchmark(n)", runs)
     notes = [r["note"]] if r.get("note") else []
+    adapter = r.get("adapter") or {}
+    if adapter:
+        what = " ".join(filter(None, [adapter.get("vendor"), adapter.get("architecture")])) or "unnamed"
+        software = adapter.get("fallback") or "swiftshader" in what.lower()
+        notes.append(f"adapter {what}" + (" (software, not a GPU)" if software else ""))
     return PageTiming(variant, precision, r["ep"], r["threads"], r["median_ms"], r["min_ms"], r["runs"],
                       "; ".join(notes))
 

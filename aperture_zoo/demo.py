@@ -89,7 +89,7 @@ def default_precision(files: Iterable[DemoFile]) -> str:
     return "fp32"
 
 
-def test_set_agreement(report_file: str | os.PathLike[str]) -> tuple[float, int] | None:
+def validation_agreement(report_file: str | os.PathLike[str]) -> tuple[float, int] | None:
     """(agreement %, images) of a validation report's CIFAR-10 test comparison, or None."""
     try:
         report = json.loads(Path(report_file).read_text())
@@ -198,7 +198,7 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
                 os.replace(report, models_dir / report.name)
             os.replace(path, target)
             precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
-            agreement = test_set_agreement(models_dir / report.name)
+            agreement = validation_agreement(models_dir / report.name)
             files.append(DemoFile(precision, target.name, target.stat().st_size,
                                   *(agreement if agreement else (None, None))))
     spec = model.spec

@@ -16,9 +16,9 @@
 
 import { hasTranslucency, resizeBilinearRGB, rgbaToRgb, softmax, toPixelValues } from "./preprocess.js";
 
-const BURST = 10;          // runs per image for the shown best / median
-const WARMUP_RUNS = 5;     // at least this many warm-up runs…
-const WARMUP_MS = 1500;    // …and up to this long, so WebAssembly tiers up before anything is timed
+const BURST = 10;          // runs per image for the shown best / median…
+const BURST_MS = 2000;     // …or fewer (at least 3) when they take longer than this (a software GPU)
+const WARMUP_MS = 1500;    // warm-up this long (>= 2 runs, <= 50), so WebAssembly tiers up before timing
 
 const ORT_DIR = "./node_modules/onnxruntime-web/dist/";
 const MAX_PIXELS = 64e6;
@@ -42,6 +42,7 @@ const demo = {
   errors: 0,
   model: null,
   precision: null,
+  adapter: null,            // the WebGPU adapter, when there is one
   ep: null,
   threads: null,
   last: null,
@@ -86,7 +87,13 @@ async function loadRuntime() {
   let gpu = false;
   if (want !== "wasm" && navigator.gpu) {
     try {
-      gpu = !!(await navigator.gpu.requestAdapter());
+      const adapter = await navigator.gpu.requestAdapter();
+      gpu = !!adapter;
+      if (adapter) {
+        const info = adapter.info || {};
+        demo.adapter = { vendor: info.vendor || "", architecture: info.architecture || "",
+                         fallback: !!(info.isFallbackAdapter ?? adapter.isFallbackAdapter) };
+      }
     } catch {
       gpu = false;
     }
@@ -216,7 +223,7 @@ async function createSession(entry, file) {
 // Warm-up: the first runs compile WebAssembly and plan memory; shown times are steady-state.
 async function warmUp(session, feeds) {
   const start = performance.now();
-  for (let i = 0; i < WARMUP_RUNS || (performance.now() - start < WARMUP_MS && i < 50); i++) {
+  for (let i = 0; i < 50 && (i < 2 || performance.now() - start < WARMUP_MS); i++) {
     await session.run(feeds);
   }
 }
@@ -364,7 +371,8 @@ async function classify(blob, name, trueLabel = null) {
   let output;
   const times = [];
   try {
-    for (let i = 0; i < BURST; i++) {
+    const start = performance.now();
+    for (let i = 0; i < BURST && (i < 3 || performance.now() - start < BURST_MS); i++) {
       const t0 = performance.now();
       output = await session.run(feeds);
       times.push(performance.now() - t0);
@@ -380,12 +388,12 @@ async function classify(blob, name, trueLabel = null) {
   const probs = softmax(logits);
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
   const top = order.map(([p, i]) => ({ label: entry.labels[i], index: i, probability: p }));
-  const stages = { decode: t1 - tStart, preprocess: t2 - t1, inference: (t3 - t2) / BURST,
+  const stages = { decode: t1 - tStart, preprocess: t2 - t1, inference: (t3 - t2) / times.length,
                    postprocess: performance.now() - t3 };
   demo.last = {
     source: name, model: entry.name, precision: file.precision, width: image.width, height: image.height,
-    pixels: Array.from(pixels), logits, probs, top, ms, best_ms: sorted[0], median_ms: sorted[BURST >> 1],
-    runs: BURST, stages, ep, threads: ep === "wasm" ? threads : null, notices,
+    pixels: Array.from(pixels), logits, probs, top, ms, best_ms: sorted[0], median_ms: sorted[sorted.length >> 1],
+    runs: times.length, stages, ep, threads: ep === "wasm" ? threads : null, notices,
   };
   render(demo.last, trueLabel, pixels, w, h);
   demo.runs += 1;
@@ -433,7 +441,7 @@ function render(result, trueLabel, pixels, w, h) {
 }
 
 // Steady-state latency of the loaded model at batch 1, for `aperture bench --variants browser-*`.
-async function benchmark(n = 50) {
+async function benchmark(n = 50, maxMs = 20000) {
   if (!current) throw new Error("no model loaded");
   const { entry, file, session, input, data } = current;
   const [h, w] = entry.input_size.slice(1);
@@ -441,13 +449,15 @@ async function benchmark(n = 50) {
   const feeds = { [session.inputNames[0]]: input };
   await warmUp(session, feeds);
   const times = [];
-  for (let i = 0; i < n; i++) {
+  const start = performance.now();
+  for (let i = 0; i < n && (i < 3 || performance.now() - start < maxMs); i++) {
     const t0 = performance.now();
     await session.run(feeds);
     times.push(performance.now() - t0);
   }
+  n = times.length;
   times.sort((a, b) => a - b);
-  return { model: entry.name, precision: file.precision, ep, threads: ep === "wasm" ? threads : null,
+  return { adapter: ep === "webgpu" ? demo.adapter : null, model: entry.name, precision: file.precision, ep, threads: ep === "wasm" ? threads : null,
            isolated: self.crossOriginIsolated === true, runs: n, median_ms: times[Math.floor(n / 2)],
            min_ms: times[0], mean_ms: times.reduce((a, b) => a + b, 0) / n, note: [epNote, threadNote].filter(Boolean).join("; ") };
 }
