@@ -177,8 +177,7 @@ def browser_rows(
                 for precision in PRECISIONS:
                     say(f"{variant} {precision} in headless Chromium")
                     t = time_page(server.url, entry.name, variant, precision, threads, runs, chromium)
-                    note = "; ".join(filter(None, [precision, f"best {t.min_ms:.2f} ms" if t.min_ms else "",
-                                                   "onnxruntime-web" if t.ep else "", t.note]))
+                    note = "; ".join(filter(None, [precision, f"best {t.min_ms:.2f} ms" if t.min_ms else "", t.note]))
                     rows.append(BenchRow(variant=f"{variant}-{precision}", device="cpu" if t.ep == "wasm" else "gpu",
                                          batch=1, images_per_s=1e3 / t.median_ms if t.median_ms else None,
                                          ms_per_batch=t.median_ms, note=note, threads=t.threads))
