@@ -22,6 +22,15 @@ CURVES_FILENAME = "curves.png"
 CONFUSION_FILENAME = "confusion.png"
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
 RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME)
+# A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.
+RECIPE_FILENAME = "recipe.json"
+RUN_FILENAME = "run.json"
+CHECKPOINT_FILENAME = "checkpoint.safetensors"
+LOCK_FILENAME = ".lock"
+CHECK_FILENAME = "check.json"
+EXPORT_REPORT_FILENAME = "export.json"
+SUMMARY_JSON_FILENAME = "summary.json"
+SUMMARY_MD_FILENAME = "summary.md"
 
 
 @contextmanager

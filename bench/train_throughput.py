@@ -41,7 +41,7 @@ from aperture_zoo.summary import measure
 from aperture_zoo.train.augment import AugmentConfig, augment_batch
 from aperture_zoo.train.device import autocast_dtype, device_name
 from aperture_zoo.train.distributed import resolve_device
-from aperture_zoo.train.loop import TrainStep, build_optimizer
+from aperture_zoo.train.step import TrainStep, build_optimizer
 from aperture_zoo.train.recipes import Recipe, get_recipe
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (grad of inputs and of weights)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from aperture_zoo.model import ResNet
+from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
-from .progress import ExportProgress, MessageProgress, SilentProgress
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
@@ -56,7 +56,7 @@ def parse_max_val_images(text: str) -> int | None:
     return int(value)
 
 
-def _as_progress(progress: ExportProgress | Callable[[str], None] | None) -> ExportProgress:
+def _as_progress(progress: StepProgress | Callable[[str], None] | None) -> StepProgress:
     if progress is None:
         return SilentProgress()
     if hasattr(progress, "stage") and hasattr(progress, "update"):
@@ -82,7 +82,7 @@ def export_model(
     provider: Provider = "auto",
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
-    progress: ExportProgress | Callable[[str], None] | None = None,
+    progress: StepProgress | Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -91,7 +91,7 @@ def export_model(
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
     carries its standard error. ``progress`` gets each step and the images validated so far (an
-    ``ExportProgress``), or is a plain ``callback(message)`` per step.
+    ``StepProgress``), or is a plain ``callback(message)`` per step.
     """
     reporter = _as_progress(progress)
     say = reporter.stage
@@ -147,7 +147,7 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
         )
 
 
-def _validate_files(result: ExportResult, model: ResNet, reporter: ExportProgress, *, provider: Provider,
+def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []

@@ -14,7 +14,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
             "aperture_zoo.export": ROOT / "export"}
 # Lower layers never import higher ones.
 LAYERS = [
-    {"registry", "errors", "files", "_lazy"},
+    {"registry", "errors", "files", "_lazy", "progress"},
     {"model", "weights", "images", "data", "hub"},
     {"catalog", "pretrained", "transforms", "summary"},
     {"cards", "publish", "samples"},

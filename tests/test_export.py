@@ -373,7 +373,7 @@ def test_progress_on_a_terminal_is_a_bar_with_eta() -> None:
 
     from rich.console import Console
 
-    from aperture_zoo.export.progress import ConsoleProgress
+    from aperture_zoo.progress import ConsoleProgress
 
     out = io.StringIO()
     with ConsoleProgress(Console(file=out, force_terminal=True, width=120)) as progress:

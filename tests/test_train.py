@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from safetensors.torch import load_file
 
 from aperture_zoo.data import DataError
 from aperture_zoo.model import create_model
-from aperture_zoo.train import (TimeBudgetReached, TrainConfig, TrainingError, TrainingInterrupted, apply_overrides, fit,
-                                get_recipe)
+from aperture_zoo.train import (RunDirError, TimeBudgetReached, TrainConfig, TrainingDiverged, TrainingError,
+                                TrainingInterrupted, apply_overrides, fit, get_recipe)
 from aperture_zoo.train import loop
+from aperture_zoo.train.rundir import RunDir
+from aperture_zoo.train.step import TrainStep
 from aperture_zoo.train.checkpoint import CheckpointError, load_checkpoint
 from aperture_zoo.train.recipes import RecipeError
 from aperture_zoo.weights import read_metadata
@@ -90,7 +93,7 @@ def test_learns_synthetic_classes_and_writes_every_output(straight) -> None:
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Deliver a real SIGTERM to this process during the given optimizer step."""
     calls = {"n": 0}
-    original = loop.TrainStep.__call__
+    original = TrainStep.__call__
 
     def step(self, batch):
         calls["n"] += 1
@@ -98,16 +101,17 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
             signal.raise_signal(signal.SIGTERM)
         return original(self, batch)
 
-    monkeypatch.setattr(loop.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
 
 
 @pytest.mark.parametrize("call", [20, 27], ids=["epoch-boundary", "mid-epoch"])
 def test_resume_after_sigterm_gives_identical_weights(straight, synthetic_cifar, tmp_path, monkeypatch, call) -> None:
     run = tmp_path / "run"
     _interrupt_at(monkeypatch, call)
-    with pytest.raises(TrainingInterrupted, match="--resume") as info:
+    with pytest.raises(TrainingInterrupted, match="checkpoint saved in") as info:
         fit(_cfg(synthetic_cifar, run))
     monkeypatch.undo()
+    assert info.value.run_dir == run
     ckpt = load_checkpoint(run / "checkpoint.safetensors")["info"]
     assert (ckpt["epoch"], ckpt["step"]) == ((2, 0) if call == 20 else (2, 7))
     assert ckpt["elapsed"]["images"] == (20 if call == 20 else 27) * 50  # a partial epoch counts too
@@ -145,9 +149,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sy
     real_lr = loop.lr_at
     monkeypatch.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 10 else 1e30)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"became (nan|inf) in epoch 2.*Lower --lr") as info:
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) in epoch 2.*Lower the learning rate") as info:
         fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=3)))
     assert "epoch 1" in str(info.value) and str(run) in str(info.value)
+    assert info.value.run_dir == run and info.value.recipe == RECIPE.replace(epochs=3)
+    assert info.value.record["seed"] == 0 and info.value.record["device"] == "cpu"
     ckpt = load_checkpoint(run / "checkpoint.safetensors")
     assert (ckpt["info"]["epoch"], ckpt["info"]["step"]) == (1, 0)
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
@@ -161,7 +167,7 @@ def test_resume_refuses_a_different_model_or_recipe(straight, synthetic_cifar) -
         fit(TrainConfig(resume=run, model="resnet22", data_dir=synthetic_cifar, progress=False))
     with pytest.raises(CheckpointError, match="seed=0"):
         fit(TrainConfig(resume=run, seed=3, data_dir=synthetic_cifar, progress=False))
-    with pytest.raises(TrainingError, match="already holds a training run; continue it with --resume"):
+    with pytest.raises(RunDirError, match="already holds a training run; continue it with --resume"):
         fit(_cfg(synthetic_cifar, run))
 
 
@@ -237,7 +243,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resumes_exact
 
 def test_non_finite_weights_are_never_checkpointed(synthetic_cifar, tmp_path, monkeypatch) -> None:
     """An update that overflows the weights on an epoch's last step, while that step's loss was finite."""
-    original = loop.TrainStep.__call__
+    original = TrainStep.__call__
     calls = {"n": 0}
 
     def step(self, batch):
@@ -248,9 +254,9 @@ def test_non_finite_weights_are_never_checkpointed(synthetic_cifar, tmp_path, mo
                 next(self.model.parameters()).fill_(float("inf"))
         return out
 
-    monkeypatch.setattr(loop.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"weights became nan/inf .* epoch 2, by step 10.*checkpoint \(epoch 1\)"):
+    with pytest.raises(TrainingDiverged, match=r"weights became nan/inf .* epoch 2, by step 10.*checkpoint \(epoch 1\)"):
         fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=3)))
     ckpt = load_checkpoint(run / "checkpoint.safetensors")
     assert ckpt["info"]["epoch"] == 1
@@ -258,14 +264,22 @@ def test_non_finite_weights_are_never_checkpointed(synthetic_cifar, tmp_path, mo
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint_says_to_start_again(straight, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
     run = tmp_path / "run"
     run.mkdir()
     for name in ("run.json", "recipe.json", "metrics.jsonl"):  # what a run has before epoch 1 ends
         (run / name).write_bytes((straight.run_dir / name).read_bytes())
-    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again: `aperture "
-                                              "train resnet10 --arch channels=16,32,32,64 .*--out"):
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*start it again") as info:
         fit(TrainConfig(resume=run, progress=False))
-    loop.check_new_run_dir(run)  # ... and starting again in the same directory is allowed
+    assert info.value.run_dir == run and info.value.recipe == RECIPE
+    r = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert re.search("stopped before its first checkpoint.*start it again in the same folder: `aperture train "
+                     "resnet10 --arch channels=16,32,32,64 .*--out", " ".join(r.output.split())), r.output
+    RunDir.check_new(run)  # ... and starting again in the same directory is allowed
     (run / "recipe.json").write_text('{"epochs": 4,')
     with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
         fit(TrainConfig(resume=run, progress=False))
@@ -297,7 +311,7 @@ def test_bad_subset_and_val_split_are_clear_cli_errors(synthetic_cifar, tmp_path
 
 def test_time_budget_stops_at_an_epoch_boundary_and_resumes_exactly(straight, synthetic_cifar, tmp_path) -> None:
     run = tmp_path / "run"
-    with pytest.raises(TimeBudgetReached, match="--resume") as info:
+    with pytest.raises(TimeBudgetReached, match="time budget .* checkpoint saved in") as info:
         fit(_cfg(synthetic_cifar, run, time_budget_s=1e-3))  # one epoch always runs; the next would not fit
     assert info.value.epoch == 1 and info.value.run_dir == run
     assert load_checkpoint(run / "checkpoint.safetensors")["info"]["epoch"] == 1
@@ -315,23 +329,17 @@ def test_time_budget_must_be_positive(synthetic_cifar, tmp_path) -> None:
 # ----------------------------------------------------------------- run folders are never shared
 
 
-def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")  # one frozen second
-    first, second, third = (loop.claim_run_dir(None, "resnet10") for _ in range(3))
-    assert first == Path("runs/resnet10-20250101-120000")
-    assert second == Path("runs/resnet10-20250101-120000-2") and third.name.endswith("-3")
-    assert all(p.is_dir() for p in (first, second, third))
+SECOND = time.mktime((2025, 1, 1, 12, 0, 0, 0, 0, -1))  # 2025-01-01 12:00:00 local time
 
 
 def test_default_run_folder_is_created_exclusively_by_fit(synthetic_cifar, tmp_path, monkeypatch) -> None:
     """The same second's folder already exists (another run's): fit takes the next name, not that one."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loop, "_timestamp", lambda: "20250101-120000")
     taken = tmp_path / "runs" / "resnet10-20250101-120000"
     taken.mkdir(parents=True)
     (taken / "run.json").write_text('{"seed": 7}')
-    result = fit(_cfg(synthetic_cifar, None, recipe=RECIPE.replace(epochs=1), seed=1, subset=100, test_subset=50))
+    result = fit(_cfg(synthetic_cifar, None, recipe=RECIPE.replace(epochs=1), seed=1, subset=100, test_subset=50,
+                      started=SECOND))
     assert result.run_dir == Path("runs/resnet10-20250101-120000-2")
     assert json.loads((taken / "run.json").read_text()) == {"seed": 7}  # the other run is untouched
     assert json.loads((result.run_dir / "run.json").read_text())["seed"] == 1
@@ -341,7 +349,7 @@ def test_out_into_a_folder_that_holds_something_else_is_refused_first(tmp_path) 
     out = tmp_path / "photos"
     out.mkdir()
     (out / "cat.png").write_bytes(b"not ours")
-    with pytest.raises(TrainingError, match=r"is not empty \(it holds 'cat.png'\).*choose a new or empty folder"):
+    with pytest.raises(RunDirError, match=r"is not empty \(it holds 'cat.png'\).*choose a new or empty folder"):
         fit(_cfg(tmp_path / "no-data-here", out, download=False))  # refused before looking for data
     assert [p.name for p in out.iterdir()] == ["cat.png"]
     from typer.testing import CliRunner
@@ -354,15 +362,17 @@ def test_out_into_a_folder_that_holds_something_else_is_refused_first(tmp_path) 
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused(synthetic_cifar, tmp_path) -> None:
-    fcntl = pytest.importorskip("fcntl")  # the run lock is POSIX-only
+    from filelock import FileLock
+
+    from aperture_zoo.files import LOCK_FILENAME
 
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / loop.LOCK_NAME, "a+") as held:  # what a training process holds while it runs
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(TrainingError, match="in use by another training process"):
+    with FileLock(run / LOCK_FILENAME):  # what a training process holds while it runs
+        with pytest.raises(RunDirError, match="in use by another training process"):
             fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=1)))
     assert not (run / "run.json").exists()
+    fit(_cfg(synthetic_cifar, run, recipe=RECIPE.replace(epochs=1), subset=100, test_subset=50))  # released: free
 
 
 # ----------------------------------------------------------------- resume restores every option
@@ -372,7 +382,6 @@ def test_resume_alone_continues_with_the_options_the_run_was_started_with(synthe
                                                                           monkeypatch) -> None:
     """The tool's own hint, `aperture train --resume DIR`, works without repeating --data-dir etc."""
     import shlex
-    import re
 
     from typer.testing import CliRunner
 
@@ -404,25 +413,8 @@ def test_resume_alone_continues_with_the_options_the_run_was_started_with(synthe
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_saved_options_fill_in_what_resume_leaves_out_and_given_ones_win(tmp_path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"seed": 0, "data_dir": "/data/cifar", "download": False,
-                                              "device": "cuda", "compile": True}))
-    got = loop.with_run_options(TrainConfig(resume=run))
-    assert (str(got.data_dir), got.download, got.device, got.compile) == ("/data/cifar", False, "cuda", True)
-    moved = loop.with_run_options(TrainConfig(resume=run, data_dir=tmp_path / "new", device="cpu"))
-    assert (moved.data_dir, moved.device, moved.compile) == (tmp_path / "new", "cpu", True)
-    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run from before options were recorded
-    old = loop.with_run_options(TrainConfig(resume=run))
-    assert (old.data_dir, old.download, old.device, old.compile) == (None, True, "auto", False)
-    fresh = loop.with_run_options(TrainConfig(model="resnet10"))
-    assert (fresh.download, fresh.device, fresh.compile) == (True, "auto", False)
-
-
 def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, monkeypatch) -> None:
     """Diverge, then type the suggested command: it trains the same run again with half the lr."""
-    import re
     import shlex
 
     from typer.testing import CliRunner
@@ -430,15 +422,17 @@ def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, 
     from aperture_zoo.cli import app
 
     monkeypatch.chdir(tmp_path)
-    recipe = apply_overrides(get_recipe("fast"), ["epochs=2", "batch_size=50", "cutout=0"])  # lr scaled: 0.0390625
+    # the fast recipe at batch 50 scales its lr to 0.0390625
+    args = ["train", "resnet10", "--arch", ARCH, "--set", "epochs=2", "--set", "batch_size=50", "--set", "cutout=0",
+            "--seed", "5", "--subset", "200", "--test-subset", "50", "--data-dir", str(synthetic_cifar),
+            "--no-download", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "diverged")]
     real_lr = loop.lr_at
     with monkeypatch.context() as m:
         m.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 3 else 1e30)
-        with pytest.raises(TrainingError, match="Lower --lr") as info:
-            fit(_cfg(synthetic_cifar, tmp_path / "diverged", recipe=recipe, seed=5, subset=200, test_subset=50,
-                     download=False))
-    found = re.search(r"`(aperture train [^`]+)`", str(info.value))
-    assert found, str(info.value)
+        first = CliRunner().invoke(app, args)
+    assert first.exit_code == 2 and "Lower --lr" in first.output, first.output
+    found = re.search(r"`(aperture train [^`]+)`", " ".join(first.output.split()))
+    assert found, first.output
     argv = shlex.split(found.group(1))
     assert "--out" not in argv and argv[argv.index("--lr") + 1] == "0.0195312"
     r = CliRunner().invoke(app, [*argv[1:], "--no-progress"])

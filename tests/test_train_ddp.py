@@ -29,7 +29,7 @@ from aperture_zoo.model import create_model
 from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe
 from aperture_zoo.train.augment import AugmentConfig, augment_batch
 from aperture_zoo.train.loader import rank_slice
-from aperture_zoo.train.loop import TrainStep, build_optimizer
+from aperture_zoo.train.step import TrainStep, build_optimizer
 from aperture_zoo.weights import read_metadata
 
 SPEC = create_model("resnet10", channels=(8, 16, 16, 32)).spec
@@ -84,7 +84,7 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
 def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
     """Only rank 0 may download (two ranks writing one folder corrupt it); both must see its failure."""
     from aperture_zoo import data
-    from aperture_zoo.train import loop
+    from aperture_zoo.train.loader import load_run_data
 
     calls = []
 
@@ -94,7 +94,8 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
 
     data.download = offline  # this forked worker's copy only
     try:
-        loop._fetch_data_once(TrainConfig(data_dir=Path(out) / "no-data", download=True), info)
+        load_run_data(TrainConfig(data_dir=Path(out) / "no-data", download=True), {}, SPEC, 1, info,
+                      torch.device("cpu"), data_from_run=False)
         error = None
     except data.DataError as exc:
         error = str(exc)
@@ -103,11 +104,17 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
 
 def _run_dir_decided_on_rank_0(rank: int, info, out: str) -> None:
     """Two new runs in one second: rank 0 creates each folder (exclusively) and every rank gets its name."""
-    from aperture_zoo.train import loop
+    import contextlib
+    import time
+
+    from aperture_zoo.train.distributed import decided_on_rank0
+    from aperture_zoo.train.rundir import RunDir
 
     os.chdir(out)  # this forked worker's working directory only
-    loop._timestamp = lambda: "20250101-120000"  # one frozen second, this worker only
-    names = [loop._decided_on_rank0(info, lambda: str(loop.claim_run_dir(None, "tiny"))) for _ in range(2)]
+    second = time.mktime((2025, 1, 1, 12, 0, 0, 0, 0, -1))  # one frozen second: 20250101-120000
+    with contextlib.ExitStack() as stack:
+        names = [decided_on_rank0(info, lambda: str(RunDir.open(None, "tiny", stack, started=second).path))
+                 for _ in range(2)]
     (Path(out) / f"claimed_rank{rank}.json").write_text(json.dumps(names))
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from aperture_zoo.model import create_model
-from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe, loop
+from aperture_zoo.files import CHECKPOINT_FILENAME as CHECKPOINT_NAME
+from aperture_zoo.progress import EpochTable, TrainProgress, seconds, si
+from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe
 from aperture_zoo.train.augment import AugmentConfig
-from aperture_zoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from aperture_zoo.train.checkpoint import load_checkpoint
 from aperture_zoo.train.device import autocast_dtype, device_name
 from aperture_zoo.train.loader import DeviceSplit
-from aperture_zoo.train.progress import EpochTable, SyncClock, TrainProgress, seconds, si
+from aperture_zoo.train.loop import SyncClock
 from aperture_zoo.train.state import EMA, RunState
 from aperture_zoo.train.stream import BatchStream
 
@@ -119,19 +120,6 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_and_no_temp_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
 
 
-def test_temp_files_of_a_killed_first_epoch_do_not_make_the_folder_foreign(tmp_path: Path) -> None:
-    """``atomic_path`` writes ``<name>.tmp<pid>``: a run killed while writing them may be started again."""
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("run.json", "recipe.json", "metrics.jsonl", f"run.json.tmp{os.getpid()}",
-                 f"recipe.json.tmp{os.getpid()}", f"{CHECKPOINT_NAME}.tmp123"):
-        (run / name).write_text("{")
-    loop.check_new_run_dir(run)
-    (run / "notes.txt").write_text("mine")
-    with pytest.raises(loop.TrainingError, match="not empty"):
-        loop.check_new_run_dir(run)
-
-
 # ----------------------------------------------------------------- when the loop syncs
 
 
@@ -160,13 +148,13 @@ def test_sync_clock_by_steps_spaces_syncs_by_the_agreed_step_time() -> None:
 
 def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
-    real = loop._read_back
+    real = SyncClock.synced
 
-    def counting(r, state, *args, **kw):  # type: ignore[no-untyped-def]
-        seen.append(state.step)
-        return real(r, state, *args, **kw)
+    def counting(self, done, seconds_per_step):  # type: ignore[no-untyped-def]
+        seen.append(done)
+        return real(self, done, seconds_per_step)
 
-    monkeypatch.setattr(loop, "_read_back", counting)
+    monkeypatch.setattr(SyncClock, "synced", counting)  # called once per read-back, with the steps done
     return seen
 
 

@@ -7,12 +7,16 @@
 """
 
 from .evaluate import EvalResult, evaluate
-from .loop import TimeBudgetReached, TrainConfig, TrainingError, TrainingInterrupted, TrainResult, fit
+from .loop import fit
 from .recipes import RECIPES, Recipe, RecipeError, apply_overrides, get_recipe
+from .rundir import RunDirError
+from .settings import (NothingToResume, TimeBudgetReached, TrainConfig, TrainingDiverged, TrainingError,
+                       TrainingInterrupted, TrainResult)
 from .zoo import ZooConfig, ZooError, ZooResult, train_zoo
 
 __all__ = [
-    "EvalResult", "RECIPES", "Recipe", "RecipeError", "TimeBudgetReached", "TrainConfig", "TrainResult", "TrainingError",
+    "EvalResult", "NothingToResume", "RECIPES", "Recipe", "RecipeError", "RunDirError", "TimeBudgetReached",
+    "TrainingDiverged", "TrainConfig", "TrainResult", "TrainingError",
     "TrainingInterrupted", "ZooConfig", "ZooError", "ZooResult", "apply_overrides", "evaluate", "fit", "get_recipe",
     "train_zoo",
 ]

@@ -19,7 +19,6 @@ import torch
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.files import atomic_path
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "aperture_zoo.checkpoint/1"
 
 

@@ -7,12 +7,16 @@ single-process path has no distributed code in it at all.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from aperture_zoo.errors import ApertureError
+
+_T = TypeVar("_T")
 
 
 class DistributedError(ApertureError, RuntimeError):
@@ -78,6 +82,26 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decided_on_rank0(info: DistInfo, decide: Callable[[], _T]) -> _T:
+    """Run ``decide`` on rank 0 only and hand every rank its result, or the ApertureError it raised.
+
+    File-system decisions (which folder, is the data there) must be taken once: ranks deciding
+    separately could pick different folders, and a rank that fails alone would leave the others
+    waiting at the next collective.
+    """
+    value: Any = None
+    error: ApertureError | None = None
+    if info.is_main:
+        try:
+            value = decide()
+        except ApertureError as exc:
+            error = exc
+    value, error = broadcast_object((value, error), info)  # type: ignore[misc]
+    if error is not None:
+        raise error
+    return value
 
 
 def barrier(info: DistInfo) -> None:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from aperture_zoo.data import Split, SubsetError, load_split, stratified_indices, subset
+from aperture_zoo.data import DataError, Split, SubsetError, load_split, locate, stratified_indices, subset
+from aperture_zoo.registry import ModelSpec
+
+from . import distributed as D
+from .settings import TrainConfig, TrainingError
 
 
 @dataclass
@@ -77,3 +82,57 @@ def rank_slice(batch: int, rank: int, world: int) -> slice:
     """This rank's contiguous share of a global batch (the batch size divides by ``world``)."""
     per = batch // world
     return slice(rank * per, (rank + 1) * per)
+
+
+@dataclass
+class DeviceData:
+    """A run's splits on the device and the normalisation the model was built with."""
+
+    train: DeviceSplit
+    test: DeviceSplit
+    val: DeviceSplit | None
+    mean: Tensor
+    std: Tensor
+
+
+def load_run_data(cfg: TrainConfig, record: dict[str, Any], spec: ModelSpec, batch_size: int,
+                  info: D.DistInfo, device: torch.device, data_from_run: bool) -> DeviceData:
+    """The run's splits on ``device`` (fetched by rank 0 if need be), checked to hold a batch.
+
+    ``data_from_run``: the data folder is the one a resumed run recorded, so a missing one may
+    have moved.
+    """
+    try:
+        _fetch_once(cfg, info)
+    except DataError as exc:
+        if not data_from_run:
+            raise
+        raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
+                        "--data-dir if the data has moved)") from None
+    splits = load_splits(cfg.data_dir, record["subset"], record["val_split"], record["test_subset"],
+                         int(record["seed"]))
+    train = DeviceSplit.from_split(splits.train, device)
+    if len(train) < batch_size:
+        raise TrainingError(
+            f"batch size {batch_size} is larger than the {len(train)} training images; lower it with --batch-size"
+        )
+    val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
+    return DeviceData(train, DeviceSplit.from_split(splits.test, device), val,
+                      torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device))
+
+
+def _fetch_once(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """Make sure CIFAR-10 is there, downloading it on rank 0 only.
+
+    Ranks downloading into one folder at once would corrupt it; and if rank 0 fails (offline),
+    every rank must raise the same clear error rather than wait for it at a barrier.
+    """
+    problem = None
+    if info.is_main:
+        try:
+            locate(cfg.data_dir, cfg.download)
+        except DataError as exc:
+            problem = str(exc)
+    problem = D.broadcast_object(problem, info)
+    if problem:
+        raise DataError(problem)

@@ -8,13 +8,14 @@ in one order: ``--set`` first, then the dedicated flags) and which architecture 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from aperture_zoo.model import create_model
 from aperture_zoo.registry import ModelSpec, SpecError
 
-from .loop import load_run_recipe
 from .recipes import Recipe, RecipeError, apply_overrides, get_recipe
+from .rundir import RunDir
 
 
 def recipe_from_options(
@@ -28,7 +29,7 @@ def recipe_from_options(
     _check_flags(overrides)
     if resume is not None and recipe is None and not overrides and not sets:
         return None
-    base = load_run_recipe(resume) if resume is not None and recipe is None else get_recipe(recipe or "fast")
+    base = RunDir(Path(resume)).recipe() if resume is not None and recipe is None else get_recipe(recipe or "fast")
     return apply_overrides(apply_overrides(base, list(sets or [])), overrides)
 
 

@@ -23,13 +23,14 @@ from typing import Any
 from aperture_zoo.errors import ApertureError
 from aperture_zoo.registry import get_spec, list_models
 
-from .checkpoint import CHECKPOINT_NAME
-from .loop import (METRICS_NAME, RECIPE_NAME, WEIGHTS_NAME, TimeBudgetReached, TrainConfig, fit, load_run_recipe,
-                   read_metrics)
-from .recipes import FAST, Recipe
+from aperture_zoo.files import (CHECK_FILENAME, CHECKPOINT_FILENAME, EXPORT_REPORT_FILENAME, RECIPE_FILENAME,
+                                SUMMARY_JSON_FILENAME as SUMMARY_JSON, SUMMARY_MD_FILENAME as SUMMARY_MD,
+                                WEIGHTS_FILENAME)
 
-SUMMARY_JSON = "summary.json"
-SUMMARY_MD = "summary.md"
+from .loop import fit
+from .recipes import FAST, Recipe
+from .rundir import RunDir
+from .settings import TimeBudgetReached, TrainConfig
 REPORT_BEST_TOP1 = 94.12  # the report's headline (Table 3: resnet22, best of 400 epochs on the test set)
 CHECK_TOLERANCE = 0.1     # points of top-1 a reload may differ from the record (cuDNN algorithm choice)
 
@@ -77,9 +78,9 @@ def _order(models: Sequence[str] | None) -> list[str]:
 
 def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
     """A run trained with another recipe must not be continued or counted as this one."""
-    if not (run_dir / RECIPE_NAME).exists():
+    if not (run_dir / RECIPE_FILENAME).exists():
         return
-    saved = load_run_recipe(run_dir)
+    saved = RunDir(run_dir).recipe()
     if saved != recipe:
         diff = ", ".join(f"{k} {getattr(saved, k)!r} (asked {getattr(recipe, k)!r})" for k in saved.differences(recipe))
         raise ZooError(
@@ -105,8 +106,8 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
     spec = get_spec(name)
     row: dict[str, Any] = {"model": name, "params": spec.report_params, "report_top1_20ep": spec.report_top1_20ep,
                            "run_dir": str(run_dir)}
-    metrics = read_metrics(run_dir / METRICS_NAME)
-    weights = run_dir / WEIGHTS_NAME
+    metrics = RunDir(run_dir).metrics()
+    weights = run_dir / WEIGHTS_FILENAME
     if weights.exists():
         meta = decode_metadata(read_metadata(weights))
         recipe = meta.get("recipe") or {}
@@ -116,12 +117,12 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
             device=meta.get("train_device"), torch=meta.get("torch_version"),
             seconds_to_report_best=time_to_reach(metrics, REPORT_BEST_TOP1), sha256=file_sha256(weights),
         )
-    elif (run_dir / CHECKPOINT_NAME).exists():
-        epochs = load_run_recipe(run_dir).epochs
+    elif (run_dir / CHECKPOINT_FILENAME).exists():
+        epochs = RunDir(run_dir).recipe().epochs
         row.update(status="paused", epochs_done=len(metrics), epochs=epochs)
     else:
         row.update(status="not started")
-    for extra in ("check.json", "export.json"):
+    for extra in (CHECK_FILENAME, EXPORT_REPORT_FILENAME):
         if (run_dir / extra).exists():
             row[extra.split(".")[0]] = json.loads((run_dir / extra).read_text())
     return row
@@ -135,16 +136,16 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     from .distributed import resolve_device
     from .evaluate import evaluate
 
-    weights = run_dir / WEIGHTS_NAME
+    weights = run_dir / WEIGHTS_FILENAME
     meta = decode_metadata(read_metadata(weights))
-    run = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir).record()
     test = subset(load_split("test", cfg.data_dir), run.get("test_subset"), int(run.get("seed", 0)))
     model = load_weights(name, weights).eval()
     res = evaluate(model, test, device=resolve_device(cfg.device))
     recorded = float(meta["test_top1"])
     out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
            "device": res.device, "passed": abs(res.top1 - recorded) <= CHECK_TOLERANCE}
-    (run_dir / "check.json").write_text(json.dumps(out, indent=2) + "\n")
+    (run_dir / CHECK_FILENAME).write_text(json.dumps(out, indent=2) + "\n")
     if not out["passed"]:
         raise ZooError(
             f"{name}: the saved weights score {res.top1:.2f}% on reload but {recorded:.2f}% was recorded; "
@@ -158,13 +159,13 @@ def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     from aperture_zoo.export.pipeline import export_model
     from aperture_zoo.weights import file_sha256, load_weights
 
-    weights = run_dir / WEIGHTS_NAME
+    weights = run_dir / WEIGHTS_FILENAME
     model = load_weights(name, weights).eval()
     result = export_model(model, run_dir / "onnx", weights_sha256=file_sha256(weights), provider=cfg.provider,
                           data_dir=cfg.data_dir, max_val_images=1000)
     out = {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
            "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
-    (run_dir / "export.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (run_dir / EXPORT_REPORT_FILENAME).write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
 
 
@@ -187,10 +188,10 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
             say(f"{name}: deadline reached before it could start or continue; run again to go on")
             stopped = True
             break
-        if not (run_dir / WEIGHTS_NAME).exists():
+        if not (run_dir / WEIGHTS_FILENAME).exists():
             budget = min(b for b in (cfg.time_budget_s, left) if b is not None) \
                 if (cfg.time_budget_s, left) != (None, None) else None
-            resuming = (run_dir / CHECKPOINT_NAME).exists()
+            resuming = (run_dir / CHECKPOINT_FILENAME).exists()
             say(f"{name}: {'resuming' if resuming else 'training'} in {run_dir}")
             tc = TrainConfig(
                 model=None if resuming else name, recipe=None if resuming else recipe,
@@ -208,10 +209,10 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
                     break
                 continue
             say(f"{name}: final-epoch test top-1 {result.test_top1:.2f}% in {result.wall_time_s:.1f}s")
-        if not (run_dir / "check.json").exists():
+        if not (run_dir / CHECK_FILENAME).exists():
             chk = check_weights(name, run_dir, cfg)
             say(f"{name}: reloaded weights score {chk['reloaded_top1']:.2f}% (recorded {chk['recorded_top1']:.2f}%)")
-        if cfg.export and not (run_dir / "export.json").exists():
+        if cfg.export and not (run_dir / EXPORT_REPORT_FILENAME).exists():
             exp = export_checked(name, run_dir, cfg)
             say(f"{name}: ONNX {', '.join(exp['files'])} {'validated' if exp['passed'] else 'FAILED validation'}")
     result = write_summary(runs, names)

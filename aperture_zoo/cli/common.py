@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,13 +18,22 @@ err_console = Console(stderr=True)
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Print an ApertureError's message (it names the problem and the fix) instead of a traceback."""
+def user_errors(hint: Callable[[ApertureError], str | None] | None = None) -> Iterator[None]:
+    """Print an ApertureError's message (it names the problem and the fix) instead of a traceback.
+
+    ``hint`` words what to type next for the errors it knows (a command line), appended to the message.
+    """
     try:
         yield
     except ApertureError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[bold red]error:[/] {with_hint(exc, hint)}", highlight=False, soft_wrap=True,
+                          markup=True)
         raise typer.Exit(code=2) from None
+
+
+def with_hint(exc: ApertureError, hint: Callable[[ApertureError], str | None] | None) -> str:
+    """The error's message, followed by what ``hint`` says to type next (it brings its own punctuation)."""
+    return f"{exc}{(hint(exc) if hint is not None else None) or ''}"
 
 
 def print_json(data: Any) -> None:

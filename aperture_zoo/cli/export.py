@@ -121,7 +121,7 @@ def export_cmd(
     with user_errors():
         from aperture_zoo.export.errors import ExportError
         from aperture_zoo.export.pipeline import export_model, parse_max_val_images
-        from aperture_zoo.export.progress import ConsoleProgress
+        from aperture_zoo.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS
 
         if not onnx:

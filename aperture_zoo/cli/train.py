@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, print_json, user_errors, with_hint
 
 
 def _is_main_rank() -> bool:
@@ -63,7 +63,9 @@ def train_cmd(
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
 
-    with user_errors():
+    from .hints import train_hint
+
+    with user_errors(hint=train_hint):
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
         chosen = recipe_from_options(recipe, set_, flags, resume)
@@ -82,7 +84,7 @@ def train_cmd(
             result = fit(cfg)
         except TrainingInterrupted as exc:
             if _is_main_rank():
-                err_console.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+                err_console.print(f"[yellow]{with_hint(exc, train_hint)}[/]", highlight=False, soft_wrap=True)
             # 75 (EX_TEMPFAIL) for a spent time budget: "not done yet, run again", not a failure
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
@@ -125,6 +127,7 @@ def eval_cmd(
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
     from aperture_zoo.pretrained import model_for_command
+    from aperture_zoo.progress import counting
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
 
@@ -135,7 +138,8 @@ def eval_cmd(
         model, used = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
-        with _eval_progress(len(split), f"{name} on {len(split):,} test images ({dev.type})") as advance:
+        what = f"evaluating {name} on {len(split):,} test images ({dev.type})"
+        with counting(err_console, len(split), what) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
@@ -149,29 +153,6 @@ def eval_cmd(
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
     console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
-
-
-def _eval_progress(total: int, what: str):  # type: ignore[no-untyped-def]
-    """A progress bar with ETA on a terminal; one start line when piped (so logs show what runs)."""
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    @contextmanager
-    def bar():  # type: ignore[no-untyped-def]
-        if not err_console.is_terminal:
-            err_console.print(f"evaluating {what}", highlight=False)
-            yield lambda n: None
-            return
-        with Progress(TextColumn("evaluating " + what), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                      TimeRemainingColumn(), console=err_console, transient=True) as progress:
-            task = progress.add_task("eval", total=total)
-            yield lambda n: progress.advance(task, n)
-
-    return bar()
-
-
-
 
 
 @app.command("train-zoo")
@@ -208,7 +189,9 @@ def train_zoo_cmd(
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
-    with user_errors():
+    from .hints import train_hint
+
+    with user_errors(hint=train_hint):
         chosen = recipe_from_options(recipe, set_, {"epochs": epochs, "batch_size": batch_size, "lr": lr})
         if chosen.lr_note():
             err_console.print(chosen.lr_note(), highlight=False)

@@ -1,0 +1,77 @@
+"""A run's folder: claimed exclusively, never someone else's files, locked, its metrics log trimmed on resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from aperture_zoo.files import CHECKPOINT_FILENAME, LOCK_FILENAME
+from aperture_zoo.train import RunDirError
+from aperture_zoo.train.checkpoint import CheckpointError
+from aperture_zoo.train.recipes import FAST
+from aperture_zoo.train.rundir import RunDir
+
+SECOND = time.mktime((2025, 1, 1, 12, 0, 0, 0, 0, -1))  # 2025-01-01 12:00:00 local time
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with contextlib.ExitStack() as stack:
+        first, second, third = (RunDir.open(None, "resnet10", stack, started=SECOND).path for _ in range(3))
+    assert first == Path("runs/resnet10-20250101-120000")
+    assert second == Path("runs/resnet10-20250101-120000-2") and third.name.endswith("-3")
+    assert all(p.is_dir() for p in (first, second, third))
+
+
+def test_temp_files_of_a_killed_first_epoch_do_not_make_the_folder_foreign(tmp_path: Path) -> None:
+    """``atomic_path`` writes ``<name>.tmp<pid>``: a run killed while writing them may be started again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("run.json", "recipe.json", "metrics.jsonl", f"run.json.tmp{os.getpid()}",
+                 f"recipe.json.tmp{os.getpid()}", f"{CHECKPOINT_FILENAME}.tmp123"):
+        (run / name).write_text("{")
+    RunDir.check_new(run)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not empty"):
+        RunDir.check_new(run)
+    (run / CHECKPOINT_FILENAME).write_text("")
+    with pytest.raises(RunDirError, match="already holds a training run"):
+        RunDir.check_new(run)
+
+
+def test_a_locked_folder_is_refused_until_its_holder_lets_go(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as holder:
+        folder = RunDir.open(tmp_path / "run", "resnet10", holder)
+        assert (folder.path / LOCK_FILENAME).exists()
+        with contextlib.ExitStack() as other, pytest.raises(RunDirError, match="in use by another training"):
+            RunDir.open(folder.path, "resnet10", other, resume=True)
+    with contextlib.ExitStack() as other:
+        assert RunDir.open(folder.path, "resnet10", other, resume=True) == folder
+
+
+def test_start_writes_the_settings_and_reopen_trims_to_the_checkpoint(tmp_path: Path) -> None:
+    folder = RunDir(tmp_path)
+    assert folder.start(FAST, {"seed": 3}) == []
+    assert folder.record() == {"seed": 3} and folder.recipe() == FAST
+    for epoch in (1, 2, 3):
+        folder.append_metrics({"epoch": epoch, "train_loss": 1.0 / epoch})
+    with folder.metrics_path.open("a") as f:
+        f.write('{"epoch": 4, "train_lo')  # cut off by kill -9 mid-append
+    (tmp_path / f"{CHECKPOINT_FILENAME}.tmp999").write_bytes(b"torn")
+    assert [r["epoch"] for r in folder.metrics()] == [1, 2, 3]
+    assert [r["epoch"] for r in folder.reopen(epochs_done=2)] == [1, 2]
+    assert [json.loads(x)["epoch"] for x in folder.metrics_path.read_text().splitlines()] == [1, 2]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a run directory.*run.json is missing"):
+        RunDir(tmp_path).record()
+    (tmp_path / "recipe.json").write_text('{"epochs": 4,')
+    with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
+        RunDir(tmp_path).recipe()

@@ -1,0 +1,65 @@
+"""A run's settings: options a resume leaves out come from the run, and a resume is checked against it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aperture_zoo.model import create_model
+from aperture_zoo.train import NothingToResume, TrainConfig
+from aperture_zoo.train.checkpoint import CheckpointError
+from aperture_zoo.train.recipes import FAST, RecipeError
+from aperture_zoo.train.rundir import RunDir
+from aperture_zoo.train.settings import data_root, resolve_run, with_run_options
+
+TINY = create_model("resnet10", channels=(8, 16, 16, 32)).spec
+
+
+def test_saved_options_fill_in_what_resume_leaves_out_and_given_ones_win(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"seed": 0, "data_dir": "/data/cifar", "download": False,
+                                              "device": "cuda", "compile": True}))
+    got = with_run_options(TrainConfig(resume=run))
+    assert (str(got.data_dir), got.download, got.device, got.compile) == ("/data/cifar", False, "cuda", True)
+    moved = with_run_options(TrainConfig(resume=run, data_dir=tmp_path / "new", device="cpu"))
+    assert (moved.data_dir, moved.device, moved.compile) == (tmp_path / "new", "cpu", True)
+    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run from before options were recorded
+    old = with_run_options(TrainConfig(resume=run))
+    assert (old.data_dir, old.download, old.device, old.compile) == (None, True, "auto", False)
+    fresh = with_run_options(TrainConfig(model="resnet10"))
+    assert (fresh.download, fresh.device, fresh.compile) == (True, "auto", False)
+
+
+def test_a_new_run_records_its_model_seed_and_how_it_runs(tmp_path) -> None:
+    run = resolve_run(with_run_options(TrainConfig(model=TINY, seed=4, subset=100, data_dir=tmp_path)))
+    assert (run.spec, run.recipe, run.seed, run.resume_dir, run.ckpt) == (TINY, FAST, 4, None, None)
+    assert run.record["arch"] == TINY.arch_dict() and run.record["subset"] == 100
+    assert (run.record["data_dir"], run.record["download"], run.record["device"]) == (data_root(tmp_path), True, "auto")
+
+
+def _pre_checkpoint_run(folder: RunDir) -> None:
+    """What a run folder holds when it was stopped before its first checkpoint."""
+    new = resolve_run(with_run_options(TrainConfig(model=TINY, seed=2)))
+    folder.start(FAST, new.record)
+
+
+def test_resuming_a_run_without_a_checkpoint_carries_what_is_needed_to_start_it_again(tmp_path) -> None:
+    folder = RunDir(tmp_path)
+    _pre_checkpoint_run(folder)
+    with pytest.raises(NothingToResume, match="stopped before its first checkpoint") as info:
+        resolve_run(with_run_options(TrainConfig(resume=tmp_path, device="cpu")))
+    assert info.value.run_dir == tmp_path and info.value.recipe == FAST
+    assert info.value.record["seed"] == 2 and info.value.record["device"] == "cpu"  # given values win
+
+
+def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path) -> None:
+    folder = RunDir(tmp_path)
+    _pre_checkpoint_run(folder)
+    folder.checkpoint.write_bytes(b"")  # checked before the checkpoint is read
+    for asked, error, message in ((dict(model="resnet22"), CheckpointError, "not resnet22"),
+                                  (dict(recipe=FAST.replace(lr=0.1)), RecipeError, "different recipe"),
+                                  (dict(seed=3), CheckpointError, "seed=3: the run used seed=2")):
+        with pytest.raises(error, match=message):
+            resolve_run(with_run_options(TrainConfig(resume=tmp_path, **asked)))

@@ -1,0 +1,205 @@
+"""A run's settings: what ``fit`` is asked (``TrainConfig``), what it answers, and how it can fail.
+
+``resolve_run`` turns a ``TrainConfig`` into the run to train: a new run's spec, recipe and data
+options, or, on ``resume``, the ones its folder recorded, checked against anything asked anew. The
+errors carry data (the run folder, its recipe and recorded options), not command lines: the CLI
+words the hint that continues or retries a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aperture_zoo.data import default_data_dir
+from aperture_zoo.errors import ApertureError
+from aperture_zoo.registry import ModelSpec, get_spec
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .recipes import FAST, Recipe, RecipeError
+from .rundir import RunDir
+
+SYNC_INTERVAL_S = 0.25  # at most about 4 host syncs a second
+
+
+class TrainingError(ApertureError, RuntimeError):
+    """Training cannot go on (diverged, impossible settings); the message says what to change."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the weights became nan/inf; the run may be started again with other settings.
+
+    ``record`` is what the run's ``run.json`` holds (model, seed, data options, how it runs), so a
+    caller can say how to start it again.
+    """
+
+    def __init__(self, message: str, run_dir: Path, recipe: Recipe, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.run_dir, self.recipe, self.record = run_dir, recipe, record
+
+
+class NothingToResume(CheckpointError):
+    """``resume`` of a run that stopped before its first checkpoint; starting it again loses nothing."""
+
+    def __init__(self, message: str, run_dir: Path, recipe: Recipe, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.run_dir, self.recipe, self.record = run_dir, recipe, record
+
+
+class TrainingInterrupted(ApertureError, RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved in ``run_dir``, from which the run resumes."""
+
+    def __init__(self, message: str, run_dir: Path, signum: int) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.signum = signum
+
+
+class TimeBudgetReached(TrainingInterrupted):
+    """The run's time budget would not fit another epoch: checkpointed at an epoch boundary, resumable."""
+
+    def __init__(self, message: str, run_dir: Path, epoch: int) -> None:
+        super().__init__(message, run_dir, 0)
+        self.epoch = epoch
+
+
+@dataclass
+class TrainConfig:
+    """One run. ``None`` means "the default", or on ``resume`` "as the run was started".
+
+    A run's ``run.json`` records its data folder (absolute), ``download``, ``device`` and
+    ``compile``, so ``--resume DIR`` alone continues it as it was; a value given here wins (data
+    may have moved). ``download``: fetch CIFAR-10 when it is not in ``data_dir`` (offline, the
+    error says how to point at a local copy instead). Defaults: the default data folder,
+    ``download=True``, ``device="auto"``, ``compile=False``.
+    """
+
+    model: str | ModelSpec | None = None
+    recipe: Recipe | None = None
+    seed: int | None = None
+    data_dir: str | os.PathLike[str] | None = None
+    download: bool | None = None
+    subset: int | None = None
+    test_subset: int | None = None
+    val_split: float | None = None
+    device: str | None = None
+    compile: bool | None = None
+    out_dir: str | os.PathLike[str] | None = None
+    resume: str | os.PathLike[str] | None = None
+    progress: bool = True
+    sync_interval_s: float = SYNC_INTERVAL_S  # how often the loop reads loss/accuracy back (one host sync)
+    time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
+    started: float | None = None  # seconds since the epoch that name a new runs/NAME-TIME folder (None: now)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test_top1: float
+    test_loss: float
+    epochs: int
+    wall_time_s: float
+    train_images_per_s: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    already_complete: bool = False  # --resume of a finished run: nothing was trained or written
+
+
+@dataclass
+class Run:
+    """The run ``resolve_run`` found: what to train, and from where (``resume_dir``, ``ckpt``) if resuming.
+
+    ``record`` holds what ``run.json`` records: model, seed, data options and how it runs (data
+    folder, download, device, compile), with values given on this call winning.
+    """
+
+    spec: ModelSpec
+    recipe: Recipe
+    record: dict[str, Any]
+    resume_dir: Path | None = None
+    ckpt: dict[str, Any] | None = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["seed"])
+
+
+def data_root(data_dir: str | os.PathLike[str] | None) -> str:
+    """The data folder as an absolute path, so a resume from another directory finds it too."""
+    return str(Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve())
+
+
+def with_run_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every option left at ``None`` filled in: on resume as the run was started, else the defaults.
+
+    Runs from before these options were recorded fall back to the defaults.
+    """
+    saved = RunDir(Path(cfg.resume)).record() if cfg.resume is not None else {}
+    changes: dict[str, Any] = {}
+    for key, default in (("download", True), ("device", "auto"), ("compile", False)):
+        if getattr(cfg, key) is None:
+            changes[key] = saved.get(key, default)
+    if cfg.data_dir is None and saved.get("data_dir"):
+        changes["data_dir"] = saved["data_dir"]
+    return dataclasses.replace(cfg, **changes)
+
+
+def _how_it_runs(cfg: TrainConfig) -> dict[str, Any]:
+    return {"data_dir": data_root(cfg.data_dir), "download": cfg.download, "device": cfg.device,
+            "compile": cfg.compile}
+
+
+def resolve_run(cfg: TrainConfig) -> Run:
+    """The run ``cfg`` asks for (``cfg`` filled in by ``with_run_options``), checked for consistency."""
+    if cfg.resume is None:
+        if cfg.model is None:
+            raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
+        spec = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
+        record = {
+            "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
+            "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
+            "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0, **_how_it_runs(cfg),
+        }
+        return Run(spec, (cfg.recipe or FAST).validate(), record)  # the folder is claimed later, on rank 0
+    folder = RunDir(Path(cfg.resume))
+    saved = folder.record()
+    run = Run(ModelSpec.from_dict(saved["spec"]), folder.recipe(), {**saved, **_how_it_runs(cfg)}, folder.path)
+    if not folder.checkpoint.exists():
+        raise NothingToResume(
+            f"the run in {str(folder.path)!r} stopped before its first checkpoint (the end of epoch 1, or "
+            "the first interruption it saw), so there is nothing to resume; start it again in the same folder",
+            folder.path, run.recipe, run.record)
+    _check_same_run(cfg, run)
+    run.ckpt = load_checkpoint(folder.checkpoint)
+    return run
+
+
+def _check_same_run(cfg: TrainConfig, run: Run) -> None:
+    """Refuse to resume ``run`` with a model, recipe, seed or data option other than its own."""
+    where, saved = str(run.resume_dir), run.record
+    if cfg.model is not None:
+        asked = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
+        if asked.arch_dict() != saved["arch"]:
+            raise CheckpointError(
+                f"cannot resume {where!r}: it trains {saved['arch']['name']} "
+                f"{saved['arch']['blocks']}/{saved['arch']['channels']}, not {asked.name} "
+                f"{list(asked.blocks)}/{list(asked.channels)}. Resume without a model name, or start "
+                "a new run"
+            )
+    if cfg.recipe is not None and cfg.recipe != run.recipe:
+        detail = ", ".join(f"{k}: run {getattr(run.recipe, k)!r} vs asked {getattr(cfg.recipe, k)!r}"
+                           for k in run.recipe.differences(cfg.recipe))
+        raise RecipeError(
+            f"cannot resume {where!r} with a different recipe ({detail}); resume with no "
+            "recipe options to continue it as it was, or start a new run"
+        )
+    for key, asked_value in (("seed", cfg.seed), ("subset", cfg.subset), ("test_subset", cfg.test_subset),
+                             ("val_split", cfg.val_split)):
+        if asked_value is not None and asked_value != saved[key]:
+            raise CheckpointError(
+                f"cannot resume {where!r} with {key}={asked_value}: the run used "
+                f"{key}={saved[key]}. Drop the option to continue it, or start a new run"
+            )
