@@ -441,13 +441,13 @@ function render(result, trueLabel, pixels, w, h) {
 }
 
 // Steady-state latency of the loaded model at batch 1, for `aperture bench --variants browser-*`.
-async function benchmark(n = 50, maxMs = 20000) {
+async function benchmark(n = 50, maxMs = 20000, warm = true) {
   if (!current) throw new Error("no model loaded");
   const { entry, file, session, input, data } = current;
   const [h, w] = entry.input_size.slice(1);
   if (demo.last) data.set(toPixelValues(Uint8Array.from(demo.last.pixels), w, h));
   const feeds = { [session.inputNames[0]]: input };
-  await warmUp(session, feeds);
+  if (warm) await warmUp(session, feeds);
   const times = [];
   const start = performance.now();
   for (let i = 0; i < n && (i < 3 || performance.now() - start < maxMs); i++) {
