@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test zoo demo clean
+.PHONY: install run test test-slow zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ run: $(STAMP)
 	$(VENV)/bin/aperture list --verify
 	$(VENV)/bin/aperture samples
 
+# `make test` leaves out tests marked slow (torch.compile, a real-data epoch); `make test-slow` runs
+# only those. CI (.ci/run) runs both, so nothing goes untested.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".

@@ -25,7 +25,7 @@ from .registry import (
     register,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
     "create_model": "model",

@@ -18,10 +18,10 @@ from typing import Any
 
 from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
-from .files import CARD_FILENAME, CONFIG_FILENAME, RUN_FILES, WEIGHTS_FILENAME, atomic_write_text
+from ._version import __version__
+from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, ONNX_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX,
+                    RUN_FILES, WEIGHTS_FILENAME, atomic_path, atomic_write_text, read_json)
 from .registry import REPORT, ModelSpec, get_spec
-
-PROVENANCE_FILENAME = "weights.json"  # small committed record of the weights a card describes
 LICENSE = "mit"
 
 
@@ -59,17 +59,15 @@ class CardFacts:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path} is not readable JSON ({exc}); regenerate it") from None
+    return read_json(path, "regenerate it", CardError)
 
 
 def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: str | None = None) -> CardFacts:
     """Facts for ``name`` from ``weights`` (else ``source_dir/model.safetensors``, else the
     committed ``weights.json``), ``eval.json`` and ``*.report.json`` in ``source_dir``."""
     from .summary import measure
-    from .weights import decode_metadata, file_sha256, read_metadata
+    from .files import file_sha256
+    from .weights import decode_metadata, read_metadata
 
     spec = get_spec(name)
     measured = measure(name)
@@ -89,10 +87,10 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         record = _read_json(source_dir / PROVENANCE_FILENAME)
         facts.weights, facts.weights_sha256, facts.weights_size = (
             record["metadata"], record["sha256"], record["size"])
-    if (source_dir / "eval.json").is_file():
-        facts.eval = _read_json(source_dir / "eval.json")
-    for report in sorted(source_dir.glob("*.report.json")):
-        facts.onnx_reports[report.name.removesuffix(".report.json") + ".onnx"] = _read_json(report)
+    if (source_dir / EVAL_FILENAME).is_file():
+        facts.eval = _read_json(source_dir / EVAL_FILENAME)
+    for report in sorted(source_dir.glob("*" + REPORT_SUFFIX)):
+        facts.onnx_reports[report.name.removesuffix(REPORT_SUFFIX) + ".onnx"] = _read_json(report)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
 
@@ -100,8 +98,6 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
 # -- config.json ---------------------------------------------------------------------------------
 def build_config(facts: CardFacts) -> dict[str, Any]:
     """timm-style config.json: architecture, model args, preprocessing, labels, metrics, recipe."""
-    from . import __version__
-
     spec, meta = facts.spec, facts.weights or {}
     config: dict[str, Any] = {
         "architecture": spec.name,
@@ -247,6 +243,33 @@ def render_card(facts: CardFacts) -> str:
     return str(card).rstrip("\n") + "\n"
 
 
+def write_folder(
+    name: str, out_dir: str | os.PathLike[str], weights: str | os.PathLike[str], *,
+    onnx: str | os.PathLike[str] | None = None, repo_id: str | None = None,
+) -> Path:
+    """The one writer of what a Hub folder holds (huggingface_hub's ``save_pretrained``).
+
+    ``weights`` as model.safetensors, the run outputs and ONNX reports found beside it, ``onnx``
+    as model.onnx (with its report), then config.json and README.md describing exactly those files.
+    ``aperture push`` writes one into a temporary folder and uploads it; ``aperture card --run``
+    writes one where it is told.
+    """
+    out, weights = Path(out_dir), Path(weights)
+    out.mkdir(parents=True, exist_ok=True)
+    _refuse_replacing_published(name, out / WEIGHTS_FILENAME, weights)
+    extras = [*RUN_FILES, *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX))]
+    copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}}
+    if onnx is not None:
+        onnx = Path(onnx)
+        copies[ONNX_FILENAME] = onnx
+        copies[Path(ONNX_FILENAME).stem + REPORT_SUFFIX] = onnx.with_suffix(REPORT_SUFFIX)
+    for target, src in copies.items():
+        if src.is_file() and src.resolve() != (out / target).resolve():
+            with atomic_path(out / target) as tmp:
+                shutil.copyfile(src, tmp)
+    return write_card(name, out, weights=out / WEIGHTS_FILENAME, repo_id=repo_id)
+
+
 def write_card(
     name: str,
     out_dir: str | os.PathLike[str],
@@ -257,21 +280,17 @@ def write_card(
 ) -> Path:
     """Write README.md and config.json for ``name`` into ``out_dir``.
 
-    With ``run_dir`` the run's model.safetensors, metrics.jsonl, curves.png and eval.json are
-    copied in first, so the card describes exactly the files that sit beside it.
+    With ``run_dir`` the folder is written whole (``write_folder``): the run's model.safetensors,
+    metrics.jsonl, curves.png and eval.json are copied in first, so the card describes exactly
+    the files that sit beside it.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if run_dir is not None:
         run = Path(run_dir)
         if not (run / WEIGHTS_FILENAME).is_file():
             raise CardError(f"run dir {run} has no {WEIGHTS_FILENAME}; pass the folder a training run wrote")
-        _refuse_replacing_published(name, out / WEIGHTS_FILENAME, run / WEIGHTS_FILENAME)
-        for file_name in (WEIGHTS_FILENAME, *RUN_FILES):
-            src = run / file_name
-            if src.is_file() and src.resolve() != (out / file_name).resolve():
-                shutil.copyfile(src, out / file_name)
-        weights = out / WEIGHTS_FILENAME
+        return write_folder(name, out, run / WEIGHTS_FILENAME, repo_id=repo_id)
+    out.mkdir(parents=True, exist_ok=True)
     facts = gather(name, out, Path(weights) if weights is not None else None, repo_id)
     if facts.weights is not None and (out / WEIGHTS_FILENAME).is_file():
         record = {"sha256": facts.weights_sha256, "size": facts.weights_size, "metadata": facts.weights}
@@ -283,7 +302,7 @@ def write_card(
 
 def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:
     """A run's card must never overwrite the zoo's published (pinned) weights of ``name``."""
-    from .weights import file_sha256
+    from .files import file_sha256
 
     record = find_weights(name)
     pin = record.sha256 if record else None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApertureError
+from .files import atomic_write_text, file_sha256, read_json
 from .registry import get_spec, list_models
 
 MANIFEST = "models.json"
@@ -92,8 +92,8 @@ def default_precision(files: Iterable[DemoFile]) -> str:
 def validation_agreement(report_file: str | os.PathLike[str]) -> tuple[float, int] | None:
     """(agreement %, images) of a validation report's CIFAR-10 test comparison, or None."""
     try:
-        report = json.loads(Path(report_file).read_text())
-    except (OSError, ValueError):
+        report = read_json(report_file)
+    except ApertureError:  # no report (not validated): no figure
         return None
     for comp in report.get("comparisons", []):
         if comp.get("inputs") == "CIFAR-10 test" and comp.get("agreement") is not None:
@@ -130,7 +130,7 @@ def check_web_runtime(web: Path) -> Path:
         path = web / name.lstrip("*")
         if not path.is_file():
             raise DemoError(f"{path} is missing from the onnxruntime-web install: {fix}")
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        got = file_sha256(path)
         if got != want:
             raise DemoError(
                 f"{path} has SHA-256 {got}, not the pinned {want}: the installed onnxruntime-web "
@@ -139,21 +139,22 @@ def check_web_runtime(web: Path) -> Path:
     return dist
 
 
-def published_weights(name: str) -> Path | None:
-    """The weights ``load(name, pretrained=True)`` would use, found without the network, or None."""
-    from .pretrained import NoPretrainedWeightsError, resolve_weights
+def published_weights(name: str) -> Any:
+    """The weights ``load(name, pretrained=True)`` would use (``pretrained.Loaded``), read once
+    without the network, or None."""
+    from .pretrained import NoPretrainedWeightsError, fetch_weights
 
     try:
-        return resolve_weights(name, download=False)
+        return fetch_weights(name, download=False)
     except NoPretrainedWeightsError:
         return None
 
 
 def _read_manifest(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """The previous run's manifest; anything unreadable just means every model is exported again."""
     try:
-        data = json.loads((models_dir / MANIFEST).read_text())
-        return {m["name"]: m for m in data["models"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {m["name"]: m for m in read_json(models_dir / MANIFEST)["models"]}
+    except (ApertureError, KeyError, TypeError):
         return {}
 
 
@@ -162,10 +163,8 @@ def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoMod
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     path = models_dir / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]}, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]},
+                                              indent=1) + "\n")
 
 
 def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,
@@ -225,7 +224,8 @@ def prepare_models(
     Models without published weights are listed as such.
     """
     from .summary import parameter_count
-    from .weights import decode_metadata, file_sha256, read_metadata
+    from .pretrained import model_from
+    from .weights import decode_metadata
 
     say = progress or (lambda _msg: None)
     models_dir = Path(models_dir)
@@ -241,8 +241,8 @@ def prepare_models(
             reason = NO_WEIGHTS if name in wanted else "not selected for this demo"
             entries.append(DemoModel(name=name, params=parameter_count(name), available=False, reason=reason))
             continue
-        sha = file_sha256(weights)
-        top1 = decode_metadata(read_metadata(weights)).get("test_top1")
+        sha = weights.sha256
+        top1 = decode_metadata(weights.metadata).get("test_top1")
         old = previous.get(name)
         old_files = [f["file"] for f in (old or {}).get("files") or []]
         reusable = (old and old.get("available") and old.get("weights_sha256") == sha and old_files
@@ -254,10 +254,8 @@ def prepare_models(
             entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[arg-type]
             entry.top1 = top1
         else:
-            from .pretrained import load
-
             say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''} (once; later runs reuse them)")
-            entry = export_for_demo(load(name, weights=weights), models_dir, sha, data_dir=data_dir)
+            entry = export_for_demo(model_from(weights), models_dir, sha, data_dir=data_dir)
             entry.top1 = top1
         entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)
         entries.append(entry)

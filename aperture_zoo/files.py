@@ -1,4 +1,4 @@
-"""One home for file names and for writing files safely.
+"""One home for file names, hashing, reading JSON with a clear error, and writing files safely.
 
 A crash, ``kill -9`` or full disk must never leave a half-written weights file, card or
 checkpoint where a reader would take it for a whole one: every writer goes through
@@ -7,10 +7,15 @@ checkpoint where a reader would take it for a whole one: every writer goes throu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from .errors import ApertureError
 
 WEIGHTS_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
@@ -20,6 +25,8 @@ EVAL_FILENAME = "eval.json"
 METRICS_FILENAME = "metrics.jsonl"
 CURVES_FILENAME = "curves.png"
 CONFUSION_FILENAME = "confusion.png"
+REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.json
+PROVENANCE_FILENAME = "weights.json"  # a card folder's small committed record of the weights it describes
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
 RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME)
 # A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.
@@ -31,6 +38,26 @@ CHECK_FILENAME = "check.json"
 EXPORT_REPORT_FILENAME = "export.json"
 SUMMARY_JSON_FILENAME = "summary.json"
 SUMMARY_MD_FILENAME = "summary.md"
+
+
+class UnreadableFileError(ApertureError, ValueError):
+    """A JSON file that is missing, truncated or not JSON; the message names it and the fix."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, streamed (the pin every published file is checked against)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_json(
+    path: str | os.PathLike[str], fix: str = "write it again", error: type[ApertureError] = UnreadableFileError
+) -> Any:
+    """A JSON file's value, or one line naming the file, what is wrong and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:  # missing, a folder, truncated, not UTF-8, not JSON
+        raise error(f"{path} is not readable JSON ({exc}); {fix}") from None
 
 
 @contextmanager

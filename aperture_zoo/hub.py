@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -192,10 +193,49 @@ def download(
     token: str | bool | None = None,
     local_only: bool = False,
 ) -> Path:
-    """A file of a Hub repo through the client's cache, checked against ``sha256`` when pinned.
+    """A file of a Hub repo through the client's cache, checked against ``sha256`` when pinned."""
+    fetched = fetch(repo_id, filename, revision, sha256=sha256, token=token, local_only=local_only)
+    if fetched.pin is not None:
+        from .files import file_sha256
+
+        fetched.check(file_sha256(fetched.path))
+    return fetched.path
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A cached Hub file and the SHA-256 its bytes must have; the reader hashes it while reading."""
+
+    path: Path
+    repo_id: str
+    revision: str
+    pin: str | None
+    pinned_by: str  # "the registry pins" or "its config.json records", for the refusal
+
+    def check(self, actual: str) -> None:
+        if self.pin is not None and actual != self.pin.lower():
+            raise HubIntegrityError(
+                f"{self.path.name} of {self.repo_id}@{self.revision} has SHA-256 {actual}, but "
+                f"{self.pinned_by} {self.pin}; refusing to load it. Delete the cached copy ({self.path}) "
+                "and download again; if it still differs the repo changed after pinning: pin its new "
+                "digest in the registry"
+            )
+
+
+def fetch(
+    repo_id: str,
+    filename: str = WEIGHTS_FILENAME,
+    revision: str | None = None,
+    *,
+    sha256: str | None = None,
+    token: str | bool | None = None,
+    local_only: bool = False,
+) -> Fetched:
+    """A file of a Hub repo through the client's cache and its pin, without reading it yet.
 
     ``local_only`` (and ``HF_HUB_OFFLINE``) never touch the network. An unreachable endpoint is
     detected up front and served from the cache like offline mode, instead of retrying for ~25 s.
+    Unpinned weights take their pin from config.json of the same commit; with none they are refused.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -225,20 +265,10 @@ def download(
             f"{filename} of Hub repo {repo_id}@{rev} is not in the Hub cache ({constants.HF_HUB_CACHE}) "
             f"and {why_local or 'the download failed'}; {fix}, or pass weights=PATH / 'local-dir:DIR'"
         ) from None
-    source = "the registry pins"
     if sha256 is None and filename == WEIGHTS_FILENAME:
-        sha256, source = _config_pin(repo_id, path, token, local_only or why_local is not None), "its config.json records"
-    if sha256 is not None:
-        from .weights import file_sha256
-
-        actual = file_sha256(path)
-        if actual != sha256.lower():
-            raise HubIntegrityError(
-                f"{filename} of {repo_id}@{rev} has SHA-256 {actual}, but {source} {sha256}; "
-                f"refusing to load it. Delete the cached copy ({path}) and download again; if it "
-                "still differs the repo changed after pinning: pin its new digest in the registry"
-            )
-    return path
+        pin = _config_pin(repo_id, path, token, local_only or why_local is not None)
+        return Fetched(path, repo_id, rev, pin, "its config.json records")
+    return Fetched(path, repo_id, rev, sha256, "the registry pins")
 
 
 def _config_pin(repo_id: str, weights: Path, token: str | bool | None, local_only: bool) -> str:

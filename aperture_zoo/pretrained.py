@@ -11,6 +11,12 @@ Resolution order for ``load(name, pretrained=True)``:
    honoured); a file whose SHA-256 differs from the record's pin is refused;
 4. ``model_cards/<name>/model.safetensors`` of a source checkout, refused too unless it hashes to the pin.
 
+One path from a name to tensors, like timm's ``_resolve_pretrained_source`` feeding one
+``load_pretrained`` and torchvision's ``Weights.get_state_dict(check_hash=True)``:
+``resolve_source`` (once) -> ``Source(kind, location, pin)`` -> ``fetch`` (a path, nothing read) ->
+``read`` (the file's bytes read once, hashed against the pin, parsed as safetensors).
+``load()``, the CLI and the browser demo all go through ``fetch_weights``.
+
 ``load("hf-hub:ORG/NAME[@rev]")`` and ``load("local-dir:DIR")`` (timm-style) take the
 architecture from the source's ``config.json``. An ``hf-hub:`` repo that the registry publishes to
 is read at the registry's pinned revision (unless ``@rev`` names another), and every file the
@@ -20,21 +26,25 @@ it looked and why each failed.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from . import hub
 from .catalog import Weights, by_repo, find_weights, hub_location
-from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
+from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json
 from .model import ResNet, create_model
 from .registry import get_spec
-from .weights import WeightsError, file_sha256, load_weights, read_metadata, spec_from_metadata
+from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
+# model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
+MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 
 
 class NoPretrainedWeightsError(WeightsError):
@@ -49,9 +59,46 @@ class PublishedWeightsUnavailableError(NoPretrainedWeightsError):
         self.tag = tag
 
 
-def model_cards_dir() -> Path:
-    """``model_cards/`` of the source checkout this package runs from (may not exist)."""
-    return Path(__file__).resolve().parent.parent / "model_cards"
+@dataclass(frozen=True)
+class Source:
+    """Where one weights file comes from and the SHA-256 its bytes must have (resolved once)."""
+
+    kind: Literal["file", "hub", "checkout"]
+    location: str                  # a file path, or a Hub repo id
+    arch: str                      # the architecture the name means
+    pin: str | None = None         # None: a file the caller chose, or a repo whose config.json pins it
+    revision: str | None = None    # Hub only
+    record: Weights | None = None  # the published record behind it, if any
+    fallback: Source | None = None  # the checkout copy, tried when the Hub cannot serve
+    looked: tuple[str, ...] = ()   # places already found empty, for the error when nothing serves
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A weights file on disk and its pin (``hub.Fetched``'s local twin)."""
+
+    path: Path
+    pin: str | None = None
+    tag: str | None = None
+
+    def check(self, actual: str) -> None:
+        if self.pin is not None and actual != self.pin:
+            raise WeightsError(
+                f"{self.path} has SHA-256 {actual}, but the published {self.tag} weights are pinned to "
+                f"{self.pin}: the file is damaged or was replaced. Fix: restore it (git checkout -- {self.path}), "
+                "or pass your own file explicitly with weights=PATH"
+            )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Tensors and metadata from one read of a weights file, and that read's SHA-256."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    sha256: str
+    path: Path
+    source: Source
 
 
 def _in_local_dir(directory: Path, name: str) -> Path | None:
@@ -86,12 +133,6 @@ def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | No
     return revision or w.revision, pins.get(filename)
 
 
-def _from_hf_hub(ref: str, name: str | None, download: bool = True) -> Path:
-    repo_id, revision = hub.parse_hf_hub(ref)
-    revision, pin = _pinned(repo_id, revision, WEIGHTS_FILENAME)
-    return hub.download(repo_id, WEIGHTS_FILENAME, revision, sha256=pin, local_only=not download)
-
-
 def _env_dir_weights(name: str) -> Path | None:
     """``$APERTURE_WEIGHTS_DIR/<name>/model.safetensors`` or ``<name>.safetensors`` there."""
     env_dir = os.environ.get("APERTURE_WEIGHTS_DIR")
@@ -104,79 +145,120 @@ def _env_dir_weights(name: str) -> Path | None:
     return None
 
 
-def published_weights(name: str) -> Path | None:
+def _explicit_source(ref: str, arch: str, name: str, record: Weights | None) -> Source:
+    """``weights=``: a path, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@rev]``."""
+    if ref.startswith(HF_HUB_PREFIX):
+        repo_id, revision = hub.parse_hf_hub(ref)
+        revision, pin = _pinned(repo_id, revision, WEIGHTS_FILENAME)
+        return Source("hub", repo_id, arch, pin, revision, record)
+    if ref.startswith(LOCAL_DIR_PREFIX):
+        return Source("file", str(_from_local_dir(ref, name)), arch, record=record)
+    return Source("file", ref, arch, record=record)
+
+
+def resolve_source(
+    name: str, weights: str | os.PathLike[str] | None = None, *, cards_dir: Path | None = None
+) -> Source:
+    """Where ``load(name, pretrained=True)`` takes its weights from, in the order of this module's docstring.
+
+    Nothing is downloaded or read here; unknown names fail here, with suggestions.
+    """
+    record = find_weights(name)  # the one catalog lookup of a load
+    arch = record.arch if record else name
+    if weights is not None:
+        return _explicit_source(str(weights), arch, name, record)
+    looked: list[str] = []
+    found = _env_dir_weights(arch)
+    if found is not None:
+        return Source("file", str(found), arch, record=record)
+    if os.environ.get("APERTURE_WEIGHTS_DIR"):
+        looked.append(f"$APERTURE_WEIGHTS_DIR={os.environ['APERTURE_WEIGHTS_DIR']} (no {arch}/{WEIGHTS_FILENAME})")
+    if record is None:
+        looked.append(f"the catalog (no published weights for {name})")
+        raise NoPretrainedWeightsError(
+            f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
+            f"weights='runs/.../model.safetensors' (train with `aperture train {arch}`), set "
+            "APERTURE_WEIGHTS_DIR, or set APERTURE_HUB_ORG / HF_ENDPOINT to where they are published."
+        )
+    repo_id, revision = hub_location(record)
+    checkout = Source("checkout", str((cards_dir or MODEL_CARDS_DIR) / arch / WEIGHTS_FILENAME), arch,
+                      record.sha256, record=record)
+    return Source("hub", repo_id, arch, record.sha256, revision, record, checkout, tuple(looked))
+
+
+def fetch(source: Source, *, download: bool = True) -> hub.Fetched | LocalFile:
+    """The file a source names, on disk and not yet read; the Hub's cache serves it when it can.
+
+    With ``download=False`` (``aperture list``/``info``) the Hub step only looks in the cache.
+    """
+    if source.kind != "hub":
+        return LocalFile(Path(source.location), source.pin, source.record.tag if source.record else None)
+    try:
+        return hub.fetch(source.location, WEIGHTS_FILENAME, source.revision, sha256=source.pin,
+                         local_only=not download)
+    except hub.HubUnavailableError as exc:
+        fallback, record = source.fallback, source.record
+        if fallback is None or record is None:
+            raise
+        if Path(fallback.location).is_file():
+            return fetch(fallback)
+        # Published, but not reachable from here: say that first, not "train your own".
+        raise PublishedWeightsUnavailableError(
+            f"the published weights {record.tag} could not be fetched: {exc} (no copy in "
+            f"{Path(fallback.location).parent} either" + "".join(f"; {x}" for x in source.looked) + ")",
+            record.tag) from None
+
+
+def read(fetched: hub.Fetched | LocalFile, source: Source) -> Loaded:
+    """One read of the file: its bytes hashed against the pin, then parsed (torchvision's ``check_hash``)."""
+    data = read_bytes(fetched.path)
+    digest = hashlib.sha256(data).hexdigest()
+    fetched.check(digest)
+    tensors, meta = state_dict_from_bytes(data, fetched.path)
+    return Loaded(tensors, meta, digest, fetched.path, source)
+
+
+def fetch_weights(
+    name: str, weights: str | os.PathLike[str] | None = None, *, cards_dir: Path | None = None,
+    download: bool = True,
+) -> Loaded:
+    """resolve -> fetch -> read: the tensors ``load(name, pretrained=True)`` (or ``weights=``) would use."""
+    source = resolve_source(name, weights, cards_dir=cards_dir)
+    return read(fetch(source, download=download), source)
+
+
+def resolve_weights(
+    name: str, weights: str | os.PathLike[str] | None = None, *, download: bool = False,
+    cards_dir: Path | None = None,
+) -> Path:
+    """The weights file ``load(name, pretrained=True)`` would use, its pin checked (for listings).
+
+    With ``download=False`` (the default, used by ``aperture list``/``info``) the Hub step only
+    looks in the client's cache.
+    """
+    fetched = fetch(resolve_source(name, weights, cards_dir=cards_dir), download=download)
+    if fetched.pin is not None:
+        fetched.check(file_sha256(fetched.path))
+    return fetched.path
+
+
+def published_weights(name: str, cards_dir: Path | None = None) -> Path | None:
     """The checkout's copy of the zoo's published weights for ``name``, only if it hashes to the pin.
 
     Never a user's own run: listings and ``aperture push`` must not mistake an experiment for the
     zoo's weights (an architecture with no record has no published weights at all).
     """
     record = find_weights(name)
-    card_file = model_cards_dir() / (record.arch if record else name) / WEIGHTS_FILENAME
-    if record is None or not card_file.is_file():
+    if record is None:
+        return None
+    card_file = LocalFile((cards_dir or MODEL_CARDS_DIR) / record.arch / WEIGHTS_FILENAME, record.sha256, record.tag)
+    if not card_file.path.is_file():
         return None
     try:
-        return _check_pin(card_file, record)
+        card_file.check(file_sha256(card_file.path))
     except WeightsError:
         return None
-
-
-def resolve_weights(
-    name: str, weights: str | os.PathLike[str] | None = None, *, download: bool = False
-) -> Path:
-    """The weights file ``load(name, pretrained=True)`` would use, following the order above.
-
-    With ``download=False`` (the default, used by ``aperture list``/``info``) the Hub step only
-    looks in the client's cache; ``load()`` passes ``download=True``.
-    """
-    record = find_weights(name)  # unknown names fail here, with suggestions
-    arch = record.arch if record else name
-    if weights is not None:
-        ref = str(weights)
-        if ref.startswith(HF_HUB_PREFIX):
-            return _from_hf_hub(ref, name, download)
-        if ref.startswith(LOCAL_DIR_PREFIX):
-            return _from_local_dir(ref, name)
-        return Path(weights)
-
-    looked: list[str] = []
-    found = _env_dir_weights(arch)
-    if found is not None:
-        return found
-    if os.environ.get("APERTURE_WEIGHTS_DIR"):
-        looked.append(f"$APERTURE_WEIGHTS_DIR={os.environ['APERTURE_WEIGHTS_DIR']} (no {arch}/{WEIGHTS_FILENAME})")
-
-    if record is None:
-        looked.append(f"the catalog (no published weights for {name})")
-    else:
-        repo_id, revision = hub_location(record)
-        try:
-            return hub.download(repo_id, WEIGHTS_FILENAME, revision, sha256=record.sha256, local_only=not download)
-        except hub.HubUnavailableError as exc:
-            hub_problem = str(exc)
-        card_file = model_cards_dir() / arch / WEIGHTS_FILENAME
-        if card_file.is_file():
-            return _check_pin(card_file, record)
-        # Published, but not reachable from here: say that first, not "train your own".
-        raise PublishedWeightsUnavailableError(
-            f"the published weights {record.tag} could not be fetched: {hub_problem} (no copy in "
-            f"{card_file.parent} either" + "".join(f"; {x}" for x in looked) + ")", record.tag)
-    raise NoPretrainedWeightsError(
-        f"no published weights for {name}. Looked in: {'; '.join(looked)}. Fix: pass "
-        f"weights='runs/.../model.safetensors' (train with `aperture train {arch}`), set "
-        "APERTURE_WEIGHTS_DIR, or set APERTURE_HUB_ORG / HF_ENDPOINT to where they are published."
-    )
-
-
-def _check_pin(path: Path, record: Weights) -> Path:
-    """``path`` if its SHA-256 is the record's pin; a clear error naming both digests otherwise."""
-    actual = file_sha256(path)
-    if actual != record.sha256:
-        raise WeightsError(
-            f"{path} has SHA-256 {actual}, but the published {record.tag} weights are pinned to "
-            f"{record.sha256}: the file is damaged or was replaced. Fix: restore it (git checkout -- {path}), "
-            "or pass your own file explicitly with weights=PATH"
-        )
-    return path
+    return card_file.path
 
 
 def _source_config(source: str) -> dict:
@@ -193,10 +275,7 @@ def _source_config(source: str) -> dict:
             if spec is None:
                 raise WeightsError(f"{source!r} has no config.json and its weights carry no architecture")
             return {"architecture": spec.name, "model_args": spec.arch_dict()}
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path} is not a readable config.json ({exc}); fetch or write it again") from None
+    return read_json(path, "fetch or write it again", WeightsError)
 
 
 def _create_from_source(source: str) -> ResNet:
@@ -216,6 +295,8 @@ def load(
     pretrained: bool = False,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
+    *,
+    cards_dir: str | os.PathLike[str] | None = None,
     **overrides: object,
 ) -> ResNet:
     """A model in eval mode on ``device``; trained weights when ``pretrained`` or ``weights``.
@@ -224,55 +305,33 @@ def load(
     (``"resnet22.fast"``, see ``list_pretrained()``) or a source: ``"hf-hub:ORG/NAME[@rev]"`` or
     ``"local-dir:DIR"``. Weights are searched in the order given in this module's docstring:
     ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR`` -> the record's Hub
-    repo (SHA-256 pinned) -> ``model_cards/<arch>/`` (pinned too). ``overrides`` change the
-    architecture (``num_classes=100``): tensors that no longer fit, such as the head, start fresh.
+    repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's ``model_cards/``, pinned
+    too). ``overrides`` change the architecture (``num_classes=100``): tensors that no longer fit,
+    such as the head, start fresh.
     """
+    cards = Path(cards_dir) if cards_dir is not None else None
     if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
         model = _create_from_source(name)
         if pretrained and weights is None:
             weights = name
         if weights is not None:
-            load_weights(model, resolve_weights(model.spec.name, weights, download=True))
+            _apply(model, fetch_weights(model.spec.name, weights, cards_dir=cards))
         return model.to(device).eval()
-    record = find_weights(name)  # a tag ("resnet22.fast") names its architecture too
-    model = create_model(record.arch if record else name, **overrides)
     if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
+        loaded = fetch_weights(name, weights, cards_dir=cards)
         # Overrides (e.g. num_classes=100 to fine-tune) keep every tensor that still fits and
         # start the rest fresh, like timm's pretrained=True with another num_classes.
-        load_weights(model, resolve_weights(name, weights, download=True), strict=not overrides)
+        model = _apply(create_model(loaded.source.arch, **overrides), loaded, strict=not overrides)
+    else:
+        record = find_weights(name)
+        model = create_model(record.arch if record else name, **overrides)
     return model.to(device).eval()
 
 
-class WeightsChoiceError(WeightsError):
-    """Not exactly one of --weights / --pretrained / --random-init was given."""
+def model_from(loaded: Loaded) -> ResNet:
+    """An eval-mode model of the architecture a fetch resolved to, holding its tensors."""
+    return _apply(create_model(loaded.source.arch), loaded).eval()
 
 
-def model_for_command(
-    name: str, weights: str | os.PathLike[str] | None = None, pretrained: bool = False, random_init: bool = False
-) -> tuple[ResNet, Path | None]:
-    """The eval-mode model a command works on, and the weights file it came from (None: random).
-
-    Exactly one source: a file (whose own metadata names a derived architecture, if it was trained
-    as one), the published weights, or a seeded random init (benchmarks and tests).
-    """
-    if sum([weights is not None, pretrained, random_init]) != 1:
-        raise WeightsChoiceError(
-            "say which weights to use: --weights PATH (a model.safetensors), --pretrained (the "
-            "published ones), or --random-init (untrained, for benchmarks and tests) — exactly one"
-        )
-    record = find_weights(name)
-    arch = record.arch if record else name
-    if random_init:
-        torch.manual_seed(0)
-        return create_model(arch).eval(), None
-    if pretrained:
-        path = resolve_weights(name, download=True)
-        return load_weights(create_model(arch), path).eval(), path
-    path = resolve_weights(name, weights)
-    spec = spec_from_metadata(read_metadata(path))
-    if spec is not None and spec.name != arch:
-        raise WeightsError(
-            f"{str(path)!r} holds weights for {spec.name}, not {arch}; name that model instead "
-            f"(e.g. `aperture eval {spec.name} --weights {path}`)"
-        )
-    return load_weights(create_model(spec if spec is not None else arch), path).eval(), path
+def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:
+    return apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path, strict=strict)

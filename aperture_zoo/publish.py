@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cards import write_card
-from .files import ONNX_FILENAME, RUN_FILES, WEIGHTS_FILENAME
+from .cards import write_folder
+from .files import ONNX_FILENAME
 from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id,
                   endpoint, reachable, resolve_token)
 from .model import create_model
-from .pretrained import model_cards_dir, published_weights
+from .pretrained import MODEL_CARDS_DIR, published_weights
 from .weights import WeightsError, load_weights
 
 if TYPE_CHECKING:
@@ -41,30 +40,20 @@ class PushResult:
     changed: bool  # False when the repo already held exactly these files (no commit was made)
 
 
-def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False) -> Path:
-    """Lay out the repo's files in ``dest``: weights, config.json, README.md, run outputs, ONNX."""
+def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False,
+          cards_dir: Path | None = None) -> Path:
+    """The repo's files in ``dest``, laid out by the one folder writer (``cards.write_folder``)."""
     weights = Path(weights)
     if not weights.is_file():
         raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, dest / WEIGHTS_FILENAME)
-    for extra in [*RUN_FILES, *(p.name for p in weights.parent.glob("*.report.json"))]:
-        if (weights.parent / extra).is_file():
-            shutil.copyfile(weights.parent / extra, dest / extra)
-    if with_onnx:
-        onnx_file = _find_onnx(name, weights)
-        shutil.copyfile(onnx_file, dest / ONNX_FILENAME)
-        report = onnx_file.with_suffix(".report.json")
-        if report.is_file():
-            shutil.copyfile(report, dest / "model.report.json")
-    write_card(name, dest, weights=dest / WEIGHTS_FILENAME)
-    return dest
+    onnx = _find_onnx(name, weights, cards_dir or MODEL_CARDS_DIR) if with_onnx else None
+    return write_folder(name, dest, weights, onnx=onnx)
 
 
-def _find_onnx(name: str, weights: Path) -> Path:
+def _find_onnx(name: str, weights: Path, cards_dir: Path) -> Path:
     """An already exported ``model.onnx`` beside the weights or in ``model_cards/<name>/``."""
     candidates = [weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
-                  model_cards_dir() / name / ONNX_FILENAME]
+                  cards_dir / name / ONNX_FILENAME]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -114,16 +103,18 @@ def push(
     revision: str | None = None,
     with_onnx: bool = False,
     commit_message: str | None = None,
+    cards_dir: Path | None = None,
 ) -> PushResult:
     """Create the repo if needed and upload weights + card + config in one commit.
 
     Pushing identical files again makes no commit (the client skips unchanged files) and returns
-    the existing head with ``changed=False``.
+    the existing head with ``changed=False``. ``cards_dir`` is where the published weights and
+    ONNX files are looked for (default: the checkout's ``model_cards/``).
     """
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
-    weights_path = Path(weights) if weights is not None else published_weights(name)
+    weights_path = Path(weights) if weights is not None else published_weights(name, cards_dir)
     if weights_path is None:
         raise HubError(
             f"nothing to push for {name}: without --weights only the zoo's published weights are pushed, "
@@ -136,7 +127,7 @@ def push(
     branch = revision or "main"
     api = HfApi(endpoint=url, token=tok)
     with tempfile.TemporaryDirectory(prefix="aperture-push-") as tmp:
-        folder = stage(name, weights_path, Path(tmp) / name, with_onnx=with_onnx)
+        folder = stage(name, weights_path, Path(tmp) / name, with_onnx=with_onnx, cards_dir=cards_dir)
         if not reachable(url):
             raise HubUnavailableError(
                 f"cannot reach the Hub at {url} to push {repo_id}; check the network or HF_ENDPOINT"

@@ -7,12 +7,12 @@ weights is reported as such, never run with random weights.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .files import read_json
 from .pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError, load
 from .registry import list_models
 from .transforms import preprocess
@@ -35,7 +35,7 @@ class SampleResult:
 
 def sample_images() -> list[tuple[Path, str]]:
     """(path, true label) of the bundled images, in a fixed order."""
-    index = json.loads((SAMPLES_DIR / "labels.json").read_text())
+    index = read_json(SAMPLES_DIR / "labels.json", "reinstall aperture_zoo (the bundled images are damaged)")
     return [(SAMPLES_DIR / row["file"], row["label"]) for row in index["images"]]
 
 

@@ -79,7 +79,7 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
 def model_info(name: str) -> dict[str, Any]:
     """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata."""
     from .catalog import find_weights
-    from .weights import file_sha256
+    from .files import file_sha256
 
     spec = get_spec(name)
     record = find_weights(name)

@@ -6,7 +6,6 @@ on the first shape error or, worse, loading silently into the wrong network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._version import __version__
 from .errors import ApertureError
 from .files import atomic_path
 from .model import ResNet, count_parameters, create_model
@@ -27,12 +27,6 @@ _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x0
 
 class WeightsError(ApertureError, ValueError):
     """A weights file that cannot be used; the message names the problem and the fix."""
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[str, str]:
@@ -48,7 +42,7 @@ def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[s
         "std": json.dumps(list(spec.std)),
         "label_names": json.dumps(list(spec.label_names)),
         "torch_version": torch.__version__,
-        "package_version": _package_version(),
+        "package_version": __version__,
     }
     for key, value in (extra or {}).items():
         meta[key] = value
@@ -78,7 +72,7 @@ def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str
     return path
 
 
-def _check_readable(path: Path) -> None:
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise WeightsError(
             f"weights file {str(path)!r} does not exist; check the path, or use the published weights "
@@ -86,18 +80,27 @@ def _check_readable(path: Path) -> None:
         )
     if path.is_dir():
         raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
-    with path.open("rb") as f:
-        head = f.read(9)
+
+
+def _refuse_pickle(head: bytes, size: int, path: Path) -> None:
+    """A pickle is refused by its first bytes, before anything parses it."""
     # safetensors starts with its header length (u64 LE) then "{"; that length's first byte can be
     # 0x80 too, so only a file that is not plausibly safetensors is called a pickle.
-    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
-    looks_safetensors = head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else -1
+    looks_safetensors = head[8:9] == b"{" and 0 < n <= size - 8
     if head.startswith(_PICKLE_MAGIC) and not looks_safetensors:
         raise WeightsError(
             f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors; it was not loaded "
             "because unpickling can run arbitrary code. If you trust it, convert it once: "
             f"aperture convert {path} model.safetensors --model NAME"
         )
+
+
+def _check_readable(path: Path) -> None:
+    _check_path(path)
+    with path.open("rb") as f:
+        head = f.read(9)
+    _refuse_pickle(head, path.stat().st_size, path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -116,21 +119,35 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         ) from None
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata, with corruption reported as a WeightsError."""
-    from safetensors import SafetensorError, safe_open
-
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A weights file's bytes, read once: the caller hashes them and parses them (no second open)."""
     path = Path(path)
-    meta = read_metadata(path)
+    _check_path(path)
+    data = path.read_bytes()
+    _refuse_pickle(data[:9], len(data), path)
+    return data
+
+
+def state_dict_from_bytes(data: bytes, path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of safetensors bytes, with corruption reported as a WeightsError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        tensors = load(data)  # validates the header, offsets and sizes (safetensors' own parser)
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}  # the header safetensors just validated
+    except (SafetensorError, ValueError, RuntimeError, AttributeError) as exc:
         raise WeightsError(
-            f"{str(path)!r} could not be read ({exc}); it is truncated or corrupt. "
-            "Download or export it again."
+            f"{str(path)!r} is not a readable safetensors file ({exc}); it is truncated or "
+            "corrupt. Download or export it again."
         ) from None
-    return tensors, meta
+    return tensors, dict(meta)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata from one read of the file, with corruption reported as a WeightsError."""
+    return state_dict_from_bytes(read_bytes(path), path)
 
 
 def _saved_arch(meta: dict[str, str], path: Path | None = None) -> dict[str, Any]:
@@ -203,8 +220,15 @@ def load_weights(model_or_name: ResNet | str, path: str | os.PathLike[str], stri
     Architecture, num_classes, every key and every shape are compared first, and all differences
     are reported together.
     """
-    path = Path(path)
-    tensors, meta = read_state_dict(path)
+    return apply_state_dict(model_or_name, *read_state_dict(path), where=path, strict=strict)
+
+
+def apply_state_dict(
+    model_or_name: ResNet | str, tensors: dict[str, torch.Tensor], meta: dict[str, str], *,
+    where: str | os.PathLike[str], strict: bool = True,
+) -> ResNet:
+    """``load_weights`` for tensors already read (and hashed) by the caller; ``where`` names them in errors."""
+    path = Path(where)
     model = create_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
     spec = model.spec
     saved = _saved_arch(meta, path) if "spec" in meta else None
@@ -235,14 +259,6 @@ def load_weights(model_or_name: ResNet | str, path: str | os.PathLike[str], stri
     model.load_state_dict(tensors, strict=strict)
     model.weights_metadata = meta  # provenance for `aperture info` and model cards
     return model
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:

@@ -1,4 +1,4 @@
-"""How long `aperture --help` takes (the issue asks for well under 2 s); prints, never asserts.
+"""How long `aperture --help` takes (the target: well under 2 s); prints, never asserts.
 
     python bench/cli_startup.py [--runs 5]
 

@@ -39,7 +39,7 @@ from aperture_zoo.model import create_model
 from aperture_zoo.registry import list_models
 from aperture_zoo.summary import measure
 from aperture_zoo.train.augment import AugmentConfig, augment_batch
-from aperture_zoo.train.device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 from aperture_zoo.train.distributed import resolve_device
 from aperture_zoo.train.step import TrainStep, build_optimizer
 from aperture_zoo.train.recipes import Recipe, get_recipe

@@ -264,7 +264,7 @@ def environment() -> dict[str, object]:
 
     import onnxruntime as ort
 
-    from aperture_zoo.train.device import device_name
+    from aperture_zoo.device import device_name
 
     return {
         "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,

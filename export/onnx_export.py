@@ -68,7 +68,7 @@ def build_metadata(
     precision: str = "fp32",
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values strings; lists and dicts as JSON)."""
-    from aperture_zoo import __version__
+    from aperture_zoo._version import __version__
 
     spec = model.spec
     sha_of = "file" if weights_sha256 else "state_dict"

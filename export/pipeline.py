@@ -38,6 +38,22 @@ class ExportResult:
         return all(r.passed for r in self.reports) and not self.failed_files
 
 
+def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider = "auto",
+               data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A finished training run's weights as validated ONNX in ``<run_dir>/onnx`` (``train_zoo``'s exporter).
+
+    The weights are read once, through the same path as ``load()``, and their SHA-256 goes into the ONNX.
+    """
+    from aperture_zoo.files import WEIGHTS_FILENAME
+    from aperture_zoo.pretrained import fetch_weights, model_from
+
+    loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
+    result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
+                          provider=provider, data_dir=data_dir, max_val_images=1000)
+    return {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
+            "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
+
+
 def failed_path(path: str | os.PathLike[str]) -> Path:
     """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``."""
     p = Path(path)

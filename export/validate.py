@@ -82,7 +82,12 @@ class Tolerance:
 
 
 def tolerance_for(precision: str, device: str) -> Tolerance:
-    """The issue's tolerances for a file of ``precision`` run on ``device``."""
+    """The tolerances a file of ``precision`` run on ``device`` must meet to be shipped.
+
+    fp32 on CPU matches PyTorch to 1e-4 on logits and on every top-1; fp16 loses at most 0.5 %
+    of top-1 agreement; int8 (static, calibrated) keeps 99 % agreement and loses at most 0.5
+    points of accuracy on the test set.
+    """
     if precision == "fp32":
         return Tolerance(max_abs=1e-4, min_agreement=100.0) if device == "cpu" else Tolerance(max_abs=1e-3)
     if precision == "fp16":

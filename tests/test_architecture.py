@@ -1,7 +1,8 @@
 """The module graph stays a DAG, and the layers import one way (see ARCHITECTURE.md).
 
 Every import counts, also the ones inside functions (they hide cycles from Python but not from a
-reader). Package ``__init__`` files are skipped: they only re-export lazily.
+reader). Package ``__init__`` files are not read (they only re-export lazily), but an import of a
+package root counts: ``from aperture_zoo import x`` below the top layer is an upward edge.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
             "aperture_zoo.export": ROOT / "export"}
 # Lower layers never import higher ones.
 LAYERS = [
-    {"registry", "errors", "files", "_lazy", "progress"},
-    {"model", "weights", "images", "data", "hub"},
+    {"registry", "errors", "files", "_lazy", "_version", "progress"},
+    {"model", "weights", "images", "data", "hub", "device"},
     {"catalog", "pretrained", "transforms", "summary"},
     {"cards", "publish", "samples"},
     {"train", "export"},
-    {"demo", "browser", "cli", "__main__"},
+    {"demo", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
 ]
+# The two layer-4 packages: neither may import the other (the CLI and the demo join them).
+INDEPENDENT = ("aperture_zoo.train", "aperture_zoo.export")
 
 
 def _modules() -> dict[str, Path]:
@@ -32,25 +35,29 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+def _edges(name: str, source: str, mods: set[str]) -> set[str]:
+    """The project modules ``source`` (module ``name``) imports; ``from pkg import sub`` counts ``pkg.sub``."""
+    edges: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            if node.level:
+                base = name.split(".")[: -node.level]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            subs = {f"{target}.{a.name}" for a in node.names} & mods
+            edges |= subs if len(subs) == len(node.names) else subs | {target}  # any other name: the package
+        elif isinstance(node, ast.Import):
+            edges |= {a.name for a in node.names}
+    return {t for t in edges if t in mods and t != name}
+
+
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, f in mods.items():
-        if f.name == "__init__.py":
-            continue
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                if node.level:
-                    base = name.split(".")[: -node.level]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                found = [target] + [f"{target}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                found = [a.name for a in node.names]
-            else:
-                continue
-            graph[name] |= {t for t in found if t in mods and t != name}
+        if f.name != "__init__.py":
+            graph[name] = _edges(name, f.read_text(), set(mods))
     return graph
 
 
@@ -78,7 +85,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _layer(module: str) -> int:
     parts = module.split(".")
-    key = "__main__" if parts[-1] == "__main__" else parts[1]  # entry points sit on top
+    key = "__main__" if parts[-1] == "__main__" else "__root__" if len(parts) == 1 else parts[1]
     return next(i for i, names in enumerate(LAYERS) if key in names)
 
 
@@ -87,9 +94,30 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 
 def test_layers_import_one_way() -> None:
-    wrong = [(a, b) for a, targets in import_graph().items() for b in targets
-             if a.count(".") and b.count(".") and _layer(a) < _layer(b)]
+    wrong = [(a, b) for a, targets in import_graph().items() for b in targets if _layer(a) < _layer(b)]
     assert wrong == []
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_train_and_export_never_import_each_other() -> None:
+    a, b = INDEPENDENT
+    wrong = [(src, dst) for src, targets in import_graph().items() for dst in targets
+             if (_inside(src, a) and _inside(dst, b)) or (_inside(src, b) and _inside(dst, a))]
+    assert wrong == []
+
+
+def test_edges_to_the_package_root_are_seen() -> None:
+    """``from aperture_zoo import __version__`` in a low layer is an upward edge; ``from . import hub`` is not."""
+    mods = set(_modules())
+    assert _edges("aperture_zoo.weights", "from . import __version__", mods) == {"aperture_zoo"}
+    assert _edges("aperture_zoo.cards", "from aperture_zoo import __version__", mods) == {"aperture_zoo"}
+    assert _layer("aperture_zoo") > _layer("aperture_zoo.weights")
+    assert _edges("aperture_zoo.pretrained", "from . import hub", mods) == {"aperture_zoo.hub"}
+    assert _edges("aperture_zoo.train.zoo", "from aperture_zoo.export.pipeline import export_run", mods) == {
+        "aperture_zoo.export.pipeline"}
 
 
 def test_cycle_finder_finds_a_planted_cycle() -> None:

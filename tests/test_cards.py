@@ -9,10 +9,10 @@ import yaml
 
 from hub_fixtures import random_weights
 from aperture_zoo.cards import CardError, stale_files, write_card
-from aperture_zoo.pretrained import model_cards_dir
+from aperture_zoo.pretrained import MODEL_CARDS_DIR
 from aperture_zoo.registry import CIFAR10_CLASSES, list_models
 from aperture_zoo.summary import measure
-from aperture_zoo.weights import file_sha256
+from aperture_zoo.files import file_sha256
 
 
 def _front_matter(readme: str) -> dict:
@@ -22,7 +22,7 @@ def _front_matter(readme: str) -> dict:
 
 @pytest.mark.parametrize("name", list_models())
 def test_committed_cards_are_up_to_date(name):
-    committed = model_cards_dir() / name
+    committed = MODEL_CARDS_DIR / name
     assert (committed / "README.md").is_file() and (committed / "config.json").is_file()
     assert stale_files(name, committed) == [], (
         f"model_cards/{name} is out of date: run `aperture card {name}` and commit it")

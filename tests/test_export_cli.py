@@ -96,7 +96,8 @@ def test_export_with_weights_file(tmp_path: Path) -> None:
     from aperture_zoo.export.onnx_export import graph_opset, read_metadata
     from aperture_zoo.weights import decode_metadata
     from aperture_zoo.model import create_model
-    from aperture_zoo.weights import file_sha256, save_weights
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import save_weights
 
     torch.manual_seed(3)
     weights = save_weights(create_model("resnet10"), tmp_path / "model.safetensors")

@@ -19,9 +19,9 @@ def weights(tmp_path_factory):
     """The published resnet10 weights: `pretrained=True` accepts only the file the registry pins."""
     import shutil
 
-    from aperture_zoo.pretrained import model_cards_dir
+    from aperture_zoo.pretrained import MODEL_CARDS_DIR
 
-    return Path(shutil.copyfile(model_cards_dir() / "resnet10" / "model.safetensors",
+    return Path(shutil.copyfile(MODEL_CARDS_DIR / "resnet10" / "model.safetensors",
                                 tmp_path_factory.mktemp("run") / "model.safetensors"))
 
 
@@ -100,10 +100,10 @@ def test_load_pretrained_fresh_cache_then_offline(hub_server, pushed, weights, t
         import dataclasses, pathlib, tempfile
         import aperture_zoo.pretrained as P
         from aperture_zoo import catalog
-        from aperture_zoo.weights import file_sha256
+        from aperture_zoo.files import file_sha256
         out = dict(same=same(aperture_zoo.load("resnet10", pretrained=True)))
-        P.model_cards_dir = lambda: pathlib.Path(tempfile.mkdtemp())  # no checkout fallback
-        out["uncached"] = error(lambda: aperture_zoo.load("resnet18", pretrained=True))
+        no_cards = pathlib.Path(tempfile.mkdtemp())  # no checkout fallback
+        out["uncached"] = error(lambda: aperture_zoo.load("resnet18", pretrained=True, cards_dir=no_cards))
         catalog.register_weights(dataclasses.replace(catalog.get_weights("resnet10"), hub_repo="{REPO}",
                                  sha256=file_sha256(W)), overwrite=True)
         out["pinned_ok"] = same(aperture_zoo.load("resnet10", pretrained=True))
@@ -204,13 +204,11 @@ def test_no_token_is_a_clear_error(hub_env, weights, monkeypatch):
 
 
 def test_nothing_to_push(hub_env, monkeypatch, tmp_path):
-    import aperture_zoo.pretrained as pretrained
     from aperture_zoo.hub import HubError
     from aperture_zoo.publish import push
 
-    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
     with pytest.raises(HubError, match="nothing to push for resnet10"):
-        push("resnet10", REPO, token="tok-alice")
+        push("resnet10", REPO, token="tok-alice", cards_dir=tmp_path)
     with pytest.raises(HubError, match="does not exist"):
         push("resnet10", REPO, weights=tmp_path / "missing.safetensors", token="tok-alice")
 
@@ -278,7 +276,7 @@ def own_cache(monkeypatch, tmp_path):
 
 
 def test_unpinned_repo_is_verified_against_its_own_config_json(hub_env, own_cache, tmp_path):
-    """Issue: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
+    """Regression: a byte flipped in a cached Hub file of a repo the registry does not pin loaded silently."""
     import aperture_zoo
     from aperture_zoo.hub import HubIntegrityError
     from aperture_zoo.publish import push

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import aperture_zoo
-from aperture_zoo.pretrained import model_cards_dir
+from aperture_zoo.pretrained import MODEL_CARDS_DIR
 from aperture_zoo.catalog import get_weights, list_pretrained
 from aperture_zoo.registry import get_spec, list_models
 from aperture_zoo.samples import classify_samples, sample_images
-from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
+from aperture_zoo.files import file_sha256
+from aperture_zoo.weights import decode_metadata, read_metadata
 
 PUBLISHED = list_pretrained()
 
@@ -33,7 +34,7 @@ def test_every_model_is_published_and_the_default_tag_is_fast() -> None:
 def test_published_file_matches_its_record_and_card(tag: str) -> None:
     record = get_weights(tag)
     spec = get_spec(record.arch)
-    path = model_cards_dir() / record.arch / record.filename
+    path = MODEL_CARDS_DIR / record.arch / record.filename
     assert file_sha256(path) == record.sha256
     meta = decode_metadata(read_metadata(path))
     assert meta["arch"] == record.arch and meta["num_params"] == spec.report_params
@@ -67,7 +68,7 @@ def test_published_accuracy_reproduces_on_real_test_images(name: str, real_cifar
     from aperture_zoo.data import load_split, subset
     from aperture_zoo.train.evaluate import evaluate
 
-    recorded = decode_metadata(read_metadata(model_cards_dir() / name / "model.safetensors"))["test_top1"]
+    recorded = decode_metadata(read_metadata(MODEL_CARDS_DIR / name / "model.safetensors"))["test_top1"]
     result = evaluate(aperture_zoo.load(name, pretrained=True), subset(load_split("test", real_cifar), 500, 0))
     # 500 images: the binomial standard error at 94 % is ~1.1 points; 4 points is > 3.5 sigma
     assert abs(result.top1 - recorded) < 4.0
@@ -125,14 +126,14 @@ def test_preprocess_rejects_what_is_not_an_image(tmp_path) -> None:
 
 
 def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
-    """Issue: `aperture card NAME --run RUN` used to overwrite model_cards/NAME's weights silently."""
+    """Regression: `aperture card NAME --run RUN` used to overwrite model_cards/NAME's weights silently."""
     import shutil
 
     from aperture_zoo.cards import CardError, write_card
     from hub_fixtures import random_weights
 
     folder = tmp_path / "resnet10"
-    shutil.copytree(model_cards_dir() / "resnet10", folder)
+    shutil.copytree(MODEL_CARDS_DIR / "resnet10", folder)
     run = tmp_path / "run"
     random_weights(run / "model.safetensors", "resnet10", init_seed=5)
     before = file_sha256(folder / "model.safetensors")
@@ -143,11 +144,10 @@ def test_a_runs_card_never_replaces_the_published_weights(tmp_path) -> None:
     card = (tmp_path / "elsewhere" / "README.md").read_text()
     # found by a user: a run's card told readers to load the *published* weights
     assert 'load("resnet10", weights="model.safetensors")' in card and "pretrained=True" not in card
-    assert 'load("resnet10", pretrained=True)' in (model_cards_dir() / "resnet10" / "README.md").read_text()
+    assert 'load("resnet10", pretrained=True)' in (MODEL_CARDS_DIR / "resnet10" / "README.md").read_text()
 
 
 def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) -> None:
-    import aperture_zoo.pretrained as P
     from aperture_zoo.hub import HubError
     from aperture_zoo.publish import push
     from aperture_zoo.summary import model_info, zoo_rows
@@ -161,9 +161,8 @@ def test_listing_and_push_use_only_the_published_weights(tmp_path, monkeypatch) 
     cards = tmp_path / "cards"
     (cards / "resnet10").mkdir(parents=True)
     (cards / "resnet10" / "model.safetensors").write_bytes(mine.read_bytes())  # a replaced checkout file
-    monkeypatch.setattr(P, "model_cards_dir", lambda: cards)
     with pytest.raises(HubError, match="only the zoo's published weights.*--weights"):
-        push("resnet10", "zoo/resnet10", token="tok")
+        push("resnet10", "zoo/resnet10", token="tok", cards_dir=cards)
 
 
 def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch) -> None:

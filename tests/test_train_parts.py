@@ -14,7 +14,7 @@ from aperture_zoo.progress import EpochTable, TrainProgress, seconds, si
 from aperture_zoo.train import TrainConfig, apply_overrides, fit, get_recipe
 from aperture_zoo.train.augment import AugmentConfig
 from aperture_zoo.train.checkpoint import load_checkpoint
-from aperture_zoo.train.device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 from aperture_zoo.train.loader import DeviceSplit
 from aperture_zoo.train.loop import SyncClock
 from aperture_zoo.train.state import EMA, RunState

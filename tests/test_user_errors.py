@@ -1,4 +1,4 @@
-"""One-line errors that name the fix, for inputs users really get wrong (issue: reliability pass)."""
+"""One-line errors that name the fix, for inputs users really get wrong."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_test_subset_error_names_its_own_option(synthetic_cifar, tmp_path) -> No
 
 
 def test_the_pickle_refusal_gives_a_fix_that_works(tmp_path) -> None:
-    """Issue: the suggested conversion command failed as written. Follow it literally."""
+    """Regression: the suggested conversion command failed as written. Follow it literally."""
     torch.manual_seed(0)
     model = create_model("resnet10")
     wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
@@ -65,7 +65,7 @@ def test_convert_refuses_what_is_not_a_matching_state_dict(tmp_path) -> None:
 
 
 def test_help_of_every_command_reads_whole_at_80_columns() -> None:
-    """Issue: at 80 columns `train --help` cut its defaults off with an ellipsis."""
+    """Regression: at 80 columns `train --help` cut its defaults off with an ellipsis."""
     import os
 
     commands = ["train", "train-zoo", "eval", "export", "bench", "predict", "list", "info", "samples", "card",

@@ -514,8 +514,10 @@ def test_prepare_models_exports_once_and_lists_models_without_weights(
 
     weights = tmp_path / "weights"
     save_weights(network, weights / "resnet10" / "model.safetensors", metadata={"test_top1": 12.5})
-    monkeypatch.setattr(demo, "published_weights",
-                        lambda name: weights / name / "model.safetensors" if name == "resnet10" else None)
+    from aperture_zoo.pretrained import fetch_weights
+
+    monkeypatch.setattr(demo, "published_weights", lambda name: fetch_weights(
+        name, weights / name / "model.safetensors") if name == "resnet10" else None)
     exports: list[str] = []
     real_export = demo.export_for_demo
 

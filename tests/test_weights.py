@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aperture_zoo
 from aperture_zoo import WeightsError, create_model, load, load_weights, read_metadata, save_weights
-from aperture_zoo.weights import file_sha256
+from aperture_zoo.files import file_sha256
+from aperture_zoo.pretrained import MODEL_CARDS_DIR
+
+_SMALL_FILE = MODEL_CARDS_DIR / "resnet10" / "model.safetensors"  # a real published file (~20 MB read once)
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +155,6 @@ def test_save_replaces_atomically(saved: tuple[torch.nn.Module, Path], tmp_path:
 
 
 def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from aperture_zoo import pretrained
-
-    monkeypatch.setattr(pretrained, "model_cards_dir", lambda: tmp_path)
     import socket
 
     with socket.socket() as s:  # never ask the real Hub from a test: point it at a closed port
@@ -162,7 +164,7 @@ def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.Monk
     monkeypatch.delenv("APERTURE_WEIGHTS_DIR", raising=False)
     with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="published weights resnet22.fast could not be "
                        "fetched") as info:
-        load("resnet22", pretrained=True)  # published but unreachable, and no checkout copy: said plainly
+        load("resnet22", pretrained=True, cards_dir=tmp_path)  # published but unreachable, no checkout copy: said plainly
     assert "cannot be reached" in str(info.value) and "weights=PATH" in str(info.value)
 
 
@@ -179,3 +181,21 @@ def test_weights_files_follow_the_umask_like_every_other_output(tmp_path) -> Non
         assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     finally:
         os.umask(mask)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(max_size=400), cut=st.integers(min_value=0, max_value=4000))
+def test_any_bytes_load_or_fail_with_one_clear_line(data: bytes, cut: int) -> None:
+    """The one reader of weights bytes: garbage, or a real file cut short, is a WeightsError, never a crash."""
+    from aperture_zoo.weights import state_dict_from_bytes
+
+    real = _SMALL_FILE.read_bytes()
+    for blob in (data, real[:cut]):
+        try:
+            tensors, meta = state_dict_from_bytes(blob, "x.safetensors")
+        except WeightsError as exc:
+            assert "'x.safetensors'" in str(exc) and "\n" not in str(exc)
+        else:
+            assert isinstance(tensors, dict) and isinstance(meta, dict)
+    tensors, meta = state_dict_from_bytes(real, "x.safetensors")
+    assert meta["arch"] == "resnet10" and set(tensors) == set(create_model("resnet10").state_dict())

@@ -12,7 +12,7 @@ from aperture_zoo.cli import app
 from aperture_zoo.registry import UnknownModelError
 from aperture_zoo.train import apply_overrides, get_recipe
 from aperture_zoo.train.zoo import ZooConfig, ZooError, summary_markdown, time_to_reach, train_zoo
-from aperture_zoo.weights import file_sha256
+from aperture_zoo.files import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +23,7 @@ RECIPE = apply_overrides(get_recipe("fast"), [*SETS, "epochs=2"])
 
 def _cfg(data: Path, runs: Path, **kw) -> ZooConfig:
     base = dict(models=["resnet32", "resnet10"], runs_dir=runs, recipe=RECIPE, data_dir=data, download=False,
-                device="cpu", subset=200, test_subset=100, export=False, progress=False)
+                device="cpu", subset=200, test_subset=100, progress=False)
     base.update(kw)
     return ZooConfig(**base)
 

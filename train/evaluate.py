@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from aperture_zoo.errors import ApertureError
 
 from .augment import normalise
-from .device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 
 
 class EvalError(ApertureError, ValueError):
@@ -189,7 +189,7 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     import json
 
     from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, atomic_write_text
-    from aperture_zoo.weights import file_sha256
+    from aperture_zoo.files import file_sha256
 
     from .plots import plot_confusion
 

@@ -31,7 +31,7 @@ from aperture_zoo.progress import TrainProgress
 
 from . import distributed as D
 from .augment import AugmentConfig
-from .device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name
 from .evaluate import EvalResult, evaluate_sums, result_from_sums
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.files import atomic_path
+
 
 def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
@@ -34,11 +36,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_confusion(
@@ -60,8 +58,14 @@ def plot_confusion(
             ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if frac[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(plt, fig, path)
+
+
+def save_figure(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG through ``atomic_path`` and free it."""
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
     plt.close(fig)
     return path

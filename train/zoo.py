@@ -7,7 +7,9 @@ time, never from memory, and says for each model whether it is finished.
 
 After training, each model is checked: its saved weights are loaded into a fresh model and
 re-evaluated on the test split, which must reproduce the final-epoch accuracy recorded in them;
-then (unless ``export=False``) it is exported to ONNX and validated against PyTorch.
+then, when the caller passes an ``exporter`` (the CLI passes ``aperture_zoo.export.export_run``), it
+is exported to ONNX and validated against PyTorch. The exporter is a parameter so that training
+never imports the export package (the two layer-4 packages stay independent).
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from aperture_zoo.errors import ApertureError
-from aperture_zoo.registry import get_spec, list_models
-
 from aperture_zoo.files import (CHECK_FILENAME, CHECKPOINT_FILENAME, EXPORT_REPORT_FILENAME, RECIPE_FILENAME,
                                 SUMMARY_JSON_FILENAME as SUMMARY_JSON, SUMMARY_MD_FILENAME as SUMMARY_MD,
-                                WEIGHTS_FILENAME)
+                                WEIGHTS_FILENAME, atomic_write_text, read_json)
+from aperture_zoo.registry import get_spec, list_models
 
 from .loop import fit
 from .recipes import FAST, Recipe
 from .rundir import RunDir
 from .settings import TimeBudgetReached, TrainConfig
+
 REPORT_BEST_TOP1 = 94.12  # the report's headline (Table 3: resnet22, best of 400 epochs on the test set)
 CHECK_TOLERANCE = 0.1     # points of top-1 a reload may differ from the record (cuDNN algorithm choice)
 
@@ -54,9 +56,11 @@ class ZooConfig:
     test_subset: int | None = None
     time_budget_s: float | None = None  # per model and call
     deadline_s: float | None = None     # for the whole call: no model starts or continues after it
-    export: bool = True
-    provider: str = "auto"
     progress: bool = True
+
+
+# (model name, its finished run directory) -> the export's record, written to the run's export report.
+Exporter = Callable[[str, Path], dict[str, Any]]
 
 
 @dataclass
@@ -101,7 +105,8 @@ def time_to_reach(rows: list[dict[str, Any]], top1: float) -> float | None:
 
 def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
     """What the run directory says about one model: finished (with its figures), paused, or not started."""
-    from aperture_zoo.weights import decode_metadata, file_sha256, read_metadata
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import decode_metadata, read_metadata
 
     spec = get_spec(name)
     row: dict[str, Any] = {"model": name, "params": spec.report_params, "report_top1_20ep": spec.report_top1_20ep,
@@ -124,7 +129,7 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
         row.update(status="not started")
     for extra in (CHECK_FILENAME, EXPORT_REPORT_FILENAME):
         if (run_dir / extra).exists():
-            row[extra.split(".")[0]] = json.loads((run_dir / extra).read_text())
+            row[extra.split(".")[0]] = read_json(run_dir / extra, "delete it to redo that step", ZooError)
     return row
 
 
@@ -145,7 +150,7 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     recorded = float(meta["test_top1"])
     out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
            "device": res.device, "passed": abs(res.top1 - recorded) <= CHECK_TOLERANCE}
-    (run_dir / CHECK_FILENAME).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_text(run_dir / CHECK_FILENAME, json.dumps(out, indent=2) + "\n")
     if not out["passed"]:
         raise ZooError(
             f"{name}: the saved weights score {res.top1:.2f}% on reload but {recorded:.2f}% was recorded; "
@@ -154,23 +159,8 @@ def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     return out
 
 
-def export_checked(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
-    """ONNX export of the saved weights, validated against PyTorch (``aperture export --onnx``'s job)."""
-    from aperture_zoo.export.pipeline import export_model
-    from aperture_zoo.weights import file_sha256, load_weights
-
-    weights = run_dir / WEIGHTS_FILENAME
-    model = load_weights(name, weights).eval()
-    result = export_model(model, run_dir / "onnx", weights_sha256=file_sha256(weights), provider=cfg.provider,
-                          data_dir=cfg.data_dir, max_val_images=1000)
-    out = {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
-           "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
-    (run_dir / EXPORT_REPORT_FILENAME).write_text(json.dumps(out, indent=2, default=str) + "\n")
-    return out
-
-
-def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
-    """Train, check and export each asked-for model in order; write ``summary.json`` / ``summary.md``."""
+def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print, exporter: Exporter | None = None) -> ZooResult:
+    """Train, check and (with ``exporter``) export each asked-for model in order; write ``summary.json`` / ``summary.md``."""
     names = _order(cfg.models)
     for limit, what in ((cfg.time_budget_s, "--time-budget"), (cfg.deadline_s, "--deadline")):
         if limit is not None and not limit > 0:
@@ -212,8 +202,9 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print) -> ZooResult:
         if not (run_dir / CHECK_FILENAME).exists():
             chk = check_weights(name, run_dir, cfg)
             say(f"{name}: reloaded weights score {chk['reloaded_top1']:.2f}% (recorded {chk['recorded_top1']:.2f}%)")
-        if cfg.export and not (run_dir / EXPORT_REPORT_FILENAME).exists():
-            exp = export_checked(name, run_dir, cfg)
+        if exporter is not None and not (run_dir / EXPORT_REPORT_FILENAME).exists():
+            exp = exporter(name, run_dir)
+            atomic_write_text(run_dir / EXPORT_REPORT_FILENAME, json.dumps(exp, indent=2, default=str) + "\n")
             say(f"{name}: ONNX {', '.join(exp['files'])} {'validated' if exp['passed'] else 'FAILED validation'}")
     result = write_summary(runs, names)
     result.complete = not stopped and all(r["status"] == "done" for r in result.rows if r["model"] in names)
@@ -229,8 +220,8 @@ def write_summary(runs: Path, names: Sequence[str] = ()) -> ZooResult:
     runs.mkdir(parents=True, exist_ok=True)
     doc = {"report_best_top1": REPORT_BEST_TOP1, "torch": torch.__version__,
            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
-    (runs / SUMMARY_JSON).write_text(json.dumps(doc, indent=2) + "\n")
-    (runs / SUMMARY_MD).write_text(summary_markdown(rows))
+    atomic_write_text(runs / SUMMARY_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(runs / SUMMARY_MD, summary_markdown(rows))
     return ZooResult(runs_dir=runs, rows=rows)
 
 
@@ -255,4 +246,4 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ZooConfig", "ZooError", "ZooResult", "summary_markdown", "time_to_reach", "train_zoo", "write_summary"]
+__all__ = ["Exporter", "ZooConfig", "ZooError", "ZooResult", "summary_markdown", "time_to_reach", "train_zoo", "write_summary"]

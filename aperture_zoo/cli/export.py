@@ -8,16 +8,13 @@ from typing import Any
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, model_for_command, print_json, user_errors
 
 
 def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
     """The model to export and the SHA-256 of its weights file (None for random weights)."""
-    from aperture_zoo.pretrained import model_for_command
-    from aperture_zoo.weights import file_sha256
-
-    model, path = model_for_command(name, weights, pretrained, random_init)
-    return model, file_sha256(path) if path is not None else None
+    model, _, sha256 = model_for_command(name, weights, pretrained, random_init)
+    return model, sha256
 
 
 def _say(status: Any, message: str) -> None:

@@ -19,10 +19,10 @@ def card_cmd(
 ) -> None:
     """Write README.md (model card) and config.json; with --run, copy the run's weights and outputs too."""
     from aperture_zoo.cards import write_card
-    from aperture_zoo.pretrained import model_cards_dir
+    from aperture_zoo.pretrained import MODEL_CARDS_DIR
 
     with user_errors():
-        folder = write_card(name, out or model_cards_dir() / name, weights=weights, run_dir=run)
+        folder = write_card(name, out or MODEL_CARDS_DIR / name, weights=weights, run_dir=run)
     console.print(f"wrote {folder / 'README.md'} and {folder / 'config.json'}", highlight=False, soft_wrap=True)
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors, with_hint
+from .common import console, err_console, model_for_command, print_json, user_errors, with_hint
 
 
 def _is_main_rank() -> bool:
@@ -126,7 +126,6 @@ def eval_cmd(
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
-    from aperture_zoo.pretrained import model_for_command
     from aperture_zoo.progress import counting
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
@@ -135,7 +134,7 @@ def eval_cmd(
         check_eval_options(batch_size, subset)
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
-        model, used = model_for_command(name, weights, pretrained)
+        model, used, _ = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         split = take_subset(load_split("test", data_dir, download), subset, 0)
         what = f"evaluating {name} on {len(split):,} test images ({dev.type})"
@@ -186,6 +185,8 @@ def train_zoo_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print summary.json's models."),
 ) -> None:
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
+    from functools import partial
+
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
@@ -197,9 +198,15 @@ def train_zoo_cmd(
             err_console.print(chosen.lr_note(), highlight=False)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset,
-                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline, export=export,
-                        provider=provider, progress=not no_progress)
-        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+                        test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline,
+                        progress=not no_progress)
+        exporter = None
+        if export:
+            from aperture_zoo.export.pipeline import export_run
+
+            exporter = partial(export_run, provider=provider, data_dir=data_dir)
+        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+                           exporter=exporter)
     if json_out:
         print_json(result.rows)
     else:
