@@ -185,16 +185,21 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
         result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
                               provider="cpu", run_validation=validate, fp16=True, int8=data_dir is not None,
                               data_dir=data_dir, max_val_images=max_val_images)
-        if not result.passed:
-            failures = "; ".join(f for r in result.reports for f in r.failures)
+        failed = [r for r in result.reports if not r.passed]
+        if any(r.precision == "fp32" for r in failed):
+            failures = "; ".join(f for r in failed for f in r.failures)
             raise DemoError(f"the ONNX export of {name} does not match PyTorch ({failures}); "
                             f"run `aperture export {name} --onnx --pretrained` to see the report")
+        # an fp16/int8 file outside its tolerance is left out; the page offers the others
+        notes = [f"{r.precision} left out: it failed validation ({r.failures[0]})" for r in failed]
         files = []
         for path in result.files:
             target = models_dir / path.name
             report = path.with_name(path.stem + ".report.json")
             if report.is_file():
                 os.replace(report, models_dir / report.name)
+            else:  # not validated: an earlier export's report must not vouch for this file
+                (models_dir / report.name).unlink(missing_ok=True)
             os.replace(path, target)
             precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
             agreement = validation_agreement(models_dir / report.name)
@@ -207,7 +212,7 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
         name=name, params=sum(p.numel() for p in model.parameters()), available=True, file=chosen.file,
         bytes=chosen.bytes, weights_sha256=weights_sha256, labels=list(spec.label_names),
         input_size=list(spec.input_size), files=files, precision=precision,
-        notes=None if data_dir is not None else [NO_CALIBRATION],
+        notes=(notes + ([] if data_dir is not None else [NO_CALIBRATION])) or None,
     )
 
 
@@ -247,7 +252,7 @@ def prepare_models(
         old_files = [f["file"] for f in (old or {}).get("files") or []]
         reusable = (old and old.get("available") and old.get("weights_sha256") == sha and old_files
                     and all((models_dir / f).is_file() for f in old_files)
-                    and (data_dir is None or f"{name}.int8.onnx" in old_files))
+                    and (data_dir is None or NO_CALIBRATION not in (old.get("notes") or [])))
         if reusable:
             say(f"{name}: up to date ({', '.join(old_files)})")
             known = {f.name for f in fields(DemoModel)}
