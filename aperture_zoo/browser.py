@@ -29,7 +29,7 @@ BROWSER_VARIANTS: tuple[str, ...] = ("browser-wasm", "browser-webgpu")
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL = ("the browser-* variants need Chromium and Playwright: `apt-get install chromium` (or set "
-           "APERTURE_CHROMIUM to a Chrome/Chromium binary) and `pip install playwright`, plus the page's "
+           "APERTURE_CHROMIUM to a Chrome/Chromium binary) and `pip install playwright` (the `browser` extra), plus the page's "
            "runtime: `npm ci --prefix apps/web`")
 # Linux Chromium hides WebGPU behind these; a machine without a GPU still has no adapter.
 WEBGPU_FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan")
