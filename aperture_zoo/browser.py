@@ -178,7 +178,7 @@ def browser_rows(
                     say(f"{variant} {precision} in headless Chromium")
                     t = time_page(server.url, entry.name, variant, precision, threads, runs, chromium)
                     note = "; ".join(filter(None, [precision, f"best {t.min_ms:.2f} ms" if t.min_ms else "", t.note]))
-                    rows.append(BenchRow(variant=f"{variant}-{precision}", device="cpu" if t.ep == "wasm" else "gpu",
+                    rows.append(BenchRow(variant=f"{variant}-{precision}", device="gpu" if variant == "browser-webgpu" else "cpu",
                                          batch=1, images_per_s=1e3 / t.median_ms if t.median_ms else None,
                                          ms_per_batch=t.median_ms, note=note, threads=t.threads))
     return rows
