@@ -63,6 +63,7 @@ class BenchRow:
     ms_per_batch: float | None = None
     note: str = ""
     ratio_to_ort_fp32: float | None = None   # onnxruntime (ort-*) rows only
+    threads: int | None = None               # intra-op / WebAssembly threads; None: the runtime's default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +132,7 @@ def run_benchmark(
     min_seconds: float = 2.0,
     min_iters: int = 3,
     warmup: int = 2,
+    threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
     """Images/s per (device, variant, batch size).
@@ -139,6 +141,7 @@ def run_benchmark(
     calibrated on ``data_dir``'s training images when given, else on uniform noise (fine for
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
+    ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores).
     """
     import logging
 
@@ -177,13 +180,14 @@ def run_benchmark(
                     notes["int8"] = "calibrated on noise (speed only)"
                 files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
         for dev in devices:
-            rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say)
+            rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say,
+                                  threads)
     return rows
 
 
 def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],
                   files: dict[str, Path], notes: dict[str, str], warmup: int, min_seconds: float,
-                  min_iters: int, say: Callable[[str], None]) -> list[BenchRow]:
+                  min_iters: int, say: Callable[[str], None], threads: int | None = None) -> list[BenchRow]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     provider = "cuda" if device == "cuda" else "cpu"
     model = copy.deepcopy(model).to(device)
@@ -197,7 +201,7 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             try:
                 if variant.startswith("ort-"):
                     precision = variant.removeprefix("ort-")
-                    session = create_session(files[precision], provider)  # type: ignore[arg-type]
+                    session = create_session(files[precision], provider, threads=threads)  # type: ignore[arg-type]
                     note = notes.get(precision, "")
                     fn: Callable[[], object] = lambda s=session: s.run(None, {INPUT_NAME: pixels})  # noqa: E731
                 else:
@@ -213,7 +217,8 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
                         note = "channels_last; compile time excluded"
                     fn = _torch_runner(module, xin)
                 seconds = _time(fn, sync, warmup, min_seconds, min_iters)
-                row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note)
+                row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note,
+                               threads=threads if variant.startswith("ort-") else None)
             except Exception as exc:  # noqa: BLE001 - a failing runtime is a result, not a crash
                 first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
                 row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {first}")
@@ -245,9 +250,10 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
     for r in rows:
         if r.note and r.note not in notes:
             notes.append(r.note)
-    head = ["runtime", "device", "batch", "images/s", "ms/batch", "× eager", "× fp32"]
+    head = ["runtime", "device", "threads", "batch", "images/s", "ms/batch", "× eager", "× fp32"]
     body = [
-        [r.variant + (f" [{notes.index(r.note) + 1}]" if r.note else ""), r.device, str(r.batch),
+        [r.variant + (f" [{notes.index(r.note) + 1}]" if r.note else ""), r.device,
+         "default" if r.threads is None else str(r.threads), str(r.batch),
          "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
          "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.2f}",
          "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}",
@@ -255,7 +261,7 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = {2, 3, 4, 5, 6}
+    right = {2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"

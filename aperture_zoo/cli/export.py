@@ -263,7 +263,12 @@ def bench_cmd(
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
     variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
-                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'."),
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'; "
+                                 "plus browser-wasm, browser-webgpu (the demo page in headless Chromium, batch 1, "
+                                 "fp32 and int8, beside ort-fp32/ort-int8)."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads, and the page's "
+                                       "WebAssembly threads (default: each runtime's own; with browser-* variants, 1 "
+                                       "on both sides, so they compare).", min=1),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
@@ -273,12 +278,26 @@ def bench_cmd(
     with user_errors():
         from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
 
-        sizes, chosen = parse_batch_sizes(batch_sizes), parse_variants(variants)
+        sizes = parse_batch_sizes(batch_sizes)
+        from aperture_zoo.browser import split_variants
+
+        names, in_browser = split_variants([v.strip() for v in variants.split(",") if v.strip()])
+        if in_browser:
+            from aperture_zoo.browser import add_native_ratios, browser_rows, check_browser_ready
+
+            check_browser_ready()  # no Chromium/Playwright: one line saying how to install, before any work
+            threads = threads or 1
+            names = names or ["ort-fp32", "ort-int8"]
+        chosen = parse_variants(",".join(names))
         model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
+        data = _auto_data_dir(data_dir)
         with err_console.status("benchmarking") as status:
-            rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen,
-                                 data_dir=_auto_data_dir(data_dir), exporter=exporter,
-                                 min_seconds=min_seconds, progress=lambda m: _say(status, m))
+            rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen, data_dir=data,
+                                 exporter=exporter, min_seconds=min_seconds, threads=threads,
+                                 progress=lambda m: _say(status, m))
+            if in_browser:
+                rows = add_native_ratios(rows + browser_rows(model, in_browser, threads=threads, data_dir=data,
+                                                             exporter=exporter, progress=lambda m: _say(status, m)))
     if json_out:
         from aperture_zoo.export.bench import environment
 
