@@ -250,10 +250,12 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
     for r in rows:
         if r.note and r.note not in notes:
             notes.append(r.note)
-    head = ["runtime", "device", "threads", "batch", "images/s", "ms/batch", "× eager", "× fp32"]
+    threads = any(r.threads is not None for r in rows)  # a column only when some row set its threads
+    head = ["runtime", "device", *(["threads"] if threads else []), "batch", "images/s", "ms/batch", "× eager",
+            "× fp32"]
     body = [
         [r.variant + (f" [{notes.index(r.note) + 1}]" if r.note else ""), r.device,
-         "default" if r.threads is None else str(r.threads), str(r.batch),
+         *(["default" if r.threads is None else str(r.threads)] if threads else []), str(r.batch),
          "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
          "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.2f}",
          "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}",
@@ -261,7 +263,7 @@ def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = {2, 3, 4, 5, 6, 7}
+    right = set(range(2, len(head)))
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"

@@ -202,7 +202,7 @@ def test_bench_ratios_and_table() -> None:
     assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows) + 3
     assert len({len(line) for line in lines[2:4 + len(rows)]}) == 1  # aligned columns
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells == ["ort-int8", "cpu", "default", "256", "600", "—", "10.00", "3.00"]
+    assert cells == ["ort-int8", "cpu", "256", "600", "—", "10.00", "3.00"]  # no threads column: none was set
     assert lines[7].startswith("| torch-compile [1] ") and lines[-1] == "[1] failed: no compiler"  # notes below
     assert max(len(line) for line in lines[2:4 + len(rows)]) <= 80
 

@@ -132,10 +132,13 @@ def test_the_reload_check_refuses_a_record_the_weights_do_not_reproduce(syntheti
     """A record 0.2 point off what the saved weights score on reload is an error; 0.05 off passes."""
     from hub_fixtures import random_weights
 
+    from aperture_zoo.registry import get_spec
     from aperture_zoo.train.zoo import check_weights
 
     cfg = _cfg(synthetic_cifar, tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({"test_subset": 50, "seed": 0}))
+    spec = get_spec("resnet10")
+    (tmp_path / "run.json").write_text(json.dumps({"arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
+                                                   "seed": 0, "subset": None, "test_subset": 50, "val_split": 0}))
     weights = tmp_path / "model.safetensors"
 
     def check(recorded: float) -> dict:
