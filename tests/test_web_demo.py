@@ -358,10 +358,10 @@ def test_page_without_isolation_works_single_threaded_and_says_so(browser_type: 
 
 def test_bench_times_the_page_and_says_when_there_is_no_webgpu(browser_type: Any, server: DemoServer) -> None:
     chromium = browser.check_browser_ready()
-    wasm = browser.time_page(server.url, "resnet10", "browser-wasm", "int8", 1, 5, chromium, launcher=browser_type)
-    assert wasm.ep == "wasm" and wasm.threads == 1 and wasm.runs == 5, wasm.note
+    wasm = browser.time_page(server.url, "resnet10", "browser-wasm", "int8", 1, 3, chromium, launcher=browser_type)
+    assert wasm.ep == "wasm" and wasm.threads == 1 and wasm.runs == 3, wasm.note
     assert wasm.min_ms is not None and wasm.median_ms is not None and 0 < wasm.min_ms <= wasm.median_ms
-    gpu = browser.time_page(server.url, "resnet10", "browser-webgpu", "fp32", 1, 5, chromium, launcher=browser_type)
+    gpu = browser.time_page(server.url, "resnet10", "browser-webgpu", "fp32", 1, 1, chromium, launcher=browser_type)
     if gpu.ep == "webgpu":
         assert gpu.median_ms is not None and gpu.median_ms > 0
     else:
