@@ -20,7 +20,7 @@ from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
-from .runtime import Provider, check_provider
+from .runtime import Provider, check_provider, parse_cuda_options
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
 
 FAILED_TAG = "FAILED"
@@ -99,6 +99,7 @@ def export_model(
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
     progress: StepProgress | Callable[[str], None] | None = None,
+    cuda_options: str | dict | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -107,8 +108,10 @@ def export_model(
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
     carries its standard error. ``progress`` gets each step and the images validated so far (an
-    ``StepProgress``), or is a plain ``callback(message)`` per step.
+    ``StepProgress``), or is a plain ``callback(message)`` per step. ``cuda_options``: onnxruntime CUDA
+    provider options for validation (``runtime.parse_cuda_options``), checked before any work.
     """
+    options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
     say = reporter.stage
     _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir, calibration_images=calibration_images,
@@ -136,7 +139,8 @@ def export_model(
         say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
     if run_validation:
-        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images)
+        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
+                        cuda_options=options)
     return result
 
 
@@ -164,14 +168,15 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
 
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
-                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None) -> None:
+                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
+                    cuda_options: dict[str, str] | None = None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                          progress=reporter.update, reference_cache=reference_cache)
+                          progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:
             for stale in (aside, report_path(aside)):  # left by an earlier export that failed

@@ -244,6 +244,7 @@ def validate(
     seed: int = 0,
     progress: ProgressFn | None = None,
     reference_cache: dict[Any, np.ndarray] | None = None,
+    cuda_options: dict[str, str] | None = None,
 ) -> ValidationReport:
     """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
 
@@ -255,7 +256,7 @@ def validate(
     """
     meta = decode_metadata(read_metadata(onnx_path))
     precision = meta.get("precision", "fp32")
-    session = create_session(onnx_path, provider)
+    session = create_session(onnx_path, provider, cuda_options=cuda_options)
     device = session_device(session)
     tol = tolerance_for(precision, device)
     if precision == "int8" and data_dir is None:
