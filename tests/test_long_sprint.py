@@ -140,10 +140,10 @@ def test_train_seeds_refuses_bad_counts_and_resume(tmp_path: Path) -> None:
 
 
 def test_train_zoo_seeds_summary_gives_mean_and_std(synthetic_cifar: Path, tmp_path: Path) -> None:
-    recipe = apply_overrides(get_recipe("fast"), [*SETS, "epochs=1"])
+    recipe = apply_overrides(get_recipe("fast"), [*SETS, "epochs=1", "batch_size=25"])
     runs = tmp_path / "zoo"
     res = train_zoo(ZooConfig(models=["resnet10"], runs_dir=runs, recipe=recipe, data_dir=synthetic_cifar,
-                              download=False, device="cpu", subset=100, test_subset=100, progress=False, seeds=2),
+                              download=False, device="cpu", subset=50, test_subset=50, progress=False, seeds=2),
                     say=lambda _m: None)
     assert res.complete
     assert (runs / "resnet10" / "model.safetensors").exists() and (runs / "resnet10-seed1" / "model.safetensors").exists()
