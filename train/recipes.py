@@ -183,8 +183,9 @@ LONG = FAST.replace(
 )
 
 # Time to 94 % on one GPU, after airbench94 (Jordan 2024): batch 1024 (lr 0.8 by the linear rule
-# from `fast`'s 0.4 at 512) and fast's measured one-cycle shape, alternating flip (each image mirrored on alternate epochs instead of by
-# a coin: airbench reports about 10 % fewer steps for the same accuracy), label smoothing 0.2,
+# from `fast`'s 0.4 at 512) on `fast`'s one-cycle shape, alternating flip (each image mirrored on
+# alternate epochs instead of by a coin: airbench reports about 10 % fewer steps for the same
+# accuracy), label smoothing 0.2 (airbench94's),
 # no evaluation until the final epoch (each one costs a pass over 10,000 images), and the final epoch
 # also scored with flip TTA (recorded apart). 24 epochs follows Page's DAWNBench ResNet (24 epochs to
 # 94 %); `--set epochs=N` is the knob the GPU measures. Not yet run on a GPU.
