@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow zoo demo clean
+.PHONY: install run test test-slow test-runtimes zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The runtime matrix: exported files in old and current onnxruntime and OpenCV DNN, each in a venv
+# made once under ~/.cache/aperture_zoo/runtimes from the package index (CI runs it too).
+test-runtimes: $(STAMP)
+	$(PY) -m pytest -q -m runtimes
 
 # Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".

@@ -3,6 +3,7 @@
 >>> import aperture_zoo
 >>> model = aperture_zoo.load("resnet22", pretrained=True)
 >>> logits = model(aperture_zoo.preprocess(["cat.png"], model))
+>>> probs = aperture_zoo.predict_proba(model, ["cat.png"])  # calibrated: softmax(logits / T)
 
 The registry is imported eagerly (it is pure Python); everything that needs torch is imported on
 first use, so ``aperture --help`` and torch-free ONNX inference stay light.
@@ -41,6 +42,7 @@ _LAZY = {
     "NoPretrainedWeightsError": "pretrained",
     "preprocess": "transforms",
     "classify_samples": "samples",
+    "predict_proba": "predict",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import InputShapeError, ResNet, count_parameters, create_model
+    from .predict import predict_proba
     from .pretrained import NoPretrainedWeightsError, load, resolve_weights
     from .samples import classify_samples
     from .transforms import preprocess

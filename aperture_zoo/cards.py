@@ -20,7 +20,7 @@ from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
 from ._version import __version__
 from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, ONNX_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX,
-                    RUN_FILES, WEIGHTS_FILENAME, atomic_path, atomic_write_text, read_json)
+                    RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME, atomic_path, atomic_write_text, read_json)
 from .registry import REPORT, ModelSpec, get_spec
 LICENSE = "mit"
 
@@ -42,6 +42,7 @@ class CardFacts:
     weights_size: int | None = None
     eval: dict[str, Any] | None = None
     onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> report
+    runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
 
     @property
@@ -91,6 +92,8 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         facts.eval = _read_json(source_dir / EVAL_FILENAME)
     for report in sorted(source_dir.glob("*" + REPORT_SUFFIX)):
         facts.onnx_reports[report.name.removesuffix(REPORT_SUFFIX) + ".onnx"] = _read_json(report)
+    if (source_dir / RUNTIMES_FILENAME).is_file():
+        facts.runtimes = _read_json(source_dir / RUNTIMES_FILENAME)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
 
@@ -132,7 +135,23 @@ def build_config(facts: CardFacts) -> dict[str, Any]:
                              "test_loss": meta.get("test_loss"), "epoch": meta.get("epochs")}
         if facts.eval:
             config["metrics"]["per_class_top1"] = facts.eval.get("per_class_top1")
+            config["metrics"].update(_eval_metrics(facts.eval))
     return config
+
+
+def _eval_metrics(ev: dict[str, Any]) -> dict[str, Any]:
+    """Calibration, flip-TTA and corruption figures of an ``eval.json`` (those it has)."""
+    out: dict[str, Any] = {}
+    if "ece" in ev:
+        out["calibration"] = {k: ev.get(k) for k in (
+            "temperature", "temperature_fitted_on", "ece", "ece_calibrated", "nll", "nll_calibrated",
+            "brier", "brier_calibrated", "ece_bins")}
+    if "top1_by_tta" in ev:
+        out["top1_tta_flip"] = ev["top1_by_tta"]["flip"]
+    corr = ev.get("corruptions")
+    if corr:
+        out["corruptions"] = {k: corr.get(k) for k in ("mean", "worst", "worst_mean", "num_images", "per_corruption")}
+    return out
 
 
 # -- README.md -----------------------------------------------------------------------------------
@@ -193,6 +212,31 @@ def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
     return items
 
 
+def _runtimes_table(matrix: dict[str, Any] | None) -> str:
+    """The runtime matrix (a row per runtime, a column per precision) from ``runtimes.json``."""
+    if not matrix or not matrix.get("cells"):
+        return ""
+    precisions = list(dict.fromkeys(c["precision"] for c in matrix["cells"]))
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in matrix["cells"]:
+        rows.setdefault(c["runtime"], {})[c["precision"]] = c
+
+    def text(c: dict[str, Any] | None) -> str:
+        if c is None or c.get("agreement") is None:
+            shown = "fails to load" if c is not None and str(c.get("note", "")).startswith("fails") else "not run"
+        else:
+            shown = f"{c['agreement']:.1f} %, {c['max_abs_diff']:.2g}"
+        return shown if c is None or c.get("declared_valid", True) else f"{shown} (not validated)"
+
+    body = []
+    for key, cells in rows.items():
+        if all(c.get("version") is None for c in cells.values()):
+            continue  # a runtime that did not run here (no GPU, not installable) is left out
+        version = next(c["version"] for c in cells.values() if c.get("version"))
+        body.append((key, version, *[text(cells.get(p)) for p in precisions]))
+    return _table(("runtime", "version", *[f"{p}: agreement, max abs logit diff" for p in precisions]), body)
+
+
 def _context(facts: CardFacts) -> dict[str, Any]:
     """Every value the card template shows, formatted; the prose lives in card_template.md."""
     s, meta, ev = facts.spec, facts.weights or {}, facts.eval
@@ -229,10 +273,46 @@ def _context(facts: CardFacts) -> dict[str, Any]:
                       f"{ev.get('device', 'unknown device')}, {_fmt(ev.get('images_per_s'))} images/s") if ev else None,
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
-        "onnx": _onnx_items(facts), "mixup": facts.uses_mixup,
+        "onnx": _onnx_items(facts), "mixup": facts.uses_mixup, **_robustness_context(ev),
+        "runtimes_table": _runtimes_table(facts.runtimes),
+        "runtimes_images": (facts.runtimes or {}).get("images"), "runtimes_batch": (facts.runtimes or {}).get("batch"),
         # the usage snippet loads the published weights only when these are them
         "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
+        "has_temperature": meta.get("temperature") is not None or (
+            record is not None and record.temperature is not None and facts.weights_sha256 == record.sha256),
     }
+
+
+def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
+    """Calibration / flip-TTA / corruption lines for the card, from ``eval.json`` (None when absent)."""
+    ev = ev or {}
+    out: dict[str, Any] = {"calibration": None, "tta_line": None, "corruption": None}
+    n = _fmt(ev.get("calibration_num_images", ev.get("num_images")))
+    if ev.get("calibration_num_images", ev.get("num_images")) != ev.get("num_images"):
+        n = f"a stratified {n} of the {_fmt(ev.get('num_images'))}"
+    if "ece" in ev:
+        out["calibration"] = {
+            "temperature": f"{ev['temperature']:.4f}", "fitted_on": ev.get("temperature_fitted_on", "?"),
+            "table": _table(("", "ECE (15 bins, %)", "NLL", "Brier"), [
+                ("softmax(logits)", f"{100 * ev['ece']:.2f}", f"{ev['nll']:.4f}", f"{ev['brier']:.4f}"),
+                (f"softmax(logits / {ev['temperature']:.4f})", f"{100 * ev['ece_calibrated']:.2f}",
+                 f"{ev['nll_calibrated']:.4f}", f"{ev['brier_calibrated']:.4f}")]),
+            "images": n, "tta": bool(ev.get("tta")),
+        }
+    if "top1_by_tta" in ev:
+        t = ev["top1_by_tta"]
+        out["tta_line"] = f"{t['flip']:.2f}% with flip test-time augmentation ({t['none']:.2f}% without; {n} images)"
+    corr = ev.get("corruptions")
+    if corr and corr.get("mean") is not None:
+        rows = [(name, *(f"{by[s]:.2f}" if s in by else "—" for s in ("1", "2", "3", "4", "5")),
+                 f"{corr['per_corruption'][name]:.2f}") for name, by in corr["top1"].items()]
+        sample = (f"a stratified sample of {corr['num_images']:,} test images (the same for every corruption and severity)"
+                  if corr.get("stratified_sample") else f"{corr['num_images']:,} test images")
+        out["corruption"] = {
+            "mean": f"{corr['mean']:.2f}", "worst": corr["worst"], "worst_mean": f"{corr['worst_mean']:.2f}",
+            "sample": sample, "table": _table(("corruption", "1", "2", "3", "4", "5", "mean"), rows),
+        }
+    return out
 
 
 def render_card(facts: CardFacts) -> str:

@@ -27,8 +27,10 @@ CURVES_FILENAME = "curves.png"
 CONFUSION_FILENAME = "confusion.png"
 REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.json
 PROVENANCE_FILENAME = "weights.json"  # a card folder's small committed record of the weights it describes
+RUNTIMES_FILENAME = "runtimes.json"  # a card folder's runtime matrix (`aperture runtimes NAME -o`)
+RELIABILITY_FILENAME = "reliability.png"
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
-RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME)
+RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
 # A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.
 RECIPE_FILENAME = "recipe.json"
 RUN_FILENAME = "run.json"

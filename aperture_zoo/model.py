@@ -49,6 +49,10 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """Stem (3x3 conv, BN, ReLU), N stages of basic blocks (stride 1, 2, 2, ...), avg-pool P, fc."""
 
+    # softmax(logits / temperature) is calibrated; set by load() from the weights (None: not known).
+    # forward() always returns raw logits: see aperture_zoo.predict_proba.
+    temperature: float | None = None
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec

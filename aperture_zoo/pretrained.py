@@ -334,4 +334,17 @@ def model_from(loaded: Loaded) -> ResNet:
 
 
 def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:
-    return apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path, strict=strict)
+    model = apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path, strict=strict)
+    return with_record_temperature(model, loaded)
+
+
+def with_record_temperature(model: ResNet, loaded: Loaded) -> ResNet:
+    """The published record's temperature on ``model`` when these bytes are that record's pinned
+    file (the published files predate calibration; a temperature in the file's own metadata wins)."""
+    if model.temperature is None:
+        from .catalog import get_weights, list_pretrained
+
+        record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)
+        if record is not None and record.temperature is not None:
+            model.temperature = record.temperature
+    return model

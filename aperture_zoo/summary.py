@@ -68,6 +68,9 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
             "params_match_report": facts["params"] == spec.report_params,
             "report_top1_20ep": spec.report_top1_20ep,
             "top1": record.top1 if record else None,  # the published record's final-epoch figure
+            "top1_tta": record.top1_tta if record else None,  # with flip test-time augmentation
+            "ece_calibrated": record.ece_calibrated if record else None,  # %, after the temperature (cross-fitted)
+            "temperature": record.temperature if record else None,
             "weights": record.tag if record else None,
         }
         if with_flops:

@@ -258,6 +258,10 @@ def apply_state_dict(
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
     model.weights_metadata = meta  # provenance for `aperture info` and model cards
+    if "temperature" in meta:  # fitted on a run's validation split; a bad one is refused here
+        from .calibration import check_temperature
+
+        model.temperature = check_temperature(meta["temperature"], f"the temperature in {str(path)!r}")
     return model
 
 

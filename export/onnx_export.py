@@ -1,10 +1,11 @@
 """PyTorch -> ONNX: one self-describing, checked file per model.
 
 The file is a product of its own for apps without PyTorch, so it carries everything needed to use
-it: named input ``pixel_values`` (N x 3 x 32 x 32 float32 in [0, 1]) and output ``logits``
-(N x classes), CIFAR-10 normalisation inside the graph (apps feed plain pixels), and
-``metadata_props`` with the architecture, spec, class names, mean/std, weights SHA-256, opset and
-package version. Every written file passes ``onnx.checker.check_model(full_check=True)`` and
+it: named input ``pixel_values`` (N x 3 x 32 x 32 float32 in [0, 1]), outputs ``logits``
+(N x classes) and ``probabilities`` (softmax(logits / temperature): calibrated when the weights
+carry a temperature), CIFAR-10 normalisation inside the graph (apps feed plain pixels), optionally
+flip test-time augmentation inside the graph too, and ``metadata_props`` with the architecture,
+spec, class names, mean/std, temperature, TTA, weights SHA-256, opset and package version. Every written file passes ``onnx.checker.check_model(full_check=True)`` and
 strict shape inference.
 """
 
@@ -24,29 +25,66 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from aperture_zoo.calibration import check_temperature
 from aperture_zoo.files import atomic_path
 from aperture_zoo.model import ResNet
 
+from .compat import check_opset, stamp_lowest_ir
 from .errors import ExportError, OnnxFileError
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
+PROBS_NAME = "probabilities"
+OUTPUT_NAMES = [OUTPUT_NAME, PROBS_NAME]
 DEFAULT_OPSET = 18
 Exporter = Literal["dynamo", "legacy"]
 EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
 
 
 class NormalizedClassifier(nn.Module):
-    """``model((pixels - mean) / std)``: the network as apps see it, taking pixels in [0, 1]."""
+    """``model((pixels - mean) / std)``: the network as apps see it, taking pixels in [0, 1].
 
-    def __init__(self, model: ResNet) -> None:
+    ``tta=True`` averages the logits of the image and its mirror (``eval --tta``), so an app gets
+    test-time augmentation by swapping the file.
+    """
+
+    def __init__(self, model: ResNet, tta: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.tta = tta
         self.register_buffer("mean", torch.tensor(model.spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(model.spec.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.model((pixel_values - self.mean) / self.std)
+        x = (pixel_values - self.mean) / self.std
+        logits = self.model(x)
+        return 0.5 * (logits + self.model(x.flip(3))) if self.tta else logits
+
+
+class ExportedClassifier(nn.Module):
+    """The exported graph: ``(logits, softmax(logits / temperature))`` of the (optionally normalising
+    and flip-averaging) network."""
+
+    def __init__(self, model: ResNet, *, normalize: bool = True, tta: bool = False, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not normalize and tta:
+            self.net: nn.Module = _Flip(model)
+        else:
+            self.net = NormalizedClassifier(model, tta) if normalize else model
+        self.temperature = float(temperature)
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.net(pixel_values)
+        return logits, (logits / self.temperature).softmax(-1)
+
+
+class _Flip(nn.Module):
+    def __init__(self, model: ResNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * (self.model(x) + self.model(x.flip(3)))
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -66,6 +104,8 @@ def build_metadata(
     batch: int | None,
     weights_sha256: str | None,
     precision: str = "fp32",
+    temperature: float | None = None,
+    tta: bool = False,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values strings; lists and dicts as JSON)."""
     from aperture_zoo._version import __version__
@@ -84,6 +124,10 @@ def build_metadata(
                              "range": [0.0, 1.0] if normalize else "normalised",
                              "shape": ["N" if batch is None else batch, *spec.input_size]}),
         "output": json.dumps({"name": OUTPUT_NAME, "kind": "logits", "shape": ["N" if batch is None else batch, spec.num_classes]}),
+        "probabilities": json.dumps({"name": PROBS_NAME, "kind": "softmax(logits / temperature)",
+                                     "calibrated": temperature is not None}),
+        "temperature": repr(float(temperature if temperature is not None else 1.0)),
+        "tta": "flip" if tta else "none",
         "weights_sha256": weights_sha256 or state_dict_sha256(model),
         "weights_sha256_of": sha_of,
         "opset": str(opset),
@@ -101,7 +145,7 @@ def _export_dynamo(module: nn.Module, example: Tensor, opset: int, dynamic: bool
     with contextlib.redirect_stdout(quiet), warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            module, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
             dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
         )
     return program.model_proto
@@ -129,11 +173,11 @@ def graph_opset(proto: onnx.ModelProto) -> int | None:
 
 def _export_legacy(module: nn.Module, example: Tensor, opset: int, dynamic: bool) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, PROBS_NAME: {0: "batch"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript deprecation and tracer warnings
         torch.onnx.export(
-            module, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            module, (example,), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
         )
     return onnx.load_from_string(buffer.getvalue())
@@ -150,7 +194,9 @@ def check_model_file(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def save_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write atomically (no half-written file on a crash), then run the checker on the file."""
+    """Stamp the lowest IR version (``compat.stamp_lowest_ir``), write atomically (no half-written
+    file on a crash), then run the checker on the file."""
+    stamp_lowest_ir(proto)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     check_model_file(path)
@@ -166,6 +212,8 @@ def to_onnx(
     normalize: bool = True,
     exporter: Exporter = "dynamo",
     weights_sha256: str | None = None,
+    temperature: float | None = None,
+    tta: bool = False,
 ) -> Path:
     """Export ``model`` to a checked, self-describing ONNX file at ``path``.
 
@@ -173,14 +221,22 @@ def to_onnx(
     bare network (input already normalised with the metadata's mean/std). ``exporter="legacy"``
     uses the TorchScript exporter, the fallback when torch.export cannot trace a model.
     ``weights_sha256`` is the SHA-256 of the weights file the model was loaded from (hashed from
-    the state dict when omitted).
+    the state dict when omitted). ``temperature`` (default: the model's own, see ``load()``) makes
+    the ``probabilities`` output calibrated; without one it is the plain softmax and the metadata
+    says it is uncalibrated. ``tta=True`` puts flip test-time augmentation inside the graph.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    check_opset(opset, exporter)
     model = model.eval().cpu()
-    module = NormalizedClassifier(model).eval() if normalize else model
+    if temperature is None:
+        temperature = model.temperature
+    if temperature is not None:
+        temperature = check_temperature(temperature)
+    module = ExportedClassifier(model, normalize=normalize, tta=tta,
+                                temperature=temperature if temperature is not None else 1.0).eval()
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
     example = torch.rand(batch or 2, *model.spec.input_size)
     try:
@@ -205,12 +261,15 @@ def to_onnx(
             f"was asked (it could not convert the graph); {hint}"
         )
     meta = build_metadata(
-        model, opset=opset, normalize=normalize, exporter=exporter, batch=batch, weights_sha256=weights_sha256
+        model, opset=opset, normalize=normalize, exporter=exporter, batch=batch, weights_sha256=weights_sha256,
+        temperature=temperature, tta=tta,
     )
     set_metadata(proto, meta)
     proto.doc_string = (
         f"aperture_zoo {model.spec.name}: CIFAR-10 classifier. Input {INPUT_NAME} float32 NCHW "
-        f"{'pixels in [0, 1]' if normalize else 'normalised with metadata mean/std'}; output {OUTPUT_NAME}."
+        f"{'pixels in [0, 1]' if normalize else 'normalised with metadata mean/std'}; outputs {OUTPUT_NAME} and "
+        f"{PROBS_NAME} ({'calibrated, temperature %.4g' % temperature if temperature is not None else 'uncalibrated softmax'})"
+        f"{'; flip test-time augmentation in the graph' if tta else ''}."
     )
     return save_checked(proto, path)
 

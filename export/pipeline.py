@@ -17,6 +17,7 @@ from typing import Any
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
+from .compat import check_opset
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
@@ -99,6 +100,8 @@ def export_model(
     run_validation: bool = True,
     max_val_images: int | None = DEFAULT_VAL_IMAGES,
     progress: StepProgress | Callable[[str], None] | None = None,
+    tta: bool = False,
+    temperature: float | None = None,
     cuda_options: str | dict | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
@@ -107,9 +110,12 @@ def export_model(
     int8 tolerance is judged on its test split. ``fp16_io`` makes the fp16 file take and give
     float16 (its inputs and outputs stay float32 otherwise). Validation uses a stratified
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
-    carries its standard error. ``progress`` gets each step and the images validated so far (an
-    ``StepProgress``), or is a plain ``callback(message)`` per step. ``cuda_options``: onnxruntime CUDA
-    provider options for validation (``runtime.parse_cuda_options``), checked before any work.
+    carries its standard error. ``tta`` puts flip test-time augmentation in the graph (default stem
+    ``<name>.tta``, validated against PyTorch's ``eval --tta`` logits); ``temperature`` (default: the
+    model's own) calibrates the ``probabilities`` output. ``progress`` gets each step and the images
+    validated so far (an ``StepProgress``), or is a plain ``callback(message)`` per step.
+    ``cuda_options``: onnxruntime CUDA provider options for validation (``runtime.parse_cuda_options``),
+    checked before any work.
     """
     options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
@@ -120,11 +126,11 @@ def export_model(
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images)
     out = Path(out_dir)
-    stem = stem or model.spec.name
+    stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
     result = ExportResult()
-    say(f"exporting {model.spec.name} with the {exporter} exporter (opset {opset})")
+    say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
     fp32_path = to_onnx(model, out / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
-                        exporter=exporter, weights_sha256=weights_sha256)
+                        exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
     result.files.append(fp32_path)
     if fp16:
         say("converting to fp16")
@@ -148,10 +154,7 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
                    calibration_images: int, provider: Provider | None, max_val_images: int | None,
                    opset: int = DEFAULT_OPSET, exporter: str = "dynamo") -> None:
     """Every option error before any work: an export takes minutes, a typo should not cost them."""
-    lowest = 18 if exporter == "dynamo" else 9  # torch.export's ONNX translator starts at opset 18
-    if not lowest <= opset <= 23:
-        raise ExportError(f"--opset {opset} is out of range for the {exporter} exporter: use {lowest}..23"
-                          + (" (or --exporter legacy for older opsets)" if exporter == "dynamo" else ""))
+    check_opset(opset, exporter)
     if fp16_io and not fp16:
         raise ExportError("--fp16-io applies to the fp16 file; add --fp16")
     if int8 and calibration_images < 1:
@@ -165,6 +168,26 @@ def _check_options(*, fp16: bool, fp16_io: bool, int8: bool, data_dir: str | os.
             "--int8 needs training images to calibrate on; pass --data-dir pointing at CIFAR-10 "
             "(the folder containing cifar-10-batches-py)"
         )
+
+
+def record_validation(path: str | os.PathLike[str], report: ValidationReport) -> None:
+    """Write into the file's metadata the onnxruntime it was validated with (``validated_runtimes``),
+    so that a copy found elsewhere still says what it is known to run right on."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from .onnx_export import save_checked, set_metadata
+
+    comp = report.comparisons[-1] if report.comparisons else None
+    entry = {"runtime": "onnxruntime", "version": ort.__version__, "provider": report.provider}
+    if comp is not None:
+        entry.update(inputs=comp.inputs, images=comp.num_images, agreement=round(comp.agreement, 2),
+                     max_abs_diff=float(f"{comp.max_abs_diff:.3g}"))
+    proto = onnx.load(str(path))
+    set_metadata(proto, {"validated_runtimes": json.dumps([entry])})
+    save_checked(proto, path)
 
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
@@ -181,6 +204,7 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
         if report.passed:
             for stale in (aside, report_path(aside)):  # left by an earlier export that failed
                 stale.unlink(missing_ok=True)
+            record_validation(path, report)
             result.files.append(path)
         else:
             os.replace(path, aside)

@@ -12,6 +12,12 @@ mean/std, fixed or dynamic batch, float32 or float16 input) is read from the fil
     for label, prob in clf.predict("cat.jpg", top_k=3)[0].top:
         print(label, prob)
     probs = clf.predict_proba(batch)                  # batch: N x 32 x 32 x 3 uint8, or N x 3 x 32 x 32 float in [0, 1]
+    print(clf.describe())                             # calibrated? flip TTA in the graph?
+
+Probabilities are the file's own ``probabilities`` output: softmax(logits / T) with the temperature
+fitted for its weights, and averaged over the image and its mirror when it was exported with
+``--tta flip``. An older file without that output falls back to the plain softmax of its logits,
+and every prediction says those probabilities are uncalibrated.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aperture_zoo.calibration import check_temperature
 from aperture_zoo.images import ImageError, load_image, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
 from .errors import ExportError, OnnxFileError
 from .runtime import Provider, check_onnx_path, create_session, cuda_options_note, parse_cuda_options
+
+PROBS_NAME = "probabilities"  # the calibrated output (onnx_export.PROBS_NAME; that module needs torch)
+UNCALIBRATED = "probabilities are uncalibrated (plain softmax of the logits: the file has no 'probabilities' output; re-export it)"
 
 @dataclass
 class Prediction:
@@ -76,6 +86,15 @@ class OnnxClassifier:
         shape = inputs[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.image_size = (int(shape[3]), int(shape[2]))
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.has_probabilities = PROBS_NAME in outputs
+        self._output_names = [outputs[0], PROBS_NAME] if self.has_probabilities else [outputs[0]]
+        # A temperature in the file must be usable: one that is not finite or <= 0 is refused here.
+        self.temperature = check_temperature(meta["temperature"], f"the temperature in {str(self.path)!r}") \
+            if "temperature" in meta else None
+        probs_meta = json.loads(meta.get("probabilities", "{}") or "{}")
+        self.calibrated = self.has_probabilities and bool(probs_meta.get("calibrated", self.temperature is not None))
+        self.tta = meta.get("tta", "none")
         n_out = self.session.get_outputs()[0].shape[-1]
         self.labels: list[str] = json.loads(meta["label_names"]) if "label_names" in meta else [
             f"class_{i}" for i in range(int(n_out))
@@ -104,20 +123,37 @@ class OnnxClassifier:
             x = (x - self.mean) / self.std
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """Logits for uint8 N x H x W x 3 images or float N x 3 x H x W pixels in [0, 1]."""
+    def describe(self) -> str:
+        """What the probabilities are: calibrated or not, and whether flip TTA is in the graph."""
+        if self.calibrated:
+            what = f"calibrated probabilities (temperature {self.temperature:.4g})"
+        elif self.has_probabilities:
+            what = "probabilities are uncalibrated (no temperature was known for these weights at export)"
+        else:
+            what = UNCALIBRATED
+        return what + ("; flip test-time augmentation in the graph" if self.tta == "flip" else "")
+
+    def _run(self, images: np.ndarray) -> list[np.ndarray]:
         x = self._to_input(images)
         if self.fixed_batch is None:
-            return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
-        out, b = [], self.fixed_batch
+            return [o.astype(np.float32) for o in self.session.run(self._output_names, {self.input_name: x})]
+        outs: list[list[np.ndarray]] = [[] for _ in self._output_names]
+        b = self.fixed_batch
         for i in range(0, len(x), b):
             chunk = x[i : i + b]
             pad = np.zeros((b - len(chunk), *x.shape[1:]), x.dtype)
-            out.append(self.session.run(None, {self.input_name: np.concatenate([chunk, pad])})[0][: len(chunk)])
-        return np.concatenate(out).astype(np.float32)
+            for acc, o in zip(outs, self.session.run(self._output_names, {self.input_name: np.concatenate([chunk, pad])})):
+                acc.append(o[: len(chunk)])
+        return [np.concatenate(acc).astype(np.float32) for acc in outs]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits for uint8 N x H x W x 3 images or float N x 3 x H x W pixels in [0, 1]."""
+        return self._run(images)[0]
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(images))
+        """The file's ``probabilities`` output (calibrated); the plain softmax for older files."""
+        out = self._run(images)
+        return out[1] if self.has_probabilities else softmax(out[0])
 
     def predict(self, paths: str | os.PathLike[str] | list, top_k: int = 3) -> list[Prediction]:
         """Top-k (class, probability) for image files of any size and mode."""
@@ -130,7 +166,8 @@ class OnnxClassifier:
         probs = self.predict_proba(np.stack([img for img, _ in decoded]))
         k = max(1, min(top_k, probs.shape[1]))
         results = []
+        extra = [] if self.calibrated else [self.describe()]
         for p, (_, notices), row in zip(paths, decoded, probs):
             order = np.argsort(-row)[:k]
-            results.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in order], notices))
+            results.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in order], [*notices, *extra]))
         return results

@@ -22,6 +22,12 @@ from .errors import ExportError
 from .onnx_export import INPUT_NAME, save_checked, set_metadata
 
 DEFAULT_CALIBRATION_IMAGES = 512
+# Measured with `aperture runtimes` (README, "Runtime matrix"): OpenCV DNN runs the QDQ int8 file
+# wrongly, so the file says so; onnxruntime stays the runtime it is validated for.
+INT8_NOT_VALIDATED_FOR = {
+    "opencv-dnn": "OpenCV DNN 4.x runs this int8 (QDQ) file wrongly at batch sizes above 1 and 5.0 "
+                  "cannot load it; run it with onnxruntime, or use the fp32/fp16 file with OpenCV",
+}
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
@@ -119,5 +125,6 @@ def to_int8(
         "int8": json.dumps({"format": "QDQ", "activations": "uint8", "weights": "int8",
                             "per_channel": per_channel, "calibration": method,
                             "calibration_images": int(len(calibration))}),
+        "not_validated_for": json.dumps(INT8_NOT_VALIDATED_FOR),
     })
     return save_checked(model, dst)

@@ -147,6 +147,7 @@ def create_session(
     try:
         session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        _refuse_too_new(path, str(exc), ort.__version__)
         raise OnnxFileError(
             f"onnxruntime could not load {_describe(path)} ({str(exc).strip().splitlines()[0]}); "
             "it is not a valid ONNX model or was written by a newer exporter. Export it again "
@@ -159,6 +160,20 @@ def create_session(
             "onnxruntime-gpu CUDA requirements, or use --provider cpu."
         )
     return session
+
+
+def _refuse_too_new(path: object, message: str, version: str) -> None:
+    """A file stamped with a newer IR version than this onnxruntime reads (e.g. IR 10, written by
+    exports before files carried the lowest IR version their opset needs): say so, and how to fix it."""
+    import re
+
+    found = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", message)
+    if found:
+        raise OnnxFileError(
+            f"onnxruntime {version} reads ONNX IR versions up to {found[2]}, but {_describe(path)} is stamped "
+            f"IR {found[1]} (an older aperture_zoo export): export it again with `aperture export NAME --onnx`, "
+            "which stamps the lowest IR version its opset needs, or upgrade onnxruntime"
+        )
 
 
 def check_provider(provider: str) -> bool:

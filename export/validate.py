@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aperture_zoo.calibration import check_temperature, softmax
 from aperture_zoo.files import atomic_write_text
 from aperture_zoo.model import ResNet
 from aperture_zoo.weights import decode_metadata
@@ -111,6 +112,7 @@ class Comparison:
     agreement_se: float | None = None  # binomial standard errors, in points
     onnx_top1_se: float | None = None
     top1_drop_se: float | None = None  # of the paired drop (torch top-1 - ONNX top-1)
+    max_prob_diff: float | None = None  # ONNX probabilities vs softmax(PyTorch logits / T)
 
     @property
     def top1_drop(self) -> float | None:
@@ -185,19 +187,30 @@ def _torch_logits(reference: torch.nn.Module, pixels: np.ndarray, device: str, b
 
 
 def _onnx_logits(session, pixels: np.ndarray, feed_batch: int | None, transform,
-                 tick: Callable[[int], None] | None = None) -> np.ndarray:
-    """Run in chunks; a fixed-batch file gets its last chunk padded and the padding dropped."""
+                 tick: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, probabilities or None) in chunks; a fixed-batch file gets its last chunk padded."""
     step = feed_batch or 256
-    out = []
+    out, probs = [], []
     for i in range(0, len(pixels), step):
         chunk = pixels[i : i + step]
         n = len(chunk)
         if feed_batch and n < feed_batch:
             chunk = np.concatenate([chunk, np.zeros((feed_batch - n, *chunk.shape[1:]), chunk.dtype)])
-        out.append(session.run(None, {INPUT_NAME: transform(chunk)})[0][:n].astype(np.float32))
+        result = session.run(None, {INPUT_NAME: transform(chunk)})
+        out.append(result[0][:n].astype(np.float32))
+        if len(result) > 1:
+            probs.append(result[1][:n].astype(np.float32))
         if tick:
             tick(n)
-    return np.concatenate(out)
+    return np.concatenate(out), (np.concatenate(probs) if probs else None)
+
+
+def _prob_check(comp: Comparison, onnx_probs: np.ndarray | None, torch_logits: np.ndarray,
+                temperature: float) -> None:
+    """Record how far the file's ``probabilities`` are from softmax(PyTorch logits / T)."""
+    if onnx_probs is not None:
+        ref = softmax(torch_logits, temperature)
+        comp.max_prob_diff = float(np.abs(onnx_probs.astype(np.float64) - ref).max())
 
 
 def compare(onnx_logits: np.ndarray, torch_logits: np.ndarray, inputs: str,
@@ -223,6 +236,9 @@ def _judge(comp: Comparison, tol: Tolerance, label: str, *, logits: bool = True,
     fails = []
     if logits and tol.max_abs is not None and comp.max_abs_diff > tol.max_abs:
         fails.append(f"{label} on {comp.inputs}: max |Δlogit| {comp.max_abs_diff:.3g} > {tol.max_abs:g}")
+    # softmax(z / T) moves at most |Δz| / (2T) per entry; the logit bound carries over.
+    if logits and tol.max_abs is not None and comp.max_prob_diff is not None and comp.max_prob_diff > tol.max_abs:
+        fails.append(f"{label} on {comp.inputs}: max |Δprobability| {comp.max_prob_diff:.3g} > {tol.max_abs:g}")
     if agreement and tol.min_agreement is not None and comp.agreement < tol.min_agreement:
         fails.append(f"{label} on {comp.inputs}: top-1 agreement {comp.agreement:.2f} % < {tol.min_agreement:g} %")
     if agreement and tol.max_top1_drop is not None and comp.top1_drop is not None and comp.top1_drop > tol.max_top1_drop:
@@ -266,8 +282,10 @@ def validate(
         )
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
-    pair = _Pair(session, NormalizedClassifier(model).eval().to(ref_device), ref_device,
-                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None)
+    tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
+    temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
+    pair = _Pair(session, NormalizedClassifier(model, tta=tta).eval().to(ref_device), ref_device,
+                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
@@ -293,6 +311,7 @@ class _Pair:
     ref_device: str
     transform: Callable[[np.ndarray], np.ndarray]  # pixels in [0, 1] -> what the file takes
     fixed: int | None                              # the file's fixed batch size, if it has one
+    temperature: float = 1.0                       # of the file's probabilities output
 
 
 def _input_transform(session: Any, meta: dict[str, Any], model: ResNet) -> Callable[[np.ndarray], np.ndarray]:
@@ -310,20 +329,25 @@ def _compare_random(pair: _Pair, report: ValidationReport, label: str, sizes: Se
                     input_size: Sequence[int], seed: int) -> Comparison | None:
     """Uniform-noise batches of each size; adds a comparison per batch and the pooled one, returned."""
     rng = np.random.default_rng(seed)
-    random_o, random_t = [], []
+    random_o, random_t, random_p = [], [], []
     for n in sizes:
         pixels = rng.random((n, *input_size), dtype=np.float32)
-        o = pair.session.run(None, {INPUT_NAME: pair.transform(pixels)})[0].astype(np.float32)
+        outputs = pair.session.run(None, {INPUT_NAME: pair.transform(pixels)})
+        o = outputs[0].astype(np.float32)
         t = _torch_logits(pair.reference, pixels, pair.ref_device)
         if o.shape != t.shape:
             report.failures.append(f"{label}: output shape {o.shape} at batch {n}, PyTorch gives {t.shape}")
             continue
         report.comparisons.append(compare(o, t, f"random, batch {n}"))
+        _prob_check(report.comparisons[-1], outputs[1] if len(outputs) > 1 else None, t, pair.temperature)
         random_o.append(o)
         random_t.append(t)
+        if len(outputs) > 1:
+            random_p.append(outputs[1])
     if not random_o:
         return None
     pooled = compare(np.concatenate(random_o), np.concatenate(random_t), "random, all")
+    _prob_check(pooled, np.concatenate(random_p) if random_p else None, np.concatenate(random_t), pair.temperature)
     report.comparisons.append(pooled)
     return pooled
 
@@ -338,7 +362,7 @@ def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.
     report.test_images_total = len(full)
     test = subset(full, max_images if max_images is not None and max_images < len(full) else None, seed)
     pixels = test.images.astype(np.float32) / 255.0
-    key = (str(data_dir), len(test), seed, pair.ref_device)
+    key = (str(data_dir), len(test), seed, pair.ref_device, getattr(pair.reference, "tta", False))
     cached = reference_cache.get(key) if reference_cache is not None else None
     total = len(test) * (1 if cached is not None else 2)
     done = [0]
@@ -348,10 +372,11 @@ def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.
         if progress:
             progress(done[0], total)
 
-    o = _onnx_logits(pair.session, pixels, pair.fixed, pair.transform, tick)
+    o, probs = _onnx_logits(pair.session, pixels, pair.fixed, pair.transform, tick)
     t = cached if cached is not None else _torch_logits(pair.reference, pixels, pair.ref_device, tick=tick)
     if reference_cache is not None:
         reference_cache[key] = t
     comp = compare(o, t, "CIFAR-10 test", test.labels)
+    _prob_check(comp, probs, t, pair.temperature)
     report.comparisons.append(comp)
     return comp

@@ -9,6 +9,17 @@ import torch
 from cifar_synth import write_cifar10
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The runtime matrix installs old runtimes into venvs (minutes, a package index): it runs only
+    when asked for with ``-m runtimes``, as .ci/run does, never in the default suite."""
+    if "runtimes" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="runtime matrix: run with `pytest -m runtimes` (CI does)")
+    for item in items:
+        if "runtimes" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def synthetic_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Parent folder of a small synthetic ``cifar-10-batches-py`` (500 train / 200 test images)."""

@@ -16,8 +16,8 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress"},
-    {"model", "weights", "images", "data", "hub", "device"},
-    {"catalog", "pretrained", "transforms", "summary"},
+    {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions"},
+    {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
     {"train", "export"},
     {"demo", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
@@ -122,3 +122,15 @@ def test_edges_to_the_package_root_are_seen() -> None:
 
 def test_cycle_finder_finds_a_planted_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_runtime_worker_imports_only_numpy_and_the_runtime() -> None:
+    """It runs in venvs that hold nothing but numpy and one runtime (export/matrix.py)."""
+    source = (ROOT / "export" / "runtime_worker.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            imported.add((node.module or "").split(".")[0])
+    assert imported - {"__future__"} <= {"argparse", "json", "sys", "numpy", "onnxruntime", "cv2"}, imported

@@ -144,3 +144,21 @@ def test_card_cli(run_dir, tmp_path):
     assert (tmp_path / "c" / "README.md").is_file() and (tmp_path / "c" / "model.safetensors").is_file()
     result = CliRunner().invoke(app, ["card", "resnet18", "--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "has no model.safetensors" in result.output
+
+
+def test_card_shows_the_runtime_matrix_beside_it(tmp_path):
+    cell = {"precision": "fp32", "declared_valid": True, "passed": True, "images": 2000}
+    matrix = {"images": "2,000 CIFAR-10 test images (stratified)", "batch": 100, "cells": [
+        {**cell, "runtime": "ort-1.16", "version": "1.16.3", "agreement": 100.0, "max_abs_diff": 4.3e-6},
+        {**cell, "runtime": "opencv-5", "precision": "int8", "version": "5.0.0", "agreement": None,
+         "max_abs_diff": None, "passed": None, "declared_valid": False, "note": "fails to load or run: bufidx"},
+        {**cell, "runtime": "ort-cuda", "version": None, "agreement": None, "max_abs_diff": None, "passed": None},
+    ]}
+    (tmp_path / "runtimes.json").write_text(json.dumps(matrix))
+    write_card("resnet10", tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "## Runtimes" in readme and "2,000 CIFAR-10 test images (stratified) at batch 100" in readme
+    assert "| ort-1.16 | 1.16.3 | 100.0 %, 4.3e-06 | not run |" in readme
+    assert "| opencv-5 | 5.0.0 | not run | fails to load (not validated) |" in readme
+    assert "ort-cuda" not in readme  # a runtime that did not run here is not a row
+    assert stale_files("resnet10", tmp_path) == []

@@ -124,7 +124,7 @@ def test_dynamo_file_is_checked_and_self_describing(dynamo_file: Path, fitted: t
     onnx.checker.check_model(str(dynamo_file), full_check=True)
     proto = onnx.load(str(dynamo_file))
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
-    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME, "probabilities"]
     in_dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert in_dims[0].dim_param and [d.dim_value for d in in_dims[1:]] == [3, 32, 32]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -142,6 +142,8 @@ def test_dynamo_file_is_checked_and_self_describing(dynamo_file: Path, fitted: t
     assert meta["opset"] == 18 and {o.version for o in proto.opset_import if o.domain == ""} == {18}
     assert meta["package_version"] == __version__
     assert meta["exporter"] == "dynamo" and meta["precision"] == "fp32" and meta["normalize_in_graph"] is True
+    # no temperature known for these weights: the probabilities output is the plain softmax, and says so
+    assert meta["tta"] == "none" and meta["temperature"] == 1.0 and meta["probabilities"]["calibrated"] is False
 
 
 def test_dynamic_batch_at_sizes_not_used_in_export(dynamo_file: Path, fitted: torch.nn.Module) -> None:
@@ -258,6 +260,59 @@ def test_opset_is_what_the_file_says(fitted: torch.nn.Module, tmp_path: Path, mo
     with pytest.raises(ExportError, match=r"wrote opset 17 .* --opset 16 was asked.*--exporter legacy"):
         to_onnx(fitted, tmp_path / "o16.onnx", opset=16, exporter="legacy")
     assert not (tmp_path / "o16.onnx").exists()
+
+
+def _lowest_ir_for_opset(opset: int) -> int:
+    """Independently of the code under test: the IR version of the first onnx release with ``opset``."""
+    return min(row[1] for row in onnx.helper.VERSION_TABLE if row[2] >= opset)
+
+
+def test_every_precision_has_the_lowest_ir_and_only_the_domains_it_uses(
+    dynamo_file: Path, int8_file: Path, fitted: torch.nn.Module
+) -> None:
+    fp16 = to_fp16(dynamo_file, dynamo_file.with_name("resnet10.fp16ir.onnx"))
+    for path in (dynamo_file, fp16, int8_file):
+        proto = onnx.load(str(path))
+        used = {n.domain or "" for n in proto.graph.node}
+        declared = {o.domain for o in proto.opset_import}
+        assert declared == used == {""}, (path.name, declared)  # quantize_static declares eight more
+        assert proto.ir_version == _lowest_ir_for_opset(graph_opset(proto)) == 8, path.name
+        onnx.checker.check_model(str(path), full_check=True)
+        create_session(path, "cpu")  # and onnxruntime loads what the checker passed
+
+
+def test_ir_stamp_keeps_used_vendor_domains_and_newer_types() -> None:
+    from onnx import TensorProto, helper
+
+    from aperture_zoo.export.compat import stamp_lowest_ir
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gelu", ["r"], ["y"], domain="com.microsoft")]
+    opsets = [helper.make_opsetid(d, v) for d, v in (("", 18), ("ai.onnx.ml", 5), ("com.microsoft", 1))]
+    proto = stamp_lowest_ir(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets, ir_version=10))
+    assert {o.domain for o in proto.opset_import} == {"", "com.microsoft"} and proto.ir_version == 8
+    opsets = [helper.make_opsetid("", 21)]
+    proto = stamp_lowest_ir(helper.make_model(helper.make_graph(nodes[:1], "g", [x], [helper.make_tensor_value_info(
+        "r", TensorProto.FLOAT, [1, 4])]), opset_imports=opsets, ir_version=11))
+    assert proto.ir_version == _lowest_ir_for_opset(21) == 10
+    # A float8 tensor needs IR 9 whatever the opset says: such a file keeps the exporter's stamp.
+    f8 = helper.make_tensor("w", TensorProto.FLOAT8E4M3FN, [1], [1.0])
+    graph = helper.make_graph(nodes[:1], "g", [x], [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 4])], [f8])
+    assert stamp_lowest_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)).ir_version == 10
+
+
+def test_opsets_the_exporter_or_onnx_cannot_write_are_refused_before_exporting(fitted: torch.nn.Module, tmp_path: Path) -> None:
+    from aperture_zoo.export.compat import highest_opset
+
+    with pytest.raises(ExportError, match=r"^--opset 17 is out of range: the dynamo exporter writes 18\.\.\d+ .*--exporter legacy"):
+        to_onnx(fitted, tmp_path / "a.onnx", opset=17)
+    newest = highest_opset()
+    with pytest.raises(ExportError, match=rf"^--opset {newest + 1} is out of range: onnx .* knows opsets up to {newest}"):
+        export_model(fitted, tmp_path, opset=newest + 1)
+    with pytest.raises(ExportError, match=r"^--opset 8 is out of range: the legacy exporter writes 9\."):
+        export_model(fitted, tmp_path, opset=8, exporter="legacy")
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 def test_fp16_with_fp16_io(dynamo_file: Path, fitted: torch.nn.Module, synthetic_cifar: Path) -> None:

@@ -241,3 +241,37 @@ def test_bench_variants_do_not_leak_memory_format(monkeypatch: pytest.MonkeyPatc
                                                     ("torch-channels-last", 3), ("torch-eager", 3)]
     assert seen == [(True, True), (False, False)] * 2
     assert all(p.is_contiguous() for p in model.parameters())  # the caller's model is untouched
+
+
+def test_runtimes_command_runs_the_files_and_records_what_passed(exported: tuple[Path, str], synthetic_cifar: Path,
+                                                                  tmp_path: Path) -> None:
+    """The matrix machinery on the installed onnxruntime (the marked test runs the old runtimes)."""
+    from aperture_zoo.export.onnx_export import read_metadata
+
+    out, output = exported
+    assert not output.startswith("exit"), output
+    table = tmp_path / "runtimes.json"
+    result = runner.invoke(app, ["runtimes", "resnet10", "--random-init", "--onnx-dir", str(out), "--runtimes", "ort",
+                                 "--data-dir", str(synthetic_cifar), "--max-images", "50", "--record", "-o", str(table)],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    matrix = json.loads(table.read_text())
+    cells = {c["precision"]: c for c in matrix["cells"]}
+    assert set(cells) == {"fp32", "fp16", "int8"} and all(c["passed"] for c in cells.values()), matrix
+    assert cells["fp32"]["agreement"] == 100.0 and cells["fp32"]["max_abs_diff"] <= 1e-4  # a --no-normalize file
+    assert cells["int8"]["images"] == 50 and cells["int8"]["declared_valid"] is True  # for onnxruntime
+    assert "| ort |" in result.output
+    for stem in ("resnet10", "resnet10.fp16", "resnet10.int8"):
+        recorded = json.loads(read_metadata(out / f"{stem}.onnx")["validated_runtimes"])
+        assert [e["runtime"] for e in recorded] == ["onnxruntime"] and recorded[0]["images"] == 50, recorded
+    assert "opencv-dnn" in json.loads(read_metadata(out / "resnet10.int8.onnx")["not_validated_for"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runtimes", "ort,tflite"], "--runtimes must name some of ort, ort-cuda"),
+    (["--record"], "--record writes into existing files; pass them with --onnx-dir"),
+    (["--max-images", "0"], "--max-images must be at least 1"),
+])
+def test_runtimes_command_refuses_bad_options_in_one_line(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["runtimes", "resnet10", "--random-init", *args], terminal_width=200)
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output

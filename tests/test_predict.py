@@ -62,8 +62,9 @@ def test_predict_matches_pytorch(onnx_file: Path, images: dict[str, Path], model
         assert len(pred.top) == 3
         assert [label for label, _ in pred.top] == [CIFAR10_CLASSES[i] for i in np.argsort(-row)[:3]]
         np.testing.assert_allclose([p for _, p in pred.top], np.sort(row)[::-1][:3], atol=1e-5)
-    assert preds[0].notices == []
-    assert preds[1].notices == ["converted L to RGB", "resized 64x48 to 32x32 (the model's input)"]
+    # random weights carry no temperature: every prediction says its probabilities are uncalibrated
+    assert not clf.calibrated and preds[0].notices == [clf.describe()] and "uncalibrated" in clf.describe()
+    assert preds[1].notices == ["converted L to RGB", "resized 64x48 to 32x32 (the model's input)", clf.describe()]
 
 
 def test_any_mode_is_converted(images: dict[str, Path]) -> None:
@@ -181,3 +182,29 @@ def test_float_pixels_and_fixed_batch_file(model: torch.nn.Module, onnx_file: Pa
     np.testing.assert_allclose(fixed.predict_proba(batch), want, atol=1e-5)
     with pytest.raises(ImageError, match="expected images shaped"):
         dynamic.predict_proba(np.zeros((2, 32), np.uint8))
+
+
+def test_ir10_file_on_an_old_onnxruntime_says_to_export_again(onnx_file: Path, images: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime 1.16 refuses IR 10 files (written by exports before the lowest-IR stamp); it is
+    simulated here with that release's own error message and version."""
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    def old_session(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model from resnet22.onnx failed:"
+                           "/onnxruntime_src/onnxruntime/core/graph/model.cc:150 onnxruntime::Model::Model("
+                           "ModelProto&&, ...) Unsupported model IR version: 10, max supported IR version: 9\n")
+
+    monkeypatch.setattr(ort, "InferenceSession", old_session)
+    monkeypatch.setattr(ort, "__version__", "1.16.3")
+    with pytest.raises(OnnxFileError, match=r"^onnxruntime 1\.16\.3 reads ONNX IR versions up to 9, .* stamped IR 10 "
+                                            r".*export it again with `aperture export NAME --onnx`"):
+        OnnxClassifier(onnx_file, provider="cpu")
+    result = CliRunner().invoke(app, ["predict", str(images["rgb"]), "--onnx", str(onnx_file), "--provider", "cpu"],
+                                 terminal_width=400)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "onnxruntime 1.16.3" in lines[0] and "export it again" in lines[0], result.output

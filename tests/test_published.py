@@ -48,6 +48,14 @@ def test_published_file_matches_its_record_and_card(tag: str) -> None:
     config = json.loads((path.parent / "config.json").read_text())
     assert config["files"]["model.safetensors"]["sha256"] == record.sha256
     assert config["metrics"]["top1"] == record.top1 and config["trained"] is True
+    # calibration, flip TTA and corruption figures: the record is eval.json's, rounded
+    ev = json.loads((path.parent / "eval.json").read_text())
+    assert record.temperature == round(ev["temperature"], 4) and 0.3 < record.temperature < 3
+    assert "cross-fitted" in ev["temperature_fitted_on"]
+    assert record.top1_tta == round(ev["top1_by_tta"]["flip"], 2)
+    assert record.ece == round(100 * ev["ece"], 2) and record.ece_calibrated == round(100 * ev["ece_calibrated"], 2)
+    assert record.corruption_top1 == round(ev["corruptions"]["mean"], 2)
+    assert config["metrics"]["calibration"]["temperature"] == ev["temperature"]
 
 
 def test_load_takes_a_tag_or_the_default_and_unknown_tags_list_the_published() -> None:

@@ -231,6 +231,12 @@ def test_fit_prints_a_header_then_one_row_per_epoch(synthetic_cifar, tmp_path, c
     assert lines[0].split()[:4] == ["epoch", "loss", "train", "val"]
     assert [line.split()[0] for line in lines[1:]] == ["1/2", "2/2"]
     assert all(len(line) <= 80 for line in lines)
+    # a run with a validation split is calibrated on it: the temperature travels with the weights
+    from aperture_zoo.weights import decode_metadata, load_weights, read_metadata
+
+    meta = decode_metadata(read_metadata(tmp_path / "run" / "model.safetensors"))
+    assert meta["temperature_fitted_on"] == "validation split" and 0.05 < meta["temperature"] < 20
+    assert load_weights(create_model(TINY), tmp_path / "run" / "model.safetensors").temperature == meta["temperature"]
 
 
 # ----------------------------------------------------------------- device facts

@@ -69,7 +69,7 @@ def test_help_of_every_command_reads_whole_at_80_columns() -> None:
     import os
 
     commands = ["train", "train-zoo", "eval", "export", "bench", "predict", "list", "info", "samples", "card",
-                "push", "demo", "convert"]
+                "push", "demo", "convert", "runtimes"]
     env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
     for command in commands:
         out = subprocess.run([sys.executable, "-m", "aperture_zoo", command, "--help"], env=env, capture_output=True,
@@ -82,6 +82,7 @@ def test_help_of_every_command_reads_whole_at_80_columns() -> None:
 @pytest.mark.parametrize("args, message", [
     (["bench", "resnet10", "--min-seconds", "-1", "--device", "cpu"], "--min-seconds must be >= 0"),
     (["export", "resnet10", "--random-init", "--onnx", "--opset", "3"], "--opset 3 is out of range"),
+    (["export", "resnet10", "--random-init", "--onnx", "--opset", "999"], "knows opsets up to"),
     (["predict", "nothing.png", "--onnx", "nothing.onnx", "--top-k", "0"], None),
     (["demo", "--port", "-1"], "--port must be in 0..65535"),
 ])

@@ -1,4 +1,4 @@
-"""Test-set evaluation: top-1, loss, per-class accuracy and the confusion matrix, on device.
+"""Test-set evaluation: top-1, loss, per-class accuracy, the confusion matrix and calibration.
 
 Used by the training loop every epoch (sums reduced across DDP ranks) and by ``aperture eval``.
 Counts are accumulated as device tensors and read back once, so evaluation does not stall the GPU.
@@ -77,11 +77,13 @@ def evaluate_sums(
     channels_last: bool = False,
     tta: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    logits_out: list[tuple[Tensor, Tensor | None]] | None = None,
 ) -> Tensor:
     """A flat device tensor [loss_sum, count, confusion (K*K)] for uint8 ``images``.
 
     Sums, not means, so DDP ranks can all-reduce their shards into the exact global result.
-    ``on_batch(n)`` is called after each batch of ``n`` images (progress display).
+    ``on_batch(n)`` is called after each batch of ``n`` images (progress display). ``logits_out``
+    collects each batch's (plain, mirrored or None) float32 CPU logits, for calibration figures.
     """
     was_training = model.training
     model.eval()
@@ -92,7 +94,13 @@ def evaluate_sums(
         x = normalise(images[start:start + batch_size], mean, std, channels_last)
         y = labels[start:start + batch_size]
         with torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = predict_logits(model, x, tta)
+            if logits_out is None:
+                logits = predict_logits(model, x, tta)
+            else:
+                plain = model(x)
+                mirrored = model(x.flip(3)) if tta else None
+                logits_out.append((plain.float().cpu(), None if mirrored is None else mirrored.float().cpu()))
+                logits = plain if mirrored is None else 0.5 * (plain + mirrored)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
@@ -132,11 +140,13 @@ def evaluate(
     tta: bool = False,
     precision: str = "auto",
     on_batch: Callable[[int], None] | None = None,
+    calibration: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on a ``aperture_zoo.data.Split`` (uint8 images), timing the forward passes.
 
     The model's spec supplies the normalisation, so a model is always evaluated the way it was
-    trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU.
+    trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU. ``calibration`` adds
+    ECE/NLL/Brier before and after the temperature (see ``logit_figures``) to ``extra``.
     """
     check_eval_options(batch_size)
     spec = model.spec
@@ -160,14 +170,69 @@ def evaluate(
         evaluate_sums(model, images[:batch_size], labels[:batch_size], mean, std, spec.num_classes,
                       batch_size, dtype, channels_last, tta)
         torch.cuda.synchronize(dev)
+    collected: list[tuple[Tensor, Tensor | None]] = []
     start = time.perf_counter()
     sums = evaluate_sums(model, images, labels, mean, std, spec.num_classes, batch_size, dtype,
-                         channels_last, tta, on_batch)
+                         channels_last, tta, on_batch, logits_out=collected if calibration else None)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
     classes = tuple(split.classes) if len(split.classes) == spec.num_classes else spec.label_names
-    return result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=device_name(dev), tta=tta)
+    result = result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=device_name(dev), tta=tta)
+    if calibration:
+        plain = torch.cat([p for p, _ in collected]).numpy()
+        mirrored = torch.cat([m for _, m in collected]).numpy() if tta else None  # type: ignore[misc]
+        result.extra.update(logit_figures(plain, mirrored, split.labels, model))
+    return result
+
+
+def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> dict[str, Any]:
+    """Calibration (and, with mirrored logits, top-1 with and without flip TTA) from logits.
+
+    The figures are measured on the logits the reported top-1 comes from (flip-averaged with TTA).
+    A temperature fitted on a run's validation split is applied as it is; otherwise (the published
+    weights, fitted on the test set, or none known) the temperature is cross-fitted on two
+    stratified halves of these images, so no figure is measured on the images it was fitted on.
+    """
+    import numpy as np
+
+    from aperture_zoo.calibration import cross_fit, reliability_bins, report, softmax, stratified_halves
+
+    labels = np.asarray(labels)
+    logits = plain if mirrored is None else 0.5 * (plain + mirrored)
+    meta = getattr(model, "weights_metadata", None) or {}
+    temperature = getattr(model, "temperature", None)
+    if temperature is not None and meta.get("temperature_fitted_on") == VAL_FITTED:
+        calib = report(logits, labels, temperature, VAL_FITTED)
+        calibrated = softmax(logits, temperature)
+    else:
+        calib = cross_fit(logits, labels)
+        calib["temperature_fitted_on"] = calib.pop("fitted_on")
+        calibrated = np.empty_like(logits, dtype=np.float64)  # each half with the other half's temperature
+        for idx, half in zip(stratified_halves(labels)[::-1], calib["halves"]):
+            calibrated[idx] = softmax(logits[idx], half["temperature"])
+    out: dict[str, Any] = {**calib, "ece_bins": 15, "calibration_num_images": int(len(labels))}
+    out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels),
+                          "calibrated": reliability_bins(calibrated, labels)}
+    if mirrored is not None:
+        out["top1_by_tta"] = {"none": 100.0 * float((plain.argmax(1) == labels).mean()),
+                              "flip": 100.0 * float((logits.argmax(1) == labels).mean())}
+    return out
+
+
+VAL_FITTED = "validation split"  # temperature_fitted_on of a run trained with --val-split
+
+
+def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
+                        batch_size: int = 1000) -> dict[str, Any]:
+    """The run's temperature, fitted by NLL on its validation split: metadata for model.safetensors."""
+    from aperture_zoo.calibration import fit_temperature
+
+    collected: list[tuple[Tensor, Tensor | None]] = []
+    evaluate_sums(model, images, labels, mean, std, model.spec.num_classes, batch_size, logits_out=collected)
+    logits = torch.cat([p for p, _ in collected]).numpy()
+    return {"temperature": round(fit_temperature(logits, labels.cpu().numpy()), 6),
+            "temperature_fitted_on": VAL_FITTED}
 
 
 def format_confusion(result: EvalResult) -> str:
@@ -180,6 +245,25 @@ def format_confusion(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def format_robustness(extra: dict[str, Any]) -> list[str]:
+    """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
+    e, lines = extra, []
+    if "ece" in e:
+        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
+                     f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
+                     f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
+    if "top1_by_tta" in e:
+        lines.append(f"top-1 without TTA {e['top1_by_tta']['none']:.2f}%, with flip TTA {e['top1_by_tta']['flip']:.2f}%")
+    c = e.get("corruptions")
+    if c:
+        for corruption, by in c["top1"].items():
+            lines.append(f"  {corruption:<17} " + "  ".join(f"{s}: {v:6.2f}%" for s, v in by.items()))
+        sample = f"a stratified {c['num_images']:,} images" if c["stratified_sample"] else f"{c['num_images']:,} images"
+        lines.append(f"corruptions ({sample} each): mean top-1 {c['mean']:.2f}%, worst {c['worst']} "
+                     f"({c['worst_mean']:.2f}% over its severities)")
+    return lines
+
+
 def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model_name: str,
                       weights: str | os.PathLike[str] | None, weights_file: str | os.PathLike[str]) -> dict[str, Any]:
     """``eval.json`` (strict JSON: no NaN) and ``confusion.png`` in ``out_dir``; returns the report.
@@ -188,10 +272,10 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     """
     import json
 
-    from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, atomic_write_text
+    from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, RELIABILITY_FILENAME, atomic_write_text
     from aperture_zoo.files import file_sha256
 
-    from .plots import plot_confusion
+    from .plots import plot_confusion, plot_reliability
 
     out = Path(out_dir)
     report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
@@ -200,4 +284,9 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     atomic_write_text(out / EVAL_FILENAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
     plot_confusion(result.confusion, result.classes, out / CONFUSION_FILENAME,
                    title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
+    if "reliability" in result.extra:
+        e = result.extra
+        plot_reliability(e["reliability"], out / RELIABILITY_FILENAME,
+                         title=f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
+                               f"(T = {e['temperature']:.3f}, {result.num_images} images)")
     return report

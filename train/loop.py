@@ -32,7 +32,7 @@ from aperture_zoo.progress import TrainProgress
 from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
-from .evaluate import EvalResult, evaluate_sums, result_from_sums
+from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -95,7 +95,10 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         test_top1_flip_tta=last.get("test_top1_flip_tta"),
     )
     if info.is_main:
-        _write_outputs(result, state.eval_model, r)
+        # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
+        calibration = fit_val_temperature(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
+                                          run.recipe.eval_batch_size) if data.val is not None else {}
+        _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
 
@@ -384,7 +387,7 @@ def _finished(run: Run) -> TrainResult | None:
                        test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
 
 
-def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop) -> None:
+def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration: dict[str, Any] | None = None) -> None:
     """model.safetensors (with provenance metadata) and curves.png; the final epoch's numbers only."""
     from aperture_zoo.weights import save_weights
 
@@ -399,7 +402,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop) -> None:
         "train_device": device_name(r.device), "world_size": r.info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": record["subset"], "val_split": record["val_split"], "test_subset": record["test_subset"],
-        "ema": recipe.ema_decay > 0,
+        "ema": recipe.ema_decay > 0, **(calibration or {}),
     }
     if result.test_top1_flip_tta is not None:  # declared apart: test_top1 stays the plain forward pass
         metadata["test_top1_flip_tta"] = round(result.test_top1_flip_tta, 4)

@@ -36,12 +36,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_confusion(
@@ -63,9 +58,38 @@ def plot_confusion(
             ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if frac[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(plt, fig, path)
+
+
+def save_figure(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG through ``atomic_path`` and free it."""
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
     plt.close(fig)
     return path
+
+
+def plot_reliability(bins: dict[str, dict[str, list[float]]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before and after the temperature.
+
+    ``bins``: ``{"uncalibrated": reliability_bins(...), "calibrated": ...}``. A calibrated model's
+    bars sit on the diagonal; bars below it mean over-confidence, above it under-confidence.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(bins), figsize=(5 * len(bins), 4.5), squeeze=False)
+    for ax, (label, b) in zip(axes[0], bins.items()):
+        n = len(b["count"])
+        centres = [(i + 0.5) / n for i in range(n)]
+        shown = [i for i, c in enumerate(b["count"]) if c > 0]
+        ax.bar([centres[i] for i in shown], [b["accuracy"][i] for i in shown], width=1 / n,
+               edgecolor="black", alpha=0.8, label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        ax.scatter([b["confidence"][i] for i in shown], [b["accuracy"][i] for i in shown], s=12,
+                   color="tab:red", zorder=3, label="mean confidence")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=label)
+        ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(plt, fig, path)

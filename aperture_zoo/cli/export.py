@@ -111,9 +111,13 @@ def export_cmd(
     calibration_images: int = typer.Option(512, "--calibration-images", help="Training images for int8 calibration (stratified)."),
     max_val_images: str = typer.Option("2000", "--max-val-images", help="Test images to validate on: a stratified sample "
                                        "(default 2000, each rate shown with its standard error), or 'all' for all 10,000."),
+    tta: str = typer.Option("none", "--tta", help="flip: average the image and its mirror inside the graph "
+                            "(writes <name>.tta.onnx, same input and outputs; validated against `eval --tta`); none."),
     json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
     """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
+
+    Outputs: logits, and probabilities (softmax(logits / T), calibrated with the weights' temperature).
 
     A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
     """
@@ -122,7 +126,9 @@ def export_cmd(
         from aperture_zoo.export.pipeline import export_model, parse_max_val_images
         from aperture_zoo.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS, parse_cuda_options
+        from aperture_zoo.predict import check_tta
 
+        flip = check_tta(tta)
         options = parse_cuda_options(cuda_options)
         if not onnx:
             raise ExportError("ONNX is the only export format; add --onnx")
@@ -136,8 +142,11 @@ def export_cmd(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
                 exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
-                progress=progress, cuda_options=options,
+                progress=progress, tta=flip, cuda_options=options,
             )
+        if model.temperature is None:
+            err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
+                              "uncalibrated softmax[/]", highlight=False, soft_wrap=True)
         if options and not any(r.provider == "CUDAExecutionProvider" for r in result.reports):
             err_console.print("--cuda-options are valid but unused: no file was validated on the CUDA provider",
                               highlight=False, soft_wrap=True)
@@ -168,26 +177,62 @@ def export_cmd(
 @app.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
-    onnx: Path = typer.Option(..., "--onnx", help="An ONNX file written by `aperture export`."),
+    model: str = typer.Option("resnet22", "--model", "-m", help="Published model or tag (PyTorch path), e.g. resnet10."),
+    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
+                                     "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
+    tta: str | None = typer.Option(None, "--tta", help="flip: average with the mirrored image (PyTorch path); "
+                                   "an ONNX file holds its own (export --tta flip)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image (>= 1)."),
-    provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu"),
+    provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu (ONNX only)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Classify images with an exported ONNX file (onnxruntime only, no PyTorch)."""
+    """Calibrated class probabilities for image files: the published resnet22 by default, or an ONNX file."""
     with user_errors():
-        from aperture_zoo.export.predict import OnnxClassifier
-
-        clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
-        predictions = clf.predict(images, top_k=top_k)
-    for p in predictions:
-        for notice in p.notices:
-            err_console.print(f"[yellow]notice:[/] {p.source}: {notice}", highlight=False, soft_wrap=True)
+        if onnx is not None:
+            rows, what = _predict_onnx(images, onnx, tta, top_k, provider)
+        else:
+            rows, what = _predict_torch(images, model, tta, top_k)
+    err_console.print(what, highlight=False, soft_wrap=True)
+    for row in rows:
+        for notice in row["notices"]:
+            err_console.print(f"[yellow]notice:[/] {row['image']}: {notice}", highlight=False, soft_wrap=True)
     if json_out:
-        print_json([p.to_dict() for p in predictions])
+        print_json(rows)
         return
-    for p in predictions:
-        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in p.top)
-        console.print(f"{p.source}: [bold]{p.label}[/]  ({ranked})", highlight=False)
+    for row in rows:
+        ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in row["top"])
+        console.print(f"{row['image']}: [bold]{row['top'][0]['label']}[/]  ({ranked})", highlight=False)
+
+
+def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int, provider: str) -> tuple[list[dict], str]:
+    """Torch-free: onnxruntime, numpy and pillow only."""
+    from aperture_zoo.export.errors import ExportError
+    from aperture_zoo.export.predict import OnnxClassifier
+
+    if tta is not None:
+        raise ExportError("--tta applies to the PyTorch path; an ONNX file holds its own TTA "
+                          "(`aperture export NAME --pretrained --onnx --tta flip`)")
+    clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
+    rows = [p.to_dict() for p in clf.predict(images, top_k=top_k)]
+    notice = clf.describe()  # said once, not per image
+    for row in rows:
+        row["notices"] = [n for n in row["notices"] if n != notice]
+    return rows, f"{onnx.name}: {notice}"
+
+
+def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], str]:
+    from aperture_zoo.predict import check_tta, classify
+    from aperture_zoo.pretrained import load
+
+    flip = check_tta(tta)
+    model = load(name, pretrained=True)
+    rows = classify(model, images, top_k=top_k, tta=flip)
+    from aperture_zoo.catalog import find_weights
+
+    record = find_weights(name)
+    tag = record.tag if record is not None else name
+    return rows, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
+                  + ("; flip test-time augmentation" if flip else ""))
 
 
 @app.command("bench")
@@ -231,3 +276,70 @@ def bench_cmd(
         return
     weights_note = "random weights" if weights is None and not pretrained else "trained weights"
     console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("runtimes")
+def runtimes_cmd(
+    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (the PyTorch reference)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
+    random_init: bool = typer.Option(False, "--random-init", help="Untrained weights (seed 0)."),
+    onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="Folder with <name>.onnx (.fp16/.int8) from "
+                                         "`aperture export`; default: export them here first."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10: test images (and int8 calibration); "
+                                         "else the 30 bundled test images, no int8."),
+    max_images: int = typer.Option(1000, "--max-images", help="Stratified test images per cell."),
+    only: str = typer.Option("all", "--runtimes", help="Comma-separated subset of ort, ort-cuda, ort-1.15, "
+                             "ort-1.16, opencv-4, opencv-5; or 'all'."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the runtimes' venvs are kept "
+                                          "(default $APERTURE_RUNTIMES_DIR or ~/.cache/aperture_zoo/runtimes)."),
+    record: bool = typer.Option(False, "--record", help="Write the passing cells into the files' metadata "
+                                "(validated_runtimes); needs --onnx-dir."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the matrix as JSON here (e.g. "
+                                    "model_cards/NAME/runtimes.json, which the card shows)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Run the fp32/fp16/int8 files in today's and older onnxruntime and in OpenCV DNN; compare with PyTorch.
+
+    Exits 1 when a file runs wrongly in a runtime it does not declare itself unfit for.
+    """
+    with user_errors():
+        from aperture_zoo.export.errors import ExportError
+        from aperture_zoo.export.matrix import DEFAULT_RUNTIMES, format_matrix, measure_model
+
+        keys = [r.key for r in DEFAULT_RUNTIMES]
+        chosen = keys if only.strip() == "all" else [k.strip() for k in only.split(",") if k.strip()]
+        if not chosen or any(k not in keys for k in chosen):
+            raise ExportError(f"--runtimes must name some of {', '.join(keys)} (or 'all'), got {only!r}")
+        if max_images < 1:
+            raise ExportError(f"--max-images must be at least 1, got {max_images}")
+        if record and onnx_dir is None:
+            raise ExportError("--record writes into existing files; pass them with --onnx-dir")
+        files = None
+        if onnx_dir is not None:
+            candidates = {"fp32": onnx_dir / f"{name}.onnx", "fp16": onnx_dir / f"{name}.fp16.onnx",
+                          "int8": onnx_dir / f"{name}.int8.onnx"}
+            files = {p: f for p, f in candidates.items() if f.is_file()}
+            if not files:
+                raise ExportError(f"no {name}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
+        model, sha = _load_model(name, weights, pretrained, random_init)
+        with err_console.status("running the runtime matrix") as status:
+            matrix = measure_model(model, files=files, data_dir=_auto_data_dir(data_dir), max_images=max_images,
+                                   runtimes=[r for r in DEFAULT_RUNTIMES if r.key in chosen], cache_dir=cache_dir,
+                                   weights_sha256=sha, record=record, progress=lambda m: _say(status, m))
+        if out is not None:
+            import json
+
+            from aperture_zoo.files import atomic_write_text
+
+            atomic_write_text(out, json.dumps(matrix.to_dict(), indent=2, sort_keys=True) + "\n")
+    if json_out:
+        print_json(matrix.to_dict())
+    else:
+        console.print(f"{name} on {matrix.images}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
+        console.print(format_matrix(matrix), highlight=False, markup=False, soft_wrap=True)
+        for c in matrix.cells:
+            if c.note and c.passed is not True:
+                err_console.print(f"{c.runtime} {c.precision}: {c.note}", highlight=False, markup=False, soft_wrap=True)
+    if not matrix.passed:
+        raise typer.Exit(code=1)

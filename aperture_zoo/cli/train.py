@@ -144,18 +144,32 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Where eval.json/confusion.png go (default: beside --weights)."),
+    corruptions: Optional[str] = typer.Option(
+        None, "--corruptions", help="Also test on corrupted copies: 'all' (gaussian_noise, gaussian_blur, "
+        "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or some, e.g. 'contrast:5,brightness'."),
+    corruption_images: Optional[int] = typer.Option(
+        None, "--corruption-images", help="A stratified sample of N test images per corruption and severity "
+        "(default: all evaluated images)."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json to stdout."),
 ) -> None:
-    """Test top-1, per-class accuracy and confusion matrix; writes eval.json and confusion.png."""
+    """Test top-1, per-class accuracy, confusion matrix and calibration (ECE, NLL, Brier before and
+    after the temperature); writes eval.json, confusion.png and reliability.png."""
     from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
-    from aperture_zoo.train.evaluate import evaluate, format_confusion, write_eval_report
+    from aperture_zoo.train.evaluate import evaluate, format_confusion, format_robustness, write_eval_report
     from aperture_zoo.progress import counting
     from aperture_zoo.train.evaluate import check_eval_options
     from aperture_zoo.weights import WeightsError
 
     with user_errors():
+        from aperture_zoo.corruptions import parse_corruptions
+
         check_eval_options(batch_size, subset)
+        chosen = parse_corruptions(corruptions)
+        if corruption_images is not None and corruption_images < 1:
+            from aperture_zoo.train.evaluate import EvalError
+
+            raise EvalError(f"--corruption-images must be at least 1 test image, got {corruption_images}")
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model, used, _ = model_for_command(name, weights, pretrained)
@@ -164,6 +178,13 @@ def eval_cmd(
         what = f"evaluating {name} on {len(split):,} test images ({dev.type})"
         with counting(err_console, len(split), what) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
+        if chosen:
+            from aperture_zoo.train.robustness import evaluate_corruptions
+
+            with err_console.status("corruptions") as status:
+                result.extra["corruptions"] = evaluate_corruptions(
+                    model, split, chosen, max_images=corruption_images, batch_size=batch_size, device=dev, tta=tta,
+                    on_step=lambda m: status.update(f"evaluating {name} on {m}"))
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
     if json_out:
@@ -175,7 +196,10 @@ def eval_cmd(
     for cls, acc in result.per_class_top1.items():
         console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
     console.print(format_confusion(result), highlight=False)
-    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'confusion.png'}", highlight=False)
+    for line in format_robustness(result.extra):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'confusion.png'} and {out_dir / 'reliability.png'}",
+                  highlight=False)
 
 
 @app.command("train-zoo")

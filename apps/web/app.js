@@ -287,12 +287,15 @@ async function classify(blob, name, trueLabel = null) {
   }
   const ms = performance.now() - t0;
   const logits = Array.from(output[session.outputNames[0]].data);
-  const probs = softmax(logits);
+  // The file's calibrated probabilities (softmax(logits / T)); an older file without them: plain softmax.
+  const calibrated = session.outputNames.includes("probabilities");
+  const probs = calibrated ? Array.from(output.probabilities.data) : softmax(logits);
+  if (!calibrated) notices.push("probabilities are uncalibrated (the file has no 'probabilities' output; re-export it)");
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
   const top = order.map(([p, i]) => ({ label: entry.labels[i], index: i, probability: p }));
   demo.last = {
     source: name, model: entry.name, width: image.width, height: image.height, pixels: Array.from(pixels),
-    logits, probs, top, ms, ep, threads: ep === "wasm" ? threads : null, notices,
+    logits, probs, calibrated, top, ms, ep, threads: ep === "wasm" ? threads : null, notices,
   };
   render(demo.last, trueLabel, pixels, w, h);
   demo.runs += 1;

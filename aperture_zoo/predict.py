@@ -1,0 +1,97 @@
+"""Calibrated probabilities from a PyTorch model in one call, and ``aperture predict`` without ONNX.
+
+``model(x)`` returns raw logits, like every torchvision/timm classifier; ``predict_proba(model, x)``
+is the one place that turns them into probabilities an app can threshold: softmax(logits / T)
+with the temperature ``load()`` attached from the weights (``get_weights(tag).temperature`` for the
+published ones). Optionally averaged with the mirrored image (flip test-time augmentation).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .calibration import TemperatureError, check_temperature
+from .errors import ApertureError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .model import ResNet
+
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+
+
+class TTAError(ApertureError, ValueError):
+    """An unknown test-time augmentation."""
+
+
+def check_tta(tta: str | bool | None) -> bool:
+    """``"flip"`` -> True, ``"none"``/None -> False; anything else is a one-line error."""
+    if tta is None or isinstance(tta, bool):
+        return bool(tta)
+    if tta not in TTA_MODES:
+        raise TTAError(f"--tta must be 'flip' or 'none', got {tta!r}")
+    return tta == "flip"
+
+
+def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures)."""
+    logits = model(x)
+    return 0.5 * (logits + model(x.flip(3))) if tta else logits
+
+
+def model_temperature(model: ResNet, temperature: float | None = None) -> float:
+    """``temperature`` if given, else the model's own; an error when neither is known."""
+    if temperature is not None:
+        return check_temperature(temperature)
+    if model.temperature is None:
+        raise TemperatureError(
+            f"no temperature is known for these {model.spec.name} weights (only the published ones and runs "
+            "trained with --val-split carry one); pass temperature=1.0 for the uncalibrated softmax, or fit one "
+            "with aperture_zoo.calibration.fit_temperature on held-out logits"
+        )
+    return check_temperature(model.temperature)
+
+
+def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
+                  tta: str | bool = False) -> torch.Tensor:
+    """Calibrated class probabilities, N x classes: softmax(model(x) / T), no gradient.
+
+    ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns), or image paths,
+    pillow images or uint8 arrays (preprocessed here). ``tta="flip"`` averages the logits of each
+    image and its mirror first.
+    """
+    import torch
+
+    from .transforms import preprocess
+
+    t = model_temperature(model, temperature)
+    x = images if isinstance(images, torch.Tensor) else preprocess(images, model)
+    with torch.no_grad():
+        return (tta_logits(model, x, check_tta(tta)) / t).softmax(-1)
+
+
+def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int = 3,
+             tta: str | bool = False) -> list[dict[str, Any]]:
+    """Top-k calibrated (class, probability) per image file, shaped like ``Prediction.to_dict()``."""
+    from .images import ImageError, load_image
+    from .transforms import preprocess
+
+    if top_k < 1:
+        raise ImageError(f"--top-k must be at least 1, got {top_k}")
+    size = (model.spec.input_size[2], model.spec.input_size[1])
+    decoded = [load_image(p, size) for p in paths]
+    if not decoded:
+        return []
+    import numpy as np
+
+    probs = predict_proba(model, preprocess(np.stack([img for img, _ in decoded]), model), tta=tta).numpy()
+    k = min(top_k, probs.shape[1])
+    out = []
+    for p, (_, notices), row in zip(paths, decoded, probs):
+        order = np.argsort(-row)[:k]
+        out.append({"image": str(p), "top": [{"label": model.spec.label_names[i], "probability": float(row[i])}
+                                             for i in order], "notices": list(notices)})
+    return out

@@ -1,0 +1,252 @@
+"""Calibrated probabilities, flip TTA in every runtime, corruptions and `predict` without ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aperture_zoo.calibration import (
+    TemperatureError,
+    brier,
+    check_temperature,
+    cross_fit,
+    ece,
+    fit_temperature,
+    nll,
+    softmax,
+    stratified_halves,
+)
+from aperture_zoo.cli import app
+from aperture_zoo.corruptions import CORRUPTIONS, CorruptionError, corrupt, parse_corruptions
+from aperture_zoo.model import create_model
+
+SMALL = dict(channels=(8, 16, 16, 32))
+
+
+# -- temperature scaling and scores ---------------------------------------------------------------
+def test_fit_recovers_a_known_temperature_on_synthetic_logits() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6000, 10)) * 3
+    for true_t in (0.6, 1.7):  # labels drawn from softmax(logits / T): NLL is minimal at T
+        p = softmax(logits, true_t)
+        labels = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+        assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_scores_on_hand_checkable_cases() -> None:
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
+    labels = np.array([0, 1, 1, 0])
+    # bins (15 equal): 0.9 -> bin 13 (acc 1), 0.6 -> bin 8 (acc 0), 0.8 -> bin 11 (acc 1), 0.7 -> bin 10 (acc 1)
+    assert ece(probs, labels) == pytest.approx((0.1 + 0.6 + 0.2 + 0.3) / 4)
+    assert brier(probs, labels) == pytest.approx((0.02 + 0.72 + 0.08 + 0.18) / 4)
+    assert ece(np.eye(3), np.arange(3)) == 0.0 and brier(np.eye(3), np.arange(3)) == 0.0
+    logits = np.log(probs)
+    assert nll(logits, labels) == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.7])))
+    assert nll(np.zeros((5, 4)), np.zeros(5, int)) == pytest.approx(np.log(4))
+
+
+def test_cross_fit_never_scores_on_the_images_it_fitted() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 41)
+    a, b = stratified_halves(labels)
+    assert not set(a) & set(b) and len(a) + len(b) == len(labels)
+    assert all(abs((labels[a] == c).sum() - (labels[b] == c).sum()) <= 1 for c in range(10))
+    logits = rng.normal(size=(len(labels), 10)) + 4 * np.eye(10)[labels]
+    out = cross_fit(logits, labels)
+    t_a = out["halves"][0]["temperature"]
+    assert t_a == pytest.approx(fit_temperature(logits[a], labels[a]))
+    assert out["halves"][0]["ece"] == pytest.approx(ece(softmax(logits[b], t_a), labels[b]))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "warm", None])
+def test_a_temperature_must_be_finite_and_positive(bad: object) -> None:
+    with pytest.raises(TemperatureError, match="above 0"):
+        check_temperature(bad)
+
+
+def test_predict_proba_is_softmax_of_logits_over_t_and_needs_a_temperature() -> None:
+    import aperture_zoo
+
+    torch.manual_seed(0)
+    model = create_model("resnet10", **SMALL).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with pytest.raises(TemperatureError, match="temperature=1.0"):
+        aperture_zoo.predict_proba(model, x)
+    model.temperature = 0.5
+    with torch.no_grad():
+        want = (model(x) / 0.5).softmax(-1)
+        flip = ((model(x) + model(x.flip(3))) / 2 / 0.5).softmax(-1)
+    torch.testing.assert_close(aperture_zoo.predict_proba(model, x), want)
+    torch.testing.assert_close(aperture_zoo.predict_proba(model, x, tta="flip"), flip)
+
+
+# -- ONNX: probabilities output, TTA graph, metadata ---------------------------------------------
+@pytest.fixture(scope="module")
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet10", **SMALL).eval()
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tta_file(small_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from aperture_zoo.export.onnx_export import to_onnx
+
+    return to_onnx(small_model, tmp_path_factory.mktemp("tta") / "m.tta.onnx", temperature=0.6, tta=True,
+                   exporter="legacy")
+
+
+def test_tta_graph_is_the_mean_of_two_pytorch_passes_and_probabilities_are_calibrated(
+        tta_file: Path, small_model: torch.nn.Module) -> None:
+    from aperture_zoo.export.onnx_export import read_metadata
+    from aperture_zoo.export.runtime import create_session
+
+    session = create_session(tta_file, "cpu")
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    pixels = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    logits, probs = session.run(None, {"pixel_values": pixels})
+    mean = torch.tensor(small_model.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(small_model.spec.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(pixels) - mean) / std
+    with torch.no_grad():
+        want = 0.5 * (small_model(x) + small_model(x.flip(3)))
+    np.testing.assert_allclose(logits, want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(probs, softmax(logits, 0.6), atol=1e-6)
+    meta = read_metadata(tta_file)
+    assert meta["tta"] == "flip" and float(meta["temperature"]) == 0.6
+
+
+def test_tta_file_passes_validation_against_eval_tta(tta_file: Path, small_model: torch.nn.Module) -> None:
+    from aperture_zoo.export.validate import validate
+
+    report = validate(tta_file, small_model, provider="cpu", batch_sizes=(3,))
+    assert report.passed, report.failures
+    assert report.comparisons[-1].max_prob_diff is not None and report.comparisons[-1].max_prob_diff < 1e-5
+    plain = create_model("resnet10", **SMALL).eval()  # other weights: the check can fail
+    assert not validate(tta_file, plain, provider="cpu", batch_sizes=(3,)).passed
+
+
+def test_classifier_uses_the_files_probabilities_and_refuses_a_bad_temperature(
+        tta_file: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from aperture_zoo.export.onnx_export import set_metadata
+    from aperture_zoo.export.predict import OnnxClassifier
+
+    clf = OnnxClassifier(tta_file, provider="cpu")
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    assert clf.calibrated and clf.tta == "flip" and "temperature 0.6" in clf.describe()
+    np.testing.assert_allclose(clf.predict_proba(pixels), softmax(clf.logits(pixels), 0.6), atol=1e-6)
+
+    proto = onnx.load(str(tta_file))
+    for bad in ("0", "-2", "nan", "inf"):
+        set_metadata(proto, {"temperature": bad})
+        onnx.save(proto, str(tmp_path / "bad.onnx"))
+        with pytest.raises(TemperatureError, match="temperature in"):
+            OnnxClassifier(tmp_path / "bad.onnx", provider="cpu")
+
+    old = onnx.load(str(tta_file))  # an older export: logits only, no temperature
+    del old.graph.output[1]
+    del old.metadata_props[:]
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    legacy = OnnxClassifier(tmp_path / "old.onnx", provider="cpu")
+    assert not legacy.calibrated and "uncalibrated" in legacy.describe()
+    np.testing.assert_allclose(legacy.predict_proba(pixels), softmax(legacy.logits(pixels)), atol=1e-6)
+
+
+def test_export_tta_other_than_flip_or_none_is_a_one_line_error() -> None:
+    result = CliRunner().invoke(app, ["export", "resnet10", "--onnx", "--random-init", "--tta", "five-crop"])
+    assert result.exit_code == 2
+    assert "--tta must be 'flip' or 'none', got 'five-crop'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+# -- corruptions ----------------------------------------------------------------------------------
+def test_corruption_severities_are_monotone_on_a_fixed_image() -> None:
+    from aperture_zoo.images import load_image
+    from aperture_zoo.samples import sample_images
+
+    image = load_image(sample_images()[0][0])[0].transpose(2, 0, 1)[None]
+    for name in CORRUPTIONS:
+        change = [np.abs(corrupt(image, name, s).astype(float) - image).mean() for s in range(1, 6)]
+        assert all(a < b for a, b in zip(change, change[1:])), (name, change)
+        assert corrupt(image, name, 3).dtype == np.uint8 and np.array_equal(corrupt(image, name, 3), corrupt(image, name, 3))
+
+
+def test_corruption_parameters_follow_cifar10c() -> None:
+    image = np.full((1, 3, 4, 4), 100, np.uint8)
+    image[0, :, 0, 0] = 200  # contrast: (x - mean) * c + mean, per channel
+    mean = (200 + 15 * 100) / 16
+    assert corrupt(image, "contrast", 5)[0, 0, 0, 0] == int(((200 - mean) * 0.15 + mean) / 255 * 255)
+    grey = np.full((1, 3, 2, 2), 51, np.uint8)  # brightness: V += 0.3 keeps a grey pixel grey
+    assert (corrupt(grey, "brightness", 5) == int((0.2 + 0.3) * 255)).all()
+    black = np.zeros((1, 3, 2, 2), np.uint8)
+    assert (corrupt(black, "brightness", 1) == int(0.05 * 255)).all()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fog", "unknown corruption 'fog'"), ("contrast:6", "severity must be 1-5, got 6"),
+    ("contrast:0", "severity must be 1-5, got 0"), ("contrast:x", "severity must be 1-5"), (",", "names no corruption"),
+])
+def test_bad_corruptions_are_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises(CorruptionError, match=message):
+        parse_corruptions(spec)
+
+
+def test_parse_corruptions() -> None:
+    assert len(parse_corruptions("all")) == 25
+    assert parse_corruptions("contrast:2,brightness") == [("contrast", 2)] + [("brightness", s) for s in range(1, 6)]
+
+
+# -- `aperture eval` with calibration and corruptions ----------------------------------------------
+def test_cli_eval_reports_calibration_tta_and_corruptions(synthetic_cifar: Path, tmp_path: Path) -> None:
+    from aperture_zoo.weights import save_weights
+
+    torch.manual_seed(0)
+    weights = save_weights(create_model("resnet10", **SMALL), tmp_path / "model.safetensors")
+    result = CliRunner().invoke(app, [
+        "eval", "resnet10", "--weights", str(weights), "--data-dir", str(synthetic_cifar), "--no-download",
+        "--tta", "--corruptions", "contrast:1,contrast:5", "--corruption-images", "50", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("ece", "nll", "brier", "ece_calibrated", "nll_calibrated", "brier_calibrated", "temperature"):
+        assert np.isfinite(report[key]), key
+    assert report["nll_calibrated"] <= report["nll"] + 0.05  # fitted on the other half: close to, or below
+    assert "cross-fitted" in report["temperature_fitted_on"]
+    assert report["top1_by_tta"]["flip"] == pytest.approx(report["top1"])
+    c = report["corruptions"]
+    assert c["num_images"] == 50 and set(c["top1"]["contrast"]) == {"1", "5"} and c["worst"] == "contrast"
+    assert (tmp_path / "reliability.png").stat().st_size > 0
+
+
+def test_cli_eval_refuses_unknown_corruptions_before_loading_anything(synthetic_cifar: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "resnet10", "--pretrained", "--corruptions", "contrast:9",
+                                      "--data-dir", str(synthetic_cifar)])
+    assert result.exit_code == 2 and "severity must be 1-5, got 9" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+# -- `aperture predict` without --onnx -------------------------------------------------------------
+def test_predict_without_onnx_uses_the_published_resnet22_calibrated() -> None:
+    import aperture_zoo
+    from aperture_zoo.samples import sample_images
+
+    path, label = sample_images()[0]
+    result = CliRunner().invoke(app, ["predict", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "resnet22.fast: calibrated probabilities (temperature" in result.output
+    rows = json.loads(result.output[result.output.index("["):])
+    model = aperture_zoo.load("resnet22", pretrained=True)
+    assert model.temperature == aperture_zoo.get_weights("resnet22").temperature is not None
+    want = aperture_zoo.predict_proba(model, [path])[0]
+    assert rows[0]["top"][0]["label"] == label
+    assert rows[0]["top"][0]["probability"] == pytest.approx(float(want.max()), abs=1e-6)
+    bad = CliRunner().invoke(app, ["predict", str(path), "--tta", "ten"])
+    assert bad.exit_code == 2 and "--tta must be 'flip' or 'none'" in bad.output
