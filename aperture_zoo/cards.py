@@ -68,16 +68,19 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     committed ``weights.json``), ``eval.json`` and ``*.report.json`` in ``source_dir``."""
     from .summary import measure
     from .files import file_sha256
-    from .weights import decode_metadata, read_metadata
+    from .weights import decode_metadata, read_metadata, spec_from_metadata
 
     spec = get_spec(name)
-    measured = measure(name)
+    weights = weights or (source_dir / WEIGHTS_FILENAME)
+    if weights.is_file():  # a run on other data: its own head, class names and normalisation
+        own = spec_from_metadata(read_metadata(weights))
+        spec = own if own is not None and own.name == name else spec
+    measured = measure(spec)
     record = find_weights(name)
     facts = CardFacts(spec, measured["params"], measured["flops"],
                       repo_id or (record and record.hub_repo) or f"{DEFAULT_HUB_ORG}/{name}")
     # The default org is fixed here, not read from $APERTURE_HUB_ORG: cards must not depend on the
     # environment they are generated in.
-    weights = weights or (source_dir / WEIGHTS_FILENAME)
     if weights.is_file():
         facts.weights = decode_metadata(read_metadata(weights))
         facts.weights_sha256, facts.weights_size = file_sha256(weights), weights.stat().st_size
@@ -131,7 +134,7 @@ def build_config(facts: CardFacts) -> dict[str, Any]:
             "epochs", "seed", "train_device", "world_size", "wall_time_s", "train_images_per_s",
             "subset", "val_split", "test_subset", "ema", "torch_version")}
     if facts.trained:
-        config["metrics"] = {"dataset": "cifar10", "split": "test", "top1": meta["test_top1"],
+        config["metrics"] = {"dataset": _dataset(meta)[0], "split": "test", "top1": meta["test_top1"],
                              "test_loss": meta.get("test_loss"), "epoch": meta.get("epochs")}
         if facts.eval:
             config["metrics"]["per_class_top1"] = facts.eval.get("per_class_top1")
@@ -159,23 +162,34 @@ def _card_data(facts: CardFacts) -> Any:
     """The card's YAML front matter (Hub metadata, model-index with the final-epoch accuracy)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    tags = ["image-classification", "cifar10", "resnet", "pytorch", "safetensors", "aperture_zoo"]
+    key, label = _dataset(facts.weights or {})
+    tags = ["image-classification", *([key] if key in ("cifar10", "cifar100") else []), "resnet", "pytorch",
+            "safetensors", "aperture_zoo"]
     if facts.has_onnx:
         tags.append("onnx")
     results = None
     if facts.trained:
         results = [EvalResult(
             task_type="image-classification", task_name="Image Classification",
-            dataset_type="cifar10", dataset_name="CIFAR-10", dataset_split="test",
+            dataset_type=key, dataset_name=label, dataset_split="test",
             metric_type="accuracy", metric_name="Top-1 accuracy (final epoch)",
             metric_value=round(float(facts.weights["test_top1"]), 2),
         )]
     data = ModelCardData(
-        license=LICENSE, library_name="aperture_zoo", tags=tags, datasets=["cifar10"],
+        license=LICENSE, library_name="aperture_zoo", tags=tags,
+        datasets=[key] if key in ("cifar10", "cifar100") else None,
         metrics=["accuracy"], pipeline_tag="image-classification", model_name=facts.spec.name,
         eval_results=results,
     )
     return data
+
+
+def _dataset(meta: dict[str, Any]) -> tuple[str, str]:
+    """(key, name) of the dataset the weights were trained on: cifar10, cifar100, or an image folder."""
+    name = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
+    if name in ("cifar10", "cifar100"):
+        return name, {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+    return "image-folder", f"`{Path(name).name}` image folder"
 
 
 def _fmt(value: Any) -> str:
@@ -251,7 +265,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     per_class = (ev or {}).get("per_class_top1") or {}
     record = find_weights(s.name)
     return {
-        "name": s.name, "report": REPORT, "repo_id": facts.repo_id, "trained": facts.trained,
+        "name": s.name, "report": REPORT, "dataset_label": _dataset(meta)[1], "repo_id": facts.repo_id, "trained": facts.trained,
         "has_weights": facts.weights is not None, "sha256": facts.weights_sha256,
         "article": "An" if str(s.depth).startswith(("8", "11", "18")) else "A", "depth": s.depth,
         "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),

@@ -151,6 +151,62 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
     )
 
 
+def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
+                   taken: Iterable[str] = ()) -> list[DemoModel]:
+    """Offer exported files (a run's ``aperture export`` output) in the page, with their own class names.
+
+    Each file is checked to be an image classifier taking pixels in [0, 1] (normalisation in the
+    graph, as the page feeds them) and copied into the models folder; its menu name is its file
+    stem (made unique). Reads ONNX metadata only: no torch.
+    """
+    import shutil
+
+    import numpy as np
+    import onnx
+
+    def decode_metadata(props: dict[str, str]) -> dict[str, Any]:  # weights.py's, without importing torch
+        out: dict[str, Any] = {}
+        for key, value in props.items():
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        return out
+
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    names, entries = set(taken), []
+    for src in map(Path, files):
+        if not src.is_file():
+            raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
+        try:
+            model = onnx.load(str(src), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for a non-ONNX file
+            raise DemoError(f"{str(src)!r} is not an ONNX file ({str(exc)[:120]}); export one with `aperture export --onnx`") from None
+        meta = decode_metadata({p.key: p.value for p in model.metadata_props})
+        labels, shape = meta.get("label_names"), (meta.get("input") or {}).get("shape")
+        if not isinstance(labels, list) or not isinstance(shape, list) or len(shape) != 4:
+            raise DemoError(f"{str(src)!r} has no aperture_zoo metadata (class names, input shape); export it with "
+                            "`aperture export NAME --weights FILE --onnx`")
+        if meta.get("normalize_in_graph") is False:
+            raise DemoError(f"{str(src)!r} was exported with --no-normalize; the page feeds pixels in [0, 1], so "
+                            "export it again without that option")
+        name, n = src.stem, 2
+        while name in names:
+            name, n = f"{src.stem}-{n}", n + 1
+        names.add(name)
+        target = models_dir / f"{name}.onnx"
+        if src.resolve() != target.resolve():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        entries.append(DemoModel(name=name, params=params, available=True, file=target.name,
+                                 bytes=target.stat().st_size, weights_sha256=meta.get("weights_sha256"),
+                                 labels=[str(x) for x in labels], input_size=[int(x) for x in shape[1:]]))
+    return entries
+
+
 def prepare_models(
     models_dir: str | os.PathLike[str],
     names: Iterable[str] | None = None,

@@ -73,7 +73,8 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AvgPool2d(spec.pool_kernel)
         side = spec.input_size[1] // 2 ** (spec.num_stages - 1) // spec.pool_kernel
-        self.fc = nn.Linear(prev * side * side, spec.num_classes)
+        # num_classes=0: no head, forward() returns the pooled features (timm's convention)
+        self.fc: nn.Module = nn.Linear(prev * side * side, spec.num_classes) if spec.num_classes else nn.Identity()
         self._init_weights()
 
     @property

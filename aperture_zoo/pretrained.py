@@ -38,7 +38,7 @@ from . import hub
 from .catalog import Weights, by_repo, find_weights, hub_location
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json
 from .model import ResNet, create_model
-from .registry import get_spec
+from .registry import ModelSpec, get_spec
 from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -319,18 +319,26 @@ def load(
         return model.to(device).eval()
     if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
         loaded = fetch_weights(name, weights, cards_dir=cards)
-        # Overrides (e.g. num_classes=100 to fine-tune) keep every tensor that still fits and
-        # start the rest fresh, like timm's pretrained=True with another num_classes.
-        model = _apply(create_model(loaded.source.arch, **overrides), loaded, strict=not overrides)
+        # The file's own head, class names and normalisation (a model fine-tuned on a folder) unless
+        # overrides change them. Overrides (e.g. num_classes=100 to fine-tune, 0 for features) keep
+        # every tensor that still fits and start the rest fresh, like timm's pretrained=True.
+        model = _apply(create_model(file_spec(loaded, overrides)), loaded, strict=not overrides)
     else:
         record = find_weights(name)
         model = create_model(record.arch if record else name, **overrides)
     return model.to(device).eval()
 
 
+def file_spec(loaded: Loaded, overrides: dict[str, object] | None = None) -> ModelSpec:
+    """The spec a weights file records for its architecture (classes, mean/std), with ``overrides``."""
+    saved = spec_from_metadata(loaded.metadata)
+    spec = saved if saved is not None and saved.name == loaded.source.arch else get_spec(loaded.source.arch)
+    return spec.replace(**overrides) if overrides else spec
+
+
 def model_from(loaded: Loaded) -> ResNet:
-    """An eval-mode model of the architecture a fetch resolved to, holding its tensors."""
-    return _apply(create_model(loaded.source.arch), loaded).eval()
+    """An eval-mode model of the architecture a fetch resolved to (its own head and classes), holding its tensors."""
+    return _apply(create_model(file_spec(loaded)), loaded).eval()
 
 
 def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:

@@ -65,6 +65,7 @@ class ModelSpec:
     std: tuple[float, ...] = CIFAR10_STD
     report_params: int | None = None
     report_top1_20ep: float | None = None
+    class_names: tuple[str, ...] | None = None  # a dataset's own classes (None: CIFAR-10's, or class_i)
 
     def __post_init__(self) -> None:
         if len(self.blocks) != len(self.channels):
@@ -74,8 +75,10 @@ class ModelSpec:
             )
         if not self.blocks or min(self.blocks) < 1 or min(self.channels) < 1:
             raise SpecError(f"{self.name}: every stage needs >= 1 block and >= 1 channel")
-        if self.num_classes < 1:
-            raise SpecError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
+        if self.num_classes < 0:  # 0: no head, the model returns pooled features (timm's convention)
+            raise SpecError(f"{self.name}: num_classes must be >= 0, got {self.num_classes}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise SpecError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
         if self.conv_kernel % 2 == 0 or self.shortcut_kernel % 2 == 0:
             raise SpecError(f"{self.name}: kernels must be odd to keep 'same' padding")
         side = self.input_size[1] // 2 ** (len(self.blocks) - 1)
@@ -97,6 +100,8 @@ class ModelSpec:
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        if self.class_names is not None:
+            return self.class_names
         return CIFAR10_CLASSES if self.num_classes == 10 else tuple(
             f"class_{i}" for i in range(self.num_classes)
         )
@@ -109,11 +114,14 @@ class ModelSpec:
                 f"unknown spec field(s) {sorted(unknown)}; valid: "
                 f"{[f.name for f in dataclasses.fields(self)]}"
             )
-        for key in ("blocks", "channels", "input_size", "mean", "std"):
-            if key in overrides:
+        for key in ("blocks", "channels", "input_size", "mean", "std", "class_names"):
+            if key in overrides and overrides[key] is not None:
                 overrides[key] = tuple(overrides[key])
+        if "num_classes" in overrides and "class_names" not in overrides and self.class_names is not None \
+                and overrides["num_classes"] != self.num_classes:
+            overrides["class_names"] = None  # another head: the old names no longer apply
         changes_arch = any(
-            k not in ("name", "mean", "std") and overrides[k] != getattr(self, k) for k in overrides
+            k not in ("name", "mean", "std", "class_names") and overrides[k] != getattr(self, k) for k in overrides
         )
         if changes_arch:
             overrides.setdefault("report_params", None)
@@ -140,8 +148,8 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("blocks", "channels", "input_size", "mean", "std"):
-            if key in kwargs:
+        for key in ("blocks", "channels", "input_size", "mean", "std", "class_names"):
+            if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 

@@ -9,7 +9,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from .registry import get_spec, list_models
+from .registry import ModelSpec, get_spec, list_models
 
 
 @lru_cache(maxsize=None)
@@ -21,7 +21,7 @@ def parameter_count(name: str) -> int:
 
 
 @lru_cache(maxsize=None)
-def measure(name: str) -> dict[str, int]:
+def measure(name: str | ModelSpec) -> dict[str, int]:
     """Parameters and forward FLOPs for one 32x32 image (torch's flop counter; 1 MAC = 2 FLOPs)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

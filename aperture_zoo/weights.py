@@ -174,7 +174,9 @@ def spec_from_metadata(meta: dict[str, str], base: ModelSpec | None = None) -> M
         from .registry import get_spec
 
         base = get_spec(arch["name"])
-    return base.replace(**arch)
+    from .labels import data_fields_from_metadata  # class names and normalisation travel with the weights
+
+    return base.replace(**arch, **data_fields_from_metadata(meta, int(arch.get("num_classes", base.num_classes))))
 
 
 def _describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -48,9 +48,14 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
     from aperture_zoo.files import WEIGHTS_FILENAME
     from aperture_zoo.pretrained import fetch_weights, model_from
 
+    from aperture_zoo.datasets import dataset_for_weights
+    from aperture_zoo.weights import decode_metadata
+
     loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
+    own = dataset_for_weights(None, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
     result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
-                          provider=provider, data_dir=data_dir, max_val_images=1000)
+                          provider=provider, data_dir=data_dir if own is None else None, max_val_images=1000,
+                          dataset=own)
     return {"files": [p.name for p in result.files], "failed_files": [p.name for p in result.failed_files],
             "passed": result.passed, "reports": [r.to_dict() for r in result.reports]}
 
@@ -102,6 +107,7 @@ def export_model(
     progress: StepProgress | Callable[[str], None] | None = None,
     tta: bool = False,
     temperature: float | None = None,
+    dataset: Any = None,
     cuda_options: str | dict | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
@@ -112,19 +118,26 @@ def export_model(
     ``max_val_images`` of the test split (default 2,000; None: all), and each rate in the reports
     carries its standard error. ``tta`` puts flip test-time augmentation in the graph (default stem
     ``<name>.tta``, validated against PyTorch's ``eval --tta`` logits); ``temperature`` (default: the
-    model's own) calibrates the ``probabilities`` output. ``progress`` gets each step and the images
-    validated so far (an ``StepProgress``), or is a plain ``callback(message)`` per step.
+    model's own) calibrates the ``probabilities`` output. ``dataset`` (an ``aperture_zoo.datasets.Dataset``:
+    CIFAR-100 or a folder) takes the place of ``data_dir``: calibration on its training split, validation
+    on its test split. ``progress`` gets each step and the images validated so far (an ``StepProgress``),
+    or is a plain ``callback(message)`` per step.
     ``cuda_options``: onnxruntime CUDA provider options for validation (``runtime.parse_cuda_options``),
     checked before any work.
     """
     options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
     say = reporter.stage
-    _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir, calibration_images=calibration_images,
+    if dataset is not None and tuple(dataset.classes) != tuple(model.spec.label_names):
+        raise ExportError(f"the model's classes ({len(model.spec.label_names)}: {', '.join(model.spec.label_names[:3])}, ...) "
+                          f"are not the dataset's ({len(dataset.classes)}: {', '.join(dataset.classes[:3])}, ...); "
+                          "validate it on the dataset it was trained on (--dataset)")
+    _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir if dataset is None else "dataset", calibration_images=calibration_images,
                    provider=provider if run_validation else None, max_val_images=max_val_images,
                    opset=opset, exporter=exporter)
     if int8:  # fail on a bad data dir before spending time on the export
-        calibration = calibration_pixels(data_dir, calibration_images)
+        calibration = calibration_pixels(data_dir, calibration_images,
+                                         train=dataset.train if dataset is not None else None)
     out = Path(out_dir)
     stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
     result = ExportResult()
@@ -146,7 +159,7 @@ def export_model(
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
     if run_validation:
         _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
-                        cuda_options=options)
+                        test_split=dataset.test if dataset is not None else None, cuda_options=options)
     return result
 
 
@@ -192,13 +205,14 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
-                    cuda_options: dict[str, str] | None = None) -> None:
+                    test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                          test_split=test_split,
                           progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:

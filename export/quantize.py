@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,12 +48,16 @@ def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io
 
 
 def calibration_pixels(
-    data_dir: str | os.PathLike[str] | None, n: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0
+    data_dir: str | os.PathLike[str] | None, n: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0,
+    train: Any = None,
 ) -> np.ndarray:
-    """``n`` training images (n/10 per class, random) as float32 N x 3 x 32 x 32 in [0, 1]."""
+    """``n`` training images (n/K per class, random) as float32 N x 3 x 32 x 32 in [0, 1].
+
+    ``train``: a ``data.Split`` to draw from (another dataset's training split) instead of CIFAR-10's.
+    """
     from aperture_zoo.data import load_split, stratified_indices
 
-    train = load_split("train", data_dir)
+    train = train if train is not None else load_split("train", data_dir)
     n = min(n, len(train))
     idx = stratified_indices(train.labels, n, seed)
     return train.images[idx].astype(np.float32) / 255.0

@@ -260,6 +260,7 @@ def validate(
     seed: int = 0,
     progress: ProgressFn | None = None,
     reference_cache: dict[Any, np.ndarray] | None = None,
+    test_split: Any = None,
     cuda_options: dict[str, str] | None = None,
 ) -> ValidationReport:
     """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
@@ -268,8 +269,11 @@ def validate(
     all); without it only random inputs are compared, which an int8 file cannot be judged on.
     ``progress(done, total)`` is called as test images go through ONNX and PyTorch (each image
     counts twice). ``reference_cache``, shared between calls for one model, computes the PyTorch
-    logits of the test images once for all the files exported from it.
+    logits of the test images once for all the files exported from it. ``test_split`` (a
+    ``data.Split``: a folder's or CIFAR-100's test images) is used instead of CIFAR-10's.
     """
+    if test_split is not None:
+        data_dir = data_dir if data_dir is not None else "dataset"
     meta = decode_metadata(read_metadata(onnx_path))
     precision = meta.get("precision", "fp32")
     session = create_session(onnx_path, provider, cuda_options=cuda_options)
@@ -297,7 +301,7 @@ def validate(
         gated = tol.random_inputs_gated
         report.failures += _judge(pooled, tol, label, logits=gated, agreement=gated and data_dir is None)
     if data_dir is not None:
-        comp = _compare_test_set(pair, report, data_dir, max_images, seed, progress, reference_cache)
+        comp = _compare_test_set(pair, report, data_dir, max_images, seed, progress, reference_cache, test_split)
         report.failures += _judge(comp, tol, label)
     return report
 
@@ -354,11 +358,11 @@ def _compare_random(pair: _Pair, report: ValidationReport, label: str, sizes: Se
 
 def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.PathLike[str],
                       max_images: int | None, seed: int, progress: ProgressFn | None,
-                      reference_cache: dict[Any, np.ndarray] | None) -> Comparison:
-    """A stratified sample of the CIFAR-10 test set, with labels; the PyTorch side cached per model."""
+                      reference_cache: dict[Any, np.ndarray] | None, test_split: Any = None) -> Comparison:
+    """A stratified sample of the test set, with labels; the PyTorch side cached per model."""
     from aperture_zoo.data import load_split, subset
 
-    full = load_split("test", data_dir)
+    full = test_split if test_split is not None else load_split("test", data_dir)
     report.test_images_total = len(full)
     test = subset(full, max_images if max_images is not None and max_images < len(full) else None, seed)
     pixels = test.images.astype(np.float32) / 255.0
@@ -376,7 +380,7 @@ def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.
     t = cached if cached is not None else _torch_logits(pair.reference, pixels, pair.ref_device, tick=tick)
     if reference_cache is not None:
         reference_cache[key] = t
-    comp = compare(o, t, "CIFAR-10 test", test.labels)
+    comp = compare(o, t, "CIFAR-10 test" if test_split is None else "test images", test.labels)
     _prob_check(comp, probs, t, pair.temperature)
     report.comparisons.append(comp)
     return comp

@@ -60,3 +60,37 @@ def _dump(path: Path, x: np.ndarray, y: np.ndarray, label: str) -> None:
     }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=2)
+
+
+def write_cifar100(root: Path, n_train_per_class: int = 2, n_test_per_class: int = 1, seed: int = 0) -> Path:
+    """Write ``root/cifar-100-python`` (train, test, meta) in the official format; return root.
+
+    100 fine classes (the synthetic CIFAR-10 look-alike's 10 patterns, each at 10 brightness levels).
+    """
+    out = Path(root) / "cifar-100-python"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, n, s in (("train", n_train_per_class, seed), ("test", n_test_per_class, seed + 1)):
+        x, y = make_images(n * 10, s)  # 10 * n per base pattern: n per fine class
+        fine = y * 10 + np.arange(len(y)) % 10
+        x = np.clip(x.astype(np.int16) - (fine % 10)[:, None, None, None] * 8, 0, 255).astype(np.uint8)
+        batch = {b"filenames": [f"{i}.png".encode() for i in range(len(y))], b"batch_label": name.encode(),
+                 b"fine_labels": [int(v) for v in fine], b"coarse_labels": [int(v) // 5 for v in fine],
+                 b"data": x.reshape(len(x), -1)}
+        with open(out / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(out / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"fine_{i:02d}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"coarse_{i:02d}".encode() for i in range(20)]}, f, protocol=2)
+    return Path(root)
+
+
+def write_png_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int) -> Path:
+    """``root/<class>/<n>.png`` with the first ``per_class`` images of each of ``classes`` (uint8 N x 3 x 32 x 32)."""
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, i in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            Image.fromarray(images[i].transpose(1, 2, 0)).save(folder / f"{k:04d}.png")
+    return Path(root)

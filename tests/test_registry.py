@@ -68,7 +68,7 @@ def test_replace_derives_new_spec_and_drops_provenance() -> None:
         ({"blocks": (1, 0), "channels": (8, 8)}, ">= 1 block"),
         ({"blocks": (1,), "channels": (8,), "conv_kernel": 2}, "odd"),
         ({"blocks": (1, 1, 1, 1), "channels": (8,) * 4, "pool_kernel": 3}, "pool kernel 3"),
-        ({"blocks": (1,), "channels": (8,), "num_classes": 0}, "num_classes must be >= 1"),
+        ({"blocks": (1,), "channels": (8,), "num_classes": -1}, "num_classes must be >= 0"),
     ],
 )
 def test_invalid_specs_are_refused(kwargs: dict, message: str) -> None:

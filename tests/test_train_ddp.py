@@ -79,6 +79,9 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
                       str(Path(out) / f"ddp_bn_train_{bn_train}.safetensors"))
     fit(TrainConfig(model=SPEC, recipe=RECIPE.replace(batch_size=50), data_dir=data_dir,
                     out_dir=Path(out) / "run", device="cpu", progress=False))
+    os.environ["APERTURE_DATA"] = str(Path(out) / "cache")  # this forked worker's copy only
+    fit(TrainConfig(model=SPEC, dataset=str(Path(out) / "folder"), recipe=RECIPE.replace(batch_size=8),
+                    out_dir=Path(out) / "folder-run", device="cpu", progress=False))
 
 
 def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
@@ -129,6 +132,10 @@ def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
+    from cifar_synth import make_images, write_png_folder
+
+    x, y = make_images(5, seed=7)
+    write_png_folder(out / "folder", x, y, ["b 1", "a [2]", "ç"], per_class=5)  # a 3-class folder of PNGs
     # fork: the workers inherit the imported torch instead of paying for it again on 2 shared cores
     mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=True,
                        start_method="fork")
@@ -187,3 +194,12 @@ def test_rank_0_decides_the_run_folder_for_every_rank(ddp_out: Path) -> None:
     seen = [json.loads((ddp_out / f"claimed_rank{r}.json").read_text()) for r in range(2)]
     assert seen[0] == seen[1] == ["runs/tiny-20250101-120000", "runs/tiny-20250101-120000-2"]
     assert sorted(p.name for p in (ddp_out / "runs").iterdir()) == ["tiny-20250101-120000", "tiny-20250101-120000-2"]
+
+
+def test_ddp_on_a_folder_decodes_once_and_keeps_its_class_names(ddp_out: Path) -> None:
+    run = ddp_out / "folder-run"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["test_images"] == 3  # 20 % of 5 per class, scored once over 2 ranks
+    meta = read_metadata(run / "model.safetensors")
+    assert json.loads(meta["label_names"]) == ["a [2]", "b 1", "ç"] and json.loads(meta["world_size"]) == 2
+    assert len(list((ddp_out / "cache" / "folders").glob("*.npz"))) == 1  # rank 0 decoded, rank 1 read it

@@ -156,6 +156,12 @@ def evaluate(
             f"({', '.join(split.classes[:3])}, ...); evaluate it on data with the same classes, or load "
             f"weights trained for them"
         )
+    if tuple(split.classes) != tuple(spec.label_names):  # same count, other classes or order: a wrong number
+        diff = next(i for i, (a, b) in enumerate(zip(spec.label_names, split.classes)) if a != b)
+        raise EvalError(
+            f"the weights were trained for other classes than the data has (class {diff}: {spec.label_names[diff]!r} "
+            f"in the weights, {split.classes[diff]!r} in the data); evaluate them on the dataset they were trained on"
+        )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(dev)
     channels_last = dev.type == "cuda"

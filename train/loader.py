@@ -51,14 +51,19 @@ def load_splits(
     test_subset: int | None = None,
     seed: int = 0,
     download: bool = False,
+    dataset: Any = None,
 ) -> Splits:
     """Train/val/test numpy splits; subsets and the validation hold-out are stratified by class.
 
     ``val_split`` is a count (>= 1) or a fraction (< 1) of the (subset) training split; those images
     are removed from training, so choosing an epoch or a setting on them never looks at the test set.
     """
-    train = subset(load_split("train", data_dir, download), subset_size, seed)
-    test = subset(load_split("test", data_dir), test_subset, seed, option="--test-subset")
+    if dataset is not None:  # an aperture_zoo.datasets.Dataset (CIFAR-100, a folder): already loaded
+        train_full, test_full = dataset.train, dataset.test
+    else:
+        train_full, test_full = load_split("train", data_dir, download), load_split("test", data_dir)
+    train = subset(train_full, subset_size, seed)
+    test = subset(test_full, test_subset, seed, option="--test-subset")
     val = None
     if val_split < 0 or (val_split >= 1 and val_split != int(val_split)):
         raise SubsetError(f"--val-split must be a fraction in [0, 1) or a whole count of images, not {val_split}")
@@ -102,15 +107,19 @@ def load_run_data(cfg: TrainConfig, record: dict[str, Any], spec: ModelSpec, bat
     ``data_from_run``: the data folder is the one a resumed run recorded, so a missing one may
     have moved.
     """
+    from .dataset_run import run_dataset
+
+    dataset = run_dataset(record, cfg.data_dir, bool(cfg.download))  # CIFAR-100 or a folder; None: CIFAR-10
     try:
-        _fetch_once(cfg, info)
+        if dataset is None:
+            _fetch_once(cfg, info)
     except DataError as exc:
         if not data_from_run:
             raise
         raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
                         "--data-dir if the data has moved)") from None
     splits = load_splits(cfg.data_dir, record["subset"], record["val_split"], record["test_subset"],
-                         int(record["seed"]))
+                         int(record["seed"]), dataset=dataset)
     train = DeviceSplit.from_split(splits.train, device)
     if len(train) < batch_size:
         raise TrainingError(

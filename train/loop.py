@@ -29,6 +29,7 @@ from torch import nn
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import TrainProgress
 
+from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
@@ -66,8 +67,11 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     if done is not None:
         return done
     _refuse_early(cfg, run, info)
+    if run.resume_dir is None:  # the dataset's classes and normalisation, the init weights (dataset_run.py)
+        run.spec, run.record = D.decided_on_rank0(info, lambda: _new_run(cfg, run))
     data = load_run_data(cfg, run.record, run.spec, run.recipe.batch_size, info, device, data_from_run)
-    state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt)
+    state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt,
+                          prepare=dataset_run.prepare_model(run.record, fresh=run.ckpt is None))
     step_fn = TrainStep(network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(run.recipe.precision, device))
     r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack))
@@ -101,6 +105,18 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
+
+
+def _new_run(cfg: TrainConfig, run: Run) -> tuple[Any, dict[str, Any]]:
+    """Rank 0's view of a new run's dataset and init (decoded once; the other ranks read the cache)."""
+    import sys
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    return dataset_run.new_run(run.spec, run.record, None if cfg.dataset is None else str(cfg.dataset), cfg.test_split,
+                               None if cfg.init is None else str(cfg.init), cfg.freeze_backbone, cfg.data_dir,
+                               bool(cfg.download), say)
 
 
 def _refuse_early(cfg: TrainConfig, run: Run, info: D.DistInfo) -> None:
@@ -402,7 +418,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration:
         "train_device": device_name(r.device), "world_size": r.info.world_size,
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": record["subset"], "val_split": record["val_split"], "test_subset": record["test_subset"],
-        "ema": recipe.ema_decay > 0, **(calibration or {}),
+        "ema": recipe.ema_decay > 0, **(calibration or {}), **dataset_run.weights_metadata(record),
     }
     if result.test_top1_flip_tta is not None:  # declared apart: test_top1 stays the plain forward pass
         metadata["test_top1_flip_tta"] = round(result.test_top1_flip_tta, 4)

@@ -50,8 +50,9 @@ def plot_confusion(
     frac = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    shown = [str(c).replace("$", r"\$") for c in classes]  # users' names are text, never mathtext
+    ax.set_xticks(range(len(classes)), shown, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), shown)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):

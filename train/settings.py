@@ -20,7 +20,7 @@ from aperture_zoo.errors import ApertureError
 from aperture_zoo.registry import ModelSpec, get_spec
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .recipes import FAST, Recipe, RecipeError
+from .recipes import FAST, FINETUNE, Recipe, RecipeError
 from .rundir import RunDir
 
 SYNC_INTERVAL_S = 0.25  # at most about 4 host syncs a second
@@ -94,6 +94,10 @@ class TrainConfig:
     sync_interval_s: float = SYNC_INTERVAL_S  # how often the loop reads loss/accuracy back (one host sync)
     time_budget_s: float | None = None  # this call's training time; stops at the epoch boundary before it
     started: float | None = None  # seconds since the epoch that name a new runs/NAME-TIME folder (None: now)
+    dataset: str | os.PathLike[str] | None = None  # cifar10 (default), cifar100 or a folder (datasets.py)
+    test_split: float | None = None  # a folder without test/: the share held out (default 0.2)
+    init: str | os.PathLike[str] | None = None  # start from these weights (a tag or a file): finetune.py
+    freeze_backbone: bool = False  # with init: train the head only
 
 
 @dataclass
@@ -164,7 +168,8 @@ def resolve_run(cfg: TrainConfig) -> Run:
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
             "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0, **_how_it_runs(cfg),
         }
-        return Run(spec, (cfg.recipe or FAST).validate(), record)  # the folder is claimed later, on rank 0
+        recipe = cfg.recipe or (FINETUNE if cfg.init is not None else FAST)
+        return Run(spec, recipe.validate(), record)  # the folder is claimed later, on rank 0
     folder = RunDir(Path(cfg.resume))
     saved = folder.record()
     run = Run(ModelSpec.from_dict(saved["spec"]), folder.recipe(), {**saved, **_how_it_runs(cfg)}, folder.path)

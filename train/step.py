@@ -8,6 +8,7 @@ them back from a checkpoint) and ``network`` wraps it for DDP and ``torch.compil
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -88,12 +89,14 @@ class TrainStep:
 
 
 def initial_state(spec: ModelSpec, recipe: Recipe, seed: int, info: D.DistInfo, device: torch.device,
-                  ckpt: dict[str, Any] | None) -> RunState:
+                  ckpt: dict[str, Any] | None, prepare: Callable[[nn.Module], None] | None = None) -> RunState:
     """A new run's network (seeded), optimizer and EMA on ``device``, or those of ``ckpt``."""
     if device.type == "cuda":  # fixed shapes (the last partial batch is dropped): autotuning pays
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
     model: nn.Module = create_model(spec)
+    if prepare is not None:  # init weights, frozen backbone (dataset_run.py): before the optimizer sees them
+        prepare(model)
     if info.enabled and device.type == "cuda" and recipe.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

@@ -61,6 +61,7 @@ class ZooConfig:
     time_budget_s: float | None = None  # per model and call
     deadline_s: float | None = None     # for the whole call: no model starts or continues after it
     progress: bool = True
+    dataset: str | None = None          # cifar10 (default), cifar100 or an image folder
 
 
 # (model name, its finished run directory) -> the export's record, written to the run's export report.
@@ -159,16 +160,20 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
 def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
     """Reload the saved weights into a fresh model and re-evaluate: the record must be reproduced."""
     from aperture_zoo.data import load_split, subset
-    from aperture_zoo.weights import decode_metadata, load_weights, read_metadata
+    from aperture_zoo.pretrained import load
+    from aperture_zoo.weights import decode_metadata, read_metadata
 
+    from .dataset_run import run_dataset
     from .distributed import resolve_device
     from .evaluate import evaluate
 
     weights = run_dir / WEIGHTS_FILENAME
     meta = decode_metadata(read_metadata(weights))
     run = RunDir(run_dir).record()
-    test = subset(load_split("test", cfg.data_dir), run.get("test_subset"), int(run.get("seed", 0)))
-    model = load_weights(name, weights).eval()
+    own = run_dataset(run, cfg.data_dir)
+    full = own.test if own is not None else load_split("test", cfg.data_dir)
+    test = subset(full, run.get("test_subset"), int(run.get("seed", 0)))
+    model = load(name, weights=weights)  # the file's own head and class names
     res = evaluate(model, test, device=resolve_device(cfg.device))
     recorded = float(meta["test_top1"])
     out = {"recorded_top1": recorded, "reloaded_top1": round(res.top1, 4), "images": res.num_images,
@@ -217,7 +222,7 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print, exporter: Expo
                 data_dir=cfg.data_dir, download=cfg.download, device=cfg.device, compile=cfg.compile,
                 subset=None if resuming else cfg.subset, test_subset=None if resuming else cfg.test_subset,
                 seed=None if resuming else seed,
-                progress=cfg.progress, time_budget_s=budget,
+                progress=cfg.progress, time_budget_s=budget, dataset=None if resuming else cfg.dataset,
             )
             try:
                 result = fit(tc)

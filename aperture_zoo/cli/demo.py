@@ -17,10 +17,14 @@ def demo_cmd(
     port: int = typer.Option(8000, "--port", help="Port to serve on; 0 picks a free one."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Folder for the exported ONNX files (default: apps/web/models)."),
     web_dir: Path | None = typer.Option(None, "--web-dir", help="The page's folder (default: apps/web of this checkout)."),
+    onnx: list[Path] = typer.Option([], "--onnx", help="Also offer this exported file (e.g. a run's "
+                                    "`aperture export --onnx` output, with its own class names); repeatable. "
+                                    "With --onnx and no model names, only these files are offered."),
 ) -> None:
     """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
     with user_errors():
-        from aperture_zoo.demo import DemoServer, check_port, check_web_runtime, default_models_dir, prepare_models
+        from aperture_zoo.demo import (DemoServer, add_onnx_files, check_port, check_web_runtime, default_models_dir,
+                                       prepare_models, write_manifest)
         from aperture_zoo.demo import web_dir as find_web_dir
 
         check_port(port)
@@ -30,7 +34,11 @@ def demo_cmd(
         server = DemoServer(web, out, host=host, port=port)  # a busy port fails before any export
         try:
             with err_console.status("preparing models") as status:
-                entries = prepare_models(out, models or None, progress=lambda m: status.update(m))
+                entries = [] if onnx and not models else prepare_models(out, models or None,
+                                                                         progress=lambda m: status.update(m))
+                if onnx:
+                    entries = [e for e in entries if e.available] + add_onnx_files(out, onnx, [e.name for e in entries])
+                    write_manifest(out, entries)
         except BaseException:
             server.close()
             raise

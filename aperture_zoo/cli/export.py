@@ -42,6 +42,15 @@ def _auto_data_dir(data_dir: Path | None) -> Path | None:
     return default_data_dir()
 
 
+def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None) -> Any:
+    """The dataset named by --dataset or recorded in the weights, unless it is plain CIFAR-10 (None)."""
+    from aperture_zoo.datasets import dataset_for_weights
+    from aperture_zoo.weights import decode_metadata
+
+    return dataset_for_weights(dataset, data_dir, False, decode_metadata(getattr(model, "weights_metadata", {})),
+                               say=lambda m: err_console.print(m, highlight=False, markup=False))
+
+
 def _parse_batch(batch: str) -> int | None:
     from aperture_zoo.export.errors import ExportError
 
@@ -105,6 +114,9 @@ def export_cmd(
     cuda_options: str = typer.Option("", "--cuda-options", help="onnxruntime CUDA provider options, e.g. cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1,enable_cuda_graph=1; "
                                    "unset keys keep onnxruntime's defaults (not yet chosen by measurement). Checked always, used only on CUDA."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
+    dataset: str | None = typer.Option(None, "--dataset", help="cifar10, cifar100 or an image folder: int8 calibration "
+                                       "on its training images, validation on its test images (default: the one the "
+                                       "weights were trained on)."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Put CIFAR-10 normalisation in the graph (inputs are pixels in [0, 1]); --no-normalize exports the bare network."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, default) or legacy (TorchScript fallback)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Compare every file against PyTorch."),
@@ -136,13 +148,14 @@ def export_cmd(
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         val_images = parse_max_val_images(max_val_images)
         model, sha = _load_model(name, weights, pretrained, random_init)
-        data = _auto_data_dir(data_dir)
+        own = _own_dataset(model, dataset, data_dir)
+        data = _auto_data_dir(data_dir) if own is None else None
         with ConsoleProgress(err_console) as progress:
             result = export_model(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
                 exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
-                progress=progress, tta=flip, cuda_options=options,
+                progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
         if model.temperature is None:
             err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
@@ -168,7 +181,7 @@ def export_cmd(
                               "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")
-        elif data is None:
+        elif data is None and own is None:
             err_console.print("[yellow]no CIFAR-10 found: validated on random inputs only (pass --data-dir)[/]")
     if not result.passed:
         raise typer.Exit(code=1)

@@ -32,6 +32,7 @@ def retry_command(recipe: Any, record: dict[str, Any], out: str | os.PathLike[st
     for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split")):
         if record.get(key):
             args += [flag, str(record[key])]
+    args += _dataset_args(record)
     args += ["--data-dir", str(record["data_dir"])]
     if record.get("download") is False:
         args.append("--no-download")
@@ -42,6 +43,20 @@ def retry_command(recipe: Any, record: dict[str, Any], out: str | os.PathLike[st
     if out is not None:
         args += ["--out", str(out)]
     return " ".join(shlex.quote(a) for a in args)
+
+
+def _dataset_args(record: dict[str, Any]) -> list[str]:
+    """``--dataset``, ``--test-split``, ``--init`` and ``--freeze-backbone`` as the run was started."""
+    args: list[str] = []
+    if record.get("dataset", "cifar10") != "cifar10":
+        args += ["--dataset", str(record["dataset"])]
+    if record.get("test_split") is not None and record.get("dataset") not in ("cifar10", "cifar100", None):
+        args += ["--test-split", str(record["test_split"])]
+    if record.get("init"):
+        args += ["--init", str(record["init"]["ref"])]
+    if record.get("freeze_backbone"):
+        args.append("--freeze-backbone")
+    return args
 
 
 def _arch_args(spec: Any) -> list[str]:

@@ -13,6 +13,10 @@ from . import app
 from .common import console, err_console, model_for_command, print_json, user_errors, with_hint
 
 
+_DATASET_HELP = ("cifar10 (default), cifar100 (the official python archive, fine labels) or a folder "
+                 "DIR/<class>/<image> (DIR/train + DIR/test or DIR/val used as given).")
+
+
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -58,6 +62,14 @@ def train_cmd(
     time_budget: Optional[float] = typer.Option(
         None, "--time-budget", help="Seconds this call may train: stops at an epoch boundary, checkpointed, "
         "before an epoch that would not fit (resume later with --resume)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=_DATASET_HELP),
+    test_split: Optional[float] = typer.Option(None, "--test-split", help="A folder without test/: the share of "
+                                               "each class held out for testing, with --seed (default 0.2)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from these weights: a published tag "
+                                       "(resnet22.fast, SHA-256 pinned) or a model.safetensors; a new head when the "
+                                       "classes differ; selects the finetune recipe unless --recipe is given."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="With --init: train the head only "
+                                         "(a linear probe)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -72,12 +84,14 @@ def train_cmd(
         check_seeds(seeds, resume)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
-        chosen = recipe_from_options(recipe, set_, flags, resume)
+        chosen = recipe_from_options(recipe or ("finetune" if init is not None and resume is None else None),
+                                     set_, flags, resume)
         model = model_from_options(name, arch)
         cfg = TrainConfig(
             model=model, recipe=chosen, seed=seed, data_dir=data_dir, download=download, subset=subset,
             test_subset=test_subset, val_split=val_split, device=device, compile=compile_, out_dir=out,
-            resume=resume, progress=not no_progress, time_budget_s=time_budget,
+            resume=resume, progress=not no_progress, time_budget_s=time_budget, dataset=dataset,
+            test_split=test_split, init=init, freeze_backbone=freeze_backbone,
         )
         if cfg.model is None and resume is None:
             raise typer.BadParameter("give a model name, e.g. `aperture train resnet22`, or --resume RUN_DIR")
@@ -138,6 +152,8 @@ def eval_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
     download: bool = typer.Option(True, "--download/--no-download",
                                   help="Download CIFAR-10 (MD5-checked) if it is not found."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=_DATASET_HELP + " Default: the one the "
+                                          "weights were trained on (a folder: its held-out test images)."),
     subset: Optional[int] = typer.Option(None, "--subset", help="A stratified subset of N test images."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     batch_size: int = typer.Option(1000, "--batch-size", "-b", help="Images per forward pass (>= 1)."),
@@ -174,7 +190,12 @@ def eval_cmd(
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model, used, _ = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
-        split = take_subset(load_split("test", data_dir, download), subset, 0)
+        from aperture_zoo.datasets import dataset_for_weights
+        from aperture_zoo.weights import decode_metadata
+
+        own = dataset_for_weights(dataset, data_dir, download, decode_metadata(getattr(model, "weights_metadata", {})),
+                                  say=lambda m: err_console.print(m, highlight=False, markup=False))
+        split = take_subset(own.test if own is not None else load_split("test", data_dir, download), subset, 0)
         what = f"evaluating {name} on {len(split):,} test images ({dev.type})"
         with counting(err_console, len(split), what) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
@@ -193,13 +214,14 @@ def eval_cmd(
     console.print(f"[bold]{name}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
-    for cls, acc in result.per_class_top1.items():
-        console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False)
-    console.print(format_confusion(result), highlight=False)
+    for cls, acc in result.per_class_top1.items():  # the user's class names: no markup, [brackets] kept
+        console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False,
+                      markup=False)
+    console.print(format_confusion(result), highlight=False, markup=False)
     for line in format_robustness(result.extra):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'confusion.png'} and {out_dir / 'reliability.png'}",
-                  highlight=False)
+                  highlight=False, markup=False)
 
 
 @app.command("train-zoo")
@@ -230,6 +252,7 @@ def train_zoo_cmd(
                                              "overrun it (each model's first epoch always runs); paused "
                                              "runs are checkpointed, the call exits 75 and the same "
                                              "command resumes."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=_DATASET_HELP),
     export: bool = typer.Option(True, "--export/--no-export", help="Export each model to ONNX and validate it."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto, cuda, cpu."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
@@ -250,7 +273,7 @@ def train_zoo_cmd(
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
                         download=download, device=device, compile=compile_, subset=subset, seed=seed, seeds=seeds,
                         test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline,
-                        progress=not no_progress)
+                        progress=not no_progress, dataset=dataset)
         exporter = None
         if export:
             from aperture_zoo.export.pipeline import export_run

@@ -1,0 +1,287 @@
+"""``--dataset``: CIFAR-10 (the default), CIFAR-100, or a folder of the user's images, as uint8 splits.
+
+Every source ends as the same two ``data.Split`` objects (uint8 N x 3 x 32 x 32 and int64 labels),
+so the training loop, evaluation and export run unchanged on any of them:
+
+- ``cifar10``: ``data.py``, as before;
+- ``cifar100``: the official python archive ``cifar-100-python/`` (fine labels, 100 classes), read
+  with the same safe unpickler, downloaded MD5-checked when online;
+- a folder path: ``folder.py`` (``DIR/<class>/<image>``, decoded once and cached). Without a given
+  ``train/`` + ``test/`` split a stratified ``test_split`` share (default 20 %) is held out with the
+  seed; ``Dataset.record`` says how, so a run, its weights and ``aperture eval`` use the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import DataError, Split, _normalise_keys, _SafeUnpickler, default_data_dir
+
+BUILTIN = ("cifar10", "cifar100")
+DEFAULT_TEST_SPLIT = 0.2
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+# Per-channel statistics of the 50,000 CIFAR-100 training images on a 0-1 scale.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class DatasetError(DataError):
+    """A ``--dataset`` that cannot be used; the message says what to pass instead."""
+
+
+@dataclass
+class Dataset:
+    """Train and test splits of one source, with how they were made (``record``, stored with a run)."""
+
+    name: str                       # "cifar10", "cifar100", or the folder's absolute path
+    train: Split
+    test: Split
+    record: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+    @property
+    def is_folder(self) -> bool:
+        return self.name not in BUILTIN
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training images on a 0-1 scale (what a scratch run normalises by)."""
+        if self.name == "cifar100":
+            return CIFAR100_MEAN, CIFAR100_STD
+        if self.name == "cifar10":
+            from .registry import CIFAR10_MEAN, CIFAR10_STD
+
+            return CIFAR10_MEAN, CIFAR10_STD
+        x = self.train.images
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        s1 = np.zeros(3)
+        s2 = np.zeros(3)
+        for i in range(0, len(x), 4096):  # float64 sums in chunks: a million images fit
+            chunk = x[i:i + 4096].astype(np.float64) / 255.0
+            s1 += chunk.sum(axis=(0, 2, 3))
+            s2 += (chunk ** 2).sum(axis=(0, 2, 3))
+        mean = s1 / n
+        std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-12))
+        return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
+
+
+def is_builtin(dataset: str | None) -> bool:
+    return dataset is None or dataset in BUILTIN
+
+
+def dataset_name(dataset: str | os.PathLike[str] | None) -> str:
+    """``cifar10``/``cifar100`` as given, a folder as its absolute path (what a run records)."""
+    if dataset is None:
+        return "cifar10"
+    text = str(dataset)
+    if text in BUILTIN:
+        return text
+    if text.lower() in BUILTIN:
+        return text.lower()
+    return str(Path(text).expanduser().resolve())
+
+
+def load_dataset(
+    dataset: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    test_split: float | None = None,
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Dataset:
+    """The train and test splits of ``dataset`` (see the module docstring)."""
+    name = dataset_name(dataset)
+    if name == "cifar10":
+        from .data import load_split
+
+        train = load_split("train", data_dir, download)
+        return Dataset(name, train, load_split("test", data_dir), {"dataset": name})
+    if name == "cifar100":
+        folder = locate_cifar100(data_dir, download)
+        return Dataset(name, read_cifar100(folder, "train"), read_cifar100(folder, "test"), {"dataset": name})
+    return _from_folder(name, test_split, seed, say, progress)
+
+
+def check_test_split(test_split: float | None) -> float:
+    value = DEFAULT_TEST_SPLIT if test_split is None else test_split
+    if not 0 < value < 1:
+        raise DatasetError(f"--test-split must be a fraction between 0 and 1 (e.g. 0.2), got {value:g}")
+    return value
+
+
+def _from_folder(root: str, test_split: float | None, seed: int, say: Callable[[str], None] | None,
+                 progress: Callable[[int, int], None] | None) -> Dataset:
+    from .folder import load_folder
+
+    decoded = load_folder(root, say=say, progress=progress)
+    scan = decoded.scan
+    record: dict[str, Any] = {"dataset": root, "layout": scan.layout, "classes": list(scan.classes),
+                              "images": int(len(decoded.images)), "skipped": len(decoded.skipped)}
+    x, y, where = decoded.images, decoded.labels, decoded.splits
+    if scan.layout == "split":
+        if test_split is not None:
+            raise DatasetError(f"{root!r} has its own train/ and {scan.test_dir}/ folders, which are used as given; "
+                               "drop --test-split")
+        train_idx, test_idx = np.flatnonzero(where == "train"), np.flatnonzero(where == "test")
+        record["test_dir"] = scan.test_dir
+    else:
+        fraction = check_test_split(test_split)
+        train_idx, test_idx = holdout_indices(y, fraction, seed)
+        record.update(test_split=fraction, split_seed=seed)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        which = "training" if len(train_idx) == 0 else "test"
+        raise DatasetError(f"{root!r} leaves no readable {which} images; add images (each class needs at least 2 to "
+                           "hold one out)")
+    present = np.unique(y[train_idx])
+    if len(present) < 2:
+        raise DatasetError(f"{root!r}: only one class ({scan.classes[int(present[0])]!r}) has readable training images; "
+                           "a classifier needs at least two")
+    record.update(train_images=int(len(train_idx)), test_images=int(len(test_idx)))
+    classes = scan.classes
+    return Dataset(root, Split(x[train_idx], y[train_idx], classes), Split(x[test_idx], y[test_idx], classes),
+                   record, decoded.skipped)
+
+
+def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: ``fraction`` of every class held out at random, at least one of a class of two or more."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        pool = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(pool)))
+        k = min(max(k, 1 if len(pool) >= 2 else 0), len(pool) - 1) if len(pool) >= 2 else 0
+        test.append(pool[:k])
+        train.append(pool[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+def find_cifar100(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The ``cifar-100-python`` folder in ``data_dir`` (or ``data_dir`` itself)."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    for candidate in (root / CIFAR100_DIR, root):
+        if (candidate / "train").is_file() and (candidate / "test").is_file():
+            return candidate
+    cifar10 = any((c / "data_batch_1").is_file() or (c / "batches.meta").is_file()
+                  for c in (root, root / "cifar-10-batches-py"))
+    if cifar10:
+        raise DatasetError(
+            f"{str(root)!r} holds CIFAR-10 (cifar-10-batches-py), not CIFAR-100; --dataset cifar100 needs "
+            f"{CIFAR100_DIR}/ with train, test and meta. Pass --dataset cifar10 for these files, or point "
+            "--data-dir at CIFAR-100"
+        )
+    raise DatasetError(
+        f"CIFAR-100 not found in {str(root)!r} (expected {CIFAR100_DIR}/ with train, test and meta). Point "
+        f"--data-dir (or $APERTURE_DATA) at the folder that contains it, or run with --download when online"
+    )
+
+
+def locate_cifar100(data_dir: str | os.PathLike[str] | None = None, download: bool = False) -> Path:
+    try:
+        return find_cifar100(data_dir)
+    except DatasetError:
+        if not download:
+            raise
+    import socket
+
+    from .data import DOWNLOAD_TIMEOUT_S
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(CIFAR100_URL, str(root), md5=CIFAR100_MD5)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise DatasetError(
+            f"CIFAR-100 is not in {str(root)!r} and downloading it from {CIFAR100_URL} failed ({exc}); if this "
+            f"machine is offline, copy {CIFAR100_DIR}/ there and pass --data-dir (or --no-download)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return find_cifar100(root)
+
+
+def _read(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            data = _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
+    except FileNotFoundError:
+        raise DatasetError(f"CIFAR-100 file {str(path)!r} is missing; the copy is incomplete") from None
+    except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing here
+        raise DatasetError(f"{str(path)!r} is corrupt or not a CIFAR-100 file ({str(exc)[:160]})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{str(path)!r} is not a CIFAR-100 file (no dict inside)")
+    return data
+
+
+def read_cifar100(folder: str | os.PathLike[str], split: str = "train") -> Split:
+    """One split of ``cifar-100-python/`` with its 100 fine labels, checked entry by entry."""
+    folder = Path(folder)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    data = _read(folder / split)
+    if "fine_labels" not in data:
+        kind = "a CIFAR-10 batch" if "labels" in data else "not a CIFAR-100 file"
+        raise DatasetError(f"{str(folder / split)!r} is {kind} (no 'fine_labels'); --dataset cifar100 needs the "
+                           f"official {CIFAR100_DIR}/ files")
+    try:
+        x = np.asarray(data["data"], dtype=np.uint8)
+        y = np.asarray(data["fine_labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{str(folder / split)!r} has malformed data ({exc})") from None
+    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise DatasetError(f"{str(folder / split)!r}: expected N x 3072 uint8 rows and N labels, got {x.shape} "
+                           f"and {y.shape}")
+    if y.min() < 0 or y.max() >= 100:
+        raise DatasetError(f"{str(folder / split)!r}: fine labels must be 0..99, found {int(y.min())}..{int(y.max())}")
+    return Split(x.reshape(-1, 3, 32, 32), y, cifar100_classes(folder))
+
+
+def cifar100_classes(folder: Path) -> tuple[str, ...]:
+    meta = folder / "meta"
+    names = _read(meta).get("fine_label_names") if meta.is_file() else None
+    if isinstance(names, list) and len(names) == 100 and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return tuple(f"class_{i}" for i in range(100))
+
+
+def dataset_for_weights(
+    dataset: str | os.PathLike[str] | None,
+    data_dir: str | os.PathLike[str] | None,
+    download: bool,
+    metadata: dict[str, Any] | None,
+    say: Callable[[str], None] | None = None,
+) -> Dataset | None:
+    """The dataset a command on trained weights uses: ``--dataset``, else the one the weights record.
+
+    A folder's held-out test images are chosen as its run chose them (share and seed from the
+    weights' ``data`` record), so ``aperture eval`` never scores images the model trained on.
+    None means plain CIFAR-10 (callers read it as they always have).
+    """
+    meta = metadata or {}
+    recorded = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
+    name = dataset_name(dataset) if dataset is not None else recorded
+    if name == "cifar10":
+        return None
+    record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    test_split, seed = None, 0
+    if record.get("dataset") == name and record.get("layout") == "pool":
+        test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
+        seed = int(record.get("split_seed") or 0) if isinstance(record.get("split_seed"), int) else 0
+    return load_dataset(name, data_dir, download, test_split, seed, say=say)

@@ -1,0 +1,89 @@
+"""``--init``: start a run from published or earlier weights, with a new head when the classes differ.
+
+The source is a published tag (``resnet22.fast``), resolved and SHA-256 pinned exactly as
+``aperture_zoo.load`` does, or a run's ``model.safetensors`` (pickles are refused by the weights
+reader). Its architecture must be the one being trained; its normalisation is kept, because the
+backbone's features were learnt on inputs normalised that way. ``--freeze-backbone`` trains the
+head only (a linear probe): backbone parameters get no gradient and BatchNorm keeps its statistics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from aperture_zoo.errors import ApertureError
+from aperture_zoo.registry import ModelSpec
+
+
+class InitError(ApertureError, ValueError):
+    """An ``--init`` source that cannot start this run; the message says what would."""
+
+
+@dataclass(frozen=True)
+class InitSource:
+    ref: str             # as given: a tag or a path
+    path: Path           # the weights file
+    sha256: str
+    spec: ModelSpec      # what the file holds (its classes and normalisation included)
+
+    def record(self) -> dict[str, Any]:
+        return {"ref": self.ref, "path": str(self.path), "sha256": self.sha256, "arch": self.spec.name,
+                "num_classes": self.spec.num_classes}
+
+
+def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
+    """The weights ``ref`` names, checked to be weights of ``spec``'s architecture."""
+    from aperture_zoo.catalog import find_weights
+    from aperture_zoo.pretrained import resolve_weights
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.weights import WeightsError, read_metadata, spec_from_metadata
+
+    text = str(ref)
+    path = Path(text).expanduser()
+    if not path.exists():
+        if os.sep in text or text.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+            raise InitError(f"--init {text!r}: no such file; pass a model.safetensors or a published tag such as "
+                            f"{spec.name}.fast (see `aperture list`)")
+        find_weights(text)  # an unknown tag fails here, listing the published ones
+        path = resolve_weights(text, download=True)  # SHA-256 pinned, as load() is
+    elif path.is_dir():
+        raise InitError(f"--init {text!r} is a folder; pass the model.safetensors inside it")
+    meta = read_metadata(path)  # refuses pickles and corrupt files with a one-line error
+    source = spec_from_metadata(meta)
+    if source is None:
+        raise WeightsError(f"--init {text!r} has no architecture in its metadata; save it with aperture_zoo "
+                           f"(`aperture convert FILE model.safetensors --model {spec.name}`)")
+    ours = {k: v for k, v in spec.arch_dict().items() if k not in ("name", "num_classes")}
+    theirs = {k: v for k, v in source.arch_dict().items() if k not in ("name", "num_classes")}
+    if ours != theirs:
+        raise InitError(
+            f"--init {text!r} holds {source.name} weights, which do not fit {spec.name}; train {source.name} "
+            f"from it (`aperture train {source.name} --init {text}`), or pick {spec.name} weights "
+            f"(e.g. --init {spec.name}.fast)"
+        )
+    return InitSource(text, path, file_sha256(path), source)
+
+
+def load_init(model: nn.Module, source: InitSource) -> None:
+    """Every tensor of the source that fits; the head starts fresh when the class count differs."""
+    from aperture_zoo.weights import load_weights
+
+    load_weights(model, source.path, strict=source.spec.num_classes == model.spec.num_classes)  # type: ignore[arg-type]
+
+
+def _frozen_bn(module: nn.Module, inputs: Any) -> None:
+    module.train(False)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Train the head (``fc``) only: the rest gets no gradient and BatchNorm keeps its running statistics."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_frozen_bn)
