@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow test-runtimes zoo demo clean
+.PHONY: install run test test-slow test-runtimes mutants zoo demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-slow: $(STAMP)
 # made once under ~/.cache/aperture_zoo/runtimes from the package index (CI runs it too).
 test-runtimes: $(STAMP)
 	$(PY) -m pytest -q -m runtimes
+
+# The curated mutation check (not part of `make test`): each promise in bench/mutants.toml broken
+# on purpose in a temporary copy of the tree must fail its listed tests. Prints the score.
+mutants: $(STAMP)
+	$(PY) bench/mutants.py $(MUTANTS_ARGS)
 
 # Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".

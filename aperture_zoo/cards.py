@@ -348,9 +348,16 @@ def write_folder(
     ``aperture push`` writes one into a temporary folder and uploads it; ``aperture card --run``
     writes one where it is told.
     """
+    from .weights import decode_metadata, read_metadata
+
     out, weights = Path(out_dir), Path(weights)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is checked before the first copy, so a refused folder leaves nothing behind.
+    arch = decode_metadata(read_metadata(weights)).get("arch")
+    if arch and arch != name:
+        raise CardError(f"{weights} holds weights for {arch}, not {name}; write the card with "
+                        f"`aperture card {arch} --run {weights.parent}`")
     _refuse_replacing_published(name, out / WEIGHTS_FILENAME, weights)
+    out.mkdir(parents=True, exist_ok=True)
     extras = [*RUN_FILES, *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX))]
     copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}}
     if onnx is not None:

@@ -72,6 +72,8 @@ def _normalise_keys(obj: object) -> object:
 
 
 def _read_batch(path: Path) -> dict:
+    if path.exists() and not path.is_file():
+        raise DataError(f"CIFAR-10 batch {str(path)!r} is not a regular file; the copy is damaged")
     try:
         with path.open("rb") as f:
             data = _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
@@ -125,6 +127,7 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
     import socket
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the download fails
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -132,6 +135,7 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
         download_and_extract_archive(ARCHIVE_URL, str(root), md5=ARCHIVE_MD5)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        _remove_empty(created)
         raise DataError(
             f"CIFAR-10 is not in {str(root)!r} and downloading it from {ARCHIVE_URL} failed ({exc}); "
             "if this machine is offline, copy the data here instead. Point --data-dir (or "
@@ -142,6 +146,16 @@ def download(data_dir: str | os.PathLike[str] | None = None) -> Path:
     finally:
         socket.setdefaulttimeout(previous)
     return find_batches_dir(root)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created (deepest first), if nothing else is in them now."""
+    for folder in folders:
+        try:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError:
+            pass
 
 
 def locate(data_dir: str | os.PathLike[str] | None = None, download_if_missing: bool = False) -> Path:
@@ -165,19 +179,47 @@ def load_split(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     folder = locate(data_dir, download_if_missing)
+    classes = _class_names(folder)
     images, labels = [], []
     for name in TRAIN_FILES if split == "train" else TEST_FILES:
         batch = _read_batch(folder / name)
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DataError(f"{str(folder / name)!r}: expected N x 3072 uint8 rows, got {data.shape}")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
-    classes = _class_names(folder)
+        images.append(_pixels(batch["data"], folder / name))
+        labels.append(_labels(batch["labels"], len(classes), folder / name))
+        if len(images[-1]) != len(labels[-1]):
+            raise DataError(f"{str(folder / name)!r}: {len(images[-1])} images but {len(labels[-1])} labels")
     x, y = np.concatenate(images), np.concatenate(labels)
-    if len(x) != len(y):
-        raise DataError(f"{str(folder)!r}: {len(x)} images but {len(y)} labels")
     return Split(images=x, labels=y, classes=classes)
+
+
+def _pixels(data: object, path: Path) -> np.ndarray:
+    """A batch's ``data`` as uint8 N x 3 x 32 x 32, refusing what is not 8-bit pixels (never cast blindly)."""
+    arr = np.asarray(data) if isinstance(data, (np.ndarray, list)) else None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
+        shape = getattr(arr, "shape", type(data).__name__)
+        raise DataError(f"{str(path)!r}: expected N x 3072 uint8 rows of pixels, got {shape}; the file is not a CIFAR-10 batch")
+    if arr.dtype != np.uint8:
+        ok = arr.dtype.kind in "iu" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255))
+        if not ok:
+            lo, hi = (arr.min(), arr.max()) if arr.size and arr.dtype.kind in "iufb" else ("?", "?")
+            raise DataError(
+                f"{str(path)!r}: pixels are {arr.dtype} in [{lo}, {hi}], not 8-bit integers 0..255 (floats "
+                "scaled to [0, 1]?); write the batch with uint8 pixels as the CIFAR-10 format specifies"
+            )
+    return arr.astype(np.uint8).reshape(-1, 3, 32, 32)
+
+
+def _labels(values: object, num_classes: int, path: Path) -> np.ndarray:
+    """A batch's ``labels`` as int64, each a class index 0..num_classes-1."""
+    arr = np.asarray(values) if isinstance(values, (np.ndarray, list)) else None
+    if arr is None or arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise DataError(f"{str(path)!r}: labels must be a list of integers, got {getattr(arr, 'dtype', type(values).__name__)}")
+    bad = arr[(arr < 0) | (arr >= num_classes)] if arr.size else arr
+    if bad.size:
+        raise DataError(
+            f"{str(path)!r}: {bad.size} label{' is' if bad.size == 1 else 's are'} outside the class range 0..{num_classes - 1} "
+            f"(e.g. {int(bad[0])}); the batch is corrupt or belongs to another dataset"
+        )
+    return arr.astype(np.int64)
 
 
 def _class_names(folder: Path) -> tuple[str, ...]:
@@ -187,6 +229,8 @@ def _class_names(folder: Path) -> tuple[str, ...]:
     if not meta.is_file():
         return CIFAR10_CLASSES
     names = _read_meta(meta).get("label_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise DataError(f"{str(meta)!r}: 'label_names' is not a list of names; the file is corrupt")
     return tuple(names) if names else CIFAR10_CLASSES
 
 

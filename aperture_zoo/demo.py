@@ -9,7 +9,9 @@ tests drive the same code:
         print(srv.url)
 
 ``models.json`` beside the ONNX files tells the page every registered model, which ones it can
-run, and why the others cannot (no published weights).
+run, and why the others cannot (no published weights). Each model comes as fp32, fp16 and (with
+CIFAR-10 to calibrate on) int8 files; int8 is the page's default where its validation report
+shows >= 99 % top-1 agreement with fp32 on the test images.
 """
 
 from __future__ import annotations
@@ -35,10 +37,24 @@ MANIFEST_FORMAT = "aperture_zoo.web/1"
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 ORT_CHECKSUMS = "ort-dist.sha256"
 NO_WEIGHTS = "no published weights"
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_DEFAULT_AGREEMENT = 99.0  # % top-1 agreement with fp32 on the validation images
+NO_CALIBRATION = "int8 needs CIFAR-10 to calibrate on: pass --data-dir"
 
 
 class DemoError(ApertureError, RuntimeError):
     """The demo cannot be prepared or served as asked (missing page, runtime, weights, port)."""
+
+
+@dataclass
+class DemoFile:
+    """One ONNX file of a model, as the page's precision menu shows it."""
+
+    precision: str
+    file: str
+    bytes: int
+    agreement: float | None = None         # % top-1 agreement with fp32 PyTorch, from the validation report
+    agreement_images: int | None = None    # test images that figure rests on
 
 
 @dataclass
@@ -55,6 +71,34 @@ class DemoModel:
     reason: str | None = None           # why it is not available
     labels: list[str] | None = None
     input_size: list[int] | None = None
+    files: list[DemoFile] | None = None  # every precision written; ``file`` is the default one
+    precision: str | None = None         # the default precision
+    notes: list[str] | None = None       # e.g. why there is no int8 file
+
+    def __post_init__(self) -> None:
+        if self.files and isinstance(self.files[0], dict):  # read back from models.json
+            self.files = [DemoFile(**f) for f in self.files]  # type: ignore[arg-type]
+
+
+def default_precision(files: Iterable[DemoFile]) -> str:
+    """int8 where its agreement with fp32 on the validation images is high enough, else fp32."""
+    by = {f.precision: f for f in files}
+    int8 = by.get("int8")
+    if int8 is not None and int8.agreement is not None and int8.agreement >= INT8_DEFAULT_AGREEMENT:
+        return "int8"
+    return "fp32"
+
+
+def validation_agreement(report_file: str | os.PathLike[str]) -> tuple[float, int] | None:
+    """(agreement %, images) of a validation report's CIFAR-10 test comparison, or None."""
+    try:
+        report = read_json(report_file)
+    except ApertureError:  # no report (not validated): no figure
+        return None
+    for comp in report.get("comparisons", []):
+        if comp.get("inputs") == "CIFAR-10 test" and comp.get("agreement") is not None:
+            return float(comp["agreement"]), int(comp["num_images"])
+    return None
 
 
 def web_dir() -> Path:
@@ -124,10 +168,13 @@ def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoMod
 
 
 def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,
-                    *, validate: bool = True, exporter: str = "dynamo") -> DemoModel:
-    """Export one model to ``<models_dir>/<name>.onnx`` and describe it for the page.
+                    *, validate: bool = True, exporter: str = "dynamo",
+                    data_dir: str | os.PathLike[str] | None = None, max_val_images: int | None = 1000) -> DemoModel:
+    """Export one model to ``<models_dir>/<name>[.fp16|.int8].onnx`` and describe it for the page.
 
-    Written to a temporary folder and moved into place, so the server never serves half a file.
+    int8 is written only with ``data_dir`` (CIFAR-10: calibration, and the test images its
+    agreement with fp32 is measured on). Files are written to a temporary folder and moved into
+    place with their validation reports, so the server never serves half a file.
     """
     from .export.pipeline import export_model
 
@@ -136,18 +183,36 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
     name = model.spec.name
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
         result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
-                              provider="cpu", run_validation=validate)
-        if not result.passed:
-            failures = "; ".join(f for r in result.reports for f in r.failures)
+                              provider="cpu", run_validation=validate, fp16=True, int8=data_dir is not None,
+                              data_dir=data_dir, max_val_images=max_val_images)
+        failed = [r for r in result.reports if not r.passed]
+        if any(r.precision == "fp32" for r in failed):
+            failures = "; ".join(f for r in failed for f in r.failures)
             raise DemoError(f"the ONNX export of {name} does not match PyTorch ({failures}); "
                             f"run `aperture export {name} --onnx --pretrained` to see the report")
-        target = models_dir / f"{name}.onnx"
-        os.replace(result.files[0], target)
+        # an fp16/int8 file outside its tolerance is left out; the page offers the others
+        notes = [f"{r.precision} left out: it failed validation ({r.failures[0]})" for r in failed]
+        files = []
+        for path in result.files:
+            target = models_dir / path.name
+            report = path.with_name(path.stem + ".report.json")
+            if report.is_file():
+                os.replace(report, models_dir / report.name)
+            else:  # not validated: an earlier export's report must not vouch for this file
+                (models_dir / report.name).unlink(missing_ok=True)
+            os.replace(path, target)
+            precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
+            agreement = validation_agreement(models_dir / report.name)
+            files.append(DemoFile(precision, target.name, target.stat().st_size,
+                                  *(agreement if agreement else (None, None))))
     spec = model.spec
+    precision = default_precision(files)
+    chosen = next(f for f in files if f.precision == precision)
     return DemoModel(
-        name=name, params=sum(p.numel() for p in model.parameters()), available=True, file=target.name,
-        bytes=target.stat().st_size, weights_sha256=weights_sha256, labels=list(spec.label_names),
-        input_size=list(spec.input_size),
+        name=name, params=sum(p.numel() for p in model.parameters()), available=True, file=chosen.file,
+        bytes=chosen.bytes, weights_sha256=weights_sha256, labels=list(spec.label_names),
+        input_size=list(spec.input_size), files=files, precision=precision,
+        notes=(notes + ([] if data_dir is not None else [NO_CALIBRATION])) or None,
     )
 
 
@@ -211,11 +276,13 @@ def prepare_models(
     models_dir: str | os.PathLike[str],
     names: Iterable[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> list[DemoModel]:
     """Export every model with published weights (``names``: a subset) and write ``models.json``.
 
-    An ONNX file is reused while the weights it came from are unchanged (same SHA-256), so only
-    the first run pays for the exports. Models without published weights are listed as such.
+    The files are reused while the weights they came from are unchanged (same SHA-256) and an
+    int8 file is there when ``data_dir`` is given, so only the first run pays for the exports.
+    Models without published weights are listed as such.
     """
     from .summary import parameter_count
     from .pretrained import model_from
@@ -238,15 +305,18 @@ def prepare_models(
         sha = weights.sha256
         top1 = decode_metadata(weights.metadata).get("test_top1")
         old = previous.get(name)
-        onnx_file = models_dir / f"{name}.onnx"
-        if old and old.get("available") and old.get("weights_sha256") == sha and onnx_file.is_file():
-            say(f"{name}: up to date ({onnx_file})")
+        old_files = [f["file"] for f in (old or {}).get("files") or []]
+        reusable = (old and old.get("available") and old.get("weights_sha256") == sha and old_files
+                    and all((models_dir / f).is_file() for f in old_files)
+                    and (data_dir is None or NO_CALIBRATION not in (old.get("notes") or [])))
+        if reusable:
+            say(f"{name}: up to date ({', '.join(old_files)})")
             known = {f.name for f in fields(DemoModel)}
-            entry = DemoModel(**{k: v for k, v in old.items() if k in known})
-            entry.bytes, entry.top1 = onnx_file.stat().st_size, top1
+            entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[arg-type]
+            entry.top1 = top1
         else:
-            say(f"{name}: exporting to ONNX (once; later runs reuse it)")
-            entry = export_for_demo(model_from(weights), models_dir, sha)
+            say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''} (once; later runs reuse them)")
+            entry = export_for_demo(model_from(weights), models_dir, sha, data_dir=data_dir)
             entry.top1 = top1
         entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)
         entries.append(entry)
@@ -272,6 +342,16 @@ class _Handler(SimpleHTTPRequestHandler):
                 self.directory = root
         return super().translate_path(path)
 
+    def send_head(self):  # type: ignore[no-untyped-def]
+        """Every request gets an HTTP reply: a path the OS cannot even look up is 400 or 404, not a dropped socket."""
+        try:
+            return super().send_head()
+        except ValueError:  # e.g. an encoded NUL byte (/%00): no file can have that name
+            self.send_error(400, "Malformed path")
+        except OSError:  # a path through a file (/index.html/x), too long a name, ...
+            self.send_error(404, "File not found")
+        return None
+
     def end_headers(self) -> None:
         # Cross-origin isolation lets onnxruntime-web use its multi-threaded WebAssembly build.
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
@@ -281,6 +361,20 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
+
+
+class _Server(ThreadingHTTPServer):
+    """A client that goes away mid-download is normal for a browser: not a traceback on the console."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        print(f"demo server: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def check_port(port: int) -> None:
@@ -298,7 +392,7 @@ class DemoServer:
         handler = type("Handler", (_Handler,), {"models_dir": Path(models_dir) if models_dir else None})
         try:
             check_port(port)
-            self.httpd = ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(web)))
+            self.httpd = _Server((host, port), functools.partial(handler, directory=str(web)))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise DemoError(f"port {port} on {host} is already in use (another `aperture demo`?); "

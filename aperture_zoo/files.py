@@ -75,6 +75,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, _default_mode())  # some writers (safetensors) create 0600: follow the umask like open()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:  # full or read-only disk: name the file the user asked for, not our temporary one
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            exc.filename = str(path)
+        raise
     except (Exception, KeyboardInterrupt):  # only a kill leaves the temp file (its writer's resume removes it)
         tmp.unlink(missing_ok=True)
         raise

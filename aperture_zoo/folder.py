@@ -224,7 +224,7 @@ def _decode_one(path: str) -> tuple[np.ndarray | None, str | None]:
 
     from PIL import Image
 
-    from .images import load_image
+    from .images import ImageTooLargeError, load_image
 
     try:
         if os.path.getsize(path) == 0:
@@ -232,8 +232,8 @@ def _decode_one(path: str) -> tuple[np.ndarray | None, str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             pixels, _ = load_image(path, SIZE)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return None, f"decompression bomb ({exc})"
+    except (ImageTooLargeError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return None, f"decompression bomb ({str(exc)[:160]})"
     except ApertureError as exc:
         text = str(exc)
         reason = "truncated" if "truncated" in text else "not a decodable image"

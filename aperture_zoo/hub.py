@@ -240,6 +240,12 @@ def fetch(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    try:  # a malformed $APERTURE_HUB_ORG matters only here, to a command that fetches from the Hub
+        check_repo_id(repo_id)
+    except HubError as exc:
+        org = os.environ.get("APERTURE_HUB_ORG")
+        hint = f" (from APERTURE_HUB_ORG={org!r}: set it to an organisation name, or unset it)" if org else ""
+        raise HubUnavailableError(f"{exc}{hint}") from None
     url = endpoint()
     rev = revision or "main"
     why_local = (

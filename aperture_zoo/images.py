@@ -23,22 +23,73 @@ class ImageError(ApertureError, ValueError):
     """An image file that is missing or cannot be decoded."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image that declares more pixels than the decoder accepts (a decompression bomb, or a huge scan)."""
+
+
+# Far above any photo a classifier of 32x32 inputs needs, far below what exhausts memory: a small
+# file can declare 30000x30000 pixels (a "decompression bomb"), refused before it is decoded.
+MAX_PIXELS = 64_000_000
+
+
 def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
-    """An image file as uint8 H x W x 3 at ``size`` (width, height), with notices for what was changed."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 H x W x 3 at ``size`` (width, height), with notices for what was changed.
+
+    The one guarded decoder: a missing path, a special file (FIFO, device), an image declaring more
+    than ``MAX_PIXELS`` pixels, or anything pillow cannot decode is an ``ImageError`` naming the file.
+    """
+    import warnings
+
+    from PIL import Image
 
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image {str(path)!r} does not exist or is not a file; check the path")
+    if not path.is_file():  # also refuses FIFOs and devices, which would block or never end
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ImageError(f"image {str(path)!r} {what}; check the path")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return fit_image(img, size)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageTooLargeError(
+                        f"{str(path)!r} declares {w}x{h} pixels, more than the {MAX_PIXELS:,} this decoder "
+                        "accepts (a damaged or hostile file?); downscale it first"
+                    )
+                img.load()
+                return fit_image(img, size)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # pillow's own, larger limit
+        raise ImageTooLargeError(
+            f"{str(path)!r} declares more than {MAX_PIXELS:,} pixels, more than this decoder accepts (a "
+            "damaged or hostile file?); downscale it first"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - pillow's decoders raise many kinds (OSError, SyntaxError, struct.error, ...)
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ImageError(
-            f"{str(path)!r} could not be decoded as an image ({exc}); pass a PNG, JPEG or other "
+            f"{str(path)!r} could not be decoded as an image ({detail}); pass a PNG, JPEG or other "
             "format pillow reads"
         ) from None
+
+
+def load_images(
+    paths: list[str | os.PathLike[str]], size: tuple[int, int] = (32, 32)
+) -> tuple[list[tuple[int, np.ndarray, list[str]]], list[tuple[int, ImageError]]]:
+    """Decode many files, collecting failures instead of stopping at the first one.
+
+    Returns ``(decoded, failed)``: ``(index, pixels, notices)`` for every readable image and
+    ``(index, error)`` for every other, so a batch caller answers all it can and lists the rest.
+    """
+    decoded, failed = [], []
+    for i, p in enumerate(paths):
+        try:
+            pixels, notices = load_image(p, size)
+        except ImageError as exc:
+            failed.append((i, exc))
+        else:
+            decoded.append((i, pixels, notices))
+    return decoded, failed
 
 
 _EXIF_ORIENTATION = 0x0112

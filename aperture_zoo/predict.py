@@ -74,24 +74,27 @@ def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
 
 
 def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int = 3,
-             tta: str | bool = False) -> list[dict[str, Any]]:
-    """Top-k calibrated (class, probability) per image file, shaped like ``Prediction.to_dict()``."""
-    from .images import ImageError, load_image
+             tta: str | bool = False) -> tuple[list[dict[str, Any]], list[tuple[str, Exception]]]:
+    """Top-k calibrated (class, probability) per readable image file, shaped like ``Prediction.to_dict()``,
+    and ``(path, error)`` for each file that could not be read (a batch answers all it can)."""
+    from .images import ImageError, load_images
     from .transforms import preprocess
 
     if top_k < 1:
         raise ImageError(f"--top-k must be at least 1, got {top_k}")
     size = (model.spec.input_size[2], model.spec.input_size[1])
-    decoded = [load_image(p, size) for p in paths]
+    paths = list(paths)
+    decoded, failed = load_images(paths, size)
+    failures: list[tuple[str, Exception]] = [(str(paths[i]), exc) for i, exc in failed]
     if not decoded:
-        return []
+        return [], failures
     import numpy as np
 
-    probs = predict_proba(model, preprocess(np.stack([img for img, _ in decoded]), model), tta=tta).numpy()
+    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).numpy()
     k = min(top_k, probs.shape[1])
     out = []
-    for p, (_, notices), row in zip(paths, decoded, probs):
+    for (i, _, notices), row in zip(decoded, probs):
         order = np.argsort(-row)[:k]
-        out.append({"image": str(p), "top": [{"label": model.spec.label_names[i], "probability": float(row[i])}
-                                             for i in order], "notices": list(notices)})
-    return out
+        out.append({"image": str(paths[i]), "top": [{"label": model.spec.label_names[j], "probability": float(row[j])}
+                                                    for j in order], "notices": list(notices)})
+    return out, failures

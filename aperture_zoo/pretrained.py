@@ -280,11 +280,12 @@ def _source_config(source: str) -> dict:
 
 def _create_from_source(source: str) -> ResNet:
     config = _source_config(source)
-    arch = config.get("architecture")
-    if not arch:
-        raise WeightsError(f"config.json of {source!r} names no 'architecture'; it is not an aperture_zoo repo")
+    arch = config.get("architecture") if isinstance(config, dict) else None
+    args = (config.get("model_args") if isinstance(config, dict) else None) or {}
+    if not arch or not isinstance(arch, str) or not isinstance(args, dict):
+        raise WeightsError(f"config.json of {source!r} names no 'architecture' (or its 'model_args' are not an "
+                           "object); it is not an aperture_zoo repo")
     spec = get_spec(arch)
-    args = config.get("model_args") or {}
     ours = spec.arch_dict()
     changes = {k: v for k, v in args.items() if k in ours and k != "name" and ours[k] != v}
     return create_model(spec.replace(**changes) if changes else spec)

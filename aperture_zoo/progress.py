@@ -35,12 +35,17 @@ def seconds(value: float) -> str:
 
 
 def _bar(console: Any, lead: list[Any], middle: list[Any] = (), *, bar_width: int | None = None,  # type: ignore[assignment]
-         transient: bool, enabled: bool) -> Any:
-    """The one bar: ``lead`` columns, the bar, done/total, ``middle`` columns, then the time left."""
+         transient: bool, enabled: bool, eta: bool = True) -> Any:
+    """The one bar: ``lead`` columns, the bar, done/total, ``middle`` columns, then the time left (``eta``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(*lead, BarColumn(bar_width=bar_width), MofNCompleteColumn(), *middle, TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=transient, disable=not enabled)
+    tail = [TextColumn("ETA"), TimeRemainingColumn()] if eta else []
+    return Progress(*lead, BarColumn(bar_width=bar_width), MofNCompleteColumn(), *middle, *tail,
+                    console=console, transient=transient, disable=not enabled)
+
+
+# When not on a terminal (a log): besides the start of each step, a line this often within a long one.
+PIPED_INTERVAL_S = 30.0
 
 
 # ----------------------------------------------------------------------- steps of a job (export)
@@ -89,6 +94,7 @@ class ConsoleProgress:
         self.console = console
         self.interactive = bool(console.is_terminal)
         self._start = time.perf_counter()
+        self._last_line = self._start
         self._task: Any = None
         self._progress = _bar(console, [SpinnerColumn(), TextColumn("{task.description}")], [TimeElapsedColumn()],
                               transient=True, enabled=self.interactive)
@@ -102,7 +108,8 @@ class ConsoleProgress:
 
     def stage(self, text: str) -> None:
         if not self.interactive:
-            self.console.print(f"[{time.perf_counter() - self._start:7.1f}s] {text}", highlight=False,
+            self._last_line = time.perf_counter()
+            self.console.print(f"[{self._last_line - self._start:7.1f}s] {text}", highlight=False,
                                markup=False, soft_wrap=True)
             return
         if self._task is not None:
@@ -112,6 +119,10 @@ class ConsoleProgress:
     def update(self, done: int, total: int) -> None:
         if self.interactive and self._task is not None:
             self._progress.update(self._task, completed=done, total=total)
+        elif not self.interactive and done < total and time.perf_counter() - self._last_line >= PIPED_INTERVAL_S:
+            self._last_line = time.perf_counter()  # a log also shows a long validation moving
+            self.console.print(f"[{self._last_line - self._start:7.1f}s]   {done:,}/{total:,}", highlight=False,
+                               markup=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------- counting items (evaluation)
@@ -119,10 +130,19 @@ class ConsoleProgress:
 
 @contextmanager
 def counting(console: Any, total: int, what: str) -> Iterator[Callable[[int], None]]:
-    """``advance(n)`` for a bar over ``total`` items on a terminal; one start line when piped."""
+    """``advance(n)`` for a bar over ``total`` items on a terminal; when piped, a start line and then
+    one every ``PIPED_INTERVAL_S`` seconds, so a long evaluation is never silent in a log."""
     if not console.is_terminal:
         console.print(what, highlight=False)
-        yield lambda n: None
+        start, done, last = time.perf_counter(), [0], [time.perf_counter()]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if time.perf_counter() - last[0] >= PIPED_INTERVAL_S and done[0] < total:
+                last[0] = time.perf_counter()
+                console.print(f"  {done[0]:,}/{total:,} after {last[0] - start:.0f}s", highlight=False)
+
+        yield advance
         return
     from rich.progress import TextColumn
 
@@ -173,20 +193,27 @@ class TrainProgress:
     """
 
     def __init__(self, enabled: bool, epochs: int, steps: int, *, with_val: bool = False,
-                 console: Any = None) -> None:
+                 console: Any = None, budget_s: float | None = None,
+                 now: Callable[[], float] = time.perf_counter) -> None:
         from rich.console import Console
         from rich.progress import TextColumn
 
         self.epochs = epochs
         self.steps = steps
         self.table = EpochTable(epochs, with_val)
+        self.budget_s = budget_s  # warned about once if the first epoch alone will not fit in it
+        self._now = now
         self._progress = _bar(
             console or Console(stderr=True), [TextColumn("[bold]epoch {task.fields[epoch]}")],
-            [TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s")],
-            bar_width=10, transient=False, enabled=enabled,
+            [TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
+             TextColumn("run ETA {task.fields[eta]}")],  # the whole run's, at this epoch's speed (the bar: the epoch)
+            bar_width=8, transient=False, enabled=enabled, eta=False,
         )
         self._task: Any = None
         self._header_shown = False
+        self._epoch = 0
+        self._epoch_start = (0.0, 0)
+        self._warned = budget_s is None
 
     @property
     def console(self) -> Any:
@@ -194,7 +221,7 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         self._progress.__enter__()
-        self._task = self._progress.add_task("train", total=self.steps, epoch="", loss="-", acc="-", ips="-")
+        self._task = self._progress.add_task("train", total=self.steps, epoch="", loss="-", acc="-", ips="-", eta="-")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -203,11 +230,40 @@ class TrainProgress:
     def start_epoch(self, epoch: int, first_step: int) -> None:
         """``epoch`` counts from 0; a resumed epoch starts its bar at ``first_step``."""
         self._progress.reset(self._task, total=self.steps, completed=first_step,
-                             epoch=f"{epoch + 1}/{self.epochs}", loss="-", acc="-", ips="-")
+                             epoch=f"{epoch + 1}/{self.epochs}", loss="-", acc="-", ips="-", eta="-")
+        self._epoch = epoch
+        self._epoch_start = (self._now(), first_step)
+
+    def run_eta(self, done: int) -> tuple[float, float] | None:
+        """Seconds left in this epoch and in the whole run, at this epoch's speed so far (None: too early)."""
+        start, first = self._epoch_start
+        elapsed, steps = self._now() - start, done - first
+        if steps <= 0 or elapsed <= 0:
+            return None
+        per_step = elapsed / steps
+        epoch_left = (self.steps - done) * per_step
+        return epoch_left, epoch_left + (self.epochs - self._epoch - 1) * self.steps * per_step
 
     def update(self, done: int, loss: float, top1: float, images_per_s: float) -> None:
+        eta = self.run_eta(done)
         self._progress.update(self._task, completed=done, loss=f"{loss:.3f}", acc=f"{top1:.1f}%",
-                              ips=si(images_per_s))
+                              ips=si(images_per_s), eta="-" if eta is None else seconds(eta[1]))
+        self._warn_if_over_budget(done)
+
+    def _warn_if_over_budget(self, done: int) -> None:
+        """Say early (a few seconds in) when even the first epoch cannot fit the time budget."""
+        if self._warned or self._epoch != 0 or self._now() - self._epoch_start[0] < 3.0:
+            return
+        eta = self.run_eta(done)
+        if eta is None:
+            return
+        self._warned = True
+        epoch_s = self._now() - self._epoch_start[0] + eta[0]
+        if epoch_s > self.budget_s:  # type: ignore[operator]
+            self.console.print(
+                f"warning: one epoch takes about {seconds(epoch_s)} here, more than the time budget of "
+                f"{seconds(self.budget_s)} (--time-budget/--deadline); the first epoch runs to its end anyway, "  # type: ignore[arg-type]
+                "so this call will overrun it", highlight=False, markup=False)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         lines = [] if self._header_shown else [self.table.header()]

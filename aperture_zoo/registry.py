@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
+MAX_PARAMS = 500_000_000  # far above the zoo (< 5 M), far below what a spec can make a machine allocate
 REPORT = "Sudrik, Nagula, Oza: Residual Network Design Mini-Project (Table 1)"
 
 
@@ -68,6 +70,7 @@ class ModelSpec:
     class_names: tuple[str, ...] | None = None  # a dataset's own classes (None: CIFAR-10's, or class_i)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if len(self.blocks) != len(self.channels):
             raise SpecError(
                 f"{self.name}: blocks {self.blocks} and channels {self.channels} must have one "
@@ -87,6 +90,37 @@ class ModelSpec:
                 f"{self.name}: the last stage is {side}x{side}, which pool kernel "
                 f"{self.pool_kernel} does not divide"
             )
+
+    def _check_types(self) -> None:
+        """Specs come from outside too (config.json, file metadata, --arch): wrong types or sizes are one line."""
+        def whole(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        seqs = {"blocks": self.blocks, "channels": self.channels, "input_size": self.input_size}
+        for key, value in seqs.items():
+            if not isinstance(value, tuple) or not all(whole(v) for v in value):
+                raise SpecError(f"{self.name}: {key} must be a list of integers, got {value!r}")
+        for key in ("conv_kernel", "shortcut_kernel", "pool_kernel", "num_classes"):
+            value = getattr(self, key)
+            top = 100_000 if key == "num_classes" else 15
+            low = 1 if key != "num_classes" else -(2**63)  # num_classes < 1 has its own message below
+            if not whole(value) or not low <= value <= top:
+                raise SpecError(f"{self.name}: {key} must be an integer up to {top}"
+                                f"{'' if key == 'num_classes' else ' and at least 1'}, got {value!r}")
+        if len(self.input_size) != 3 or not all(0 < v <= 4096 for v in self.input_size) or not self.blocks:
+            raise SpecError(f"{self.name}: input_size must be C, H, W in 1..4096, got {self.input_size!r}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or len(value) != self.input_size[0] or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                raise SpecError(f"{self.name}: {key} must be {self.input_size[0]} finite numbers, got {value!r}")
+        if min(self.std) <= 0:
+            raise SpecError(f"{self.name}: std must be positive, got {self.std!r}")
+        # An estimate (3x3 convolutions), so that a typo or hostile file cannot ask for terabytes.
+        estimate = sum(2 * b * self.conv_kernel ** 2 * c * c for b, c in zip(self.blocks, self.channels))
+        if estimate > MAX_PARAMS:
+            raise SpecError(f"{self.name}: blocks {list(self.blocks)} and channels {list(self.channels)} would need "
+                            f"~{estimate:,} parameters, more than the {MAX_PARAMS:,} this library builds; use smaller ones")
 
     @property
     def num_stages(self) -> int:
@@ -116,6 +150,8 @@ class ModelSpec:
             )
         for key in ("blocks", "channels", "input_size", "mean", "std", "class_names"):
             if key in overrides and overrides[key] is not None:
+                if not isinstance(overrides[key], (list, tuple)):
+                    raise SpecError(f"{self.name}: {key} must be a list, got {overrides[key]!r}")
                 overrides[key] = tuple(overrides[key])
         if "num_classes" in overrides and "class_names" not in overrides and self.class_names is not None \
                 and overrides["num_classes"] != self.num_classes:
@@ -146,10 +182,16 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        if not isinstance(data, dict):
+            raise SpecError(f"a model spec must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        if not isinstance(kwargs.get("name", ""), str):
+            raise SpecError(f"a model spec's name must be a string, got {kwargs['name']!r}")
         for key in ("blocks", "channels", "input_size", "mean", "std", "class_names"):
             if kwargs.get(key) is not None:
+                if not isinstance(kwargs[key], (list, tuple)):
+                    raise SpecError(f"{key} must be a list, got {kwargs[key]!r}")
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 

@@ -62,14 +62,30 @@ def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
 
 def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
     """Write the state dict (contiguous, CPU) atomically, so a crash never leaves half a file."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=build_metadata(model, metadata))
+        write_safetensors(tensors, tmp, build_metadata(model, metadata))
     return path
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' writer, with its I/O failures (full or read-only disk) raised as the OSError they are."""
+    import errno
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        num = int(code.group(1))
+        raise OSError(num, os.strerror(num) if num in errno.errorcode else str(exc), str(path)) from None
 
 
 def _check_path(path: Path) -> None:
@@ -80,6 +96,8 @@ def _check_path(path: Path) -> None:
         )
     if path.is_dir():
         raise WeightsError(f"{str(path)!r} is a directory; pass the model.safetensors file inside it")
+    if not path.is_file():  # reading a FIFO or a device would block forever or never end
+        raise WeightsError(f"{str(path)!r} is not a regular file (a pipe, socket or device); pass a model.safetensors file")
 
 
 def _refuse_pickle(head: bytes, size: int, path: Path) -> None:
@@ -148,6 +166,20 @@ def state_dict_from_bytes(data: bytes, path: str | os.PathLike[str]) -> tuple[di
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata from one read of the file, with corruption reported as a WeightsError."""
     return state_dict_from_bytes(read_bytes(path), path)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity: they load and run, but every answer would be wrong.
+
+    The one check used by every path that takes weights in (load, eval, export, push).
+    """
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(
+            f"{where} holds non-finite values (NaN or infinity) in {len(bad)} of {len(tensors)} tensors "
+            f"({_short(bad, 3)}); training diverged or the file is damaged. Use an earlier checkpoint, "
+            "retrain with a lower --lr, or download the file again"
+        )
 
 
 def _saved_arch(meta: dict[str, str], path: Path | None = None) -> dict[str, Any]:
@@ -249,6 +281,7 @@ def apply_state_dict(
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
                 f"{spec.name!r} ({detail}); load it with the matching model name"
             )
+    check_finite(tensors, repr(str(path)))
     problems = _describe_mismatch(model, tensors)
     if strict and problems:
         arch = meta.get("arch", "an unknown architecture")
@@ -265,6 +298,23 @@ def apply_state_dict(
 
         model.temperature = check_temperature(meta["temperature"], f"the temperature in {str(path)!r}")
     return model
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one informative sentence of torch's multi-paragraph weights-only refusal (never cut mid-sentence)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs the class {found.group(1)}, which a weights-only load refuses"
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+    if found and found.group(1).strip():
+        return f"not a readable pickle: {found.group(1).strip().rstrip('.')}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if len(first) > 160:
+        first = first[:160].rsplit(" ", 1)[0] + " …"
+    return first.rstrip(".")
 
 
 def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:
@@ -285,8 +335,8 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
         raise WeightsError(
-            f"{str(src)!r} cannot be read as a weights-only checkpoint ({str(exc).strip().splitlines()[0][:160]}); "
-            "if it pickles a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
+            f"{str(src)!r} cannot be read as a weights-only checkpoint ({_unpickler_reason(exc)}); if it pickles "
+            "a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
         ) from None
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -63,6 +63,7 @@ class BenchRow:
     ms_per_batch: float | None = None
     note: str = ""
     ratio_to_ort_fp32: float | None = None   # onnxruntime (ort-*) rows only
+    threads: int | None = None               # intra-op / WebAssembly threads; None: the runtime's default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +132,7 @@ def run_benchmark(
     min_seconds: float = 2.0,
     min_iters: int = 3,
     warmup: int = 2,
+    threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     cuda_options: str | dict | None = None,
     io_binding: bool = False,
@@ -141,12 +143,18 @@ def run_benchmark(
     calibrated on ``data_dir``'s training images when given, else on uniform noise (fine for
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
+    ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores).
     ``cuda_options`` go to onnxruntime's CUDA provider on the ``cuda`` device (checked everywhere);
     ``io_binding`` times onnxruntime with its input and output in buffers on the device (no host
     copies in the timed run), which ``enable_cuda_graph=1`` needs and so implies.
     """
+    import logging
+
     from .errors import ExportError
 
+    # torch.compile imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on every
+    # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     say = progress or (lambda _m: None)
     options = parse_cuda_options(cuda_options)
     bound = io_binding or options.get("enable_cuda_graph") == "1"
@@ -180,14 +188,14 @@ def run_benchmark(
                 files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
         for dev in devices:
             rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say,
-                                  options if dev == "cuda" else {}, bound)
+                                  threads, options if dev == "cuda" else {}, bound)
     return rows
 
 
 def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],
                   files: dict[str, Path], notes: dict[str, str], warmup: int, min_seconds: float,
-                  min_iters: int, say: Callable[[str], None], cuda_options: dict[str, str] | None = None,
-                  io_binding: bool = False) -> list[BenchRow]:
+                  min_iters: int, say: Callable[[str], None], threads: int | None = None,
+                  cuda_options: dict[str, str] | None = None, io_binding: bool = False) -> list[BenchRow]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     provider = "cuda" if device == "cuda" else "cpu"
     model = copy.deepcopy(model).to(device)
@@ -201,7 +209,8 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             try:
                 if variant.startswith("ort-"):
                     precision = variant.removeprefix("ort-")
-                    session = create_session(files[precision], provider, cuda_options=cuda_options)  # type: ignore[arg-type]
+                    session = create_session(files[precision], provider, threads=threads,  # type: ignore[arg-type]
+                                             cuda_options=cuda_options)
                     note = "; ".join(n for n in (notes.get(precision, ""), _ort_note(cuda_options, io_binding)) if n)
                     fn: Callable[[], object] = _bound_runner(session, pixels, device)[0] if io_binding else \
                         (lambda s=session: s.run(None, {INPUT_NAME: pixels}))
@@ -218,7 +227,8 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
                         note = "channels_last; compile time excluded"
                     fn = _torch_runner(module, xin)
                 seconds = _time(fn, sync, warmup, min_seconds, min_iters)
-                row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note)
+                row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note,
+                               threads=threads if variant.startswith("ort-") else None)
             except Exception as exc:  # noqa: BLE001 - a failing runtime is a result, not a crash
                 first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
                 row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {first}")
@@ -266,24 +276,34 @@ def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
 
 
 def format_table(rows: Sequence[BenchRow], title: str = "") -> str:
-    """The rows as a Markdown table (what the CLI prints, in plain text; pastes into notes)."""
-    head = ["runtime", "device", "batch", "images/s", "ms/batch", "× torch eager", "× ORT fp32", "note"]
+    """The rows as a Markdown table (what the CLI prints, in plain text; pastes into notes).
+
+    Notes (and failures) are footnotes under the table, so it stays within 80 columns.
+    """
+    notes: list[str] = []
+    for r in rows:
+        if r.note and r.note not in notes:
+            notes.append(r.note)
+    head = ["runtime", "device", "threads", "batch", "images/s", "ms/batch", "× eager", "× fp32"]
     body = [
-        [r.variant, r.device, str(r.batch),
+        [r.variant + (f" [{notes.index(r.note) + 1}]" if r.note else ""), r.device,
+         "default" if r.threads is None else str(r.threads), str(r.batch),
          "—" if r.images_per_s is None else f"{r.images_per_s:,.0f}",
          "—" if r.ms_per_batch is None else f"{r.ms_per_batch:.2f}",
          "—" if r.ratio_to_eager is None else f"{r.ratio_to_eager:.2f}",
-         "—" if r.ratio_to_ort_fp32 is None else f"{r.ratio_to_ort_fp32:.2f}", r.note]
+         "—" if r.ratio_to_ort_fp32 is None else f"{r.ratio_to_ort_fp32:.2f}"]
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    right = {2, 3, 4, 5, 6}
+    right = {2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
     sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
     out = ([f"**{title}**", ""] if title else []) + [line(head), sep] + [line(b) for b in body]
+    out += ["", "× eager: against torch eager; × fp32: against onnxruntime fp32 (same device and batch)"]
+    out += [f"[{i}] {note}" for i, note in enumerate(notes, start=1)]
     return "\n".join(out)
 
 

@@ -135,6 +135,9 @@ def export_model(
     _check_options(fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data_dir if dataset is None else "dataset", calibration_images=calibration_images,
                    provider=provider if run_validation else None, max_val_images=max_val_images,
                    opset=opset, exporter=exporter)
+    from aperture_zoo.weights import check_finite
+
+    check_finite(model.state_dict(), f"the {model.spec.name} model to export")  # NaN would validate as NaN == NaN
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images,
                                          train=dataset.train if dataset is not None else None)

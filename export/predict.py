@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aperture_zoo.calibration import check_temperature
-from aperture_zoo.images import ImageError, load_image, resize_bilinear  # noqa: F401  (the rule, re-exported)
+from aperture_zoo.images import ImageError, load_image, load_images, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
 from .errors import ExportError, OnnxFileError
 from .runtime import Provider, check_onnx_path, create_session, cuda_options_note, parse_cuda_options
@@ -77,32 +77,57 @@ class OnnxClassifier:
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise OnnxFileError(
-                f"{str(self.path)!r} is not an image classifier with one N x C x H x W input "
-                f"(inputs: {[(i.name, i.shape) for i in inputs]}); export it with `aperture export`"
+                f"{str(self.path)!r} is not an aperture_zoo export: it needs inputs "
+                f"{[(i.name, i.shape) for i in inputs]}, not one N x 3 x H x W image batch; export one with "
+                "`aperture export NAME --onnx`"
             )
         self.input_name = inputs[0].name
         # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)
         self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         shape = inputs[0].shape
+        outputs = self.session.get_outputs()
+        not_ours = (
+            inputs[0].type not in ("tensor(float)", "tensor(float16)")
+            or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:])
+            or len(outputs) < 1 or len(outputs[0].shape) != 2 or not isinstance(outputs[0].shape[-1], int)
+        )
+        if not_ours:
+            raise OnnxFileError(
+                f"{str(self.path)!r} is not an aperture_zoo export: it takes {inputs[0].type} shaped "
+                f"{_dims(shape)} and gives {_dims(outputs[0].shape) if outputs else 'nothing'}, not float "
+                "N x 3 x H x W images -> N x classes; export one with `aperture export NAME --onnx`"
+            )
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.image_size = (int(shape[3]), int(shape[2]))
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.has_probabilities = PROBS_NAME in outputs
-        self._output_names = [outputs[0], PROBS_NAME] if self.has_probabilities else [outputs[0]]
+        output_names = [o.name for o in outputs]
+        self.has_probabilities = PROBS_NAME in output_names
+        self._output_names = [output_names[0], PROBS_NAME] if self.has_probabilities else [output_names[0]]
         # A temperature in the file must be usable: one that is not finite or <= 0 is refused here.
         self.temperature = check_temperature(meta["temperature"], f"the temperature in {str(self.path)!r}") \
             if "temperature" in meta else None
-        probs_meta = json.loads(meta.get("probabilities", "{}") or "{}")
-        self.calibrated = self.has_probabilities and bool(probs_meta.get("calibrated", self.temperature is not None))
         self.tta = meta.get("tta", "none")
-        n_out = self.session.get_outputs()[0].shape[-1]
-        self.labels: list[str] = json.loads(meta["label_names"]) if "label_names" in meta else [
-            f"class_{i}" for i in range(int(n_out))
-        ]
+        n_out = int(outputs[0].shape[-1])
         self.metadata = dict(meta)
-        self.normalize_in_graph = json.loads(meta.get("normalize_in_graph", "true"))
-        self.mean = np.asarray(json.loads(meta.get("mean", "[0, 0, 0]")), np.float32).reshape(1, -1, 1, 1)
-        self.std = np.asarray(json.loads(meta.get("std", "[1, 1, 1]")), np.float32).reshape(1, -1, 1, 1)
+        try:
+            labels = json.loads(meta["label_names"]) if "label_names" in meta else [f"class_{i}" for i in range(n_out)]
+            self.normalize_in_graph = json.loads(meta.get("normalize_in_graph", "true"))
+            self.mean = np.asarray(json.loads(meta.get("mean", "[0, 0, 0]")), np.float32).reshape(1, 3, 1, 1)
+            self.std = np.asarray(json.loads(meta.get("std", "[1, 1, 1]")), np.float32).reshape(1, 3, 1, 1)
+            probs_meta = json.loads(meta.get("probabilities", "{}") or "{}")
+            self.calibrated = self.has_probabilities and bool(probs_meta.get("calibrated", self.temperature is not None))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise OnnxFileError(
+                f"{str(self.path)!r} has damaged metadata ({str(exc)[:120]}); export it again with "
+                "`aperture export NAME --onnx`"
+            ) from None
+        if (not isinstance(labels, list) or len(labels) != n_out or not all(isinstance(x, str) for x in labels)
+                or not isinstance(self.normalize_in_graph, bool)
+                or not (np.isfinite(self.mean).all() and np.isfinite(self.std).all() and (self.std > 0).all())):
+            raise OnnxFileError(
+                f"{str(self.path)!r} has metadata that does not fit its graph ({n_out} outputs; label_names, "
+                "normalize_in_graph, mean or std malformed); export it again with `aperture export NAME --onnx`"
+            )
+        self.labels: list[str] = labels
 
     @property
     def providers(self) -> list[str]:
@@ -118,7 +143,18 @@ class OnnxClassifier:
             if x.shape[-1] == 3 and x.shape[1] != 3:
                 x = x.transpose(0, 3, 1, 2)
             x = x.astype(np.float32) / 255.0
-        x = x.astype(np.float32, copy=False)
+        elif x.dtype.kind != "f":
+            raise ImageError(f"pixels must be uint8 (0..255) or float in [0, 1], got dtype {x.dtype}; "
+                             "convert them first (uint8 is what image files decode to)")
+        else:  # floats must already be in [0, 1]: 0..255 floats would be classified as white noise
+            x = x.astype(np.float32, copy=False)
+            if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+                got = f"range [{x.min():g}, {x.max():g}]" if np.isfinite(x).all() else "NaN or infinity"
+                raise ImageError(f"float pixels must be finite and in [0, 1], got {got}; divide 0..255 pixels by 255 "
+                                 "(or pass them as uint8)")
+        if x.shape[1:] != (3, self.image_size[1], self.image_size[0]):
+            raise ImageError(f"expected images of 3 x {self.image_size[1]} x {self.image_size[0]}, got "
+                             f"{tuple(x.shape[1:])}; decode files with load_image (it resizes)")
         if not self.normalize_in_graph:
             x = (x - self.mean) / self.std
         return np.ascontiguousarray(x, dtype=self.input_dtype)
@@ -156,18 +192,38 @@ class OnnxClassifier:
         return out[1] if self.has_probabilities else softmax(out[0])
 
     def predict(self, paths: str | os.PathLike[str] | list, top_k: int = 3) -> list[Prediction]:
-        """Top-k (class, probability) for image files of any size and mode."""
+        """Top-k (class, probability) for image files of any size and mode; the first bad file raises."""
+        predictions, failures = self.predict_files(paths, top_k)
+        if failures:
+            raise failures[0][1]
+        return predictions
+
+    def predict_files(
+        self, paths: str | os.PathLike[str] | list, top_k: int = 3
+    ) -> tuple[list[Prediction], list[tuple[str, ImageError]]]:
+        """Answers for every readable image, and ``(path, error)`` for each file that could not be read."""
         if top_k < 1:
             raise ImageError(f"--top-k must be at least 1, got {top_k}")
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        if not paths:
-            return []
-        decoded = [load_image(p, self.image_size) for p in paths]
-        probs = self.predict_proba(np.stack([img for img, _ in decoded]))
+        decoded, failed = load_images(paths, self.image_size)
+        failures = [(str(paths[i]), exc) for i, exc in failed]
+        if not decoded:
+            return [], failures
+        probs = self.predict_proba(np.stack([img for _, img, _ in decoded]))
         k = max(1, min(top_k, probs.shape[1]))
         results = []
         extra = [] if self.calibrated else [self.describe()]
-        for p, (_, notices), row in zip(paths, decoded, probs):
+        for (i, _, notices), row in zip(decoded, probs):
+            if not np.isfinite(row).all():  # NaN weights or a broken graph: never print "nan%"
+                raise OnnxFileError(
+                    f"{str(self.path)!r} gives non-finite outputs (NaN or infinity) for {str(paths[i])!r}: its "
+                    "weights are damaged; export it again from finite weights"
+                )
             order = np.argsort(-row)[:k]
-            results.append(Prediction(str(p), [(self.labels[i], float(row[i])) for i in order], [*notices, *extra]))
-        return results
+            results.append(Prediction(str(paths[i]), [(self.labels[j], float(row[j])) for j in order],
+                                      [*notices, *extra]))
+        return results, failures
+
+
+def _dims(shape: list) -> str:
+    return " x ".join(str(d) for d in shape) if shape else "a scalar"

@@ -216,6 +216,8 @@ def check_onnx_path(path: str | os.PathLike[str]) -> Path:
         )
     if path.is_dir():
         raise OnnxFileError(f"{str(path)!r} is a directory; pass the .onnx file inside it")
+    if not path.is_file():  # a FIFO or device would block onnxruntime's read forever
+        raise OnnxFileError(f"{str(path)!r} is not a regular file (a pipe or device?); pass an .onnx file")
     return path
 
 

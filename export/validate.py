@@ -1,7 +1,8 @@
 """Prove an exported file equals the PyTorch model it came from, or say exactly where it does not.
 
 The reference is the fp32 PyTorch model with the same input contract as the file (pixels in
-[0, 1] through ``NormalizedClassifier``), with TF32 off on CUDA so the reference itself is fp32.
+[0, 1], normalised by the spec's mean/std in code of this module's own, not the wrapper the graph
+was exported from), with TF32 off on CUDA so the reference itself is fp32.
 Checks, per the precision of the file:
 
 =========  ===========================================================================
@@ -45,7 +46,7 @@ from aperture_zoo.model import ResNet
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, NormalizedClassifier, read_metadata
+from .onnx_export import INPUT_NAME, read_metadata
 from .runtime import Provider, create_session, session_device
 
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
@@ -154,7 +155,18 @@ class ValidationReport:
         """Write beside the file as ``<stem>.report.json`` unless a path is given."""
         onnx_path = Path(self.onnx_file)
         path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return atomic_write_text(path, json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinity replaced by None: JSON has no NaN, and a reader must not get one."""
+    if isinstance(data, float) and not np.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def report_path(onnx_path: str | os.PathLike[str]) -> Path:
@@ -234,6 +246,8 @@ def compare(onnx_logits: np.ndarray, torch_logits: np.ndarray, inputs: str,
 
 def _judge(comp: Comparison, tol: Tolerance, label: str, *, logits: bool = True, agreement: bool = True) -> list[str]:
     fails = []
+    if not (np.isfinite(comp.max_abs_diff) and np.isfinite(comp.mean_abs_diff)):  # NaN compares False: never a pass
+        fails.append(f"{label} on {comp.inputs}: non-finite logits (NaN or infinity); the weights or the graph are damaged")
     if logits and tol.max_abs is not None and comp.max_abs_diff > tol.max_abs:
         fails.append(f"{label} on {comp.inputs}: max |Δlogit| {comp.max_abs_diff:.3g} > {tol.max_abs:g}")
     # softmax(z / T) moves at most |Δz| / (2T) per entry; the logit bound carries over.
@@ -288,7 +302,7 @@ def validate(
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
     temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
-    pair = _Pair(session, NormalizedClassifier(model, tta=tta).eval().to(ref_device), ref_device,
+    pair = _Pair(session, _NormaliseThenNetwork(model, tta=tta).eval().to(ref_device), ref_device,
                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
@@ -304,6 +318,22 @@ def validate(
         comp = _compare_test_set(pair, report, data_dir, max_images, seed, progress, reference_cache, test_split)
         report.failures += _judge(comp, tol, label)
     return report
+
+
+class _NormaliseThenNetwork(torch.nn.Module):
+    """``model((pixels - mean) / std)``, written apart from the export wrapper on purpose: a wrong
+    normalisation in that wrapper is then in the file but not in the reference, and fails."""
+
+    def __init__(self, model: ResNet, tta: bool = False) -> None:
+        super().__init__()
+        self.model, self.tta = model, tta
+        self.register_buffer("mean", torch.tensor(model.spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        logits = self.model(x)
+        return 0.5 * (logits + self.model(x.flip(-1))) if self.tta else logits  # `eval --tta`: image and mirror
 
 
 @dataclass

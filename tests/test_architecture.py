@@ -21,7 +21,7 @@ LAYERS = [
     {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
     {"train", "export"},
-    {"demo", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
+    {"demo", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
 ]
 # The two layer-4 packages: neither may import the other (the CLI and the demo join them).
 INDEPENDENT = ("aperture_zoo.train", "aperture_zoo.export")

@@ -199,11 +199,12 @@ def test_bench_ratios_and_table() -> None:
     assert eager.ratio_to_eager == 1.0 and eager.ratio_to_ort_fp32 is None
     assert fp32.ratio_to_ort_fp32 == 1.0 and failed.ratio_to_eager is None and eager1.ratio_to_eager == 1.0
     lines = format_table(rows, title="t").splitlines()
-    assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows)
-    assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
+    assert lines[0] == "**t**" and lines[2].startswith("| runtime ") and len(lines) == 4 + len(rows) + 3
+    assert len({len(line) for line in lines[2:4 + len(rows)]}) == 1  # aligned columns
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells == ["ort-int8", "cpu", "256", "600", "—", "10.00", "3.00", ""]
-    assert "failed: no compiler" in lines[7]
+    assert cells == ["ort-int8", "cpu", "default", "256", "600", "—", "10.00", "3.00"]
+    assert lines[7].startswith("| torch-compile [1] ") and lines[-1] == "[1] failed: no compiler"  # notes below
+    assert max(len(line) for line in lines[2:4 + len(rows)]) <= 80
 
 
 def test_bench_environment_names_what_the_figures_depend_on() -> None:

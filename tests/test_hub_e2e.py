@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import huggingface_hub.constants  # noqa: F401 - the client is imported before any test sets HF_* (as in a long-lived process)
 import pytest
 
 from aperture_zoo.weights import read_metadata
@@ -306,3 +307,23 @@ def test_a_repo_without_a_recorded_digest_is_refused(hub_env, own_cache, hub_ser
     api.upload_file(path_or_fileobj=str(mine), path_in_repo="model.safetensors", repo_id="zoo/bare")
     with pytest.raises(HubIntegrityError, match="no SHA-256 to be checked against.*aperture push"):
         aperture_zoo.load("resnet10", weights="hf-hub:zoo/bare")
+
+
+def test_hf_hub_offline_set_while_the_process_runs_is_honoured(hub_env, own_cache, hub_server, monkeypatch):
+    """The client reads HF_HUB_OFFLINE (and HF_ENDPOINT) once, when it is imported (here, at the top of
+    this module); setting them later must still be honoured: offline stops all traffic."""
+    from huggingface_hub import HfApi, constants
+
+    from aperture_zoo import hub
+
+    api = HfApi(endpoint=hub_server.url, token="tok-alice")
+    api.create_repo("zoo/offline")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="zoo/offline")
+    assert not constants.HF_HUB_OFFLINE  # the client was imported without it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = len(hub_server.requests)
+    with pytest.raises(hub.HubUnavailableError, match="HF_HUB_OFFLINE is set"):
+        hub.download("zoo/offline", "config.json")
+    assert len(hub_server.requests) == before  # no request at all
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub.download("zoo/offline", "config.json").read_bytes() == b"{}"  # online, the file is there

@@ -164,7 +164,7 @@ def test_onnx_file_that_is_not_an_image_classifier(tmp_path: Path) -> None:
     )
     path = tmp_path / "identity.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
-    with pytest.raises(OnnxFileError, match=r"not an image classifier with one N x C x H x W input.*aperture export"):
+    with pytest.raises(OnnxFileError, match=r"not an aperture_zoo export.*N x 3 x H x W.*aperture export"):
         OnnxClassifier(path, provider="cpu")
 
 

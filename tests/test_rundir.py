@@ -55,9 +55,14 @@ def test_a_locked_folder_is_refused_until_its_holder_lets_go(tmp_path: Path) -> 
 
 
 def test_start_writes_the_settings_and_reopen_trims_to_the_checkpoint(tmp_path: Path) -> None:
+    from aperture_zoo.registry import get_spec
+
+    spec = get_spec("resnet10")
+    record = {"spec": json.loads(spec.to_json()), "arch": spec.arch_dict(), "seed": 3, "subset": None,
+              "test_subset": None, "val_split": 0}  # what a run records (record() checks every field)
     folder = RunDir(tmp_path)
-    assert folder.start(FAST, {"seed": 3}) == []
-    assert folder.record() == {"seed": 3} and folder.recipe() == FAST
+    assert folder.start(FAST, record) == []
+    assert folder.record() == record and folder.recipe() == FAST
     for epoch in (1, 2, 3):
         folder.append_metrics({"epoch": epoch, "train_loss": 1.0 / epoch})
     with folder.metrics_path.open("a") as f:

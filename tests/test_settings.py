@@ -17,15 +17,20 @@ TINY = create_model("resnet10", channels=(8, 16, 16, 32)).spec
 
 
 def test_saved_options_fill_in_what_resume_leaves_out_and_given_ones_win(tmp_path) -> None:
+    from aperture_zoo.registry import get_spec
+
+    spec = get_spec("resnet10")
+    base = {"spec": json.loads(spec.to_json()), "arch": spec.arch_dict(), "seed": 0, "subset": None,
+            "test_subset": None, "val_split": 0}  # the model and data fields every run records
     run = tmp_path / "run"
     run.mkdir()
-    (run / "run.json").write_text(json.dumps({"seed": 0, "data_dir": "/data/cifar", "download": False,
+    (run / "run.json").write_text(json.dumps({**base, "data_dir": "/data/cifar", "download": False,
                                               "device": "cuda", "compile": True}))
     got = with_run_options(TrainConfig(resume=run))
     assert (str(got.data_dir), got.download, got.device, got.compile) == ("/data/cifar", False, "cuda", True)
     moved = with_run_options(TrainConfig(resume=run, data_dir=tmp_path / "new", device="cpu"))
     assert (moved.data_dir, moved.device, moved.compile) == (tmp_path / "new", "cpu", True)
-    (run / "run.json").write_text(json.dumps({"seed": 0}))  # a run from before options were recorded
+    (run / "run.json").write_text(json.dumps(base))  # a run from before options were recorded
     old = with_run_options(TrainConfig(resume=run))
     assert (old.data_dir, old.download, old.device, old.compile) == (None, True, "auto", False)
     fresh = with_run_options(TrainConfig(model="resnet10"))

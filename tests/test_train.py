@@ -456,3 +456,38 @@ def test_resuming_a_finished_run_changes_nothing(straight, synthetic_cifar) -> N
     again = fit(TrainConfig(resume=run, data_dir=synthetic_cifar, device="cpu", progress=False))
     assert again.already_complete and again.test_top1 == pytest.approx(straight.test_top1, abs=1e-3)
     assert before == {f: (run / f).stat().st_mtime_ns for f in before}
+
+
+def test_the_final_epoch_is_recorded_even_when_an_earlier_epoch_scored_higher(synthetic_cifar, tmp_path,
+                                                                            monkeypatch) -> None:
+    """metadata, summary and card carry the last epoch's accuracy, never the best one.
+
+    The synthetic run's last epoch is usually also its best, so the evaluations are given a
+    constructed history: epoch 2 reports 100 %, the final epoch 3 reports 42 %. A recorder that
+    picked the best epoch would record 100. With eval_every=2 the last epoch is evaluated only
+    because it is the last.
+    """
+    from aperture_zoo.cards import write_card
+    from aperture_zoo.train.zoo import write_summary
+
+    original, history = loop.evaluate_epoch, [100.0, 42.0]
+
+    def constructed(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.update(test_top1=history.pop(0))
+        return out
+
+    monkeypatch.setattr(loop, "evaluate_epoch", constructed)
+    run = tmp_path / "runs" / "resnet10"
+    result = fit(_cfg(synthetic_cifar, run, subset=200,
+                      recipe=apply_overrides(RECIPE, ["epochs=3", "eval_every=2", "ema_decay=0"])))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("test_top1") for r in rows] == [None, 100.0, 42.0] and not history
+    final = rows[-1]["test_top1"]
+    assert result.test_top1 == pytest.approx(final, abs=1e-3)
+    assert json.loads(read_metadata(run / "model.safetensors")["test_top1"]) == pytest.approx(final, abs=1e-3)
+    summary = write_summary(run.parent)
+    assert [r["top1"] for r in summary.rows] == [pytest.approx(final, abs=1e-3)]
+    card = write_card("resnet10", tmp_path / "card", run_dir=run)
+    assert json.loads((card / "config.json").read_text())["metrics"]["top1"] == pytest.approx(final, abs=1e-3)
+    assert f"Final-epoch top-1 accuracy: **{final:.2f}%** (epoch 3" in (card / "README.md").read_text()

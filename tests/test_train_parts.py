@@ -220,7 +220,7 @@ def test_progress_bar_fits_80_columns_without_cutting_anything() -> None:
     last = [line for line in out.getvalue().replace("\r", "\n").splitlines() if "500/781" in line][-1]
     text = last.replace("\x1b[2K", "")
     assert len(text.rstrip()) <= 80 and "…" not in text, text
-    for part in ("epoch 400/400", "500/781", "loss 12.346", "acc 100.0%", "1.2M img/s", "ETA"):
+    for part in ("epoch 400/400", "500/781", "loss 12.346", "acc 100.0%", "1.2M img/s", "run ETA"):
         assert part in text, (part, text)
 
 

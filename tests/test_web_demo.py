@@ -30,11 +30,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from aperture_zoo import UnknownModelError, demo
+from aperture_zoo import UnknownModelError, browser, demo
 from aperture_zoo.cli import app
-from aperture_zoo.demo import DemoError, DemoModel, DemoServer
+from aperture_zoo.demo import DemoError, DemoFile, DemoModel, DemoServer
 from aperture_zoo.export.predict import OnnxClassifier, load_image, resize_bilinear
 from aperture_zoo.model import create_model
+from cifar_synth import write_cifar10
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "apps" / "web"
@@ -71,10 +72,16 @@ def network() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def models_dir(network: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("web-models")
-    entry = demo.export_for_demo(network, out, validate=False, exporter="legacy")
-    # what the page shows for a model without published weights
+    data = write_cifar10(tmp_path_factory.mktemp("cifar"), n_train_per_class=20, n_test_per_class=2)
+    entry = demo.export_for_demo(network, out, validate=False, exporter="legacy", data_dir=data)
+    assert [f.precision for f in entry.files or []] == ["fp32", "fp16", "int8"] and entry.precision == "fp32"
+    # what the page shows for a model without published weights, and for a file that does not load
     absent = DemoModel(name="resnet24", params=4_935_242, available=False, reason=demo.NO_WEIGHTS)
-    demo.write_manifest(out, [entry, absent])
+    (out / "resnet20.onnx").write_bytes(b"not an onnx file")
+    broken = DemoModel(name="resnet20", params=1, available=True, file="resnet20.onnx", bytes=16,
+                       labels=entry.labels, input_size=entry.input_size,
+                       files=[DemoFile("fp32", "resnet20.onnx", 16)], precision="fp32")
+    demo.write_manifest(out, [entry, broken, absent])
     return out
 
 
@@ -112,7 +119,7 @@ def page(browser_type: Any, server: DemoServer) -> Iterator[Any]:
     try:
         pg = browser.new_page(viewport={"width": 1100, "height": 720})
         pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.goto(f"{server.url}?model=resnet10&ep=wasm")
+        pg.goto(f"{server.url}?model=resnet10&ep=wasm&precision=fp32&threads=2")
         pg.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
         assert pg.evaluate("window.apertureDemo.state") == "ready", pg.evaluate("window.apertureDemo.error")
         yield pg
@@ -180,8 +187,8 @@ def _assert_same_as_python(result: dict[str, Any], path: Path, classifier: OnnxC
 
 def test_page_lists_the_zoo_and_says_which_models_have_no_weights(page: Any) -> None:
     options = page.eval_on_selector_all("#model option", "els => els.map(e => [e.value, e.disabled, e.textContent])")
-    assert [(v, d) for v, d, _ in options] == [("resnet10", False), ("resnet24", True)]
-    assert "no published weights" in options[1][2]
+    assert [(v, d) for v, d, _ in options] == [("resnet10", False), ("resnet20", False), ("resnet24", True)]
+    assert "no published weights" in options[2][2]
     assert "resnet24" in page.inner_text("#unavailable")
     assert "WebAssembly" in page.inner_text("#runtime")
 
@@ -260,6 +267,149 @@ def test_webgpu_path_matches_onnx_classifier(browser_type: Any, server: DemoServ
             _assert_same_as_python(result["last"], images[key], classifier)
     finally:
         browser.close()
+
+
+def test_page_is_isolated_and_runs_the_threaded_simd_backend(page: Any) -> None:
+    state = page.evaluate("""() => ({isolated: self.crossOriginIsolated, sab: typeof SharedArrayBuffer,
+        threads: apertureDemo.threads, ep: apertureDemo.ep,
+        files: performance.getEntriesByType('resource').map(e => e.name.split('/').pop())})""")
+    assert state["isolated"] is True and state["sab"] == "function"
+    assert state["ep"] == "wasm" and state["threads"] == 2
+    assert "ort-wasm-simd-threaded.wasm" in state["files"]  # SIMD + threads build, not the asyncify/jsep ones
+    assert not [f for f in state["files"] if f.endswith(".wasm") and f != "ort-wasm-simd-threaded.wasm"]
+    assert "WebAssembly, 2 threads" in page.inner_text("#runtime") and "single-threaded" not in page.inner_text("#runtime")
+
+
+def test_page_shows_burst_latency_and_stages(page: Any) -> None:
+    page.click("#gallery button[data-file='dog_1.png']")
+    page.wait_for_function("window.apertureDemo.last?.source === 'gallery/dog_1.png'", timeout=60_000)
+    last = page.evaluate("window.apertureDemo.last")
+    assert last["runs"] >= 5 and 0 < last["best_ms"] <= last["median_ms"]
+    assert set(last["stages"]) == {"decode", "preprocess", "inference", "postprocess"}
+    timing = page.inner_text("#timing")
+    assert "best" in timing and "median" in timing and "fp32" in timing and "2 threads" in timing
+
+
+def test_int8_in_the_page_gives_python_int8_top1_on_the_test_images(page: Any, models_dir: Path) -> None:
+    int8 = OnnxClassifier(models_dir / "resnet10.int8.onnx", provider="cpu")
+    page.evaluate("apertureDemo.selectModel('resnet10', 'int8')")
+    page.wait_for_function("apertureDemo.state !== 'loading' && apertureDemo.precision === 'int8'", timeout=60_000)
+    assert "int8" in page.inner_text("#precision") and page.eval_on_selector("#precision", "e => e.value") == "int8"
+    files = sorted(p.name for p in (WEB / "gallery").glob("*.png"))
+    got = page.evaluate("""async (files) => {
+        const out = [];
+        for (const f of files) {
+            const blob = await (await fetch('gallery/' + f)).blob();
+            const r = await apertureDemo.classify(blob, f);
+            out.push([r.precision, r.probs]);
+        }
+        return out; }""", files)
+    page.evaluate("apertureDemo.selectModel('resnet10', 'fp32')")  # the other tests use fp32
+    page.wait_for_function("apertureDemo.state !== 'loading' && apertureDemo.precision === 'fp32'", timeout=60_000)
+    want = int8.predict_proba(np.stack([load_image(WEB / "gallery" / f)[0] for f in files]))
+    assert all(p == "int8" for p, _ in got)
+    probs = np.asarray([p for _, p in got])
+    np.testing.assert_array_equal(probs.argmax(axis=1), want.argmax(axis=1))
+    np.testing.assert_allclose(probs, want, atol=2e-3)
+    fp32 = OnnxClassifier(models_dir / "resnet10.onnx", provider="cpu")
+    assert np.abs(fp32.predict_proba(np.stack([load_image(WEB / "gallery" / f)[0] for f in files])) - want).max() > 1e-4
+
+
+def test_a_model_file_that_fails_to_load_is_a_message_and_the_others_still_work(page: Any, images: dict[str, Path],
+                                                                               classifier: OnnxClassifier) -> None:
+    page.evaluate("apertureDemo.selectModel('resnet20')")
+    page.wait_for_function("apertureDemo.state === 'error'", timeout=60_000)
+    message = page.inner_text("#message")
+    assert "resnet20" in message and "could not be loaded" in message
+    assert page.evaluate("apertureDemo.model") == "resnet10" and page.eval_on_selector("#model", "e => e.value") == "resnet10"
+    ok = _upload(page, images["wide"])
+    assert ok["state"] == "done" and ok["last"]["model"] == "resnet10"
+    _assert_same_as_python(ok["last"], images["wide"], classifier)
+
+
+def test_page_without_isolation_works_single_threaded_and_says_so(browser_type: Any, server: DemoServer,
+                                                                  images: dict[str, Path], classifier: OnnxClassifier) -> None:
+    """A server without COOP/COEP headers: no SharedArrayBuffer, so one thread, and the page says why."""
+    def strip(route: Any) -> None:
+        response = route.fetch()
+        headers = {k: v for k, v in response.headers.items() if not k.lower().startswith("cross-origin")}
+        route.fulfill(response=response, headers=headers)
+
+    browser = browser_type.launch(executable_path=_chromium(), headless=True)
+    try:
+        pg = browser.new_page()
+        pg.route("**/*", strip)
+        pg.goto(f"{server.url}?model=resnet10&ep=wasm&precision=fp32&threads=2")
+        pg.wait_for_function("['ready', 'failed'].includes(window.apertureDemo?.state)", timeout=120_000)
+        assert pg.evaluate("self.crossOriginIsolated") is False
+        assert pg.evaluate("apertureDemo.threads") == 1
+        runtime = pg.inner_text("#runtime")
+        assert "1 thread" in runtime and "single-threaded, slower" in runtime and "aperture demo" in runtime
+        result = _upload(pg, images["grey"])
+        assert result["state"] == "done", result["error"]
+        _assert_same_as_python(result["last"], images["grey"], classifier)
+        # opened as a file, the page says it must be served
+        pg.unroute("**/*")
+        pg.goto((WEB / "index.html").as_uri())
+        assert "must be served" in pg.inner_text("#message") and "aperture demo" in pg.inner_text("#message")
+    finally:
+        browser.close()
+
+
+def test_bench_times_the_page_and_says_when_there_is_no_webgpu(browser_type: Any, server: DemoServer) -> None:
+    chromium = browser.check_browser_ready()
+    wasm = browser.time_page(server.url, "resnet10", "browser-wasm", "int8", 1, 5, chromium, launcher=browser_type)
+    assert wasm.ep == "wasm" and wasm.threads == 1 and wasm.runs == 5, wasm.note
+    assert wasm.min_ms is not None and wasm.median_ms is not None and 0 < wasm.min_ms <= wasm.median_ms
+    gpu = browser.time_page(server.url, "resnet10", "browser-webgpu", "fp32", 1, 5, chromium, launcher=browser_type)
+    if gpu.ep == "webgpu":
+        assert gpu.median_ms is not None and gpu.median_ms > 0
+    else:
+        assert gpu.median_ms is None and "no WebGPU adapter" in gpu.note
+
+
+def test_bench_browser_rows_sit_beside_native_ones() -> None:
+    from aperture_zoo.export.bench import BenchRow, format_table
+
+    rows = browser.add_native_ratios([
+        BenchRow("ort-fp32", "cpu", 1, 200.0, ms_per_batch=5.0, threads=1),
+        BenchRow("ort-int8", "cpu", 1, 500.0, ms_per_batch=2.0, threads=1),
+        BenchRow("browser-wasm-fp32", "cpu", 1, 100.0, ms_per_batch=10.0, note="fp32", threads=1),
+        BenchRow("browser-wasm-int8", "cpu", 1, 100.0, ms_per_batch=10.0, note="int8", threads=2),
+    ])
+    assert rows[2].note.endswith("2.0× ort-fp32 time")
+    assert "×" not in rows[3].note  # other thread count: no ratio
+    head, _, *body = format_table(rows).splitlines()
+    assert [c.strip() for c in head.split("|")][1:4] == ["runtime", "device", "threads"]
+    assert [c.strip() for c in body[3].split("|")][1:4] == ["browser-wasm-int8", "cpu", "2"]
+
+
+def test_bench_browser_variant_without_chromium_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("APERTURE_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = CliRunner().invoke(app, ["bench", "resnet10", "--variants", "browser-wasm"])
+    assert result.exit_code == 2, result.output
+    assert "apt-get install chromium" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_int8_is_the_default_only_where_it_agrees_with_fp32(tmp_path: Path) -> None:
+    def files(agreement: float | None) -> list[DemoFile]:
+        return [DemoFile("fp32", "m.onnx", 1), DemoFile("int8", "m.int8.onnx", 1, agreement, 1000)]
+
+    assert demo.default_precision(files(99.7)) == "int8"
+    assert demo.default_precision(files(99.0)) == "int8"
+    assert demo.default_precision(files(98.9)) == "fp32"
+    assert demo.default_precision(files(None)) == "fp32"   # not validated on images: no figure, no default
+    assert demo.default_precision([DemoFile("fp32", "m.onnx", 1)]) == "fp32"
+    report = tmp_path / "m.int8.report.json"
+    report.write_text(json.dumps({"comparisons": [
+        {"inputs": "random, all", "agreement": 100.0, "num_images": 72},
+        {"inputs": "CIFAR-10 test", "agreement": 99.7, "num_images": 1000}]}))
+    assert demo.validation_agreement(report) == (99.7, 1000)
+    report.write_text(json.dumps({"comparisons": [{"inputs": "random, all", "agreement": 100.0, "num_images": 72}]}))
+    assert demo.validation_agreement(report) is None  # random inputs are not the validation images
+    assert demo.validation_agreement(tmp_path / "missing.json") is None
 
 
 # ---------------------------------------------------------------- the server and its preparation
@@ -437,6 +587,33 @@ def test_preprocess_js_resizes_exactly_like_load_image(tmp_path: Path) -> None:
     for (_, w, h, ow, oh), expected, got in zip(cases, want, json.loads(done.stdout)):
         page = np.frombuffer(base64.b64decode(got), np.uint8).reshape(oh, ow, 3)
         np.testing.assert_array_equal(page, expected, err_msg=f"{w}x{h} -> {ow}x{oh}")
+
+
+def test_preprocess_js_gives_the_golden_pixels(tmp_path: Path) -> None:
+    """preprocess.js on the odd inputs of test_images.py (upright RGB) gives the checked-in 32x32 numbers."""
+    from PIL import ImageOps
+
+    from test_images import NAMES, golden, input_files
+
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("node is not installed, so preprocess.js cannot be checked outside the browser")
+    cases, files = [], input_files(tmp_path)
+    for name, path in files.items():
+        with Image.open(path) as img:
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        (tmp_path / f"{name}.rgb").write_bytes(rgb.tobytes())
+        cases.append([str(tmp_path / f"{name}.rgb"), rgb.shape[1], rgb.shape[0], 32, 32])
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = tmp_path / "resize.mjs"
+    script.write_text(_NODE_RESIZE % json.dumps((WEB / "preprocess.js").as_uri()))
+    done = subprocess.run([node, str(script), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert sorted(files) == sorted(NAMES) and len(got) == len(NAMES)
+    for name, page in zip(files, got):
+        np.testing.assert_array_equal(np.frombuffer(base64.b64decode(page), np.uint8).reshape(32, 32, 3),
+                                      golden(name), err_msg=name)
 
 
 def test_resize_is_horizontal_then_vertical_whatever_pillow_does() -> None:

@@ -116,3 +116,39 @@ def test_cli_pauses_with_exit_75_and_says_how_to_go_on(synthetic_cifar, tmp_path
     assert "| resnet10 | done | 2 |" in done.output
     bad = CliRunner().invoke(app, [*args, "--epochs", "3"])
     assert bad.exit_code == 2 and "another --runs-dir" in bad.output
+
+
+def test_summary_lists_models_in_registry_order_whatever_order_they_were_asked_in(tmp_path) -> None:
+    from aperture_zoo.train.zoo import write_summary
+
+    for name in ("resnet32", "resnet10"):
+        (tmp_path / name).mkdir()
+    result = write_summary(tmp_path, ["resnet32", "resnet10", "resnet22"])
+    assert [r["model"] for r in result.rows] == ["resnet10", "resnet22", "resnet32"]
+    assert [r["status"] for r in result.rows] == ["not started"] * 3
+
+
+def test_the_reload_check_refuses_a_record_the_weights_do_not_reproduce(synthetic_cifar, tmp_path) -> None:
+    """A record 0.2 point off what the saved weights score on reload is an error; 0.05 off passes."""
+    from hub_fixtures import random_weights
+
+    from aperture_zoo.train.zoo import check_weights
+
+    cfg = _cfg(synthetic_cifar, tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"test_subset": 50, "seed": 0}))
+    weights = tmp_path / "model.safetensors"
+
+    def check(recorded: float) -> dict:
+        random_weights(weights, "resnet10", init_seed=3, test_top1=recorded)
+        (tmp_path / "check.json").unlink(missing_ok=True)
+        try:
+            check_weights("resnet10", tmp_path, cfg)
+        except ZooError:
+            pass
+        return json.loads((tmp_path / "check.json").read_text())
+
+    actual = check(-1.0)["reloaded_top1"]
+    assert check(actual + 0.05)["passed"]
+    with pytest.raises(ZooError, match="score .* on reload but"):
+        random_weights(weights, "resnet10", init_seed=3, test_top1=actual + 0.2)
+        check_weights("resnet10", tmp_path, cfg)

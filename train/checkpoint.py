@@ -57,7 +57,7 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Atomically write model/optimizer/EMA tensors and the JSON ``info`` to ``path``."""
-    from safetensors.torch import save_file
+    from aperture_zoo.weights import write_safetensors
 
     path = Path(path)
     tensors = {f"model.{k}": v for k, v in model_state.items()}
@@ -68,7 +68,7 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "info": json.dumps(info), "optimizer": json.dumps(opt_info)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        write_safetensors(tensors, tmp, header)
     return path
 
 

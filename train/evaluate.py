@@ -211,6 +211,10 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> d
     if temperature is not None and meta.get("temperature_fitted_on") == VAL_FITTED:
         calib = report(logits, labels, temperature, VAL_FITTED)
         calibrated = softmax(logits, temperature)
+    elif not all(len(half) for half in stratified_halves(labels)):  # a class with one image: nothing to cross-fit
+        calib = report(logits, labels, None)
+        calib["temperature_fitted_on"] = "not fitted: too few images to cross-fit a temperature"
+        calibrated = softmax(logits)
     else:
         calib = cross_fit(logits, labels)
         calib["temperature_fitted_on"] = calib.pop("fitted_on")

@@ -81,7 +81,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
                          channels_last=run.recipe.channels_last)
     last: dict[str, Any] | None = None  # the newest epoch row of this call (all ranks)
     step_fn.model.train()
-    bar = TrainProgress(cfg.progress and info.is_main, run.recipe.epochs, stream.steps, with_val=data.val is not None)
+    bar = TrainProgress(cfg.progress and info.is_main, run.recipe.epochs, stream.steps, with_val=data.val is not None,
+                        budget_s=cfg.time_budget_s if info.is_main else None)
     with _StopFlag() as stop, bar:
         while state.epoch < run.recipe.epochs:
             row, halted = train_epoch(r, state, step_fn, stream, stop, bar)

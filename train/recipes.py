@@ -91,7 +91,26 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+        """A recipe from JSON (``recipe.json``), each field checked against its type, then validated.
+
+        A hand-edited or damaged file becomes a RecipeError naming the field, not a TypeError later.
+        """
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a JSON object of fields, got {type(data).__name__}")
+        defaults = cls()
+        for key, value in data.items():
+            if key not in _FIELDS:
+                continue
+            want = type(getattr(defaults, key))
+            optional = getattr(defaults, key) is None
+            ok = (value is None and optional) or isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+            if not ok and want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if optional and isinstance(value, (int, float)) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise RecipeError(f"recipe field {key!r} is {value!r}; it must be {_type_name(want, optional)}")
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS}).validate()
 
     def validate(self) -> Recipe:
         """Reject values that would fail later, or worse, train silently wrong."""
@@ -173,6 +192,12 @@ FINETUNE = FAST.replace(
 ).replace(reference_lr=0.02, reference_batch_size=128)
 
 
+def _type_name(kind: type, optional: bool) -> str:
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, kind.__name__)
+    return f"{name} or null" if optional else name
+
+
+
 # The best final-epoch accuracy the fixed architectures can reach in one long run, after the Cutout
 # paper's ResNet-18 setting (DeVries & Taylor 2017, uoguelph-mlrg/Cutout: SGD + Nesterov 0.9, lr 0.1
 # at batch 128, weight decay 5e-4, 200 epochs, 16-px cutout with crop + flip: 96.01 %, mean of 5).
@@ -231,7 +256,8 @@ def _coerce(key: str, raw: str) -> Any:
         if kind in ("float", float):
             return float(text)
     except ValueError:
-        raise RecipeError(f"--set {key}={raw}: expected a {kind} value") from None
+        name = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(getattr(kind, "__name__", str(kind)), str(kind))
+        raise RecipeError(f"--set {key}={raw}: expected {name}") from None
     return text
 
 

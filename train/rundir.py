@@ -115,6 +115,20 @@ class RunDir:
         finally:
             lock.release()
 
+    def in_use(self) -> bool:
+        """Whether another process holds the folder's lock right now (a run starting or training)."""
+        from filelock import FileLock, Timeout
+
+        if not (self.path / LOCK_FILENAME).is_file():
+            return False
+        lock = FileLock(self.path / LOCK_FILENAME, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
     # ------------------------------------------------------------------ what it holds
 
     @property
@@ -134,12 +148,42 @@ class RunDir:
         return self.path / METRICS_FILENAME
 
     def record(self) -> dict[str, Any]:
-        """``run.json``: the model, seed and data options, and how the run was started."""
-        return self._read_json(RUN_FILENAME)
+        """``run.json``: the model, seed and data options, and how the run was started; checked field by field,
+        so a damaged file is one line, not a KeyError mid-resume."""
+        from aperture_zoo.registry import ModelSpec
+
+        run = self._read_json(RUN_FILENAME)
+
+        def whole(v: Any, optional: bool = False) -> bool:
+            return (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+        problem = None
+        try:
+            spec = ModelSpec.from_dict(run.get("spec"))  # type: ignore[arg-type]
+            if run.get("arch") != spec.arch_dict():
+                problem = "'arch' does not match 'spec'"
+        except (ApertureError, TypeError, ValueError) as exc:
+            problem = f"'spec': {exc}"
+        for key, optional in (("seed", False), ("subset", True), ("test_subset", True)):
+            if problem is None and not whole(run.get(key), optional):
+                problem = f"{key!r} is {run.get(key)!r}"
+        val = run.get("val_split")
+        if problem is None and not (isinstance(val, (int, float)) and not isinstance(val, bool) and val >= 0):
+            problem = f"'val_split' is {val!r}"
+        if problem:
+            raise CheckpointError(f"{str(self.path / RUN_FILENAME)!r} is damaged ({problem}); this run cannot be "
+                                  "resumed: start a new one")
+        return run
 
     def recipe(self) -> Recipe:
-        """The recipe the run was trained with; a clear error if this is not a run folder."""
-        return Recipe.from_dict(self._read_json(RECIPE_FILENAME))
+        """The recipe the run was trained with; a clear error if this is not a run folder or the file is damaged."""
+        from .recipes import RecipeError
+
+        try:
+            return Recipe.from_dict(self._read_json(RECIPE_FILENAME))
+        except RecipeError as exc:
+            raise CheckpointError(f"{str(self.path / RECIPE_FILENAME)!r} is damaged ({exc}); this run cannot be "
+                                  "resumed: start a new one") from None
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of ``metrics.jsonl``; a torn last line (``kill -9`` mid-append) is skipped, not fatal.
@@ -155,14 +199,17 @@ class RunDir:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "epoch" in row:
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):
                 rows.append(row)
         return rows
 
     def _read_json(self, name: str) -> dict[str, Any]:
         path = self.path / name
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON object was expected, not {type(data).__name__}")
+            return data
         except FileNotFoundError:
             raise CheckpointError(
                 f"{str(self.path)!r} is not a run directory of `aperture train` ({name} is missing)"

@@ -99,6 +99,10 @@ class TrainConfig:
     init: str | os.PathLike[str] | None = None  # start from these weights (a tag or a file): finetune.py
     freeze_backbone: bool = False  # with init: train the head only
 
+    def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not 0 <= int(self.seed) < 2**32):
+            raise TrainingError(f"--seed must be in 0..{2**32 - 1} (numpy and torch take unsigned seeds), got {self.seed}")
+
 
 @dataclass
 class TrainResult:
@@ -137,12 +141,23 @@ def data_root(data_dir: str | os.PathLike[str] | None) -> str:
     return str(Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve())
 
 
+def _resumed(path: str | os.PathLike[str]) -> RunDir:
+    """The folder of a run to resume, refused while another process holds it (still starting, or training)."""
+    folder = RunDir(Path(path))
+    if folder.in_use():  # a run still starting has no checkpoint *yet*: not "stopped before its first one"
+        raise TrainingError(
+            f"{str(folder.path)!r} is in use by another training process (still starting, or training); "
+            "wait for it to finish or stop it, then resume"
+        )
+    return folder
+
+
 def with_run_options(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every option left at ``None`` filled in: on resume as the run was started, else the defaults.
 
     Runs from before these options were recorded fall back to the defaults.
     """
-    saved = RunDir(Path(cfg.resume)).record() if cfg.resume is not None else {}
+    saved = _resumed(cfg.resume).record() if cfg.resume is not None else {}
     changes: dict[str, Any] = {}
     for key, default in (("download", True), ("device", "auto"), ("compile", False)):
         if getattr(cfg, key) is None:
@@ -170,7 +185,7 @@ def resolve_run(cfg: TrainConfig) -> Run:
         }
         recipe = cfg.recipe or (FINETUNE if cfg.init is not None else FAST)
         return Run(spec, recipe.validate(), record)  # the folder is claimed later, on rank 0
-    folder = RunDir(Path(cfg.resume))
+    folder = _resumed(cfg.resume)
     saved = folder.record()
     run = Run(ModelSpec.from_dict(saved["spec"]), folder.recipe(), {**saved, **_how_it_runs(cfg)}, folder.path)
     if not folder.checkpoint.exists():

@@ -20,6 +20,8 @@ def demo_cmd(
     onnx: list[Path] = typer.Option([], "--onnx", help="Also offer this exported file (e.g. a run's "
                                     "`aperture export --onnx` output, with its own class names); repeatable. "
                                     "With --onnx and no model names, only these files are offered."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 to calibrate and validate the int8 files "
+                                         "(default: the data folder when CIFAR-10 is there; without it: fp32 and fp16 only)."),
 ) -> None:
     """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
     with user_errors():
@@ -27,15 +29,18 @@ def demo_cmd(
                                        prepare_models, write_manifest)
         from aperture_zoo.demo import web_dir as find_web_dir
 
+        from .export import _auto_data_dir
+
         check_port(port)
+        data = _auto_data_dir(data_dir)
         web = web_dir.resolve() if web_dir else find_web_dir()
         check_web_runtime(web)
         out = models_dir or default_models_dir(web)
         server = DemoServer(web, out, host=host, port=port)  # a busy port fails before any export
         try:
             with err_console.status("preparing models") as status:
-                entries = [] if onnx and not models else prepare_models(out, models or None,
-                                                                         progress=lambda m: status.update(m))
+                entries = [] if onnx and not models else prepare_models(
+                    out, models or None, progress=lambda m: status.update(m), data_dir=data)
                 if onnx:
                     entries = [e for e in entries if e.available] + add_onnx_files(out, onnx, [e.name for e in entries])
                     write_manifest(out, entries)
@@ -45,6 +50,13 @@ def demo_cmd(
     offered = [e.name for e in entries if e.available]
     missing = [e.name for e in entries if not e.available and e.reason == "no published weights"]
     console.print(f"models: {', '.join(offered)}", highlight=False)
+    for e in entries:
+        if e.available and e.files:
+            shown = ", ".join(f"{f.precision}" + (f" ({f.agreement:.2f} % agreement with fp32)" if f.agreement is not None
+                                                   and f.precision != "fp32" else "") for f in e.files)
+            console.print(f"  {e.name}: {shown}; default {e.precision}", highlight=False)
+    if data is None:
+        err_console.print("[yellow]no int8 files:[/] int8 needs CIFAR-10 to calibrate on; pass --data-dir", highlight=False)
     if missing:
         err_console.print(f"[yellow]no published weights (not offered):[/] {', '.join(missing)}", highlight=False)
     with server:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from . import app
-from .common import console, err_console, model_for_command, print_json, user_errors
+from .common import console, err_console, model_for_command, print_json, safe, say_error, user_errors
 
 
 def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
@@ -24,7 +24,7 @@ def _say(status: Any, message: str) -> None:
     else:
         import time
 
-        err_console.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"{time.strftime('%H:%M:%S')} {safe(message)}", highlight=False, soft_wrap=True)
 
 
 def _auto_data_dir(data_dir: Path | None) -> Path | None:
@@ -38,7 +38,7 @@ def _auto_data_dir(data_dir: Path | None) -> Path | None:
         find_batches_dir(default_data_dir())
     except DataError:
         return None
-    err_console.print(f"using CIFAR-10 found in {default_data_dir()}")
+    err_console.print(f"using CIFAR-10 found in {safe(default_data_dir())}", highlight=False)
     return default_data_dir()
 
 
@@ -171,13 +171,13 @@ def export_cmd(
             if _test_set_line(report):
                 console.print(_test_set_line(report), highlight=False)  # wraps at the terminal width
             for failure in report.failures:
-                err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
+                err_console.print(f"[bold red]failed:[/] {safe(failure)}", highlight=False, soft_wrap=True)
         for path in result.files:
-            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+            console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
         for path in result.report_files:
-            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+            console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
         for path in result.failed_files:
-            err_console.print(f"[bold red]failed validation:[/] kept as {path} so that it is not taken for a good "
+            err_console.print(f"[bold red]failed validation:[/] kept as {safe(path)} so that it is not taken for a good "
                               "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")
@@ -199,25 +199,38 @@ def predict_cmd(
     provider: str = typer.Option("auto", "--provider", help="auto|cuda|cpu (ONNX only)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Calibrated class probabilities for image files: the published resnet22 by default, or an ONNX file."""
+    """Calibrated class probabilities for image files: the published resnet22 by default, or an ONNX file.
+
+    Every readable image is answered; files that cannot be read are listed on stderr. Exit code: 0
+    all answered, 1 some answered and some not, 2 none answered (or a bad --onnx file or model).
+    """
     with user_errors():
         if onnx is not None:
-            rows, what = _predict_onnx(images, onnx, tta, top_k, provider)
+            rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider)
         else:
-            rows, what = _predict_torch(images, model, tta, top_k)
-    err_console.print(what, highlight=False, soft_wrap=True)
+            rows, failures, what = _predict_torch(images, model, tta, top_k)
+    err_console.print(safe(what), highlight=False, soft_wrap=True)
     for row in rows:
         for notice in row["notices"]:
-            err_console.print(f"[yellow]notice:[/] {row['image']}: {notice}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]notice:[/] {safe(row['image'])}: {safe(notice)}", highlight=False,
+                              soft_wrap=True)
     if json_out:
-        print_json(rows)
-        return
-    for row in rows:
-        ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in row["top"])
-        console.print(f"{row['image']}: [bold]{row['top'][0]['label']}[/]  ({ranked})", highlight=False)
+        print_json(rows + [{"image": path, "error": str(exc)} for path, exc in failures])
+    else:
+        for row in rows:
+            ranked = ", ".join(f"{safe(t['label'])} {t['probability']:.1%}" for t in row["top"])
+            console.print(f"{safe(row['image'])}: [bold]{safe(row['top'][0]['label'])}[/]  ({ranked})",
+                          highlight=False, soft_wrap=True)
+    for _, exc in failures:
+        say_error(exc, prefix="[bold red]failed:[/]")
+    if failures:
+        say_error(f"{len(failures)} of {len(images)} images could not be read (listed above); "
+                  f"{len(rows)} answered", prefix="[bold red]error:[/]")
+        raise typer.Exit(code=1 if rows else 2)
 
 
-def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int, provider: str) -> tuple[list[dict], str]:
+def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int,
+                  provider: str) -> tuple[list[dict], list, str]:
     """Torch-free: onnxruntime, numpy and pillow only."""
     from aperture_zoo.export.errors import ExportError
     from aperture_zoo.export.predict import OnnxClassifier
@@ -226,26 +239,26 @@ def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int, p
         raise ExportError("--tta applies to the PyTorch path; an ONNX file holds its own TTA "
                           "(`aperture export NAME --pretrained --onnx --tta flip`)")
     clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
-    rows = [p.to_dict() for p in clf.predict(images, top_k=top_k)]
+    predictions, failures = clf.predict_files(images, top_k=top_k)
+    rows = [p.to_dict() for p in predictions]
     notice = clf.describe()  # said once, not per image
     for row in rows:
         row["notices"] = [n for n in row["notices"] if n != notice]
-    return rows, f"{onnx.name}: {notice}"
+    return rows, failures, f"{onnx.name}: {notice}"
 
 
-def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], str]:
+def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], list, str]:
+    from aperture_zoo.catalog import find_weights
     from aperture_zoo.predict import check_tta, classify
     from aperture_zoo.pretrained import load
 
     flip = check_tta(tta)
     model = load(name, pretrained=True)
-    rows = classify(model, images, top_k=top_k, tta=flip)
-    from aperture_zoo.catalog import find_weights
-
+    rows, failures = classify(model, images, top_k=top_k, tta=flip)
     record = find_weights(name)
     tag = record.tag if record is not None else name
-    return rows, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
-                  + ("; flip test-time augmentation" if flip else ""))
+    return rows, failures, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
+                            + ("; flip test-time augmentation" if flip else ""))
 
 
 @app.command("bench")
@@ -256,7 +269,12 @@ def bench_cmd(
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
     variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
-                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'."),
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'; "
+                                 "plus browser-wasm, browser-webgpu (the demo page in headless Chromium, batch 1, "
+                                 "fp32 and int8, beside ort-fp32/ort-int8)."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads, and the page's "
+                                       "WebAssembly threads (default: each runtime's own; with browser-* variants, 1 "
+                                       "on both sides, so they compare).", min=1),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
@@ -271,14 +289,28 @@ def bench_cmd(
         from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
         from aperture_zoo.export.runtime import parse_cuda_options
 
-        sizes, chosen = parse_batch_sizes(batch_sizes), parse_variants(variants)
+        sizes = parse_batch_sizes(batch_sizes)
+        from aperture_zoo.browser import split_variants
+
+        names, in_browser = split_variants([v.strip() for v in variants.split(",") if v.strip()])
+        if in_browser:
+            from aperture_zoo.browser import add_native_ratios, browser_rows, check_browser_ready
+
+            check_browser_ready()  # no Chromium/Playwright: one line saying how to install, before any work
+            threads = threads or 1
+            names = names or ["ort-fp32", "ort-int8"]
+        chosen = parse_variants(",".join(names))
         options = parse_cuda_options(cuda_options)
         model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
+        data = _auto_data_dir(data_dir)
         with err_console.status("benchmarking") as status:
-            rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen,
-                                 data_dir=_auto_data_dir(data_dir), exporter=exporter,
-                                 min_seconds=min_seconds, progress=lambda m: _say(status, m),
-                                 cuda_options=options, io_binding=io_binding)
+            rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen, data_dir=data,
+                                 exporter=exporter, min_seconds=min_seconds, threads=threads,
+                                 progress=lambda m: _say(status, m), cuda_options=options,
+                                 io_binding=io_binding)
+            if in_browser:
+                rows = add_native_ratios(rows + browser_rows(model, in_browser, threads=threads, data_dir=data,
+                                                             exporter=exporter, progress=lambda m: _say(status, m)))
         if options and not any(r.device == "cuda" and r.variant.startswith("ort-") for r in rows):
             err_console.print("--cuda-options are valid but unused: no onnxruntime row ran on CUDA here",
                               highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, user_errors
+from .common import console, safe, user_errors
 
 
 @app.command("card")
@@ -23,7 +23,8 @@ def card_cmd(
 
     with user_errors():
         folder = write_card(name, out or MODEL_CARDS_DIR / name, weights=weights, run_dir=run)
-    console.print(f"wrote {folder / 'README.md'} and {folder / 'config.json'}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {safe(folder / 'README.md')} and {safe(folder / 'config.json')}", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command("push")

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, err_console, model_for_command, print_json, user_errors, with_hint
+from .common import console, err_console, model_for_command, print_json, safe, user_errors, with_hint
 
 
 _DATASET_HELP = ("cifar10 (default), cifar100 (the official python archive, fine labels) or a folder "
@@ -102,7 +102,7 @@ def train_cmd(
             results = fit_seeds(cfg, seeds, fit)
         except TrainingInterrupted as exc:
             if _is_main_rank():
-                err_console.print(f"[yellow]{with_hint(exc, train_hint)}[/]", highlight=False, soft_wrap=True)
+                err_console.print(f"[yellow]{safe(with_hint(exc, train_hint))}[/]", highlight=False, soft_wrap=True)
             # 75 (EX_TEMPFAIL) for a spent time budget: "not done yet, run again", not a failure
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
@@ -139,7 +139,7 @@ def train_cmd(
              "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
             + ("" if result.test_top1_flip_tta is None else f" (flip TTA: {result.test_top1_flip_tta:.2f}%)")
             + ", "
-            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {result.run_dir}",
+            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",
             highlight=False,
         )
 
@@ -196,7 +196,7 @@ def eval_cmd(
         own = dataset_for_weights(dataset, data_dir, download, decode_metadata(getattr(model, "weights_metadata", {})),
                                   say=lambda m: err_console.print(m, highlight=False, markup=False))
         split = take_subset(own.test if own is not None else load_split("test", data_dir, download), subset, 0)
-        what = f"evaluating {name} on {len(split):,} test images ({dev.type})"
+        what = safe(f"evaluating {name} on {len(split):,} test images ({dev.type})")
         with counting(err_console, len(split), what) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         if chosen:
@@ -220,8 +220,8 @@ def eval_cmd(
     console.print(format_confusion(result), highlight=False, markup=False)
     for line in format_robustness(result.extra):
         console.print(line, highlight=False, soft_wrap=True)
-    console.print(f"wrote {out_dir / 'eval.json'}, {out_dir / 'confusion.png'} and {out_dir / 'reliability.png'}",
-                  highlight=False, markup=False)
+    console.print(f"wrote {safe(out_dir / 'eval.json')}, {safe(out_dir / 'confusion.png')} and "
+                  f"{safe(out_dir / 'reliability.png')}", highlight=False)
 
 
 @app.command("train-zoo")
@@ -261,6 +261,7 @@ def train_zoo_cmd(
     """Train, check and export the zoo; resumes when run again; writes summary.json and summary.md."""
     from functools import partial
 
+    from aperture_zoo.train import TrainingInterrupted
     from aperture_zoo.train.options import recipe_from_options
     from aperture_zoo.train.zoo import ZooConfig, train_zoo
 
@@ -279,8 +280,13 @@ def train_zoo_cmd(
             from aperture_zoo.export.pipeline import export_run
 
             exporter = partial(export_run, provider=provider, data_dir=data_dir)
-        result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
-                           exporter=exporter)
+        try:
+            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+                               exporter=exporter)
+        except TrainingInterrupted as exc:  # Ctrl-C: the zoo resumes by running the same command, not `train`
+            err_console.print(f"[yellow]{safe(exc)}. Continue the zoo by running the same `aperture train-zoo` "
+                              "command again (each model resumes where it stopped)[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if json_out:
         print_json(result.rows)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import console, err_console, print_json, print_whole, safe, user_errors
 
 
 def _pct(value: float | None) -> str:
@@ -43,8 +43,6 @@ def list_cmd(
         # Compact enough for 80 columns (CI logs, pipes), so no number is ever truncated.
         table = Table(
             title="aperture_zoo: CIFAR-10 ResNets (report Table 1)",
-            caption="params: counted on the built model (red if it differs from Table 1); "
-                    "top-1 %: the report's at 20 epochs / ours at the last epoch of our weights",
             box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
         )
         for col, justify in (("model", "left"), ("blocks B", "left"), ("channels C", "left"),
@@ -59,10 +57,15 @@ def list_cmd(
                 f"{r['report_params']:,}" if r["report_params"] else "—",
                 _pct(r["report_top1_20ep"]), _pct(r["top1"]),
             )
-        console.print(table)
+        # Never cut a name or a number: a terminal narrower than the table wraps its lines instead.
+        print_whole(table)
         published = [r for r in rows if r["weights"]]
         if published:
-            console.print(_published_table(published))
+            print_whole(_published_table(published))
+        for note in ("params: counted on the built model (red if it differs from Table 1)",
+                     "report % / our %: top-1 accuracy, the report's at 20 epochs / ours at the last "
+                     "epoch of our weights"):
+            console.print(note, highlight=False)  # prose: wraps between words at the terminal width
     if verify and not all(r["params_match_report"] for r in rows):
         raise typer.Exit(code=1)
 
@@ -117,10 +120,10 @@ def info_cmd(
     else:
         kind = "published, SHA-256 pinned" if info["weights_published"] else \
             "NOT the published weights: yours, from $APERTURE_WEIGHTS_DIR"
-        console.print(f"  weights          {weights['path']} ({kind})", highlight=False, soft_wrap=True)
+        console.print(f"  weights          {safe(weights['path'])} ({kind})", highlight=False, soft_wrap=True)
         for key, value in sorted(weights.items()):
             if key not in ("path", "spec", "label_names"):
-                console.print(f"    {key:<18} {value}")
+                console.print(f"    {key:<18} {safe(value)}", highlight=False)
 
 
 @app.command("samples")
@@ -154,7 +157,7 @@ def samples_cmd(
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
                           f"({r.accuracy:.1f}%) on the bundled images", highlight=False)
         elif r.unavailable:
-            err_console.print(f"[red]{r.model:<9} not run:[/] {r.unavailable}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]{r.model:<9} not run:[/] {safe(r.unavailable)}", highlight=False, soft_wrap=True)
         else:
             console.print(f"{r.model:<9} no published weights: architecture only "
                           f"(train it with `aperture train {r.model}`)", highlight=False)
@@ -175,4 +178,4 @@ def convert_cmd(
     with user_errors():
         get_spec(model)
         path = convert_checkpoint(checkpoint, out, model)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)

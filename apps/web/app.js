@@ -3,12 +3,22 @@
 //
 // URL parameters: ?model=resnet22 (initial model), ?ep=auto|wasm|webgpu (execution provider;
 // auto = WebGPU when the browser offers an adapter, else WebAssembly), ?threads=N (WebAssembly
-// threads; default: onnxruntime-web's choice).
+// threads; default: onnxruntime-web's choice), ?precision=fp32|fp16|int8 (default: the model's,
+// int8 where it agrees with fp32 on >= 99 % of the validation images).
+//
+// Speed: a model file is loaded once per precision, with the batch dimension fixed to 1
+// (freeDimensionOverrides, so shapes are known when the graph is optimised) and warmed up until
+// WebAssembly has compiled its hot kernels; one input tensor per session is reused. Each image
+// is then timed over a short burst (best and median are shown) and per stage (demo.last.stages).
 //
 // window.apertureDemo exposes the state and the last result (pixels, logits, probabilities,
 // time) so tests and benchmarks can read exactly what the page computed.
 
 import { hasTranslucency, resizeBilinearRGB, rgbaToRgb, softmax, toPixelValues } from "./preprocess.js";
+
+const BURST = 10;          // runs per image for the shown best / median…
+const BURST_MS = 2000;     // …or fewer (at least 3) when they take longer than this (a software GPU)
+const WARMUP_MS = 1500;    // warm-up this long (>= 2 runs, <= 50), so WebAssembly tiers up before timing
 
 const ORT_DIR = "./node_modules/onnxruntime-web/dist/";
 const MAX_PIXELS = 64e6;
@@ -19,9 +29,10 @@ let ort = null;
 let ep = "wasm";
 let epNote = "";            // why WebGPU was asked for but is not used
 let threads = 1;
+let threadNote = "";        // why WebAssembly runs on one thread when more were possible
 let manifest = [];
-let current = null;         // { entry, session }
-const sessions = new Map(); // model name -> InferenceSession
+let current = null;         // { entry, file, session, input }
+const sessions = new Map(); // "name/precision" -> { session, input }
 let lastInput = null;       // { blob, name, trueLabel } of the last image, re-run on a model change
 let queue = Promise.resolve();
 
@@ -30,12 +41,14 @@ const demo = {
   runs: 0,
   errors: 0,
   model: null,
+  precision: null,
+  adapter: null,            // the WebGPU adapter, when there is one
   ep: null,
   threads: null,
   last: null,
   error: null,
   classify: (blob, name, trueLabel) => enqueue(() => classify(blob, name, trueLabel)),
-  selectModel: (name) => enqueue(() => selectModel(name)),
+  selectModel: (name, precision) => enqueue(() => selectModel(name, precision)),
   benchmark: (n) => enqueue(() => benchmark(n)),
 };
 window.apertureDemo = demo;
@@ -74,7 +87,13 @@ async function loadRuntime() {
   let gpu = false;
   if (want !== "wasm" && navigator.gpu) {
     try {
-      gpu = !!(await navigator.gpu.requestAdapter());
+      const adapter = await navigator.gpu.requestAdapter();
+      gpu = !!adapter;
+      if (adapter) {
+        const info = adapter.info || {};
+        demo.adapter = { vendor: info.vendor || "", architecture: info.architecture || "",
+                         fallback: !!(info.isFallbackAdapter ?? adapter.isFallbackAdapter) };
+      }
     } catch {
       gpu = false;
     }
@@ -89,14 +108,52 @@ async function loadRuntime() {
       "`npm ci --prefix apps/web`, or start the page with `make demo`");
   }
   // Unset, onnxruntime-web picks min(4, cores / 2) threads when the page is cross-origin
-  // isolated (as `aperture demo` serves it) and 1 otherwise; on 2 cores, 1 is also the fastest.
-  if (Number(params.get("threads")) > 0) ort.env.wasm.numThreads = Number(params.get("threads"));
+  // isolated (as `aperture demo` serves it). Threads need SharedArrayBuffer, which browsers
+  // give only to isolated pages: elsewhere the page still works, on one thread, and says so.
+  const asked = Number(params.get("threads"));
+  const shared = typeof SharedArrayBuffer !== "undefined" && self.crossOriginIsolated === true;
+  if (!shared) {
+    ort.env.wasm.numThreads = 1;
+    threadNote = "single-threaded, slower: this page is not cross-origin isolated (no SharedArrayBuffer); " +
+                 "serve it with `aperture demo` for multi-threaded WebAssembly";
+  } else if (asked > 0) {
+    ort.env.wasm.numThreads = asked;
+  }
+  ort.env.wasm.proxy = false; // inference on this thread: no worker hop per run
   ep = gpu ? "webgpu" : "wasm";
 }
 
 function runtimeLabel() {
   const name = ep === "webgpu" ? "WebGPU" : `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}`;
-  return `onnxruntime-web ${ort.env.versions.common} · ${name}${ep === "wasm" && epNote ? ` (${epNote})` : ""}`;
+  const notes = ep === "wasm" ? [epNote, threadNote].filter(Boolean).join("; ") : "";
+  return `onnxruntime-web ${ort.env.versions.common} · ${name}${notes ? ` (${notes})` : ""}`;
+}
+
+// The files of a model: from models.json's "files", or the single "file" of older manifests.
+function modelFiles(entry) {
+  return entry.files?.length ? entry.files : [{ precision: "fp32", file: entry.file, bytes: entry.bytes }];
+}
+
+function fileLabel(f) {
+  const mb = f.bytes ? ` · ${(f.bytes / 1e6).toFixed(1)} MB` : "";
+  const agree = f.agreement != null && f.precision !== "fp32"
+    ? ` · ${f.agreement.toFixed(2)} % same top-1 as fp32 on ${f.agreement_images} test images` : "";
+  return `${f.precision}${mb}${agree}`;
+}
+
+function fillPrecisions(entry, chosen) {
+  const select = $("precision");
+  select.replaceChildren();
+  for (const f of modelFiles(entry)) {
+    const option = document.createElement("option");
+    option.value = f.precision;
+    option.textContent = fileLabel(f) + (f.precision === (entry.precision || "fp32") ? " (default)" : "");
+    select.append(option);
+  }
+  select.value = chosen;
+  const notes = entry.notes?.length ? entry.notes.join("; ") : "";
+  $("precision-note").textContent = notes;
+  $("precision-note").hidden = !notes;
 }
 
 async function loadManifest() {
@@ -136,6 +193,7 @@ async function loadManifest() {
   }
   select.disabled = false;
   select.addEventListener("change", () => demo.selectModel(select.value));
+  $("precision").addEventListener("change", () => demo.selectModel(select.value, $("precision").value));
   const asked = params.get("model");
   const pick = available.find((m) => m.name === asked) || available.find((m) => m.name === "resnet22") || available[0];
   if (asked && pick.name !== asked) {
@@ -144,50 +202,79 @@ async function loadManifest() {
   return pick.name;
 }
 
-async function createSession(entry) {
-  const url = `models/${entry.file}`;
+async function createSession(entry, file) {
+  const url = `models/${file.file}`;
+  // batch 1 known when the graph is optimised: shapes are static, buffers planned once
+  const options = { graphOptimizationLevel: "all", freeDimensionOverrides: { batch: 1 } };
   if (ep === "webgpu") {
     try {
-      return await ort.InferenceSession.create(url, { executionProviders: ["webgpu"] });
+      return await ort.InferenceSession.create(url, { ...options, executionProviders: ["webgpu"] });
     } catch (err) {
       console.warn(`WebGPU session failed (${err.message}); falling back to WebAssembly`);
       epNote = "WebGPU failed, see the console";
       ep = "wasm";
     }
   }
-  const session = await ort.InferenceSession.create(url, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  const session = await ort.InferenceSession.create(url, { ...options, executionProviders: ["wasm"] });
   threads = ort.env.wasm.numThreads || 1; // settled when the WebAssembly backend started
   return session;
 }
 
-async function selectModel(name) {
+// Warm-up: the first runs compile WebAssembly and plan memory; shown times are steady-state.
+async function warmUp(session, feeds) {
+  const start = performance.now();
+  for (let i = 0; i < 50 && (i < 2 || performance.now() - start < WARMUP_MS); i++) {
+    await session.run(feeds);
+  }
+}
+
+async function selectModel(name, precision = null) {
   const entry = manifest.find((m) => m.name === name && m.available);
   if (!entry) {
     fail(`model ${name} is not available in this demo; choose one of the enabled models`);
     return;
   }
+  const files = modelFiles(entry);
+  const want = precision || (current?.entry.name === name ? null : params.get("precision")) || entry.precision || "fp32";
+  const file = files.find((f) => f.precision === want) || files.find((f) => f.precision === (entry.precision || "fp32"));
+  if (want && file.precision !== want) {
+    showMessage(`${name} has no ${want} file here; showing ${file.precision}.`, "info");
+  }
   setState("loading");
   $("model").value = name;
+  fillPrecisions(entry, file.precision);
   $("model").disabled = true;
-  const mb = entry.bytes ? ` (${(entry.bytes / 1e6).toFixed(1)} MB)` : "";
-  showMessage(`Loading ${name}${mb}…`, "info");
+  $("precision").disabled = true;
+  const mb = file.bytes ? ` (${(file.bytes / 1e6).toFixed(1)} MB)` : "";
+  showMessage(`Loading ${name} ${file.precision}${mb}…`, "info");
+  const key = `${name}/${file.precision}`;
   try {
-    let session = sessions.get(name);
-    if (!session) {
-      session = await createSession(entry);
+    let loaded = sessions.get(key);
+    if (!loaded) {
+      const session = await createSession(entry, file);
       const [h, w] = entry.input_size.slice(1);
-      const zeros = new ort.Tensor("float32", new Float32Array(3 * h * w), [1, 3, h, w]);
-      await session.run({ [session.inputNames[0]]: zeros }); // warm-up: shown times are steady-state
-      sessions.set(name, session);
+      const data = new Float32Array(3 * h * w); // reused for every image of this session
+      const input = new ort.Tensor("float32", data, [1, 3, h, w]);
+      await warmUp(session, { [session.inputNames[0]]: input });
+      loaded = { session, input, data };
+      sessions.set(key, loaded);
     }
-    current = { entry, session };
+    current = { entry, file, ...loaded };
   } catch (err) {
     $("model").disabled = false;
-    fail(`model ${name} could not be loaded (${err.message}); re-export it by restarting \`aperture demo\``);
+    $("precision").disabled = false;
+    if (current) { // the model that worked stays selected and usable
+      $("model").value = current.entry.name;
+      fillPrecisions(current.entry, current.file.precision);
+    }
+    fail(`${name} ${file.precision} (${file.file}) could not be loaded (${err.message}); choose another model or ` +
+         "precision, or re-export it by restarting `aperture demo`");
     return;
   }
   $("model").disabled = false;
+  $("precision").disabled = false;
   demo.model = name;
+  demo.precision = file.precision;
   demo.ep = ep;
   demo.threads = ep === "wasm" ? threads : null;
   $("runtime").textContent = runtimeLabel();
@@ -256,6 +343,7 @@ async function classify(blob, name, trueLabel = null) {
   }
   setState("busy");
   clearMessage();
+  const tStart = performance.now();
   let image;
   try {
     image = await decode(blob);
@@ -265,7 +353,8 @@ async function classify(blob, name, trueLabel = null) {
     return null;
   }
   lastInput = { blob, name, trueLabel };
-  const { entry, session } = current;
+  const t1 = performance.now();
+  const { entry, file, session, input, data } = current;
   const [h, w] = entry.input_size.slice(1);
   const notices = [];
   if (hasTranslucency(image.rgba)) {
@@ -276,16 +365,25 @@ async function classify(blob, name, trueLabel = null) {
     notices.push(`resized ${image.width}×${image.height} to ${w}×${h} (the model's input)`);
   }
   const pixels = resizeBilinearRGB(rgbaToRgb(image.rgba), image.width, image.height, w, h);
-  const input = new ort.Tensor("float32", toPixelValues(pixels, w, h), [1, 3, h, w]);
+  const t2 = performance.now();
+  data.set(toPixelValues(pixels, w, h)); // into the session's input tensor
+  const feeds = { [session.inputNames[0]]: input };
   let output;
-  const t0 = performance.now();
+  const times = [];
   try {
-    output = await session.run({ [session.inputNames[0]]: input });
+    const start = performance.now();
+    for (let i = 0; i < BURST && (i < 3 || performance.now() - start < BURST_MS); i++) {
+      const t0 = performance.now();
+      output = await session.run(feeds);
+      times.push(performance.now() - t0);
+    }
   } catch (err) {
     fail(`inference failed (${err.message}); reload the page, or choose another model`);
     return null;
   }
-  const ms = performance.now() - t0;
+  const t3 = performance.now();
+  const ms = times[0];
+  const sorted = [...times].sort((a, b) => a - b);
   const logits = Array.from(output[session.outputNames[0]].data);
   // The file's calibrated probabilities (softmax(logits / T)); an older file without them: plain softmax.
   const calibrated = session.outputNames.includes("probabilities");
@@ -293,9 +391,13 @@ async function classify(blob, name, trueLabel = null) {
   if (!calibrated) notices.push("probabilities are uncalibrated (the file has no 'probabilities' output; re-export it)");
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
   const top = order.map(([p, i]) => ({ label: entry.labels[i], index: i, probability: p }));
+  const stages = { decode: t1 - tStart, preprocess: t2 - t1, inference: (t3 - t2) / times.length,
+                   postprocess: performance.now() - t3 };
   demo.last = {
-    source: name, model: entry.name, width: image.width, height: image.height, pixels: Array.from(pixels),
-    logits, probs, calibrated, top, ms, ep, threads: ep === "wasm" ? threads : null, notices,
+    source: name, model: entry.name, precision: file.precision, width: image.width, height: image.height,
+    pixels: Array.from(pixels), logits, probs, calibrated, top, ms, best_ms: sorted[0],
+    median_ms: sorted[sorted.length >> 1], runs: times.length, stages, ep, threads: ep === "wasm" ? threads : null,
+    notices,
   };
   render(demo.last, trueLabel, pixels, w, h);
   demo.runs += 1;
@@ -338,26 +440,30 @@ function render(result, trueLabel, pixels, w, h) {
     li.append(name, bar, pct);
     list.append(li);
   }
-  $("timing").textContent = `Inference: ${result.ms.toFixed(2)} ms · ${result.model} · ${runtimeLabel()}`;
+  $("timing").textContent = `Inference per image: best ${result.best_ms.toFixed(2)} ms, median ` +
+    `${result.median_ms.toFixed(2)} ms over ${result.runs} runs · ${result.model} ${result.precision} · ${runtimeLabel()}`;
 }
 
-async function benchmark(n = 50) {
+// Steady-state latency of the loaded model at batch 1, for `aperture bench --variants browser-*`.
+async function benchmark(n = 50, maxMs = 20000, warm = true) {
   if (!current) throw new Error("no model loaded");
-  const { entry, session } = current;
+  const { entry, file, session, input, data } = current;
   const [h, w] = entry.input_size.slice(1);
-  const x = demo.last ? toPixelValues(Uint8Array.from(demo.last.pixels), w, h) : new Float32Array(3 * h * w);
-  const input = new ort.Tensor("float32", x, [1, 3, h, w]);
+  if (demo.last) data.set(toPixelValues(Uint8Array.from(demo.last.pixels), w, h));
   const feeds = { [session.inputNames[0]]: input };
-  await session.run(feeds);
+  if (warm) await warmUp(session, feeds);
   const times = [];
-  for (let i = 0; i < n; i++) {
+  const start = performance.now();
+  for (let i = 0; i < n && (i < 3 || performance.now() - start < maxMs); i++) {
     const t0 = performance.now();
     await session.run(feeds);
     times.push(performance.now() - t0);
   }
+  n = times.length;
   times.sort((a, b) => a - b);
-  return { model: entry.name, ep, threads: ep === "wasm" ? threads : null, runs: n,
-           median_ms: times[Math.floor(n / 2)], min_ms: times[0], mean_ms: times.reduce((a, b) => a + b, 0) / n };
+  return { adapter: ep === "webgpu" ? demo.adapter : null, model: entry.name, precision: file.precision, ep, threads: ep === "wasm" ? threads : null,
+           isolated: self.crossOriginIsolated === true, runs: n, median_ms: times[Math.floor(n / 2)],
+           min_ms: times[0], mean_ms: times.reduce((a, b) => a + b, 0) / n, note: [epNote, threadNote].filter(Boolean).join("; ") };
 }
 
 async function loadGallery() {
