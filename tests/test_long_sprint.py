@@ -43,8 +43,8 @@ def test_new_recipes_are_valid_and_declare_what_they_do() -> None:
 @pytest.mark.parametrize("sets, message", [
     (["flip=false", "alternating_flip=true"], "alternating_flip needs flip=true"),
     (["eval_every=-1"], "eval_every must be >= 0"),
-    (["alternating_flip=maybe"], "expected a bool"),
-    (["final_tta=2"], "expected a bool"),
+    (["alternating_flip=maybe"], "expected true or false"),
+    (["final_tta=2"], "expected true or false"),
 ])
 def test_new_fields_are_validated(sets: list[str], message: str) -> None:
     with pytest.raises(RecipeError, match=message):
