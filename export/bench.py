@@ -29,7 +29,7 @@ from aperture_zoo.model import ResNet
 
 from .onnx_export import INPUT_NAME, NormalizedClassifier, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
-from .runtime import create_session
+from .runtime import create_session, parse_cuda_options
 
 # Shell-friendly names (no spaces: `--variants torch-eager,ort-int8` needs no quoting).
 VARIANTS: tuple[str, ...] = (
@@ -134,6 +134,8 @@ def run_benchmark(
     warmup: int = 2,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    cuda_options: str | dict | None = None,
+    io_binding: bool = False,
 ) -> list[BenchRow]:
     """Images/s per (device, variant, batch size).
 
@@ -142,6 +144,9 @@ def run_benchmark(
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
     ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores).
+    ``cuda_options`` go to onnxruntime's CUDA provider on the ``cuda`` device (checked everywhere);
+    ``io_binding`` times onnxruntime with its input and output in buffers on the device (no host
+    copies in the timed run), which ``enable_cuda_graph=1`` needs and so implies.
     """
     import logging
 
@@ -151,6 +156,8 @@ def run_benchmark(
     # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     say = progress or (lambda _m: None)
+    options = parse_cuda_options(cuda_options)
+    bound = io_binding or options.get("enable_cuda_graph") == "1"
     variants = canonical_variants(variants)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
@@ -181,13 +188,14 @@ def run_benchmark(
                 files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
         for dev in devices:
             rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say,
-                                  threads)
+                                  threads, options if dev == "cuda" else {}, bound)
     return rows
 
 
 def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],
                   files: dict[str, Path], notes: dict[str, str], warmup: int, min_seconds: float,
-                  min_iters: int, say: Callable[[str], None], threads: int | None = None) -> list[BenchRow]:
+                  min_iters: int, say: Callable[[str], None], threads: int | None = None,
+                  cuda_options: dict[str, str] | None = None, io_binding: bool = False) -> list[BenchRow]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     provider = "cuda" if device == "cuda" else "cpu"
     model = copy.deepcopy(model).to(device)
@@ -201,9 +209,11 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             try:
                 if variant.startswith("ort-"):
                     precision = variant.removeprefix("ort-")
-                    session = create_session(files[precision], provider, threads=threads)  # type: ignore[arg-type]
-                    note = notes.get(precision, "")
-                    fn: Callable[[], object] = lambda s=session: s.run(None, {INPUT_NAME: pixels})  # noqa: E731
+                    session = create_session(files[precision], provider, threads=threads,  # type: ignore[arg-type]
+                                             cuda_options=cuda_options)
+                    note = "; ".join(n for n in (notes.get(precision, ""), _ort_note(cuda_options, io_binding)) if n)
+                    fn: Callable[[], object] = _bound_runner(session, pixels, device)[0] if io_binding else \
+                        (lambda s=session: s.run(None, {INPUT_NAME: pixels}))
                 else:
                     # a copy per variant: .to(memory_format=...) converts parameters in place, and
                     # eager NCHW must not run on channels_last weights left by an earlier variant
@@ -226,6 +236,30 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
     if "torch-compile" in variants:
         torch._dynamo.reset()  # compiled graphs hold the model; free them between devices
     return add_ratios(rows)
+
+
+def _ort_note(cuda_options: dict[str, str] | None, io_binding: bool) -> str:
+    parts = [f"{k}={v}" for k, v in (cuda_options or {}).items()] + (["io binding"] if io_binding else [])
+    return ", ".join(parts)
+
+
+def _bound_runner(session, pixels: np.ndarray, device: str) -> tuple[Callable[[], object], object]:
+    """onnxruntime with its input and output bound to buffers on ``device``: no host copies per run.
+
+    The buffers stay at fixed addresses, which a captured CUDA graph (``enable_cuda_graph=1``) requires.
+    Returns the run and its output ``OrtValue`` (what each run writes).
+    """
+    import onnxruntime as ort
+
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(pixels, dtype=dtype), device, 0)
+    out_dtype = np.float16 if out.type == "tensor(float16)" else np.float32
+    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((pixels.shape[0], out.shape[-1]), dtype=out_dtype), device, 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(inp.name, x)
+    binding.bind_ortvalue_output(out.name, y)
+    return (lambda: session.run_with_iobinding(binding)), y
 
 
 def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:

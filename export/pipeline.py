@@ -21,7 +21,7 @@ from .compat import check_opset
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
-from .runtime import Provider, check_provider
+from .runtime import Provider, check_provider, parse_cuda_options
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
 
 FAILED_TAG = "FAILED"
@@ -108,6 +108,7 @@ def export_model(
     tta: bool = False,
     temperature: float | None = None,
     dataset: Any = None,
+    cuda_options: str | dict | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -121,7 +122,10 @@ def export_model(
     CIFAR-100 or a folder) takes the place of ``data_dir``: calibration on its training split, validation
     on its test split. ``progress`` gets each step and the images validated so far (an ``StepProgress``),
     or is a plain ``callback(message)`` per step.
+    ``cuda_options``: onnxruntime CUDA provider options for validation (``runtime.parse_cuda_options``),
+    checked before any work.
     """
+    options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
     say = reporter.stage
     if dataset is not None and tuple(dataset.classes) != tuple(model.spec.label_names):
@@ -158,7 +162,7 @@ def export_model(
         result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
     if run_validation:
         _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
-                        test_split=dataset.test if dataset is not None else None)
+                        test_split=dataset.test if dataset is not None else None, cuda_options=options)
     return result
 
 
@@ -204,7 +208,7 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
-                    test_split: Any = None) -> None:
+                    test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
@@ -212,7 +216,7 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
                           test_split=test_split,
-                          progress=reporter.update, reference_cache=reference_cache)
+                          progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:
             for stale in (aside, report_path(aside)):  # left by an earlier export that failed

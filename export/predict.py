@@ -31,8 +31,8 @@ import numpy as np
 from aperture_zoo.calibration import check_temperature
 from aperture_zoo.images import ImageError, load_image, load_images, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
-from .errors import OnnxFileError
-from .runtime import Provider, check_onnx_path, create_session
+from .errors import ExportError, OnnxFileError
+from .runtime import Provider, check_onnx_path, create_session, cuda_options_note, parse_cuda_options
 
 PROBS_NAME = "probabilities"  # the calibrated output (onnx_export.PROBS_NAME; that module needs torch)
 UNCALIBRATED = "probabilities are uncalibrated (plain softmax of the logits: the file has no 'probabilities' output; re-export it)"
@@ -61,9 +61,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class OnnxClassifier:
     """A CIFAR-10 classifier from an ``aperture export`` ONNX file, without PyTorch."""
 
-    def __init__(self, path: str | os.PathLike[str], provider: Provider = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], provider: Provider = "auto", threads: int | None = None,
+                 cuda_options: str | dict | None = None) -> None:
+        """``cuda_options``: CUDA provider options (``runtime.CUDA_OPTIONS``, e.g. ``"prefer_nhwc=1"``); unset keys
+        keep onnxruntime's defaults. Off CUDA they are checked, then unused: ``self.notes`` says so."""
+        options = parse_cuda_options(cuda_options)
+        if options.get("enable_cuda_graph") == "1":  # a captured graph replays fixed device addresses
+            raise ExportError("enable_cuda_graph=1 needs IO binding with fixed device buffers, which OnnxClassifier "
+                              "does not use; measure it with `aperture bench NAME --cuda-options enable_cuda_graph=1`")
         self.path = check_onnx_path(path)
-        self.session = create_session(self.path, provider, threads=threads)
+        self.session = create_session(self.path, provider, threads=threads, cuda_options=options)
+        note = cuda_options_note(options, self.session)
+        self.notes: list[str] = [note] if note else []
         meta = self.session.get_modelmeta().custom_metadata_map
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:

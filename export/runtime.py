@@ -9,6 +9,7 @@ where it does not run is an error instead of a quietly slower (or differently ro
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,56 @@ Provider = Literal["auto", "cuda", "cpu"]
 PROVIDERS: tuple[str, ...] = ("auto", "cuda", "cpu")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+
+
+# The CUDA execution provider's options we expose, and the values each takes. Unset keys keep
+# onnxruntime's own defaults: which setting is fastest depends on the GPU, the cuDNN version and
+# the batch, and is to be chosen by measuring (`aperture bench --cuda-options ...`), not guessed.
+CUDA_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+    "prefer_nhwc": ("0", "1"),
+    "enable_cuda_graph": ("0", "1"),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_cuda_options(options: str | Mapping[str, object] | None) -> dict[str, str]:
+    """``"cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1"`` (or a dict) -> checked provider options.
+
+    Unknown keys and values are an ExportError naming the valid ones; booleans accept 1/0/true/false.
+    """
+    if options is None:
+        return {}
+    if isinstance(options, str):
+        pairs = []
+        for item in (part.strip() for part in options.split(",")):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ExportError(f"--cuda-options {item!r}: expected key=value, e.g. cudnn_conv_algo_search=HEURISTIC")
+            pairs.append((key.strip(), value.strip()))
+    else:
+        pairs = [(str(k), str(v)) for k, v in options.items()]
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in CUDA_OPTIONS:
+            raise ExportError(f"unknown CUDA provider option {key!r}; valid: {', '.join(CUDA_OPTIONS)}")
+        valid = CUDA_OPTIONS[key]
+        norm = value.upper() if key == "cudnn_conv_algo_search" else \
+            "1" if value.lower() in _TRUE else "0" if value.lower() in _FALSE else value
+        if norm not in valid:
+            raise ExportError(f"CUDA provider option {key}={value!r} is not valid; use one of {', '.join(valid)}")
+        out[key] = norm
+    return out
+
+
+def cuda_options_note(options: Mapping[str, str], session) -> str | None:
+    """The one line to show when CUDA provider options were given but the session does not run on CUDA."""
+    if not options or session_device(session) == "cuda":
+        return None
+    return (f"CUDA provider options ({', '.join(f'{k}={v}' for k, v in options.items())}) are valid but unused: "
+            "this session runs on the CPU provider")
 
 
 def cuda_offered() -> bool:
@@ -73,22 +124,25 @@ def create_session(
     *,
     threads: int | None = None,
     cuda_tf32: bool = False,
+    cuda_options: str | Mapping[str, object] | None = None,
 ):
     """An ``InferenceSession`` on the requested provider, verified to really run there.
 
     ``auto`` uses CUDA when it works and CPU otherwise; ``cuda`` raises ExportError when the
     session does not get the CUDA provider. TF32 is off by default on CUDA so numbers compare
-    with an fp32 reference.
+    with an fp32 reference. ``cuda_options`` (see ``CUDA_OPTIONS``) are checked always and passed
+    to the CUDA provider when it is used; ``cuda_options_note`` words that they were not.
     """
     import onnxruntime as ort
 
+    extra = parse_cuda_options(cuda_options)
     if isinstance(path, (str, os.PathLike)):
         check_onnx_path(path)
     want_cuda = check_provider(provider)
     providers: list = [_CPU]
     if want_cuda:
         _preload_cuda_libraries()
-        providers = [(_CUDA, {"use_tf32": "1" if cuda_tf32 else "0"}), _CPU]
+        providers = [(_CUDA, {"use_tf32": "1" if cuda_tf32 else "0", **extra}), _CPU]
     source = path if isinstance(path, bytes) else str(path)
     try:
         session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)

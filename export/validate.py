@@ -275,6 +275,7 @@ def validate(
     progress: ProgressFn | None = None,
     reference_cache: dict[Any, np.ndarray] | None = None,
     test_split: Any = None,
+    cuda_options: dict[str, str] | None = None,
 ) -> ValidationReport:
     """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
 
@@ -289,7 +290,7 @@ def validate(
         data_dir = data_dir if data_dir is not None else "dataset"
     meta = decode_metadata(read_metadata(onnx_path))
     precision = meta.get("precision", "fp32")
-    session = create_session(onnx_path, provider)
+    session = create_session(onnx_path, provider, cuda_options=cuda_options)
     device = session_device(session)
     tol = tolerance_for(precision, device)
     if precision == "int8" and data_dir is None:

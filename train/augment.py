@@ -25,6 +25,21 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+def flip_phase(n: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
+    """A random 0/1 per training image: the parity of the epochs in which ``alternating_flips`` mirrors it."""
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0x666C6970]).generate_state(1)[0]))
+    return torch.randint(0, 2, (n,), generator=gen).to(device)
+
+
+def alternating_flips(indices: Tensor, epoch: int, phase: Tensor) -> Tensor:
+    """airbench's alternating flip: image ``i`` is mirrored exactly when ``epoch + phase[i]`` is odd.
+
+    So the first epoch mirrors a random half, and every image then alternates: over any two
+    consecutive epochs each image is seen once as it is and once mirrored, never twice the same way.
+    """
+    return (phase[indices] + epoch) % 2 == 1
+
+
 def crop_flip(
     images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int, pad_mode: str = "reflect"
 ) -> Tensor:
@@ -102,12 +117,13 @@ class AugmentConfig:
     cutout: int = 0
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
+    alternating_flip: bool = False
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> AugmentConfig:
         """The augmentation a recipe trains with: the trainer and the throughput benchmark use the same."""
         return cls(recipe.crop_padding, recipe.pad_mode, recipe.flip, recipe.cutout, recipe.mixup_alpha,
-                   recipe.label_smoothing)
+                   recipe.label_smoothing, recipe.alternating_flip)
 
 
 @dataclass
@@ -127,12 +143,15 @@ def augment_batch(
     generator: torch.Generator,
     shard: slice | None = None,
     channels_last: bool = False,
+    flips: Tensor | None = None,
 ) -> Batch:
     """Augment a global uint8 batch and return the ``shard`` this rank trains on.
 
     Random draws are made for the whole global batch (cheap: a few numbers per image) so every
     rank consumes the generator identically and the shard of a 2-rank run sees exactly the crops
     and flips the single-process run would. The mixup partner is drawn within the shard.
+    ``flips`` (one bool per image of the global batch, e.g. ``alternating_flips``) replaces the coin
+    flip; the coin is still drawn, so the other draws stay where they were.
     """
     n = images.shape[0]
     dev = images.device
@@ -140,6 +159,8 @@ def augment_batch(
     dy = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=generator)
     fl = torch.rand(n, device=dev, generator=generator) < 0.5
+    if flips is not None:
+        fl = flips
     cy = torch.randint(0, 32, (n,), device=dev, generator=generator)
     cx = torch.randint(0, 32, (n,), device=dev, generator=generator)
     lam = float(np.random.default_rng(generator.initial_seed()).beta(cfg.mixup_alpha, cfg.mixup_alpha)) \

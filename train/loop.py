@@ -92,11 +92,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
             checkpoint(r, state, stream.steps)
             stop_if_asked(r, state, stream.steps, row, budget, halted, stop.signum)
     if last is None:  # resumed a run whose last epoch was already complete
-        last = evaluate_epoch(r, state.eval_model, data, with_val=False)
+        last = evaluate_epoch(r, state.eval_model, data, with_val=False, tta=run.recipe.final_tta)
     result = TrainResult(
         run_dir=r.folder.path, test_top1=last["test_top1"], test_loss=last["test_loss"], epochs=run.recipe.epochs,
         wall_time_s=state.elapsed["wall"],
         train_images_per_s=state.elapsed["images"] / max(state.elapsed["train"], 1e-9), metrics=rows,
+        test_top1_flip_tta=last.get("test_top1_flip_tta"),
     )
     if info.is_main:
         # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
@@ -299,17 +300,25 @@ def _read_back(r: _Loop, state: RunState, stop: _StopFlag, secs: float, steps_do
     return shown[:3], shown[3] > 0
 
 
-def evaluate_epoch(r: _Loop, model: nn.Module, data: DeviceData, with_val: bool = True) -> dict[str, Any]:
-    """Test (and validation) loss and top-1 of ``model``: each rank scores a shard, sums are all-reduced."""
-    def score(split: DeviceSplit) -> EvalResult:
+def evaluate_epoch(r: _Loop, model: nn.Module, data: DeviceData, with_val: bool = True,
+                   tta: bool = False) -> dict[str, Any]:
+    """Test (and validation) loss and top-1 of ``model``: each rank scores a shard, sums are all-reduced.
+
+    ``tta``: the test set is also scored with flip TTA, under names of its own (``test_top1_flip_tta``):
+    ``test_top1`` is always the plain forward pass, the figure every record and summary compares.
+    """
+    def score(split: DeviceSplit, flip: bool = False) -> EvalResult:
         part = slice(r.info.rank, None, r.info.world_size)
         sums = evaluate_sums(model, split.images[part], split.labels[part], data.mean, data.std,
                              r.run.spec.num_classes, r.recipe.eval_batch_size,
-                             autocast_dtype(r.recipe.precision, r.device), r.recipe.channels_last)
+                             autocast_dtype(r.recipe.precision, r.device), r.recipe.channels_last, tta=flip)
         return result_from_sums(D.all_reduce_sum(sums, r.info), split.classes)
 
     test = score(data.test)
     out: dict[str, Any] = {"test_loss": test.loss, "test_top1": test.top1, "test_images": test.num_images}
+    if tta:
+        flipped = score(data.test, flip=True)
+        out.update(test_loss_flip_tta=flipped.loss, test_top1_flip_tta=flipped.top1)
     if with_val and data.val is not None:
         val = score(data.val)
         out.update(val_loss=val.loss, val_top1=val.top1)
@@ -320,8 +329,9 @@ def finish_epoch(r: _Loop, state: RunState, data: DeviceData, row: dict[str, Any
                  bar: TrainProgress) -> dict[str, Any]:
     """Evaluate when due, count the epoch's time, log its row, and move ``state`` to the next epoch."""
     started = time.perf_counter()
-    if row["epoch"] % r.recipe.eval_every == 0 or row["epoch"] == r.recipe.epochs:
-        row.update(evaluate_epoch(r, state.eval_model, data))
+    final, every = row["epoch"] == r.recipe.epochs, r.recipe.eval_every
+    if final or (every > 0 and row["epoch"] % every == 0):
+        row.update(evaluate_epoch(r, state.eval_model, data, tta=final and r.recipe.final_tta))
     row["epoch_seconds"] = row["train_seconds"] + time.perf_counter() - started
     state.add_time(wall=row["epoch_seconds"])
     state.next_epoch()
@@ -390,7 +400,8 @@ def _finished(run: Run) -> TrainResult | None:
     return TrainResult(run_dir=folder.path, test_top1=float(meta["test_top1"]), test_loss=float(meta["test_loss"]),
                        epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
                        train_images_per_s=float(meta["train_images_per_s"]), metrics=folder.metrics(),
-                       already_complete=True)
+                       already_complete=True,
+                       test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
 
 
 def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration: dict[str, Any] | None = None) -> None:
@@ -410,5 +421,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration:
         "subset": record["subset"], "val_split": record["val_split"], "test_subset": record["test_subset"],
         "ema": recipe.ema_decay > 0, **(calibration or {}), **dataset_run.weights_metadata(record),
     }
+    if result.test_top1_flip_tta is not None:  # declared apart: test_top1 stays the plain forward pass
+        metadata["test_top1_flip_tta"] = round(result.test_top1_flip_tta, 4)
     save_weights(model, r.folder.weights, metadata)
     plot_curves(r.folder.metrics(), r.folder.curves, title=f"{model.spec.name} ({recipe.name})")

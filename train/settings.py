@@ -114,6 +114,7 @@ class TrainResult:
     train_images_per_s: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
     already_complete: bool = False  # --resume of a finished run: nothing was trained or written
+    test_top1_flip_tta: float | None = None  # the final epoch with flip TTA (recipe final_tta), never in test_top1
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .augment import AugmentConfig, Batch, augment_batch, step_seed
+from .augment import AugmentConfig, Batch, alternating_flips, augment_batch, flip_phase, step_seed
 from .loader import DeviceSplit, epoch_order, rank_slice
 
 
@@ -34,6 +34,8 @@ class BatchStream:
         self.local_batch = batch_size // world_size  # the images this rank trains on per step
         self.steps = len(split) // batch_size        # the last partial batch is dropped: fixed shapes
         self._gen = torch.Generator(device=split.images.device)
+        # per image, on the device with the images: which epochs mirror it (alternating flip only)
+        self.phase = flip_phase(len(split), seed, split.images.device) if augment.alternating_flip else None
 
     def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[int, Batch]]:
         """``(step, batch)`` for steps ``first_step`` .. the epoch's last, each made when asked for."""
@@ -43,5 +45,6 @@ class BatchStream:
         for step in range(first_step, self.steps):
             idx = order[step * b:(step + 1) * b]
             self._gen.manual_seed(step_seed(self.seed, epoch, step))
+            flips = alternating_flips(idx, epoch, self.phase) if self.phase is not None else None
             yield step, augment_batch(self.split.images[idx], self.split.labels[idx], self.augment, self.mean,
-                                      self.std, self.num_classes, self._gen, self.shard, self.channels_last)
+                                      self.std, self.num_classes, self._gen, self.shard, self.channels_last, flips)

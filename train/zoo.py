@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from aperture_zoo.registry import get_spec, list_models
 from .loop import fit
 from .recipes import FAST, Recipe
 from .rundir import RunDir
+from .seeds import check_seeds, mean_std
 from .settings import TimeBudgetReached, TrainConfig
 
 REPORT_BEST_TOP1 = 94.12  # the report's headline (Table 3: resnet22, best of 400 epochs on the test set)
@@ -54,6 +56,8 @@ class ZooConfig:
     compile: bool = False
     subset: int | None = None
     test_subset: int | None = None
+    seed: int = 0                       # the first seed; seed 0 trains in RUNS/<name>, seed K in RUNS/<name>-seedK
+    seeds: int = 1                      # seeds per model: seed .. seed + seeds - 1
     time_budget_s: float | None = None  # per model and call
     deadline_s: float | None = None     # for the whole call: no model starts or continues after it
     progress: bool = True
@@ -79,6 +83,24 @@ def _order(models: Sequence[str] | None) -> list[str]:
     if dupes:
         raise ZooError(f"model(s) given more than once: {', '.join(dupes)}")
     return names
+
+
+def run_dir_for(runs: Path, name: str, seed: int) -> Path:
+    """Where one seed of one model trains: ``RUNS/<name>`` for seed 0 (as before seeds), else ``RUNS/<name>-seed<K>``."""
+    return runs / name if seed == 0 else runs / f"{name}-seed{seed}"
+
+
+def _run_dirs(runs: Path, name: str, asked: Sequence[int] = ()) -> list[tuple[int, Path]]:
+    """(seed, folder) of every run of ``name`` in ``runs`` and every asked seed, by seed."""
+    found = {s: run_dir_for(runs, name, s) for s in asked}
+    if (runs / name).is_dir():
+        found[0] = runs / name
+    if runs.is_dir():
+        for path in runs.iterdir():
+            m = re.fullmatch(re.escape(name) + r"-seed(\d+)", path.name)
+            if m and path.is_dir():
+                found[int(m.group(1))] = path
+    return sorted(found.items())
 
 
 def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -119,6 +141,7 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
         recipe = meta.get("recipe") or {}
         row.update(
             status="done", epochs=meta.get("epochs"), recipe=recipe.get("name"), top1=meta.get("test_top1"),
+            top1_flip_tta=meta.get("test_top1_flip_tta"),
             wall_time_s=meta.get("wall_time_s"), images_per_s=meta.get("train_images_per_s"),
             device=meta.get("train_device"), torch=meta.get("torch_version"),
             seconds_to_report_best=time_to_reach(metrics, REPORT_BEST_TOP1), sha256=file_sha256(weights),
@@ -172,62 +195,106 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print, exporter: Expo
             raise ZooError(f"{what} must be a positive number of seconds, not {limit}")
     runs = Path(cfg.runs_dir)
     recipe = cfg.recipe.validate()
-    for name in names:  # refuse a mixed-recipe runs folder before training anything
-        _check_recipe(runs / name, recipe)
+    check_seeds(cfg.seeds)
+    if cfg.seed < 0:
+        raise ZooError(f"--seed must be >= 0, got {cfg.seed}")
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    jobs = [(name, s, run_dir_for(runs, name, s)) for name in names for s in seeds]
+    for _, _, run_dir in jobs:  # refuse a mixed-recipe runs folder before training anything
+        _check_recipe(run_dir, recipe)
     start = time.perf_counter()
     stopped = False
-    for name in names:
-        run_dir = runs / name
+    for name, seed, run_dir in jobs:
+        label = name if cfg.seeds == 1 and seed == 0 else f"{name} seed {seed}"
         left = None if cfg.deadline_s is None else cfg.deadline_s - (time.perf_counter() - start)
         if left is not None and left <= 0:
-            say(f"{name}: deadline reached before it could start or continue; run again to go on")
+            say(f"{label}: deadline reached before it could start or continue; run again to go on")
             stopped = True
             break
         if not (run_dir / WEIGHTS_FILENAME).exists():
             budget = min(b for b in (cfg.time_budget_s, left) if b is not None) \
                 if (cfg.time_budget_s, left) != (None, None) else None
             resuming = (run_dir / CHECKPOINT_FILENAME).exists()
-            say(f"{name}: {'resuming' if resuming else 'training'} in {run_dir}")
+            say(f"{label}: {'resuming' if resuming else 'training'} in {run_dir}")
             tc = TrainConfig(
                 model=None if resuming else name, recipe=None if resuming else recipe,
                 resume=run_dir if resuming else None, out_dir=None if resuming else run_dir,
                 data_dir=cfg.data_dir, download=cfg.download, device=cfg.device, compile=cfg.compile,
                 subset=None if resuming else cfg.subset, test_subset=None if resuming else cfg.test_subset,
+                seed=None if resuming else seed,
                 progress=cfg.progress, time_budget_s=budget, dataset=None if resuming else cfg.dataset,
             )
             try:
                 result = fit(tc)
             except TimeBudgetReached as exc:
-                say(f"{name}: paused after epoch {exc.epoch} (time budget); run again to resume")
+                say(f"{label}: paused after epoch {exc.epoch} (time budget); run again to resume")
                 if cfg.deadline_s is not None and budget == left:
                     stopped = True
                     break
                 continue
-            say(f"{name}: final-epoch test top-1 {result.test_top1:.2f}% in {result.wall_time_s:.1f}s")
+            say(f"{label}: final-epoch test top-1 {result.test_top1:.2f}% in {result.wall_time_s:.1f}s")
         if not (run_dir / CHECK_FILENAME).exists():
             chk = check_weights(name, run_dir, cfg)
-            say(f"{name}: reloaded weights score {chk['reloaded_top1']:.2f}% (recorded {chk['recorded_top1']:.2f}%)")
+            say(f"{label}: reloaded weights score {chk['reloaded_top1']:.2f}% (recorded {chk['recorded_top1']:.2f}%)")
         if exporter is not None and not (run_dir / EXPORT_REPORT_FILENAME).exists():
             exp = exporter(name, run_dir)
             atomic_write_text(run_dir / EXPORT_REPORT_FILENAME, json.dumps(exp, indent=2, default=str) + "\n")
-            say(f"{name}: ONNX {', '.join(exp['files'])} {'validated' if exp['passed'] else 'FAILED validation'}")
-    result = write_summary(runs, names)
-    result.complete = not stopped and all(r["status"] == "done" for r in result.rows if r["model"] in names)
+            say(f"{label}: ONNX {', '.join(exp['files'])} {'validated' if exp['passed'] else 'FAILED validation'}")
+    result = write_summary(runs, names, seeds)
+    result.complete = not stopped and all(r["status"] == "done" for r in result.rows
+                                          if r["model"] in names and r["seed"] in seeds)
     return result
 
 
-def write_summary(runs: Path, names: Sequence[str] = ()) -> ZooResult:
-    """``summary.json`` and ``summary.md`` from every model with a run directory (plus ``names``)."""
+def write_summary(runs: Path, names: Sequence[str] = (), seeds: Sequence[int] = (0,)) -> ZooResult:
+    """``summary.json`` and ``summary.md`` from every run directory in ``runs`` (plus ``names`` x ``seeds``).
+
+    One row per run (model and seed), and per model the mean ± sample std of the final-epoch top-1
+    over its finished seeds (``seeds`` in summary.json).
+    """
     import torch
 
-    present = [n for n in list_models() if (runs / n).is_dir() or n in names]
-    rows = [_status_row(n, runs / n) for n in present]
+    rows = []
+    for n in list_models():
+        for seed, run_dir in _run_dirs(runs, n, seeds if n in names else ()):
+            rows.append({**_status_row(n, run_dir), "seed": seed})
     runs.mkdir(parents=True, exist_ok=True)
+    stats = seed_stats(rows)
     doc = {"report_best_top1": REPORT_BEST_TOP1, "torch": torch.__version__,
-           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
+           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows, "seeds": stats}
     atomic_write_text(runs / SUMMARY_JSON, json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(runs / SUMMARY_MD, summary_markdown(rows))
+    atomic_write_text(runs / SUMMARY_MD, summary_markdown(rows) + seeds_markdown(stats))
     return ZooResult(runs_dir=runs, rows=rows)
+
+
+def seed_stats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: its finished seeds and the mean ± sample std (n - 1) of their final-epoch top-1."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        done = [r for r in rows if r["model"] == name and r["status"] == "done"]
+        mean, std = mean_std([float(r["top1"]) for r in done])
+        entry: dict[str, Any] = {"model": name, "seeds": [r["seed"] for r in done], "n": len(done),
+                                 "top1_mean": mean, "top1_std": std}
+        tta = [float(r["top1_flip_tta"]) for r in done if r.get("top1_flip_tta") is not None]
+        if tta:
+            entry["top1_flip_tta_mean"], entry["top1_flip_tta_std"] = mean_std(tta)
+            entry["n_flip_tta"] = len(tta)
+        out.append(entry)
+    return out
+
+
+def seeds_markdown(stats: list[dict[str, Any]]) -> str:
+    """Mean ± std per model (the std needs two finished seeds), under the per-run table."""
+    def cell(mean: float | None, std: float | None) -> str:
+        return "—" if mean is None else f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+    lines = ["", "Final-epoch test top-1 over seeds (mean ± sample std; flip TTA declared apart):", "",
+             "| model | seeds done | final-epoch top-1 % | with flip TTA % |", "|---|---|---|---|"]
+    for e in stats:
+        seeds = ", ".join(map(str, e["seeds"])) or "none"
+        lines.append(f"| {e['model']} | {e['n']} ({seeds}) | {cell(e['top1_mean'], e['top1_std'])} "
+                     f"| {cell(e.get('top1_flip_tta_mean'), e.get('top1_flip_tta_std'))} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
@@ -237,8 +304,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         f"| model | status | epochs | final-epoch top-1 % | report Table 1 % (20 ep.) | wall s | train img/s "
-        f"| s to {REPORT_BEST_TOP1} % | device |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| s to {REPORT_BEST_TOP1} % | device | seed | flip-TTA top-1 % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         status = r["status"] if r["status"] != "paused" else f"paused ({r['epochs_done']}/{r['epochs']})"
@@ -246,9 +313,10 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {status} | {num(r.get('epochs'), 'd')} | {num(r.get('top1'), '.2f')} "
             f"| {num(r.get('report_top1_20ep'), '.2f')} | {num(r.get('wall_time_s'), '.1f')} "
             f"| {num(r.get('images_per_s'), ',.0f')} | {num(r.get('seconds_to_report_best'), '.1f')} "
-            f"| {r.get('device') or '—'} |"
+            f"| {r.get('device') or '—'} | {r.get('seed', 0)} | {num(r.get('top1_flip_tta'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Exporter", "ZooConfig", "ZooError", "ZooResult", "summary_markdown", "time_to_reach", "train_zoo", "write_summary"]
+__all__ = ["Exporter", "ZooConfig", "ZooError", "ZooResult", "run_dir_for", "seed_stats", "summary_markdown",
+           "time_to_reach", "train_zoo", "write_summary"]

@@ -111,6 +111,8 @@ def export_cmd(
     fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
     int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
+    cuda_options: str = typer.Option("", "--cuda-options", help="onnxruntime CUDA provider options, e.g. cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1,enable_cuda_graph=1; "
+                                   "unset keys keep onnxruntime's defaults (not yet chosen by measurement). Checked always, used only on CUDA."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
     dataset: str | None = typer.Option(None, "--dataset", help="cifar10, cifar100 or an image folder: int8 calibration "
                                        "on its training images, validation on its test images (default: the one the "
@@ -135,10 +137,11 @@ def export_cmd(
         from aperture_zoo.export.errors import ExportError
         from aperture_zoo.export.pipeline import export_model, parse_max_val_images
         from aperture_zoo.progress import ConsoleProgress
-        from aperture_zoo.export.runtime import PROVIDERS
+        from aperture_zoo.export.runtime import PROVIDERS, parse_cuda_options
         from aperture_zoo.predict import check_tta
 
         flip = check_tta(tta)
+        options = parse_cuda_options(cuda_options)
         if not onnx:
             raise ExportError("ONNX is the only export format; add --onnx")
         if provider not in PROVIDERS:
@@ -152,11 +155,14 @@ def export_cmd(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
                 exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
-                progress=progress, tta=flip, dataset=own,
+                progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
         if model.temperature is None:
             err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
                               "uncalibrated softmax[/]", highlight=False, soft_wrap=True)
+        if options and not any(r.provider == "CUDAExecutionProvider" for r in result.reports):
+            err_console.print("--cuda-options are valid but unused: no file was validated on the CUDA provider",
+                              highlight=False, soft_wrap=True)
     if json_out:
         print_json([r.to_dict() for r in result.reports] if validate else [str(f) for f in result.files])
     else:
@@ -272,11 +278,16 @@ def bench_cmd(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
+    cuda_options: str = typer.Option("", "--cuda-options", help="onnxruntime CUDA provider options, e.g. cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1,enable_cuda_graph=1; "
+                                   "unset keys keep onnxruntime's defaults (not yet chosen by measurement). Checked always, used only on CUDA."),
+    io_binding: bool = typer.Option(False, "--io-binding", help="Time onnxruntime with input and output in device "
+                                    "buffers (no host copies); implied by enable_cuda_graph=1."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Images/s for torch eager, channels_last, torch.compile and onnxruntime fp32/fp16/int8."""
     with user_errors():
         from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
+        from aperture_zoo.export.runtime import parse_cuda_options
 
         sizes = parse_batch_sizes(batch_sizes)
         from aperture_zoo.browser import split_variants
@@ -289,15 +300,20 @@ def bench_cmd(
             threads = threads or 1
             names = names or ["ort-fp32", "ort-int8"]
         chosen = parse_variants(",".join(names))
+        options = parse_cuda_options(cuda_options)
         model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
         data = _auto_data_dir(data_dir)
         with err_console.status("benchmarking") as status:
             rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen, data_dir=data,
                                  exporter=exporter, min_seconds=min_seconds, threads=threads,
-                                 progress=lambda m: _say(status, m))
+                                 progress=lambda m: _say(status, m), cuda_options=options,
+                                 io_binding=io_binding)
             if in_browser:
                 rows = add_native_ratios(rows + browser_rows(model, in_browser, threads=threads, data_dir=data,
                                                              exporter=exporter, progress=lambda m: _say(status, m)))
+        if options and not any(r.device == "cuda" and r.variant.startswith("ort-") for r in rows):
+            err_console.print("--cuda-options are valid but unused: no onnxruntime row ran on CUDA here",
+                              highlight=False, soft_wrap=True)
     if json_out:
         from aperture_zoo.export.bench import environment
 

@@ -24,7 +24,7 @@ def _is_main_rank() -> bool:
 @app.command("train")
 def train_cmd(
     name: Optional[str] = typer.Argument(None, help="Model name (see `aperture list`); optional with --resume."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), paper or table1."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), long, sprint, paper or table1."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", "-b", help="Global batch size. The lr scales linearly with it (fast: 0.4 per 512, "
@@ -39,6 +39,8 @@ def train_cmd(
                                    "--set batch_size=N scales the lr like --batch-size."),
     arch: list[str] = typer.Option([], "--arch", help="Derive the model, e.g. --arch blocks=2,2,2,2 (or channels=...)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, order and augmentation (default 0)."),
+    seeds: int = typer.Option(1, "--seeds", help="Train N runs, seeds --seed .. --seed+N-1, each in its own "
+                              "folder (--out DIR: DIR/seedK), and report mean ± std of their final-epoch top-1."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/ "
                                             "(default: $APERTURE_DATA, else the aperture_zoo folder in ~/.cache; on --resume, "
                                             "the run's own)."),
@@ -74,10 +76,12 @@ def train_cmd(
     """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
+    from aperture_zoo.train.seeds import check_seeds, fit_seeds, format_mean_std, seeds_summary
 
     from .hints import train_hint
 
     with user_errors(hint=train_hint):
+        check_seeds(seeds, resume)
         flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
         chosen = recipe_from_options(recipe or ("finetune" if init is not None and resume is None else None),
@@ -95,7 +99,7 @@ def train_cmd(
         if note and _is_main_rank():
             err_console.print(note, highlight=False)  # prose: wraps at the terminal width
         try:
-            result = fit(cfg)
+            results = fit_seeds(cfg, seeds, fit)
         except TrainingInterrupted as exc:
             if _is_main_rank():
                 err_console.print(f"[yellow]{safe(with_hint(exc, train_hint))}[/]", highlight=False, soft_wrap=True)
@@ -103,10 +107,28 @@ def train_cmd(
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
         return
+    result = results[-1]
+    if seeds > 1:
+        first = seed or 0
+        many = seeds_summary(results, list(range(first, first + seeds)))
+        if json_out:
+            print_json(many)
+            return
+        for run in many["runs"]:
+            tta = "" if run["test_top1_flip_tta"] is None else f" (flip TTA {run['test_top1_flip_tta']:.2f}%)"
+            console.print(f"seed {run['seed']}: final-epoch test top-1 {run['test_top1']:.2f}%{tta} -> "
+                          f"{run['run_dir']}", highlight=False, soft_wrap=True)
+        line = f"[bold green]done[/]: final-epoch test top-1 {format_mean_std([r.test_top1 for r in results])} %"
+        tta_values = [r.test_top1_flip_tta for r in results if r.test_top1_flip_tta is not None]
+        if tta_values:
+            line += f"; with flip TTA {format_mean_std(tta_values)} %"
+        console.print(line + " (mean ± sample std over seeds)", highlight=False)
+        return
     summary = {
         "run_dir": str(result.run_dir), "test_top1": result.test_top1, "test_loss": result.test_loss,
         "epochs": result.epochs, "wall_time_s": result.wall_time_s,
         "train_images_per_s": result.train_images_per_s, "already_complete": result.already_complete,
+        "test_top1_flip_tta": result.test_top1_flip_tta,
     }
     if json_out:
         print_json(summary)
@@ -114,7 +136,9 @@ def train_cmd(
         epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
         console.print(
             ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
-             "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}, "
+             "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
+            + ("" if result.test_top1_flip_tta is None else f" (flip TTA: {result.test_top1_flip_tta:.2f}%)")
+            + ", "
             f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",
             highlight=False,
         )
@@ -204,7 +228,7 @@ def eval_cmd(
 def train_zoo_cmd(
     models: list[str] = typer.Argument(None, help="Models in training order (default: all six, registry order)."),
     runs_dir: Path = typer.Option(Path("runs/zoo"), "--runs-dir", help="One run directory per model, and the summary."),
-    recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), paper or table1."),
+    recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), long, sprint, paper or table1."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b",
                                              help="Global batch size; the lr follows it linearly unless --lr."),
@@ -217,6 +241,9 @@ def train_zoo_cmd(
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset (a rehearsal)."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    seed: int = typer.Option(0, "--seed", help="First seed (runs of seed 0 are RUNS/NAME, others RUNS/NAME-seedK)."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per model (--seed .. --seed+N-1); the summary gives "
+                              "mean ± std of the final-epoch top-1."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile each model."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget",
                                                 help="Seconds each model may train in this call."),
@@ -245,7 +272,7 @@ def train_zoo_cmd(
         if chosen.lr_note():
             err_console.print(chosen.lr_note(), highlight=False)
         cfg = ZooConfig(models=models or None, runs_dir=runs_dir, recipe=chosen, data_dir=data_dir,
-                        download=download, device=device, compile=compile_, subset=subset,
+                        download=download, device=device, compile=compile_, subset=subset, seed=seed, seeds=seeds,
                         test_subset=test_subset, time_budget_s=time_budget, deadline_s=deadline,
                         progress=not no_progress, dataset=dataset)
         exporter = None
