@@ -10,6 +10,12 @@ import typer
 from . import app
 from .common import console, err_console, model_for_command, print_json, safe, say_error, user_errors
 
+_CUDA_OPTIONS_HELP = (
+    "onnxruntime CUDA provider options, key=value joined by commas: cudnn_conv_algo_search (EXHAUSTIVE, "
+    "HEURISTIC or DEFAULT), prefer_nhwc (0 or 1), enable_cuda_graph (0 or 1); unset keys keep onnxruntime's "
+    "defaults (not yet chosen by measurement). Checked always, used only on CUDA."
+)
+
 
 def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
     """The model to export and the SHA-256 of its weights file (None for random weights)."""
@@ -111,8 +117,7 @@ def export_cmd(
     fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
     int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
-    cuda_options: str = typer.Option("", "--cuda-options", help="onnxruntime CUDA provider options, e.g. cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1,enable_cuda_graph=1; "
-                                   "unset keys keep onnxruntime's defaults (not yet chosen by measurement). Checked always, used only on CUDA."),
+    cuda_options: str = typer.Option("", "--cuda-options", help=_CUDA_OPTIONS_HELP),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
     dataset: str | None = typer.Option(None, "--dataset", help="cifar10, cifar100 or an image folder: int8 calibration "
                                        "on its training images, validation on its test images (default: the one the "
@@ -278,8 +283,7 @@ def bench_cmd(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 for int8 calibration (else noise)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo or legacy."),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="Timing window per measurement."),
-    cuda_options: str = typer.Option("", "--cuda-options", help="onnxruntime CUDA provider options, e.g. cudnn_conv_algo_search=HEURISTIC,prefer_nhwc=1,enable_cuda_graph=1; "
-                                   "unset keys keep onnxruntime's defaults (not yet chosen by measurement). Checked always, used only on CUDA."),
+    cuda_options: str = typer.Option("", "--cuda-options", help=_CUDA_OPTIONS_HELP),
     io_binding: bool = typer.Option(False, "--io-binding", help="Time onnxruntime with input and output in device "
                                     "buffers (no host copies); implied by enable_cuda_graph=1."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
