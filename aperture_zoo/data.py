@@ -11,6 +11,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,16 +72,26 @@ def _normalise_keys(obj: object) -> object:
     return out
 
 
-def _read_batch(path: Path) -> dict:
+def read_pickled_batch(path: Path, what: str, kind: str, error: type[ApertureError] = None) -> Any:  # type: ignore[assignment]
+    """A CIFAR python batch (CIFAR-10 or CIFAR-100) through the safe unpickler, keys as str.
+
+    Anything else is ``error`` (default ``DataError``) in one line naming ``what`` (e.g. "CIFAR-10
+    batch") and the file; ``kind`` says what it should have been (e.g. "a CIFAR batch").
+    """
+    error = error or DataError
     if path.exists() and not path.is_file():
-        raise DataError(f"CIFAR-10 batch {str(path)!r} is not a regular file; the copy is damaged")
+        raise error(f"{what} {str(path)!r} is not a regular file; the copy is damaged")
     try:
         with path.open("rb") as f:
-            data = _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
+            return _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
     except FileNotFoundError:
-        raise DataError(f"CIFAR-10 batch {str(path)!r} is missing; the copy is incomplete") from None
+        raise error(f"{what} {str(path)!r} is missing; the copy is incomplete") from None
     except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing here
-        raise DataError(f"CIFAR-10 batch {str(path)!r} is corrupt or not a CIFAR batch ({exc})") from None
+        raise error(f"{what} {str(path)!r} is corrupt or not {kind} ({str(exc)[:160]})") from None
+
+
+def _read_batch(path: Path) -> dict:
+    data = read_pickled_batch(path, "CIFAR-10 batch", "a CIFAR batch")
     if not isinstance(data, dict) or "data" not in data or "labels" not in data:
         raise DataError(f"{str(path)!r} is not a CIFAR-10 batch (no 'data'/'labels' entries)")
     return data

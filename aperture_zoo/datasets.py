@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, Split, _normalise_keys, _SafeUnpickler, default_data_dir
+from .data import DataError, Split, default_data_dir, read_pickled_batch
 
 BUILTIN = ("cifar10", "cifar100")
 DEFAULT_TEST_SPLIT = 0.2
@@ -218,13 +218,7 @@ def locate_cifar100(data_dir: str | os.PathLike[str] | None = None, download: bo
 
 
 def _read(path: Path) -> dict:
-    try:
-        with path.open("rb") as f:
-            data = _normalise_keys(_SafeUnpickler(f, encoding="latin1").load())
-    except FileNotFoundError:
-        raise DatasetError(f"CIFAR-100 file {str(path)!r} is missing; the copy is incomplete") from None
-    except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing here
-        raise DatasetError(f"{str(path)!r} is corrupt or not a CIFAR-100 file ({str(exc)[:160]})") from None
+    data = read_pickled_batch(path, "CIFAR-100 file", "a CIFAR-100 file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{str(path)!r} is not a CIFAR-100 file (no dict inside)")
     return data

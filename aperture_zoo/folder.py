@@ -356,8 +356,8 @@ def load_folder(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] 
             try:
                 _write_cache(path, decoded)
                 decoded.cache_file = path
-            except OSError:
-                pass  # a full or read-only disk: the run goes on without a cache
+            except OSError:  # a full or read-only disk: the run goes on without a cache
+                decoded.cache_file = None
         return decoded
 
 

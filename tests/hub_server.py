@@ -1,7 +1,7 @@
 """A local Hugging Face Hub for tests: the part of the HTTP API the real ``huggingface_hub`` client uses.
 
 The Hub cannot be reached from CI, yet pushing and pulling must be tested through the real,
-unpatched client. This server speaks what that client sends (see ``shared/notes/hub-protocol.md``):
+unpatched client. This server speaks what that client sends:
 create repo, validate-yaml, preupload (always "regular", so no LFS/Xet), NDJSON commits, branches,
 HEAD/GET resolve with ``X-Repo-Commit``/``ETag``/size and ``Range``, repo info, revision info, tree,
 and errors as ``X-Error-Code`` headers. Auth is bearer tokens; a user may write to their own
