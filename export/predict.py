@@ -74,18 +74,33 @@ class OnnxClassifier:
         note = cuda_options_note(options, self.session)
         self.notes: list[str] = [note] if note else []
         meta = self.session.get_modelmeta().custom_metadata_map
-        inputs = self.session.get_inputs()
+        inputs, outputs = self._check_signature()
+        self.input_name = inputs[0].name
+        # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)
+        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        shape = inputs[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.image_size = (int(shape[3]), int(shape[2]))
+        output_names = [o.name for o in outputs]
+        self.has_probabilities = PROBS_NAME in output_names
+        self._output_names = [output_names[0], PROBS_NAME] if self.has_probabilities else [output_names[0]]
+        # A temperature in the file must be usable: one that is not finite or <= 0 is refused here.
+        self.temperature = check_temperature(meta["temperature"], f"the temperature in {str(self.path)!r}") \
+            if "temperature" in meta else None
+        self.tta = meta.get("tta", "none")
+        self.metadata = dict(meta)
+        self._read_metadata(meta, int(outputs[0].shape[-1]))
+
+    def _check_signature(self) -> tuple[list, list]:
+        """One float N x 3 x H x W input and an N x classes output, or a one-line refusal."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise OnnxFileError(
                 f"{str(self.path)!r} is not an aperture_zoo export: it needs inputs "
                 f"{[(i.name, i.shape) for i in inputs]}, not one N x 3 x H x W image batch; export one with "
                 "`aperture export NAME --onnx`"
             )
-        self.input_name = inputs[0].name
-        # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)
-        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         shape = inputs[0].shape
-        outputs = self.session.get_outputs()
         not_ours = (
             inputs[0].type not in ("tensor(float)", "tensor(float16)")
             or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:])
@@ -97,17 +112,10 @@ class OnnxClassifier:
                 f"{_dims(shape)} and gives {_dims(outputs[0].shape) if outputs else 'nothing'}, not float "
                 "N x 3 x H x W images -> N x classes; export one with `aperture export NAME --onnx`"
             )
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        self.image_size = (int(shape[3]), int(shape[2]))
-        output_names = [o.name for o in outputs]
-        self.has_probabilities = PROBS_NAME in output_names
-        self._output_names = [output_names[0], PROBS_NAME] if self.has_probabilities else [output_names[0]]
-        # A temperature in the file must be usable: one that is not finite or <= 0 is refused here.
-        self.temperature = check_temperature(meta["temperature"], f"the temperature in {str(self.path)!r}") \
-            if "temperature" in meta else None
-        self.tta = meta.get("tta", "none")
-        n_out = int(outputs[0].shape[-1])
-        self.metadata = dict(meta)
+        return inputs, outputs
+
+    def _read_metadata(self, meta: dict[str, str], n_out: int) -> None:
+        """Class names, normalisation and calibration from ``metadata_props``, checked against the graph."""
         try:
             labels = json.loads(meta["label_names"]) if "label_names" in meta else [f"class_{i}" for i in range(n_out)]
             self.normalize_in_graph = json.loads(meta.get("normalize_in_graph", "true"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -76,7 +76,7 @@ def train_cmd(
     """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
-    from aperture_zoo.train.seeds import check_seeds, fit_seeds, format_mean_std, seeds_summary
+    from aperture_zoo.train.seeds import check_seeds, fit_seeds
 
     from .hints import train_hint
 
@@ -107,23 +107,31 @@ def train_cmd(
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
         return
-    result = results[-1]
     if seeds > 1:
-        first = seed or 0
-        many = seeds_summary(results, list(range(first, first + seeds)))
-        if json_out:
-            print_json(many)
-            return
-        for run in many["runs"]:
-            tta = "" if run["test_top1_flip_tta"] is None else f" (flip TTA {run['test_top1_flip_tta']:.2f}%)"
-            console.print(f"seed {run['seed']}: final-epoch test top-1 {run['test_top1']:.2f}%{tta} -> "
-                          f"{run['run_dir']}", highlight=False, soft_wrap=True)
-        line = f"[bold green]done[/]: final-epoch test top-1 {format_mean_std([r.test_top1 for r in results])} %"
-        tta_values = [r.test_top1_flip_tta for r in results if r.test_top1_flip_tta is not None]
-        if tta_values:
-            line += f"; with flip TTA {format_mean_std(tta_values)} %"
-        console.print(line + " (mean ± sample std over seeds)", highlight=False)
+        _print_seeds(results, seed or 0, seeds, json_out)
+    else:
+        _print_result(results[-1], json_out)
+
+
+def _print_seeds(results: list, first: int, seeds: int, json_out: bool) -> None:
+    from aperture_zoo.train.seeds import format_mean_std, seeds_summary
+
+    many = seeds_summary(results, list(range(first, first + seeds)))
+    if json_out:
+        print_json(many)
         return
+    for run in many["runs"]:
+        tta = "" if run["test_top1_flip_tta"] is None else f" (flip TTA {run['test_top1_flip_tta']:.2f}%)"
+        console.print(f"seed {run['seed']}: final-epoch test top-1 {run['test_top1']:.2f}%{tta} -> "
+                      f"{safe(run['run_dir'])}", highlight=False, soft_wrap=True)
+    line = f"[bold green]done[/]: final-epoch test top-1 {format_mean_std([r.test_top1 for r in results])} %"
+    tta_values = [r.test_top1_flip_tta for r in results if r.test_top1_flip_tta is not None]
+    if tta_values:
+        line += f"; with flip TTA {format_mean_std(tta_values)} %"
+    console.print(line + " (mean ± sample std over seeds)", highlight=False)
+
+
+def _print_result(result: Any, json_out: bool) -> None:
     summary = {
         "run_dir": str(result.run_dir), "test_top1": result.test_top1, "test_loss": result.test_loss,
         "epochs": result.epochs, "wall_time_s": result.wall_time_s,
@@ -132,16 +140,16 @@ def train_cmd(
     }
     if json_out:
         print_json(summary)
-    else:
-        epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
-        console.print(
-            ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
-             "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
-            + ("" if result.test_top1_flip_tta is None else f" (flip TTA: {result.test_top1_flip_tta:.2f}%)")
-            + ", "
-            f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",
-            highlight=False,
-        )
+        return
+    epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
+    console.print(
+        ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
+         "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
+        + ("" if result.test_top1_flip_tta is None else f" (flip TTA: {result.test_top1_flip_tta:.2f}%)")
+        + ", "
+        f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",
+        highlight=False,
+    )
 
 
 @app.command("eval")
