@@ -33,11 +33,14 @@ INT8_NOT_VALIDATED_FOR = {
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
     """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(src))
-    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False)
+    # Softmax (the calibrated `probabilities`) stays float32: onnxruntime before 1.17 has no float16
+    # Softmax kernel on the CPU and expands the op's function body, which is invalid at opset 18.
+    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False,
+                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
     # The converter appends the input Casts at the end of the node list; the ONNX spec (and the
     # full checker) want nodes in topological order.
     sorter = OnnxModel(converted)

@@ -48,7 +48,8 @@ def _run_opencv(model: str, pixels: np.ndarray, provider: str, batch: int) -> tu
     out = []
     for i in range(0, len(pixels), batch):
         net.setInput(np.ascontiguousarray(pixels[i : i + batch], dtype=np.float32))
-        out.append(np.asarray(net.forward()).reshape(len(pixels[i : i + batch]), -1))
+        # by name: forward() alone gives the last output, the calibrated `probabilities`
+        out.append(np.asarray(net.forward("logits")).reshape(len(pixels[i : i + batch]), -1))
     return np.concatenate(out).astype(np.float32), {"runtime": "opencv-dnn", "version": cv2.__version__,
                                                      "provider": "CPU"}
 
