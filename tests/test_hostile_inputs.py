@@ -190,6 +190,32 @@ def test_a_small_png_declaring_30000x30000_is_refused_before_decoding(pictures: 
         load_image(pictures / "bomb.png")
 
 
+def test_the_decoder_limit_is_its_own_below_pillows(tmp_path: Path) -> None:
+    """8,500 x 8,500 = 72 M pixels: over this decoder's 64 M, under pillow's own bomb limit (about 89 M)."""
+    from PIL import Image
+
+    from aperture_zoo.images import MAX_PIXELS, ImageTooLargeError
+
+    assert MAX_PIXELS < 8500 * 8500 < Image.MAX_IMAGE_PIXELS
+    (tmp_path / "big.png").write_bytes(_png_header(8500, 8500))
+    with pytest.raises(ImageTooLargeError, match="declares 8500x8500 pixels"):
+        load_image(tmp_path / "big.png")
+
+
+def test_safe_shows_control_characters_and_escapes_markup() -> None:
+    from aperture_zoo.cli.common import safe
+
+    shown = safe("a\x1b[31mred\x07[b]x.png\tz")
+    assert "\x1b" not in shown and "\x07" not in shown and "\t" not in shown  # nothing reaches the terminal raw
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), color_system=None, width=200)
+    console.print(shown, highlight=False)  # what the terminal gets: the name as itself, escapes visible
+    assert console.file.getvalue().rstrip("\n") == "a\\x1b[31mred\\x07[b]x.png\\tz"
+
+
 def test_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
