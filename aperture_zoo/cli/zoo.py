@@ -75,7 +75,8 @@ def _published_table(rows: list[dict]):  # type: ignore[no-untyped-def]
     from rich import box
     from rich.table import Table
 
-    table = Table(title="published weights (all 10,000 CIFAR-10 test images)",
+    table = Table(title="published weights: top-1 on all 10,000 test images; flip TTA and ECE on the "
+                        "stratified sample named in each card",
                   caption="ECE: 15-bin calibration error of the probabilities predict_proba and ONNX files give: "
                           "softmax(logits / T), T cross-fitted on halves of the test set",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
