@@ -63,6 +63,43 @@ def test_cross_fit_never_scores_on_the_images_it_fitted() -> None:
     assert out["halves"][0]["ece"] == pytest.approx(ece(softmax(logits[b], t_a), labels[b]))
 
 
+def _halves_with_different_temperatures() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits whose two stratified halves want very different temperatures (one half scaled x6)."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 60)
+    a, b = stratified_halves(labels)
+    logits = rng.normal(size=(len(labels), 10)) + 2.5 * np.eye(10)[labels]
+    logits[a] *= 3.0
+    logits[b] *= 0.5
+    return logits, labels, a, b
+
+
+def test_eval_reliability_and_tta_figures_score_each_half_at_the_other_halfs_temperature() -> None:
+    """eval.json's calibrated reliability bins and flip-TTA calibration are held out, like its ECE."""
+    from aperture_zoo.calibration import reliability_bins
+    from aperture_zoo.train.evaluate import logit_figures
+
+    logits, labels, a, b = _halves_with_different_temperatures()
+    mirrored = logits[:, ::-1].copy()
+    out = logit_figures(logits, mirrored, labels, torch.nn.Identity(), tta=False)
+    t_a, t_b = (h["temperature"] for h in out["halves"])  # fitted on a, fitted on b
+    assert t_a != pytest.approx(t_b, rel=0.2)
+    held_out = np.empty_like(logits)
+    held_out[b], held_out[a] = softmax(logits[b], t_a), softmax(logits[a], t_b)
+    own = np.empty_like(logits)
+    own[a], own[b] = softmax(logits[a], t_a), softmax(logits[b], t_b)
+    assert out["reliability"]["calibrated"] == reliability_bins(held_out, labels)
+    assert out["reliability"]["calibrated"] != reliability_bins(own, labels)
+    avg = 0.5 * (logits + mirrored)
+    tta = out["tta_calibration"]
+    assert tta["ece"] == pytest.approx(ece(softmax(avg), labels))
+    assert tta["ece_calibrated"] == pytest.approx(
+        np.mean([ece(softmax(avg[b], t_a), labels[b]), ece(softmax(avg[a], t_b), labels[a])]))
+    assert out["top1_by_tta"] == {"none": pytest.approx(100 * (logits.argmax(1) == labels).mean()),
+                                  "flip": pytest.approx(100 * (avg.argmax(1) == labels).mean())}
+    assert out["ece"] == pytest.approx(ece(softmax(logits), labels))  # without tta: the plain logits' figures
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "warm", None])
 def test_a_temperature_must_be_finite_and_positive(bad: object) -> None:
     with pytest.raises(TemperatureError, match="above 0"):

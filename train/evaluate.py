@@ -78,12 +78,14 @@ def evaluate_sums(
     tta: bool = False,
     on_batch: Callable[[int], None] | None = None,
     logits_out: list[tuple[Tensor, Tensor | None]] | None = None,
+    mirror: bool = False,
 ) -> Tensor:
     """A flat device tensor [loss_sum, count, confusion (K*K)] for uint8 ``images``.
 
     Sums, not means, so DDP ranks can all-reduce their shards into the exact global result.
     ``on_batch(n)`` is called after each batch of ``n`` images (progress display). ``logits_out``
-    collects each batch's (plain, mirrored or None) float32 CPU logits, for calibration figures.
+    collects each batch's (plain, mirrored or None) float32 CPU logits, for calibration figures;
+    ``mirror`` collects the mirrored logits there without ``tta`` making them count in the sums.
     """
     was_training = model.training
     model.eval()
@@ -98,9 +100,9 @@ def evaluate_sums(
                 logits = predict_logits(model, x, tta)
             else:
                 plain = model(x)
-                mirrored = model(x.flip(3)) if tta else None
+                mirrored = model(x.flip(3)) if tta or mirror else None
                 logits_out.append((plain.float().cpu(), None if mirrored is None else mirrored.float().cpu()))
-                logits = plain if mirrored is None else 0.5 * (plain + mirrored)
+                logits = 0.5 * (plain + mirrored) if tta and mirrored is not None else plain
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
@@ -141,12 +143,15 @@ def evaluate(
     precision: str = "auto",
     on_batch: Callable[[int], None] | None = None,
     calibration: bool = True,
+    mirror: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on a ``aperture_zoo.data.Split`` (uint8 images), timing the forward passes.
 
     The model's spec supplies the normalisation, so a model is always evaluated the way it was
     trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU. ``calibration`` adds
-    ECE/NLL/Brier before and after the temperature (see ``logit_figures``) to ``extra``.
+    ECE/NLL/Brier before and after the temperature (see ``logit_figures``) to ``extra``. ``mirror``
+    (with ``calibration``) also runs the mirrored images, so that an evaluation without TTA reports
+    top-1 with and without it and the flip-averaged calibration in one pass: what the cards show.
     """
     check_eval_options(batch_size)
     spec = model.spec
@@ -179,7 +184,8 @@ def evaluate(
     collected: list[tuple[Tensor, Tensor | None]] = []
     start = time.perf_counter()
     sums = evaluate_sums(model, images, labels, mean, std, spec.num_classes, batch_size, dtype,
-                         channels_last, tta, on_batch, logits_out=collected if calibration else None)
+                         channels_last, tta, on_batch, logits_out=collected if calibration else None,
+                         mirror=mirror and calibration)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
@@ -187,15 +193,18 @@ def evaluate(
     result = result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=device_name(dev), tta=tta)
     if calibration:
         plain = torch.cat([p for p, _ in collected]).numpy()
-        mirrored = torch.cat([m for _, m in collected]).numpy() if tta else None  # type: ignore[misc]
-        result.extra.update(logit_figures(plain, mirrored, split.labels, model))
+        mirrored = torch.cat([m for _, m in collected]).numpy() if tta or mirror else None  # type: ignore[misc]
+        result.extra.update(logit_figures(plain, mirrored, split.labels, model, tta=tta))
     return result
 
 
-def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> dict[str, Any]:
+def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module, tta: bool | None = None) -> dict[str, Any]:
     """Calibration (and, with mirrored logits, top-1 with and without flip TTA) from logits.
 
-    The figures are measured on the logits the reported top-1 comes from (flip-averaged with TTA).
+    The figures are measured on the logits the reported top-1 comes from (flip-averaged with
+    ``tta``, which defaults to "mirrored logits were given"). Mirrored logits without ``tta`` add
+    ``tta_calibration``: the flip-averaged logits' ECE/NLL/Brier, raw and divided by the same
+    temperatures, since an ONNX file exported with ``--tta flip`` carries the plain logits' one.
     A temperature fitted on a run's validation split is applied as it is; otherwise (the published
     weights, fitted on the test set, or none known) the temperature is cross-fitted on two
     stratified halves of these images, so no figure is measured on the images it was fitted on.
@@ -205,7 +214,8 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> d
     from aperture_zoo.calibration import cross_fit, reliability_bins, report, softmax, stratified_halves
 
     labels = np.asarray(labels)
-    logits = plain if mirrored is None else 0.5 * (plain + mirrored)
+    tta = mirrored is not None if tta is None else tta
+    logits = 0.5 * (plain + mirrored) if tta else plain
     meta = getattr(model, "weights_metadata", None) or {}
     temperature = getattr(model, "temperature", None)
     if temperature is not None and meta.get("temperature_fitted_on") == VAL_FITTED:
@@ -218,15 +228,48 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module) -> d
     else:
         calib = cross_fit(logits, labels)
         calib["temperature_fitted_on"] = calib.pop("fitted_on")
-        calibrated = np.empty_like(logits, dtype=np.float64)  # each half with the other half's temperature
-        for idx, half in zip(stratified_halves(labels)[::-1], calib["halves"]):
-            calibrated[idx] = softmax(logits[idx], half["temperature"])
+        calibrated = _held_out_probs(logits, labels, [h["temperature"] for h in calib["halves"]])
     out: dict[str, Any] = {**calib, "ece_bins": 15, "calibration_num_images": int(len(labels))}
     out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels),
                           "calibrated": reliability_bins(calibrated, labels)}
     if mirrored is not None:
+        averaged = 0.5 * (plain + mirrored)
         out["top1_by_tta"] = {"none": 100.0 * float((plain.argmax(1) == labels).mean()),
-                              "flip": 100.0 * float((logits.argmax(1) == labels).mean())}
+                              "flip": 100.0 * float((averaged.argmax(1) == labels).mean())}
+        if not tta:
+            out["tta_calibration"] = _tta_calibration(averaged, labels, calib)
+    return out
+
+
+def _held_out_probs(logits: Any, labels: Any, temperatures: list[float]) -> Any:
+    """Calibrated probabilities where each stratified half is divided by the temperature fitted on the
+    other half (``cross_fit``'s halves, in its order), so no image is scored with a T fitted on it."""
+    import numpy as np
+
+    from aperture_zoo.calibration import softmax, stratified_halves
+
+    out = np.empty_like(logits, dtype=np.float64)
+    for idx, t in zip(stratified_halves(labels)[::-1], temperatures):
+        out[idx] = softmax(logits[idx], t)
+    return out
+
+
+def _tta_calibration(averaged: Any, labels: Any, calib: dict[str, Any]) -> dict[str, Any]:
+    """ECE/NLL/Brier of flip-averaged logits, raw and with the plain logits' temperature(s)."""
+    import numpy as np
+
+    from aperture_zoo.calibration import brier, ece, nll, scores, stratified_halves
+
+    out: dict[str, Any] = dict(scores(averaged, labels))
+    if "halves" in calib:  # cross-fitted: each half with the temperature of the other half
+        probs = _held_out_probs(averaged, labels, [h["temperature"] for h in calib["halves"]])
+        halves = stratified_halves(labels)[::-1]
+        out["ece_calibrated"] = float(np.mean([ece(probs[i], labels[i]) for i in halves]))
+        out["nll_calibrated"] = float(np.mean([nll(averaged[i], labels[i], h["temperature"])
+                                               for i, h in zip(halves, calib["halves"])]))
+        out["brier_calibrated"] = float(np.mean([brier(probs[i], labels[i]) for i in halves]))
+    elif calib.get("temperature") is not None:
+        out.update({f"{k}_calibrated": v for k, v in scores(averaged, labels, calib["temperature"]).items()})
     return out
 
 
