@@ -9,8 +9,8 @@ tests drive the same code:
         print(srv.url)
 
 ``models.json`` beside the ONNX files tells the page every registered model, which ones it can
-run, and why the others cannot (no published weights). Each model comes as fp32, fp16 and (with
-CIFAR-10 to calibrate on) int8 files; int8 is the page's default where its validation report
+run, and why the others cannot (no published weights). Each model comes as fp32, fp16, (with
+CIFAR-10 to calibrate on) int8 and fp32-flip (flip TTA in the graph) files; int8 is the page's default where its validation report
 shows >= 99 % top-1 agreement with fp32 on the test images.
 """
 
@@ -38,6 +38,7 @@ ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 ORT_CHECKSUMS = "ort-dist.sha256"
 NO_WEIGHTS = "no published weights"
 PRECISIONS = ("fp32", "fp16", "int8")
+FLIP = "fp32-flip"  # the fp32 file with flip test-time augmentation in the graph: twice the compute
 INT8_DEFAULT_AGREEMENT = 99.0  # % top-1 agreement with fp32 on the validation images
 NO_CALIBRATION = "int8 needs CIFAR-10 to calibrate on: pass --data-dir"
 
@@ -55,6 +56,8 @@ class DemoFile:
     bytes: int
     agreement: float | None = None         # % top-1 agreement with fp32 PyTorch, from the validation report
     agreement_images: int | None = None    # test images that figure rests on
+    tta: bool = False                       # the graph averages the image and its mirror (export --tta flip)
+    temperature: float | None = None        # its ``probabilities`` output is softmax(logits / temperature)
 
 
 @dataclass
@@ -204,7 +207,8 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
             precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
             agreement = validation_agreement(models_dir / report.name)
             files.append(DemoFile(precision, target.name, target.stat().st_size,
-                                  *(agreement if agreement else (None, None))))
+                                  *(agreement if agreement else (None, None)), temperature=model.temperature))
+        files.append(_flip_file(model, models_dir, tmp, weights_sha256, validate, exporter, data_dir, max_val_images))
     spec = model.spec
     precision = default_precision(files)
     chosen = next(f for f in files if f.precision == precision)
@@ -214,6 +218,29 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
         input_size=list(spec.input_size), files=files, precision=precision,
         notes=(notes + ([] if data_dir is not None else [NO_CALIBRATION])) or None,
     )
+
+
+def _flip_file(model: Any, models_dir: Path, tmp: str, weights_sha256: str | None, validate: bool, exporter: str,
+               data_dir: Any, max_val_images: int | None) -> DemoFile:
+    """``<name>.tta.onnx``: the same model averaging the image and its mirror, offered as ``fp32-flip``."""
+    from .export.pipeline import export_model
+
+    result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
+                          provider="cpu", run_validation=validate, tta=True, data_dir=data_dir,
+                          max_val_images=max_val_images)
+    if any(not r.passed for r in result.reports):
+        failures = "; ".join(f for r in result.reports for f in r.failures)
+        raise DemoError(f"the flip-TTA ONNX export of {model.spec.name} does not match PyTorch's `eval --tta` "
+                        f"({failures}); run `aperture export {model.spec.name} --onnx --pretrained --tta flip` to see it")
+    path = result.files[0]
+    target = models_dir / path.name
+    report = path.with_name(path.stem + ".report.json")
+    if report.is_file():
+        os.replace(report, models_dir / report.name)
+    else:
+        (models_dir / report.name).unlink(missing_ok=True)
+    os.replace(path, target)
+    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, temperature=model.temperature)
 
 
 def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
@@ -315,7 +342,7 @@ def prepare_models(
             entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[arg-type]
             entry.top1 = top1
         else:
-            say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''} (once; later runs reuse them)")
+            say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''}, fp32-flip (once; later runs reuse them)")
             entry = export_for_demo(model_from(weights), models_dir, sha, data_dir=data_dir)
             entry.top1 = top1
         entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)

@@ -287,3 +287,40 @@ def test_predict_without_onnx_uses_the_published_resnet22_calibrated() -> None:
     assert rows[0]["top"][0]["probability"] == pytest.approx(float(want.max()), abs=1e-6)
     bad = CliRunner().invoke(app, ["predict", str(path), "--tta", "ten"])
     assert bad.exit_code == 2 and "--tta must be 'flip' or 'none'" in bad.output
+
+
+def test_one_image_gets_the_same_probabilities_from_predict_and_both_onnx_files(tmp_path: Path) -> None:
+    """`aperture predict IMG` (published resnet22, PyTorch) and `--onnx` of its exports, with and
+    without flip TTA: the same calibrated probabilities within 1e-4 (the page matches the ONNX files
+    in test_web_demo)."""
+    from PIL import Image
+
+    import aperture_zoo
+    from aperture_zoo.export.pipeline import export_model
+    from aperture_zoo.samples import sample_images
+
+    source, _ = sample_images()[13]  # a deer the mirror changes the answer for (by 0.07)
+    image = tmp_path / "photo.png"  # a size and shape people upload: resized to 32x32 on every path
+    Image.open(source).convert("RGB").resize((97, 61), Image.Resampling.BICUBIC).save(image)
+    model = aperture_zoo.load("resnet22", pretrained=True)
+    for tta in (False, True):
+        export_model(model, tmp_path, exporter="legacy", run_validation=False, tta=tta)
+
+    def probabilities(*args: str) -> dict[str, float]:
+        result = CliRunner().invoke(app, ["predict", str(image), "--top-k", "10", "--json", *args])
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.output[result.output.index("["):])
+        return {t["label"]: t["probability"] for t in rows[0]["top"]}
+
+    runs = {"torch": probabilities(), "torch-flip": probabilities("--tta", "flip"),
+            "onnx": probabilities("--onnx", str(tmp_path / "resnet22.onnx")),
+            "onnx-flip": probabilities("--onnx", str(tmp_path / "resnet22.tta.onnx"))}
+    for a, b in (("torch", "onnx"), ("torch-flip", "onnx-flip")):
+        assert runs[a].keys() == runs[b].keys() and len(runs[a]) == 10
+        assert max(abs(runs[a][k] - runs[b][k]) for k in runs[a]) < 1e-4, (a, b)
+    # not vacuous: TTA and the temperature each move the answer by far more than the tolerance
+    assert max(abs(runs["torch"][k] - runs["torch-flip"][k]) for k in runs["torch"]) > 1e-3
+    uncalibrated = aperture_zoo.predict_proba(model, [image], temperature=1.0)[0]
+    calibrated = aperture_zoo.predict_proba(model, [image])[0]
+    assert abs(float(uncalibrated.max()) - float(calibrated.max())) > 1e-3
+    assert max(abs(float(c) - runs["torch"][k]) for c, k in zip(calibrated, model.spec.label_names)) < 1e-6

@@ -66,6 +66,7 @@ def network() -> torch.nn.Module:
     net = create_model("resnet10").eval()
     with torch.no_grad():  # a spread-out head: probabilities far from uniform, so 1e-4 means something
         net.fc.weight.normal_(0, 0.5)
+    net.temperature = 1.25  # calibrated files: the page must show softmax(logits / T), not softmax(logits)
     return net
 
 
@@ -74,7 +75,9 @@ def models_dir(network: torch.nn.Module, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("web-models")
     data = write_cifar10(tmp_path_factory.mktemp("cifar"), n_train_per_class=20, n_test_per_class=2)
     entry = demo.export_for_demo(network, out, validate=False, exporter="legacy", data_dir=data)
-    assert [f.precision for f in entry.files or []] == ["fp32", "fp16", "int8"] and entry.precision == "fp32"
+    assert [f.precision for f in entry.files or []] == ["fp32", "fp16", "int8", "fp32-flip"] and entry.precision == "fp32"
+    assert [f.tta for f in entry.files or []] == [False, False, False, True]
+    assert all(f.temperature == 1.25 for f in entry.files or [])
     # what the page shows for a model without published weights, and for a file that does not load
     absent = DemoModel(name="resnet24", params=4_935_242, available=False, reason=demo.NO_WEIGHTS)
     (out / "resnet20.onnx").write_bytes(b"not an onnx file")
@@ -221,6 +224,25 @@ def test_gallery_click_matches_onnx_classifier(page: Any, classifier: OnnxClassi
     assert result["source"] == "gallery/cat_1.png"
     _assert_same_as_python(result, WEB / "gallery" / "cat_1.png", classifier)
     assert "true label: cat" in page.inner_text("#source")
+
+
+def test_flip_tta_file_in_the_page_gives_the_same_calibrated_probabilities(page: Any, images: dict[str, Path],
+                                                                          models_dir: Path) -> None:
+    """The same image through the page's fp32-flip file and Python's OnnxClassifier of that file: 1e-4."""
+    flip = OnnxClassifier(models_dir / "resnet10.tta.onnx", provider="cpu")
+    page.evaluate("apertureDemo.selectModel('resnet10', 'fp32-flip')")
+    page.wait_for_function("apertureDemo.state !== 'loading' && apertureDemo.precision === 'fp32-flip'", timeout=60_000)
+    try:
+        result = _upload(page, images["wide"])
+        assert result["state"] == "done", result["error"]
+        assert result["last"]["tta"] and "flip TTA" in page.inner_text("#source")
+        assert "calibrated (temperature 1.250)" in page.inner_text("#source")
+        _assert_same_as_python(result["last"], images["wide"], flip)
+        plain = OnnxClassifier(models_dir / "resnet10.onnx", provider="cpu")
+        assert np.abs(plain.predict_proba(load_image(images["wide"])[0]) - np.asarray(result["last"]["probs"])).max() > 1e-3
+    finally:
+        page.evaluate("apertureDemo.selectModel('resnet10', 'fp32')")  # the other tests use fp32
+        page.wait_for_function("apertureDemo.state !== 'loading' && apertureDemo.precision === 'fp32'", timeout=60_000)
 
 
 @pytest.mark.parametrize("key", ["text", "broken"])

@@ -138,7 +138,15 @@ function fileLabel(f) {
   const mb = f.bytes ? ` · ${(f.bytes / 1e6).toFixed(1)} MB` : "";
   const agree = f.agreement != null && f.precision !== "fp32"
     ? ` · ${f.agreement.toFixed(2)} % same top-1 as fp32 on ${f.agreement_images} test images` : "";
-  return `${f.precision}${mb}${agree}`;
+  const flip = f.tta ? " · flip TTA (image + mirror, 2x the compute)" : "";
+  return `${f.precision}${flip}${mb}${agree}`;
+}
+
+// What the shown probabilities are, from the file's entry: said beside every result.
+function probabilityLabel(f, calibrated) {
+  const what = !calibrated ? "uncalibrated softmax"
+    : f.temperature != null ? `calibrated (temperature ${Number(f.temperature).toPrecision(4)})` : "calibrated";
+  return f.tta ? `${what}, flip TTA` : what;
 }
 
 function fillPrecisions(entry, chosen) {
@@ -395,7 +403,7 @@ async function classify(blob, name, trueLabel = null) {
                    postprocess: performance.now() - t3 };
   demo.last = {
     source: name, model: entry.name, precision: file.precision, width: image.width, height: image.height,
-    pixels: Array.from(pixels), logits, probs, calibrated, top, ms, best_ms: sorted[0],
+    pixels: Array.from(pixels), logits, probs, calibrated, tta: !!file.tta, probability_label: probabilityLabel(file, calibrated), top, ms, best_ms: sorted[0],
     median_ms: sorted[sorted.length >> 1], runs: times.length, stages, ep, threads: ep === "wasm" ? threads : null,
     notices,
   };
@@ -418,7 +426,7 @@ function render(result, trueLabel, pixels, w, h) {
   }
   preview.getContext("2d").putImageData(new ImageData(rgba, w, h), 0, 0);
   const truth = trueLabel ? ` — true label: ${trueLabel}${trueLabel === result.top[0].label ? " ✓" : " ✗"}` : "";
-  $("source").textContent = `${result.source}${truth}`;
+  $("source").textContent = `${result.source}${truth} · ${result.probability_label}`;
   $("notices").textContent = result.notices.join("; ");
   const list = $("top");
   list.replaceChildren();
