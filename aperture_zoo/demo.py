@@ -335,6 +335,7 @@ def prepare_models(
         old_files = [f["file"] for f in (old or {}).get("files") or []]
         reusable = (old and old.get("available") and old.get("weights_sha256") == sha and old_files
                     and all((models_dir / f).is_file() for f in old_files)
+                    and any(f.get("precision") == FLIP for f in old.get("files") or [])  # older folders: add it
                     and (data_dir is None or NO_CALIBRATION not in (old.get("notes") or [])))
         if reusable:
             say(f"{name}: up to date ({', '.join(old_files)})")
