@@ -316,6 +316,10 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
     if "top1_by_tta" in ev:
         t = ev["top1_by_tta"]
         out["tta_line"] = f"{t['flip']:.2f}% with flip test-time augmentation ({t['none']:.2f}% without; {n} images)"
+        tc = ev.get("tta_calibration") or {}
+        if tc.get("ece_calibrated") is not None:  # what an app using the --tta flip ONNX file gets
+            out["tta_line"] += (f"; with the same temperature its ECE is {100 * tc['ece_calibrated']:.2f}% "
+                                f"({100 * tc['ece']:.2f}% before)")
     corr = ev.get("corruptions")
     if corr and corr.get("mean") is not None:
         rows = [(name, *(f"{by[s]:.2f}" if s in by else "—" for s in ("1", "2", "3", "4", "5")),

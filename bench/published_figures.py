@@ -9,6 +9,7 @@ corruption and severity; 25 corrupted copies of all 10,000 images cost 25 evalua
 ``aperture card <name>`` rebuilds the card from them.
 
     python bench/published_figures.py --data-dir DIR_WITH_CIFAR10 [--models resnet10,resnet22]
+    python bench/published_figures.py --data-dir DIR --table    # the README table from the eval.json files
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def measure(name: str, data_dir: str, cards_dir: Path, corruption_images: int, b
             "corruption_top1": round(e["corruptions"]["mean"], 2), "corruption_worst": e["corruptions"]["worst"]}
 
 
+def table(cards_dir: Path, names: list[str]) -> str:
+    """The README's table, from the eval.json files (so no figure is typed by hand)."""
+    from aperture_zoo.catalog import get_weights
+
+    rows = ["| weights | top-1 % | flip TTA % | ECE % (15 bins) before → after T | NLL before → after | T | "
+            "corruptions: mean top-1 % (worst) | test images |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        e = json.loads((cards_dir / name / "eval.json").read_text())
+        c = e["corruptions"]
+        rows.append(f"| {get_weights(name).tag} | {e['top1_by_tta']['none']:.2f} | {e['top1_by_tta']['flip']:.2f} | "
+                    f"{100 * e['ece']:.2f} → **{100 * e['ece_calibrated']:.2f}** | {e['nll']:.3f} → "
+                    f"{e['nll_calibrated']:.3f} | {e['temperature']:.3f} | {c['mean']:.2f} ({c['worst']}: "
+                    f"{c['worst_mean']:.2f}) | {e['calibration_num_images']:,} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     from aperture_zoo.pretrained import MODEL_CARDS_DIR
     from aperture_zoo.registry import list_models
@@ -63,7 +80,11 @@ def main() -> None:
     p.add_argument("--cards-dir", type=Path, default=MODEL_CARDS_DIR)
     p.add_argument("--corruption-images", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--table", action="store_true", help="only print the README table from the eval.json files")
     args = p.parse_args()
+    if args.table:
+        print(table(args.cards_dir, args.models.split(",")))
+        return
     for name in args.models.split(","):
         print(json.dumps(measure(name, args.data_dir, args.cards_dir, args.corruption_images, args.batch_size)),
               flush=True)
