@@ -58,6 +58,7 @@ class DemoFile:
     agreement_images: int | None = None    # test images that figure rests on
     tta: bool = False                       # the graph averages the image and its mirror (export --tta flip)
     temperature: float | None = None        # its ``probabilities`` output is softmax(logits / temperature)
+    calibrated: bool | None = None          # False: no temperature was known at export (None: not recorded)
 
 
 @dataclass
@@ -207,7 +208,8 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
             precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
             agreement = validation_agreement(models_dir / report.name)
             files.append(DemoFile(precision, target.name, target.stat().st_size,
-                                  *(agreement if agreement else (None, None)), temperature=model.temperature))
+                                  *(agreement if agreement else (None, None)), temperature=model.temperature,
+                                  calibrated=model.temperature is not None))
         files.append(_flip_file(model, models_dir, tmp, weights_sha256, validate, exporter, data_dir, max_val_images))
     spec = model.spec
     precision = default_precision(files)
@@ -240,7 +242,8 @@ def _flip_file(model: Any, models_dir: Path, tmp: str, weights_sha256: str | Non
     else:
         (models_dir / report.name).unlink(missing_ok=True)
     os.replace(path, target)
-    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, temperature=model.temperature)
+    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, temperature=model.temperature,
+                    calibrated=model.temperature is not None)
 
 
 def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
@@ -293,9 +296,15 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
             shutil.copyfile(src, tmp)
             os.replace(tmp, target)
         params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        calibrated = isinstance(meta.get("probabilities"), dict) and meta["probabilities"].get("calibrated")
+        temperature = meta.get("temperature") if calibrated and isinstance(meta.get("temperature"), (int, float)) else None
+        tta = meta.get("tta") == "flip"
+        file = DemoFile(FLIP if tta else str(meta.get("precision") or "fp32"), target.name, target.stat().st_size,
+                        tta=tta, temperature=temperature, calibrated=bool(calibrated))
         entries.append(DemoModel(name=name, params=params, available=True, file=target.name,
                                  bytes=target.stat().st_size, weights_sha256=meta.get("weights_sha256"),
-                                 labels=[str(x) for x in labels], input_size=[int(x) for x in shape[1:]]))
+                                 labels=[str(x) for x in labels], input_size=[int(x) for x in shape[1:]],
+                                 files=[file], precision=file.precision))
     return entries
 
 

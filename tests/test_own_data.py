@@ -251,8 +251,13 @@ def test_finetune_names_travel_to_eval_export_predict_and_demo(tmp_path: Path, t
     from aperture_zoo.cards import gather
 
     assert gather("resnet10", run).spec.label_names == tuple(sorted(NAMES))  # the card's classes
+    from aperture_zoo.export.predict import OnnxClassifier
+
     entries = add_onnx_files(tmp_path / "web-models", [out / "resnet10.onnx"], taken=["resnet10"])
     assert entries[0].name == "resnet10-2" and entries[0].labels == sorted(NAMES)
+    f = entries[0].files[0]  # what the page says beside each result: no temperature was known (no --val-split)
+    assert f.precision == "fp32" and not f.tta and f.temperature is None and f.calibrated is False
+    assert not OnnxClassifier(out / "resnet10.onnx").calibrated
     assert (tmp_path / "web-models" / "resnet10-2.onnx").is_file()
 
 

@@ -144,7 +144,7 @@ function fileLabel(f) {
 
 // What the shown probabilities are, from the file's entry: said beside every result.
 function probabilityLabel(f, calibrated) {
-  const what = !calibrated ? "uncalibrated softmax"
+  const what = !calibrated || f.calibrated === false ? "uncalibrated softmax"
     : f.temperature != null ? `calibrated (temperature ${Number(f.temperature).toPrecision(4)})` : "calibrated";
   return f.tta ? `${what}, flip TTA` : what;
 }
@@ -394,16 +394,17 @@ async function classify(blob, name, trueLabel = null) {
   const sorted = [...times].sort((a, b) => a - b);
   const logits = Array.from(output[session.outputNames[0]].data);
   // The file's calibrated probabilities (softmax(logits / T)); an older file without them: plain softmax.
-  const calibrated = session.outputNames.includes("probabilities");
-  const probs = calibrated ? Array.from(output.probabilities.data) : softmax(logits);
-  if (!calibrated) notices.push("probabilities are uncalibrated (the file has no 'probabilities' output; re-export it)");
+  const hasProbs = session.outputNames.includes("probabilities");
+  const probs = hasProbs ? Array.from(output.probabilities.data) : softmax(logits);
+  const calibrated = hasProbs && file.calibrated !== false; // false: no temperature was known at export
+  if (!hasProbs) notices.push("probabilities are uncalibrated (the file has no 'probabilities' output; re-export it)");
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
   const top = order.map(([p, i]) => ({ label: entry.labels[i], index: i, probability: p }));
   const stages = { decode: t1 - tStart, preprocess: t2 - t1, inference: (t3 - t2) / times.length,
                    postprocess: performance.now() - t3 };
   demo.last = {
     source: name, model: entry.name, precision: file.precision, width: image.width, height: image.height,
-    pixels: Array.from(pixels), logits, probs, calibrated, tta: !!file.tta, probability_label: probabilityLabel(file, calibrated), top, ms, best_ms: sorted[0],
+    pixels: Array.from(pixels), logits, probs, calibrated, tta: !!file.tta, probability_label: probabilityLabel(file, hasProbs), top, ms, best_ms: sorted[0],
     median_ms: sorted[sorted.length >> 1], runs: times.length, stages, ep, threads: ep === "wasm" ? threads : null,
     notices,
   };
