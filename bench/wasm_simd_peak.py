@@ -1,0 +1,169 @@
+"""How fast can WebAssembly multiply-add on this CPU, against native float32 GEMM? Prints, never asserts.
+
+The browser demo's time is in onnxruntime-web's convolution kernels. This measures the ceiling
+any WebAssembly kernel has here: a loop of independent 128-bit ``f32x4.mul`` + ``f32x4.add``
+chains (WebAssembly SIMD has no fused multiply-add), run by headless Chromium on one thread,
+in GFLOP/s; beside it, native single-thread float32 matrix multiplication (torch's BLAS) and
+resnet22's forward pass in onnxruntime natively. A model's GFLOP/s divided by the ceiling says
+how much faster any WebAssembly engine could run it.
+
+    python bench/wasm_simd_peak.py [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import struct
+import time
+
+CHAINS = (8, 12, 16, 24)  # independent accumulators tried (the best counts): hide the mul+add latency
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _vec(items: list[bytes]) -> bytes:
+    return _leb(len(items)) + b"".join(items)
+
+
+def _section(sid: int, payload: bytes) -> bytes:
+    return bytes([sid]) + _leb(len(payload)) + payload
+
+
+def simd_module(chains: int) -> bytes:
+    """``run(n: i32) -> f32``: n iterations of ``chains`` x (acc = acc * m + c) on f32x4 lanes."""
+    def v128(x: float) -> bytes:
+        return b"\xfd\x0c" + struct.pack("<4f", x, x, x, x)
+
+    m, c = chains + 1, chains + 2  # local indices; 0 is the counter, 1..CHAINS the accumulators
+    body = b"".join(v128(1.0) + b"\x21" + _leb(k) for k in range(1, chains + 1))
+    body += v128(0.999999) + b"\x21" + _leb(m) + v128(1e-6) + b"\x21" + _leb(c)
+    loop = b"\x20\x00\x45\x0d\x01"  # local.get 0; i32.eqz; br_if 1 (leave the block)
+    for k in range(1, chains + 1):
+        loop += b"\x20" + _leb(k) + b"\x20" + _leb(m) + b"\xfd\xe6\x01" + b"\x20" + _leb(c) + b"\xfd\xe4\x01"
+        loop += b"\x21" + _leb(k)
+    loop += b"\x20\x00\x41\x01\x6b\x21\x00\x0c\x00"  # counter -= 1; br 0 (next iteration)
+    body += b"\x02\x40\x03\x40" + loop + b"\x0b\x0b"
+    body += b"\x20\x01" + b"".join(b"\x20" + _leb(k) + b"\xfd\xe4\x01" for k in range(2, chains + 1))
+    body += b"\xfd\x1f\x00\x0b"  # f32x4.extract_lane 0; end
+    locals_ = _vec([_leb(chains + 2) + b"\x7b"])
+    code = locals_ + body
+    return (b"\x00asm\x01\x00\x00\x00"
+            + _section(1, _vec([b"\x60" + _vec([b"\x7f"]) + _vec([b"\x7d"])]))
+            + _section(3, _vec([_leb(0)]))
+            + _section(7, _vec([_leb(3) + b"run" + b"\x00" + _leb(0)]))
+            + _section(10, _vec([_leb(len(code)) + code])))
+
+
+def browser_gflops(seconds: float) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from aperture_zoo.browser import find_chromium
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_chromium(), headless=True)
+        try:
+            page = browser.new_page()
+            runs = [page.evaluate("""async ([bytes, seconds, chains]) => {
+                const { instance } = await WebAssembly.instantiate(new Uint8Array(bytes));
+                const run = instance.exports.run;
+                run(1e6);  // tier up to the optimising compiler
+                let n = 1e6, best = 0;
+                const end = performance.now() + seconds * 1000;
+                while (performance.now() < end) {
+                    const t0 = performance.now(); run(n); const dt = (performance.now() - t0) / 1000;
+                    best = Math.max(best, n * chains * 2 * 4 / dt / 1e9);
+                    if (dt < 0.05) n *= 2;
+                }
+                return { gflops: best, chains, user_agent: navigator.userAgent };
+            }""", [list(simd_module(n)), seconds, n]) for n in CHAINS]
+            return {**max(runs, key=lambda r: r["gflops"]), "by_chains": {r["chains"]: r["gflops"] for r in runs}}
+        finally:
+            browser.close()
+
+
+def native_gemm_gflops(seconds: float, size: int = 1024) -> float:
+    """torch's float32 matrix multiplication on one thread (its BLAS picks AVX-512 / AVX2 here)."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.rand(size, size)
+    best = 0.0
+    a @ a
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ a
+        best = max(best, 2 * size**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def resnet22_native(seconds: float) -> dict:
+    """onnxruntime CPU provider, one thread, batch 1: ms per image and GFLOP/s (2 x multiply-adds)."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    import aperture_zoo
+    from aperture_zoo.export.onnx_export import to_onnx
+
+    model = aperture_zoo.load("resnet22")
+    macs = 0
+
+    def count(mod: torch.nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(mod, torch.nn.Conv2d):
+            macs += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, torch.nn.Linear):
+            macs += mod.in_features * mod.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = to_onnx(model, os.path.join(tmp, "resnet22.onnx"), exporter="legacy", batch=1)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        x = {sess.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
+        for _ in range(20):
+            sess.run(None, x)
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            sess.run(None, x)
+            times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {"macs": macs, "best_ms": 1000 * best, "gflops": 2 * macs / best / 1e9}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=2.0)
+    args = p.parse_args()
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg()[0],
+           "wasm_simd128_mul_add": browser_gflops(args.seconds), "native_sgemm_1_thread_gflops": native_gemm_gflops(args.seconds),
+           "resnet22_onnxruntime_1_thread": resnet22_native(args.seconds)}
+    w, n = out["wasm_simd128_mul_add"]["gflops"], out["native_sgemm_1_thread_gflops"]
+    r = out["resnet22_onnxruntime_1_thread"]
+    out["ceiling_ratio_native_over_wasm"] = n / w
+    out["resnet22_fastest_possible_in_wasm_ms"] = 2 * r["macs"] / (w * 1e9) * 1000
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
