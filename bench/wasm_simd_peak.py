@@ -39,22 +39,32 @@ def _section(sid: int, payload: bytes) -> bytes:
     return bytes([sid]) + _leb(len(payload)) + payload
 
 
-def simd_module(chains: int) -> bytes:
-    """``run(n: i32) -> f32``: n iterations of ``chains`` x (acc = acc * m + c) on f32x4 lanes."""
+F32X4_MUL, F32X4_ADD = b"\xfd\xe6\x01", b"\xfd\xe4\x01"
+I32X4_DOT_I16X8_S, I32X4_ADD = b"\xfd\xba\x01", b"\xfd\xae\x01"
+
+
+def simd_module(chains: int, int8: bool = False) -> bytes:
+    """``run(n: i32) -> f32``: n iterations of ``chains`` x (acc = acc * m + c) on f32x4 lanes, or with
+    ``int8`` of (acc = i32x4.dot_i16x8_s(acc, m) + c): 8 multiply-adds each, the widest integer
+    multiply-add WebAssembly SIMD has (what its int8 GEMM kernels build on, after widening to 16 bits)."""
     def v128(x: float) -> bytes:
+        if int8:
+            return b"\xfd\x0c" + struct.pack("<8h", *([int(x * 3) or 1] * 8))
         return b"\xfd\x0c" + struct.pack("<4f", x, x, x, x)
+
+    mul, add = (I32X4_DOT_I16X8_S, I32X4_ADD) if int8 else (F32X4_MUL, F32X4_ADD)
 
     m, c = chains + 1, chains + 2  # local indices; 0 is the counter, 1..CHAINS the accumulators
     body = b"".join(v128(1.0) + b"\x21" + _leb(k) for k in range(1, chains + 1))
     body += v128(0.999999) + b"\x21" + _leb(m) + v128(1e-6) + b"\x21" + _leb(c)
     loop = b"\x20\x00\x45\x0d\x01"  # local.get 0; i32.eqz; br_if 1 (leave the block)
     for k in range(1, chains + 1):
-        loop += b"\x20" + _leb(k) + b"\x20" + _leb(m) + b"\xfd\xe6\x01" + b"\x20" + _leb(c) + b"\xfd\xe4\x01"
+        loop += b"\x20" + _leb(k) + b"\x20" + _leb(m) + mul + b"\x20" + _leb(c) + add
         loop += b"\x21" + _leb(k)
     loop += b"\x20\x00\x41\x01\x6b\x21\x00\x0c\x00"  # counter -= 1; br 0 (next iteration)
     body += b"\x02\x40\x03\x40" + loop + b"\x0b\x0b"
-    body += b"\x20\x01" + b"".join(b"\x20" + _leb(k) + b"\xfd\xe4\x01" for k in range(2, chains + 1))
-    body += b"\xfd\x1f\x00\x0b"  # f32x4.extract_lane 0; end
+    body += b"\x20\x01" + b"".join(b"\x20" + _leb(k) + add for k in range(2, chains + 1))
+    body += b"\xfd\x1f\x00\x0b"  # f32x4.extract_lane 0 (of the bits, for int8): end
     locals_ = _vec([_leb(chains + 2) + b"\x7b"])
     code = locals_ + body
     return (b"\x00asm\x01\x00\x00\x00"
@@ -64,7 +74,8 @@ def simd_module(chains: int) -> bytes:
             + _section(10, _vec([_leb(len(code)) + code])))
 
 
-def browser_gflops(seconds: float) -> dict:
+def browser_gflops(seconds: float, int8: bool = False) -> dict:
+    """Best GFLOP/s (float32) or G multiply-adds/s (int8) over the chain counts tried."""
     from playwright.sync_api import sync_playwright
 
     from aperture_zoo.browser import find_chromium
@@ -73,7 +84,7 @@ def browser_gflops(seconds: float) -> dict:
         browser = pw.chromium.launch(executable_path=find_chromium(), headless=True)
         try:
             page = browser.new_page()
-            runs = [page.evaluate("""async ([bytes, seconds, chains]) => {
+            runs = [page.evaluate("""async ([bytes, seconds, chains, perIter]) => {
                 const { instance } = await WebAssembly.instantiate(new Uint8Array(bytes));
                 const run = instance.exports.run;
                 run(1e6);  // tier up to the optimising compiler
@@ -81,12 +92,12 @@ def browser_gflops(seconds: float) -> dict:
                 const end = performance.now() + seconds * 1000;
                 while (performance.now() < end) {
                     const t0 = performance.now(); run(n); const dt = (performance.now() - t0) / 1000;
-                    best = Math.max(best, n * chains * 2 * 4 / dt / 1e9);
+                    best = Math.max(best, n * chains * perIter / dt / 1e9);
                     if (dt < 0.05) n *= 2;
                 }
-                return { gflops: best, chains, user_agent: navigator.userAgent };
-            }""", [list(simd_module(n)), seconds, n]) for n in CHAINS]
-            return {**max(runs, key=lambda r: r["gflops"]), "by_chains": {r["chains"]: r["gflops"] for r in runs}}
+                return { per_s_1e9: best, chains, user_agent: navigator.userAgent };
+            }""", [list(simd_module(n, int8)), seconds, n, 8 if int8 else 2 * 4]) for n in CHAINS]
+            return {**max(runs, key=lambda r: r["per_s_1e9"]), "by_chains": {r["chains"]: r["per_s_1e9"] for r in runs}}
         finally:
             browser.close()
 
@@ -107,8 +118,9 @@ def native_gemm_gflops(seconds: float, size: int = 1024) -> float:
     return best
 
 
-def resnet22_native(seconds: float) -> dict:
-    """onnxruntime CPU provider, one thread, batch 1: ms per image and GFLOP/s (2 x multiply-adds)."""
+def resnet22_native(seconds: float, data_dir: str | None = None) -> dict:
+    """onnxruntime CPU provider, one thread, batch 1: ms per image and GFLOP/s (2 x multiply-adds);
+    with ``data_dir`` (CIFAR-10, to calibrate on) the int8 file too, in G multiply-adds/s."""
     import tempfile
 
     import numpy as np
@@ -135,33 +147,48 @@ def resnet22_native(seconds: float) -> dict:
         h.remove()
     with tempfile.TemporaryDirectory() as tmp:
         path = to_onnx(model, os.path.join(tmp, "resnet22.onnx"), exporter="legacy", batch=1)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        x = {sess.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
-        for _ in range(20):
-            sess.run(None, x)
-        times = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            sess.run(None, x)
-            times.append(time.perf_counter() - t0)
-    best = min(times)
-    return {"macs": macs, "best_ms": 1000 * best, "gflops": 2 * macs / best / 1e9}
+        files = {"fp32": path}
+        if data_dir:
+            from aperture_zoo.export.quantize import calibration_pixels, to_int8
+
+            files["int8"] = to_int8(path, os.path.join(tmp, "resnet22.int8.onnx"), calibration_pixels(data_dir, 256))
+        out: dict = {"macs": macs}
+        for precision, file in files.items():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
+            x = {sess.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
+            for _ in range(20):
+                sess.run(None, x)
+            times = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                sess.run(None, x)
+                times.append(time.perf_counter() - t0)
+            best = min(times)
+            out[precision] = {"best_ms": 1000 * best, "gflops" if precision == "fp32" else "gmacs": (
+                2 if precision == "fp32" else 1) * macs / best / 1e9}
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--data-dir", help="CIFAR-10 folder: also quantise resnet22 to int8 and time it natively")
     args = p.parse_args()
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg()[0],
-           "wasm_simd128_mul_add": browser_gflops(args.seconds), "native_sgemm_1_thread_gflops": native_gemm_gflops(args.seconds),
-           "resnet22_onnxruntime_1_thread": resnet22_native(args.seconds)}
-    w, n = out["wasm_simd128_mul_add"]["gflops"], out["native_sgemm_1_thread_gflops"]
+           "wasm_simd128_f32_mul_add_gflops": browser_gflops(args.seconds),
+           "wasm_simd128_i16_dot_gmacs": browser_gflops(args.seconds, int8=True),
+           "native_sgemm_1_thread_gflops": native_gemm_gflops(args.seconds),
+           "resnet22_onnxruntime_1_thread": resnet22_native(args.seconds, args.data_dir)}
+    w = out["wasm_simd128_f32_mul_add_gflops"]["per_s_1e9"]
     r = out["resnet22_onnxruntime_1_thread"]
-    out["ceiling_ratio_native_over_wasm"] = n / w
-    out["resnet22_fastest_possible_in_wasm_ms"] = 2 * r["macs"] / (w * 1e9) * 1000
+    out["fp32_ceiling_ratio_native_sgemm_over_wasm"] = out["native_sgemm_1_thread_gflops"] / w
+    out["resnet22_fp32_fastest_possible_in_wasm_ms"] = 2 * r["macs"] / (w * 1e9) * 1000
+    if "int8" in r:
+        wi = out["wasm_simd128_i16_dot_gmacs"]["per_s_1e9"]
+        out["resnet22_int8_fastest_possible_in_wasm_ms"] = r["macs"] / (wi * 1e9) * 1000
     print(json.dumps(out, indent=1))
 
 
