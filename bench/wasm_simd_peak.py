@@ -18,6 +18,7 @@ import os
 import platform
 import struct
 import time
+from pathlib import Path
 
 CHAINS = (8, 12, 16, 24)  # independent accumulators tried (the best counts): hide the mul+add latency
 
@@ -123,14 +124,13 @@ def resnet22_native(seconds: float, data_dir: str | None = None) -> dict:
     with ``data_dir`` (CIFAR-10, to calibrate on) the int8 file too, in G multiply-adds/s."""
     import tempfile
 
-    import numpy as np
-    import onnxruntime as ort
     import torch
+    from browser_int8_formats import native_ms  # bench/ is this script's folder: the same native timing
 
     import aperture_zoo
     from aperture_zoo.export.onnx_export import to_onnx
 
-    model = aperture_zoo.load("resnet22")
+    model = aperture_zoo.load("resnet22", pretrained=True)
     macs = 0
 
     def count(mod: torch.nn.Module, _inp: object, out: torch.Tensor) -> None:
@@ -154,19 +154,7 @@ def resnet22_native(seconds: float, data_dir: str | None = None) -> dict:
             files["int8"] = to_int8(path, os.path.join(tmp, "resnet22.int8.onnx"), calibration_pixels(data_dir, 256))
         out: dict = {"macs": macs}
         for precision, file in files.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
-            x = {sess.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
-            for _ in range(20):
-                sess.run(None, x)
-            times = []
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                sess.run(None, x)
-                times.append(time.perf_counter() - t0)
-            best = min(times)
+            best = native_ms(Path(file), seconds)[0] / 1000
             out[precision] = {"best_ms": 1000 * best, "gflops" if precision == "fp32" else "gmacs": (
                 2 if precision == "fp32" else 1) * macs / best / 1e9}
     return out
