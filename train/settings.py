@@ -217,6 +217,15 @@ def _check_same_run(cfg: TrainConfig, run: Run) -> None:
             f"cannot resume {where!r} with a different recipe ({detail}); resume with no "
             "recipe options to continue it as it was, or start a new run"
         )
+    if cfg.dataset is not None:
+        from aperture_zoo.datasets import dataset_name
+
+        asked_data, used = dataset_name(cfg.dataset), saved.get("dataset", "cifar10")
+        if asked_data != used:
+            raise CheckpointError(
+                f"cannot resume {where!r} with --dataset {asked_data}: the run trains on {used}. Drop "
+                "--dataset to continue it, or start a new run"
+            )
     for key, asked_value in (("seed", cfg.seed), ("subset", cfg.subset), ("test_subset", cfg.test_subset),
                              ("val_split", cfg.val_split)):
         if asked_value is not None and asked_value != saved[key]:
