@@ -20,9 +20,8 @@ from .cards import write_folder
 from .files import ONNX_FILENAME
 from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id,
                   endpoint, reachable, resolve_token)
-from .model import create_model
-from .pretrained import MODEL_CARDS_DIR, published_weights
-from .weights import WeightsError, load_weights
+from .pretrained import MODEL_CARDS_DIR, load, published_weights
+from .weights import WeightsError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -72,8 +71,8 @@ def _check_weights(name: str, weights: Path) -> None:
     """
     if not weights.is_file():
         raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
-    try:
-        load_weights(create_model(name), weights)
+    try:  # as `load(name, weights=...)` reads it: a run on your own images keeps its head and class names
+        load(name, weights=weights)
     except WeightsError as exc:
         raise HubError(f"not pushing {name}: {exc}") from None
 

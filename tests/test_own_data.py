@@ -22,6 +22,7 @@ from aperture_zoo.data import load_split
 from aperture_zoo.datasets import DatasetError, holdout_indices, load_dataset, read_cifar100
 from aperture_zoo.folder import FolderError, _decode_one, decode_files, load_folder, scan_folder
 from cifar_synth import write_cifar100, write_png_folder
+from hub_fixtures import hub_server  # noqa: F401 - a local Hub for the push of a folder run
 
 # spaces, unicode and rich markup in class names: shown exactly as written everywhere
 NAMES = ["[bold]dog", "a cat", "schiff ü"]
@@ -213,7 +214,8 @@ def test_cifar100_parser_rejects_any_bytes_cleanly(tmp_path_factory, data: bytes
 # --------------------------------------------------------------------------- fine-tuning, names, export
 
 
-def test_finetune_names_travel_to_eval_export_predict_and_demo(tmp_path: Path, test_images) -> None:
+def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Path, test_images, hub_server,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """--init resnet10.fast on a 3-class folder, then every later step shows the folder's class names."""
     from aperture_zoo import load
     from aperture_zoo.demo import add_onnx_files
@@ -259,6 +261,18 @@ def test_finetune_names_travel_to_eval_export_predict_and_demo(tmp_path: Path, t
     assert f.precision == "fp32" and not f.tta and f.temperature is None and f.calibrated is False
     assert not OnnxClassifier(out / "resnet10.onnx").calibrated
     assert (tmp_path / "web-models" / "resnet10-2.onnx").is_file()
+
+    # `aperture push` of the folder run: the Hub repo's config and card carry its 3 classes, its weights unchanged
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+    monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    result = runner.invoke(app, ["push", "resnet10", "--repo-id", "zoo/own-images", "--weights", str(run / "model.safetensors")])
+    assert result.exit_code == 0, result.output
+    head = hub_server.repos["zoo/own-images"].history()[0]
+    assert head.files["model.safetensors"] == (run / "model.safetensors").read_bytes()
+    config = json.loads(head.files["config.json"])
+    assert config["num_classes"] == 3 and config["label_names"] == sorted(NAMES)
+    assert "schiff ü" in head.files["README.md"].decode()
 
 
 def test_scratch_records_folder_stats_and_freeze_trains_the_head_only(tmp_path: Path, test_images) -> None:
