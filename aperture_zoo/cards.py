@@ -91,6 +91,7 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         record = _read_json(source_dir / PROVENANCE_FILENAME)
         facts.weights, facts.weights_sha256, facts.weights_size = (
             record["metadata"], record["sha256"], record["size"])
+    _check_recorded_figures(facts, weights if weights.is_file() else source_dir / PROVENANCE_FILENAME)
     if (source_dir / EVAL_FILENAME).is_file():
         facts.eval = _read_json(source_dir / EVAL_FILENAME)
     for report in sorted(source_dir.glob("*" + REPORT_SUFFIX)):
@@ -99,6 +100,22 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
         facts.runtimes = _read_json(source_dir / RUNTIMES_FILENAME)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
+
+
+def _check_recorded_figures(facts: CardFacts, where: Path) -> None:
+    """A card never prints an accuracy the weights' metadata holds but could not be: refuse it."""
+    import math
+
+    top1 = (facts.weights or {}).get("test_top1")
+    if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))
+                             or not math.isfinite(top1) or not 0 <= top1 <= 100):
+        raise CardError(f"{where} records test_top1={top1!r}, not an accuracy between 0 and 100: its metadata is "
+                        "damaged; evaluate the weights again (aperture eval) or save them again with save_weights")
+    dataset = (facts.weights or {}).get("dataset")
+    expected = {"cifar10": 10, "cifar100": 100}.get(dataset) if isinstance(dataset, str) else None
+    if expected is not None and facts.spec.num_classes != expected:
+        raise CardError(f"{where} says it was trained on {dataset}, but its head has {facts.spec.num_classes} classes, "
+                        f"not {expected}: its metadata is damaged; save the weights again with save_weights")
 
 
 # -- config.json ---------------------------------------------------------------------------------
@@ -190,6 +207,13 @@ def _dataset(meta: dict[str, Any]) -> tuple[str, str]:
     if name in ("cifar10", "cifar100"):
         return name, {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
     return "image-folder", f"`{Path(name).name}` image folder"
+
+
+def _speed(ev: dict[str, Any]) -> str:
+    """The evaluation's pace; each image counted once even where its mirror ran too (TTA figures)."""
+    rate = ev.get("images_per_s")
+    text = f"{rate:.1f} images/s" if isinstance(rate, (int, float)) else "speed not recorded"
+    return text + (" (each with its mirror)" if "top1_by_tta" in ev else "")
 
 
 def _fmt(value: Any) -> str:
@@ -284,7 +308,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "test_loss": f"{meta['test_loss']:.4f}" if meta.get("test_loss") is not None else None,
         "report_top1": f"{s.report_top1_20ep:.2f}" if s.report_top1_20ep is not None else None,
         "eval_line": (f"{ev['top1']:.2f}% on {_fmt(ev.get('num_images'))} images on "
-                      f"{ev.get('device', 'unknown device')}, {_fmt(ev.get('images_per_s'))} images/s") if ev else None,
+                      f"{ev.get('device', 'unknown device')}, {_speed(ev)}") if ev else None,
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
         "onnx": _onnx_items(facts), "mixup": facts.uses_mixup, **_robustness_context(ev),
@@ -304,7 +328,7 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
     n = _fmt(ev.get("calibration_num_images", ev.get("num_images")))
     if ev.get("calibration_num_images", ev.get("num_images")) != ev.get("num_images"):
         n = f"a stratified {n} of the {_fmt(ev.get('num_images'))}"
-    if "ece" in ev:
+    if "ece" in ev and "ece_calibrated" in ev:  # an eval of too few images to fit a temperature has none
         out["calibration"] = {
             "temperature": f"{ev['temperature']:.4f}", "fitted_on": ev.get("temperature_fitted_on", "?"),
             "table": _table(("", "ECE (15 bins, %)", "NLL", "Brier"), [

@@ -128,8 +128,11 @@ def parse_corruptions(spec: str | Iterable[str] | None) -> list[tuple[str, int]]
         raise CorruptionError(f"--corruptions names no corruption; use 'all' or some of {', '.join(CORRUPTIONS)}")
     out: list[tuple[str, int]] = []
     for item in items:
-        name, _, sev = item.partition(":")
+        name, colon, sev = item.partition(":")
         names = list(CORRUPTIONS) if name == "all" else [name]
+        if colon and not sev.strip():
+            raise CorruptionError(f"{item!r} has no severity after ':'; give one (e.g. {name}:3) or leave out ':' "
+                                  "for all five")
         if sev:
             try:
                 levels = [int(sev)]

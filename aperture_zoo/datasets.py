@@ -85,6 +85,8 @@ def dataset_name(dataset: str | os.PathLike[str] | None) -> str:
     if dataset is None:
         return "cifar10"
     text = str(dataset)
+    if not text.strip():  # '' would resolve to the current directory and decode whatever is there
+        raise DatasetError("--dataset is empty; give cifar10, cifar100 or a folder of class sub-folders")
     if text in BUILTIN:
         return text
     if text.lower() in BUILTIN:

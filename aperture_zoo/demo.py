@@ -259,14 +259,8 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     import numpy as np
     import onnx
 
-    def decode_metadata(props: dict[str, str]) -> dict[str, Any]:  # weights.py's, without importing torch
-        out: dict[str, Any] = {}
-        for key, value in props.items():
-            try:
-                out[key] = json.loads(value)
-            except ValueError:
-                out[key] = value
-        return out
+    from .errors import ApertureError as _Refused
+    from .export.predict import OnnxClassifier
 
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -274,16 +268,15 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     for src in map(Path, files):
         if not src.is_file():
             raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
-        try:
-            model = onnx.load(str(src), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for a non-ONNX file
-            raise DemoError(f"{str(src)!r} is not an ONNX file ({str(exc)[:120]}); export one with `aperture export --onnx`") from None
-        meta = decode_metadata({p.key: p.value for p in model.metadata_props})
-        labels, shape = meta.get("label_names"), (meta.get("input") or {}).get("shape")
-        if not isinstance(labels, list) or not isinstance(shape, list) or len(shape) != 4:
+        try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, temperature
+            clf = OnnxClassifier(src, provider="cpu")
+        except _Refused as exc:
+            raise DemoError(str(exc)) from None
+        meta = clf.metadata
+        if "label_names" not in meta or "input" not in meta:
             raise DemoError(f"{str(src)!r} has no aperture_zoo metadata (class names, input shape); export it with "
                             "`aperture export NAME --weights FILE --onnx`")
-        if meta.get("normalize_in_graph") is False:
+        if not clf.normalize_in_graph:
             raise DemoError(f"{str(src)!r} was exported with --no-normalize; the page feeds pixels in [0, 1], so "
                             "export it again without that option")
         name, n = src.stem, 2
@@ -295,15 +288,15 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.copyfile(src, tmp)
             os.replace(tmp, target)
-        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-        calibrated = isinstance(meta.get("probabilities"), dict) and meta["probabilities"].get("calibrated")
-        temperature = meta.get("temperature") if calibrated and isinstance(meta.get("temperature"), (int, float)) else None
-        tta = meta.get("tta") == "flip"
-        file = DemoFile(FLIP if tta else str(meta.get("precision") or "fp32"), target.name, target.stat().st_size,
-                        tta=tta, temperature=temperature, calibrated=bool(calibrated))
+        graph = onnx.load(str(target), load_external_data=False).graph
+        params = sum(int(np.prod(t.dims)) for t in graph.initializer)
+        tta = clf.tta == "flip"
+        precision = meta.get("precision") if meta.get("precision") in PRECISIONS else "fp32"
+        file = DemoFile(FLIP if tta and precision == "fp32" else precision, target.name, target.stat().st_size, tta=tta,
+                        temperature=clf.temperature if clf.calibrated else None, calibrated=clf.calibrated)
         entries.append(DemoModel(name=name, params=params, available=True, file=target.name,
                                  bytes=target.stat().st_size, weights_sha256=meta.get("weights_sha256"),
-                                 labels=[str(x) for x in labels], input_size=[int(x) for x in shape[1:]],
+                                 labels=list(clf.labels), input_size=[3, clf.image_size[1], clf.image_size[0]],
                                  files=[file], precision=file.precision))
     return entries
 

@@ -210,6 +210,10 @@ def _check_classes(root: Path, classes: tuple[str, ...]) -> None:
     if not classes:
         raise FolderError(f"{str(root)!r} has no class folders; arrange images as DIR/<class>/<image> "
                           "(one sub-folder per class)")
+    if len(classes) == 1 and classes[0] in ("test", "val") and not (root / "train").is_dir():
+        raise FolderError(f"{str(root)!r} has {classes[0]}/ but no train/, so {classes[0]!r} was read as the only "
+                          f"class; add DIR/train/<class>/ beside DIR/{classes[0]}/<class>/, or put the class "
+                          "folders directly in DIR (a held-out split is then made)")
     if len(classes) == 1:
         raise FolderError(f"{where!r} has a single class folder ({classes[0]!r}); a classifier needs at least "
                           "two classes: add a folder per class")

@@ -57,7 +57,10 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -
                         "accepts (a damaged or hostile file?); downscale it first"
                     )
                 img.load()
-                return fit_image(img, size)
+                try:
+                    return fit_image(img, size)
+                except ImageError as exc:  # e.g. a float image: name the file
+                    raise ImageError(f"{str(path)!r}: {exc}") from None
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # pillow's own, larger limit
@@ -121,6 +124,7 @@ def fit_image(img: "object", size: tuple[int, int] = (32, 32)) -> tuple[np.ndarr
     if orientation in range(2, 9):
         notices.append(f"turned upright (EXIF orientation {orientation})")
         img = ImageOps.exif_transpose(img)
+    img = _to_8bit(img, notices)
     if img.mode != "RGB":  # type: ignore[attr-defined]
         notices.append(f"converted {img.mode} to RGB")  # type: ignore[attr-defined]
         img = img.convert("RGB")  # type: ignore[attr-defined]
@@ -129,3 +133,28 @@ def fit_image(img: "object", size: tuple[int, int] = (32, 32)) -> tuple[np.ndarr
         notices.append(f"resized {w}x{h} to {size[0]}x{size[1]} (the model's input)")
         img = resize_bilinear(img, size)
     return np.asarray(img, dtype=np.uint8), notices
+
+
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_8bit(img: "object", notices: list[str]) -> "object":
+    """16-bit grey scaled to 8 bits (pillow's convert would clip mid-grey to white); float refused.
+
+    A float image has no fixed scale (0..1? 0..255?), so guessing one would give a confident answer
+    on pixels that are not the picture.
+    """
+    from PIL import Image
+
+    mode = img.mode  # type: ignore[attr-defined]
+    if mode == "F":
+        raise ImageError("a floating-point image (mode F) has no fixed 0..255 scale; save it as an 8-bit PNG or "
+                         "JPEG first")
+    if mode not in _16BIT_MODES:
+        return img
+    values = np.asarray(img, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageError(f"a {mode} image with values outside 0..65535 has no 8-bit equivalent; save it as an 8-bit "
+                         "PNG or JPEG first")
+    notices.append(f"scaled {mode} (16-bit grey) to 8 bits")
+    return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")

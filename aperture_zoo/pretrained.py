@@ -27,6 +27,7 @@ it looked and why each failed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 # model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+log = logging.getLogger(__name__)
 
 
 class NoPretrainedWeightsError(WeightsError):
@@ -139,6 +141,9 @@ def _env_dir_weights(name: str) -> Path | None:
     if not env_dir:
         return None
     directory = Path(env_dir).expanduser()
+    if not directory.is_dir():  # a typo would otherwise fall back to other weights unnoticed
+        log.warning("APERTURE_WEIGHTS_DIR=%s is not a directory; ignoring it", env_dir)
+        return None
     for candidate in (directory / name / WEIGHTS_FILENAME, directory / f"{name}.safetensors"):
         if candidate.is_file():
             return candidate

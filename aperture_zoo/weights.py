@@ -180,6 +180,12 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
             f"({_short(bad, 3)}); training diverged or the file is damaged. Use an earlier checkpoint, "
             "retrain with a lower --lr, or download the file again"
         )
+    negative = [k for k, v in tensors.items() if k.endswith("running_var") and bool((v < 0).any())]
+    if negative:  # a variance below zero makes BatchNorm divide by the square root of a negative: NaN
+        raise WeightsError(
+            f"{where} holds negative BatchNorm variances in {len(negative)} tensors ({_short(negative, 3)}); "
+            "the file is damaged. Use an earlier checkpoint or download the file again"
+        )
 
 
 def _saved_arch(meta: dict[str, str], path: Path | None = None) -> dict[str, Any]:

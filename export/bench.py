@@ -14,6 +14,7 @@ names (``torch-eager``, ..., ``ort-int8``); the spaced names of earlier versions
 from __future__ import annotations
 
 import copy
+import math
 import os
 import statistics
 import tempfile
@@ -161,7 +162,7 @@ def run_benchmark(
     variants = canonical_variants(variants)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if min_seconds < 0 or min_iters < 1 or warmup < 0:
+    if not math.isfinite(min_seconds) or min_seconds < 0 or min_iters < 1 or warmup < 0:
         raise ExportError(f"--min-seconds must be >= 0 (got {min_seconds:g}); timing needs >= 1 run and >= 0 warm-ups")
     devices = default_devices() if device == "auto" else [device] if isinstance(device, str) else list(device)
     for d in devices:

@@ -58,6 +58,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+MAX_SIDE = 1024  # input sides above this are not a CIFAR classifier: an image would be blown up to gigabytes
+
+
 class OnnxClassifier:
     """A CIFAR-10 classifier from an ``aperture export`` ONNX file, without PyTorch."""
 
@@ -103,7 +106,8 @@ class OnnxClassifier:
         shape = inputs[0].shape
         not_ours = (
             inputs[0].type not in ("tensor(float)", "tensor(float16)")
-            or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:])
+            or shape[1] != 3 or not all(isinstance(d, int) and 0 < d <= MAX_SIDE for d in shape[2:])
+            or (isinstance(shape[0], int) and shape[0] < 1)  # a fixed batch of 0 images runs nothing
             or len(outputs) < 1 or len(outputs[0].shape) != 2 or not isinstance(outputs[0].shape[-1], int)
         )
         if not_ours:
@@ -226,6 +230,12 @@ class OnnxClassifier:
                 raise OnnxFileError(
                     f"{str(self.path)!r} gives non-finite outputs (NaN or infinity) for {str(paths[i])!r}: its "
                     "weights are damaged; export it again from finite weights"
+                )
+            if row.min() < -1e-6 or abs(float(row.sum()) - 1.0) > 1e-3:  # never print "173%"
+                raise OnnxFileError(
+                    f"{str(self.path)!r} gives a '{PROBS_NAME}' output that is not probabilities (values from "
+                    f"{row.min():.3g} to {row.max():.3g}, sum {row.sum():.4g}); export it again with `aperture export "
+                    "NAME --onnx`"
                 )
             order = np.argsort(-row)[:k]
             results.append(Prediction(str(paths[i]), [(self.labels[j], float(row[j])) for j in order],

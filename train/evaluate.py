@@ -104,6 +104,9 @@ def evaluate_sums(
                 logits_out.append((plain.float().cpu(), None if mirrored is None else mirrored.float().cpu()))
                 logits = 0.5 * (plain + mirrored) if tta and mirrored is not None else plain
         logits = logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            raise EvalError("the model gives non-finite outputs (NaN or infinity) on the test images: its weights "
+                            "are damaged or training diverged; use an earlier checkpoint or other weights")
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
@@ -230,8 +233,9 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module, tta:
         calib["temperature_fitted_on"] = calib.pop("fitted_on")
         calibrated = _held_out_probs(logits, labels, [h["temperature"] for h in calib["halves"]])
     out: dict[str, Any] = {**calib, "ece_bins": 15, "calibration_num_images": int(len(labels))}
-    out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels),
-                          "calibrated": reliability_bins(calibrated, labels)}
+    out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels)}
+    if "ece_calibrated" in calib:  # no temperature: nothing calibrated to draw
+        out["reliability"]["calibrated"] = reliability_bins(calibrated, labels)
     if mirrored is not None:
         averaged = 0.5 * (plain + mirrored)
         out["top1_by_tta"] = {"none": 100.0 * float((plain.argmax(1) == labels).mean()),
@@ -301,7 +305,10 @@ def format_confusion(result: EvalResult) -> str:
 def format_robustness(extra: dict[str, Any]) -> list[str]:
     """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
     e, lines = extra, []
-    if "ece" in e:
+    if "ece" in e and "ece_calibrated" not in e:
+        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f}; "
+                     f"no temperature: {e['temperature_fitted_on']}")
+    elif "ece" in e:
         lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
                      f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
                      f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
@@ -339,7 +346,8 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
                    title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
     if "reliability" in result.extra:
         e = result.extra
-        plot_reliability(e["reliability"], out / RELIABILITY_FILENAME,
-                         title=f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
-                               f"(T = {e['temperature']:.3f}, {result.num_images} images)")
+        title = (f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
+                 f"(T = {e['temperature']:.3f}, {result.num_images} images)" if "ece_calibrated" in e else
+                 f"{model_name}: ECE {100 * e['ece']:.2f}%, no temperature ({result.num_images} images)")
+        plot_reliability(e["reliability"], out / RELIABILITY_FILENAME, title=title)
     return report

@@ -212,6 +212,11 @@ def predict_cmd(
     with user_errors():
         if onnx is not None:
             rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider)
+        elif provider != "auto":
+            from aperture_zoo.export.errors import ExportError
+
+            raise ExportError(f"--provider {provider} applies to --onnx files; the PyTorch path (no --onnx) runs on "
+                              "the CPU: drop --provider, or pass --onnx FILE")
         else:
             rows, failures, what = _predict_torch(images, model, tta, top_k)
     err_console.print(safe(what), highlight=False, soft_wrap=True)

@@ -190,6 +190,10 @@ def eval_cmd(
 
         check_eval_options(batch_size, subset)
         chosen = parse_corruptions(corruptions)
+        if corruption_images is not None and not chosen:
+            from aperture_zoo.train.evaluate import EvalError
+
+            raise EvalError("--corruption-images sets the sample for --corruptions; add --corruptions all (or some)")
         if corruption_images is not None and corruption_images < 1:
             from aperture_zoo.train.evaluate import EvalError
 

@@ -140,6 +140,10 @@ def samples_cmd(
     with user_errors():
         for name in models or []:
             get_spec(name)
+        get_spec(show)
+        if models and show not in models and show != "resnet22":  # the default only shows when it runs
+            raise typer.BadParameter(f"--show {show} is not among the models run ({', '.join(models)}); add it "
+                                     "or drop --show")
         results = classify_samples(models or None)
     if json_out:
         print_json([{"model": r.model, "published": r.published, "accuracy": r.accuracy,
