@@ -104,9 +104,6 @@ def evaluate_sums(
                 logits_out.append((plain.float().cpu(), None if mirrored is None else mirrored.float().cpu()))
                 logits = 0.5 * (plain + mirrored) if tta and mirrored is not None else plain
         logits = logits.float()
-        if not bool(torch.isfinite(logits).all()):
-            raise EvalError("the model gives non-finite outputs (NaN or infinity) on the test images: its weights "
-                            "are damaged or training diverged; use an earlier checkpoint or other weights")
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
@@ -192,6 +189,9 @@ def evaluate(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
+    if not bool(torch.isfinite(sums).all()):  # the training loop has its own divergence handling
+        raise EvalError("the model gives non-finite outputs (NaN or infinity) on the test images: its weights "
+                        "are damaged or training diverged; use an earlier checkpoint or other weights")
     classes = tuple(split.classes) if len(split.classes) == spec.num_classes else spec.label_names
     result = result_from_sums(sums, classes, images_per_s=len(split) / seconds, device=device_name(dev), tta=tta)
     if calibration:
