@@ -283,7 +283,7 @@ def test_webgpu_path_matches_onnx_classifier(browser_type: Any, server: DemoServ
             assert "WebGPU" in gpu_page.inner_text("#runtime")  # the page says why it uses WebAssembly
             pytest.skip("this Chromium offers no WebGPU adapter, not even a software one")
         assert "WebGPU" in gpu_page.inner_text("#runtime")
-        for key in ("wide", "grey"):
+        for key in ("wide",):  # one image: ~1.6 s a run on the software adapter (the rest run on WebAssembly)
             result = _upload(gpu_page, images[key])
             assert result["state"] == "done" and result["last"]["ep"] == "webgpu", result["error"]
             _assert_same_as_python(result["last"], images[key], classifier)
@@ -378,16 +378,17 @@ def test_page_without_isolation_works_single_threaded_and_says_so(browser_type: 
         browser.close()
 
 
-def test_bench_times_the_page_and_says_when_there_is_no_webgpu(browser_type: Any, server: DemoServer) -> None:
+def test_bench_times_the_page_and_says_when_there_is_no_webgpu(browser_type: Any, server: DemoServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     chromium = browser.check_browser_ready()
     wasm = browser.time_page(server.url, "resnet10", "browser-wasm", "int8", 1, 3, chromium, launcher=browser_type)
     assert wasm.ep == "wasm" and wasm.threads == 1 and wasm.runs == 3, wasm.note
     assert wasm.min_ms is not None and wasm.median_ms is not None and 0 < wasm.min_ms <= wasm.median_ms
+    # a browser without an adapter, for certain (this Chromium has a software one, which takes ~1.6 s a run;
+    # the page on it is test_webgpu_path_matches_onnx_classifier)
+    monkeypatch.setattr(browser, "WEBGPU_FLAGS", ("--disable-features=WebGPU,Vulkan",))
     gpu = browser.time_page(server.url, "resnet10", "browser-webgpu", "fp32", 1, 1, chromium, launcher=browser_type)
-    if gpu.ep == "webgpu":
-        assert gpu.median_ms is not None and gpu.median_ms > 0
-    else:
-        assert gpu.median_ms is None and "no WebGPU adapter" in gpu.note
+    assert gpu.ep == "wasm" and gpu.median_ms is None and gpu.note == browser.NO_ADAPTER
 
 
 def test_bench_browser_rows_sit_beside_native_ones() -> None:

@@ -16,14 +16,14 @@ from aperture_zoo.files import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# 200 stratified synthetic images, batch 50: real Table 1 models, seconds per epoch on CPU.
+# 100 stratified synthetic images, batch 50: real Table 1 models, about a second per epoch on CPU.
 SETS = ["batch_size=50", "lr=0.05", "warmup_fraction=0.25", "cutout=0"]
 RECIPE = apply_overrides(get_recipe("fast"), [*SETS, "epochs=2"])
 
 
 def _cfg(data: Path, runs: Path, **kw) -> ZooConfig:
     base = dict(models=["resnet32", "resnet10"], runs_dir=runs, recipe=RECIPE, data_dir=data, download=False,
-                device="cpu", subset=200, test_subset=100, progress=False)
+                device="cpu", subset=100, test_subset=100, progress=False)
     base.update(kw)
     return ZooConfig(**base)
 
@@ -106,7 +106,7 @@ def test_summary_markdown_marks_missing_figures() -> None:
 def test_cli_pauses_with_exit_75_and_says_how_to_go_on(synthetic_cifar, tmp_path) -> None:
     runs = tmp_path / "runs"
     args = ["train-zoo", "resnet10", "--runs-dir", str(runs), "--data-dir", str(synthetic_cifar), "--no-download",
-            "--device", "cpu", "--subset", "200", "--test-subset", "100", "--epochs", "2", "--no-export",
+            "--device", "cpu", "--subset", "100", "--test-subset", "100", "--epochs", "2", "--no-export",
             "--no-progress", *[x for s in SETS for x in ("--set", s)]]
     paused = CliRunner().invoke(app, [*args, "--deadline", "0.001"])
     assert paused.exit_code == 75, paused.output
