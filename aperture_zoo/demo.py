@@ -174,7 +174,7 @@ def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoMod
 def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,
                     *, validate: bool = True, exporter: str = "dynamo",
                     data_dir: str | os.PathLike[str] | None = None, max_val_images: int | None = 1000) -> DemoModel:
-    """Export one model to ``<models_dir>/<name>[.fp16|.int8].onnx`` and describe it for the page.
+    """Export one model to ``<models_dir>/<name>[.fp16|.int8|.tta].onnx`` and describe it for the page.
 
     int8 is written only with ``data_dir`` (CIFAR-10: calibration, and the test images its
     agreement with fp32 is measured on). Files are written to a temporary folder and moved into
@@ -224,7 +224,10 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
 
 def _flip_file(model: Any, models_dir: Path, tmp: str, weights_sha256: str | None, validate: bool, exporter: str,
                data_dir: Any, max_val_images: int | None) -> DemoFile:
-    """``<name>.tta.onnx``: the same model averaging the image and its mirror, offered as ``fp32-flip``."""
+    """``<name>.tta.onnx``: the same model averaging the image and its mirror, offered as ``fp32-flip``.
+
+    Held to the fp32 file's standard: a flip graph that does not match PyTorch's ``eval --tta`` is the
+    same fp32 network wired wrongly, so the model is refused rather than offered without it."""
     from .export.pipeline import export_model
 
     result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]

@@ -156,5 +156,5 @@ def _to_8bit(img: "object", notices: list[str]) -> "object":
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise ImageError(f"a {mode} image with values outside 0..65535 has no 8-bit equivalent; save it as an 8-bit "
                          "PNG or JPEG first")
-    notices.append(f"scaled {mode} (16-bit grey) to 8 bits")
+    notices.append(f"scaled {mode} (16-bit or integer grey, 0..65535) to 8 bits")
     return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")

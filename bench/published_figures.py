@@ -42,8 +42,7 @@ def measure(name: str, data_dir: str, cards_dir: Path, corruption_images: int, b
     result.extra["calibration_measured_on"] = (
         f"CPU ({platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}); the logits of the "
         "plain and mirrored images computed once and reused for every figure")
-    report = write_eval_report(result, cards_dir / name, name, WEIGHTS_FILENAME, weights)
-    e = report
+    e = write_eval_report(result, cards_dir / name, name, WEIGHTS_FILENAME, weights)
     record = get_weights(name)
     return {"tag": record.tag, "images": e["num_images"], "seconds": round(time.perf_counter() - t0, 1),
             "top1": round(e["top1"], 2), "temperature": round(e["temperature"], 4),
@@ -75,7 +74,7 @@ def main() -> None:
     from aperture_zoo.registry import list_models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, help="folder containing cifar-10-batches-py/")
+    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (not needed with --table)")
     p.add_argument("--models", default=",".join(list_models()))
     p.add_argument("--cards-dir", type=Path, default=MODEL_CARDS_DIR)
     p.add_argument("--corruption-images", type=int, default=1000)
@@ -85,6 +84,8 @@ def main() -> None:
     if args.table:
         print(table(args.cards_dir, args.models.split(",")))
         return
+    if not args.data_dir:
+        p.error("--data-dir is required to measure (only --table works without it)")
     for name in args.models.split(","):
         print(json.dumps(measure(name, args.data_dir, args.cards_dir, args.corruption_images, args.batch_size)),
               flush=True)

@@ -42,30 +42,50 @@ def _section(sid: int, payload: bytes) -> bytes:
 
 F32X4_MUL, F32X4_ADD = b"\xfd\xe6\x01", b"\xfd\xe4\x01"
 I32X4_DOT_I16X8_S, I32X4_ADD = b"\xfd\xba\x01", b"\xfd\xae\x01"
+F32X4_RELAXED_MADD = b"\xfd\x85\x02"                # relaxed SIMD: a * b + c, fused where the CPU has FMA
+I32X4_RELAXED_DOT_I8X16_I7X16_ADD_S = b"\xfd\x93\x02"  # relaxed SIMD: 16 int8 multiply-adds into i32x4
+
+# kind -> (operations per accumulator and iteration counted, what they count)
+KINDS = {"f32": (8, "GFLOP/s"), "f32-relaxed": (8, "GFLOP/s"), "i16-dot": (8, "G multiply-adds/s"),
+         "i8-dot-relaxed": (16, "G multiply-adds/s")}
 
 
-def simd_module(chains: int, int8: bool = False) -> bytes:
-    """``run(n: i32) -> f32``: n iterations of ``chains`` x (acc = acc * m + c) on f32x4 lanes, or with
-    ``int8`` of (acc = i32x4.dot_i16x8_s(acc, m) + c): 8 multiply-adds each, the widest integer
-    multiply-add WebAssembly SIMD has (what its int8 GEMM kernels build on, after widening to 16 bits)."""
+def simd_module(chains: int, kind: str = "f32") -> bytes:
+    """``run(n: i32) -> f32``: n iterations of ``chains`` independent accumulator updates of ``kind``:
+
+    * ``f32``: acc = f32x4.add(f32x4.mul(acc, m), c), standard SIMD128 (no fused multiply-add there);
+    * ``f32-relaxed``: acc = f32x4.relaxed_madd(acc, m, c), relaxed SIMD's (fused) multiply-add;
+    * ``i16-dot``: acc = i32x4.add(i32x4.dot_i16x8_s(acc, m), c), 8 multiply-adds, standard SIMD128's widest;
+    * ``i8-dot-relaxed``: acc = i32x4.relaxed_dot_i8x16_i7x16_add_s(acc, m, acc), 16 multiply-adds.
+    """
+    integer = kind in ("i16-dot", "i8-dot-relaxed")
+
     def v128(x: float) -> bytes:
-        if int8:
+        if integer:
             return b"\xfd\x0c" + struct.pack("<8h", *([int(x * 3) or 1] * 8))
         return b"\xfd\x0c" + struct.pack("<4f", x, x, x, x)
 
-    mul, add = (I32X4_DOT_I16X8_S, I32X4_ADD) if int8 else (F32X4_MUL, F32X4_ADD)
+    add = I32X4_ADD if integer else F32X4_ADD
+    m, c = chains + 1, chains + 2  # local indices; 0 is the counter, 1..chains the accumulators
 
-    m, c = chains + 1, chains + 2  # local indices; 0 is the counter, 1..CHAINS the accumulators
+    def get(i: int) -> bytes:
+        return b"\x20" + _leb(i)
+
+    update = {
+        "f32": lambda k: get(k) + get(m) + F32X4_MUL + get(c) + F32X4_ADD,
+        "f32-relaxed": lambda k: get(k) + get(m) + get(c) + F32X4_RELAXED_MADD,
+        "i16-dot": lambda k: get(k) + get(m) + I32X4_DOT_I16X8_S + get(c) + I32X4_ADD,
+        "i8-dot-relaxed": lambda k: get(k) + get(m) + get(k) + I32X4_RELAXED_DOT_I8X16_I7X16_ADD_S,
+    }[kind]
     body = b"".join(v128(1.0) + b"\x21" + _leb(k) for k in range(1, chains + 1))
     body += v128(0.999999) + b"\x21" + _leb(m) + v128(1e-6) + b"\x21" + _leb(c)
     loop = b"\x20\x00\x45\x0d\x01"  # local.get 0; i32.eqz; br_if 1 (leave the block)
     for k in range(1, chains + 1):
-        loop += b"\x20" + _leb(k) + b"\x20" + _leb(m) + mul + b"\x20" + _leb(c) + add
-        loop += b"\x21" + _leb(k)
+        loop += update(k) + b"\x21" + _leb(k)
     loop += b"\x20\x00\x41\x01\x6b\x21\x00\x0c\x00"  # counter -= 1; br 0 (next iteration)
     body += b"\x02\x40\x03\x40" + loop + b"\x0b\x0b"
-    body += b"\x20\x01" + b"".join(b"\x20" + _leb(k) + add for k in range(2, chains + 1))
-    body += b"\xfd\x1f\x00\x0b"  # f32x4.extract_lane 0 (of the bits, for int8): end
+    body += b"\x20\x01" + b"".join(get(k) + add for k in range(2, chains + 1))
+    body += b"\xfd\x1f\x00\x0b"  # f32x4.extract_lane 0 (of the bits, for integers); end
     locals_ = _vec([_leb(chains + 2) + b"\x7b"])
     code = locals_ + body
     return (b"\x00asm\x01\x00\x00\x00"
@@ -75,8 +95,8 @@ def simd_module(chains: int, int8: bool = False) -> bytes:
             + _section(10, _vec([_leb(len(code)) + code])))
 
 
-def browser_gflops(seconds: float, int8: bool = False) -> dict:
-    """Best GFLOP/s (float32) or G multiply-adds/s (int8) over the chain counts tried."""
+def browser_rate(seconds: float, kind: str = "f32") -> dict:
+    """Best rate (``KINDS[kind]``'s unit, in 1e9 per second) over the chain counts tried."""
     from playwright.sync_api import sync_playwright
 
     from aperture_zoo.browser import find_chromium
@@ -97,8 +117,9 @@ def browser_gflops(seconds: float, int8: bool = False) -> dict:
                     if (dt < 0.05) n *= 2;
                 }
                 return { per_s_1e9: best, chains, user_agent: navigator.userAgent };
-            }""", [list(simd_module(n, int8)), seconds, n, 8 if int8 else 2 * 4]) for n in CHAINS]
-            return {**max(runs, key=lambda r: r["per_s_1e9"]), "by_chains": {r["chains"]: r["per_s_1e9"] for r in runs}}
+            }""", [list(simd_module(chains, kind)), seconds, chains, KINDS[kind][0]]) for chains in CHAINS]
+            return {**max(runs, key=lambda r: r["per_s_1e9"]), "unit": KINDS[kind][1],
+                    "by_chains": {r["chains"]: r["per_s_1e9"] for r in runs}}
         finally:
             browser.close()
 
@@ -165,18 +186,19 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--data-dir", help="CIFAR-10 folder: also quantise resnet22 to int8 and time it natively")
     args = p.parse_args()
-    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg()[0],
-           "wasm_simd128_f32_mul_add_gflops": browser_gflops(args.seconds),
-           "wasm_simd128_i16_dot_gmacs": browser_gflops(args.seconds, int8=True),
-           "native_sgemm_1_thread_gflops": native_gemm_gflops(args.seconds),
-           "resnet22_onnxruntime_1_thread": resnet22_native(args.seconds, args.data_dir)}
-    w = out["wasm_simd128_f32_mul_add_gflops"]["per_s_1e9"]
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg()[0],
+                  "wasm": {kind: browser_rate(args.seconds, kind) for kind in KINDS},
+                  "native_sgemm_1_thread_gflops": native_gemm_gflops(args.seconds),
+                  "resnet22_onnxruntime_1_thread": resnet22_native(args.seconds, args.data_dir)}
     r = out["resnet22_onnxruntime_1_thread"]
-    out["fp32_ceiling_ratio_native_sgemm_over_wasm"] = out["native_sgemm_1_thread_gflops"] / w
-    out["resnet22_fp32_fastest_possible_in_wasm_ms"] = 2 * r["macs"] / (w * 1e9) * 1000
-    if "int8" in r:
-        wi = out["wasm_simd128_i16_dot_gmacs"]["per_s_1e9"]
-        out["resnet22_int8_fastest_possible_in_wasm_ms"] = r["macs"] / (wi * 1e9) * 1000
+    # the fastest resnet22 could run if every multiply-add went at the loop's rate (ms per image)
+    for kind, (_, unit) in KINDS.items():
+        rate = out["wasm"][kind]["per_s_1e9"] * 1e9
+        work = 2 * r["macs"] if unit == "GFLOP/s" else r["macs"]
+        precision = "fp32" if unit == "GFLOP/s" else "int8"
+        if precision in r:
+            ms = work / rate * 1000
+            out[f"resnet22_{precision}_ceiling_ms_{kind}"] = {"ms": ms, "times_native": ms / r[precision]["best_ms"]}
     print(json.dumps(out, indent=1))
 
 

@@ -95,6 +95,7 @@ def test_eval_reliability_and_tta_figures_score_each_half_at_the_other_halfs_tem
     assert tta["ece"] == pytest.approx(ece(softmax(avg), labels))
     assert tta["ece_calibrated"] == pytest.approx(
         np.mean([ece(softmax(avg[b], t_a), labels[b]), ece(softmax(avg[a], t_b), labels[a])]))
+    assert tta["nll_calibrated"] == pytest.approx(np.mean([nll(avg[b], labels[b], t_a), nll(avg[a], labels[a], t_b)]))
     assert out["top1_by_tta"] == {"none": pytest.approx(100 * (logits.argmax(1) == labels).mean()),
                                   "flip": pytest.approx(100 * (avg.argmax(1) == labels).mean())}
     assert out["ece"] == pytest.approx(ece(softmax(logits), labels))  # without tta: the plain logits' figures

@@ -171,3 +171,10 @@ def test_a_folder_with_test_but_no_train_says_so(tmp_path: Path) -> None:
         Image.new("RGB", (8, 8)).save(tmp_path / "test" / cls / "a.png")
     with pytest.raises(FolderError, match="has test/ but no train/"):
         load_dataset(str(tmp_path))
+
+
+def test_samples_show_must_name_a_model_that_runs() -> None:
+    result = CliRunner().invoke(app, ["samples", "resnet10", "--show", "resnet22"])
+    assert result.exit_code == 2 and "--show resnet22 is not among the models run" in result.output
+    result = CliRunner().invoke(app, ["samples", "--show", "resnet99"])
+    assert result.exit_code == 2 and "resnet99" in result.output and "Traceback" not in result.output

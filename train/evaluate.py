@@ -217,6 +217,8 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module, tta:
     from aperture_zoo.calibration import cross_fit, reliability_bins, report, softmax, stratified_halves
 
     labels = np.asarray(labels)
+    if tta and mirrored is None:
+        raise ValueError("tta=True needs the mirrored logits")
     tta = mirrored is not None if tta is None else tta
     logits = 0.5 * (plain + mirrored) if tta else plain
     meta = getattr(model, "weights_metadata", None) or {}
@@ -224,9 +226,10 @@ def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module, tta:
     if temperature is not None and meta.get("temperature_fitted_on") == VAL_FITTED:
         calib = report(logits, labels, temperature, VAL_FITTED)
         calibrated = softmax(logits, temperature)
-    elif not all(len(half) for half in stratified_halves(labels)):  # a class with one image: nothing to cross-fit
+    elif min(map(len, stratified_halves(labels))) < MIN_HALF:  # a temperature fitted on a handful is noise
         calib = report(logits, labels, None)
-        calib["temperature_fitted_on"] = "not fitted: too few images to cross-fit a temperature"
+        calib["temperature_fitted_on"] = (f"not fitted: too few images to cross-fit a temperature (each half needs "
+                                          f"at least {MIN_HALF})")
         calibrated = softmax(logits)
     else:
         calib = cross_fit(logits, labels)
@@ -277,7 +280,8 @@ def _tta_calibration(averaged: Any, labels: Any, calib: dict[str, Any]) -> dict[
     return out
 
 
-VAL_FITTED = "validation split"  # temperature_fitted_on of a run trained with --val-split
+VAL_FITTED = "validation split"
+MIN_HALF = 20  # images in each stratified half below which no temperature is cross-fitted  # temperature_fitted_on of a run trained with --val-split
 
 
 def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,

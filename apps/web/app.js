@@ -144,8 +144,9 @@ function fileLabel(f) {
 
 // What the shown probabilities are, from the file's entry: said beside every result.
 function probabilityLabel(f, calibrated) {
-  const what = !calibrated || f.calibrated === false ? "uncalibrated softmax"
-    : f.temperature != null ? `calibrated (temperature ${Number(f.temperature).toPrecision(4)})` : "calibrated";
+  const what = !calibrated ? "uncalibrated softmax"
+    : f.temperature != null ? `calibrated (temperature ${Number(f.temperature).toPrecision(4)})`
+    : f.calibrated == null ? "probabilities (calibration not recorded)" : "calibrated";
   return f.tta ? `${what}, flip TTA` : what;
 }
 
@@ -404,7 +405,7 @@ async function classify(blob, name, trueLabel = null) {
                    postprocess: performance.now() - t3 };
   demo.last = {
     source: name, model: entry.name, precision: file.precision, width: image.width, height: image.height,
-    pixels: Array.from(pixels), logits, probs, calibrated, tta: !!file.tta, probability_label: probabilityLabel(file, hasProbs), top, ms, best_ms: sorted[0],
+    pixels: Array.from(pixels), logits, probs, calibrated, tta: !!file.tta, probability_label: probabilityLabel(file, calibrated), top, ms, best_ms: sorted[0],
     median_ms: sorted[sorted.length >> 1], runs: times.length, stages, ep, threads: ep === "wasm" ? threads : null,
     notices,
   };
