@@ -271,6 +271,7 @@ def test_screenshot(page: Any) -> None:
 WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]
 
 
+@pytest.mark.slow  # ~15 s: the software WebGPU adapter takes ~1.6 s a run
 def test_webgpu_path_matches_onnx_classifier(browser_type: Any, server: DemoServer, images: dict[str, Path],
                                              classifier: OnnxClassifier) -> None:
     """The WebGPU execution provider, on Chromium's software adapter (SwiftShader) where it has one."""
