@@ -280,8 +280,8 @@ def _tta_calibration(averaged: Any, labels: Any, calib: dict[str, Any]) -> dict[
     return out
 
 
-VAL_FITTED = "validation split"
-MIN_HALF = 20  # images in each stratified half below which no temperature is cross-fitted  # temperature_fitted_on of a run trained with --val-split
+VAL_FITTED = "validation split"  # temperature_fitted_on of a run trained with --val-split
+MIN_HALF = 20  # images in each stratified half below which no temperature is cross-fitted
 
 
 def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
