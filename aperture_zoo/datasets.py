@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, Split, default_data_dir, read_pickled_batch
+from .data import DataError, Split, batch_labels, batch_pixels, default_data_dir, read_pickled_batch
 
 BUILTIN = ("cifar10", "cifar100")
 DEFAULT_TEST_SPLIT = 0.2
@@ -236,17 +236,14 @@ def read_cifar100(folder: str | os.PathLike[str], split: str = "train") -> Split
         kind = "a CIFAR-10 batch" if "labels" in data else "not a CIFAR-100 file"
         raise DatasetError(f"{str(folder / split)!r} is {kind} (no 'fine_labels'); --dataset cifar100 needs the "
                            f"official {CIFAR100_DIR}/ files")
-    try:
-        x = np.asarray(data["data"], dtype=np.uint8)
-        y = np.asarray(data["fine_labels"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{str(folder / split)!r} has malformed data ({exc})") from None
-    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise DatasetError(f"{str(folder / split)!r}: expected N x 3072 uint8 rows and N labels, got {x.shape} "
-                           f"and {y.shape}")
-    if y.min() < 0 or y.max() >= 100:
-        raise DatasetError(f"{str(folder / split)!r}: fine labels must be 0..99, found {int(y.min())}..{int(y.max())}")
-    return Split(x.reshape(-1, 3, 32, 32), y, cifar100_classes(folder))
+    path = folder / split
+    # the CIFAR-10 reader's checks: ragged rows, floats or values past 255 are refused, never cast
+    x = batch_pixels(data.get("data"), path, "a CIFAR-100 file", DatasetError)
+    y = batch_labels(data["fine_labels"], 100, path, DatasetError)
+    if len(x) != len(y) or len(y) == 0:
+        raise DatasetError(f"{str(path)!r}: expected N x 3072 uint8 rows and N labels, got {len(x)} rows and "
+                           f"{len(y)} labels")
+    return Split(x, y, cifar100_classes(folder))
 
 
 def cifar100_classes(folder: Path) -> tuple[str, ...]:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from profiles import examples
 
 from aperture_zoo.errors import ApertureError
 
-FUZZ = settings(max_examples=30, deadline=None, database=None,
+FUZZ = settings(max_examples=examples(30), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -99,7 +101,7 @@ tensor_entries = st.fixed_dictionaries({
 })
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=examples(20))
 @given(header=st.dictionaries(st.sampled_from(["conv1.weight", "fc.bias", "__metadata__", "x"]),
                               tensor_entries | json_values, max_size=4),
        payload=st.binary(max_size=64), raw=st.none() | st.binary(max_size=64))
@@ -113,7 +115,7 @@ def test_safetensors_headers_raise_only_weights_errors(tmp_path: Path, header: d
         load_weights("resnet10", path)
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=examples(10))
 @given(meta=st.dictionaries(st.sampled_from(["spec", "arch", "format", "label_names", "x"]),
                             json_values.map(json.dumps) | st.text(max_size=12), max_size=4))
 def test_weights_metadata_raises_only_weights_errors(tmp_path: Path, meta: dict) -> None:
@@ -158,6 +160,8 @@ arrays = st.one_of(
 @given(batch=st.dictionaries(st.sampled_from([b"data", b"labels", b"batch_label", "data", "labels"]),
                              arrays | st.lists(st.integers(-20, 20), max_size=4), max_size=4),
        raw=st.none() | st.binary(max_size=80))
+@example(batch={b"data": [[1, 2], [3]], b"labels": [0, 1]}, raw=None)  # ragged rows: numpy's ValueError, once
+@example(batch={b"data": [[0] * 3072], b"labels": [[0], [1, 2]]}, raw=None)  # ragged labels
 def test_cifar_batches_raise_only_data_errors(tmp_path: Path, batch: dict, raw: bytes | None) -> None:
     from aperture_zoo.data import DataError, load_split
 
@@ -170,6 +174,23 @@ def test_cifar_batches_raise_only_data_errors(tmp_path: Path, batch: dict, raw: 
         return
     assert split.images.dtype == np.uint8 and split.labels.min(initial=0) >= 0
     assert len(split.images) == len(split.labels) and split.labels.max(initial=0) < 10
+
+
+@FUZZ
+@given(batch=st.dictionaries(st.sampled_from(["data", "fine_labels", "coarse_labels"]),
+                             arrays | st.lists(st.integers(-300, 300) | st.floats(-1, 300), max_size=4), max_size=3))
+@example(batch={"data": [[300] * 3072], "fine_labels": [0]})  # past 255: numpy's OverflowError
+@example(batch={"data": [[1.7] * 3072], "fine_labels": [0]})  # floats were truncated to pixels, silently
+def test_cifar100_batches_raise_only_dataset_errors(tmp_path: Path, batch: dict) -> None:
+    from aperture_zoo.datasets import DatasetError, read_cifar100
+
+    (tmp_path / "train").write_bytes(pickle.dumps(batch, protocol=2))
+    try:
+        split = read_cifar100(tmp_path, "train")
+    except DatasetError:
+        return
+    assert split.images.dtype == np.uint8 and len(split.images) == len(split.labels) > 0
+    assert 0 <= split.labels.min() and split.labels.max() < 100
 
 
 # ------------------------------------------------------------------ a run's JSON (resume)
@@ -208,7 +229,7 @@ def onnx_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
                    exporter="legacy").read_bytes()
 
 
-@settings(max_examples=15, deadline=None, database=None,
+@settings(max_examples=examples(15), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(meta=st.dictionaries(st.sampled_from(["label_names", "normalize_in_graph", "mean", "std", "arch"]),
                             json_values.map(json.dumps) | st.text(max_size=10), max_size=4),

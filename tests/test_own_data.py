@@ -15,6 +15,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from profiles import examples
 from typer.testing import CliRunner
 
 from aperture_zoo.cli import app
@@ -160,7 +162,7 @@ def test_parallel_decode_matches_inline(tmp_path: Path, test_images, monkeypatch
     assert np.array_equal(inline, parallel) and reasons == [None] * 24 and sum(seen) == 24
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600))
 def test_any_file_bytes_decode_or_are_skipped_with_a_reason(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "x.png"
@@ -171,7 +173,7 @@ def test_any_file_bytes_decode_or_are_skipped_with_a_reason(tmp_path_factory, da
         assert img.shape == (3, 32, 32) and img.dtype == np.uint8
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(labels=st.lists(st.integers(0, 4), min_size=1, max_size=60), fraction=st.floats(0.05, 0.95),
        seed=st.integers(0, 3))
 def test_holdout_partitions_every_class(labels: list[int], fraction: float, seed: int) -> None:
@@ -202,7 +204,7 @@ def test_cifar100_with_cifar10_files_says_so(synthetic_cifar: Path) -> None:
     assert result.exit_code == 2 and "not CIFAR-100" in result.output and "Traceback" not in result.output
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=300))
 def test_cifar100_parser_rejects_any_bytes_cleanly(tmp_path_factory, data: bytes) -> None:
     folder = tmp_path_factory.mktemp("c100")
