@@ -254,6 +254,10 @@ def cifar100_classes(folder: Path) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(100))
 
 
+class DatasetNotGivenError(DatasetError):
+    """Weights trained on a folder, and no --dataset: a path inside a weights file is never read."""
+
+
 def dataset_for_weights(
     dataset: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str] | None,
@@ -261,14 +265,25 @@ def dataset_for_weights(
     metadata: dict[str, Any] | None,
     say: Callable[[str], None] | None = None,
 ) -> Dataset | None:
-    """The dataset a command on trained weights uses: ``--dataset``, else the one the weights record.
+    """The dataset a command on trained weights uses: ``--dataset``, else the built-in one the weights name.
 
-    A folder's held-out test images are chosen as its run chose them (share and seed from the
-    weights' ``data`` record), so ``aperture eval`` never scores images the model trained on.
-    None means plain CIFAR-10 (callers read it as they always have).
+    Weights metadata is anyone's text (any Hub repo can write it): it may name a built-in dataset
+    (cifar10, cifar100), never a path to read. Weights trained on a folder need the user to pass
+    that folder (``DatasetNotGivenError`` otherwise); the recorded folder then only says whether the
+    run's held-out split (share and seed from the ``data`` record) applies, and the class names are
+    checked against the weights' by the evaluation. None means plain CIFAR-10.
     """
     meta = metadata or {}
     recorded = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
+    if dataset is None and recorded not in BUILTIN:
+        record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        classes = record.get("classes") if isinstance(record.get("classes"), list) else []
+        shown = ", ".join(str(c) for c in classes[:4]) + (", ..." if len(classes) > 4 else "")
+        raise DatasetNotGivenError(
+            f"these weights were trained on a folder of images ({len(classes) or 'unknown'} classes"
+            f"{': ' + shown if shown else ''}; recorded as {recorded[:200]!r}); pass that folder with --dataset DIR. "
+            "A folder named inside a weights file is never read: the file may come from anyone"
+        )
     name = dataset_name(dataset) if dataset is not None else recorded
     if name == "cifar10":
         return None

@@ -315,14 +315,16 @@ def measure_model(
     ``record`` writes the passing cells into the given files' ``validated_runtimes`` metadata."""
     import torch
 
+    from aperture_zoo.model import evaluating, on_device
+
     from .onnx_export import NormalizedClassifier
     from .pipeline import export_model
     from .validate import _torch_logits
 
     say = progress or (lambda _m: None)
     pixels, labels, described = matrix_images(data_dir, max_images)
-    with torch.no_grad():
-        reference = _torch_logits(NormalizedClassifier(model).eval(), pixels, "cpu")
+    with torch.no_grad(), evaluating(model):
+        reference = _torch_logits(NormalizedClassifier(on_device(model, "cpu")), pixels, "cpu")
     with tempfile.TemporaryDirectory(prefix="aperture_matrix_files_") as tmp:
         if files is None:
             say("exporting fp32, fp16" + (" and int8" if data_dir else "") + " files")

@@ -40,10 +40,11 @@ class ExportResult:
 
 
 def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider = "auto",
-               data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               data_dir: str | os.PathLike[str] | None = None, dataset: str | None = None) -> dict[str, Any]:
     """A finished training run's weights as validated ONNX in ``<run_dir>/onnx`` (``train_zoo``'s exporter).
 
     The weights are read once, through the same path as ``load()``, and their SHA-256 goes into the ONNX.
+    ``dataset`` is the one the zoo trained on (its metadata never chooses a folder to read).
     """
     from aperture_zoo.files import WEIGHTS_FILENAME
     from aperture_zoo.pretrained import fetch_weights, model_from
@@ -52,7 +53,7 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
     from aperture_zoo.weights import decode_metadata
 
     loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
-    own = dataset_for_weights(None, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
+    own = dataset_for_weights(dataset, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
     result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
                           provider=provider, data_dir=data_dir if own is None else None, max_val_images=1000,
                           dataset=own)

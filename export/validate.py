@@ -42,7 +42,7 @@ import torch
 
 from aperture_zoo.calibration import check_temperature, softmax
 from aperture_zoo.files import atomic_write_text
-from aperture_zoo.model import ResNet
+from aperture_zoo.model import ResNet, evaluating, on_device
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
@@ -302,13 +302,20 @@ def validate(
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
     temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
-    pair = _Pair(session, _NormaliseThenNetwork(model, tta=tta).eval().to(ref_device), ref_device,
-                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature)
-    report = ValidationReport(
-        onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
-        provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
-    )
-    label = f"{precision}/{device}"
+    with evaluating(model):  # the caller's model keeps its mode (and its device: on_device copies)
+        return _validate_pair(
+            _Pair(session, _NormaliseThenNetwork(on_device(model, ref_device), tta=tta).eval(), ref_device,
+                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature),
+            ValidationReport(onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
+                             provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device),
+            model, tol, f"{precision}/{device}", batch_sizes, seed, data_dir, max_images, progress, reference_cache,
+            test_split)
+
+
+def _validate_pair(pair: _Pair, report: ValidationReport, model: ResNet, tol: Any, label: str,
+                   batch_sizes: Sequence[int], seed: int, data_dir: Any, max_images: int | None,
+                   progress: ProgressFn | None, reference_cache: dict[Any, np.ndarray] | None,
+                   test_split: Any) -> ValidationReport:
     pooled = _compare_random(pair, report, label, [pair.fixed] if pair.fixed else list(batch_sizes),
                              model.spec.input_size, seed)
     if pooled is not None:

@@ -235,7 +235,8 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
     model = load("resnet10", weights=run / "model.safetensors")  # no num_classes: the file says 3
     assert model.spec.label_names == tuple(sorted(NAMES)) and model.spec.mean == CIFAR10_MEAN
 
-    result = runner.invoke(app, ["eval", "resnet10", "--weights", str(run / "model.safetensors"), "--device", "cpu"])
+    result = runner.invoke(app, ["eval", "resnet10", "--weights", str(run / "model.safetensors"), "--dataset", str(root),
+                                 "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "on 6 test images" in result.output and "[bold]dog" in result.output and "schiff ü" in result.output
     report = json.loads((run / "eval.json").read_text())
@@ -243,6 +244,7 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
 
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "resnet10", "--weights", str(run / "model.safetensors"), "--onnx",
+                                 "--dataset", str(root),
                                  "--exporter", "legacy", "--opset", "17", "--max-val-images", "6", "-o", str(out),
                                  "--json"])
     assert result.exit_code == 0, result.output
