@@ -376,7 +376,7 @@ def load(
     """
     cards = Path(cards_dir) if cards_dir is not None else None
     kind = source_kind(name)
-    if kind in ("hub", "dir") and not pretrained and weights is None:  # timm: the architecture only
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and not pretrained and weights is None:  # timm: the architecture only
         model = create_model(_source_spec(name), **overrides)  # type: ignore[arg-type]
     elif pretrained or weights is not None or "." in name or kind != "name":  # a tag or a path names weights
         model, _ = open_model(name, weights, cards_dir=cards, overrides=overrides)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .cards import write_folder
 from .files import ONNX_FILENAME
-from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id,
+from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id, check_revision,
                   endpoint, reachable, resolve_token)
 from .pretrained import MODEL_CARDS_DIR, load, published_weights
 from .weights import WeightsError
@@ -113,6 +113,8 @@ def push(
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
+    if revision is not None:
+        check_revision(revision)
     weights_path = Path(weights) if weights is not None else published_weights(name, cards_dir)
     if weights_path is None:
         raise HubError(
