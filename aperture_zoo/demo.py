@@ -407,7 +407,9 @@ class _Server(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return
-        print(f"demo server: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from .terminal import say
+
+        say(f"demo server: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
 
 
 def check_port(port: int) -> None:

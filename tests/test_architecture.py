@@ -15,7 +15,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
             "aperture_zoo.export": ROOT / "export"}
 # Lower layers never import higher ones.
 LAYERS = [
-    {"registry", "errors", "files", "_lazy", "_version", "progress"},
+    {"registry", "errors", "files", "_lazy", "_version", "progress", "terminal"},
     {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions", "labels", "folder",
      "datasets"},
     {"catalog", "pretrained", "transforms", "summary", "predict"},

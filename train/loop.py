@@ -110,10 +110,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
 
 def _new_run(cfg: TrainConfig, run: Run) -> tuple[Any, dict[str, Any]]:
     """Rank 0's view of a new run's dataset and init (decoded once; the other ranks read the cache)."""
-    import sys
-
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    from aperture_zoo.terminal import say  # file and class names of the user's folder: through the gate
 
     return dataset_run.new_run(run.spec, run.record, None if cfg.dataset is None else str(cfg.dataset), cfg.test_split,
                                None if cfg.init is None else str(cfg.init), cfg.freeze_backbone, cfg.data_dir,

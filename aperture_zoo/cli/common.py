@@ -1,8 +1,9 @@
 """Shared CLI plumbing: expected errors become one clear line and exit code 2.
 
 Text that comes from outside (file names, labels read from files, error messages quoting them)
-is printed through :func:`safe`, never interpreted: a file named ``[b]x.png`` prints as itself and
-an escape sequence in a name is shown, not sent to the terminal.
+goes through the one gate, ``aperture_zoo.terminal``: both consoles are gated (a control or bidi
+character is shown, never sent to the terminal), and outside text in a markup string goes through
+:func:`safe` (``terminal.markup``): a file named ``[b]x.png`` prints as itself.
 """
 
 from __future__ import annotations
@@ -16,20 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from aperture_zoo.errors import ApertureError, os_error
+from aperture_zoo.terminal import console as gated_console
+from aperture_zoo.terminal import markup as safe
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def safe(text: object) -> str:
-    """``text`` for rich markup: brackets escaped, control characters made visible (``\\x1b``)."""
-    from rich.markup import escape
-
-    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
-    return escape(shown)
+console = gated_console()
+err_console = gated_console(stderr=True)
 
 
 def say_error(message: object, prefix: str = "[bold red]error:[/]") -> None:

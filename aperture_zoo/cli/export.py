@@ -27,7 +27,7 @@ def _load_model(name: str, weights: str | None, pretrained: bool, random_init: b
 def _say(status: Any, message: str) -> None:
     """The spinner's text on a terminal; a timestamped line when piped, so logs show progress too."""
     if err_console.is_terminal:
-        status.update(message)
+        status.update(safe(message))
     else:
         import time
 
@@ -417,7 +417,7 @@ def runtimes_cmd(
     if json_out:
         print_json(matrix.to_dict())
     else:
-        console.print(f"{name} on {matrix.images}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
+        console.print(f"{safe(name)} on {safe(matrix.images)}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
         console.print(format_matrix(matrix), highlight=False, markup=False, soft_wrap=True)
         for c in matrix.cells:
             if c.note and c.passed is not True:

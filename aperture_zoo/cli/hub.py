@@ -49,6 +49,6 @@ def push_cmd(
         result = push(arch, repo_id, weights=file, token=token, private=private,
                       revision=revision, with_onnx=with_onnx)
     if not result.changed:
-        console.print(f"{result.repo_id}@{result.revision} already holds these files; no new commit.",
+        console.print(f"{safe(result.repo_id)}@{safe(result.revision)} already holds these files; no new commit.",
                       highlight=False)
-    console.print(result.commit_url, highlight=False, soft_wrap=True)
+    console.print(safe(result.commit_url), highlight=False, soft_wrap=True)

@@ -215,14 +215,14 @@ def eval_cmd(
             with err_console.status("corruptions") as status:
                 result.extra["corruptions"] = evaluate_corruptions(
                     model, split, chosen, max_images=corruption_images, batch_size=batch_size, device=dev, tta=tta,
-                    on_step=lambda m: status.update(f"evaluating {name} on {m}"))
+                    on_step=lambda m: status.update(safe(f"evaluating {name} on {m}")))
         ref = weights if weights is not None else name if names_weights(name) else None
         out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
         report = write_eval_report(result, out_dir, model.spec.name, ref, used)
     if json_out:
         print_json(report)
         return
-    console.print(f"[bold]{name}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
+    console.print(f"[bold]{safe(name)}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
     for cls, acc in result.per_class_top1.items():  # the user's class names: no markup, [brackets] kept
@@ -299,7 +299,7 @@ def train_zoo_cmd(
 
             exporter = partial(export_run, provider=provider, data_dir=data_dir, dataset=dataset)
         try:
-            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+            result = train_zoo(cfg, say=lambda msg: err_console.print(safe(msg), highlight=False, soft_wrap=True),
                                exporter=exporter)
         except TrainingInterrupted as exc:  # Ctrl-C: the zoo resumes by running the same command, not `train`
             err_console.print(f"[yellow]{safe(exc)}. Continue the zoo by running the same `aperture train-zoo` "
@@ -308,6 +308,8 @@ def train_zoo_cmd(
     if json_out:
         print_json(result.rows)
     else:
-        sys.stdout.write((result.runs_dir / "summary.md").read_text())
+        from aperture_zoo.terminal import shown
+
+        sys.stdout.write(shown((result.runs_dir / "summary.md").read_text()))
     if not result.complete:  # 75 (EX_TEMPFAIL): paused by a budget; the same command continues
         raise typer.Exit(code=75)

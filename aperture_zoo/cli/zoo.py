@@ -165,8 +165,8 @@ def samples_cmd(
     if shown is not None:
         console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images:", highlight=False)
         for image, label, prob in shown.predictions:
-            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {truth[image]})"
-            console.print(f"  {image:<28} {label:<10} {prob:6.1%}  {mark}", highlight=False)
+            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {safe(truth[image])})"
+            console.print(f"  {safe(f'{image:<28} {label:<10}')} {prob:6.1%}  {mark}", highlight=False)
     for r in results:
         if r.predictions:
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
