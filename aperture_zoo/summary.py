@@ -71,6 +71,7 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
             "top1_tta": record.top1_tta if record else None,  # with flip test-time augmentation
             "ece_calibrated": record.ece_calibrated if record else None,  # %, after the temperature (cross-fitted)
             "temperature": record.temperature if record else None,
+            "measured_images": record.measured_images if record else None,  # what the three figures rest on
             "weights": record.tag if record else None,
         }
         if with_flops:

@@ -76,8 +76,10 @@ def _published_table(rows: list[dict]):  # type: ignore[no-untyped-def]
     from rich import box
     from rich.table import Table
 
-    table = Table(title="published weights: top-1 on all 10,000 test images; flip TTA and ECE on the "
-                        "stratified sample named in each card",
+    counts = sorted({r["measured_images"] for r in rows})
+    where = f"all {counts[0]:,} CIFAR-10 test images" if counts == [10_000] else \
+        "CIFAR-10 test images (" + ", ".join(f"{r['weights']}: {r['measured_images']:,}" for r in rows) + ")"
+    table = Table(title=f"published weights: top-1, with flip TTA, and ECE, each on {where}",
                   caption="ECE: 15-bin calibration error of the probabilities predict_proba and ONNX files give: "
                           "softmax(logits / T), T cross-fitted on halves of the test set",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
@@ -157,13 +159,17 @@ def samples_cmd(
         results = classify_samples(models or None)
     if json_out:
         print_json([{"model": r.model, "published": r.published, "accuracy": r.accuracy,
+                     "calibrated": r.temperature is not None, "temperature": r.temperature,
                      "predictions": [{"image": f, "label": p, "probability": q} for f, p, q in r.predictions]}
                     for r in results])
         return
     truth = {p.name: label for p, label in sample_images()}
     shown = next((r for r in results if r.model == show and r.predictions), None)
     if shown is not None:
-        console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images:", highlight=False)
+        what = ("calibrated probability, temperature " + f"{shown.temperature:.3g}" if shown.temperature is not None
+                else "uncalibrated probability: no temperature is known for these weights (T = 1)")
+        console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images ({what}, as `predict` gives it):",
+                      highlight=False)
         for image, label, prob in shown.predictions:
             mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {safe(truth[image])})"
             console.print(f"  {safe(f'{image:<28} {label:<10}')} {prob:6.1%}  {mark}", highlight=False)
