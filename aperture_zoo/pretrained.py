@@ -45,17 +45,13 @@ from .catalog import Weights, by_repo, find_weights, hub_location
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json
 from .model import ResNet, create_model
 from .registry import ModelSpec, get_spec
+from .sources import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, NoPretrainedWeightsError, from_local_dir, is_source,
+                      source_kind, spec_from_config)
 from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
 
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
 # model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 log = logging.getLogger(__name__)
-
-
-class NoPretrainedWeightsError(WeightsError):
-    """No published or local weights could be found for a model."""
 
 
 class PublishedWeightsUnavailableError(NoPretrainedWeightsError):
@@ -108,56 +104,6 @@ class Loaded:
     source: Source
 
 
-SourceKind = Literal["hub", "dir", "path", "name"]
-
-
-def source_kind(ref: str | os.PathLike[str]) -> SourceKind:
-    """What a model argument names: a Hub repo, a folder, a weights file, or a registry name / weights tag.
-
-    Registry names and published tags win; anything else with a path separator, a ``.safetensors``
-    suffix or that exists on disk is a path. The rest is a name (unknown ones fail with suggestions).
-    """
-    from .catalog import list_pretrained
-    from .registry import list_models
-
-    text = str(ref)
-    if text.startswith(HF_HUB_PREFIX):
-        return "hub"
-    if text.startswith(LOCAL_DIR_PREFIX):
-        return "dir"
-    if text in list_models() or text in list_pretrained():
-        return "name"
-    path = Path(text).expanduser()
-    if "/" in text or os.sep in text or text.endswith(".safetensors") or path.exists():
-        return "dir" if path.is_dir() else "path"
-    return "name"
-
-
-def is_source(ref: str | os.PathLike[str]) -> bool:
-    """A weights source (``hf-hub:``, ``local-dir:``, a path) rather than a registry name or tag."""
-    return source_kind(ref) != "name"
-
-
-def _in_local_dir(directory: Path, name: str | None) -> Path | None:
-    names = [] if name is None else [directory / name / WEIGHTS_FILENAME, directory / f"{name}.safetensors"]
-    for candidate in (directory / WEIGHTS_FILENAME, *names):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _from_local_dir(ref: str, name: str | None) -> Path:
-    directory = Path(ref.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
-    found = _in_local_dir(directory, name)
-    if found is None:
-        expected = (f"{directory / WEIGHTS_FILENAME}" if name is None else
-                    f"{directory / WEIGHTS_FILENAME}, {directory / name / WEIGHTS_FILENAME} or "
-                    f"{directory / (name + '.safetensors')}")
-        raise NoPretrainedWeightsError(f"{ref!r} holds no weights{'' if name is None else ' for ' + name}: "
-                                       f"expected {expected}")
-    return found
-
-
 def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | None, str | None]:
     """(revision, SHA-256) a published record pins for ``filename`` of ``repo_id``, if one lives there.
 
@@ -194,7 +140,7 @@ def _explicit_source(ref: str, arch: str | None, name: str | None, record: Weigh
         revision, pin = _pinned(repo_id, revision, WEIGHTS_FILENAME)
         return Source("hub", repo_id, arch, pin, revision, record)
     if kind == "dir":
-        return Source("file", str(_from_local_dir(ref, name)), arch, record=record)
+        return Source("file", str(from_local_dir(ref, name)), arch, record=record)
     return Source("file", str(Path(ref).expanduser()), arch, record=record)
 
 
@@ -320,25 +266,6 @@ def _config_of(source: Source) -> dict | None:
     return read_json(path, "fetch or write it again", WeightsError)
 
 
-def spec_from_config(config: object, where: str) -> ModelSpec:
-    """The spec a ``config.json`` describes: architecture, model args, class names and mean/std."""
-    import json
-
-    from .labels import data_fields_from_metadata
-
-    arch = config.get("architecture") if isinstance(config, dict) else None
-    args = (config.get("model_args") if isinstance(config, dict) else None) or {}
-    if not arch or not isinstance(arch, str) or not isinstance(args, dict):
-        raise WeightsError(f"config.json of {where} names no 'architecture' (or its 'model_args' are not an "
-                           "object); it is not an aperture_zoo repo")
-    spec = get_spec(arch)
-    ours = spec.arch_dict()
-    spec = spec.replace(**{k: v for k, v in args.items() if k in ours and k != "name" and ours[k] != v})
-    pre = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
-    recorded = {"label_names": config.get("label_names"), "mean": pre.get("mean"), "std": pre.get("std")}
-    return spec.replace(**data_fields_from_metadata({k: json.dumps(v) for k, v in recorded.items()}, spec.num_classes))
-
-
 def _source_spec(ref: str) -> ModelSpec:
     """The architecture an ``hf-hub:``/``local-dir:`` source describes: its config.json, else its weights' metadata."""
     if source_kind(ref) == "hub":
@@ -348,7 +275,7 @@ def _source_spec(ref: str) -> ModelSpec:
     config = _config_of(source)
     if config is not None:
         return spec_from_config(config, repr(ref))
-    spec = spec_from_metadata(read_metadata(_from_local_dir(ref, None)))
+    spec = spec_from_metadata(read_metadata(from_local_dir(ref, None)))
     if spec is None:
         raise WeightsError(f"{ref!r} has no config.json and its weights carry no architecture")
     return spec

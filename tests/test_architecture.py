@@ -18,7 +18,7 @@ LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress", "terminal"},
     {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions", "labels", "folder",
      "datasets"},
-    {"catalog", "pretrained", "transforms", "summary", "predict"},
+    {"catalog", "sources", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
     {"train", "export"},
     {"demo", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
