@@ -43,8 +43,12 @@ def source_kind(ref: str | os.PathLike[str]) -> SourceKind:
     if text in list_models() or text in list_pretrained():
         return "name"
     path = Path(text).expanduser()
-    if "/" in text or os.sep in text or text.endswith(".safetensors") or path.exists():
-        return "dir" if path.is_dir() else "path"
+    try:
+        on_disk, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte: not a file here
+        on_disk = is_dir = False
+    if "/" in text or os.sep in text or text.endswith(".safetensors") or on_disk:
+        return "dir" if is_dir else "path"
     return "name"
 
 

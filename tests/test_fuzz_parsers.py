@@ -275,3 +275,32 @@ def test_hub_config_json_raises_only_aperture_errors(tmp_path: Path, config: obj
     except ApertureError:
         return
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+# ------------------------------------------------------------------ model arguments and Hub revisions
+
+revisions = st.text(max_size=40) | st.lists(st.sampled_from(["..", ".", "", "main", "v1.0", "a.lock", "-x", "refs", "pr"]),
+                                            max_size=5).map("/".join)
+
+
+@FUZZ
+@given(ref=st.text(max_size=60) | st.builds(lambda repo, rev: f"hf-hub:{repo}@{rev}",
+                                            st.sampled_from(["zoo/r", "a/b", "x", "../y/z"]), revisions))
+@example(ref="hf-hub:zoo/r@../../../escaped")  # wrote a file outside the Hub cache
+def test_model_arguments_and_revisions_never_lead_outside_the_cache(ref: str) -> None:
+    import os
+
+    from aperture_zoo.hub import parse_hf_hub
+    from aperture_zoo.sources import source_kind
+
+    kind = source_kind(ref)
+    assert kind in ("hub", "dir", "path", "name")
+    if kind != "hub":
+        return
+    try:
+        _, revision = parse_hf_hub(ref)
+    except ApertureError:
+        return
+    if revision is not None:  # the client writes refs/<revision> under the repo's cache folder
+        refs = "/cache/models--zoo--r/refs"
+        assert os.path.normpath(os.path.join(refs, revision)).startswith(refs + "/")
