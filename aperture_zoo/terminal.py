@@ -23,22 +23,21 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-# C0/C1 controls but newline and tab, DEL, and the invisible format characters that reorder or hide
-# text (bidi embeddings, overrides and isolates, the marks, zero-width joiners, the BOM).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]")
+# C0/C1 controls but newline (tab too: it moves the cursor), DEL, and the invisible format characters
+# that reorder or hide text (bidi embeddings, overrides and isolates, the marks, zero-width joiners, the BOM).
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]")
 
 
 def _visible(match: re.Match[str]) -> str:
-    c = match.group(0)
-    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    return repr(match.group(0))[1:-1]  # as Python writes it: \x1b, \r, \t, \u202e
 
 
 def shown(text: object) -> str:
     """``text`` with every control or bidi character shown as an escape (``\\x1b``): safe to print raw."""
     s = str(text)
     s = _UNSAFE.sub(_visible, s)
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in s if c not in "\n\t"):  # the rest of Unicode's
-        s = "".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in s if c != "\n"):  # the rest of Unicode's
+        s = "".join(c if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
                     else f"\\u{ord(c):04x}" for c in s)
     return s
 

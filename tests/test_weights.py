@@ -108,7 +108,8 @@ def test_garbage_file(tmp_path: Path, data: bytes) -> None:
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="is a directory"):
+    """A folder is a source like local-dir:DIR: without a weights file in it, the error says where it looked."""
+    with pytest.raises(WeightsError, match="holds no weights for resnet22: expected .*model.safetensors"):
         load("resnet22", weights=tmp_path)
 
 
