@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .data import DataError, Split, batch_labels, batch_pixels, default_data_dir, read_pickled_batch
+from .files import user_path
 
 BUILTIN = ("cifar10", "cifar100")
 DEFAULT_TEST_SPLIT = 0.2
@@ -91,7 +92,7 @@ def dataset_name(dataset: str | os.PathLike[str] | None) -> str:
         return text
     if text.lower() in BUILTIN:
         return text.lower()
-    return str(Path(text).expanduser().resolve())
+    return str(user_path(text).resolve())
 
 
 def load_dataset(

@@ -46,6 +46,14 @@ class UnreadableFileError(ApertureError, ValueError):
     """A JSON file that is missing, truncated or not JSON; the message names it and the fix."""
 
 
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded as a shell does; an unknown user stays as written.
+
+    (pathlib's ``expanduser`` raises a bare RuntimeError for ``~nouser``; ``os.path``'s leaves it.)
+    """
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, streamed (the pin every published file is checked against)."""
     with open(path, "rb") as f:

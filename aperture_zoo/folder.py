@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ApertureError
+from .files import user_path
 
 # Bump when images.py changes the pixels a file gives: old caches are then never reused.
 IMAGE_RULE_VERSION = 1
@@ -160,7 +161,7 @@ def _is_dir(path: Path) -> bool:
 
 def scan_folder(root: str | os.PathLike[str]) -> Scan:
     """List the folder's classes and image files (nothing decoded); one-line errors for unusable layouts."""
-    root = Path(root).expanduser()
+    root = user_path(root)
     if not root.exists():
         raise FolderError(f"dataset folder {str(root)!r} does not exist; pass cifar10, cifar100 or a folder of "
                           "class folders (DIR/<class>/<image>)")

@@ -42,7 +42,7 @@ import torch
 
 from . import hub
 from .catalog import Weights, by_repo, find_weights, hub_location
-from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json
+from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json, user_path
 from .model import ResNet, create_model
 from .registry import ModelSpec, get_spec
 from .sources import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, NoPretrainedWeightsError, from_local_dir, is_source,
@@ -122,7 +122,7 @@ def _env_dir_weights(name: str) -> Path | None:
     env_dir = os.environ.get("APERTURE_WEIGHTS_DIR")
     if not env_dir:
         return None
-    directory = Path(env_dir).expanduser()
+    directory = user_path(env_dir)
     if not directory.is_dir():  # a typo would otherwise fall back to other weights unnoticed
         log.warning("APERTURE_WEIGHTS_DIR=%s is not a directory; ignoring it", env_dir)
         return None
@@ -141,7 +141,7 @@ def _explicit_source(ref: str, arch: str | None, name: str | None, record: Weigh
         return Source("hub", repo_id, arch, pin, revision, record)
     if kind == "dir":
         return Source("file", str(from_local_dir(ref, name)), arch, record=record)
-    return Source("file", str(Path(ref).expanduser()), arch, record=record)
+    return Source("file", str(user_path(ref)), arch, record=record)
 
 
 def resolve_source(
@@ -271,7 +271,7 @@ def _source_spec(ref: str) -> ModelSpec:
     if source_kind(ref) == "hub":
         source = _explicit_source(ref, None, None, None)
     else:
-        source = Source("file", str(Path(ref.removeprefix(LOCAL_DIR_PREFIX)).expanduser() / WEIGHTS_FILENAME), None)
+        source = Source("file", str(user_path(ref.removeprefix(LOCAL_DIR_PREFIX)) / WEIGHTS_FILENAME), None)
     config = _config_of(source)
     if config is not None:
         return spec_from_config(config, repr(ref))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .catalog import list_pretrained
-from .files import WEIGHTS_FILENAME
+from .files import WEIGHTS_FILENAME, user_path
 from .registry import ModelSpec, get_spec, list_models
 from .weights import WeightsError
 
@@ -42,8 +42,8 @@ def source_kind(ref: str | os.PathLike[str]) -> SourceKind:
         return "dir"
     if text in list_models() or text in list_pretrained():
         return "name"
-    path = Path(text).expanduser()
     try:
+        path = user_path(text)
         on_disk, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError):  # a name too long for a path, or with a NUL byte: not a file here
         on_disk = is_dir = False
@@ -68,7 +68,7 @@ def in_local_dir(directory: Path, name: str | None) -> Path | None:
 
 def from_local_dir(ref: str, name: str | None) -> Path:
     """The weights file of ``local-dir:DIR`` (or a folder path); an error listing where it looked."""
-    directory = Path(ref.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+    directory = user_path(ref.removeprefix(LOCAL_DIR_PREFIX))
     found = in_local_dir(directory, name)
     if found is None:
         expected = (f"{directory / WEIGHTS_FILENAME}" if name is None else

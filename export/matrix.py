@@ -96,7 +96,9 @@ def default_cache_dir() -> Path:
     """Where the runtimes' venvs are kept: ``$APERTURE_RUNTIMES_DIR``, else the user cache folder."""
     env = os.environ.get("APERTURE_RUNTIMES_DIR")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aperture_zoo" / "runtimes"
-    return base.expanduser()
+    from aperture_zoo.files import user_path
+
+    return user_path(base)
 
 
 def runtime_python(spec: RuntimeSpec, cache_dir: Path | None = None) -> tuple[Path | None, str]:

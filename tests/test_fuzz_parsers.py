@@ -265,16 +265,22 @@ def test_onnx_metadata_raises_only_onnx_errors(tmp_path: Path, onnx_bytes: bytes
     optional={"model_args": st.dictionaries(
         st.sampled_from(["blocks", "channels", "conv_kernel", "pool_kernel", "num_classes", "input_size",
                          "mean", "std", "name", "bogus"]),
-        json_values | st.lists(st.integers(-3, 10**6), max_size=5), max_size=4)}))
+        json_values | st.lists(st.integers(-3, 10**6), max_size=5), max_size=4),
+        "label_names": json_values | st.lists(st.text(max_size=6), min_size=10, max_size=10),
+        "pretrained_cfg": st.dictionaries(st.sampled_from(["mean", "std"]), json_values | st.lists(
+            st.floats(-2, 2) | st.integers(-1, 2), min_size=3, max_size=3), max_size=2)}))
 def test_hub_config_json_raises_only_aperture_errors(tmp_path: Path, config: object) -> None:
     from aperture_zoo.pretrained import load
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     try:
-        model = load(f"local-dir:{tmp_path}")
+        model = load(f"local-dir:{tmp_path}")  # the architecture, class names and mean/std it describes
     except ApertureError:
         return
+    spec = model.spec
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert len(spec.label_names) == spec.num_classes and all(isinstance(n, str) for n in spec.label_names)
+    assert len(spec.mean) == len(spec.std) == spec.input_size[0] and min(spec.std) > 0
 
 
 # ------------------------------------------------------------------ model arguments and Hub revisions
@@ -287,6 +293,7 @@ revisions = st.text(max_size=40) | st.lists(st.sampled_from(["..", ".", "", "mai
 @given(ref=st.text(max_size=60) | st.builds(lambda repo, rev: f"hf-hub:{repo}@{rev}",
                                             st.sampled_from(["zoo/r", "a/b", "x", "../y/z"]), revisions))
 @example(ref="hf-hub:zoo/r@../../../escaped")  # wrote a file outside the Hub cache
+@example(ref="~0")  # pathlib's expanduser raised a bare RuntimeError for an unknown user (`--dataset ~nouser/x` too)
 def test_model_arguments_and_revisions_never_lead_outside_the_cache(ref: str) -> None:
     import os
 
