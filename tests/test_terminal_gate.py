@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from aperture_zoo.cli import app
 from cifar_synth import make_images, write_png_folder
 from hub_fixtures import hub_server  # noqa: F401 - the local Hub, for push
 from hub_server import HubServer
+from profiles import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["\x1b[31mred\x1b[0m", "[red]mark[blink]\rcr\x07", "\u202eevil\x1b]0;title\x07"]  # no "/": a folder name
@@ -172,3 +175,21 @@ def test_the_gate_shows_every_control_and_bidi_character(capsys: pytest.CaptureF
     console(file=out, width=200).print(f"[bold]{markup(text)}[/]", "\x1b[2J", markup=True)
     assert CONTROL.search(out.getvalue().replace("\n", "").replace("\t", "")) is None and "[red]x[/]" in out.getvalue()
     np.testing.assert_equal(shown("\x1b"), "\\x1b")
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(text=st.text(max_size=40) | st.lists(st.sampled_from(["\x1b[", "31m", "]0;", "\x07", "\r", "\t", "[/]", "[red]",
+                                                             "\u202e", "\u2066", "\x9b", "\\", "\n"]), max_size=8).map("".join))
+@example(text="[/]")  # unbalanced markup: rich raises MarkupError when it is read as markup
+def test_no_text_passes_the_gate_as_control_bytes_or_markup(text: str) -> None:
+    import io
+
+    from aperture_zoo.terminal import console, markup, shown
+
+    out = io.StringIO()
+    gated = console(file=out, width=60, color_system=None)
+    gated.print(f"[bold]x {markup(text)}[/]", highlight=False)  # outside text in a markup string
+    gated.print(text, markup=False, highlight=False)             # outside text printed as it is
+    assert CONTROL.search(out.getvalue()) is None
+    single = shown(text.replace("\n", " "))
+    assert "\n" not in single and CONTROL.search(single) is None and shown(single) == single  # shown once is enough
