@@ -116,7 +116,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
         return [], failures
     import numpy as np
 
-    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).numpy()
+    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).cpu().numpy()
     k = min(top_k, probs.shape[1])
     out = []
     for (i, _, notices), row in zip(decoded, probs):
