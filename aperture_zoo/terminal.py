@@ -5,9 +5,10 @@ Hub repo). Printed raw, an escape sequence in a class name recolours or clears t
 overwrites the line before it, a bidi override reverses what follows, and ``[red]`` or ``[/]`` is
 read as rich markup (restyled, or a crash). So:
 
-- every console the product prints through is a ``GatedConsole``: after markup is read, any
-  control or bidi character left in the text is shown as an escape (``\\x1b``, ``\\u202e``); rich's
-  own styling is added after this, so colours still work;
+- every console the product prints through is a ``GatedConsole``: every string it is given, and
+  every piece of text it renders, has its control and bidi characters shown as escapes (``\\x1b``,
+  ``\\u202e``); rich's own styling is added after this, so colours still work (our own code, as rich
+  drops BEL and ``\\r`` silently but passes ESC and bidi overrides through);
 - outside text put into a markup string goes through ``markup()`` (brackets escaped), and text
   printed without rich through ``shown()``.
 
