@@ -280,10 +280,10 @@ def dataset_for_weights(
         record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
         classes = record.get("classes") if isinstance(record.get("classes"), list) else []
         shown = ", ".join(str(c) for c in classes[:4]) + (", ..." if len(classes) > 4 else "")
+        what = f"{len(classes)} classes: {shown}; " if classes else ""
         raise DatasetNotGivenError(
-            f"these weights were trained on a folder of images ({len(classes) or 'unknown'} classes"
-            f"{': ' + shown if shown else ''}; recorded as {recorded[:200]!r}); pass that folder with --dataset DIR. "
-            "A folder named inside a weights file is never read: the file may come from anyone"
+            f"these weights were trained on a folder of images ({what}recorded as {recorded[:200]!r}); pass that "
+            "folder with --dataset DIR. A folder named inside a weights file is never read: the file may come from anyone"
         )
     name = dataset_name(dataset) if dataset is not None else recorded
     if name == "cifar10":

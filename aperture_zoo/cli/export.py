@@ -287,12 +287,12 @@ def _predict_torch(images: list[Path], name: str, weights: str | None, tta: str 
     from aperture_zoo.predict import check_tta, classify, describe_probabilities
 
     flip = check_tta(tta)
-    model, path, sha = model_for_command(name, weights, pretrained=weights is None)
+    model, _, sha = model_for_command(name, weights, pretrained=weights is None)
     with warnings.catch_warnings():  # the line below says it once, for the whole run
         warnings.simplefilter("ignore", UserWarning)
         rows, failures = classify(model, images, top_k=top_k, tta=flip)
     record = None if names_weights(name) else find_weights(name)
-    tag = record.tag if record is not None and record.sha256 == sha else str(path)  # yours: its path
+    tag = record.tag if record is not None and record.sha256 == sha else weights or name  # yours: as you named it
     return rows, failures, f"{tag}: {describe_probabilities(model)}" + ("; flip test-time augmentation" if flip else "")
 
 
