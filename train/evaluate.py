@@ -296,6 +296,22 @@ def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: 
             "temperature_fitted_on": VAL_FITTED}
 
 
+def temperature_to_write(result: EvalResult) -> tuple[float, str]:
+    """The temperature this evaluation fitted on all its images, and how to describe where, for a weights copy.
+
+    Weights calibrated on their own validation split have it applied, not refitted: there is nothing
+    new to write. Too few images fit none.
+    """
+    e = result.extra
+    if e.get("temperature_fitted_on") == VAL_FITTED:
+        raise EvalError("these weights already carry a temperature fitted on their validation split (images held out "
+                        "of training), which eval applies rather than refits; there is nothing new to write")
+    if e.get("temperature") is None or "ece_calibrated" not in e:
+        raise EvalError(f"no temperature was fitted ({e.get('temperature_fitted_on', 'no calibration measured')}); "
+                        "evaluate on more images to write one")
+    return float(e["temperature"]), f"{result.num_images} test images, by aperture eval"
+
+
 def format_confusion(result: EvalResult) -> str:
     """The confusion matrix as aligned text (rows true, columns predicted)."""
     short = [c[:5] for c in result.classes]
