@@ -136,7 +136,7 @@ def cache_key(scan: Scan) -> str:
 
 def hash_scan(scan: Scan, workers: int | None = None) -> Scan:
     """``scan`` with every file's SHA-256 filled in ("" for a file that cannot be read: the decoder says why)."""
-    digests = hash_files([str(scan.root / f.relpath) for f in scan.files], workers)
+    digests = hash_files([str(scan.root / f.relpath) for f in scan.files], workers, sum(f.size for f in scan.files))
     scan.files = [dataclasses.replace(f, sha256=d or "") for f, d in zip(scan.files, digests)]
     return scan
 

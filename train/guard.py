@@ -9,7 +9,10 @@ Three rules, each judged on figures the loop already has (no extra host sync):
   went to 439,099), never a slow start;
 - **at chance**: from epoch ``max(3, epochs // 3)`` on (runs of fewer than 3 epochs are too short
   to judge), an epoch's training top-1 within ``CHANCE_MARGIN`` of the way from "always the most
-  frequent class" to 100 %: the network has learnt nothing its labels could teach.
+  frequent class" to 100 %: the network has learnt nothing its labels could teach;
+- **broken in eval mode**: from that epoch on, a test (or validation) loss above the loss limit.
+  Training-mode figures use the batch's own statistics; a run whose BatchNorm running statistics
+  blew up trains "fine" while the weights it would write answer nonsense.
 
 The loop raises ``TrainingDiverged`` with the rule that fired; the last good checkpoint stays, and
 the command line says how to resume it with a lower learning rate.
@@ -18,6 +21,7 @@ the command line says how to resume it with a lower learning rate.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -49,12 +53,19 @@ def majority_share(labels: np.ndarray) -> float:
     return 100.0 * float(np.bincount(labels).max()) / max(len(labels), 1)
 
 
-def chance_problem(epoch: int, epochs: int, train_top1: float, majority_pct: float) -> str | None:
-    """Whether epoch ``epoch`` (1-based) of ``epochs`` ends with a training top-1 still at chance."""
+def epoch_problem(row: dict[str, Any], epochs: int, majority_pct: float, num_classes: int) -> str | None:
+    """What is wrong with a finished epoch's row (1-based ``epoch``, ``train_top1``, any ``*_loss``), or None."""
+    epoch = int(row["epoch"])
     if epochs < CHANCE_FROM_EPOCH or epoch < max(CHANCE_FROM_EPOCH, epochs // 3):
         return None
     ceiling = majority_pct + CHANCE_MARGIN * (100.0 - majority_pct)
-    if train_top1 > ceiling:
-        return None
-    return (f"top-1 is still at chance after {epoch} epochs ({train_top1:.1f}%; always answering the most "
-            f"frequent class scores {majority_pct:.1f}%, and {ceiling:.1f}% or less counts as chance)")
+    if row["train_top1"] <= ceiling:
+        return (f"top-1 is still at chance after {epoch} epochs ({row['train_top1']:.1f}%; always answering the most "
+                f"frequent class scores {majority_pct:.1f}%, and {ceiling:.1f}% or less counts as chance)")
+    limit = loss_limit(num_classes)
+    for key in ("test_loss", "val_loss"):
+        value = row.get(key)
+        if value is not None and not value <= limit:  # nan too
+            return (f"run's weights give a {key.split('_')[0]} loss of {value:,.6g} in eval mode after {epoch} epochs "
+                    f"(above the limit of {limit:.3g}: their BatchNorm statistics have blown up)")
+    return None

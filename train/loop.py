@@ -33,7 +33,7 @@ from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
 from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
-from .guard import chance_problem, loss_problem, majority_share
+from .guard import epoch_problem, loss_problem, majority_share
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -87,11 +87,11 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     with _StopFlag() as stop, bar:
         while state.epoch < run.recipe.epochs:
             row, halted = train_epoch(r, state, step_fn, stream, stop, bar)
-            if row is not None:  # the epoch ran to its end; it stops here if it learnt nothing (guard.py)
-                why = chance_problem(row["epoch"], run.recipe.epochs, row["train_top1"], r.majority_pct)
-                if why is not None:
-                    raise r.diverged(state, why, state.epoch, state.step)
+            if row is not None:  # the epoch ran to its end
                 last = finish_epoch(r, state, data, row, bar)
+                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes)  # guard.py
+                if why is not None:  # before its checkpoint: the last good one stays
+                    raise r.diverged(state, why, state.epoch - 1, stream.steps)
                 rows += [last] if info.is_main else []
             checkpoint(r, state, stream.steps)
             stop_if_asked(r, state, stream.steps, row, budget, halted, stop.signum)
