@@ -140,6 +140,10 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
     again = _run("eval", "resnet10", "--weights", weights, "--device", "cpu", "--write-temperature", out)
     assert again.exit_code == 2 and "already exists" in again.output
     assert file_sha256(out) == written  # never overwritten
+    # the folder changed since: its test images would be drawn anew, so eval refuses to score them
+    write_folder(root, 1, classes=1, seed=3, start=900)
+    changed = _run("eval", "resnet10", "--weights", weights, "--device", "cpu")
+    assert changed.exit_code == 2 and "changed since these weights were trained on it" in changed.output
 
 
 def test_docs_and_help_name_every_recipe() -> None:

@@ -126,12 +126,15 @@ def result_from_sums(sums: Tensor, classes: tuple[str, ...], **kw: Any) -> EvalR
     )
 
 
-def check_eval_options(batch_size: int, subset: int | None = None) -> None:
-    """Numeric options checked before any model or data is loaded."""
+def check_eval_options(batch_size: int, subset: int | None = None, write_temperature: Path | None = None) -> None:
+    """Options checked before any model or data is loaded."""
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     if subset is not None and subset < 1:
         raise EvalError(f"--subset must be at least 1 test image, got {subset}")
+    if write_temperature is not None and write_temperature.exists():
+        raise EvalError(f"--write-temperature {str(write_temperature)!r} already exists; name a new file (the "
+                        "calibrated weights never replace one)")
 
 
 def evaluate(

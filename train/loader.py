@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from aperture_zoo.data import DataError, Split, SubsetError, load_split, locate, stratified_indices
-from aperture_zoo.registry import ModelSpec
 
 from . import distributed as D
 from .settings import Run, TrainConfig, TrainingError

@@ -196,7 +196,7 @@ def eval_cmd(
     with user_errors():
         from aperture_zoo.corruptions import parse_corruptions
 
-        check_eval_options(batch_size, subset)
+        check_eval_options(batch_size, subset, write_temperature)
         chosen = parse_corruptions(corruptions)
         if corruption_images is not None and not chosen:
             from aperture_zoo.train.evaluate import EvalError
@@ -209,8 +209,6 @@ def eval_cmd(
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model, used, used_sha256 = model_for_command(name, weights, pretrained)
-        if write_temperature is not None and write_temperature.exists():
-            raise WeightsError(f"--write-temperature {str(write_temperature)!r} already exists; name a new file")
         dev = resolve_device(device)
         from aperture_zoo.datasets import dataset_for_weights
         from aperture_zoo.weights import decode_metadata
@@ -231,13 +229,7 @@ def eval_cmd(
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
         if write_temperature is not None:
-            from aperture_zoo.train.evaluate import temperature_to_write
-            from aperture_zoo.weights import write_with_temperature
-
-            t, fitted_on = temperature_to_write(result)
-            write_with_temperature(used, write_temperature, t, fitted_on, used_sha256)  # type: ignore[arg-type]
-            err_console.print(f"wrote {safe(write_temperature)}: these weights with temperature {t:.4f} (fitted on "
-                              f"{fitted_on})", highlight=False)
+            _write_temperature(result, used, used_sha256, write_temperature)
     if json_out:
         print_json(report)
         return
@@ -252,6 +244,17 @@ def eval_cmd(
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {safe(out_dir / 'eval.json')}, {safe(out_dir / 'confusion.png')} and "
                   f"{safe(out_dir / 'reliability.png')}", highlight=False)
+
+
+def _write_temperature(result: Any, weights: Any, sha256: Any, out: Path) -> None:
+    """``eval --write-temperature``: a copy of the weights with the temperature this evaluation fitted."""
+    from aperture_zoo.train.evaluate import temperature_to_write
+    from aperture_zoo.weights import write_with_temperature
+
+    t, fitted_on = temperature_to_write(result)
+    write_with_temperature(weights, out, t, fitted_on, sha256)
+    err_console.print(f"wrote {safe(out)}: these weights with temperature {t:.4f} (fitted on {fitted_on})",
+                      highlight=False)
 
 
 @app.command("train-zoo")
