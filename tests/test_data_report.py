@@ -26,6 +26,8 @@ from cifar_synth import CLASSES, make_images
 
 TINY = ["--arch", "channels=8,8,8,8"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same kernels each run; 2 shared cores
+
 
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,8 @@ from aperture_zoo.weights import decode_metadata, read_metadata
 from test_data_report import TINY, write_folder
 from test_data_report import _cache_in_tmp  # noqa: F401 - the decode cache and weights in tmp
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same kernels each run; 2 shared cores
+
 
 def _run(*args: str) -> object:
     return CliRunner().invoke(app, [str(a) for a in args])
@@ -82,7 +84,6 @@ def test_an_exploding_loss_stops_the_run(tmp_path: Path) -> None:
 def test_a_folder_of_few_images_fine_tunes_with_the_default_recipe(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 10)  # 24 training images; the finetune recipe's batch is 128
     run = tmp_path / "run"
-    torch.set_num_threads(1)
     result = _run("train", "resnet10", "--dataset", root, "--init", "resnet10.fast", "--epochs", "1", "--device", "cpu",
                   "--no-progress", "--out", run)
     assert result.exit_code == 0, result.output
