@@ -91,7 +91,7 @@ def _samples_weights(folder: Path) -> Path:
     return folder
 
 
-COMMANDS = ["train", "export", "list", "info", "predict", "eval", "card", "push", "samples", "demo"]
+COMMANDS = ["train", "export", "list", "info", "predict", "eval", "card", "push", "samples", "demo", "data-report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -118,6 +118,8 @@ def test_no_control_bytes_reach_the_terminal(hostile: Hostile, command: str, tmp
         monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         code, output = _run(["push", str(hostile.weights), "--repo-id", "zoo/gate", "--token", "tok-alice"])
+    elif command == "data-report":
+        code, output = _run(["data-report", str(hostile.data)])
     elif command == "samples":
         monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(_samples_weights(tmp_path / "w")))
         code, output = _run(["samples", "resnet10", "--show", "resnet10"])
@@ -135,7 +137,7 @@ def test_no_control_bytes_reach_the_terminal(hostile: Hostile, command: str, tmp
     assert found is None, f"{found.group(0)!r} reached the terminal: {output[max(found.start() - 60, 0):found.end() + 20]!r}"
     if command not in ("list", "push"):
         assert "\\x1b" in output, output  # the outside text was printed, shown
-    if command in ("eval", "info"):
+    if command in ("eval", "info", "data-report"):
         assert "[red]mark[blink]\\rcr\\x07" in output  # as written, never styled; \r and BEL shown, not dropped
 
 
