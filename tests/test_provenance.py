@@ -192,3 +192,18 @@ def test_two_exports_into_one_folder_leave_one_whole_set(two: dict, tmp_path: Pa
     report = json.loads((tmp_path / "resnet10.report.json").read_text())
     assert report["weights_sha256"] == two["a"]["sha"]  # the last set moved in, whole
     check_folder(tmp_path, two["a"]["sha"])  # its report, its file and its weights agree
+
+
+def test_a_hub_folder_is_written_whole_and_keeps_no_stale_neighbour(two: dict, tmp_path: Path) -> None:
+    from aperture_zoo.cards import write_folder
+
+    out = tmp_path / "hub"
+    write_folder("resnet10", out, two["a"]["folder"] / "model.safetensors", onnx=two["a"]["folder"] / "resnet10.onnx")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "LICENSE", "README.md", "config.json", "model.onnx", "model.report.json", "model.safetensors",
+        "resnet10.report.json", "weights.json"]
+    assert check_folder(out, two["a"]["sha"]).onnx_files == ["model.onnx"]
+    before = _snapshot(out)
+    with pytest.raises(StaleFileError, match=r"model\.onnx' was exported from other weights"):  # A's file, B's card
+        write_folder("resnet10", out, two["b"]["folder"] / "model.safetensors")
+    assert _snapshot(out) == before  # refused before anything moved
