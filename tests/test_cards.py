@@ -156,7 +156,9 @@ def test_card_shows_the_runtime_matrix_beside_it(tmp_path):
     ]}
     weights = random_weights(tmp_path / "model.safetensors", "resnet10", test_top1=12.5)
     (tmp_path / "runtimes.json").write_text(json.dumps({**matrix, "weights_sha256": "0" * 64}))
-XX
+    from aperture_zoo.provenance import StaleFileError
+
+    with pytest.raises(StaleFileError, match="runtimes.json' measured files of other weights"):  # not these weights' files
         write_card("resnet10", tmp_path)
     (tmp_path / "runtimes.json").write_text(json.dumps({**matrix, "weights_sha256": file_sha256(weights)}))
     write_card("resnet10", tmp_path)
