@@ -63,6 +63,10 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     from .summary import measure
     from .weights import decode_metadata, read_metadata, spec_from_metadata
 
+    if repo_id is not None:  # it goes into the card's code sample, where no escape works: the Hub's own rules
+        from .hub import check_repo_id
+
+        check_repo_id(repo_id)
     spec = get_spec(name)
     weights = weights or (source_dir / WEIGHTS_FILENAME)
     if weights.is_file():  # a run on other data: its own head, class names and normalisation

@@ -24,7 +24,7 @@ from .catalog import find_weights
 from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, LICENSE_FILENAME, ONNX_FILENAME,
                     PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
                     atomic_write_text)
-from .filesets import HIDDEN_PATTERNS, folder_lock, move_in, staged
+from .filesets import HIDDEN_PATTERNS, copy_file, folder_lock, move_in, staged
 
 __all__ = ["CardError", "CardFacts", "build_config", "escape_md", "gather", "license_text", "render_card",
            "stale_files", "write_card", "write_folder"]
@@ -146,8 +146,8 @@ def write_folder(
     with staged(out) as stage, folder_lock(out):
         for target, src in copies.items():
             if src.is_file():
-                shutil.copyfile(src, stage / target)
-        (stage / LICENSE_FILENAME).write_text(license_text())
+                copy_file(src, stage / target)
+        atomic_write_text(stage / LICENSE_FILENAME, license_text())
         _keep_leftovers(out, stage, sha, name)
         _write_card_files(name, stage, stage, stage / WEIGHTS_FILENAME, repo_id)
         move_in(stage, out, [p.name for p in stage.iterdir()])
@@ -182,7 +182,7 @@ def _keep_leftovers(out: Path, stage: Path, sha: str, name: str) -> None:
         try:
             os.link(old, stage / old.name)
         except OSError:  # a file system without hard links
-            shutil.copyfile(old, stage / old.name)
+            copy_file(old, stage / old.name)
 
 
 def write_card(

@@ -34,7 +34,7 @@ from .demo_server import (ORT_CHECKSUMS, ORT_DIST, DemoError, DemoServer, check_
                           default_models_dir, web_dir)
 from .errors import ApertureError
 from .files import REPORT_SUFFIX, atomic_write_text, file_sha256, read_json
-from .filesets import move_in, staged
+from .filesets import copy_file, move_in, staged
 from .registry import get_spec, list_models
 
 MANIFEST = "models.json"
@@ -258,8 +258,6 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
 
 def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
     """One of your files, checked as `aperture predict --onnx` checks it, copied into the stage's ``own/``."""
-    import shutil
-
     import numpy as np
     import onnx
 
@@ -284,7 +282,7 @@ def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
     source_sha = file_sha256(src)
     # a file name the page can fetch as it is (no '#', '?', '/'), unique by content
     target = f"{OWN_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:60]}-{source_sha[:12]}.onnx"
-    shutil.copyfile(src, stage / target)
+    copy_file(src, stage / target)
     if file_sha256(stage / target) != source_sha:
         raise DemoError(f"{str(src)!r} changed while it was copied; pass it again once it is written")
     graph = onnx.load(str(stage / target), load_external_data=False).graph

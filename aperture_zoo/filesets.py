@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ApertureError
 from .files import _fsync_dir
 
 LOCK_NAME = ".aperture.lock"  # not the run folder's .lock: exporting into a run folder must not wait on its training
@@ -51,8 +52,40 @@ def staged(dest: str | os.PathLike[str]) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(dir=dest, prefix=f"{STAGE_PREFIX}{_host()}-{os.getpid()}-"))
     try:
         yield stage
+    except (OSError, ApertureError) as exc:
+        _name_the_destination(exc, stage, dest)
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _name_the_destination(exc: BaseException, stage: Path, dest: Path) -> None:
+    """An error about a staged file names the file the user asked for (``dest/x``), not the stage's."""
+    def mapped(name: object) -> object:
+        text = str(name)
+        return str(dest / Path(text).relative_to(stage)) if text.startswith(str(stage) + os.sep) else name
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        exc.filename = mapped(exc.filename)
+        if exc.filename2 is not None:
+            exc.filename2 = mapped(exc.filename2)
+            if str(exc.filename2) == str(exc.filename):
+                exc.filename2 = None
+    if isinstance(exc, ApertureError) and exc.args and isinstance(exc.args[0], str):
+        exc.args = (exc.args[0].replace(str(stage) + os.sep, str(dest) + os.sep), *exc.args[1:])
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy into a stage, flushed to disk: a set moved in by rename must not hold a file a crash empties."""
+    try:
+        shutil.copyfile(src, dst)
+        with open(dst, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:  # a full or read-only disk: name the file being written
+        if exc.filename is None:
+            exc.filename = str(dst)
+        raise
+    return Path(dst)
 
 
 def sweep(dest: Path) -> list[Path]:

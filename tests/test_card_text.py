@@ -87,3 +87,14 @@ def test_a_card_shows_hostile_class_names_as_text(names: tuple[str, ...], tmp_pa
     rows = re.findall(r"<tr>(.*?)</tr>", per_class, flags=re.S)  # the body rows (the header row began before)
     assert [html.unescape(_cells(r, "td")[0]) for r in rows] == [_visible(n) for n in names]
     assert all(len(_cells(r, "td")) == 2 for r in rows)
+
+
+def test_a_repo_id_for_the_code_sample_follows_the_hubs_rules(tmp_path: Path) -> None:
+    from aperture_zoo.cards import write_card
+    from aperture_zoo.hub import HubError
+
+    with pytest.raises(HubError, match="invalid Hub repo id"):
+        write_card("resnet10", tmp_path, repo_id='org/x")\nimport os  #')
+    assert not (tmp_path / "README.md").exists()  # refused before anything was written
+    write_card("resnet10", tmp_path, repo_id="org/resnet-10")
+    assert (tmp_path / "README.md").is_file()

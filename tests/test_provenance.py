@@ -117,17 +117,18 @@ def test_runtime_matrix_refuses_files_of_other_weights_before_running(two: dict)
     assert result.exit_code == 2 and "resnet10.onnx' was exported from other weights" in _one_line(result.output)
 
 
-def test_demo_shows_no_agreement_from_a_report_about_another_file(two: dict) -> None:
+def test_demo_shows_no_agreement_from_a_report_about_another_file(two: dict, tmp_path: Path) -> None:
     from aperture_zoo.demo import validation_agreement
 
     a, b = two["a"], two["b"]
     assert validation_agreement(a["folder"] / "resnet10.report.json", a["folder"] / "resnet10.onnx", a["sha"]) is None
     report = json.loads((a["folder"] / "resnet10.report.json").read_text())
     report["comparisons"].append({"inputs": "CIFAR-10 test", "agreement": 99.5, "num_images": 1000})
-    (a["folder"] / "figure.report.json").write_text(json.dumps(report))
-    assert validation_agreement(a["folder"] / "figure.report.json", a["folder"] / "resnet10.onnx", a["sha"]) == (99.5, 1000)
-    assert validation_agreement(a["folder"] / "figure.report.json", b["folder"] / "resnet10.onnx", a["sha"]) is None
-    assert validation_agreement(a["folder"] / "figure.report.json", a["folder"] / "resnet10.onnx", b["sha"]) is None
+    figure = tmp_path / "figure.report.json"
+    figure.write_text(json.dumps(report))
+    assert validation_agreement(figure, a["folder"] / "resnet10.onnx", a["sha"]) == (99.5, 1000)
+    assert validation_agreement(figure, b["folder"] / "resnet10.onnx", a["sha"]) is None  # another file's report
+    assert validation_agreement(figure, a["folder"] / "resnet10.onnx", b["sha"]) is None  # other weights
 
 
 # ------------------------------------------------------------------------------------ file sets written whole
