@@ -357,7 +357,7 @@ def measure_model(
     made_from = weights_sha256 or state_dict_sha256(model)
     for path in (files or {}).values():  # a file of other weights would be judged against the wrong reference
         if Path(path).is_file():
-            check_onnx(path, made_from)
+            check_onnx(path, made_from, model.spec.name)
     pixels, labels, described = matrix_images(data_dir, max_images)
     with torch.no_grad():
         reference = _torch_logits(NormalizedClassifier(model).eval(), pixels, "cpu")
