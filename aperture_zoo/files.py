@@ -29,6 +29,7 @@ REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.j
 PROVENANCE_FILENAME = "weights.json"  # a card folder's small committed record of the weights it describes
 RUNTIMES_FILENAME = "runtimes.json"  # a card folder's runtime matrix (`aperture runtimes NAME -o`)
 RELIABILITY_FILENAME = "reliability.png"
+LICENSE_FILENAME = "LICENSE"  # the package's license, which every Hub folder carries
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
 RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
 # A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.

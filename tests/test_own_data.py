@@ -273,7 +273,7 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
     f = entries[0].files[0]  # what the page says beside each result: no temperature was known (no --val-split)
     assert f.precision == "fp32" and not f.tta and f.temperature is None and f.calibrated is False
     assert not OnnxClassifier(out / "resnet10.onnx").calibrated
-    assert (tmp_path / "web-models" / "resnet10-2.onnx").is_file()
+    assert (tmp_path / "web-models" / entries[0].file).is_file() and entries[0].file.startswith("own/")
 
     # `aperture push` of the folder run: the Hub repo's config and card carry its 3 classes, its weights unchanged
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
