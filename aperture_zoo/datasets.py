@@ -274,9 +274,10 @@ def dataset_for_weights(
 
     Weights metadata is anyone's text (any Hub repo can write it): it may name a built-in dataset
     (cifar10, cifar100), never a path to read. Weights trained on a folder need the user to pass
-    that folder (``DatasetNotGivenError`` otherwise); the recorded folder then only says whether the
-    run's held-out split (share and seed from the ``data`` record) applies, and the class names are
-    checked against the weights' by the evaluation. None means plain CIFAR-10.
+    that folder (``DatasetNotGivenError`` otherwise). The recorded manifest (the folder's content), not
+    its path, decides: the same content anywhere gets the run's held-out split back (share and seed
+    from the ``data`` record); other content is refused, since its test images could be training
+    images. The class names are checked against the weights' by the evaluation. None means CIFAR-10.
     """
     meta = metadata or {}
     recorded = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
@@ -293,15 +294,18 @@ def dataset_for_weights(
     if name == "cifar10":
         return None
     record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    # The split is a function of the folder's content (manifest), never of its path: the recorded share and
+    # seed applied to the same content, at any path, give the same file lists; other content is refused.
+    trained_on = record.get("manifest_sha256") if isinstance(record.get("manifest_sha256"), str) else None
     test_split, seed = None, 0
-    if record.get("dataset") == name and record.get("layout") == "pool":
+    if trained_on is not None and record.get("layout") == "pool":
         test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
-        seed = int(record.get("split_seed") or 0) if isinstance(record.get("split_seed"), int) else 0
+        seed = record.get("split_seed") if type(record.get("split_seed")) is int else 0
     data = load_dataset(name, data_dir, download, test_split, seed, say=say)
-    trained_on = record.get("manifest_sha256") if record.get("dataset") == name else None
-    if isinstance(trained_on, str) and data.manifest is not None and data.manifest.sha256 != trained_on:
+    if trained_on is not None and data.manifest is not None and data.manifest.sha256 != trained_on:
         raise DatasetError(
-            f"the folder {name!r} changed since these weights were trained on it (manifest {trained_on[:12]} then, "
-            f"{data.manifest.sha256[:12]} now): its test images would be drawn anew and could include images the "
-            "model trained on; evaluate on the folder as it was, or on a folder of new images with --dataset")
+            f"the folder {name!r} is not what these weights were trained on (another folder, or it changed since "
+            f"these weights were trained on it: manifest {trained_on[:12]} then, {data.manifest.sha256[:12]} now), so "
+            "its test images could include images the model trained on; pass the training folder as it was (at any "
+            "path: the split is rebuilt from its content)")
     return data
