@@ -22,8 +22,8 @@ The name itself may be a source: ``"hf-hub:ORG/NAME[@rev]"``, ``"local-dir:DIR"`
 (``open_model``): the file's own architecture, head, class names, normalisation and calibration
 (today a temperature) from its metadata; a bare file without metadata takes them from the
 ``config.json`` beside it (``aperture push``/``card`` write it); a registry name is only a check.
-``load("hf-hub:...")``/``load("local-dir:...")`` without ``pretrained`` build the architecture only
-(timm's convention), from the same ``config.json``. An ``hf-hub:`` repo that the registry publishes to
+A source names a file, so ``load("hf-hub:...")``/``load("local-dir:...")`` load its weights like a
+path does; only an explicit ``pretrained=False`` builds the architecture alone, from the same ``config.json``. An ``hf-hub:`` repo that the registry publishes to
 is read at the registry's pinned revision (unless ``@rev`` names another), and every file the
 registry pins (``model.safetensors``, ``config.json``) is SHA-256 checked. When nothing is found the error lists every place
 it looked and why each failed.
@@ -283,7 +283,7 @@ def _source_spec(ref: str) -> ModelSpec:
 
 def load(
     name: str,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     *,
@@ -298,12 +298,13 @@ def load(
     in this module's docstring: ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR``
     -> the record's Hub repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's
     ``model_cards/``, pinned too). Whatever the source, the model has the file's own architecture, head,
-    class names, mean/std and temperature. ``overrides`` change the architecture (``num_classes=100``):
+    class names, mean/std and temperature: a source (path, ``local-dir:``, ``hf-hub:``) names a file, so its
+    weights load unless ``pretrained=False`` is given explicitly (then the architecture alone). ``overrides`` change the architecture (``num_classes=100``):
     tensors that no longer fit, such as the head, start fresh.
     """
     cards = Path(cards_dir) if cards_dir is not None else None
     kind = source_kind(name)
-    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and not pretrained and weights is None:  # timm: the architecture only
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and pretrained is False and weights is None:  # asked for
         model = create_model(_source_spec(name), **overrides)  # type: ignore[arg-type]
     elif pretrained or weights is not None or "." in name or kind != "name":  # a tag or a path names weights
         model, _ = open_model(name, weights, cards_dir=cards, overrides=overrides)

@@ -95,7 +95,8 @@ def test_local_dir_source_takes_the_architecture_from_config(two_weights, tmp_pa
     write_card("resnet20", folder, run_dir=weights.parent)
     model = load(f"local-dir:{folder}", pretrained=True)
     assert model.spec.name == "resnet20" and _same(model, weights)
-    assert not _same(load(f"local-dir:{folder}"), weights)  # timm: pretrained=False builds only
+    assert _same(load(f"local-dir:{folder}"), weights)  # a source names a file: its weights, like a path
+    assert not _same(load(f"local-dir:{folder}", pretrained=False), weights)  # the architecture, asked for
     with pytest.raises(NoPretrainedWeightsError, match="holds no weights for resnet20"):
         load("resnet20", weights=f"local-dir:{tmp_path / 'nowhere'}")
 
