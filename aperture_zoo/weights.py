@@ -37,7 +37,7 @@ def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[s
         "arch": spec.name,
         "spec": json.dumps(spec.arch_dict(), sort_keys=True),
         "num_params": count_parameters(model),
-        "dataset": "cifar10",
+        **_own_facts(model),
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "label_names": json.dumps(list(spec.label_names)),
@@ -47,6 +47,23 @@ def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[s
     for key, value in (extra or {}).items():
         meta[key] = value
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def _own_facts(model: ResNet) -> dict[str, Any]:
+    """What the model's own weights file said about its data and calibration, so a re-save keeps it.
+
+    A model never loaded from a file says CIFAR-10 only when its head is CIFAR-10's; other class
+    names record ``unknown`` (never a dataset it was not trained on).
+    """
+    read = decode_metadata(getattr(model, "weights_metadata", None) or {})
+    cifar10 = model.spec.class_names is None and model.spec.num_classes == 10
+    out: dict[str, Any] = {"dataset": read["dataset"] if isinstance(read.get("dataset"), str)
+                           else "cifar10" if cifar10 else "unknown"}
+    if isinstance(read.get("data"), dict):
+        out["data"] = read["data"]
+    if model.temperature is not None:
+        out["temperature"] = model.temperature
+    return out
 
 
 def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
@@ -299,11 +316,24 @@ def apply_state_dict(
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
     model.weights_metadata = meta  # provenance for `aperture info` and model cards
-    if "temperature" in meta:  # fitted on a run's validation split; a bad one is refused here
+    _adopt_file_facts(model, meta, head_from_file="fc.weight" in tensors, where=path)
+    return model
+
+
+def _adopt_file_facts(model: ResNet, meta: dict[str, str], head_from_file: bool, where: Path) -> None:
+    """The file's normalisation, and with its head its class names and temperature, go with its tensors."""
+    from .labels import data_fields_from_metadata
+
+    fields = data_fields_from_metadata(meta, model.spec.num_classes)
+    if not head_from_file:  # a fresh head: the file's classes and calibration are not this model's
+        fields.pop("class_names", None)
+    if fields:
+        model.spec = model.spec.replace(**fields)
+    if head_from_file:  # a temperature is fitted to one head's logits; a bad one is refused here
         from .calibration import check_temperature
 
-        model.temperature = check_temperature(meta["temperature"], f"the temperature in {str(path)!r}")
-    return model
+        model.temperature = (check_temperature(meta["temperature"], f"the temperature in {str(where)!r}")
+                             if "temperature" in meta else None)
 
 
 def _unpickler_reason(exc: BaseException) -> str:

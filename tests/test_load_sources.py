@@ -125,11 +125,12 @@ def test_every_source_gives_the_files_own_facts(run: FolderRun, hub: HubServer, 
     assert not model.training
 
 
-def test_a_source_without_pretrained_builds_its_architecture_only(run: FolderRun) -> None:
+def test_a_source_with_pretrained_false_builds_its_architecture_only(run: FolderRun) -> None:
     from aperture_zoo import load
 
-    model = load(f"local-dir:{run.card}")  # timm's convention: the architecture, with the card's own facts
+    model = load(f"local-dir:{run.card}", pretrained=False)  # asked for: the architecture, with the card's own facts
     assert _facts(model) == run.spec and model.temperature is None
+    assert load(f"local-dir:{run.card}").temperature is not None  # a source names a file: its weights by default
 
 
 def _png(run: FolderRun) -> Path:

@@ -84,7 +84,12 @@ def load_init(model: nn.Module, source: InitSource) -> None:
 
     keep = same_head(source.spec, model.spec)  # type: ignore[arg-type]
     fresh = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("fc.")}
+    own = (model.spec, model.temperature, getattr(model, "weights_metadata", None))  # type: ignore[union-attr]
     load_weights(model, source.path, strict=keep)  # type: ignore[arg-type]
+    # the run's own spec, and no temperature or data record of the init file: a fine-tune is a new model
+    model.spec, model.temperature, model.weights_metadata = own  # type: ignore[union-attr]
+    if own[2] is None:
+        del model.weights_metadata
     if not keep:
         model.load_state_dict(fresh, strict=False)
 
