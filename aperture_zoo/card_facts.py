@@ -92,6 +92,7 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
                 and all(c in "0123456789abcdef" for c in facts.weights_sha256)):
             raise CardError(f"{source_dir / PROVENANCE_FILENAME} records no valid SHA-256 of its weights; regenerate "
                             "it from the weights file (aperture card NAME with model.safetensors beside it)")
+    check_card_metadata(facts.weights, weights if weights.is_file() else source_dir / PROVENANCE_FILENAME)
     _check_recorded_figures(facts, weights if weights.is_file() else source_dir / PROVENANCE_FILENAME)
     _gather_derived(facts, name, source_dir)
     return facts
@@ -112,6 +113,46 @@ def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
     checked = check_folder(source_dir, facts.weights_sha256, name)
     facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
     facts.has_onnx = bool(checked.reports) or bool(checked.onnx_files)
+
+
+# Every metadata field a card or its config.json reads, with what it must be (None: not recorded). Any Hub repo
+# writes these, so each is checked before use: a wrong type is a one-line refusal, never a traceback.
+_NUMBER, _COUNT, _TEXT = "a finite number", "a whole number", "text"
+CARD_FIELDS: dict[str, str] = {
+    "test_top1": _NUMBER, "test_loss": _NUMBER, "wall_time_s": _NUMBER, "train_images_per_s": _NUMBER,
+    "val_split": _NUMBER, "temperature": _NUMBER, "epochs": _COUNT, "seed": _COUNT, "world_size": _COUNT,
+    "subset": _COUNT, "test_subset": _COUNT, "ema": "true or false", "train_device": _TEXT, "torch_version": _TEXT,
+    "package_version": _TEXT, "dataset": _TEXT, "arch": _TEXT, "recipe": "an object of settings",
+}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    import math
+
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == _COUNT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == "true or false":
+        return isinstance(value, bool)
+    return isinstance(value, dict) and _fits(value.get("mixup_alpha", 0) or 0, _NUMBER)
+
+
+def check_card_metadata(meta: dict[str, Any] | None, where: Path) -> None:
+    """Refuse (one ``CardError`` line) weights metadata whose fields a card reads hold the wrong type."""
+    from .terminal import shown
+
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise CardError(f"{where} records metadata that is not an object; save the weights again with save_weights")
+    for key, kind in CARD_FIELDS.items():
+        value = meta.get(key)
+        if value is not None and not _fits(value, kind):
+            raise CardError(f"{where} records {key}={shown(repr(value)[:60])}, not {kind}: its metadata is damaged or "
+                            "was edited; save the weights again with save_weights (or fix that field)")
 
 
 def _check_recorded_figures(facts: CardFacts, where: Path) -> None:

@@ -47,3 +47,75 @@ def test_local_dir_and_path_sources_load_the_same_tensors(tmp_path: Path) -> Non
         assert all(torch.equal(got[k], want[k]) for k in want), source
     bare = load(f"local-dir:{weights.parent}", pretrained=False)  # the architecture alone, asked for explicitly
     assert not torch.equal(bare.state_dict()["fc.weight"], want["fc.weight"])
+
+
+# --------------------------------------------------------------------------- the file's own facts, both ways
+
+
+def test_load_weights_and_save_weights_keep_the_files_own_facts(tmp_path: Path) -> None:
+    from aperture_zoo import create_model, load, load_weights, save_weights
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    spec = get_spec("resnet10").replace(num_classes=3, class_names=("car", "cat", "plane"),
+                                        mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    source = create_model(spec)
+    source.temperature = 1.7
+    first = save_weights(source, tmp_path / "a.safetensors", {"dataset": "/somewhere/ds3", "data": {"layout": "pool"}})
+    into = load_weights(create_model("resnet10", num_classes=3), first)  # CIFAR's names and mean/std kept before
+    assert (into.spec.class_names, into.spec.mean, into.spec.std, into.temperature) == (
+        spec.class_names, spec.mean, spec.std, 1.7)
+    again = save_weights(load(str(first)), tmp_path / "b.safetensors")  # temperature dropped, dataset "cifar10" before
+    meta = decode_metadata(read_metadata(again))
+    assert meta["temperature"] == 1.7 and meta["dataset"] == "/somewhere/ds3" and meta["data"] == {"layout": "pool"}
+    back = load(str(again))
+    assert (back.spec.class_names, back.spec.mean, back.temperature) == (spec.class_names, spec.mean, 1.7)
+    fresh = save_weights(create_model(spec), tmp_path / "c.safetensors")  # never loaded: never called CIFAR-10
+    assert decode_metadata(read_metadata(fresh))["dataset"] == "unknown"
+
+
+# --------------------------------------------------------------------------- card metadata of any JSON type
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from profiles import examples  # noqa: E402
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def trained_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    from hub_fixtures import random_weights
+    from safetensors import safe_open
+
+    path = random_weights(tmp_path_factory.mktemp("w") / "model.safetensors", "resnet10", test_top1=50.0,
+                          test_loss=1.2, epochs=3, recipe={"lr": 0.1, "mixup_alpha": 0.2}, seed=1, ema=False)
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+
+
+@settings(max_examples=examples(30))
+@given(key=st.sampled_from(sorted(__import__("aperture_zoo.card_facts", fromlist=["x"]).CARD_FIELDS)),
+       value=_JSON | st.text(max_size=8), as_json=st.booleans())
+def test_a_card_refuses_or_copes_with_any_metadata_value(tmp_path_factory: pytest.TempPathFactory,
+                                                          trained_weights: tuple[dict, dict], key: str, value: object,
+                                                          as_json: bool) -> None:
+    """``recipe="x"`` or ``test_loss="x"`` (any Hub repo can write them) gave a traceback before."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from aperture_zoo.cards import write_card
+    from aperture_zoo.errors import ApertureError
+
+    meta, tensors = trained_weights
+    folder = tmp_path_factory.mktemp("card")
+    text = json.dumps(value) if as_json or not isinstance(value, str) else value
+    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, key: text})
+    try:
+        write_card("resnet10", folder / "card", weights=folder / "model.safetensors")
+    except ApertureError as exc:
+        assert "\n" not in str(exc)
