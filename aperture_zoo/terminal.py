@@ -10,7 +10,10 @@ read as rich markup (restyled, or a crash). So:
   ``\\u202e``); rich's own styling is added after this, so colours still work (our own code, as rich
   drops BEL and ``\\r`` silently but passes ESC and bidi overrides through);
 - outside text put into a markup string goes through ``markup()`` (brackets escaped), and text
-  printed without rich through ``shown()``.
+  printed without rich through ``shown()``;
+- a fragment of outside text (a class or file name, a metadata string) put into a message goes
+  through ``fragment()`` first: ``shown()`` keeps newlines (a whole message may have lines of its
+  own), so a name holding ``\n`` would start a forged line of output.
 
 Kept apart from the CLI so the library's own progress lines and the training log use it too.
 """
@@ -41,6 +44,11 @@ def shown(text: object) -> str:
         s = "".join(c if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")
                     else f"\\u{ord(c):04x}" for c in s)
     return s
+
+
+def fragment(text: object) -> str:
+    """One piece of outside text for a message: ``shown``, its line breaks too, so it never starts a line."""
+    return shown(str(text).replace("\n", "\\n"))
 
 
 def markup(text: object) -> str:

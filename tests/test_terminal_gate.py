@@ -29,7 +29,8 @@ from hub_server import HubServer
 from profiles import examples
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = ["\x1b[31mred\x1b[0m", "[red]mark[blink]\rcr\x07", "\u202eevil\x1b]0;title\x07"]  # no "/": a folder name
+CLASSES = ["\x1b[31mred\x1b[0m", "[red]mark[blink]\rcr\x07", "\u202eevil\x1b]0;title\x07\nFORGED: class line"]  # no "/"
+FORGED = "FORGED"  # a newline in a class or file name must never start a line of output
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
@@ -54,7 +55,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
     data = write_png_folder(root / "data \x1b[1m[bold]", x[y < 3], y[y < 3], CLASSES, 8)
     for folder in data.iterdir():
         first = sorted(folder.iterdir())[0]
-        first.rename(folder / "img \x1b[2J\r\u202e[blue].png")
+        first.rename(folder / "img \x1b[2J\r\u202e[blue]\nFORGED: file line.png")
     (data / CLASSES[0] / "junk \x1b[5m.png").write_bytes(b"not an image")
     run, onnx = root / "run \x07", root / "onnx \x1b[0m"
     outputs = {}
@@ -91,7 +92,7 @@ def _samples_weights(folder: Path) -> Path:
     return folder
 
 
-COMMANDS = ["train", "export", "list", "info", "predict", "eval", "card", "push", "samples", "demo", "data-report"]
+COMMANDS = ["train", "export", "list", "info", "predict", "predict-onnx", "eval", "card", "push", "samples", "demo", "data-report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -109,6 +110,8 @@ def test_no_control_bytes_reach_the_terminal(hostile: Hostile, command: str, tmp
     elif command == "predict":
         code, output = _run(["predict", str(png), str(hostile.data / CLASSES[0] / "junk \x1b[5m.png"),
                              "--model", str(hostile.weights)])
+    elif command == "predict-onnx":
+        code, output = _run(["predict", str(png), "--onnx", str(hostile.onnx)])
     elif command == "eval":
         code, output = _run(["eval", str(hostile.weights), "--dataset", str(hostile.data), "--device", "cpu",
                              "--out", str(tmp_path / "ev \x1b[1m")])
@@ -127,7 +130,7 @@ def test_no_control_bytes_reach_the_terminal(hostile: Hostile, command: str, tmp
         from aperture_zoo.demo import DemoServer
 
         monkeypatch.setattr(DemoServer, "wait", lambda self: None)  # the start-up lines, then stop
-        mine = tmp_path / "mine \x1b[31m[red]\u202e.onnx"
+        mine = tmp_path / "mine \x1b[31m[red]\u202e\nFORGED: model line.onnx"
         shutil.copyfile(hostile.onnx, mine)
         code, output = _run(["demo", "--web-dir", str(_fake_web(tmp_path / "web")), "--models-dir",
                              str(tmp_path / "models"), "--onnx", str(mine), "--port", "0"])
@@ -135,6 +138,8 @@ def test_no_control_bytes_reach_the_terminal(hostile: Hostile, command: str, tmp
     assert code == expected and "Traceback" not in output, output
     found = CONTROL.search(output)
     assert found is None, f"{found.group(0)!r} reached the terminal: {output[max(found.start() - 60, 0):found.end() + 20]!r}"
+    forged = [line for line in output.splitlines() if line.lstrip().startswith(FORGED)]
+    assert not forged, f"a newline in a name forged a line: {forged}"
     if command not in ("list", "push"):
         assert "\\x1b" in output, output  # the outside text was printed, shown
     if command in ("eval", "info", "data-report"):

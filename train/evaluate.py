@@ -22,6 +22,7 @@ from aperture_zoo.errors import ApertureError
 from .augment import normalise
 from aperture_zoo.device import autocast_dtype, device_name
 from aperture_zoo.model import evaluating, on_device
+from aperture_zoo.terminal import fragment
 
 
 class EvalError(ApertureError, ValueError):
@@ -324,7 +325,7 @@ def temperature_to_write(result: EvalResult) -> tuple[float, str]:
 
 def format_confusion(result: EvalResult) -> str:
     """The confusion matrix as aligned text (rows true, columns predicted)."""
-    short = [c[:5] for c in result.classes]
+    short = [fragment(c)[:5] for c in result.classes]  # outside text: one line each
     width = max(5, len(str(max(max(r) for r in result.confusion))))
     lines = ["true\\pred " + " ".join(f"{s:>{width}}" for s in short)]
     for name, row in zip(short, result.confusion):

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from . import app
+from aperture_zoo.terminal import fragment
+
 from .common import console, err_console, safe, user_errors
 
 
@@ -49,13 +51,13 @@ def demo_cmd(
             raise
     offered = [e.name for e in entries if e.available]
     missing = [e.name for e in entries if not e.available and e.reason == "no published weights"]
-    console.print(f"models: {', '.join(map(safe, offered))}", highlight=False)  # your files' names come from outside
+    console.print(f"models: {', '.join(safe(fragment(o)) for o in offered)}", highlight=False)  # your files' names come from outside
     for e in entries:
         if e.available and e.files:
             shown = ", ".join(f"{f.precision}" + (f" ({f.agreement:.2f} % agreement with fp32)" if f.agreement is not None
                                                    and f.precision != "fp32" else "") for f in e.files)
-            own = f" (your file; classes {', '.join(e.labels or [])})" if e.source_sha256 else ""
-            console.print(f"  {safe(e.name)}: {safe(shown)}; default {safe(e.precision)}{safe(own)}", highlight=False)
+            own = f" (your file; classes {', '.join(map(fragment, e.labels or []))})" if e.source_sha256 else ""
+            console.print(f"  {safe(fragment(e.name))}: {safe(shown)}; default {safe(e.precision)}{safe(own)}", highlight=False)
     if data is None:
         err_console.print("[yellow]no int8 files:[/] int8 needs CIFAR-10 to calibrate on; pass --data-dir", highlight=False)
     if missing:

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from . import app
+from aperture_zoo.terminal import fragment
+
 from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, model_for_command, names_weights, print_json, safe,
                      say_error, user_errors)
 
@@ -250,8 +252,8 @@ def predict_cmd(
         print_json(rows + [{"image": path, "error": str(exc)} for path, exc in failures])
     else:
         for row in rows:
-            ranked = ", ".join(f"{safe(t['label'])} {t['probability']:.1%}" for t in row["top"])
-            console.print(f"{safe(row['image'])}: [bold]{safe(row['top'][0]['label'])}[/]  ({ranked})",
+            ranked = ", ".join(f"{safe(fragment(t['label']))} {t['probability']:.1%}" for t in row["top"])
+            console.print(f"{safe(fragment(row['image']))}: [bold]{safe(fragment(row['top'][0]['label']))}[/]  ({ranked})",
                           highlight=False, soft_wrap=True)
     for _, exc in failures:
         say_error(exc, prefix="[bold red]failed:[/]")

@@ -10,6 +10,8 @@ from typing import Any, Optional
 import typer
 
 from . import app
+from aperture_zoo.terminal import fragment
+
 from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, model_for_command, names_weights, print_json, safe,
                      user_errors, with_hint)
 
@@ -236,7 +238,7 @@ def eval_cmd(
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
     for cls, acc in result.per_class_top1.items():  # the user's class names: no markup, [brackets] kept
-        console.print(f"  {cls:<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False,
+        console.print(f"  {fragment(cls):<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False,
                       markup=False)
     console.print(format_confusion(result), highlight=False, markup=False)
     for line in format_robustness(result.extra):

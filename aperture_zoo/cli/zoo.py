@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from . import app
+from aperture_zoo.terminal import fragment
+
 from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, names_weights, open_for_command, print_json,
                      print_whole, safe, user_errors)
 
@@ -111,9 +113,9 @@ def info_cmd(
     console.print(f"[bold]{safe(name)}[/]  ({info['depth']} weighted layers)", highlight=False)
     for key in ("blocks", "channels", "conv_kernel", "shortcut_kernel", "pool_kernel",
                 "num_classes", "input_size", "mean", "std"):
-        console.print(f"  {key:<16} {safe(spec[key])}", highlight=False)
+        console.print(f"  {key:<16} {safe(fragment(spec[key]))}", highlight=False)
     if spec.get("class_names"):  # a dataset's own classes, shown as written
-        console.print(f"  {'classes':<16} {safe(', '.join(spec['class_names']))}", highlight=False, soft_wrap=True)
+        console.print(f"  {'classes':<16} {safe(', '.join(map(fragment, spec['class_names'])))}", highlight=False, soft_wrap=True)
     report = "—" if info["report_params"] is None else f"{info['report_params']:,}"
     console.print(f"  {'parameters':<16} {info['params']:,} (report: {report})", highlight=False)
     console.print(f"  {'FLOPs/image':<16} {info['flops_per_image']:,} ({info['macs_per_image']:,} MACs)")
@@ -133,7 +135,7 @@ def info_cmd(
         console.print(f"  weights          {safe(weights['path'])} ({kind})", highlight=False, soft_wrap=True)
         for key, value in sorted(weights.items()):
             if key not in ("path", "spec", "label_names"):
-                console.print(f"    {key:<18} {safe(value)}", highlight=False)
+                console.print(f"    {key:<18} {safe(fragment(value))}", highlight=False)
 
 
 @app.command("samples")
@@ -171,8 +173,8 @@ def samples_cmd(
         console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images ({what}, as `predict` gives it):",
                       highlight=False)
         for image, label, prob in shown.predictions:
-            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {safe(truth[image])})"
-            console.print(f"  {safe(f'{image:<28} {label:<10}')} {prob:6.1%}  {mark}", highlight=False)
+            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {safe(fragment(truth[image]))})"
+            console.print(f"  {safe(f'{fragment(image):<28} {fragment(label):<10}')} {prob:6.1%}  {mark}", highlight=False)
     for r in results:
         if r.predictions:
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "
