@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .folder import DecodedFolder, FolderError, load_folder
-from .terminal import shown as visible  # the one gate: control and bidi characters shown, never sent
+from .terminal import fragment as visible  # the one gate: control, bidi and newline characters shown, never sent
 
 MIN_IMAGES = 2  # per class in a folder without its own test/: one to train on, one to test
 _LISTED = 100   # entries of each list kept in run.json (counts are always complete)
@@ -95,8 +95,25 @@ def analyse(decoded: DecodedFolder) -> DataReport:
             report.classes[name] = {s: int(((labels == c) & (splits == s)).sum()) for s in ("train", "test")}
         else:
             report.classes[name] = {"images": int((labels == c).sum())}
+    _check_test_copies(decoded, keep, scan.test_dir or "test")
     _check_sizes(report, scan.test_dir or "test")
     return report
+
+
+def _check_test_copies(decoded: DecodedFolder, keep: np.ndarray, test_dir: str) -> None:
+    """train/ + test/: a class whose every test image copies a training one would be tested on nothing; refuse."""
+    if decoded.scan.layout != "split":
+        return
+    test = decoded.splits == "test"
+    copied = [(name, int((test & (decoded.labels == c)).sum())) for c, name in enumerate(decoded.scan.classes)
+              if (test & (decoded.labels == c)).any() and not (test & keep & (decoded.labels == c)).any()]
+    if copied:
+        name, n = copied[0]
+        more = f" (so are all test images of {_n(len(copied) - 1, 'more class', 'more classes')})" if len(copied) > 1 else ""
+        raise DataReportError(
+            f"all {_n(n, 'image')} in {test_dir}/{visible(name)}/ are exact copies of training images{more}, dropped so "
+            f"that no picture is on both sides of the split: that class would be tested on nothing; put images the "
+            f"model never trains on in {test_dir}/{visible(name)}/")
 
 
 def _deduplicate(decoded: DecodedFolder) -> tuple[np.ndarray, list[tuple[str, list[str]]]]:
@@ -129,6 +146,9 @@ def _deduplicate(decoded: DecodedFolder) -> tuple[np.ndarray, list[tuple[str, li
 def _check_sizes(report: DataReport, test_dir: str) -> None:
     """Refuse classes a split cannot use; say how it treats a class with nothing to test on."""
     if report.layout == "split":
+        if not any(n["test"] for n in report.classes.values()):
+            raise DataReportError(f"{test_dir}/ of {visible(report.root)!r} holds no readable images; add images the "
+                                  f"model never trains on to {test_dir}/<class>/")
         empty = [c for c, n in report.classes.items() if n["train"] == 0]
         where = "readable training images (train/<class>/)"
         for c, n in report.classes.items():

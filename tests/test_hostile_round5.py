@@ -119,3 +119,17 @@ def test_a_card_refuses_or_copes_with_any_metadata_value(tmp_path_factory: pytes
         write_card("resnet10", folder / "card", weights=folder / "model.safetensors")
     except ApertureError as exc:
         assert "\n" not in str(exc)
+
+
+# --------------------------------------------------------------------------- test/ that only copies train/
+
+
+def test_a_test_folder_of_copies_is_refused_alike_by_the_report_and_by_training(tmp_path: Path) -> None:
+    from aperture_zoo.datareport import DataReportError, folder_report
+
+    write_folder(tmp_path / "d" / "train", 6)
+    shutil.copytree(tmp_path / "d" / "train", tmp_path / "d" / "test")  # every test image copies a training one
+    for read in (lambda: folder_report(tmp_path / "d"), lambda: load_dataset(tmp_path / "d")):
+        with pytest.raises(DataReportError, match=r"^all 6 images in test/\w+/ are exact copies of training images "
+                                                  r"\(so are all test images of 2 more classes\)"):
+            read()  # the report said exit 0 while training refused with "each class needs at least 2" before
