@@ -291,7 +291,9 @@ def test_predict_says_uncalibrated_once_per_run_and_notices_once(run: FolderRun,
     from aperture_zoo.predict import UncalibratedWarning
     from aperture_zoo.weights import save_weights
 
-    plain = save_weights(load(str(run.weights)), tmp_path / "plain" / "model.safetensors")  # no temperature
+    model = load(str(run.weights))
+    model.temperature = None  # save_weights keeps a model's temperature: this one has none
+    plain = save_weights(model, tmp_path / "plain" / "model.safetensors")
     paths = []
     for i in range(5):
         paths.append(tmp_path / f"g{i}.png")
