@@ -133,3 +133,15 @@ def test_a_test_folder_of_copies_is_refused_alike_by_the_report_and_by_training(
         with pytest.raises(DataReportError, match=r"^all 6 images in test/\w+/ are exact copies of training images "
                                                   r"\(so are all test images of 2 more classes\)"):
             read()  # the report said exit 0 while training refused with "each class needs at least 2" before
+
+
+def test_predict_with_weights_alone_takes_the_files_architecture(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from hub_fixtures import random_weights
+
+    weights = random_weights(tmp_path / "model.safetensors", "resnet10")
+    png = next(write_folder(tmp_path / "d", 1).rglob("*.png"))
+    result = CliRunner().invoke(app, ["predict", str(png), "--weights", str(weights)])
+    assert result.exit_code == 0, result.output  # refused as "not resnet22" before

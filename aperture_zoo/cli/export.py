@@ -211,8 +211,8 @@ def export_cmd(
 @app.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
-    model: str = typer.Option("resnet22", "--model", "-m", help=MODEL_HELP + " PyTorch path; default: the "
-                              "published resnet22."),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " PyTorch path; default: the "
+                              "architecture --weights records, else the published resnet22."),
     weights: str | None = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP + " PyTorch path."),
     onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
                                      "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
@@ -229,7 +229,7 @@ def predict_cmd(
     """
     with user_errors():
         if onnx is not None:
-            if weights is not None or model != "resnet22":
+            if weights is not None or model is not None:
                 from aperture_zoo.export.errors import ExportError
 
                 raise ExportError("--onnx FILE is the model (its own weights, classes and calibration); drop --model "
@@ -241,7 +241,9 @@ def predict_cmd(
             raise ExportError(f"--provider {provider} applies to --onnx files; the PyTorch path (no --onnx) runs on "
                               "the CPU: drop --provider, or pass --onnx FILE")
         else:
-            rows, failures, what = _predict_torch(images, model, weights, tta, top_k)
+            # --weights alone: the file is the model (its own architecture), never resnet22 by default
+            name, source = (weights, None) if model is None and weights is not None else (model or "resnet22", weights)
+            rows, failures, what = _predict_torch(images, name, source, tta, top_k)
     from aperture_zoo.images import notice_summary
 
     err_console.print(safe(what), highlight=False, soft_wrap=True)
