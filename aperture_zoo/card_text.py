@@ -151,6 +151,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     ]
     per_class = (ev or {}).get("per_class_top1") or {}
     record = find_weights(s.name)
+    published = facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256
     return {
         "name": s.name, "report": REPORT, "dataset_label": escape_md(dataset_of(meta)[1]), "repo_id": facts.repo_id, "trained": facts.trained,
         "has_weights": facts.weights is not None, "sha256": _hex(facts.weights_sha256),
@@ -179,7 +180,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "runtimes_images": escape_md((facts.runtimes or {}).get("images")),
         "runtimes_batch": escape_md((facts.runtimes or {}).get("batch")),
         # the usage snippet loads the published weights only when these are them
-        "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
+        "published": published,
+        "export_ref": f"{s.name} --pretrained" if published or facts.weights is None else "model.safetensors",
         "has_temperature": meta.get("temperature") is not None or (
             record is not None and record.temperature is not None and facts.weights_sha256 == record.sha256),
     }

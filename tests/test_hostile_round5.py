@@ -145,3 +145,13 @@ def test_predict_with_weights_alone_takes_the_files_architecture(tmp_path: Path)
     png = next(write_folder(tmp_path / "d", 1).rglob("*.png"))
     result = CliRunner().invoke(app, ["predict", str(png), "--weights", str(weights)])
     assert result.exit_code == 0, result.output  # refused as "not resnet22" before
+
+
+def test_a_fine_tunes_card_exports_its_own_weights(tmp_path: Path) -> None:
+    from aperture_zoo.cards import write_card
+    from hub_fixtures import random_weights
+
+    weights = random_weights(tmp_path / "run" / "model.safetensors", "resnet10", test_top1=50.0, test_loss=1.0)
+    card = (write_card("resnet10", tmp_path / "card", weights=weights) / "README.md").read_text()
+    assert "aperture export model.safetensors --onnx" in card
+    assert "--pretrained --onnx" not in card  # it told a fine-tune's users to export the published resnet10
