@@ -155,3 +155,17 @@ def test_a_fine_tunes_card_exports_its_own_weights(tmp_path: Path) -> None:
     card = (write_card("resnet10", tmp_path / "card", weights=weights) / "README.md").read_text()
     assert "aperture export model.safetensors --onnx" in card
     assert "--pretrained --onnx" not in card  # it told a fine-tune's users to export the published resnet10
+
+
+def test_export_no_validate_says_nothing_is_validated(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from hub_fixtures import random_weights
+
+    weights = random_weights(tmp_path / "model.safetensors", "resnet10", dataset=str(tmp_path / "a-folder"))
+    result = CliRunner().invoke(app, ["export", str(weights), "--onnx", "--no-validate", "--exporter", "legacy",
+                                      "--opset", "17", "-o", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert "random inputs only" not in result.output  # "validating on random inputs only" before: nothing was
+    assert "nothing was validated" in result.output

@@ -51,7 +51,8 @@ def _auto_data_dir(data_dir: Path | None) -> Path | None:
     return default_data_dir()
 
 
-def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None, needed: bool = True) -> Any:
+def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None, needed: bool = True,
+                 validate: bool = True) -> Any:
     """The dataset named by --dataset or the built-in one the weights name, unless it is plain CIFAR-10 (None).
 
     Weights trained on a folder without --dataset: ``False`` when the data is not ``needed`` (random
@@ -66,7 +67,8 @@ def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None, needed:
     except DatasetNotGivenError as exc:
         if needed:
             raise
-        err_console.print(f"[yellow]validating on random inputs only:[/] {safe(exc)}", highlight=False, soft_wrap=True)
+        if validate:  # with --no-validate nothing is validated: that is said once, at the end
+            err_console.print(f"[yellow]validating on random inputs only:[/] {safe(exc)}", highlight=False, soft_wrap=True)
         return False
 
 
@@ -168,7 +170,7 @@ def export_cmd(
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         val_images = parse_max_val_images(max_val_images)
         model, sha = _load_model(name, weights, pretrained, random_init)
-        own = _own_dataset(model, dataset, data_dir, needed=int8)  # int8 calibrates on the training images
+        own = _own_dataset(model, dataset, data_dir, needed=int8, validate=validate)  # int8 calibrates on training images
         data = _auto_data_dir(data_dir) if own is None else None
         own = own or None
         with ConsoleProgress(err_console) as progress:
@@ -201,7 +203,8 @@ def export_cmd(
             err_console.print(f"[bold red]failed validation:[/] kept as {safe(path)} so that it is not taken for a good "
                               "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
-            err_console.print("[yellow]validation skipped (--no-validate)[/]")
+            err_console.print("[yellow]validation skipped (--no-validate): nothing was validated, not even on random "
+                              "inputs[/]", highlight=False, soft_wrap=True)
         elif data is None and own is None and model.spec.label_names == CIFAR10_CLASSES:
             err_console.print("[yellow]no CIFAR-10 found: validated on random inputs only (pass --data-dir)[/]")
     if not result.passed:
