@@ -46,6 +46,10 @@ def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: 
     weights = Path(weights)
     if not weights.is_file():
         raise HubError(f"nothing to push: {weights} does not exist; train {name} or pass --weights PATH")
+    from .card_facts import check_card_metadata
+    from .weights import decode_metadata, read_metadata
+
+    check_card_metadata(decode_metadata(read_metadata(weights)), weights)  # named as the user gave it, not its copy
     onnx = _find_onnx(name, weights, cards_dir or MODEL_CARDS_DIR) if with_onnx else None
     return write_folder(name, dest, weights, onnx=onnx)
 
