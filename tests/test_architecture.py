@@ -16,7 +16,8 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress"},
-    {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions", "labels", "folder",
+    {"model", "weights", "images", "data", "hub", "device", "calibration", "calibrators", "calibrator_fit",
+     "corruptions", "labels", "folder",
      "datasets"},
     {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},
