@@ -215,7 +215,8 @@ def cross_fit(logits: np.ndarray, labels: np.ndarray, seed: int = 0, kinds: tupl
         temps.append(Calibrator("temperature", fit_temperature(z[fit_on], y[fit_on])))
         cal, held = choose_calibrator(z[fit_on], y[fit_on], kinds=kinds)
         cals.append(cal)
-        halves.append({"calibrator": cal.to_dict(), "held_out_nll": held})
+        halves.append({"calibrator": cal.to_dict(),  # a kind that could not be fitted: None (JSON has no inf)
+                       "held_out_nll": {k: v if math.isfinite(v) else None for k, v in held.items()}})
     score_sets = (b, a)
     out = _figures(z, y, list(zip(score_sets, temps)), list(zip(score_sets, cals)))
     out["temperature"]["halves"] = [t.temperature for t in temps]

@@ -224,3 +224,21 @@ def _number(value: Any, where: str) -> float:
     if not math.isfinite(x):
         raise CalibratorError(f"{where} must be finite, got {value!r}; re-fit it")
     return x
+
+
+def from_metadata(meta: Mapping[str, Any], where: str) -> Calibrator | None:
+    """The calibrator a file's metadata records (weights or ONNX, values JSON text or decoded):
+    ``calibrator``, else an older file's ``temperature`` as the one-temperature kind, else None.
+    A bad record is refused with a one-line error naming ``where``."""
+    import json
+
+    temperature = check_temperature(meta["temperature"], f"the temperature in {where}") if "temperature" in meta else None
+    if "calibrator" in meta:
+        value = meta["calibrator"]
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise CalibratorError(f"the calibrator in {where} is not JSON; re-export or re-fit it") from None
+        return Calibrator.from_dict(value, f"the calibrator in {where}")
+    return None if temperature is None else Calibrator("temperature", temperature)

@@ -163,9 +163,13 @@ def _eval_metrics(ev: dict[str, Any]) -> dict[str, Any]:
     """Calibration, flip-TTA and corruption figures of an ``eval.json`` (those it has)."""
     out: dict[str, Any] = {}
     if "ece" in ev:
-        out["calibration"] = {k: ev.get(k) for k in (
-            "temperature", "temperature_fitted_on", "ece", "ece_calibrated", "nll", "nll_calibrated",
-            "brier", "brier_calibrated", "ece_bins")}
+        keys = ("calibrator", "calibrator_fitted_on", "temperature_scaling", "ece", "classwise_ece", "nll", "brier",
+                "ece_calibrated", "classwise_ece_calibrated", "nll_calibrated", "brier_calibrated", "ece_bins") \
+            if "calibrator" in ev else ("temperature", "temperature_fitted_on", "ece", "ece_calibrated", "nll",
+                                        "nll_calibrated", "brier", "brier_calibrated", "ece_bins")
+        out["calibration"] = {k: ev.get(k) for k in keys}
+        if (ev.get("tta_calibration") or {}).get("calibrator"):
+            out["calibration_tta"] = {k: ev["tta_calibration"].get(k) for k in keys if k != "ece_bins"}
     if "top1_by_tta" in ev:
         out["top1_tta_flip"] = ev["top1_by_tta"]["flip"]
     corr = ev.get("corruptions")
@@ -316,8 +320,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "runtimes_images": (facts.runtimes or {}).get("images"), "runtimes_batch": (facts.runtimes or {}).get("batch"),
         # the usage snippet loads the published weights only when these are them
         "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
-        "has_temperature": meta.get("temperature") is not None or (
-            record is not None and record.temperature is not None and facts.weights_sha256 == record.sha256),
+        "has_temperature": meta.get("calibrator") is not None or meta.get("temperature") is not None or (
+            record is not None and record.calibrator is not None and facts.weights_sha256 == record.sha256),
     }
 
 
@@ -328,7 +332,11 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
     n = _fmt(ev.get("calibration_num_images", ev.get("num_images")))
     if ev.get("calibration_num_images", ev.get("num_images")) != ev.get("num_images"):
         n = f"a stratified {n} of the {_fmt(ev.get('num_images'))}"
-    if "ece" in ev and "ece_calibrated" in ev:  # an eval of too few images to fit a temperature has none
+    if "ece" in ev and "calibrator" in ev:
+        from .card_calibration import calibration_context
+
+        out["calibration"] = calibration_context(ev, n)
+    elif "ece" in ev and "ece_calibrated" in ev:  # an eval.json from before calibrators: one temperature
         out["calibration"] = {
             "temperature": f"{ev['temperature']:.4f}", "fitted_on": ev.get("temperature_fitted_on", "?"),
             "table": _table(("", "ECE (15 bins, %)", "NLL", "Brier"), [
@@ -341,7 +349,7 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
         t = ev["top1_by_tta"]
         out["tta_line"] = f"{t['flip']:.2f}% with flip test-time augmentation ({t['none']:.2f}% without; {n} images)"
         tc = ev.get("tta_calibration") or {}
-        if tc.get("ece_calibrated") is not None:  # what an app using the --tta flip ONNX file gets
+        if tc.get("ece_calibrated") is not None and "calibrator" not in tc:  # before calibrators
             out["tta_line"] += (f"; with the same temperature its ECE is {100 * tc['ece_calibrated']:.2f}% "
                                 f"({100 * tc['ece']:.2f}% before)")
     corr = ev.get("corruptions")

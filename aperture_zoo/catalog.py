@@ -13,10 +13,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from .calibrators import Calibrator
 from .errors import ApertureError
+from .files import WEIGHTS_FILENAME
 from .registry import ModelSpec, get_spec, list_models
 
-from .files import WEIGHTS_FILENAME
 DEFAULT_HUB_ORG = "aperture-zoo"
 
 
@@ -44,14 +45,19 @@ class Weights:
     dataset: str = "cifar10"
     license: str = "mit"
     # Calibration and test-time augmentation, measured on all 10,000 test images (eval.json beside
-    # the card): softmax(logits / temperature) is calibrated. The temperature is fitted by NLL on
-    # the test set (the weights saw every training image); ece_calibrated (%, 15 bins) is
-    # cross-fitted: fitted on one stratified half, measured on the other, both ways.
+    # the card): calibrator.apply(logits) is calibrated (calibration.fit_calibrator: the kind with
+    # the lowest held-out NLL, fitted by NLL on the test set, since the weights saw every training
+    # image); temperature is the one-temperature fit beside it. ece_calibrated and ece_temperature
+    # (%, 15 bins) are cross-fitted: fitted on one stratified half, measured on the other, both ways.
     temperature: float | None = None
     top1_tta: float | None = None         # top-1 (%) averaging the image and its mirror
-    ece: float | None = None              # %, before the temperature
-    ece_calibrated: float | None = None   # %, after (cross-fitted)
+    ece: float | None = None              # %, uncalibrated
+    ece_calibrated: float | None = None   # %, with the calibrator (cross-fitted)
     corruption_top1: float | None = None  # mean top-1 (%), 5 corruptions x 5 severities, 1,000 test images each
+    calibrator: Calibrator | None = None
+    calibrator_tta: Calibrator | None = None   # for flip-averaged logits (the --tta flip ONNX file)
+    ece_tta_calibrated: float | None = None    # %, flip TTA with calibrator_tta (cross-fitted)
+    ece_temperature: float | None = None  # %, with one temperature (cross-fitted), for comparison
 
     @property
     def arch(self) -> str:

@@ -57,8 +57,9 @@ class DemoFile:
     agreement: float | None = None         # % top-1 agreement with fp32 PyTorch, from the validation report
     agreement_images: int | None = None    # test images that figure rests on
     tta: bool = False                       # the graph averages the image and its mirror (export --tta flip)
-    temperature: float | None = None        # its ``probabilities`` output is softmax(logits / temperature)
-    calibrated: bool | None = None          # False: no temperature was known at export (None: not recorded)
+    temperature: float | None = None        # a one-temperature calibrator's T (older pages read it)
+    calibrated: bool | None = None          # False: no calibrator was known at export (None: not recorded)
+    calibrator: str | None = None           # what its ``probabilities`` output applies (Calibrator.describe)
 
 
 @dataclass
@@ -208,8 +209,7 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
             precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
             agreement = validation_agreement(models_dir / report.name)
             files.append(DemoFile(precision, target.name, target.stat().st_size,
-                                  *(agreement if agreement else (None, None)), temperature=model.temperature,
-                                  calibrated=model.temperature is not None))
+                                  *(agreement if agreement else (None, None)), **_calibration(target)))
         files.append(_flip_file(model, models_dir, tmp, weights_sha256, validate, exporter, data_dir, max_val_images))
     spec = model.spec
     precision = default_precision(files)
@@ -245,8 +245,17 @@ def _flip_file(model: Any, models_dir: Path, tmp: str, weights_sha256: str | Non
     else:
         (models_dir / report.name).unlink(missing_ok=True)
     os.replace(path, target)
-    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, temperature=model.temperature,
-                    calibrated=model.temperature is not None)
+    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, **_calibration(target))
+
+
+def _calibration(path: Path) -> dict[str, Any]:
+    """What a written file's ``probabilities`` output applies, from its own metadata (the file is the truth)."""
+    from .export.predict import OnnxClassifier
+
+    clf = OnnxClassifier(path, provider="cpu")
+    cal = clf.calibrator if clf.calibrated else None
+    return {"temperature": cal.temperature if cal is not None and cal.kind == "temperature" else None,
+            "calibrated": clf.calibrated, "calibrator": cal.describe() if cal is not None else None}
 
 
 def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
@@ -271,7 +280,7 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     for src in map(Path, files):
         if not src.is_file():
             raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
-        try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, temperature
+        try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, calibrator
             clf = OnnxClassifier(src, provider="cpu")
         except _Refused as exc:
             raise DemoError(str(exc)) from None
@@ -296,7 +305,7 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
         tta = clf.tta == "flip"
         precision = meta.get("precision") if meta.get("precision") in PRECISIONS else "fp32"
         file = DemoFile(FLIP if tta and precision == "fp32" else precision, target.name, target.stat().st_size, tta=tta,
-                        temperature=clf.temperature if clf.calibrated else None, calibrated=clf.calibrated)
+                        **_calibration(target))
         entries.append(DemoModel(name=name, params=params, available=True, file=target.name,
                                  bytes=target.stat().st_size, weights_sha256=meta.get("weights_sha256"),
                                  labels=list(clf.labels), input_size=[3, clf.image_size[1], clf.image_size[0]],

@@ -299,11 +299,26 @@ def apply_state_dict(
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
     model.weights_metadata = meta  # provenance for `aperture info` and model cards
-    if "temperature" in meta:  # fitted on a run's validation split; a bad one is refused here
-        from .calibration import check_temperature
-
-        model.temperature = check_temperature(meta["temperature"], f"the temperature in {str(path)!r}")
+    apply_calibration(model, meta, str(path))
     return model
+
+
+def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
+    """The calibrator a file records (fitted on a run's validation split), checked; a bad one is refused
+    here. A file from before calibrators that records only a temperature falls back to it, noted once."""
+    from .calibrators import Calibrator, check_temperature
+
+    if "temperature" in meta:
+        model.temperature = check_temperature(meta["temperature"], f"the temperature in {where!r}")
+    if "calibrator_tta" in meta:
+        model.calibrator_tta = Calibrator.from_dict(meta["calibrator_tta"], f"the flip-TTA calibrator in {where!r}")
+    if "calibrator" in meta:
+        model.calibrator = Calibrator.from_dict(meta["calibrator"], f"the calibrator in {where!r}")
+    elif model.temperature is not None:
+        model.calibrator = Calibrator("temperature", model.temperature, fitted_on=str(meta.get("temperature_fitted_on", "")))
+        model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "
+                                    "calibrators: its probabilities use that one temperature; retrain or re-fit to "
+                                    "get the calibrator chosen by held-out NLL")
 
 
 def _unpickler_reason(exc: BaseException) -> str:

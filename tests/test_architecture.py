@@ -20,7 +20,7 @@ LAYERS = [
      "corruptions", "labels", "folder",
      "datasets"},
     {"catalog", "pretrained", "transforms", "summary", "predict"},
-    {"cards", "publish", "samples"},
+    {"cards", "card_calibration", "publish", "samples"},
     {"train", "export"},
     {"demo", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
 ]

@@ -33,7 +33,8 @@ from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
-from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
+from .calibrate import fit_val_calibration
+from .evaluate import EvalResult, evaluate_sums, result_from_sums
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -100,8 +101,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         test_top1_flip_tta=last.get("test_top1_flip_tta"),
     )
     if info.is_main:
-        # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
-        calibration = fit_val_temperature(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
+        # a held-out split calibrates the run: its calibrators, fitted by NLL, go into the metadata
+        calibration = fit_val_calibration(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
                                           run.recipe.eval_batch_size) if data.val is not None else {}
         _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)

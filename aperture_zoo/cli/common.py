@@ -102,7 +102,7 @@ def model_for_command(
 
     from aperture_zoo.catalog import find_weights
     from aperture_zoo.model import create_model
-    from aperture_zoo.pretrained import fetch_weights, with_record_temperature
+    from aperture_zoo.pretrained import fetch_weights, with_record_calibration
     from aperture_zoo.weights import WeightsError, apply_state_dict, spec_from_metadata
 
     if sum([weights is not None, pretrained, random_init]) != 1:
@@ -122,5 +122,5 @@ def model_for_command(
             f"(e.g. `aperture eval {spec.name} --weights {weights}`)"
         )
     model = create_model(spec if weights is not None and spec is not None else arch)
-    with_record_temperature(apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path), loaded)
+    with_record_calibration(apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path), loaded)
     return model.eval(), loaded.path, loaded.sha256

@@ -134,7 +134,7 @@ def export_cmd(
 ) -> None:
     """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
 
-    Outputs: logits, and probabilities (softmax(logits / T), calibrated with the weights' temperature).
+    Outputs: logits, and probabilities (the weights' calibrator applied to the logits, in the graph).
 
     A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
     """
@@ -162,9 +162,11 @@ def export_cmd(
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
                 progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
-        if model.temperature is None:
-            err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
+        if model.calibrator is None and model.temperature is None:
+            err_console.print("[yellow]no calibrator is known for these weights: the probabilities output is the "
                               "uncalibrated softmax[/]", highlight=False, soft_wrap=True)
+        elif model.calibration_notice:
+            err_console.print(f"[yellow]{safe(model.calibration_notice)}[/]", highlight=False, soft_wrap=True)
         if options and not any(r.provider == "CUDAExecutionProvider" for r in result.reports):
             err_console.print("--cuda-options are valid but unused: no file was validated on the CUDA provider",
                               highlight=False, soft_wrap=True)
@@ -262,13 +264,21 @@ def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -
     from aperture_zoo.predict import check_tta, classify
     from aperture_zoo.pretrained import load
 
+    import warnings
+
+    from aperture_zoo.predict import model_calibrator
+
     flip = check_tta(tta)
     model = load(name, pretrained=True)
-    rows, failures = classify(model, images, top_k=top_k, tta=flip)
+    notice = model.calibration_notice
+    with warnings.catch_warnings():  # said once below, in the summary line
+        warnings.simplefilter("ignore")
+        cal = model_calibrator(model, tta=flip)
+        rows, failures = classify(model, images, top_k=top_k, tta=flip)
     record = find_weights(name)
     tag = record.tag if record is not None else name
-    return rows, failures, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
-                            + ("; flip test-time augmentation" if flip else ""))
+    return rows, failures, (f"{tag}: calibrated probabilities ({cal.describe()})"
+                            + ("; flip test-time augmentation" if flip else "") + (f"; {notice}" if notice else ""))
 
 
 @app.command("bench")
