@@ -306,14 +306,14 @@ def apply_state_dict(
 def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
     """The calibrator a file records (fitted on a run's validation split), checked; a bad one is refused
     here. A file from before calibrators that records only a temperature falls back to it, noted once."""
-    from .calibrators import Calibrator, check_temperature
+    from .calibrators import Calibrator, check_temperature, from_metadata
 
     if "temperature" in meta:
         model.temperature = check_temperature(meta["temperature"], f"the temperature in {where!r}")
     if "calibrator_tta" in meta:
-        model.calibrator_tta = Calibrator.from_dict(meta["calibrator_tta"], f"the flip-TTA calibrator in {where!r}")
+        model.calibrator_tta = from_metadata({"calibrator": meta["calibrator_tta"]}, f"{where!r} (flip TTA)")
     if "calibrator" in meta:
-        model.calibrator = Calibrator.from_dict(meta["calibrator"], f"the calibrator in {where!r}")
+        model.calibrator = from_metadata({"calibrator": meta["calibrator"]}, repr(where))
     elif model.temperature is not None:
         model.calibrator = Calibrator("temperature", model.temperature, fitted_on=str(meta.get("temperature_fitted_on", "")))
         model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "

@@ -102,18 +102,17 @@ class CalibratedProbabilities(nn.Module):
                 q = q + slope * (d - lo).clamp(0.0, hi - lo)
         else:
             q = d if cal.power == 1.0 else d.pow(cal.power)
-        log_t = torch.full_like(top, math.log(cal.temperature))
-        if cal.weights:
-            feats = {}
-            if "log_margin" in dict(cal.weights):
-                top2 = z.topk(2, dim=-1).values
-                feats["log_margin"] = (top2[:, :1] - top2[:, 1:]).clamp(min=MARGIN_FLOOR).log()
-            if "entropy" in dict(cal.weights):
-                log_p = (z - top).log_softmax(-1)
-                feats["entropy"] = -(log_p.exp() * log_p).sum(-1, keepdim=True)
-            for name, w in cal.weights:
-                log_t = log_t + w * feats[name]
-        t = log_t.clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp()
+        if not cal.weights:
+            return (q * (-1.0 / cal.temperature)).softmax(-1)
+        feats = {}
+        if "log_margin" in dict(cal.weights):
+            top2 = z.topk(2, dim=-1).values
+            feats["log_margin"] = (top2[:, :1] - top2[:, 1:]).clamp(min=MARGIN_FLOOR).log()
+        if "entropy" in dict(cal.weights):
+            log_p = (z - top).log_softmax(-1)
+            feats["entropy"] = -(log_p.exp() * log_p).sum(-1, keepdim=True)
+        log_t = sum(w * feats[name] for name, w in cal.weights) + math.log(cal.temperature)
+        t = log_t.clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp()  # type: ignore[union-attr]
         return (-q / t).softmax(-1)
 
 
@@ -320,15 +319,19 @@ def to_onnx(
 
 
 def nodes_after_logits(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes computing from the ``logits`` output (the calibrator), naming any unnamed
-    one: reduced-precision variants keep these float32."""
-    tainted, names = {OUTPUT_NAME}, []
+    """Names of the nodes computing from the ``logits`` output (the calibrator), and of the
+    constants only they use, naming any unnamed one: reduced-precision variants keep them float32."""
+    tainted, tail = {OUTPUT_NAME}, []
     for i, node in enumerate(proto.graph.node):  # nodes are in topological order (the checker asks it)
+        node.name = node.name or f"node_{i}"
         if tainted & set(node.input):
-            node.name = node.name or f"calibrator_{i}"
-            names.append(node.name)
+            tail.append(node)
             tainted |= set(node.output)
-    return names
+    names = {n.name for n in tail}
+    used_by_network = {i for n in proto.graph.node if n.name not in names for i in n.input}
+    constants = [n.name for n in proto.graph.node if not n.input and n.name not in names
+                 and not set(n.output) & used_by_network]
+    return constants + [n.name for n in tail]
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

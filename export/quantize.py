@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, nodes_after_logits, save_checked, set_metadata
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, nodes_after_logits, save_checked, set_metadata
 
 DEFAULT_CALIBRATION_IMAGES = 512
 # Measured with `aperture runtimes` (README, "Runtime matrix"): OpenCV DNN runs the QDQ int8 file
@@ -38,18 +38,66 @@ def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io
 
     model = onnx.load(str(src))
     # The calibrator after the logits stays float32 (its probabilities equal the numpy map within
-    # 1e-4 in every file), Softmax anywhere too: onnxruntime before 1.17 has no float16 Softmax
-    # kernel on the CPU and expands the op's function body, which is invalid at opset 18.
+    # 1e-4 in every file): taken out before the conversion and put back after it, reading the
+    # float32 logits (the converter's own node_block_list breaks SSA on a consumed graph output).
+    tail = _detach_calibrator(model)
+    # Softmax stays float32 too: onnxruntime before 1.17 has no float16 Softmax kernel on the CPU
+    # and expands the op's function body, which is invalid at opset 18.
     converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False,
-                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"],
-                                         node_block_list=nodes_after_logits(model))
+                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
     # The converter appends the input Casts at the end of the node list; the ONNX spec (and the
     # full checker) want nodes in topological order.
     sorter = OnnxModel(converted)
     sorter.topological_sort()
     converted = sorter.model
+    _attach_calibrator(converted, tail)
     set_metadata(converted, {"precision": "fp16", "fp16_io": json.dumps(not keep_io_types)})
     return save_checked(converted, dst)
+
+
+def _detach_calibrator(model: onnx.ModelProto) -> tuple[list, list, list]:
+    """Remove (and return) the nodes after the ``logits`` output, their own initializers and the
+    graph outputs they compute (their intermediate value_info goes: shape inference redoes it)."""
+    names = set(nodes_after_logits(model))
+    nodes = [n for n in model.graph.node if n.name in names]
+    inputs = {i for n in nodes for i in n.input}
+    used_by_network = {i for n in model.graph.node if n.name not in names for i in n.input}
+    inits = [t for t in model.graph.initializer if t.name in inputs and t.name not in used_by_network]
+    for shared in [t for t in model.graph.initializer if t.name in inputs and t.name in used_by_network]:
+        copy = onnx.TensorProto()  # the network's copy may turn float16; the calibrator keeps its own
+        copy.CopyFrom(shared)
+        copy.name = f"{shared.name}_calibrator"
+        inits.append(copy)
+        for node in nodes:
+            node.input[:] = [copy.name if i == shared.name else i for i in node.input]
+    made = {o for n in nodes for o in n.output}
+    outputs = [o for o in model.graph.output if o.name in made]
+    infos = [v for v in model.graph.value_info if v.name in made or (v.name in inputs and v.name != OUTPUT_NAME)]
+    for field, gone in ((model.graph.node, nodes), (model.graph.initializer, inits), (model.graph.output, outputs),
+                        (model.graph.value_info, infos)):
+        keep = [x for x in field if all(x is not g for g in gone)]
+        del field[:]
+        field.extend(keep)
+    return nodes, inits, outputs
+
+
+def _attach_calibrator(model: onnx.ModelProto, tail: tuple[list, list, list]) -> None:
+    """Put the detached calibrator back after the converted network, reading float32 logits (a Cast
+    first when the file's logits are float16, ``--fp16-io``)."""
+    nodes, inits, outputs = tail
+    if not nodes:
+        return
+    logits = next(o for o in model.graph.output if o.name == OUTPUT_NAME)
+    source = OUTPUT_NAME
+    if logits.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        source = f"{OUTPUT_NAME}_float32"
+        model.graph.node.append(onnx.helper.make_node("Cast", [OUTPUT_NAME], [source], to=onnx.TensorProto.FLOAT,
+                                                      name="calibrator_input_cast"))
+    for node in nodes:
+        node.input[:] = [source if i == OUTPUT_NAME else i for i in node.input]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    model.graph.output.extend(outputs)
 
 
 def calibration_pixels(

@@ -215,3 +215,75 @@ def test_cross_fit_scores_each_half_with_what_was_fitted_on_the_other() -> None:
     assert out["others"]["flip"]["calibrator"]["nll"] == pytest.approx(np.mean(
         [prob_scores(fitted[0].apply(flip[b]), labels[b])["nll"], prob_scores(fitted[1].apply(flip[a]), labels[a])["nll"]]))
     assert math.isfinite(out["raw"]["classwise_ece"])
+
+
+# -- the ONNX graph computes the same map --------------------------------------------------------
+def test_the_onnx_probabilities_are_the_numpy_calibrator_in_fp32_and_fp16_files(tmp_path) -> None:
+    """The calibrator nodes after the logits equal Calibrator.apply within 1e-4 (they stay float32
+    in the fp16 file), validation checks it, and a file whose metadata names another calibrator
+    than its graph computes fails."""
+    import onnx
+    import torch
+
+    from aperture_zoo.export.onnx_export import read_metadata, set_metadata, to_onnx
+    from aperture_zoo.export.predict import OnnxClassifier
+    from aperture_zoo.export.quantize import to_fp16
+    from aperture_zoo.export.validate import validate
+    from aperture_zoo.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    with torch.no_grad():
+        model.fc.weight.normal_(0, 0.5)
+    model.calibrator = SAMPLE[5]  # adaptive-spline: every op the family uses but Pow
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    path = to_onnx(model, tmp_path / "m.onnx", exporter="legacy")
+    assert Calibrator.from_dict(json.loads(read_metadata(path)["calibrator"])) == SAMPLE[5]
+    for file in (path, to_fp16(path, tmp_path / "m.fp16.onnx")):
+        clf = OnnxClassifier(file, provider="cpu")
+        assert clf.calibrated and "adaptive-spline" in clf.describe()
+        np.testing.assert_allclose(clf.predict_proba(pixels), SAMPLE[5].apply(clf.logits(pixels)), atol=1e-4)
+    report = validate(path, model, provider="cpu", batch_sizes=(3,))
+    assert report.passed and report.comparisons[-1].max_calibrator_diff < 1e-6
+    power = to_onnx(model, tmp_path / "p.onnx", exporter="legacy", calibrator=SAMPLE[4])  # Pow
+    clf = OnnxClassifier(power, provider="cpu")
+    np.testing.assert_allclose(clf.predict_proba(pixels), SAMPLE[4].apply(clf.logits(pixels)), atol=1e-4)
+    proto = onnx.load(str(path))  # the metadata says one calibrator, the graph computes another
+    set_metadata(proto, {"calibrator": json.dumps(SAMPLE[2].to_dict())})
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    report = validate(tmp_path / "lying.onnx", model, provider="cpu", batch_sizes=(3,))
+    assert not report.passed and any("differs from the calibrator" in f for f in report.failures)
+
+
+def test_a_weights_file_with_only_a_temperature_falls_back_to_it_and_says_so_once(tmp_path) -> None:
+    import warnings
+
+    import torch
+
+    import aperture_zoo
+    from aperture_zoo.model import create_model
+    from aperture_zoo.predict import CalibrationNotice
+    from aperture_zoo.weights import save_weights
+
+    torch.manual_seed(0)
+    model = create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    old = save_weights(model, tmp_path / "old.safetensors", {"temperature": 0.8, "temperature_fitted_on": "validation split"})
+    new = save_weights(model, tmp_path / "new.safetensors", {"temperature": 0.8, "calibrator": SAMPLE[1].to_dict()})
+    x = torch.randn(2, 3, 32, 32)
+    loaded = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)), old)
+    assert loaded.calibrator == Calibrator("temperature", 0.8, fitted_on="validation split")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        first = aperture_zoo.predict_proba(loaded, x)
+        aperture_zoo.predict_proba(loaded, x)
+    assert [type(w.message) for w in said] == [CalibrationNotice] and "only a temperature" in str(said[0].message)
+    with torch.no_grad():
+        torch.testing.assert_close(first, (loaded(x) / 0.8).softmax(-1))
+    current = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)), new)
+    assert current.calibrator == SAMPLE[1] and current.calibration_notice is None
+    with torch.no_grad():
+        want = torch.from_numpy(SAMPLE[1].apply(current(x).numpy())).float()
+    torch.testing.assert_close(aperture_zoo.predict_proba(current, x), want)
+    bad = save_weights(model, tmp_path / "bad.safetensors", {"calibrator": {"kind": "spline", "knots": [1.0]}})
+    with pytest.raises(CalibratorError, match="the calibrator in .*bad.safetensors"):
+        aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)), bad)
