@@ -133,10 +133,12 @@ class _Problem:
         i = int(self.free_t)
         w = theta[i:i + len(self.names)] / self.scale
         log_t = (theta[0] if self.free_t else 0.0) - float((w * self.center).sum())
-        power = float(np.clip(math.exp(theta[-1]), *POWER_RANGE)) if self.free_power else 1.0
-        slopes = tuple(float(np.clip(SLOPE_RANGE[0] + math.exp(v), *SLOPE_RANGE))
+        power = float(np.clip(np.exp(min(theta[-1], 50.0)), *POWER_RANGE)) if self.free_power else 1.0
+        slopes = tuple(float(np.clip(SLOPE_RANGE[0] + np.exp(min(v, 50.0)), *SLOPE_RANGE))
                        for v in theta[len(theta) - len(self.basis):]) if self.basis else ()
-        return Calibrator(self.kind, float(np.clip(math.exp(log_t), *T_RANGE)), power,
+        # a temperature or weight that ran off (every image at the clip, the NLL flat) is refused by the
+        # record's own checks: the kind is then not chosen
+        return Calibrator(self.kind, float(np.exp(np.clip(log_t, *_LOG_T))), power,
                           tuple(zip(self.names, map(float, w))), fitted_on, self.knots, slopes)
 
 

@@ -201,6 +201,13 @@ class Calibrator:
         except CalibratorError as exc:
             raise CalibratorError(f"{where}: {exc}") from None
 
+    def rounded(self, digits: int = 8) -> Calibrator:
+        """The same calibrator with its numbers to ``digits`` significant digits (what records and files
+        carry: the map moves by ~1e-8, far below any figure)."""
+        r = lambda x: float(f"{x:.{digits}g}")  # noqa: E731
+        return Calibrator(self.kind, r(self.temperature), r(self.power), tuple((n, r(w)) for n, w in self.weights),
+                          self.fitted_on, tuple(map(r, self.knots)), tuple(map(r, self.slopes)))
+
     def describe(self) -> str:
         """One line for cards, ``aperture list``/``predict`` and the page."""
         if self.kind == "temperature":

@@ -31,9 +31,9 @@ def calibration_context(ev: dict[str, Any], n: str) -> dict[str, Any]:
             out.append((output, f"**calibrator**: {cal}", *_scores(fig, "_calibrated")))
         return out
 
-    table = rows(ev, "flip TTA" if ev.get("tta") else "plain")
+    lines = rows(ev, "flip TTA" if ev.get("tta") else "plain")
     if ev.get("tta_calibration"):
-        table += rows(ev["tta_calibration"], "flip TTA")
+        lines += rows(ev["tta_calibration"], "flip TTA")
     shift = ev.get("calibration_under_shift")
     shift_table = table(("corruption", "severity", "images", "ECE uncalibrated %", "one temperature %", "calibrator %"), [
         (name.split(":")[0], name.split(":")[1], f"{s['num_images']:,}", *(f"{100 * s[k]['ece']:.2f}" for k in
@@ -41,7 +41,7 @@ def calibration_context(ev: dict[str, Any], n: str) -> dict[str, Any]:
         for name, s in shift["conditions"].items()]) if shift else None
     return {"kind": Calibrator.from_dict(ev["calibrator"]).kind, "fitted_on": ev.get("calibrator_fitted_on", "?"),
             "images": n, "tta": bool(ev.get("tta")), "shift_table": shift_table,
-            "table": table(("output", "probabilities", "ECE (15 bins, %)", "classwise-ECE (%)", "NLL", "Brier"), table)}
+            "table": table(("output", "probabilities", "ECE (15 bins, %)", "classwise-ECE (%)", "NLL", "Brier"), lines)}
 
 
 def _scores(d: dict[str, Any], suffix: str) -> tuple[str, str, str, str]:

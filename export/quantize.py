@@ -171,11 +171,14 @@ def to_int8(
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "quantized.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        proto = onnx.load(str(prepared))
+        tail = nodes_after_logits(proto)  # the calibrator stays float32: its probabilities are the numpy map's
+        onnx.save(proto, str(prepared))
         quantize_static(
             str(prepared), str(quantized), _Reader(calibration.astype(np.float32), batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
+            calibrate_method=methods[method], nodes_to_exclude=tail,
         )
         model = onnx.load(str(quantized))
     set_metadata(model, {

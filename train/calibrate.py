@@ -12,30 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 VAL_FITTED = "validation split"  # calibrator_fitted_on / temperature_fitted_on of a run trained with --val-split
 CROSS_FITTED = "cross-fitted on two stratified halves of the test set"
 
 
-def fit_val_calibration(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
-                        batch_size: int = 1000) -> dict[str, Any]:
-    """The run's calibrators and one-temperature fit, by NLL on its validation split: metadata for
-    model.safetensors (``calibrator`` for plain outputs, ``calibrator_tta`` for flip-averaged ones)."""
+def fit_val_calibration(plain: np.ndarray, mirrored: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The run's calibrators and one-temperature fit, by NLL on its validation split's logits (of the
+    images and their mirrors, ``evaluate.split_logits``): metadata for model.safetensors
+    (``calibrator`` for plain outputs, ``calibrator_tta`` for flip-averaged ones)."""
     from aperture_zoo.calibration import fit_calibrator, fit_temperature
 
-    from .evaluate import evaluate_sums
-
-    collected: list[tuple[Tensor, Tensor | None]] = []
-    evaluate_sums(model, images, labels, mean, std, model.spec.num_classes, batch_size, logits_out=collected,
-                  mirror=True)
-    plain = torch.cat([p for p, _ in collected]).double().numpy()
-    averaged = 0.5 * (plain + torch.cat([m for _, m in collected]).double().numpy())  # type: ignore[misc]
-    y = labels.cpu().numpy()
+    plain = np.asarray(plain, dtype=np.float64)
+    averaged = 0.5 * (plain + np.asarray(mirrored, dtype=np.float64))
+    y = np.asarray(labels)
     return {"temperature": round(fit_temperature(plain, y), 6), "temperature_fitted_on": VAL_FITTED,
-            "calibrator": fit_calibrator(plain, y, VAL_FITTED).to_dict(),
-            "calibrator_tta": fit_calibrator(averaged, y, VAL_FITTED).to_dict()}
+            "calibrator": fit_calibrator(plain, y, VAL_FITTED).rounded().to_dict(),
+            "calibrator_tta": fit_calibrator(averaged, y, VAL_FITTED).rounded().to_dict()}
 
 
 def _flat(fig: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +64,8 @@ def _figures(logits: np.ndarray, labels: np.ndarray, own: Any, temperature: floa
     elif can_cross_fit(labels):
         fig = cross_fit(logits, labels, others=shifted)
         out = _flat(fig)
-        out.update(calibrator=fit_calibrator(logits, labels, CROSS_FITTED).to_dict(), calibrator_fitted_on=CROSS_FITTED)
+        out.update(calibrator=fit_calibrator(logits, labels, CROSS_FITTED).rounded().to_dict(),
+                   calibrator_fitted_on=CROSS_FITTED)
         out["temperature_scaling"]["temperature"] = fit_temperature(logits, labels)
     else:  # a calibrator fitted on a handful is noise
         fig = report(logits, labels, None)

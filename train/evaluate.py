@@ -204,6 +204,16 @@ def evaluate(
     return result
 
 
+def split_logits(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
+                 batch_size: int = 1000) -> tuple[Any, Any, Any]:
+    """(plain, mirrored, labels) as numpy: the logits a run's calibrators are fitted on."""
+    collected: list[tuple[Tensor, Tensor | None]] = []
+    evaluate_sums(model, images, labels, mean, std, model.spec.num_classes, batch_size, logits_out=collected,
+                  mirror=True)
+    mirrored = torch.cat([m for _, m in collected if m is not None])
+    return torch.cat([p for p, _ in collected]).numpy(), mirrored.numpy(), labels.cpu().numpy()
+
+
 def format_confusion(result: EvalResult) -> str:
     """The confusion matrix as aligned text (rows true, columns predicted)."""
     short = [c[:5] for c in result.classes]

@@ -34,7 +34,7 @@ from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
 from .calibrate import fit_val_calibration
-from .evaluate import EvalResult, evaluate_sums, result_from_sums
+from .evaluate import EvalResult, evaluate_sums, result_from_sums, split_logits
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -102,8 +102,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     )
     if info.is_main:
         # a held-out split calibrates the run: its calibrators, fitted by NLL, go into the metadata
-        calibration = fit_val_calibration(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
-                                          run.recipe.eval_batch_size) if data.val is not None else {}
+        calibration = fit_val_calibration(*split_logits(state.eval_model, data.val.images, data.val.labels, data.mean,
+                                                        data.std, run.recipe.eval_batch_size)) if data.val is not None else {}
         _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
