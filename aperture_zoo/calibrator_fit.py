@@ -138,7 +138,7 @@ class _Problem:
                        for v in theta[len(theta) - len(self.basis):]) if self.basis else ()
         # a temperature or weight that ran off (every image at the clip, the NLL flat) is refused by the
         # record's own checks: the kind is then not chosen
-        return Calibrator(self.kind, float(np.exp(np.clip(log_t, *_LOG_T))), power,
+        return Calibrator(self.kind, float(np.clip(np.exp(np.clip(log_t, *_LOG_T)), *T_RANGE)), power,
                           tuple(zip(self.names, map(float, w))), fitted_on, self.knots, slopes)
 
 

@@ -372,3 +372,39 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise WeightsError(f"{str(src)!r} does not match {name}: " + "; ".join(problems))
     model.load_state_dict(tensors)
     return save_weights(model, dst, {"converted_from": src.name})
+
+
+def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,
+                           fitted_on: str, fitted_for_sha256: str, calibrator: dict[str, Any] | None = None) -> Path:
+    """A copy of the weights ``src`` whose metadata carries a temperature (and ``calibrator``, a
+    ``Calibrator.to_dict()``) fitted for exactly those bytes.
+
+    ``fitted_for_sha256`` is the SHA-256 of the file the temperature was fitted with; a ``src`` that
+    no longer hashes to it is refused, and the copy records it (``temperature_fitted_for_sha256``).
+    ``dst`` is created, never replaced: an existing file (or ``src`` itself) is refused.
+    """
+    import hashlib
+
+    from .calibrators import Calibrator, check_temperature
+
+    src, dst = Path(src), Path(dst)
+    t = check_temperature(temperature, "the fitted temperature")
+    cal = None if calibrator is None else {**Calibrator.from_dict(calibrator, "the fitted calibrator").to_dict(),
+                                           "fitted_on": fitted_on}
+    if dst.exists() or dst.resolve() == src.resolve():
+        raise WeightsError(f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name one "
+                           "that does not exist yet")
+    data = read_bytes(src)
+    if hashlib.sha256(data).hexdigest() != fitted_for_sha256:
+        raise WeightsError(f"{str(src)!r} changed while it was evaluated; evaluate it again")
+    tensors, meta = state_dict_from_bytes(data, src)
+    meta = {**meta, "temperature": json.dumps(round(t, 6)), "temperature_fitted_on": fitted_on,
+            "temperature_fitted_for_sha256": fitted_for_sha256,
+            **({"calibrator": json.dumps(cal, sort_keys=True)} if cal is not None else {})}
+    with atomic_path(dst.with_name(dst.name + ".new")) as tmp:
+        write_safetensors(tensors, tmp, meta)
+    try:
+        os.link(dst.with_name(dst.name + ".new"), dst)  # fails if dst appeared meanwhile: never overwritten
+    finally:
+        dst.with_name(dst.name + ".new").unlink(missing_ok=True)
+    return dst

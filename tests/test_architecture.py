@@ -17,7 +17,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress"},
     {"model", "weights", "images", "data", "hub", "device", "calibration", "calibrators", "calibrator_fit",
-     "corruptions", "labels", "folder",
+     "corruptions", "labels", "folder", "folderscan", "manifest", "datareport",
      "datasets"},
     {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "card_calibration", "publish", "samples"},

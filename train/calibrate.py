@@ -61,17 +61,20 @@ def _figures(logits: np.ndarray, labels: np.ndarray, own: Any, temperature: floa
         out.update(calibrator=own.to_dict(), calibrator_fitted_on=VAL_FITTED)
         if "temperature_scaling" in out:
             out["temperature_scaling"]["temperature"] = temperature
+            out.update(temperature=temperature, temperature_fitted_on=VAL_FITTED)
     elif can_cross_fit(labels):
         fig = cross_fit(logits, labels, others=shifted)
         out = _flat(fig)
         out.update(calibrator=fit_calibrator(logits, labels, CROSS_FITTED).rounded().to_dict(),
                    calibrator_fitted_on=CROSS_FITTED)
-        out["temperature_scaling"]["temperature"] = fit_temperature(logits, labels)
+        # the one temperature fitted on all the images (eval.json's key since before calibrators)
+        out["temperature"] = out["temperature_scaling"]["temperature"] = fit_temperature(logits, labels)
+        out["temperature_fitted_on"] = CROSS_FITTED
     else:  # a calibrator fitted on a handful is noise
         fig = report(logits, labels, None)
         out = _flat(fig)
-        out["calibrator_fitted_on"] = (f"not fitted: too few images to cross-fit a calibrator (each half needs at "
-                                       f"least {MIN_HALF})")
+        out["calibrator_fitted_on"] = out["temperature_fitted_on"] = (
+            f"not fitted: too few images to cross-fit a calibrator (each half needs at least {MIN_HALF})")
     out["reliability"] = fig["reliability"]
     if fig.get("others"):
         out["calibration_under_shift"] = {
