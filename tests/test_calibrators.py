@@ -95,7 +95,7 @@ _values = st.one_of(
 _logits = st.integers(2, 12).flatmap(lambda k: st.lists(st.lists(_values, min_size=k, max_size=k), min_size=1, max_size=4))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=_logits, which=st.integers(0, len(SAMPLE) - 1))
 def test_apply_keeps_the_order_of_any_finite_logits(rows: list[list[float]], which: int) -> None:
     z = np.asarray(rows, dtype=np.float64)
@@ -160,15 +160,20 @@ _record = st.fixed_dictionaries({}, optional={k: _json for k in ("kind", "temper
                                                                   "slopes", "fitted_on")})
 
 
-@settings(max_examples=150, deadline=None)
-@given(record=st.one_of(_json, _record, _record.map(lambda r: {**r, "kind": "spline"})))
-def test_any_json_is_a_valid_calibrator_or_a_calibrator_error(record: object) -> None:
-    try:
-        cal = Calibrator.from_dict(record)
-    except CalibratorError:
-        return
-    p = cal.apply(np.array([[1.0, 0.5, -2.0]]))
-    assert np.isfinite(p).all() and p.argmax() == 0
+@settings(max_examples=150, deadline=None, database=None)
+@given(record=st.one_of(_json, _record, _record.map(lambda r: {**r, "kind": "spline"})), text=st.text(max_size=30),
+       as_text=st.booleans())
+def test_any_metadata_is_a_valid_calibrator_or_a_calibrator_error(record: object, text: str, as_text: bool) -> None:
+    """What a file's metadata holds (JSON text in ONNX and safetensors headers) is outside bytes."""
+    from aperture_zoo.calibrators import from_metadata
+
+    for meta in ({"calibrator": json.dumps(record) if as_text else record}, {"calibrator": text}, {"temperature": text}):
+        try:
+            cal = from_metadata(meta, "x")
+        except CalibratorError:
+            continue
+        p = cal.apply(np.array([[1.0, 0.5, -2.0]]))
+        assert np.isfinite(p).all() and p.argmax() == 0
 
 
 # -- choosing the kind -----------------------------------------------------------------------------
