@@ -40,6 +40,8 @@ POWER_RANGE = (0.25, 4.0)
 SLOPE_RANGE = (1e-3, 1e3)      # of a spline's pieces: strictly increasing, never a jump
 MAX_KNOTS = 16
 MAX_WEIGHT = 100.0
+# where the published weights' calibrators are fitted (they saw every training image)
+CROSS_FITTED = "cross-fitted on two stratified halves of the test set"
 RECORD_KEYS = ("kind", "temperature", "power", "weights", "knots", "slopes", "fitted_on")
 MARGIN_FLOOR = 1e-6            # log_margin of tied top logits: log(1e-6) instead of -inf
 MAX_LOGIT = 3.4028234663852886e38   # float32's largest

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 VAL_FITTED = "validation split"  # calibrator_fitted_on / temperature_fitted_on of a run trained with --val-split
-CROSS_FITTED = "cross-fitted on two stratified halves of the test set"
+from aperture_zoo.calibrators import CROSS_FITTED  # noqa: E402  (re-exported: eval.json's fitted_on)
 
 
 def fit_val_calibration(plain: np.ndarray, mirrored: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
