@@ -214,13 +214,13 @@ class Calibrator:
         """One line for cards, ``aperture list``/``predict`` and the page."""
         if self.kind == "temperature":
             return f"temperature {self.temperature:.4g}"
-        parts = [f"{self.kind} (T {self.temperature:.4g}"]
+        parts = [f"{self.kind}: T {self.temperature:.4g}"]
         if "power" in self.kind:
             parts.append(f"power {self.power:.4g}")
         if self.knots:
             parts.append(f"{len(self.slopes)}-piece spline")
         parts += [f"{n} {w:+.3g}" for n, w in self.weights]
-        return ", ".join(parts) + ")"
+        return ", ".join(parts)
 
 
 def _number(value: Any, where: str) -> float:

@@ -28,7 +28,7 @@ def calibration_context(ev: dict[str, Any], n: str) -> dict[str, Any]:
         if t:
             out.append((output, f"one temperature ({t['temperature']:.4f})", *_scores(t, "")))
         if cal and "ece_calibrated" in fig:
-            out.append((output, f"**calibrator**: {cal}", *_scores(fig, "_calibrated")))
+            out.append((output, f"**calibrator** ({cal})", *_scores(fig, "_calibrated")))
         return out
 
     lines = rows(ev, "flip TTA" if ev.get("tta") else "plain")
