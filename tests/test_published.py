@@ -217,3 +217,16 @@ def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch)
     with pytest.raises(NoPretrainedWeightsError, match="no published weights for tiny10") as info:
         aperture_zoo.load("tiny10", pretrained=True)
     assert not isinstance(info.value, PublishedWeightsUnavailableError)
+
+
+def test_the_readme_calibration_tables_are_the_eval_json_figures(monkeypatch) -> None:
+    """No figure in the README's calibration tables is typed by hand: they are the bench's table printer's
+    output from the committed eval.json files (regenerate with ``bench/published_figures.py --table``)."""
+    import importlib
+
+    root = MODEL_CARDS_DIR.parent
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    tables = importlib.import_module("published_figures").table(MODEL_CARDS_DIR, list_models()).split("\n\n")
+    readme = (root / "README.md").read_text()
+    assert len(tables) == 3 and all(t in readme for t in tables)
+    assert "calibration_reliability.png" in readme
