@@ -7,6 +7,7 @@ with one temperature, are shown by ``cards`` as before.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -16,9 +17,10 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def calibration_context(ev: dict[str, Any], n: str) -> dict[str, Any]:
+def calibration_context(ev: dict[str, Any], n: str, escape: Callable[[object], str]) -> dict[str, Any]:
     """The card's calibration table (uncalibrated, one temperature, the calibrator; plain and flip
-    TTA) and the calibration-under-shift table, from an eval.json written with calibrators."""
+    TTA) and the calibration-under-shift table, from an eval.json written with calibrators; ``escape``
+    shows the file's own text (corruption names, where it was fitted) literally in Markdown."""
     from .calibrators import Calibrator
 
     def rows(fig: dict[str, Any], output: str) -> list[tuple[str, ...]]:
@@ -36,10 +38,10 @@ def calibration_context(ev: dict[str, Any], n: str) -> dict[str, Any]:
         lines += rows(ev["tta_calibration"], "flip TTA")
     shift = ev.get("calibration_under_shift")
     shift_table = table(("corruption", "severity", "images", "ECE uncalibrated %", "one temperature %", "calibrator %"), [
-        (name.split(":")[0], name.split(":")[1], f"{s['num_images']:,}", *(f"{100 * s[k]['ece']:.2f}" for k in
+        (escape(name.split(":")[0]), escape(name.split(":")[-1]), f"{s['num_images']:,}", *(f"{100 * s[k]['ece']:.2f}" for k in
                                                                           ("raw", "temperature", "calibrator")))
         for name, s in shift["conditions"].items()]) if shift else None
-    return {"kind": Calibrator.from_dict(ev["calibrator"]).kind, "fitted_on": ev.get("calibrator_fitted_on", "?"),
+    return {"kind": Calibrator.from_dict(ev["calibrator"]).kind, "fitted_on": escape(ev.get("calibrator_fitted_on", "?")),
             "images": n, "tta": bool(ev.get("tta")), "shift_table": shift_table,
             "table": table(("output", "probabilities", "ECE (15 bins, %)", "classwise-ECE (%)", "NLL", "Brier"), lines)}
 

@@ -53,6 +53,7 @@ class Weights:
     top1_tta: float | None = None         # top-1 (%) averaging the image and its mirror
     ece: float | None = None              # %, uncalibrated
     ece_calibrated: float | None = None   # %, with the calibrator (cross-fitted)
+    measured_images: int = 10_000         # test images top1_tta and the ECEs were measured on (eval.json's num_images)
     corruption_top1: float | None = None  # mean top-1 (%), 5 corruptions x 5 severities, 1,000 test images each
     calibrator: Calibrator | None = None
     calibrator_tta: Calibrator | None = None   # for flip-averaged logits (the --tta flip ONNX file)

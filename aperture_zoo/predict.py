@@ -10,6 +10,7 @@ averaged with the mirrored image (flip test-time augmentation) first.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,16 +38,29 @@ def check_tta(tta: str | bool | None) -> bool:
     return tta == "flip"
 
 
+class UncalibratedWarning(UserWarning):
+    """Probabilities from weights without a temperature: the plain softmax (T = 1), as ``aperture predict`` gives."""
+
+
 def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures)."""
-    logits = model(x)
-    return 0.5 * (logits + model(x.flip(3))) if tta else logits
+    """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures).
+
+    Runs ``model`` in eval mode and gives it back in the mode it had; float16/float64 input is converted
+    to the model's dtype and device.
+    """
+    from .model import evaluating, model_input
+
+    x = model_input(model, x)
+    with evaluating(model):
+        logits = model(x)
+        return 0.5 * (logits + model(x.flip(3))) if tta else logits
 
 
 def model_calibrator(model: ResNet, temperature: float | None = None,
                      calibrator: Calibrator | None = None, tta: bool = False) -> Calibrator:
     """``calibrator`` or ``temperature`` if given, else the model's own (for flip-averaged logits with
-    ``tta``, its ``calibrator_tta`` when it has one); an error when none is known.
+    ``tta``, its ``calibrator_tta`` when it has one); one temperature of 1 (the plain softmax) when
+    none is known, said once per model with an ``UncalibratedWarning`` (the CLI does the same).
 
     A model whose file records only a temperature (from before calibrators) uses it, and says so
     once (a ``CalibrationNotice`` warning)."""
@@ -57,18 +71,18 @@ def model_calibrator(model: ResNet, temperature: float | None = None,
     if temperature is not None:
         return Calibrator("temperature", check_temperature(temperature))
     own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
-    if own is None and model.temperature is not None:  # set by hand
+    if own is None and model.temperature is not None:  # set by hand, or an older file's
         own = Calibrator("temperature", check_temperature(model.temperature))
     if own is None:
-        raise TemperatureError(
-            f"no calibrator is known for these {model.spec.name} weights (only the published ones and runs "
-            "trained with --val-split carry one); pass temperature=1.0 for the uncalibrated softmax, or fit one "
-            "with aperture_zoo.calibration.fit_calibrator on held-out logits"
-        )
+        if not getattr(model, "_said_uncalibrated", False):
+            warnings.warn(f"no calibrator is known for these {model.spec.name} weights (runs trained without "
+                          "--val-split carry none): the probabilities are the plain softmax (T = 1), uncalibrated. "
+                          "Pass temperature=T, or fit one with aperture_zoo.calibration.fit_calibrator on held-out "
+                          "logits", UncalibratedWarning, stacklevel=3)
+            model._said_uncalibrated = True
+        return Calibrator("temperature", 1.0)
     notice = getattr(model, "calibration_notice", None)
     if notice:
-        import warnings
-
         warnings.warn(notice, CalibrationNotice, stacklevel=3)
         model.calibration_notice = None  # once
     return own
@@ -78,15 +92,29 @@ class CalibrationNotice(UserWarning):
     """The probabilities come from a fallback (an older file's one temperature); said once per model."""
 
 
+def describe_probabilities(model: ResNet, tta: bool = False) -> str:
+    """What ``predict_proba`` gives for ``model``: calibrated (its calibrator, or an older file's
+    temperature, said so) or the plain softmax."""
+    own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
+    if own is None and model.temperature is None:
+        return "uncalibrated probabilities (no calibrator is known for these weights: plain softmax, T = 1)"
+    if own is None:
+        own = Calibrator("temperature", check_temperature(model.temperature))
+    notice = getattr(model, "calibration_notice", None)
+    return f"calibrated probabilities ({own.describe()})" + (f"; {notice}" if notice else "")
+
+
 def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
                   tta: str | bool = False, calibrator: Calibrator | None = None) -> torch.Tensor:
     """Calibrated class probabilities, N x classes (float32): the model's calibrator applied to its
     logits, no gradient. The calibrator keeps the prediction: the top logit's class has the top
     probability.
 
-    ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns), or image paths,
-    pillow images or uint8 arrays (preprocessed here). ``tta="flip"`` averages the logits of each
-    image and its mirror first. ``temperature``/``calibrator`` override the model's own.
+    ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns; float16/float64 are
+    converted), or image paths, pillow images or uint8 arrays (preprocessed here). ``tta="flip"``
+    averages the logits of each image and its mirror first. ``temperature``/``calibrator`` override
+    the model's own. The model runs in eval mode whatever mode it is in (its BatchNorm statistics
+    never change) and is given back in that mode.
     """
     import torch
 
@@ -117,7 +145,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
         return [], failures
     import numpy as np
 
-    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).numpy()
+    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).cpu().numpy()
     k = min(top_k, probs.shape[1])
     out = []
     for (i, _, notices), row in zip(decoded, probs):

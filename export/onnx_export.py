@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from aperture_zoo.calibrators import MARGIN_FLOOR, T_RANGE, Calibrator, check_temperature
 from aperture_zoo.files import atomic_path
-from aperture_zoo.model import ResNet
+from aperture_zoo.model import ResNet, evaluating, on_device
 
 from .compat import check_opset, stamp_lowest_ir
 from .errors import ExportError, OnnxFileError
@@ -273,18 +273,18 @@ def to_onnx(
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     check_opset(opset, exporter)
-    model = model.eval().cpu()
+    model = on_device(model, "cpu")  # the caller's model stays where it is, in the mode it is in
     if calibrator is None and temperature is not None:
         calibrator = Calibrator("temperature", check_temperature(temperature))
     if calibrator is None:
         calibrator = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
     if calibrator is None and model.temperature is not None:
         calibrator = Calibrator("temperature", check_temperature(model.temperature))
-    module = ExportedClassifier(model, normalize=normalize, tta=tta, calibrator=calibrator).eval()
+    module = ExportedClassifier(model, normalize=normalize, tta=tta, calibrator=calibrator)
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
     example = torch.rand(batch or 2, *model.spec.input_size)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(module):
             proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(
                 module, example, opset, batch is None
             )
@@ -316,22 +316,6 @@ def to_onnx(
         f"{'; flip test-time augmentation in the graph' if tta else ''}."
     )
     return save_checked(proto, path)
-
-
-def nodes_after_logits(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes computing from the ``logits`` output (the calibrator), and of the
-    constants only they use, naming any unnamed one: reduced-precision variants keep them float32."""
-    tainted, tail = {OUTPUT_NAME}, []
-    for i, node in enumerate(proto.graph.node):  # nodes are in topological order (the checker asks it)
-        node.name = node.name or f"node_{i}"
-        if tainted & set(node.input):
-            tail.append(node)
-            tainted |= set(node.output)
-    names = {n.name for n in tail}
-    used_by_network = {i for n in proto.graph.node if n.name not in names for i in n.input}
-    constants = [n.name for n in proto.graph.node if not n.input and n.name not in names
-                 and not set(n.output) & used_by_network]
-    return constants + [n.name for n in tail]
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, nodes_after_logits, save_checked, set_metadata
+from . import float_tail
+from .onnx_export import INPUT_NAME, save_checked, set_metadata
 
 DEFAULT_CALIBRATION_IMAGES = 512
 # Measured with `aperture runtimes` (README, "Runtime matrix"): OpenCV DNN runs the QDQ int8 file
@@ -32,72 +33,27 @@ INT8_NOT_VALIDATED_FOR = {
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
-    """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise."""
+    """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise.
+
+    Only the backbone is converted: what follows the logits (``float_tail``: the calibrator and its
+    Softmax, which onnxruntime before 1.17 could not even run in float16 at opset 18) stays float32,
+    so ``probabilities`` is the calibrator applied to the file's own logits (within 1e-4).
+    """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = onnx.load(str(src))
-    # The calibrator after the logits stays float32 (its probabilities equal the numpy map within
-    # 1e-4 in every file): taken out before the conversion and put back after it, reading the
-    # float32 logits (the converter's own node_block_list breaks SSA on a consumed graph output).
-    tail = _detach_calibrator(model)
-    # Softmax stays float32 too: onnxruntime before 1.17 has no float16 Softmax kernel on the CPU
-    # and expands the op's function body, which is invalid at opset 18.
-    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False,
-                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
+    original = onnx.load(str(src))
+    backbone, tail, own = float_tail.split(original)  # the calibrator and Softmax stay float32
+    converted = convert_float_to_float16(backbone, keep_io_types=keep_io_types, disable_shape_infer=False,
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST))
+    converted = float_tail.join(converted, original, tail, own, float16_outputs=not keep_io_types)
     # The converter appends the input Casts at the end of the node list; the ONNX spec (and the
     # full checker) want nodes in topological order.
     sorter = OnnxModel(converted)
     sorter.topological_sort()
     converted = sorter.model
-    _attach_calibrator(converted, tail)
     set_metadata(converted, {"precision": "fp16", "fp16_io": json.dumps(not keep_io_types)})
     return save_checked(converted, dst)
-
-
-def _detach_calibrator(model: onnx.ModelProto) -> tuple[list, list, list]:
-    """Remove (and return) the nodes after the ``logits`` output, their own initializers and the
-    graph outputs they compute (their intermediate value_info goes: shape inference redoes it)."""
-    names = set(nodes_after_logits(model))
-    nodes = [n for n in model.graph.node if n.name in names]
-    inputs = {i for n in nodes for i in n.input}
-    used_by_network = {i for n in model.graph.node if n.name not in names for i in n.input}
-    inits = [t for t in model.graph.initializer if t.name in inputs and t.name not in used_by_network]
-    for shared in [t for t in model.graph.initializer if t.name in inputs and t.name in used_by_network]:
-        copy = onnx.TensorProto()  # the network's copy may turn float16; the calibrator keeps its own
-        copy.CopyFrom(shared)
-        copy.name = f"{shared.name}_calibrator"
-        inits.append(copy)
-        for node in nodes:
-            node.input[:] = [copy.name if i == shared.name else i for i in node.input]
-    made = {o for n in nodes for o in n.output}
-    outputs = [o for o in model.graph.output if o.name in made]
-    infos = [v for v in model.graph.value_info if v.name in made or (v.name in inputs and v.name != OUTPUT_NAME)]
-    for field, gone in ((model.graph.node, nodes), (model.graph.initializer, inits), (model.graph.output, outputs),
-                        (model.graph.value_info, infos)):
-        keep = [x for x in field if all(x is not g for g in gone)]
-        del field[:]
-        field.extend(keep)
-    return nodes, inits, outputs
-
-
-def _attach_calibrator(model: onnx.ModelProto, tail: tuple[list, list, list]) -> None:
-    """Put the detached calibrator back after the converted network, reading float32 logits (a Cast
-    first when the file's logits are float16, ``--fp16-io``)."""
-    nodes, inits, outputs = tail
-    if not nodes:
-        return
-    logits = next(o for o in model.graph.output if o.name == OUTPUT_NAME)
-    source = OUTPUT_NAME
-    if logits.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        source = f"{OUTPUT_NAME}_float32"
-        model.graph.node.append(onnx.helper.make_node("Cast", [OUTPUT_NAME], [source], to=onnx.TensorProto.FLOAT,
-                                                      name="calibrator_input_cast"))
-    for node in nodes:
-        node.input[:] = [source if i == OUTPUT_NAME else i for i in node.input]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(inits)
-    model.graph.output.extend(outputs)
 
 
 def calibration_pixels(
@@ -142,11 +98,14 @@ def to_int8(
     per_channel: bool = True,
     method: str = "minmax",
 ) -> Path:
-    """Static int8 QDQ quantisation (uint8 activations, int8 per-channel weights).
+    """Static int8 QDQ quantisation (uint8 activations, int8 per-channel weights) of the backbone.
 
     ``calibration`` holds the model's inputs as it expects them (pixels in [0, 1] when
     normalisation is in the graph). The file is pre-processed with onnxruntime's
-    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend.
+    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend. Every node
+    downstream of the ``logits`` output (the temperature, the Softmax, whatever turns logits into
+    ``probabilities``) stays in float, as in the fp16 file: quantised, the probabilities would sum
+    to 0.99 and be refused by ``OnnxClassifier``.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -172,13 +131,13 @@ def to_int8(
         quantized = Path(tmp) / "quantized.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         proto = onnx.load(str(prepared))
-        tail = nodes_after_logits(proto)  # the calibrator stays float32: its probabilities are the numpy map's
-        onnx.save(proto, str(prepared))
+        float_nodes = float_tail.name_tail(proto)
+        onnx.save_model(proto, str(prepared))
         quantize_static(
             str(prepared), str(quantized), _Reader(calibration.astype(np.float32), batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method], nodes_to_exclude=tail,
+            calibrate_method=methods[method], nodes_to_exclude=float_nodes,
         )
         model = onnx.load(str(quantized))
     set_metadata(model, {
@@ -189,3 +148,4 @@ def to_int8(
         "not_validated_for": json.dumps(INT8_NOT_VALIDATED_FOR),
     })
     return save_checked(model, dst)
+

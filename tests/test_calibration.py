@@ -105,7 +105,7 @@ def test_eval_reliability_and_tta_figures_score_each_half_with_the_other_halfs_f
     assert tta["nll_calibrated"] == pytest.approx(np.mean([nll(np.log(f_a.apply(avg[b])), labels[b]),
                                                           nll(np.log(f_b.apply(avg[a])), labels[a])]))
     assert Calibrator.from_dict(tta["calibrator"]) == fit_calibrator(avg, labels, "cross-fitted on two stratified "
-                                                                                    "halves of the test set")
+                                                                                    "halves of the test set").rounded()
     assert out["top1_by_tta"] == {"none": pytest.approx(100 * (logits.argmax(1) == labels).mean()),
                                   "flip": pytest.approx(100 * (avg.argmax(1) == labels).mean())}
     assert out["ece"] == pytest.approx(ece(softmax(logits), labels))  # without tta: the plain logits' figures
@@ -117,14 +117,23 @@ def test_a_temperature_must_be_finite_and_positive(bad: object) -> None:
         check_temperature(bad)
 
 
-def test_predict_proba_is_softmax_of_logits_over_t_and_needs_a_temperature() -> None:
+def test_predict_proba_is_softmax_of_logits_over_t_and_says_once_when_uncalibrated() -> None:
+    """Weights without a temperature: the plain softmax (T = 1), like `aperture predict`, said once per model."""
+    import warnings
+
     import aperture_zoo
+    from aperture_zoo.predict import UncalibratedWarning
 
     torch.manual_seed(0)
     model = create_model("resnet10", **SMALL).eval()
     x = torch.randn(3, 3, 32, 32)
-    with pytest.raises(TemperatureError, match="temperature=1.0"):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        first = aperture_zoo.predict_proba(model, x)
         aperture_zoo.predict_proba(model, x)
+    assert [type(w.message) for w in said] == [UncalibratedWarning] and "T = 1" in str(said[0].message)
+    with torch.no_grad():
+        torch.testing.assert_close(first, model(x).softmax(-1))
     model.temperature = 0.5
     with torch.no_grad():
         want = (model(x) / 0.5).softmax(-1)
@@ -291,7 +300,8 @@ def test_predict_without_onnx_uses_the_published_resnet22_calibrated() -> None:
     path, label = sample_images()[0]
     result = CliRunner().invoke(app, ["predict", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    assert "resnet22.fast: calibrated probabilities (temperature" in result.output
+    cal = aperture_zoo.get_weights("resnet22").calibrator
+    assert f"resnet22.fast: calibrated probabilities ({cal.describe()})" in result.output
     rows = json.loads(result.output[result.output.index("["):])
     model = aperture_zoo.load("resnet22", pretrained=True)
     assert model.temperature == aperture_zoo.get_weights("resnet22").temperature is not None

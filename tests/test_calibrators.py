@@ -275,7 +275,7 @@ def test_a_weights_file_with_only_a_temperature_falls_back_to_it_and_says_so_onc
     old = save_weights(model, tmp_path / "old.safetensors", {"temperature": 0.8, "temperature_fitted_on": "validation split"})
     new = save_weights(model, tmp_path / "new.safetensors", {"temperature": 0.8, "calibrator": SAMPLE[1].to_dict()})
     x = torch.randn(2, 3, 32, 32)
-    loaded = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)), old)
+    loaded = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)).eval(), old)
     assert loaded.calibrator == Calibrator("temperature", 0.8, fitted_on="validation split")
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
@@ -284,7 +284,7 @@ def test_a_weights_file_with_only_a_temperature_falls_back_to_it_and_says_so_onc
     assert [type(w.message) for w in said] == [CalibrationNotice] and "only a temperature" in str(said[0].message)
     with torch.no_grad():
         torch.testing.assert_close(first, (loaded(x) / 0.8).softmax(-1))
-    current = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)), new)
+    current = aperture_zoo.load_weights(create_model("resnet10", channels=(8, 16, 16, 32)).eval(), new)
     assert current.calibrator == SAMPLE[1] and current.calibration_notice is None
     with torch.no_grad():
         want = torch.from_numpy(SAMPLE[1].apply(current(x).numpy())).float()
