@@ -16,7 +16,7 @@ from torch import nn
 from aperture_zoo.datasets import Dataset, dataset_name, load_dataset
 from aperture_zoo.registry import ModelSpec
 
-from .finetune import InitSource, freeze_backbone, load_init, resolve_init
+from .finetune import InitSource, freeze_backbone, freeze_stages, load_init, resolve_init
 
 _LOADED: dict[tuple[Any, ...], Dataset] = {}  # one decode per process: new_run and the loop share it
 
@@ -104,8 +104,11 @@ def _spec_json(spec: ModelSpec) -> dict[str, Any]:
     return json.loads(spec.to_json())
 
 
-def prepare_model(run: dict[str, Any], fresh: bool) -> Callable[[nn.Module], None]:
-    """What the loop applies to a newly built network: the init weights (new runs), the frozen backbone."""
+def prepare_model(run: dict[str, Any], fresh: bool, frozen_stages: int = 0) -> Callable[[nn.Module], None]:
+    """What the loop applies to a newly built network: the init weights (new runs), the frozen backbone.
+
+    ``frozen_stages`` (the recipe's) applies to runs from ``--init`` weights only: a random stem learns.
+    """
     def apply(model: nn.Module) -> None:
         init = run.get("init")
         if fresh and init:
@@ -121,6 +124,8 @@ def prepare_model(run: dict[str, Any], fresh: bool) -> Callable[[nn.Module], Non
             load_init(model, InitSource(init["ref"], path, init["sha256"], _source_spec(path)))
         if run.get("freeze_backbone"):
             freeze_backbone(model)
+        elif init and frozen_stages:
+            freeze_stages(model, frozen_stages)
 
     return apply
 
@@ -136,7 +141,7 @@ def _source_spec(path: Any) -> ModelSpec:
 def weights_metadata(run: dict[str, Any]) -> dict[str, Any]:
     """What a run's model.safetensors records about its data and init, beside the spec."""
     out: dict[str, Any] = {"dataset": run.get("dataset", "cifar10")}
-    for key in ("data", "init", "freeze_backbone"):
+    for key in ("data", "init", "freeze_backbone", "probe"):
         if run.get(key) is not None:
             out[key] = run[key]
     return out

@@ -35,6 +35,7 @@ from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
 from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
 from .loader import DeviceData, DeviceSplit, load_run_data
+from .probe import probe_run
 from .recipes import Recipe
 from .rundir import RunDir
 from .settings import (SYNC_INTERVAL_S, Run, TimeBudgetReached, TrainConfig, TrainingDiverged, TrainingError,
@@ -71,7 +72,9 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         run.spec, run.record = D.decided_on_rank0(info, lambda: _new_run(cfg, run))
     data = load_run_data(cfg, run.record, run.spec, run.recipe.batch_size, info, device, data_from_run)
     state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt,
-                          prepare=dataset_run.prepare_model(run.record, fresh=run.ckpt is None))
+                          prepare=dataset_run.prepare_model(run.record, run.ckpt is None, run.recipe.frozen_stages))
+    if run.ckpt is None and run.recipe.probe_head and run.record.get("init"):  # LP-FT, before DDP copies rank 0
+        run.record["probe"] = probe_run(run.recipe, run.record, state, data, device, show=info.is_main)
     step_fn = TrainStep(network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(run.recipe.precision, device))
     r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack))
