@@ -88,11 +88,14 @@ def train(folder: Path, arch: str, recipe: Any, out: Path) -> tuple[Any, float, 
     return result, wall, json.loads((out / "run.json").read_text())
 
 
-def plain_epoch(folder: Path, arch: str, out: Path) -> float:
-    """Seconds of one plain fp32 training epoch (the loop's own count: no evaluation, no writing)."""
+def plain_epoch(folder: Path, arch: str, out: Path) -> tuple[float, float, int]:
+    """One plain fp32 training epoch: its seconds and images/s (the loop's own: no evaluation, no
+    writing), and the run's training images (a folder's default validation share is held out)."""
     recipe = previous_recipe().replace(epochs=1, eval_every=0, precision="fp32")
-    result, _, _ = train(folder, arch, recipe, out)
-    return float(result.metrics[0]["train_seconds"])
+    result, _, run = train(folder, arch, recipe, out)
+    split = (run.get("data") or {}).get("split") or {}
+    row = result.metrics[0]
+    return float(row["train_seconds"]), float(row["images_per_s"]), len(split.get("train", []))
 
 
 def steps(result: Any, wall: float, run: dict[str, Any]) -> dict[str, Any]:
@@ -150,25 +153,28 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": device_name("cpu", detail=True), "cpus": os.cpu_count(), "python": platform.python_version(),
         "torch": torch.__version__, "folder": str(folder), "classes": len(data.classes),
-        "train_images": len(data.train), "test_images": len(data.test),
+        "folder_train_images": len(data.train), "test_images": len(data.test),
         "first_load_s": round(time.perf_counter() - start, 2), "load_before": os.getloadavg(),
         "recipe": FINETUNE.to_dict(), "repeats": [],
     }
     print(json.dumps({k: v for k, v in report.items() if k != "recipe"}), flush=True)
-    units = [plain_epoch(folder, args.arch, work / "plain-0")]
+    first = plain_epoch(folder, args.arch, work / "plain-0")
+    units = [first[0]]
+    report["train_images"], report["plain_epoch_images_per_s"] = first[2], [round(first[1], 1)]
     for i in range(args.repeats):  # each fine-tune between two plain epochs: its unit is their mean
         result, wall, run = train(folder, args.arch, FINETUNE, work / f"fast-{i}")
-        units.append(plain_epoch(folder, args.arch, work / f"plain-{i + 1}"))
+        seconds, ips, _ = plain_epoch(folder, args.arch, work / f"plain-{i + 1}")
+        units.append(seconds)
+        report["plain_epoch_images_per_s"].append(round(ips, 1))
         unit = (units[-2] + units[-1]) / 2
-        row = {"plain_epoch_s": [round(units[-2], 2), round(units[-1], 2)],
-               "plain_epoch_images_per_s": round(len(data.train) / unit, 1), "finetune_wall_s": round(wall, 2),
+        row = {"plain_epoch_s": [round(units[-2], 2), round(units[-1], 2)], "finetune_wall_s": round(wall, 2),
                "ratio": round(wall / unit, 2), "test_top1": round(result.test_top1, 2),
                "steps": steps(result, wall, run), "load": os.getloadavg()}
         report["repeats"].append(row)
         print(json.dumps(row), flush=True)
     if not args.no_previous:
         result, wall, _ = train(folder, args.arch, previous_recipe(), work / "previous")
-        units.append(plain_epoch(folder, args.arch, work / "plain-end"))
+        units.append(plain_epoch(folder, args.arch, work / "plain-end")[0])
         unit = (units[-2] + units[-1]) / 2
         report["previous"] = {"epochs": 10, "wall_s": round(wall, 2), "test_top1": round(result.test_top1, 2),
                               "plain_epoch_s": [round(units[-2], 2), round(units[-1], 2)],
