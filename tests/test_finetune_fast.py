@@ -127,14 +127,15 @@ def test_finetune_probes_then_trains_records_and_resumes(tmp_path: Path, capfd: 
     assert probe["images"] == 33 and probe["adapted_bn"] and probe["train_top1"] > 90  # colours: linearly separable
     assert probe["precision"] in ("bf16", "fp32") and probe["iterations"] > 0
     meta = decode_metadata(read_metadata(tmp_path / "whole" / "model.safetensors"))
-    assert meta["probe"] == probe and meta["recipe"]["frozen_stages"] == 1
-    assert whole.test_top1 > 80 and [m.get("test_top1") is None for m in whole.metrics] == [True, False]
+    assert meta["probe"] == probe and meta["recipe"]["frozen_stages"] == FINETUNE.frozen_stages
+    tested = [m.get("test_top1") is not None for m in whole.metrics]
+    assert whole.test_top1 > 80 and tested == [False] * (FINETUNE.epochs - 1) + [True]  # the final epoch only
     weights, source = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "source.safetensors")
     assert torch.equal(weights["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])  # frozen
     assert not torch.equal(weights["layer4.0.conv1.weight"], source["layer4.0.conv1.weight"])  # fine-tuned
 
     with pytest.raises(TimeBudgetReached):
-        run("stopped", time_budget_s=1e-3)  # one epoch always runs; the second would not fit
+        run("stopped", time_budget_s=1e-3)  # one epoch always runs; the next would not fit
     assert capfd.readouterr().err.count("probe: head fitted") == 1
     resumed = fit(TrainConfig(resume=tmp_path / "stopped", device="cpu", progress=False))
     assert "probe: head fitted" not in capfd.readouterr().err  # the checkpoint holds the probed head
@@ -159,3 +160,45 @@ def test_a_finetune_recipe_from_scratch_neither_probes_nor_freezes(tmp_path: Pat
     fresh = create_model(create_model("resnet10", **TINY).spec.replace(num_classes=3))
     trained = load_file(tmp_path / "run" / "model.safetensors")
     assert not np.allclose(fresh.conv1.weight.detach().numpy(), trained["conv1.weight"].numpy())  # the stem learnt
+
+
+def test_the_fine_tune_starts_from_the_probed_head_in_its_weights_and_its_average(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LP-FT's point: the epochs continue from the probe's head (and, with --ema, so does the average)."""
+    from aperture_zoo.train import TrainConfig, fit, loop
+    from aperture_zoo.train.recipes import FINETUNE
+    from aperture_zoo.weights import save_weights
+    from safetensors.torch import load_file
+
+    probed: dict[str, torch.Tensor] = {}
+    original = loop.probe_run
+
+    def spy(recipe, record, state, *args, **kwargs):  # the live model's state right after the probe
+        out = original(recipe, record, state, *args, **kwargs)
+        probed.update({k: v.clone() for k, v in state.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(loop, "probe_run", spy)
+    root = _folder(tmp_path / "imgs")
+    tiny = create_model("resnet10", **TINY).spec
+    torch.manual_seed(1)
+    save_weights(create_model(tiny), tmp_path / "source.safetensors")
+    recipe = FINETUNE.replace(batch_size=8, epochs=1, lr=1e-9, ema_decay=0.9)  # nothing moves: the start shows
+    fit(TrainConfig(model=tiny, dataset=str(root), init=str(tmp_path / "source.safetensors"), recipe=recipe,
+                    device="cpu", out_dir=tmp_path / "run", progress=False))
+    saved = load_file(tmp_path / "run" / "model.safetensors")  # the EMA's weights; frozen stages keep BN statistics
+    assert probed["fc.weight"].abs().sum() > 0
+    for key in ("fc.weight", "fc.bias", "layer1.0.bn1.running_mean", "bn1.running_var"):
+        assert torch.allclose(saved[key], probed[key], atol=1e-6), key
+
+
+def test_a_probed_short_run_that_ends_at_chance_or_broken_is_stopped() -> None:
+    from aperture_zoo.train.guard import epoch_problem
+
+    chance = {"epoch": 2, "train_top1": 12.0}
+    assert epoch_problem(chance, 2, 10.0, 10) is None  # from a random head, 2 epochs are too few to judge
+    assert epoch_problem(chance, 2, 10.0, 10, probed=True).startswith("top-1 is still at chance after 2 epochs")
+    assert epoch_problem({**chance, "epoch": 1}, 2, 10.0, 10, probed=True) is None  # only its last epoch
+    broken = {"epoch": 2, "train_top1": 90.0, "val_loss": float("nan")}
+    assert "val loss of nan in eval mode" in epoch_problem(broken, 2, 10.0, 10, probed=True)
+    assert epoch_problem({**broken, "val_loss": 0.3}, 2, 10.0, 10, probed=True) is None

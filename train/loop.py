@@ -92,7 +92,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
             row, halted = train_epoch(r, state, step_fn, stream, stop, bar)
             if row is not None:  # the epoch ran to its end
                 last = finish_epoch(r, state, data, row, bar)
-                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes)  # guard.py
+                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes,  # guard.py
+                                    probed="probe" in run.record)
                 if why is not None:  # before its checkpoint: the last good one stays
                     raise r.diverged(state, why, state.epoch - 1, stream.steps)
                 rows += [last] if info.is_main else []

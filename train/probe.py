@@ -4,7 +4,7 @@ A fine-tune that starts from a random head spends its first epochs moving the ba
 head, distorting the very features it came for (Kumar et al. 2022, "Fine-Tuning can Distort
 Pretrained Features and Underperform Out-of-Distribution"). Fitting the head first as a linear
 probe costs one forward pass over the training images and a convex fit of well under a second, and
-lets a short fine-tune start where a long one ends up (the ``finetune`` recipe: 2 epochs, not 10).
+lets a short fine-tune start where a long one ends up (the ``finetune`` recipe: 4 epochs, not 10).
 
 The pass runs with BatchNorm in training mode over shuffled batches and cumulative statistics: the
 features are the ones the first training steps see, and the running statistics it leaves are the
@@ -159,6 +159,8 @@ def probe_run(recipe: Recipe, record: dict[str, Any], state: RunState, data: Dev
                        adapt_bn=not record.get("freeze_backbone"), seed=int(record["seed"]),
                        dtype=inference_dtype(device), channels_last=recipe.channels_last,
                        smoothing=recipe.label_smoothing)
+    if state.ema is not None:  # --ema: the average starts from the probed head and adapted statistics
+        state.ema.model.load_state_dict(state.model.state_dict())
     state.add_time(wall=probe.feature_seconds + probe.fit_seconds)
     if show:
         print(f"probe: head fitted to the features of {probe.images} training images in "
