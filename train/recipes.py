@@ -194,9 +194,9 @@ FAST = Recipe(
 # (the stem and the first two stages are frozen: their backward pass is skipped) at a peak lr of
 # 0.02 per 128 after a 20 % warm-up, linear decay to zero; tested once, after the last epoch.
 # Batch 128, crop + flip, label smoothing 0.1, no cutout. Chosen on a folder's validation split
-# among 2-4 epoch variants (frozen 1 or 2 stages, lr 0.01-0.04); its time in plain fp32 epochs
-# and its held-out accuracy beside the 10-epoch recipe it replaces: bench/finetune_speed.py and
-# the README ("Your own images").
+# among 2-4 epoch variants (frozen 1 or 2 stages, lr 0.01-0.04). On a busy 2-core CPU: 2.7 plain
+# fp32 epochs' time (3 epochs: 2.2, 0.8 points less accurate), the 10-epoch recipe's held-out
+# accuracy (bench/finetune_speed.py; README "Your own images").
 FINETUNE = FAST.replace(
     name="finetune", epochs=4, batch_size=128, lr=0.02, warmup_fraction=0.2, cutout=0, eval_every=0,
     probe_head=True, frozen_stages=2,
