@@ -151,9 +151,8 @@ def probe_head(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, s
 def probe_run(recipe: Recipe, record: dict[str, Any], state: RunState, data: DeviceData, device: torch.device,
               show: bool = True) -> dict[str, Any]:
     """A new fine-tune's probe (``recipe.probe_head``): its time counted in the run's, a line said; its record."""
-    import sys
-
     from aperture_zoo.device import inference_dtype
+    from aperture_zoo.terminal import say  # the product's one way to the terminal
 
     probe = probe_head(state.model, data.train.images, data.train.labels, data.mean, data.std, l2=recipe.probe_l2,
                        adapt_bn=not record.get("freeze_backbone"), seed=int(record["seed"]),
@@ -163,7 +162,7 @@ def probe_run(recipe: Recipe, record: dict[str, Any], state: RunState, data: Dev
         state.ema.model.load_state_dict(state.model.state_dict())
     state.add_time(wall=probe.feature_seconds + probe.fit_seconds)
     if show:
-        print(f"probe: head fitted to the features of {probe.images} training images in "
-              f"{probe.feature_seconds + probe.fit_seconds:.1f}s ({probe.precision} pass, {probe.iterations} L-BFGS "
-              f"steps), train top-1 {probe.train_top1:.1f}%", file=sys.stderr, flush=True)
+        say(f"probe: head fitted to the features of {probe.images} training images in "
+            f"{probe.feature_seconds + probe.fit_seconds:.1f}s ({probe.precision} pass, {probe.iterations} L-BFGS "
+            f"steps), train top-1 {probe.train_top1:.1f}%")
     return probe.record()
