@@ -84,24 +84,49 @@ def load_init(model: nn.Module, source: InitSource) -> None:
 
     keep = same_head(source.spec, model.spec)  # type: ignore[arg-type]
     fresh = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("fc.")}
-    own = (model.spec, model.temperature, getattr(model, "weights_metadata", None))  # type: ignore[union-attr]
+    # the run's own spec, and no calibration or data record of the init file: a fine-tune is a new model
+    own = {k: getattr(model, k, None) for k in ("spec", "temperature", "calibrator", "calibrator_tta",
+                                                "calibration_notice", "weights_metadata")}
     load_weights(model, source.path, strict=keep)  # type: ignore[arg-type]
-    # the run's own spec, and no temperature or data record of the init file: a fine-tune is a new model
-    model.spec, model.temperature, model.weights_metadata = own  # type: ignore[union-attr]
-    if own[2] is None:
+    for key, value in own.items():
+        setattr(model, key, value)
+    if own["weights_metadata"] is None:
         del model.weights_metadata
     if not keep:
         model.load_state_dict(fresh, strict=False)
 
 
+ADAPTING = "_aperture_adapting"  # set on a frozen BatchNorm while the probe re-estimates its statistics
+
+
 def _frozen_bn(module: nn.Module, inputs: Any) -> None:
-    module.train(False)
+    module.train(bool(getattr(module, ADAPTING, False)))
+
+
+def _keep_statistics(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_frozen_bn)
 
 
 def freeze_backbone(model: nn.Module) -> None:
     """Train the head (``fc``) only: the rest gets no gradient and BatchNorm keeps its running statistics."""
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("fc."))
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.register_forward_pre_hook(_frozen_bn)
+    _keep_statistics(model)
+
+
+def freeze_stages(model: nn.Module, stages: int) -> None:
+    """Fine-tune above the stem and the first ``stages`` stages: those keep their weights and BN statistics.
+
+    Nothing below them learns, so their backward pass is skipped altogether: at 32x32 the stem and
+    the first stage cost the most per image, and a short fine-tune's time is mostly backward passes.
+    """
+    blocks = getattr(model, "stages", None)
+    if blocks is None or not 0 <= stages <= len(blocks):
+        raise InitError(f"frozen_stages={stages}, but the network has {len(blocks or [])} stages; freeze fewer "
+                        "(--set frozen_stages=N)")
+    for module in [model.conv1, model.bn1, *blocks[:stages]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+        _keep_statistics(module)
