@@ -292,7 +292,7 @@ def test_predict_says_uncalibrated_once_per_run_and_notices_once(run: FolderRun,
     from aperture_zoo.weights import save_weights
 
     model = load(str(run.weights))
-    model.temperature = None  # save_weights keeps a model's temperature: this one has none
+    model.temperature = model.calibrator = model.calibrator_tta = None  # save_weights keeps a calibration: none here
     plain = save_weights(model, tmp_path / "plain" / "model.safetensors")
     paths = []
     for i in range(5):
