@@ -101,19 +101,20 @@ def analyse(decoded: DecodedFolder) -> DataReport:
 
 
 def _check_test_copies(decoded: DecodedFolder, keep: np.ndarray, test_dir: str) -> None:
-    """train/ + test/: a class whose every test image copies a training one would be tested on nothing; refuse."""
-    if decoded.scan.layout != "split":
-        return
+    """train/ + test/ whose every test image copies a training one (dropped): nothing is left to test on; refuse.
+
+    One class in that state is trained on and never tested, and said so (``_check_sizes``), like a
+    class with no test images; the whole test set copied would give no test figure at all.
+    """
     test = decoded.splits == "test"
-    copied = [(name, int((test & (decoded.labels == c)).sum())) for c, name in enumerate(decoded.scan.classes)
-              if (test & (decoded.labels == c)).any() and not (test & keep & (decoded.labels == c)).any()]
-    if copied:
-        name, n = copied[0]
-        more = f" (so are all test images of {_n(len(copied) - 1, 'more class', 'more classes')})" if len(copied) > 1 else ""
-        raise DataReportError(
-            f"all {_n(n, 'image')} in {test_dir}/{visible(name)}/ are exact copies of training images{more}, dropped so "
-            f"that no picture is on both sides of the split: that class would be tested on nothing; put images the "
-            f"model never trains on in {test_dir}/{visible(name)}/")
+    if decoded.scan.layout != "split" or not test.any() or (test & keep).any():
+        return
+    counts = [(name, int((test & (decoded.labels == c)).sum())) for c, name in enumerate(decoded.scan.classes)]
+    shown = ", ".join(f"{visible(name)} {n}" for name, n in counts if n)
+    raise DataReportError(
+        f"all {_n(int(test.sum()), 'image')} in {test_dir}/ ({shown}) are exact copies of training images, dropped so "
+        f"that no picture is on both sides of the split: nothing is left to test on; put images the model never "
+        f"trains on in {test_dir}/<class>/")
 
 
 def _deduplicate(decoded: DecodedFolder) -> tuple[np.ndarray, list[tuple[str, list[str]]]]:
