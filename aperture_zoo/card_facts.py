@@ -117,9 +117,10 @@ def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
 
 # Every metadata field a card or its config.json reads, with what it must be (None: not recorded). Any Hub repo
 # writes these, so each is checked before use: a wrong type is a one-line refusal, never a traceback.
+# test_top1 (and dataset against the head) are checked, range included, by _check_recorded_figures.
 _NUMBER, _COUNT, _TEXT = "a finite number", "a whole number", "text"
 CARD_FIELDS: dict[str, str] = {
-    "test_top1": _NUMBER, "test_loss": _NUMBER, "wall_time_s": _NUMBER, "train_images_per_s": _NUMBER,
+    "test_loss": _NUMBER, "wall_time_s": _NUMBER, "train_images_per_s": _NUMBER,
     "val_split": _NUMBER, "temperature": _NUMBER, "epochs": _COUNT, "seed": _COUNT, "world_size": _COUNT,
     "subset": _COUNT, "test_subset": _COUNT, "ema": "true or false", "train_device": _TEXT, "torch_version": _TEXT,
     "package_version": _TEXT, "dataset": _TEXT, "arch": _TEXT, "recipe": "an object of settings",

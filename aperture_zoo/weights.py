@@ -52,13 +52,15 @@ def build_metadata(model: ResNet, extra: dict[str, Any] | None = None) -> dict[s
 def _own_facts(model: ResNet) -> dict[str, Any]:
     """What the model's own weights file said about its data, and its calibration, so a re-save keeps them.
 
-    A model never loaded from a file says CIFAR-10 only when its head is CIFAR-10's; other class
-    names record ``unknown`` (never a dataset it was not trained on).
+    A model never loaded from a file says CIFAR-10 only when its head is CIFAR-10's; with other class
+    names no dataset is recorded (never one it was not trained on; readers then check the head).
     """
     read = decode_metadata(getattr(model, "weights_metadata", None) or {})
-    cifar10 = model.spec.class_names is None and model.spec.num_classes == 10
-    out: dict[str, Any] = {"dataset": read["dataset"] if isinstance(read.get("dataset"), str)
-                           else "cifar10" if cifar10 else "unknown"}
+    out: dict[str, Any] = {}
+    if isinstance(read.get("dataset"), str):
+        out["dataset"] = read["dataset"]
+    elif model.spec.class_names is None and model.spec.num_classes == 10:
+        out["dataset"] = "cifar10"
     if isinstance(read.get("data"), dict):
         out["data"] = read["data"]
     if model.temperature is not None:

@@ -71,7 +71,7 @@ def test_load_weights_and_save_weights_keep_the_files_own_facts(tmp_path: Path) 
     back = load(str(again))
     assert (back.spec.class_names, back.spec.mean, back.temperature) == (spec.class_names, spec.mean, 1.7)
     fresh = save_weights(create_model(spec), tmp_path / "c.safetensors")  # never loaded: never called CIFAR-10
-    assert decode_metadata(read_metadata(fresh))["dataset"] == "unknown"
+    assert "dataset" not in decode_metadata(read_metadata(fresh))
 
 
 # --------------------------------------------------------------------------- card metadata of any JSON type
@@ -98,7 +98,7 @@ def trained_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dic
 
 
 @settings(max_examples=examples(30))
-@given(key=st.sampled_from(sorted(__import__("aperture_zoo.card_facts", fromlist=["x"]).CARD_FIELDS)),
+@given(key=st.sampled_from(sorted([*__import__("aperture_zoo.card_facts", fromlist=["x"]).CARD_FIELDS, "test_top1"])),
        value=_JSON | st.text(max_size=8), as_json=st.booleans())
 def test_a_card_refuses_or_copes_with_any_metadata_value(tmp_path_factory: pytest.TempPathFactory,
                                                           trained_weights: tuple[dict, dict], key: str, value: object,
