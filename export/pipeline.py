@@ -9,6 +9,7 @@ checked, and validated (unless asked not to) with its report written beside it a
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .compat import check_opset
 from .errors import ExportError
+from .formats import companion_files
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider, parse_cuda_options
@@ -61,7 +63,8 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
 
 
 def failed_path(path: str | os.PathLike[str]) -> Path:
-    """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``."""
+    """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``
+    (``resnet22.xml`` -> ``resnet22.FAILED.xml``, its ``.bin`` moved beside it)."""
     p = Path(path)
     return p.with_name(f"{p.stem}.{FAILED_TAG}{p.suffix}")
 
@@ -208,10 +211,11 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
-                    test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
+                    test_split: Any = None, cuda_options: dict[str, str] | None = None,
+                    reference_cache: dict[Any, Any] | None = None) -> None:
     """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
     written, result.files = result.files, []
-    reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
+    reference_cache = {} if reference_cache is None else reference_cache  # PyTorch's test-set logits, once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
@@ -219,14 +223,99 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
                           progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:
-            for stale in (aside, report_path(aside)):  # left by an earlier export that failed
-                stale.unlink(missing_ok=True)
-            record_validation(path, report)
+            for stale in (*companion_files(aside), report_path(aside)):  # left by an earlier export that failed
+                _remove(stale)
+            if path.suffix == ".onnx":
+                record_validation(path, report)
             result.files.append(path)
         else:
-            os.replace(path, aside)
+            for part, moved in zip(companion_files(path), companion_files(aside)):
+                _remove(moved)
+                os.replace(part, moved)
             report_path(path).unlink(missing_ok=True)  # an earlier good export's report must not vouch for it
             report.renamed_from, report.onnx_file = path.name, str(aside)
             result.failed_files.append(aside)
         result.reports.append(report)
         result.report_files.append(report.write_json())
+
+
+def _remove(path: Path) -> None:
+    """A file, or a Core ML package folder."""
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def export_formats(
+    model: ResNet,
+    out_dir: str | os.PathLike[str],
+    precisions: dict[str, list[str]],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    dataset: Any = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    run_validation: bool = True,
+    max_val_images: int | None = DEFAULT_VAL_IMAGES,
+    progress: StepProgress | Callable[[str], None] | None = None,
+    stem: str | None = None,
+    weights_sha256: str | None = None,
+    tta: bool = False,
+    temperature: float | None = None,
+    provider: Provider = "auto",
+    **onnx_options: Any,
+) -> ExportResult:
+    """Every format of ``precisions`` (format -> precisions, ``formats.precisions_for``), each file validated.
+
+    ONNX goes through ``export_model`` (``onnx_options``: opset, batch, normalize, exporter, fp16_io,
+    cuda_options); the other formats are built from the same module (or, OpenVINO, from that ONNX file),
+    calibrated on the same training images for int8, and validated by the same ``validate``.
+    """
+    from .format_export import export_file
+    from .formats import file_name, require
+
+    others = {f: p for f, p in precisions.items() if f != "onnx"}
+    for fmt in others:
+        require(fmt)  # a missing tool chain is one line before any work
+    if others and (not onnx_options.get("normalize", True) or onnx_options.get("batch") is not None):
+        raise ExportError("--no-normalize and a fixed --batch apply to ONNX files only; export the other formats "
+                          "without them")
+    reporter = _as_progress(progress)
+    onnx_precisions = precisions.get("onnx", ["fp32"])
+    stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
+    need_int8 = any("int8" in p for p in others.values())
+    if need_int8 and data_dir is None and dataset is None:
+        raise ExportError("int8 files need training images to calibrate on; pass --data-dir pointing at CIFAR-10")
+    result = ExportResult()
+    if "onnx" in precisions:
+        result = export_model(
+            model, out_dir, stem=stem, weights_sha256=weights_sha256, fp16="fp16" in onnx_precisions,
+            int8="int8" in onnx_precisions, data_dir=data_dir, calibration_images=calibration_images,
+            provider=provider, run_validation=run_validation, max_val_images=max_val_images,
+            progress=reporter, tta=tta, temperature=temperature, dataset=dataset, **onnx_options)
+    calibration = calibration_pixels(data_dir, calibration_images, train=dataset.train if dataset is not None
+                                     else None) if need_int8 else None
+    written = ExportResult()
+    with tempfile.TemporaryDirectory(prefix="aperture_formats_") as tmp:
+        onnx_fp32: Path | None = Path(out_dir) / f"{stem}.onnx"
+        if "openvino" in others and not ("onnx" in precisions and onnx_fp32.is_file()):  # type: ignore[union-attr]
+            reporter.stage("exporting the ONNX graph OpenVINO converts")
+            onnx_fp32 = to_onnx(model, Path(tmp) / f"{stem}.onnx", weights_sha256=weights_sha256,
+                                temperature=temperature, tta=tta)
+        for fmt, wanted in others.items():
+            for precision in wanted:
+                reporter.stage(f"writing the {fmt} {precision} file")
+                written.files.append(export_file(
+                    model, fmt, precision, Path(out_dir) / file_name(stem, fmt, precision),
+                    weights_sha256=weights_sha256, temperature=temperature, tta=tta,
+                    calibration=calibration if precision == "int8" else None, onnx_fp32=onnx_fp32))
+    if run_validation:
+        _validate_files(written, model, reporter, provider="cpu", data_dir=data_dir,
+                        max_val_images=max_val_images, test_split=dataset.test if dataset is not None else None)
+    result.files += written.files
+    result.failed_files += written.failed_files
+    result.reports += written.reports
+    result.report_files += written.report_files
+    return result

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import OnnxFileError
-from .formats import format_of, require
+from .formats import FORMATS, format_of, require
 
 _TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)"}
 
@@ -47,10 +47,21 @@ class RuntimeSession(Protocol):
     def get_modelmeta(self) -> Any: ...
 
 
+RUNTIMES: dict[str, str] = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch",
+                            "litert": "tflite", "tflite": "tflite"}  # --runtime -> the format it runs natively
+
+
 def open_session(path: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None,
-                 cuda_options: Any = None) -> RuntimeSession:
-    """A session on ``path`` in the runtime of its format (onnxruntime for ``.onnx``)."""
+                 cuda_options: Any = None, runtime: str | None = None) -> RuntimeSession:
+    """A session on ``path`` in ``runtime`` (default: its format's own; onnxruntime for ``.onnx``).
+
+    OpenVINO also runs ``.onnx`` files (it reads ONNX); every other pairing is refused in one line.
+    """
     fmt = format_of(path)
+    runtime = _check_runtime(runtime, fmt.name)
+    if runtime == "openvino" and fmt.name == "onnx":
+        require("openvino", "run")
+        return OpenVinoSession(Path(path), threads)
     if fmt.name == "onnx":
         from .runtime import create_session
 
@@ -62,6 +73,17 @@ def open_session(path: str | os.PathLike[str], provider: str = "auto", *, thread
     if not p.exists():
         raise OnnxFileError(f"{str(p)!r} does not exist; export it with `aperture export NAME --format {fmt.name}`")
     return {"openvino": OpenVinoSession, "executorch": ExecuTorchSession, "tflite": LiteRtSession}[fmt.name](p, threads)
+
+
+def _check_runtime(runtime: str | None, fmt: str) -> str:
+    if runtime is None:
+        return {v: k for k, v in RUNTIMES.items()}.get(fmt, fmt)
+    if runtime not in RUNTIMES:
+        raise OnnxFileError(f"unknown --runtime {runtime!r}; choose from onnxruntime, openvino, executorch, tflite")
+    if RUNTIMES[runtime] != fmt and not (runtime == "openvino" and fmt == "onnx"):
+        raise OnnxFileError(f"{runtime} does not run {fmt} files; pass a {FORMATS[RUNTIMES[runtime]].suffix} file "
+                            f"(`aperture export NAME --format {RUNTIMES[runtime]}`), or drop --runtime")
+    return runtime
 
 
 class _Base:
@@ -102,19 +124,26 @@ class OpenVinoSession(_Base):
         core = ov.Core()
         model = core.read_model(str(path))
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
-        if precision_hint(model):
-            config["INFERENCE_PRECISION_HINT"] = precision_hint(model)
+        # an IR says what precision it is computed in; an ONNX file is computed as it is written (f32 around
+        # its int8 parts), not in the plugin's bf16 default
+        config["INFERENCE_PRECISION_HINT"] = precision_hint(model) or "f32"
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.provider = f"openvino {ov.get_version().split('-')[0]} CPU {hint}"
-        self.metadata = rt_info_metadata(model)
+        self.metadata = rt_info_metadata(model) if path.suffix != ".onnx" else _onnx_metadata(path)
         self.inputs = [Port(p.get_any_name(), _ov_shape(p.get_partial_shape())) for p in model.inputs]
         self.outputs = [Port(p.get_any_name(), _ov_shape(p.get_partial_shape())) for p in model.outputs]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         result = self.request.infer({0: x})
         return [np.asarray(result[o]) for o in self.compiled.outputs]
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def _ov_shape(shape) -> list:

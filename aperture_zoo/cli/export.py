@@ -93,7 +93,7 @@ def _report_table(report: Any) -> Any:
     )
     table = Table(title=f"{Path(report.onnx_file).name}: {report.precision} on {report.provider} — {status}",
                   caption=f"tolerance: {limits}; reference: PyTorch fp32 on {report.reference_device}")
-    for col in ("inputs", "images", "max |Δ|", "mean |Δ|", "agree %", "ONNX top-1", "torch top-1"):
+    for col in ("inputs", "images", "max |Δ|", "mean |Δ|", "agree %", "file top-1", "torch top-1"):
         table.add_column(col, justify="left" if col == "inputs" else "right")
     for c in report.comparisons:
         table.add_row(
@@ -106,16 +106,23 @@ def _report_table(report: Any) -> Any:
 @app.command("export")
 def export_cmd(
     name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
-    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format supported)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (shorthand for --format onnx)."),
+    formats: list[str] = typer.Option([], "--format", "-f", help="onnx, openvino, executorch, tflite, coreml; "
+                                      "several: --format onnx,openvino (or the option repeated). Each other format "
+                                      "needs its extra: pip install 'aperture_zoo[openvino]' etc."),
     weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to export."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <name>.onnx and its report."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O unless --fp16-io)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 files: <name>.fp16.onnx (float32 I/O unless "
+                              "--fp16-io), <name>.fp16.mlpackage."),
+    bf16: bool = typer.Option(False, "--bf16", help="Also write <name>.bf16.xml (OpenVINO: fp32 weights, bf16 "
+                              "inference hint)."),
     fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write int8 files of each chosen format that has one "
+                              "(ONNX static QDQ, OpenVINO NNCF, ExecuTorch XNNPACK, LiteRT); needs --data-dir."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
     cuda_options: str = typer.Option("", "--cuda-options", help=_CUDA_OPTIONS_HELP),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
@@ -132,7 +139,8 @@ def export_cmd(
                             "(writes <name>.tta.onnx, same input and outputs; validated against `eval --tta`); none."),
     json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
-    """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
+    """Export to checked, self-describing files (ONNX, OpenVINO, ExecuTorch, LiteRT, Core ML; plus their
+    fp16/bf16/int8), each validated against PyTorch in its own runtime (Core ML: at the spec level).
 
     Outputs: logits, and probabilities (softmax(logits / T), calibrated with the weights' temperature).
 
@@ -140,15 +148,19 @@ def export_cmd(
     """
     with user_errors():
         from aperture_zoo.export.errors import ExportError
-        from aperture_zoo.export.pipeline import export_model, parse_max_val_images
+        from aperture_zoo.export.pipeline import export_formats, parse_max_val_images
         from aperture_zoo.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS, parse_cuda_options
         from aperture_zoo.predict import check_tta
 
+        from aperture_zoo.export.formats import parse_formats, precisions_for, require
+
         flip = check_tta(tta)
         options = parse_cuda_options(cuda_options)
-        if not onnx:
-            raise ExportError("ONNX is the only export format; add --onnx")
+        chosen = parse_formats(formats, onnx)
+        precisions = precisions_for(chosen, fp16=fp16, bf16=bf16, int8=int8)
+        for fmt in chosen:
+            require(fmt)  # a missing extra: one line with the pip command, before any work
         if provider not in PROVIDERS:
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         val_images = parse_max_val_images(max_val_images)
@@ -156,9 +168,9 @@ def export_cmd(
         own = _own_dataset(model, dataset, data_dir)
         data = _auto_data_dir(data_dir) if own is None else None
         with ConsoleProgress(err_console) as progress:
-            result = export_model(
-                model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
-                exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
+            result = export_formats(
+                model, out, precisions, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
+                exporter=exporter, fp16_io=fp16_io, data_dir=data, calibration_images=calibration_images,
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
                 progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
@@ -196,8 +208,11 @@ def export_cmd(
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
     model: str = typer.Option("resnet22", "--model", "-m", help="Published model or tag (PyTorch path), e.g. resnet10."),
-    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
-                                     "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
+    onnx: Path | None = typer.Option(None, "--onnx", "--file", help="A file written by `aperture export`: .onnx "
+                                     "(onnxruntime, no PyTorch), .xml (OpenVINO), .pte (ExecuTorch), .tflite (LiteRT); "
+                                     "the file decides calibration and TTA."),
+    runtime: str | None = typer.Option(None, "--runtime", help="onnxruntime, openvino, executorch or tflite "
+                                       "(default: the file's own; openvino also runs .onnx files)."),
     tta: str | None = typer.Option(None, "--tta", help="flip: average with the mirrored image (PyTorch path); "
                                    "an ONNX file holds its own (export --tta flip)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image (>= 1)."),
@@ -210,8 +225,13 @@ def predict_cmd(
     all answered, 1 some answered and some not, 2 none answered (or a bad --onnx file or model).
     """
     with user_errors():
+        if runtime is not None and onnx is None:
+            from aperture_zoo.export.errors import ExportError
+
+            raise ExportError(f"--runtime {runtime} runs an exported file; pass it with --file "
+                              f"(`aperture export {model} --pretrained --format ...` writes one)")
         if onnx is not None:
-            rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider)
+            rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider, runtime)
         elif provider != "auto":
             from aperture_zoo.export.errors import ExportError
 
@@ -240,21 +260,22 @@ def predict_cmd(
 
 
 def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int,
-                  provider: str) -> tuple[list[dict], list, str]:
-    """Torch-free: onnxruntime, numpy and pillow only."""
+                  provider: str, runtime: str | None = None) -> tuple[list[dict], list, str]:
+    """Torch-free for ONNX, OpenVINO and LiteRT files (ExecuTorch's runtime takes torch tensors)."""
     from aperture_zoo.export.errors import ExportError
     from aperture_zoo.export.predict import OnnxClassifier
 
     if tta is not None:
         raise ExportError("--tta applies to the PyTorch path; an ONNX file holds its own TTA "
                           "(`aperture export NAME --pretrained --onnx --tta flip`)")
-    clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
+    clf = OnnxClassifier(onnx, provider=provider, runtime=runtime)  # type: ignore[arg-type]
     predictions, failures = clf.predict_files(images, top_k=top_k)
     rows = [p.to_dict() for p in predictions]
     notice = clf.describe()  # said once, not per image
     for row in rows:
         row["notices"] = [n for n in row["notices"] if n != notice]
-    return rows, failures, f"{onnx.name}: {notice}"
+    ran_by = "" if onnx.suffix == ".onnx" and runtime in (None, "onnxruntime") else f" ({clf.providers[0]})"
+    return rows, failures, f"{onnx.name}{ran_by}: {notice}"
 
 
 def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], list, str]:
