@@ -28,8 +28,11 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # The runtime matrix: exported files in old and current onnxruntime and OpenCV DNN, each in a venv
-# made once under ~/.cache/aperture_zoo/runtimes from the package index (CI runs it too).
+# made once under ~/.cache/aperture_zoo/runtimes from the package index, and every other format
+# exported, validated and run in its own runtime (the `formats` extra; LiteRT's converter in a venv
+# of its own under the same folder). CI runs it too.
 test-runtimes: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,formats]'
 	$(PY) -m pytest -q -m runtimes
 
 # The curated mutation check (not part of `make test`): each promise in bench/mutants.toml broken

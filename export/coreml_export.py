@@ -31,7 +31,7 @@ def to_coreml(module: torch.nn.Module, input_size, path: Path, precision: str, m
     """Write ``module`` as an ``.mlpackage`` (a folder) at ``path``, replacing any earlier one whole."""
     import coremltools as ct
 
-    from .format_export import MAX_BATCH, batch_dim, example_batch
+    from .graph import MAX_BATCH, batch_dim, example_batch
 
     from .onnx_export import INPUT_NAME, OUTPUT_NAMES
 

@@ -35,7 +35,7 @@ def to_executorch(module: torch.nn.Module, input_size, path: Path, precision: st
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from .format_export import batch_dim, example_batch
+    from .graph import batch_dim, example_batch
 
     meta = {**meta, "executorch_version": getattr(executorch, "__version__", _version("executorch"))}
     example = example_batch(input_size)
@@ -66,7 +66,7 @@ def _quantize(program, example: torch.Tensor, calibration: np.ndarray | None):
         for i in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], np.float32)))
     converted = convert_pt2e(prepared)
-    from .format_export import batch_dim
+    from .graph import batch_dim
 
     return torch.export.export(converted, (example,), dynamic_shapes=(batch_dim(),))
 

@@ -1,6 +1,7 @@
 """One model to one file of any format: the graph, the metadata and the precision, as the ONNX export has them.
 
-Every format's graph is built from the same torch module as the ONNX file (``onnx_export.ExportedClassifier``:
+Every format's graph is built from the same torch module as the ONNX file (``graph.wrapper``, that is
+``onnx_export.ExportedClassifier``:
 normalisation inside, ``logits`` and calibrated ``probabilities``), or from that ONNX file itself
 (OpenVINO reads ONNX), so a change to the head (a new calibrator) reaches every format at once. Every
 file carries the ONNX file's metadata keys in its own format's metadata store (``format`` names the
@@ -20,18 +21,8 @@ from aperture_zoo.model import ResNet
 
 from .errors import ExportError
 from .formats import FORMATS, require
-from .onnx_export import ExportedClassifier, build_metadata, to_onnx
-
-# ExecuTorch and Core ML plan memory for the largest batch they take; the bench's 64 and the
-# validator's 256 fit, and an app batching more splits its input.
-MAX_BATCH = 256
-
-
-def wrapper(model: ResNet, *, temperature: float | None, tta: bool) -> torch.nn.Module:
-    """The module every format is converted from: the one the ONNX export traces."""
-    return ExportedClassifier(model, normalize=True, tta=tta,
-                              temperature=temperature if temperature is not None else 1.0).eval()
-
+from .graph import wrapper
+from .onnx_export import build_metadata, to_onnx
 
 def format_metadata(model: ResNet, fmt: str, precision: str, *, weights_sha256: str | None,
                     temperature: float | None, tta: bool, batch: int | None = None,
@@ -100,12 +91,3 @@ def export_file(
 
     meta = format_metadata(model, fmt, precision, batch=1, **kwargs)
     return to_tflite(model, path, precision, meta, calibration, temperature=temperature, tta=tta)
-
-
-def example_batch(input_size: tuple[int, ...] | list[int], n: int = 2) -> torch.Tensor:
-    """Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the batch axis."""
-    return torch.rand(n, *input_size)
-
-
-def batch_dim() -> dict[int, object]:
-    return {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}

@@ -1,9 +1,9 @@
 """torch -> LiteRT (TensorFlow Lite) flatbuffer (``.tflite``) through litert-torch: fp32 and int8.
 
-litert-torch converts the same module as the ONNX export (``format_export.wrapper``) without TensorFlow.
+litert-torch converts the same module as the ONNX export (``graph.wrapper``) without TensorFlow.
 It pins its own ``typing_extensions`` (older than coremltools' and ExecuTorch's need) and brings JAX,
 so it does not share an environment with them: when it does not import here it runs in a tool-chain
-environment of its own, made once under the runtimes cache folder (``matrix.default_cache_dir``),
+environment of its own, made once under the runtimes cache folder (``cache.default_cache_dir``),
 layered on this one (it sees this environment's torch and aperture_zoo, and adds only what litert-torch
 needs on top). ``litert_worker.py`` runs there; the weights go to it as safetensors.
 
@@ -78,7 +78,7 @@ def toolchain_python(cache_dir: Path | None = None) -> Path:
     """The Python of the litert-torch environment (made once, layered on this one)."""
     from filelock import FileLock
 
-    from .matrix import default_cache_dir
+    from .cache import default_cache_dir
 
     import site
     import sysconfig

@@ -2,7 +2,7 @@
 
     python litert_worker.py model.safetensors resnet22 out.tflite --precision int8 --calibration calib.npy
 
-It builds the same module as the ONNX export (``format_export.wrapper``) from the safetensors weights
+It builds the same module as the ONNX export (``graph.wrapper``) from the safetensors weights
 and writes the bare flatbuffer; ``litert_export.to_tflite`` adds the metadata and moves it into place.
 """
 
@@ -27,7 +27,7 @@ def convert(model, out: Path, precision: str, calibration: np.ndarray | None, *,
     """Convert ``model`` to a bare ``.tflite`` at ``out`` (fixed ``batch``)."""
     import torch
 
-    from aperture_zoo.export.format_export import wrapper
+    from aperture_zoo.export.graph import wrapper
 
     module = wrapper(model.eval().cpu(), temperature=temperature, tta=tta)
     example = (torch.rand(batch, *model.spec.input_size),)
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("flip", "none"), default="none")
     parser.add_argument("--calibration")
     args = parser.parse_args(argv)
-    import aperture_zoo
+    from aperture_zoo.pretrained import load
 
-    model = aperture_zoo.load(args.arch, weights=args.weights)
+    model = load(args.arch, weights=args.weights)
     calibration = np.load(args.calibration) if args.calibration else None
     convert(model, Path(args.out), args.precision, calibration, temperature=args.temperature,
             tta=args.tta == "flip", batch=args.batch)

@@ -20,7 +20,7 @@ from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .compat import check_opset
 from .errors import ExportError
-from .formats import companion_files
+from .formats import companion_files, format_of
 from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider, parse_cuda_options
@@ -218,9 +218,14 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
     reference_cache = {} if reference_cache is None else reference_cache  # PyTorch's test-set logits, once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
-        report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                          test_split=test_split,
-                          progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
+        if format_of(path).runtime is None:  # Core ML: checked at the spec level, reported as not run
+            from .spec_check import spec_report
+
+            report = spec_report(path, model)
+        else:
+            report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                              test_split=test_split, progress=reporter.update, reference_cache=reference_cache,
+                              cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:
             for stale in (*companion_files(aside), report_path(aside)):  # left by an earlier export that failed

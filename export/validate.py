@@ -309,10 +309,9 @@ def validate(
     from .formats import format_of
     from .sessions import open_session
 
-    if format_of(onnx_path).runtime is None:  # Core ML: checked at the spec level, not run here
-        from .spec_check import spec_report
-
-        return spec_report(onnx_path, model)
+    if format_of(onnx_path).runtime is None:
+        raise ExportError(f"{str(onnx_path)!r} cannot run on this system, so it cannot be compared with PyTorch; "
+                          "spec_check.spec_report checks it at the spec level")
     session = open_session(onnx_path, provider, cuda_options=cuda_options)
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
     precision = meta.get("precision", "fp32")

@@ -353,6 +353,16 @@ def bench_cmd(
     console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)
 
 
+def _format_rows(files: dict, rows: list, cache_dir: Path | None, say: Any) -> Any:
+    """The other formats' rows of the matrix, on the images the ONNX rows use (None: no such files)."""
+    if not files:
+        return None
+    from aperture_zoo.export.format_matrix import run_format_rows
+
+    return lambda pixels, reference, labels, described: run_format_rows(
+        files, pixels, reference, labels=labels, rows=rows, cache_dir=cache_dir, images=described, progress=say)
+
+
 @app.command("runtimes")
 def runtimes_cmd(
     name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
@@ -360,12 +370,14 @@ def runtimes_cmd(
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained weights (seed 0)."),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="Folder with <name>.onnx (.fp16/.int8) from "
-                                         "`aperture export`; default: export them here first."),
+                                         "`aperture export`, and any of its other formats' files (.xml, .pte, "
+                                         ".tflite: rows openvino-ir, executorch, litert); default: export ONNX here."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10: test images (and int8 calibration); "
                                          "else the 30 bundled test images, no int8."),
     max_images: int = typer.Option(1000, "--max-images", help="Stratified test images per cell."),
     only: str = typer.Option("all", "--runtimes", help="Comma-separated subset of ort, ort-cuda, ort-1.15, "
-                             "ort-1.16, opencv-4, opencv-5; or 'all'."),
+                             "ort-1.16, opencv-4, opencv-5, openvino (the ONNX files), openvino-ir, executorch, "
+                             "litert (the other formats' files in --onnx-dir); or 'all'."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the runtimes' venvs are kept "
                                           "(default $APERTURE_RUNTIMES_DIR or ~/.cache/aperture_zoo/runtimes)."),
     record: bool = typer.Option(False, "--record", help="Write the passing cells into the files' metadata "
@@ -380,9 +392,10 @@ def runtimes_cmd(
     """
     with user_errors():
         from aperture_zoo.export.errors import ExportError
+        from aperture_zoo.export.format_matrix import FORMAT_RUNTIMES, format_files_in
         from aperture_zoo.export.matrix import DEFAULT_RUNTIMES, format_matrix, measure_model
 
-        keys = [r.key for r in DEFAULT_RUNTIMES]
+        keys = [r.key for r in (*DEFAULT_RUNTIMES, *FORMAT_RUNTIMES)]
         chosen = keys if only.strip() == "all" else [k.strip() for k in only.split(",") if k.strip()]
         if not chosen or any(k not in keys for k in chosen):
             raise ExportError(f"--runtimes must name some of {', '.join(keys)} (or 'all'), got {only!r}")
@@ -390,18 +403,21 @@ def runtimes_cmd(
             raise ExportError(f"--max-images must be at least 1, got {max_images}")
         if record and onnx_dir is None:
             raise ExportError("--record writes into existing files; pass them with --onnx-dir")
-        files = None
+        files, others = None, {}
         if onnx_dir is not None:
+            others = {row: f for row, f in format_files_in(onnx_dir, name).items() if row in chosen}
             candidates = {"fp32": onnx_dir / f"{name}.onnx", "fp16": onnx_dir / f"{name}.fp16.onnx",
                           "int8": onnx_dir / f"{name}.int8.onnx"}
             files = {p: f for p, f in candidates.items() if f.is_file()}
-            if not files:
+            if not files and not others:
                 raise ExportError(f"no {name}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
         model, sha = _load_model(name, weights, pretrained, random_init)
         with err_console.status("running the runtime matrix") as status:
             matrix = measure_model(model, files=files, data_dir=_auto_data_dir(data_dir), max_images=max_images,
                                    runtimes=[r for r in DEFAULT_RUNTIMES if r.key in chosen], cache_dir=cache_dir,
-                                   weights_sha256=sha, record=record, progress=lambda m: _say(status, m))
+                                   weights_sha256=sha, record=record, progress=lambda m: _say(status, m),
+                                   more_cells=_format_rows(others, [r for r in FORMAT_RUNTIMES if r.key in chosen],
+                                                           cache_dir, lambda m: _say(status, m)))
         if out is not None:
             import json
 
