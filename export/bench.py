@@ -69,6 +69,7 @@ class BenchRow:
     note: str = ""
     ratio_to_ort_fp32: float | None = None   # onnxruntime (ort-*) rows only
     threads: int | None = None               # intra-op / WebAssembly threads; None: the runtime's default
+    repeat: int = 0                          # which pass of a run measured with repeats (the spread)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +147,8 @@ def run_benchmark(
     cuda_options: str | dict | None = None,
     io_binding: bool = False,
     torch_threads: bool = False,
+    thread_counts: Sequence[int] | None = None,
+    repeats: int = 1,
 ) -> list[BenchRow]:
     """Images/s per (device, variant, batch size).
 
@@ -156,6 +159,9 @@ def run_benchmark(
     ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores), and the other
     formats' runtimes' (OpenVINO, ExecuTorch's XNNPACK pool, LiteRT); ``torch_threads`` sets torch's too
     (``torch.set_num_threads``, restored after), so that every row of a table runs on the same cores.
+    ``thread_counts`` times every row at each of these thread counts, and ``repeats`` repeats the whole
+    table (rows say which pass: ``repeat``), all with the files exported once: ratios and their spread come
+    from one run on the same machine load.
     ``cuda_options`` go to onnxruntime's CUDA provider on the ``cuda`` device (checked everywhere);
     ``io_binding`` times onnxruntime with its input and output in buffers on the device (no host
     copies in the timed run), which ``enable_cuda_graph=1`` needs and so implies.
@@ -207,12 +213,18 @@ def run_benchmark(
             if "int8" in notes:
                 notes.update({v: notes["int8"] for v in format_files if v.endswith("int8")})
         saved = torch.get_num_threads()
-        if torch_threads and threads:
-            torch.set_num_threads(threads)
         try:
-            for dev in devices:
-                rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters,
-                                      say, threads, options if dev == "cuda" else {}, bound, torch_threads)
+            for repeat in range(repeats):
+                for count in (thread_counts or [threads]):
+                    if torch_threads and count:
+                        torch.set_num_threads(count)
+                    for dev in devices:
+                        part = _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds,
+                                             min_iters, say, count, options if dev == "cuda" else {}, bound,
+                                             torch_threads)
+                        for row in part:
+                            row.repeat = repeat
+                        rows += add_ratios(part)
         finally:
             torch.set_num_threads(saved)
     return rows
@@ -298,12 +310,15 @@ def _bound_runner(session, pixels: np.ndarray, device: str) -> tuple[Callable[[]
 
 def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
     """Fill each row's ratios to torch eager and onnxruntime fp32 at the same device and batch."""
-    base = {(r.variant, r.device, r.batch): r.images_per_s for r in rows}
+    def same(r: BenchRow, variant: str) -> float | None:  # same device, batch, pass, and thread count if set
+        return next((o.images_per_s for o in rows if o.variant == variant and o.device == r.device
+                     and o.batch == r.batch and o.repeat == r.repeat and o.threads in (r.threads, None)), None)
+
     for r in rows:
         if r.images_per_s is None:
             continue
-        eager = base.get(("torch-eager", r.device, r.batch))
-        fp32 = base.get(("ort-fp32", r.device, r.batch))
+        eager = same(r, "torch-eager")
+        fp32 = same(r, "ort-fp32")
         r.ratio_to_eager = r.images_per_s / eager if eager else None
         r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and not r.variant.startswith(("torch-", "browser-")) else None
     return rows

@@ -13,6 +13,8 @@ quantisation on training images, computed around the int8 parts in f32.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -25,6 +27,7 @@ from aperture_zoo.files import atomic_path
 from .errors import ExportError
 
 META_SECTION = "aperture_zoo"
+CALIBRATION_BATCH = 32
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
@@ -51,8 +54,10 @@ def _quantize(model, calibration: np.ndarray | None):
     if calibration is None:
         raise ExportError("an OpenVINO int8 file needs training images to calibrate on; pass --data-dir")
     nncf.set_log_level(logging.ERROR)
-    items = [calibration[i : i + 1].astype(np.float32) for i in range(len(calibration))]
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True)
+    # batches of 32 (the IR has a dynamic batch): the statistics are the same, 32 times fewer calls
+    items = [calibration[i : i + CALIBRATION_BATCH].astype(np.float32) for i in range(0, len(calibration), CALIBRATION_BATCH)]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress bars
+        return nncf.quantize(model, nncf.Dataset(items), subset_size=len(calibration), fast_bias_correction=True)
 
 
 def _save(model, path: Path) -> None:
