@@ -300,7 +300,10 @@ def bench_cmd(
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
     variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
-                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'; "
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8, ov-fp32, ov-bf16, "
+                                 "ov-int8, ov-onnx-int8 (OpenVINO on the ONNX int8 file), et-fp32, et-int8 "
+                                 "(ExecuTorch), litert-fp32, litert-int8; or 'all' (the formats' rows where their "
+                                 "extras are installed); "
                                  "plus browser-wasm, browser-webgpu (the demo page in headless Chromium, batch 1, "
                                  "fp32 and int8, beside ort-fp32/ort-int8)."),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads, and the page's "
@@ -314,7 +317,8 @@ def bench_cmd(
                                     "buffers (no host copies); implied by enable_cuda_graph=1."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Images/s for torch eager, channels_last, torch.compile and onnxruntime fp32/fp16/int8."""
+    """Images/s for torch eager, channels_last, torch.compile, onnxruntime fp32/fp16/int8, and each other
+    format in its runtime (OpenVINO, ExecuTorch, LiteRT), all from the same model in one run."""
     with user_errors():
         from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
         from aperture_zoo.export.runtime import parse_cuda_options
