@@ -2,7 +2,7 @@
 
 Every number comes from a measurement or a run output: parameters and FLOPs from
 ``summary.measure``, accuracy/recipe/hardware from the weights' metadata, per-class accuracy from
-``eval.json``, ONNX parity from ``*.report.json``. Nothing is typed by hand, and a model without
+``eval.json``, every exported file's parity from ``*.report.json``. Nothing is typed by hand, and a model without
 trained weights gets a card that says so and claims no accuracy. Output is deterministic (no
 timestamps, sorted keys) so a test can regenerate the committed cards and catch stale ones.
 """

@@ -265,7 +265,7 @@ def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
     files = hub_env.repos["zoo/onnx10"].resolve("main").files
     assert files["model.onnx"] == b"onnx-bytes"
     readme = files["README.md"].decode()
-    assert "- onnx" in readme and "## ONNX parity" in readme and "3e-06" in readme
+    assert "- onnx" in readme and "## Exported files: parity with PyTorch" in readme and "3e-06" in readme
 
 
 @pytest.fixture
