@@ -9,6 +9,10 @@ Markdown table from it.
 
     python bench/formats_zoo.py --data-dir DIR --out bench/results/DIR/formats_zoo.jsonl [--models resnet10]
     python bench/formats_zoo.py --out bench/results/DIR/formats_zoo.jsonl --table
+    python bench/formats_zoo.py --files-dir FILES --cards model_cards   # the reports beside each card
+
+``--cards`` copies each file's report into ``model_cards/<name>/`` (the file named as the export names it,
+not where it was written), so that ``aperture card NAME`` lists every format's file with its figures.
 """
 
 from __future__ import annotations
@@ -69,15 +73,33 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def copy_reports(files_dir: Path, cards: Path) -> list[Path]:
+    written = []
+    for report in sorted(files_dir.glob("*/*.report.json")):
+        if report.name.endswith(".onnx.report.json") or report.name.count(".") < 3:
+            continue  # ONNX reports are the published ones, made by `aperture export --onnx` itself
+        data = json.loads(report.read_text())
+        data["onnx_file"] = Path(data["onnx_file"]).name
+        dest = cards / report.parent.name / report.name
+        dest.write_text(json.dumps(data, indent=2) + "\n")
+        written.append(dest)
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--files-dir", type=Path, default=Path("runs/formats"))
     parser.add_argument("--models", default="resnet10,resnet18,resnet20,resnet22,resnet24,resnet32")
     parser.add_argument("--max-val-images", type=int, default=2000)
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--cards", type=Path)
     args = parser.parse_args()
+    if args.cards:
+        for path in copy_reports(args.files_dir, args.cards):
+            print(f"wrote {path}")
+        return
     if args.table:
         print(table(args.out))
         return
