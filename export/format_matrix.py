@@ -23,7 +23,7 @@ from .matrix import Cell, RuntimeSpec, run_worker, runtime_python
 FORMAT_RUNTIMES: tuple[RuntimeSpec, ...] = (
     RuntimeSpec("openvino-ir", "openvino", ("openvino==2026.4.1",), why="the OpenVINO IR files (fp32, bf16, int8)"),
     RuntimeSpec("executorch", "executorch", (), why="the ExecuTorch programs, XNNPACK (the ExecuTorch installed here)"),
-    RuntimeSpec("litert", "litert", ("ai-edge-litert==2.3.0",), why="the LiteRT flatbuffers (fp32, int8)"),
+    RuntimeSpec("litert", "litert", ("ai-edge-litert==2.3.0", "numpy"), why="the LiteRT flatbuffers (fp32, int8)"),
 )
 FORMAT_OF_ROW = {"openvino-ir": "openvino", "executorch": "executorch", "litert": "tflite"}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_BATCH = 1  # the file's own batch: the quantiser calibrates the graph it converts
+CALIBRATION_BATCH = 32  # calibrated on a dynamic-batch graph in batches, then converted at the file's batch
 
 
 def convert(model, out: Path, precision: str, calibration: np.ndarray | None, *, temperature: float | None,
@@ -50,12 +50,14 @@ def _quantized(litert_torch, module, example, calibration: np.ndarray | None):
 
     if calibration is None:
         raise ValueError("an int8 LiteRT file needs calibration images")
+    from aperture_zoo.export.graph import batch_dim, example_batch
+
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    prepared = prepare_pt2e(torch.export.export(module, example).module(), quantizer)
-    n = example[0].shape[0]
+    graph = torch.export.export(module, (example_batch(example[0].shape[1:]),), dynamic_shapes=(batch_dim(),))
+    prepared = prepare_pt2e(graph.module(), quantizer)
     with torch.no_grad():
-        for i in range(0, len(calibration) - n + 1, n):
-            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + n], np.float32)))
+        for i in range(0, len(calibration), CALIBRATION_BATCH):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], np.float32)))
     converted = convert_pt2e(prepared, fold_quantize=False)
     return litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
