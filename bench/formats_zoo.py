@@ -105,7 +105,10 @@ def main() -> None:
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
-        measure(name.strip(), args.data_dir, args.files_dir, args.max_val_images, args.out)
+        try:
+            measure(name.strip(), args.data_dir, args.files_dir, args.max_val_images, args.out)
+        except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others still run
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
 
 
 if __name__ == "__main__":

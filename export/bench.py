@@ -207,11 +207,11 @@ def run_benchmark(
                     notes["int8"] = "calibrated on noise (speed only)"
                 files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
         if formats:
-            format_files, failed = export_bench_files(model, formats, Path(tmp), calib, files, say)
+            format_files, failed = export_bench_files(model, formats, Path(tmp), calib, files, say, batch_sizes)
             files.update(format_files)  # type: ignore[arg-type]
             notes.update({v: f"failed: {why}" for v, why in failed.items()})
             if "int8" in notes:
-                notes.update({v: notes["int8"] for v in format_files if v.endswith("int8")})
+                notes.update({v: notes["int8"] for v in formats if v.endswith("int8")})
         saved = torch.get_num_threads()
         try:
             for repeat in range(repeats):
@@ -247,12 +247,13 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             note = ""
             try:
                 if variant in FORMAT_VARIANTS:
-                    if variant not in files:
+                    path = files.get(f"{variant}@{batch}", files.get(variant))
+                    if path is None:
                         raise RuntimeError(notes[variant].removeprefix("failed: "))
                     if device != "cpu":
                         raise RuntimeError(f"{variant} is timed on the CPU only")
                     note = notes.get(variant, "")
-                    fn = format_runner(variant, files[variant], pixels, threads)
+                    fn = format_runner(variant, path, pixels, threads)
                 elif variant.startswith("ort-"):
                     precision = variant.removeprefix("ort-")
                     session = create_session(files[precision], provider, threads=threads,  # type: ignore[arg-type]

@@ -25,9 +25,11 @@ FORMAT_VARIANTS: dict[str, tuple[str, str]] = {  # variant -> (format, precision
 
 
 def export_bench_files(model, variants: list[str], tmp: Path, calibration: np.ndarray, onnx_files: dict[str, Path],
-                       say: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, str]]:
-    """The file of each format variant (exported once per format and precision) and, per variant, why it
-    has none (a missing extra, a failed conversion)."""
+                       say: Callable[[str], None], batch_sizes: tuple[int, ...] | list[int] = (1,),
+                       ) -> tuple[dict[str, Path], dict[str, str]]:
+    """The file of each format variant (exported once per format and precision; an ExecuTorch program
+    once per batch size, ``variant@batch``, as its batch is fixed) and, per variant, why it has none (a
+    missing extra, a failed conversion)."""
     from .format_export import export_file
 
     files: dict[str, Path] = {}
@@ -40,10 +42,12 @@ def export_bench_files(model, variants: list[str], tmp: Path, calibration: np.nd
         try:
             require(fmt)
             require(fmt, "run")
-            say(f"exporting the {fmt} {precision} file")
-            files[variant] = export_file(model, fmt, precision, tmp / file_name("m", fmt, precision),
+            for batch in (batch_sizes if fmt == "executorch" else (1,)):
+                say(f"exporting the {fmt} {precision} file" + (f" (batch {batch})" if fmt == "executorch" else ""))
+                key = f"{variant}@{batch}" if fmt == "executorch" else variant
+                files[key] = export_file(model, fmt, precision, tmp / file_name(f"m{batch}", fmt, precision),
                                          calibration=calibration if precision == "int8" else None,
-                                         onnx_fp32=onnx_files.get("fp32"))
+                                         onnx_fp32=onnx_files.get("fp32"), batch=batch)
         except Exception as exc:  # noqa: BLE001 - a runtime that cannot be had is a row's note
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
             failed[variant] = f"{type(exc).__name__}: {first}"

@@ -1,7 +1,9 @@
 """torch -> ExecuTorch program (``.pte``), lowered to the XNNPACK delegate: fp32, and int8 by PT2E.
 
-The program is exported with a dynamic batch axis (1 to ``MAX_BATCH``) from the same module as the
-ONNX file. A ``.pte`` has no free-form metadata table; the ONNX metadata goes in a constant method of
+The program is exported at a fixed batch (1 by default: a phone classifies one image; ``batch`` for
+more) from the same module as the ONNX file. A dynamic batch axis is not used: with torch 2.14 the
+memory planner bounds it at 15 whatever the declared maximum (measured with ExecuTorch 1.5.1), and a
+larger batch then fails at run time. A ``.pte`` has no free-form metadata table; the ONNX metadata goes in a constant method of
 the program, ``aperture_metadata``, returning one JSON string (ExecuTorch's own way to ship values
 with a program: ``program.load_method("aperture_metadata").execute([])``). int8 is XNNPACK's quantiser
 (symmetric, per-channel weights, static activations calibrated on training images).
@@ -29,20 +31,19 @@ CALIBRATION_BATCH = 32
 
 
 def to_executorch(module: torch.nn.Module, input_size, path: Path, precision: str, meta: dict[str, str],
-                  calibration: np.ndarray | None = None) -> Path:
-    """Write ``module`` as an XNNPACK-delegated ``.pte`` at ``path``."""
+                  calibration: np.ndarray | None = None, batch: int = 1) -> Path:
+    """Write ``module`` as an XNNPACK-delegated ``.pte`` at ``path``, taking ``batch`` images per call."""
     import executorch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from .graph import batch_dim, example_batch
-
     meta = {**meta, "executorch_version": getattr(executorch, "__version__", _version("executorch"))}
-    example = example_batch(input_size)
+    example = torch.rand(batch, *input_size)
     with _quiet():
-        program = torch.export.export(module, (example,), dynamic_shapes=(batch_dim(),))
         if precision == "int8":
-            program = _quantize(program, example, calibration)
+            program = _quantize(module, example, calibration)
+        else:
+            program = torch.export.export(module, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                               constant_methods={META_METHOD: json.dumps(meta, sort_keys=True)})
         buffer = lowered.to_executorch().buffer
@@ -51,7 +52,9 @@ def to_executorch(module: torch.nn.Module, input_size, path: Path, precision: st
     return Path(path)
 
 
-def _quantize(program, example: torch.Tensor, calibration: np.ndarray | None):
+def _quantize(module: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray | None):
+    """Calibrated on a dynamic-batch graph in batches (one call per image would be slow), then exported
+    at the file's batch."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -60,15 +63,16 @@ def _quantize(program, example: torch.Tensor, calibration: np.ndarray | None):
 
     if calibration is None:
         raise ExportError("an ExecuTorch int8 file needs training images to calibrate on; pass --data-dir")
+    from .graph import batch_dim, example_batch
+
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
+    graph = torch.export.export(module, (example_batch(example.shape[1:]),), dynamic_shapes=(batch_dim(),))
+    prepared = prepare_pt2e(graph.module(), quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], np.float32)))
     converted = convert_pt2e(prepared)
-    from .graph import batch_dim
-
-    return torch.export.export(converted, (example,), dynamic_shapes=(batch_dim(),))
+    return torch.export.export(converted, (example,))
 
 
 @contextlib.contextmanager

@@ -47,12 +47,15 @@ def export_file(
     tta: bool = False,
     calibration: np.ndarray | None = None,
     onnx_fp32: Path | None = None,
+    batch: int = 1,
 ) -> Path:
     """Write ``model`` as one ``fmt`` file of ``precision`` at ``path``.
 
     ``calibration`` (float32 N x 3 x H x W pixels in [0, 1], training images) is needed for int8;
     ``onnx_fp32`` is the fp32 ONNX file OpenVINO converts (exported here when not given).
-    ``temperature=None`` takes the model's own, as ``to_onnx`` does.
+    ``temperature=None`` takes the model's own, as ``to_onnx`` does. ``batch``: the fixed batch of the
+    ExecuTorch and LiteRT files (1: one image per call; LiteRT's interpreter can resize it, ExecuTorch's
+    program cannot); the other formats take any batch.
     """
     require(fmt)
     if precision not in FORMATS[fmt].precisions:
@@ -80,8 +83,8 @@ def export_file(
     if fmt == "executorch":
         from .executorch_export import to_executorch
 
-        meta = format_metadata(model, fmt, precision, **kwargs)
-        return to_executorch(module, model.spec.input_size, path, precision, meta, calibration)
+        meta = format_metadata(model, fmt, precision, batch=batch, **kwargs)
+        return to_executorch(module, model.spec.input_size, path, precision, meta, calibration, batch=batch)
     if fmt == "coreml":
         from .coreml_export import to_coreml
 
@@ -89,5 +92,5 @@ def export_file(
         return to_coreml(module, model.spec.input_size, path, precision, meta)
     from .litert_export import to_tflite
 
-    meta = format_metadata(model, fmt, precision, batch=1, **kwargs)
-    return to_tflite(model, path, precision, meta, calibration, temperature=temperature, tta=tta)
+    meta = format_metadata(model, fmt, precision, batch=batch, **kwargs)
+    return to_tflite(model, path, precision, meta, calibration, temperature=temperature, tta=tta, batch=batch)

@@ -223,9 +223,9 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
 
             report = spec_report(path, model)
         else:
-            report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                              test_split=test_split, progress=reporter.update, reference_cache=reference_cache,
-                              cuda_options=cuda_options)
+            report = _validate_or_fail(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                                       test_split=test_split, progress=reporter.update,
+                                       reference_cache=reference_cache, cuda_options=cuda_options)
         aside = failed_path(path)
         if report.passed:
             for stale in (*companion_files(aside), report_path(aside)):  # left by an earlier export that failed
@@ -242,6 +242,23 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
             result.failed_files.append(aside)
         result.reports.append(report)
         result.report_files.append(report.write_json())
+
+
+def _validate_or_fail(path: Path, model: ResNet, **kwargs: Any) -> ValidationReport:
+    """``validate``, where a runtime that cannot run the file (a crash inside it, not a wrong option)
+    makes a failed report: the file is then moved aside like any other that fails."""
+    try:
+        return validate(path, model, **kwargs)
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own types
+        from .validate import tolerance_for
+
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        report = ValidationReport(onnx_file=str(path), arch=model.spec.name, precision="unknown",
+                                  provider="the runtime failed", tolerance=tolerance_for("fp32", "cpu"))
+        report.failures.append(f"{path.name}: the runtime could not run it ({type(exc).__name__}: {first})")
+        return report
 
 
 def _remove(path: Path) -> None:
