@@ -187,3 +187,26 @@ def test_bench_rows_compare_every_runtime_with_onnxruntime_fp32() -> None:
                        BenchRow("torch-eager", "cpu", 1, 50.0)])
     assert rows[1].ratio_to_ort_fp32 == pytest.approx(2.5) and rows[2].ratio_to_ort_fp32 is None
     assert np.isclose(rows[1].ratio_to_eager, 5.0)
+
+
+def test_a_file_its_runtime_cannot_run_fails_validation_and_is_moved_aside(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    import aperture_zoo
+    from aperture_zoo.export import sessions
+    from aperture_zoo.export.format_export import format_metadata
+    from aperture_zoo.export.pipeline import ExportResult, _validate_files
+    from aperture_zoo.progress import SilentProgress
+
+    model = aperture_zoo.create_model("resnet10").eval()
+    meta = format_metadata(model, "executorch", "fp32", weights_sha256=None, temperature=None, tta=False)
+    broken = _FakeSession(model, meta)
+    broken.run = lambda names, feed: (_ for _ in ()).throw(RuntimeError("method->set_inputs() failed with error 0x10"))
+    monkeypatch.setattr(sessions, "open_session", lambda path, *a, **k: broken)
+    path = tmp_path / "resnet10.pte"
+    path.write_bytes(b"program")
+    result = ExportResult(files=[path])
+    _validate_files(result, model, SilentProgress(), provider="cpu", data_dir=None, max_val_images=None)
+    assert not result.passed and not path.exists() and (tmp_path / "resnet10.FAILED.pte").read_bytes() == b"program"
+    report = json.loads((tmp_path / "resnet10.FAILED.pte.report.json").read_text())
+    assert report["failures"] == ["resnet10.pte: the runtime could not run it (RuntimeError: method->set_inputs() "
+                                  "failed with error 0x10)"]
