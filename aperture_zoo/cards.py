@@ -95,19 +95,12 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
     if (source_dir / EVAL_FILENAME).is_file():
         facts.eval = _read_json(source_dir / EVAL_FILENAME)
     for report in sorted(source_dir.glob("*" + REPORT_SUFFIX)):
-        facts.onnx_reports[_reported_file(report.name.removesuffix(REPORT_SUFFIX))] = _read_json(report)
+        stem = report.name.removesuffix(REPORT_SUFFIX)  # other formats keep their suffix: resnet22.int8.pte.report.json
+        facts.onnx_reports[stem if stem.endswith((".xml", ".pte", ".tflite", ".mlpackage")) else stem + ".onnx"] = _read_json(report)
     if (source_dir / RUNTIMES_FILENAME).is_file():
         facts.runtimes = _read_json(source_dir / RUNTIMES_FILENAME)
     facts.has_onnx = bool(facts.onnx_reports) or any(source_dir.glob("*.onnx"))
     return facts
-
-
-# The other formats keep their suffix in a report's name (resnet22.int8.pte.report.json); ONNX's has none.
-_FORMAT_SUFFIXES = (".xml", ".pte", ".tflite", ".mlpackage")
-
-
-def _reported_file(stem: str) -> str:
-    return stem if stem.endswith(_FORMAT_SUFFIXES) else stem + ".onnx"
 
 
 def _check_recorded_figures(facts: CardFacts, where: Path) -> None:
@@ -252,11 +245,10 @@ def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
                  c.get("onnx_top1"), c.get("torch_top1")) for c in report.get("comparisons", [])]
         table = _table(("inputs", "images", "max |logit diff|", "top-1 agreement (%)", "file top-1 (%)",
                         "PyTorch top-1 (%)"), rows) if rows else ""
-        ran = report.get("ran", True)
-        verdict = "passed" if report.get("passed") else "FAILED"
+        ran, verdict = report.get("ran", True), "passed" if report.get("passed") else "FAILED"
         items.append({"file": file_name, "precision": report.get("precision", "?"), "format": report.get("format", "onnx"),
-                      "provider": report.get("provider", "?"), "ran": ran,
-                      "verdict": verdict if ran else f"not run here; the spec-level check {verdict}", "table": table})
+                      "provider": report.get("provider", "?"), "ran": ran, "table": table,
+                      "verdict": verdict if ran else f"not run here; the spec-level check {verdict}"})
     return items
 
 
