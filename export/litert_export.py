@@ -83,8 +83,13 @@ def toolchain_python(cache_dir: Path | None = None) -> Path:
     import site
     import sysconfig
 
+    import hashlib
+
     base = cache_dir or default_cache_dir()
-    venv = base / f"py{sys.version_info.major}{sys.version_info.minor}-toolchain-{TOOLCHAIN[0].replace('==', '-')}"
+    layers = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    # layered on this environment: one per environment, or another one's would be used by mistake
+    tag = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:8]
+    venv = base / f"py{sys.version_info.major}{sys.version_info.minor}-toolchain-{TOOLCHAIN[0].replace('==', '-')}-{tag}"
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     ready = venv / ".aperture-ready"
     base.mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,6 @@ def toolchain_python(cache_dir: Path | None = None) -> Path:
                        capture_output=True)
         own = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
-        layers = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
         (own / "_aperture_base.pth").write_text(
             "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in dict.fromkeys(layers)) + "\n")
         done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
