@@ -76,7 +76,7 @@ def table(path: Path) -> str:
 def copy_reports(files_dir: Path, cards: Path) -> list[Path]:
     written = []
     for report in sorted(files_dir.glob("*/*.report.json")):
-        if report.name.endswith(".onnx.report.json") or report.name.count(".") < 3:
+        if not report.name.removesuffix(".report.json").endswith((".xml", ".pte", ".tflite", ".mlpackage")):
             continue  # ONNX reports are the published ones, made by `aperture export --onnx` itself
         data = json.loads(report.read_text())
         data["onnx_file"] = Path(data["onnx_file"]).name
