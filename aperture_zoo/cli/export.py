@@ -107,17 +107,17 @@ def _report_table(report: Any) -> Any:
 def export_cmd(
     name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
     onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (shorthand for --format onnx)."),
-    formats: list[str] = typer.Option([], "--format", "-f", help="onnx, openvino, executorch, tflite, coreml; "
-                                      "several: --format onnx,openvino (or the option repeated). Each other format "
-                                      "needs its extra: pip install 'aperture_zoo[openvino]' etc."),
+    formats: str = typer.Option("", "--format", help="onnx, openvino, executorch, tflite, coreml; several: "
+                                "--format onnx,openvino. Each format but ONNX needs its extra: pip install "
+                                "'aperture_zoo\\[openvino]' (executorch, litert, coreml; formats: all)."),
     weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to export."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <name>.onnx and its report."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 files: <name>.fp16.onnx (float32 I/O unless "
-                              "--fp16-io), <name>.fp16.mlpackage."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 files: ONNX <name>.fp16.onnx (float32 I/O "
+                              "unless --fp16-io) and Core ML."),
     bf16: bool = typer.Option(False, "--bf16", help="Also write <name>.bf16.xml (OpenVINO: fp32 weights, bf16 "
                               "inference hint)."),
     fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
