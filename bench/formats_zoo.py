@@ -74,9 +74,11 @@ def table(path: Path) -> str:
 
 
 def copy_reports(files_dir: Path, cards: Path) -> list[Path]:
+    from aperture_zoo.files import ONNX_SUFFIX, judged_file
+
     written = []
     for report in sorted(files_dir.glob("*/*.report.json")):
-        if not report.name.removesuffix(".report.json").endswith((".xml", ".pte", ".tflite", ".mlpackage")):
+        if judged_file(report.name).endswith(ONNX_SUFFIX):
             continue  # ONNX reports are the published ones, made by `aperture export --onnx` itself
         data = json.loads(report.read_text())
         data["onnx_file"] = Path(data["onnx_file"]).name

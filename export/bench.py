@@ -168,8 +168,6 @@ def run_benchmark(
     """
     import logging
 
-    from .errors import ExportError
-
     # torch.compile imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on every
     # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -177,16 +175,7 @@ def run_benchmark(
     options = parse_cuda_options(cuda_options)
     bound = io_binding or options.get("enable_cuda_graph") == "1"
     variants = canonical_variants(variants)
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if not math.isfinite(min_seconds) or min_seconds < 0 or min_iters < 1 or warmup < 0:
-        raise ExportError(f"--min-seconds must be >= 0 (got {min_seconds:g}); timing needs >= 1 run and >= 0 warm-ups")
-    devices = default_devices() if device == "auto" else [device] if isinstance(device, str) else list(device)
-    for d in devices:
-        if d not in ("cpu", "cuda"):
-            raise ExportError(f"--device must be cpu, cuda or auto, got {d!r}")
-        if d == "cuda" and not torch.cuda.is_available():
-            raise ExportError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu")
+    devices = _checked_devices(device, batch_sizes, min_seconds, min_iters, warmup)
     model = copy.deepcopy(model).eval().cpu()  # the caller's model stays where it is
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="aperture_bench_") as tmp:
@@ -228,6 +217,24 @@ def run_benchmark(
         finally:
             torch.set_num_threads(saved)
     return rows
+
+
+def _checked_devices(device: str | Sequence[str], batch_sizes: Sequence[int], min_seconds: float, min_iters: int,
+                     warmup: int) -> list[str]:
+    """The devices to time on, every option checked first (one line naming it)."""
+    from .errors import ExportError
+
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if not math.isfinite(min_seconds) or min_seconds < 0 or min_iters < 1 or warmup < 0:
+        raise ExportError(f"--min-seconds must be >= 0 (got {min_seconds:g}); timing needs >= 1 run and >= 0 warm-ups")
+    devices = default_devices() if device == "auto" else [device] if isinstance(device, str) else list(device)
+    for d in devices:
+        if d not in ("cpu", "cuda"):
+            raise ExportError(f"--device must be cpu, cuda or auto, got {d!r}")
+        if d == "cuda" and not torch.cuda.is_available():
+            raise ExportError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu")
+    return devices
 
 
 def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],

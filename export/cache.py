@@ -10,4 +10,6 @@ def default_cache_dir() -> Path:
     """``$APERTURE_RUNTIMES_DIR``, else the user cache folder's ``aperture_zoo/runtimes``."""
     env = os.environ.get("APERTURE_RUNTIMES_DIR")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aperture_zoo" / "runtimes"
-    return base.expanduser()
+    from aperture_zoo.files import user_path
+
+    return user_path(base)

@@ -6,7 +6,9 @@ the old onnxruntime and OpenCV DNN rows); ``executorch`` runs the ``.pte`` files
 installed here (its runtime takes torch tensors, so a venv of its own would hold a second torch).
 ``runtime_worker.py`` runs every cell; its logits are judged by the precision's tolerance
 (``validate.tolerance_for``), exactly as the ONNX cells are. Core ML files do not run on this system
-and have no row.
+and have no row. Each file is first shown to be of the weights of the reference
+(``provenance.check_model``: its validation report names its exact bytes), and each cell records the
+SHA-256 of the model it ran (``files.model_sha256``), which ``provenance.check_runtimes`` checks.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ def format_files_in(folder: Path, stem: str) -> dict[str, dict[str, Path]]:
     return found
 
 
+def check_format_files(files: dict[str, dict[str, Path]], weights_sha256: str, name: str = "NAME") -> None:
+    """Every file of ``files`` made from the weights ``weights_sha256``, or ``provenance.StaleFileError``
+    (a file of other weights would be judged against the wrong reference)."""
+    from aperture_zoo.provenance import check_model
+
+    for by_precision in files.values():
+        for path in by_precision.values():
+            check_model(path, weights_sha256, name)
+
+
 def run_format_rows(
     files: dict[str, dict[str, Path]],
     pixels: np.ndarray,
@@ -51,7 +63,10 @@ def run_format_rows(
     batch: int = 100,
     progress: Callable[[str], None] | None = None,
 ) -> list[Cell]:
-    """A cell per file of ``files`` (row key -> precision -> path) in its row's runtime."""
+    """A cell per file of ``files`` (row key -> precision -> path) in its row's runtime (check them
+    first: ``check_format_files``)."""
+    from aperture_zoo.files import model_sha256
+
     from .validate import _judge, compare, tolerance_for
 
     say = progress or (lambda _m: None)
@@ -65,7 +80,7 @@ def run_format_rows(
             say(f"preparing {spec.key}" + (f" ({' '.join(spec.requirements)})" if spec.requirements else ""))
             python, why = runtime_python(spec, cache_dir)
             for precision, path in files[spec.key].items():
-                cell = Cell(spec.key, precision, path.name)
+                cell = Cell(spec.key, precision, path.name, sha256=model_sha256(path))
                 cells.append(cell)
                 if python is None:
                     cell.note = f"skipped: {why}"

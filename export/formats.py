@@ -121,6 +121,8 @@ def file_name(stem: str, fmt: str, precision: str) -> str:
 
 
 def companion_files(path: str | os.PathLike[str]) -> list[Path]:
-    """Every path making up one exported model: OpenVINO's IR is an .xml with its .bin beside it."""
-    p = Path(path)
-    return [p, p.with_suffix(".bin")] if p.suffix == ".xml" else [p]
+    """Every path making up one exported model: OpenVINO's IR is an .xml with its .bin beside it
+    (``files.model_file_parts``: the one rule, which the hash of a model follows too)."""
+    from aperture_zoo.files import model_file_parts
+
+    return model_file_parts(path)

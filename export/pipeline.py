@@ -4,24 +4,30 @@ Kept apart from the CLI so scripts and tests get the same behaviour: every file 
 checked, and validated (unless asked not to) with its report written beside it as
 ``<stem>.report.json``. A file that fails validation is renamed ``<stem>.FAILED.onnx`` (its report
 ``<stem>.FAILED.report.json``): nothing is left under the name a user would load.
+
+The set is written whole (``filesets``): exported, converted and validated in a hidden stage folder
+inside the output folder, then moved in under the folder's lock, each file together with its report
+(an old report or FAILED pair of the same name goes). A killed or failed export leaves no new file
+beside an old report, and two exports into one folder never judge each other's files. Every report
+records the SHA-256 of the file it judged and of the weights (``provenance``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.filesets import move_in, staged
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .compat import check_opset
 from .errors import ExportError
-from .formats import companion_files, format_of
-from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
+from .formats import format_of
+from .onnx_export import DEFAULT_OPSET, Exporter, state_dict_sha256, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider, parse_cuda_options
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
@@ -35,6 +41,7 @@ class ExportResult:
     failed_files: list[Path] = field(default_factory=list)   # failed validation, renamed by failed_path
     reports: list[ValidationReport] = field(default_factory=list)
     report_files: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)        # as staged, before validation renamed any
 
     @property
     def passed(self) -> bool:
@@ -42,10 +49,11 @@ class ExportResult:
 
 
 def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider = "auto",
-               data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               data_dir: str | os.PathLike[str] | None = None, dataset: str | None = None) -> dict[str, Any]:
     """A finished training run's weights as validated ONNX in ``<run_dir>/onnx`` (``train_zoo``'s exporter).
 
     The weights are read once, through the same path as ``load()``, and their SHA-256 goes into the ONNX.
+    ``dataset`` is the one the zoo trained on (its metadata never chooses a folder to read).
     """
     from aperture_zoo.files import WEIGHTS_FILENAME
     from aperture_zoo.pretrained import fetch_weights, model_from
@@ -54,7 +62,7 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
     from aperture_zoo.weights import decode_metadata
 
     loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
-    own = dataset_for_weights(None, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
+    own = dataset_for_weights(dataset, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
     result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
                           provider=provider, data_dir=data_dir if own is None else None, max_val_images=1000,
                           dataset=own)
@@ -112,6 +120,7 @@ def export_model(
     temperature: float | None = None,
     dataset: Any = None,
     cuda_options: str | dict | None = None,
+    stage: Path | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -126,7 +135,8 @@ def export_model(
     on its test split. ``progress`` gets each step and the images validated so far (an ``StepProgress``),
     or is a plain ``callback(message)`` per step.
     ``cuda_options``: onnxruntime CUDA provider options for validation (``runtime.parse_cuda_options``),
-    checked before any work.
+    checked before any work. ``stage``: the stage folder of a larger set (``export_formats``) to write
+    into, which its caller moves in; by default the ONNX files are a set of their own.
     """
     options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
@@ -144,17 +154,37 @@ def export_model(
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images,
                                          train=dataset.train if dataset is not None else None)
+    else:
+        calibration = None
     out = Path(out_dir)
     stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
+    args = dict(stem=stem, opset=opset, batch=batch, normalize=normalize, exporter=exporter, fp16=fp16,
+                fp16_io=fp16_io, calibration=calibration, weights_sha256=weights_sha256, temperature=temperature,
+                tta=tta)
+    check = dict(provider=provider, data_dir=data_dir, max_val_images=max_val_images, cuda_options=options,
+                 test_split=dataset.test if dataset is not None else None) if run_validation else None
+    if stage is not None:
+        return _onnx_set(model, stage, out, reporter, check, **args)
+    with staged(out) as own_stage:  # nothing reaches ``out`` until the whole set is written and judged
+        result = _onnx_set(model, own_stage, out, reporter, check, **args)
+        return _move_in(result, own_stage, out)
+
+
+def _onnx_set(model: ResNet, stage: Path, out: Path, reporter: StepProgress, check: dict[str, Any] | None, *,
+              stem: str, opset: int, batch: int | None, normalize: bool, exporter: Exporter, fp16: bool,
+              fp16_io: bool, calibration: Any, weights_sha256: str | None, temperature: float | None,
+              tta: bool) -> ExportResult:
+    """The ONNX files written into ``stage`` and (``check``: validation's options) validated, reports beside."""
+    say, sha = reporter.stage, weights_sha256 or state_dict_sha256(model)  # what the files were made from
     result = ExportResult()
     say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
-    fp32_path = to_onnx(model, out / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
+    fp32_path = to_onnx(model, stage / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
                         exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
     result.files.append(fp32_path)
     if fp16:
         say("converting to fp16")
-        result.files.append(to_fp16(fp32_path, out / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
-    if int8:
+        result.files.append(to_fp16(fp32_path, stage / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
+    if calibration is not None:
         if not normalize:
             import numpy as np
 
@@ -162,10 +192,28 @@ def export_model(
             std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
             calibration = (calibration - mean) / std
         say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
-        result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
-    if run_validation:
-        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
-                        test_split=dataset.test if dataset is not None else None, cuda_options=options)
+        result.files.append(to_int8(fp32_path, stage / f"{stem}.int8.onnx", calibration))
+    result.written = list(result.files)
+    if check is not None:
+        _validate_files(result, model, reporter, weights_sha256=sha, out=out, **check)
+    return result
+
+
+def _move_in(result: ExportResult, stage: Path, out: Path) -> ExportResult:
+    """The staged set into ``out``: each output replaces its old file (every part: an IR's ``.bin``),
+    report and FAILED pair together."""
+    from aperture_zoo.files import model_file_parts
+
+    replaces = []
+    for path in result.written:  # e.g. resnet22.int8.onnx: the names any earlier export of it left
+        aside = failed_path(path)
+        replaces += [*(p.name for p in (*model_file_parts(path), *model_file_parts(aside))),
+                     report_path(path).name, report_path(aside).name]
+    models = [part.name for p in (*result.files, *result.failed_files) for part in model_file_parts(p)]
+    move_in(stage, out, [*models, *(p.name for p in result.report_files)], replaces)
+    result.files = [out / p.name for p in result.files]
+    result.failed_files = [out / p.name for p in result.failed_files]
+    result.report_files = [out / p.name for p in result.report_files]
     return result
 
 
@@ -210,10 +258,13 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
-                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
-                    test_split: Any = None, cuda_options: dict[str, str] | None = None,
+                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None, weights_sha256: str,
+                    out: Path, test_split: Any = None, cuda_options: dict[str, str] | None = None,
                     reference_cache: dict[Any, Any] | None = None) -> None:
-    """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
+    """Validate each staged file of any format, writing its report beside it (naming the file's place in
+    ``out``); a failed file (with every part: an IR's ``.bin``) is renamed by ``failed_path``."""
+    from aperture_zoo.files import model_file_parts, model_sha256
+
     written, result.files = result.files, []
     reference_cache = {} if reference_cache is None else reference_cache  # PyTorch's test-set logits, once for all files
     for path in written:
@@ -221,27 +272,25 @@ def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress,
         if format_of(path).runtime is None:  # Core ML: checked at the spec level, reported as not run
             from .spec_check import spec_report
 
-            report = spec_report(path, model)
+            report = spec_report(path, model, weights_sha256)
         else:
             report = _validate_or_fail(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                                       test_split=test_split, progress=reporter.update,
+                                       test_split=test_split, progress=reporter.update, weights_sha256=weights_sha256,
                                        reference_cache=reference_cache, cuda_options=cuda_options)
-        aside = failed_path(path)
         if report.passed:
-            for stale in (*companion_files(aside), report_path(aside)):  # left by an earlier export that failed
-                _remove(stale)
             if path.suffix == ".onnx":
                 record_validation(path, report)
+                report.onnx_sha256 = model_sha256(path)  # the file as shipped: its metadata now names the run above
+            report.onnx_file = str(out / path.name)
             result.files.append(path)
         else:
-            for part, moved in zip(companion_files(path), companion_files(aside)):
-                _remove(moved)
+            aside = failed_path(path)
+            for part, moved in zip(model_file_parts(path), model_file_parts(aside)):
                 os.replace(part, moved)
-            report_path(path).unlink(missing_ok=True)  # an earlier good export's report must not vouch for it
-            report.renamed_from, report.onnx_file = path.name, str(aside)
+            report.renamed_from, report.onnx_file = path.name, str(out / aside.name)
             result.failed_files.append(aside)
         result.reports.append(report)
-        result.report_files.append(report.write_json())
+        result.report_files.append(report.write_json(report_path(path.parent / Path(report.onnx_file).name)))
 
 
 def _validate_or_fail(path: Path, model: ResNet, **kwargs: Any) -> ValidationReport:
@@ -252,23 +301,16 @@ def _validate_or_fail(path: Path, model: ResNet, **kwargs: Any) -> ValidationRep
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types
+        from aperture_zoo.files import model_sha256
+
         from .validate import tolerance_for
 
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         report = ValidationReport(onnx_file=str(path), arch=model.spec.name, precision="unknown",
-                                  provider="the runtime failed", tolerance=tolerance_for("fp32", "cpu"))
+                                  provider="the runtime failed", tolerance=tolerance_for("fp32", "cpu"),
+                                  onnx_sha256=model_sha256(path), weights_sha256=kwargs.get("weights_sha256"))
         report.failures.append(f"{path.name}: the runtime could not run it ({type(exc).__name__}: {first})")
         return report
-
-
-def _remove(path: Path) -> None:
-    """A file, or a Core ML package folder."""
-    if path.is_dir() and not path.is_symlink():
-        import shutil
-
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def export_formats(
@@ -293,7 +335,8 @@ def export_formats(
 
     ONNX goes through ``export_model`` (``onnx_options``: opset, batch, normalize, exporter, fp16_io,
     cuda_options); the other formats are built from the same module (or, OpenVINO, from that ONNX file),
-    calibrated on the same training images for int8, and validated by the same ``validate``.
+    calibrated on the same training images for int8, and validated by the same ``validate``. Every
+    format's files are one set (``filesets``): staged together, moved in together, or none of them.
     """
     from .format_export import export_file
     from .formats import file_name, require
@@ -310,34 +353,33 @@ def export_formats(
     need_int8 = any("int8" in p for p in others.values())
     if need_int8 and data_dir is None and dataset is None:
         raise ExportError("int8 files need training images to calibrate on; pass --data-dir pointing at CIFAR-10")
-    result = ExportResult()
-    if "onnx" in precisions:
-        result = export_model(
-            model, out_dir, stem=stem, weights_sha256=weights_sha256, fp16="fp16" in onnx_precisions,
-            int8="int8" in onnx_precisions, data_dir=data_dir, calibration_images=calibration_images,
-            provider=provider, run_validation=run_validation, max_val_images=max_val_images,
-            progress=reporter, tta=tta, temperature=temperature, dataset=dataset, **onnx_options)
-    calibration = calibration_pixels(data_dir, calibration_images, train=dataset.train if dataset is not None
-                                     else None) if need_int8 else None
-    written = ExportResult()
-    with tempfile.TemporaryDirectory(prefix="aperture_formats_") as tmp:
-        onnx_fp32: Path | None = Path(out_dir) / f"{stem}.onnx"
-        if "openvino" in others and not ("onnx" in precisions and onnx_fp32.is_file()):  # type: ignore[union-attr]
+    out, sha = Path(out_dir), weights_sha256 or state_dict_sha256(model)
+    with staged(out) as stage:  # one set, every format: nothing reaches ``out`` until all are written and judged
+        result = ExportResult()
+        if "onnx" in precisions:
+            result = export_model(
+                model, out, stem=stem, weights_sha256=weights_sha256, fp16="fp16" in onnx_precisions,
+                int8="int8" in onnx_precisions, data_dir=data_dir, calibration_images=calibration_images,
+                provider=provider, run_validation=run_validation, max_val_images=max_val_images, progress=reporter,
+                tta=tta, temperature=temperature, dataset=dataset, stage=stage, **onnx_options)
+        calibration = calibration_pixels(data_dir, calibration_images, train=dataset.train if dataset is not None
+                                         else None) if need_int8 else None
+        onnx_fp32 = stage / f"{stem}.onnx"  # validated just above, if it passed (a failed one was renamed)
+        if "openvino" in others and not onnx_fp32.is_file():
             reporter.stage("exporting the ONNX graph OpenVINO converts")
-            onnx_fp32 = to_onnx(model, Path(tmp) / f"{stem}.onnx", weights_sha256=weights_sha256,
+            onnx_fp32 = to_onnx(model, stage / f".{stem}.openvino-source.onnx", weights_sha256=weights_sha256,
                                 temperature=temperature, tta=tta)
+        fresh = ExportResult()  # the other formats' files, judged below
         for fmt, wanted in others.items():
             for precision in wanted:
                 reporter.stage(f"writing the {fmt} {precision} file")
-                written.files.append(export_file(
-                    model, fmt, precision, Path(out_dir) / file_name(stem, fmt, precision),
-                    weights_sha256=weights_sha256, temperature=temperature, tta=tta,
-                    calibration=calibration if precision == "int8" else None, onnx_fp32=onnx_fp32))
-    if run_validation:
-        _validate_files(written, model, reporter, provider="cpu", data_dir=data_dir,
-                        max_val_images=max_val_images, test_split=dataset.test if dataset is not None else None)
-    result.files += written.files
-    result.failed_files += written.failed_files
-    result.reports += written.reports
-    result.report_files += written.report_files
-    return result
+                path = export_file(model, fmt, precision, stage / file_name(stem, fmt, precision),
+                                   weights_sha256=weights_sha256, temperature=temperature, tta=tta,
+                                   calibration=calibration if precision == "int8" else None, onnx_fp32=onnx_fp32)
+                fresh.files.append(path)
+        if run_validation:
+            _validate_files(fresh, model, reporter, provider="cpu", data_dir=data_dir, max_val_images=max_val_images,
+                            test_split=dataset.test if dataset is not None else None, weights_sha256=sha, out=out)
+        for part in ("files", "failed_files", "reports", "report_files"):
+            getattr(result, part).extend(getattr(fresh, part))
+        return _move_in(result, stage, out)

@@ -82,6 +82,9 @@ class OnnxClassifier:
         note = cuda_options_note(options, self.session)
         self.notes: list[str] = [note] if note else []
         meta = self.session.get_modelmeta().custom_metadata_map
+        from aperture_zoo.provenance import check_own_report
+
+        check_own_report(self.path, meta.get("weights_sha256"))  # a report beside it vouches for these bytes only
         inputs, outputs = self._check_signature()
         self.input_name = inputs[0].name
         # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)

@@ -30,11 +30,10 @@ for tolerances of 99–99.5 % agreement and a 0.5 point drop.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,18 @@ import numpy as np
 import torch
 
 from aperture_zoo.calibration import check_temperature, softmax
-from aperture_zoo.files import atomic_write_text
-from aperture_zoo.model import ResNet
+from aperture_zoo.files import model_sha256
+from aperture_zoo.model import ResNet, evaluating, on_device
+from aperture_zoo.provenance import other_weights
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME
+from .formats import format_of
+from .onnx_export import INPUT_NAME, state_dict_sha256
+from .reports import (BF16_MAX_ABS, Comparison, Tolerance, ValidationReport, finite_json, report_path,  # noqa: F401
+                      tolerance_for)
 from .runtime import Provider, session_device
 
-# bf16 keeps 8 mantissa bits to fp16's 11: the fp16 logit bound scaled by 2**3 (measured: 0.03-0.06 on
-# 2,000 test images for the six published models' OpenVINO bf16 files; agreement as fp16's)
-BF16_MAX_ABS = 0.4
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
 DEFAULT_VAL_IMAGES = 2000  # stratified test images per validation; None means all of them
 
@@ -77,119 +77,6 @@ def paired_difference_se(gained: int, lost: int, n: int) -> float:
     """
     d = (gained - lost) / n
     return 100 * math.sqrt(max((gained + lost) / n - d * d, 0.0) / n)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs: float | None = None        # on logits
-    min_agreement: float | None = None  # percent of top-1 predictions equal to PyTorch's
-    max_top1_drop: float | None = None  # accuracy points lost against PyTorch on the test set
-    random_inputs_gated: bool = True
-
-
-def tolerance_for(precision: str, device: str) -> Tolerance:
-    """The tolerances a file of ``precision`` run on ``device`` must meet to be shipped.
-
-    fp32 on CPU matches PyTorch to 1e-4 on logits and on every top-1; fp16 loses at most 0.5 %
-    of top-1 agreement; int8 (static, calibrated) keeps 99 % agreement and loses at most 0.5
-    points of accuracy on the test set.
-    """
-    if precision == "fp32":
-        return Tolerance(max_abs=1e-4, min_agreement=100.0) if device == "cpu" else Tolerance(max_abs=1e-3)
-    if precision == "fp16":
-        return Tolerance(max_abs=5e-2, min_agreement=99.5)
-    if precision == "bf16":
-        return Tolerance(max_abs=BF16_MAX_ABS, min_agreement=99.5)
-    if precision == "int8":
-        return Tolerance(min_agreement=99.0, max_top1_drop=0.5, random_inputs_gated=False)
-    raise ExportError(f"unknown precision {precision!r} in the file's metadata; export it again")
-
-
-@dataclass
-class Comparison:
-    """ONNX vs PyTorch on one input set."""
-
-    inputs: str
-    num_images: int
-    max_abs_diff: float
-    mean_abs_diff: float
-    agreement: float                  # percent
-    onnx_top1: float | None = None    # percent, when labels are known
-    torch_top1: float | None = None
-    agreement_se: float | None = None  # binomial standard errors, in points
-    onnx_top1_se: float | None = None
-    top1_drop_se: float | None = None  # of the paired drop (torch top-1 - ONNX top-1)
-    max_prob_diff: float | None = None  # ONNX probabilities vs softmax(PyTorch logits / T)
-
-    @property
-    def top1_drop(self) -> float | None:
-        return None if self.onnx_top1 is None or self.torch_top1 is None else self.torch_top1 - self.onnx_top1
-
-
-@dataclass
-class ValidationReport:
-    onnx_file: str                        # the file validated (any format; the key name is kept for readers)
-    arch: str
-    precision: str
-    provider: str                       # the provider the session really used
-    tolerance: Tolerance
-    comparisons: list[Comparison] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    reference_device: str = "cpu"
-    test_images_total: int | None = None  # size of the test split the sample was drawn from
-    renamed_from: str | None = None       # set when a failed file was moved aside (see export_model)
-    ran: bool = True                      # False: checked at the spec level only (Core ML, off Apple systems)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "onnx_file": self.onnx_file, "arch": self.arch, "precision": self.precision,
-            "provider": self.provider, "reference_device": self.reference_device,
-            "tolerance": asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
-            "comparisons": [{**asdict(c), "top1_drop": c.top1_drop} for c in self.comparisons],
-            "test_images_total": self.test_images_total,
-            "format": _format_name(self.onnx_file), "ran": self.ran,
-            "standard_errors": "binomial, in percentage points (Agresti-Coull); top1_drop_se is paired",
-        }
-        if self.renamed_from is not None:
-            out["renamed_from"] = self.renamed_from
-            out["note"] = "this file failed validation and was renamed so that it is not mistaken for a good one"
-        return out
-
-    def write_json(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write beside the file as ``<stem>.report.json`` unless a path is given."""
-        path = Path(path) if path else report_path(self.onnx_file)
-        return atomic_write_text(path, json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
-
-
-def _format_name(path: str) -> str:
-    from .formats import format_of
-
-    try:
-        return format_of(path).name
-    except ExportError:
-        return "onnx"
-
-
-def finite_json(data: Any) -> Any:
-    """``data`` with every NaN or infinity replaced by None: JSON has no NaN, and a reader must not get one."""
-    if isinstance(data, float) and not np.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
-    return data
-
-
-def report_path(onnx_path: str | os.PathLike[str]) -> Path:
-    """``resnet22.int8.onnx`` -> ``resnet22.int8.report.json``; other formats keep their suffix in the name
-    (``resnet22.int8.pte.report.json``), so the reports of one precision in several formats do not collide."""
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".report.json") if p.suffix == ".onnx" else p.with_name(p.name + ".report.json")
 
 
 @contextlib.contextmanager
@@ -294,6 +181,7 @@ def validate(
     reference_cache: dict[Any, np.ndarray] | None = None,
     test_split: Any = None,
     cuda_options: dict[str, str] | None = None,
+    weights_sha256: str | None = None,
 ) -> ValidationReport:
     """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
 
@@ -303,17 +191,20 @@ def validate(
     counts twice). ``reference_cache``, shared between calls for one model, computes the PyTorch
     logits of the test images once for all the files exported from it. ``test_split`` (a
     ``data.Split``: a folder's or CIFAR-100's test images) is used instead of CIFAR-10's.
+    ``weights_sha256``: of the file ``model`` was loaded from (default: of its state dict); a file
+    exported from other weights fails, and the report records both hashes (``provenance``).
     """
+    from . import sessions  # looked up at call time: a test puts a fake runtime in its place
+
     if test_split is not None:
         data_dir = data_dir if data_dir is not None else "dataset"
-    from .formats import format_of
-    from .sessions import open_session
-
     if format_of(onnx_path).runtime is None:
         raise ExportError(f"{str(onnx_path)!r} cannot run on this system, so it cannot be compared with PyTorch; "
                           "spec_check.spec_report checks it at the spec level")
-    session = open_session(onnx_path, provider, cuda_options=cuda_options)
-    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    judged = model_sha256(onnx_path)
+    session = sessions.open_session(onnx_path, provider, cuda_options=cuda_options)
+    raw = session.get_modelmeta().custom_metadata_map  # the format's own store, as ONNX metadata strings
+    meta = decode_metadata(raw)
     precision = meta.get("precision", "fp32")
     device = session_device(session)
     tol = tolerance_for(precision, device)
@@ -326,13 +217,28 @@ def validate(
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
     temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
-    pair = _Pair(session, _NormaliseThenNetwork(model, tta=tta).eval().to(ref_device), ref_device,
-                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
+        onnx_sha256=judged, weights_sha256=weights_sha256 or state_dict_sha256(model),
     )
-    label = f"{precision}/{device}"
+    stale = other_weights(onnx_path, raw, report.weights_sha256, weights_sha256 is not None)
+    report.failures += [stale] if stale else []  # no file vouches for another's weights
+    with evaluating(model):  # the caller's model keeps its mode (and its device: on_device copies)
+        _validate_pair(
+            _Pair(session, _NormaliseThenNetwork(on_device(model, ref_device), tta=tta).eval(), ref_device,
+                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature),
+            report, model, tol, f"{precision}/{device}", batch_sizes, seed, data_dir, max_images, progress,
+            reference_cache, test_split)
+    if model_sha256(onnx_path) != judged:
+        report.failures.append(f"{Path(onnx_path).name} changed while it was validated (another writer?); export it again")
+    return report
+
+
+def _validate_pair(pair: _Pair, report: ValidationReport, model: ResNet, tol: Any, label: str,
+                   batch_sizes: Sequence[int], seed: int, data_dir: Any, max_images: int | None,
+                   progress: ProgressFn | None, reference_cache: dict[Any, np.ndarray] | None,
+                   test_split: Any) -> ValidationReport:
     pooled = _compare_random(pair, report, label, [pair.fixed] if pair.fixed else list(batch_sizes),
                              model.spec.input_size, seed)
     if pooled is not None:

@@ -162,6 +162,7 @@ def test_validate_judges_any_runtime_through_the_session_interface(monkeypatch: 
     model = aperture_zoo.create_model("resnet10").eval()
     meta = format_metadata(model, "executorch", "fp32", weights_sha256=None, temperature=None, tta=False)
     monkeypatch.setattr(sessions, "open_session", lambda path, *a, **k: _FakeSession(model, meta, shift))
+    (tmp_path / "resnet10.pte").write_bytes(b"program")
     report = validate(tmp_path / "resnet10.pte", model, batch_sizes=(1, 3))
     assert report.passed is passed, report.failures
     assert report.provider == "fake XNNPACK" and report.to_dict()["format"] == "executorch"
@@ -205,7 +206,8 @@ def test_a_file_its_runtime_cannot_run_fails_validation_and_is_moved_aside(monke
     path = tmp_path / "resnet10.pte"
     path.write_bytes(b"program")
     result = ExportResult(files=[path])
-    _validate_files(result, model, SilentProgress(), provider="cpu", data_dir=None, max_val_images=None)
+    _validate_files(result, model, SilentProgress(), provider="cpu", data_dir=None, max_val_images=None,
+                    weights_sha256="0" * 64, out=tmp_path)
     assert not result.passed and not path.exists() and (tmp_path / "resnet10.FAILED.pte").read_bytes() == b"program"
     report = json.loads((tmp_path / "resnet10.FAILED.pte.report.json").read_text())
     assert report["failures"] == ["resnet10.pte: the runtime could not run it (RuntimeError: method->set_inputs() "

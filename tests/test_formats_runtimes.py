@@ -60,8 +60,23 @@ def test_each_format_exports_validates_and_predicts(fmt: str, model, data_dir: s
         assert test.inputs == "CIFAR-10 test" or test.inputs == "test images"
         if precision == "fp32":  # the ONNX fp32 gate: every top-1 as PyTorch's, logits within 1e-4
             assert test.agreement == 100.0 and test.max_abs_diff <= 1e-4, d
+    _provenance(tmp_path, result, sha)
     if fmt != "coreml":
         _metadata_and_prediction(fmt, result.files, sha)
+
+
+def _provenance(folder: Path, result, sha: str) -> None:
+    """Each report names the exact model it judged (an IR's .xml and .bin, a package's every file) and
+    the weights; the folder's every join checks out; the stage the set was written in is gone."""
+    from aperture_zoo.files import model_sha256
+    from aperture_zoo.provenance import check_folder
+
+    for report, report_file in zip(result.reports, result.report_files):
+        written = json.loads(Path(report_file).read_text())
+        assert written["onnx_sha256"] == model_sha256(report.onnx_file) and written["weights_sha256"] == sha
+    checked = check_folder(folder, sha, "resnet10")
+    assert sorted(checked.reports) == sorted(p.name for p in result.files) == sorted(checked.model_files)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".aperture-stage")]
 
 
 def _metadata_and_prediction(fmt: str, files: list[Path], sha: str) -> None:
@@ -106,6 +121,7 @@ def test_openvino_runs_the_onnx_file_itself(model, tmp_path: Path) -> None:
 
 def test_a_damaged_file_fails_validation_and_is_moved_aside(model, data_dir: str, tmp_path: Path) -> None:
     """A file of other weights than the reference fails, and is renamed (its .bin too) with its report."""
+    from aperture_zoo.catalog import get_weights
     from aperture_zoo.export.format_export import export_file
     from aperture_zoo.export.pipeline import ExportResult, _validate_files
     from aperture_zoo.progress import SilentProgress
@@ -117,7 +133,8 @@ def test_a_damaged_file_fails_validation_and_is_moved_aside(model, data_dir: str
         other.fc.weight.mul_(1.01)
     path = export_file(other, "openvino", "fp32", tmp_path / "resnet10.xml")
     result = ExportResult(files=[path])
-    _validate_files(result, model, SilentProgress(), provider="cpu", data_dir=data_dir, max_val_images=100)
+    _validate_files(result, model, SilentProgress(), provider="cpu", data_dir=data_dir, max_val_images=100,
+                    weights_sha256=get_weights("resnet10").sha256, out=tmp_path)
     assert not result.passed and not path.exists() and not path.with_suffix(".bin").exists()
     assert [p.name for p in result.failed_files] == ["resnet10.FAILED.xml"]
     assert (tmp_path / "resnet10.FAILED.bin").exists() and (tmp_path / "resnet10.FAILED.xml.report.json").exists()
