@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aperture_zoo.files import atomic_path
+from aperture_zoo.files import atomic_path, file_sha256
 
 from .errors import ExportError
 
 META_SECTION = "aperture_zoo"
+BIN_SHA256 = "bin_sha256"  # the metadata key naming the IR's weights file by content
 CALIBRATION_BATCH = 32
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -44,7 +45,29 @@ def to_openvino(onnx_path: Path, path: Path, precision: str, meta: dict[str, str
         model.set_rt_info(value, [META_SECTION, key])
     model.set_rt_info(HINTS[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
     _save(model, Path(path))
+    # the graph names its weights file by content (``bin_sha256``): an IR whose .bin came from another
+    # export is refused when it is opened (``sessions``). rt_info lives in the .xml, so saving again
+    # leaves the .bin's bytes as they were; that is checked, not assumed.
+    weights = file_sha256(Path(path).with_suffix(".bin"))
+    model.set_rt_info(weights, [META_SECTION, BIN_SHA256])
+    _save(model, Path(path))
+    if file_sha256(Path(path).with_suffix(".bin")) != weights:
+        raise ExportError(f"OpenVINO wrote {Path(path).with_suffix('.bin').name} differently twice; the IR cannot "
+                          "name its own weights file: report this with your OpenVINO version")
     return Path(path)
+
+
+def check_bin(path: str | os.PathLike[str], metadata: dict[str, str]) -> None:
+    """The ``.bin`` beside an IR is the one it was saved with (``bin_sha256`` in its metadata), or one line:
+    OpenVINO would run another export's weights in this graph without a word."""
+    recorded = metadata.get(BIN_SHA256)
+    weights = Path(path).with_suffix(".bin")
+    if recorded is not None and file_sha256(weights) != recorded:
+        from aperture_zoo.provenance import StaleFileError
+
+        raise StaleFileError(f"{str(weights)!r} is not the weights file {Path(path).name} was saved with (SHA-256 "
+                             f"{recorded[:12]}...): it came from another export; put the two files of one export "
+                             "together, or export it again (aperture export NAME --format openvino ...)")
 
 
 def _quantize(model, calibration: np.ndarray | None):

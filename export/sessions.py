@@ -119,10 +119,12 @@ class OpenVinoSession(_Base):
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import openvino as ov
 
-        from .openvino_export import precision_hint, rt_info_metadata
+        from .openvino_export import check_bin, precision_hint, rt_info_metadata
 
         core = ov.Core()
         model = core.read_model(str(path))
+        if path.suffix != ".onnx":
+            check_bin(path, rt_info_metadata(model))  # before the graph runs with another export's weights
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
         # an IR says what precision it is computed in; an ONNX file is computed as it is written (f32 around
         # its int8 parts), not in the plugin's bf16 default

@@ -138,3 +138,31 @@ def test_a_damaged_file_fails_validation_and_is_moved_aside(model, data_dir: str
     assert not result.passed and not path.exists() and not path.with_suffix(".bin").exists()
     assert [p.name for p in result.failed_files] == ["resnet10.FAILED.xml"]
     assert (tmp_path / "resnet10.FAILED.bin").exists() and (tmp_path / "resnet10.FAILED.xml.report.json").exists()
+
+
+def test_an_ir_with_another_exports_bin_is_refused_by_predict(tmp_path: Path) -> None:
+    """The .xml names its .bin by content: a .bin of other weights beside it is one line (exit 2), never
+    another model's answers; with the report beside it, that report refuses it too."""
+    import shutil
+
+    import torch
+    from typer.testing import CliRunner
+
+    import aperture_zoo
+    from aperture_zoo.cli import app
+    from aperture_zoo.export.format_export import export_file
+    from aperture_zoo.export.predict import OnnxClassifier
+    from aperture_zoo.provenance import StaleFileError
+
+    torch.manual_seed(0)
+    mine = aperture_zoo.create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    other = aperture_zoo.create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    path = export_file(mine, "openvino", "fp32", tmp_path / "a" / "resnet10.xml")
+    OnnxClassifier(path)  # its own .bin: fine
+    foreign = export_file(other, "openvino", "fp32", tmp_path / "b" / "resnet10.xml")
+    shutil.copyfile(foreign.with_suffix(".bin"), path.with_suffix(".bin"))
+    with pytest.raises(StaleFileError, match=r"resnet10\.bin' is not the weights file resnet10\.xml was saved with"):
+        OnnxClassifier(path)
+    image = Path(aperture_zoo.__file__).parent / "sample_images"
+    result = CliRunner().invoke(app, ["predict", str(next(image.glob("*.png"))), "--file", str(path)])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
