@@ -95,6 +95,22 @@ def _metadata_and_prediction(fmt: str, files: list[Path], sha: str) -> None:
         assert prediction.label == expected.label
         probs = dict(prediction.top)
         assert max(abs(probs[c] - p) for c, p in expected.top) < 1e-4
+    _float_tail(files)
+
+
+def _float_tail(files: list[Path]) -> None:
+    """Every precision's probabilities are the calibrated softmax of the file's own logits (the tail after
+    ``logits`` is computed in float32 in every runtime, as in the ONNX fp16/int8 files)."""
+    from aperture_zoo.calibration import softmax
+    from aperture_zoo.export.sessions import open_session
+
+    pixels = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    for path in files:
+        session = open_session(path, "cpu")
+        temperature = float(session.get_modelmeta().custom_metadata_map["temperature"])
+        outs = [session.run(None, {"pixel_values": pixels[i : i + 1]}) for i in range(len(pixels))]
+        logits, probs = (np.concatenate([o[k] for o in outs]).astype(np.float64) for k in (0, 1))
+        assert np.abs(probs - softmax(logits, temperature)).max() < 1e-4, path.name
 
 
 def _onnx_reference(images: list[Path]):
