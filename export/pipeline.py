@@ -353,6 +353,13 @@ def export_formats(
     need_int8 = any("int8" in p for p in others.values())
     if need_int8 and data_dir is None and dataset is None:
         raise ExportError("int8 files need training images to calibrate on; pass --data-dir pointing at CIFAR-10")
+    if "onnx" in precisions:  # every option error before the set's stage (or its folder) exists
+        _check_options(fp16="fp16" in onnx_precisions, fp16_io=bool(onnx_options.get("fp16_io")),
+                       int8="int8" in onnx_precisions, data_dir=data_dir if dataset is None else "dataset",
+                       calibration_images=calibration_images, provider=provider if run_validation else None,
+                       max_val_images=max_val_images, opset=onnx_options.get("opset", DEFAULT_OPSET),
+                       exporter=onnx_options.get("exporter", "dynamo"))
+        parse_cuda_options(onnx_options.get("cuda_options"))
     out, sha = Path(out_dir), weights_sha256 or state_dict_sha256(model)
     with staged(out) as stage:  # one set, every format: nothing reaches ``out`` until all are written and judged
         result = ExportResult()
