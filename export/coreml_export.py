@@ -123,9 +123,11 @@ def check_coreml(path: str | os.PathLike[str], model, precision: str) -> list[st
         if shape[1:] != [3, *model.spec.input_size[1:]]:
             fails.append(f"input shape {shape}, expected N x 3 x {model.spec.input_size[1]} x {model.spec.input_size[2]}")
     meta = dict(desc.metadata.userDefined)
-    for key in ("label_names", "weights_sha256", "temperature", "precision", "input"):
+    for key in ("label_names", "weights_sha256", "probabilities", "precision", "input"):
         if key not in meta:
             fails.append(f"metadata has no {key!r}")
+    if "calibrator" not in meta and "temperature" not in meta:  # build_metadata writes one of the two
+        fails.append("metadata names no calibrator (nor a temperature)")
     if meta.get("precision") not in (None, precision):
         fails.append(f"metadata says precision {meta.get('precision')}, the file is {precision}")
     fails += _weights_round_trip(path, model, precision)

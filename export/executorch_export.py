@@ -63,16 +63,18 @@ def _quantize(module: torch.nn.Module, example: torch.Tensor, calibration: np.nd
 
     if calibration is None:
         raise ExportError("an ExecuTorch int8 file needs training images to calibrate on; pass --data-dir")
-    from .graph import batch_dim, example_batch
+    from .graph import batch_dim, example_batch, then_tail
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    tail, module = module.probabilities, module.net  # only the network is quantised: the calibrator stays float32
     graph = torch.export.export(module, (example_batch(example.shape[1:]),), dynamic_shapes=(batch_dim(),))
     prepared = prepare_pt2e(graph.module(), quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], np.float32)))
     converted = convert_pt2e(prepared)
-    return torch.export.export(converted, (example,))
+    return torch.export.export(then_tail(converted, tail), (example,))
+
 
 
 @contextlib.contextmanager

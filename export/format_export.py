@@ -17,19 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aperture_zoo.calibrators import Calibrator
 from aperture_zoo.model import ResNet
 
 from .errors import ExportError
 from .formats import FORMATS, require
 from .graph import wrapper
-from .onnx_export import build_metadata, to_onnx
+from .onnx_export import build_metadata, export_calibrator, to_onnx
 
 def format_metadata(model: ResNet, fmt: str, precision: str, *, weights_sha256: str | None,
                     temperature: float | None, tta: bool, batch: int | None = None,
-                    extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The ONNX file's metadata, re-labelled for ``fmt`` (all values strings)."""
+                    extra: dict[str, str] | None = None, calibrator: Calibrator | None = None) -> dict[str, str]:
+    """The ONNX file's metadata, re-labelled for ``fmt`` (all values strings); the calibrator by
+    ``onnx_export.export_calibrator``'s rule (``calibrator``, else ``temperature``, else the model's own)."""
+    calibrator = export_calibrator(model, temperature=temperature, tta=tta, calibrator=calibrator)
     meta = build_metadata(model, opset=0, normalize=True, exporter="torch.export", batch=batch,
-                          weights_sha256=weights_sha256, precision=precision, temperature=temperature, tta=tta)
+                          weights_sha256=weights_sha256, precision=precision, calibrator=calibrator, tta=tta)
     del meta["opset"], meta["onnx_version"]
     meta["format"] = f"aperture_zoo.{fmt}/1"
     meta.update(extra or {})
@@ -53,7 +56,7 @@ def export_file(
 
     ``calibration`` (float32 N x 3 x H x W pixels in [0, 1], training images) is needed for int8;
     ``onnx_fp32`` is the fp32 ONNX file OpenVINO converts (exported here when not given).
-    ``temperature=None`` takes the model's own, as ``to_onnx`` does. ``batch``: the fixed batch of the
+    ``temperature=None`` takes the model's own calibrator, as ``to_onnx`` does. ``batch``: the fixed batch of the
     ExecuTorch and LiteRT files (1: one image per call; LiteRT's interpreter can resize it, ExecuTorch's
     program cannot); the other formats take any batch.
     """
@@ -63,11 +66,10 @@ def export_file(
     if precision == "int8" and calibration is None:
         raise ExportError(f"a {fmt} int8 file needs training images to calibrate on; pass --data-dir with CIFAR-10")
     model = model.eval().cpu()
-    if temperature is None:
-        temperature = model.temperature
+    calibrator = export_calibrator(model, temperature=temperature, tta=tta)  # as to_onnx's: one rule
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(weights_sha256=weights_sha256, temperature=temperature, tta=tta)
+    kwargs = dict(weights_sha256=weights_sha256, temperature=None, calibrator=calibrator, tta=tta)
     if fmt == "onnx":
         raise ExportError("ONNX files are written by export_model (pipeline.py), with their fp16/int8 conversions")
     if fmt == "openvino":
@@ -77,9 +79,9 @@ def export_file(
         if onnx_fp32 is not None:
             return to_openvino(onnx_fp32, path, precision, meta, calibration)
         with tempfile.TemporaryDirectory(prefix="aperture_openvino_") as tmp:
-            source = to_onnx(model, Path(tmp) / f"{model.spec.name}.onnx", temperature=temperature, tta=tta)
+            source = to_onnx(model, Path(tmp) / f"{model.spec.name}.onnx", calibrator=calibrator, tta=tta)
             return to_openvino(source, path, precision, meta, calibration)
-    module = wrapper(model, temperature=temperature, tta=tta)
+    module = wrapper(model, calibrator=calibrator, tta=tta)
     if fmt == "executorch":
         from .executorch_export import to_executorch
 
@@ -93,4 +95,4 @@ def export_file(
     from .litert_export import to_tflite
 
     meta = format_metadata(model, fmt, precision, batch=batch, **kwargs)
-    return to_tflite(model, path, precision, meta, calibration, temperature=temperature, tta=tta, batch=batch)
+    return to_tflite(model, path, precision, meta, calibration, calibrator=calibrator, tta=tta, batch=batch)

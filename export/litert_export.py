@@ -36,7 +36,7 @@ WORKER = Path(__file__).with_name("litert_worker.py")
 
 
 def to_tflite(model, path: Path, precision: str, meta: dict[str, str], calibration: np.ndarray | None,
-              *, temperature: float | None, tta: bool, batch: int = 1) -> Path:
+              *, calibrator, tta: bool, batch: int = 1) -> Path:
     """Write ``model`` (wrapped as the ONNX export wraps it) as a ``.tflite`` at ``path``."""
     if missing_modules(("ai_edge_litert",)):
         raise MissingExtraError("to export tflite files, ai_edge_litert must be installed: "
@@ -46,16 +46,16 @@ def to_tflite(model, path: Path, precision: str, meta: dict[str, str], calibrati
         if not missing_modules(("litert_torch",)):
             from .litert_worker import convert
 
-            convert(model, raw, precision, calibration, temperature=temperature, tta=tta, batch=batch)
+            convert(model, raw, precision, calibration, calibrator=calibrator, tta=tta, batch=batch)
         else:
-            _convert_in_toolchain(model, raw, precision, calibration, temperature, tta, batch, Path(tmp))
+            _convert_in_toolchain(model, raw, precision, calibration, calibrator, tta, batch, Path(tmp))
         data = add_metadata(raw.read_bytes(), {**meta, "litert_torch_version": TOOLCHAIN[0].split("==")[1]})
     with atomic_path(path) as staged:
         staged.write_bytes(data)
     return Path(path)
 
 
-def _convert_in_toolchain(model, raw: Path, precision: str, calibration, temperature, tta: bool, batch: int,
+def _convert_in_toolchain(model, raw: Path, precision: str, calibration, calibrator, tta: bool, batch: int,
                           tmp: Path) -> None:
     from aperture_zoo.weights import save_weights
 
@@ -63,8 +63,8 @@ def _convert_in_toolchain(model, raw: Path, precision: str, calibration, tempera
     weights = save_weights(model, tmp / "model.safetensors")
     cmd = [str(python), str(WORKER), str(weights), model.spec.name, str(raw), "--precision", precision,
            "--batch", str(batch), "--tta", "flip" if tta else "none"]
-    if temperature is not None:
-        cmd += ["--temperature", repr(float(temperature))]
+    if calibrator is not None:  # the weights file need not carry it: passed as its record
+        cmd += ["--calibrator", json.dumps(calibrator.to_dict())]
     if calibration is not None:
         np.save(tmp / "calibration.npy", calibration.astype(np.float32))
         cmd += ["--calibration", str(tmp / "calibration.npy")]

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import io
 import logging
+import json
 import os
 import sys
 import warnings
@@ -22,14 +23,14 @@ import numpy as np
 CALIBRATION_BATCH = 32  # calibrated on a dynamic-batch graph in batches, then converted at the file's batch
 
 
-def convert(model, out: Path, precision: str, calibration: np.ndarray | None, *, temperature: float | None,
+def convert(model, out: Path, precision: str, calibration: np.ndarray | None, *, calibrator,
             tta: bool, batch: int = 1) -> Path:
     """Convert ``model`` to a bare ``.tflite`` at ``out`` (fixed ``batch``)."""
     import torch
 
     from aperture_zoo.export.graph import wrapper
 
-    module = wrapper(model.eval().cpu(), temperature=temperature, tta=tta)
+    module = wrapper(model.eval().cpu(), calibrator=calibrator, tta=tta, sort_free=True)
     example = (torch.rand(batch, *model.spec.input_size),)
     with _quiet():
         import litert_torch
@@ -53,13 +54,16 @@ def _quantized(litert_torch, module, example, calibration: np.ndarray | None):
     from aperture_zoo.export.graph import batch_dim, example_batch
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    tail, module = module.probabilities, module.net  # only the network is quantised: the calibrator stays float32
     graph = torch.export.export(module, (example_batch(example[0].shape[1:]),), dynamic_shapes=(batch_dim(),))
     prepared = prepare_pt2e(graph.module(), quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i : i + CALIBRATION_BATCH], np.float32)))
     converted = convert_pt2e(prepared, fold_quantize=False)
-    return litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    from aperture_zoo.export.graph import then_tail
+
+    return litert_torch.convert(then_tail(converted, tail), example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
 
 @contextlib.contextmanager
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out")
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--calibrator", help="the calibrator's record (JSON); none: the plain softmax")
     parser.add_argument("--tta", choices=("flip", "none"), default="none")
     parser.add_argument("--calibration")
     args = parser.parse_args(argv)
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load(args.arch, weights=args.weights)
     calibration = np.load(args.calibration) if args.calibration else None
-    convert(model, Path(args.out), args.precision, calibration, temperature=args.temperature,
+    from aperture_zoo.calibrators import Calibrator
+
+    calibrator = Calibrator.from_dict(json.loads(args.calibrator)) if args.calibrator else None
+    convert(model, Path(args.out), args.precision, calibration, calibrator=calibrator,
             tta=args.tta == "flip", batch=args.batch)
     return 0
 

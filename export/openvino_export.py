@@ -79,8 +79,29 @@ def _quantize(model, calibration: np.ndarray | None):
     nncf.set_log_level(logging.ERROR)
     # batches of 32 (the IR has a dynamic batch): the statistics are the same, 32 times fewer calls
     items = [calibration[i : i + CALIBRATION_BATCH].astype(np.float32) for i in range(0, len(calibration), CALIBRATION_BATCH)]
+    # the calibrator after the logits stays float32, as in the ONNX int8 file (float_tail)
+    tail = nncf.IgnoredScope(names=after_logits(model), validate=False)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress bars
-        return nncf.quantize(model, nncf.Dataset(items), subset_size=len(calibration), fast_bias_correction=True)
+        return nncf.quantize(model, nncf.Dataset(items), subset_size=len(calibration), fast_bias_correction=True,
+                             ignored_scope=tail)
+
+
+def after_logits(model) -> list[str]:
+    """The names of every operation fed, directly or not, by the node that gives the ``logits`` output."""
+    from .onnx_export import OUTPUT_NAME
+
+    result = next(o.get_node() for o in model.outputs if OUTPUT_NAME in o.get_names())  # a Result op
+    start = result.input_value(0).get_node()
+    names, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        for out in node.outputs():
+            for target in out.get_target_inputs():
+                child = target.get_node()
+                if child.get_friendly_name() not in names:
+                    names.add(child.get_friendly_name())
+                    todo.append(child)
+    return sorted(names)
 
 
 def _save(model, path: Path) -> None:

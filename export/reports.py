@@ -33,6 +33,7 @@ class Tolerance:
     min_agreement: float | None = None  # percent of top-1 predictions equal to PyTorch's
     max_top1_drop: float | None = None  # accuracy points lost against PyTorch on the test set
     random_inputs_gated: bool = True
+    calibrator_max_diff: float = 1e-4   # probabilities against Calibrator.apply of the file's own logits
 
 
 def tolerance_for(precision: str, device: str) -> Tolerance:
@@ -67,7 +68,8 @@ class Comparison:
     agreement_se: float | None = None  # binomial standard errors, in points
     onnx_top1_se: float | None = None
     top1_drop_se: float | None = None  # of the paired drop (torch top-1 - ONNX top-1)
-    max_prob_diff: float | None = None  # ONNX probabilities vs softmax(PyTorch logits / T)
+    max_prob_diff: float | None = None  # the file's probabilities vs the calibrator applied to the PyTorch logits
+    max_calibrator_diff: float | None = None  # ... vs the calibrator applied to the file's own logits
 
     @property
     def top1_drop(self) -> float | None:

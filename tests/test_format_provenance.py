@@ -300,7 +300,7 @@ class _Wrapped(_MetaOnly):
         from aperture_zoo.export.sessions import Port
 
         super().__init__(meta)
-        self.module = wrapper(model, temperature=None, tta=False)
+        self.module = wrapper(model, calibrator=None, tta=False)
         self.ports = [Port("pixel_values", ["N", 3, 32, 32])], [Port("logits", ["N", 10]), Port("probabilities", ["N", 10])]
 
     def get_inputs(self):

@@ -120,15 +120,38 @@ def test_every_format_carries_the_onnx_metadata_keys() -> None:
         assert json.loads(meta["probabilities"])["calibrated"] is True and float(meta["temperature"]) == 0.75
 
 
+def test_every_format_carries_the_calibrator_the_onnx_file_carries() -> None:
+    """The weights' calibrator (any kind) goes into every format's metadata and its graph (``graph.wrapper``),
+    by the same rule as ``to_onnx`` (``export_calibrator``)."""
+    import aperture_zoo
+    from aperture_zoo.calibrators import Calibrator, from_metadata
+    from aperture_zoo.export.format_export import format_metadata, wrapper
+    from aperture_zoo.export.onnx_export import export_calibrator
+    from aperture_zoo.weights import decode_metadata
+
+    torch.manual_seed(0)
+    model = aperture_zoo.create_model("resnet10").eval()
+    model.calibrator = Calibrator("spline", 1.0, knots=(1.0, 3.0, 4.2), slopes=(0.8, 1.5, 6.0, 0.5))
+    assert export_calibrator(model) == model.calibrator
+    for fmt in FORMATS:
+        meta = format_metadata(model, fmt, "fp32", weights_sha256="ab" * 32, temperature=None, tta=False)
+        assert from_metadata(decode_metadata(meta), fmt) == model.calibrator and "temperature" not in meta
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, probs = wrapper(model, calibrator=export_calibrator(model), tta=False)(x)
+    assert np.abs(probs.numpy() - model.calibrator.apply(logits.numpy())).max() < 1e-5
+
+
 class _FakeSession:
     """A runtime session (sessions.RuntimeSession) computing the model in numpy-facing torch: what an
     ExecuTorch or LiteRT file of that model gives, with ``shift`` added to its logits."""
 
     def __init__(self, model, meta: dict[str, str], shift: float = 0.0) -> None:
         from aperture_zoo.export.format_export import wrapper
+        from aperture_zoo.export.onnx_export import export_calibrator
         from aperture_zoo.export.sessions import ModelMeta, Port
 
-        self.module, self.shift = wrapper(model, temperature=model.temperature, tta=False), shift
+        self.module, self.shift = wrapper(model, calibrator=export_calibrator(model), tta=False), shift
         self.meta = ModelMeta(meta)
         self.ports = [Port("pixel_values", ["N", 3, 32, 32])], [Port("logits", ["N", 10]), Port("probabilities", ["N", 10])]
 

@@ -99,18 +99,20 @@ def _metadata_and_prediction(fmt: str, files: list[Path], sha: str) -> None:
 
 
 def _float_tail(files: list[Path]) -> None:
-    """Every precision's probabilities are the calibrated softmax of the file's own logits (the tail after
-    ``logits`` is computed in float32 in every runtime, as in the ONNX fp16/int8 files)."""
-    from aperture_zoo.calibration import softmax
+    """Every precision's probabilities are the weights' calibrator applied to the file's own logits (the
+    tail after ``logits`` is computed in float32 in every runtime, as in the ONNX fp16/int8 files)."""
+    from aperture_zoo.calibrators import from_metadata
     from aperture_zoo.export.sessions import open_session
+    from aperture_zoo.weights import decode_metadata
 
     pixels = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     for path in files:
         session = open_session(path, "cpu")
-        temperature = float(session.get_modelmeta().custom_metadata_map["temperature"])
+        calibrator = from_metadata(decode_metadata(session.get_modelmeta().custom_metadata_map), path.name)
+        assert calibrator is not None and calibrator.kind != "temperature", path.name  # the published one
         outs = [session.run(None, {"pixel_values": pixels[i : i + 1]}) for i in range(len(pixels))]
         logits, probs = (np.concatenate([o[k] for o in outs]).astype(np.float64) for k in (0, 1))
-        assert np.abs(probs - softmax(logits, temperature)).max() < 1e-4, path.name
+        assert np.abs(probs - calibrator.apply(logits)).max() < 1e-4, path.name
 
 
 def _onnx_reference(images: list[Path]):

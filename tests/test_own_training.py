@@ -137,6 +137,10 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
     from aperture_zoo import load
 
     assert load("resnet10", weights=out).temperature == pytest.approx(meta["temperature"])
+    # and the calibrator fit_calibrator chose on the same images, which predict_proba then uses
+    assert meta["calibrator"]["kind"] == report["calibrator"]["kind"]
+    assert meta["calibrator"]["fitted_on"] == "72 test images, by aperture eval"
+    assert load("resnet10", weights=out).calibrator.kind == report["calibrator"]["kind"]
     written = file_sha256(out)
     again = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu", "--write-temperature", out)
     assert again.exit_code == 2 and "already exists" in again.output

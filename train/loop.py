@@ -32,7 +32,8 @@ from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
-from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
+from .calibrate import fit_val_calibration
+from .evaluate import EvalResult, evaluate_sums, result_from_sums, split_logits
 from .guard import epoch_problem, loss_problem, majority_share
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
@@ -104,9 +105,9 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         test_top1_flip_tta=last.get("test_top1_flip_tta"),
     )
     if info.is_main:
-        # a held-out split calibrates the run: its temperature, fitted by NLL, goes into the metadata
-        calibration = fit_val_temperature(state.eval_model, data.val.images, data.val.labels, data.mean, data.std,
-                                          run.recipe.eval_batch_size) if data.val is not None else {}
+        # a held-out split calibrates the run: its calibrators, fitted by NLL, go into the metadata
+        calibration = fit_val_calibration(*split_logits(state.eval_model, data.val.images, data.val.labels, data.mean,
+                                                        data.std, run.recipe.eval_batch_size)) if data.val is not None else {}
         _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
