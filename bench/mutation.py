@@ -97,6 +97,8 @@ def stage() -> None:
             if old.is_file() and "__pycache__" not in old.parts and old.relative_to(STAGE) not in wanted:
                 old.unlink()
     _sync_file(ROOT / "pyproject.toml", STAGE / "pyproject.toml")
+    # mutmut copies it into mutants/ only on `run`; a test's subprocess reads that copy's settings
+    _sync_file(ROOT / "pyproject.toml", STAGE / "mutants" / "pyproject.toml")
     for name in LINKED:  # read by tests (published weights, the web app, ...); never mutated
         for base in (STAGE, STAGE / "mutants"):
             base.mkdir(exist_ok=True)
@@ -171,7 +173,7 @@ def _wall(name: str) -> int | None:
     if not (RESULTS / "runs.jsonl").is_file():
         return None
     runs = [json.loads(ln) for ln in (RESULTS / "runs.jsonl").read_text().splitlines() if ln.strip()]
-    runs = [r for r in runs if r["module"] == name]
+    runs = [r for r in runs if r["module"] == name and r["exit"] == 0]
     last_full = max((i for i, r in enumerate(runs) if r["targets"] == "all"), default=0)
     return sum(r["wall_s"] for r in runs[last_full:]) if runs else None
 

@@ -29,6 +29,9 @@ def test_n_seeds_train_seed_to_seed_plus_n_minus_1_each_in_its_own_folder(first,
     assert [c.seed for c in asked] == want and len(results) == 3
     assert [Path(c.out_dir) for c in asked] == [tmp_path / "out" / f"seed{s}" for s in want]
     assert all(c.model == "resnet10" for c in asked)
+    two: list[TrainConfig] = []  # two seeds are two folders too
+    fit_seeds(TrainConfig(model="resnet10", seed=first, out_dir=tmp_path / "two"), 2, _fake_fit(two))
+    assert [Path(c.out_dir) for c in two] == [tmp_path / "two" / f"seed{s}" for s in want[:2]]
     default = []  # no --out: each run names its own runs/NAME-TIME folder
     fit_seeds(TrainConfig(model="resnet10", seed=first), 2, _fake_fit(default))
     assert [c.out_dir for c in default] == [None, None] and [c.seed for c in default] == want[:2]
@@ -46,8 +49,9 @@ def test_one_seed_is_the_run_exactly_as_asked(tmp_path: Path) -> None:
 
 def test_seeds_are_refused_with_resume_or_below_one(tmp_path: Path) -> None:
     asked: list[TrainConfig] = []
-    with pytest.raises(TrainingError, match="--resume continues one run"):
+    with pytest.raises(TrainingError) as info:
         fit_seeds(TrainConfig(resume=tmp_path / "run"), 2, _fake_fit(asked))
+    assert str(info.value) == "--seeds starts new runs; --resume continues one run: resume each seed's folder alone"
     with pytest.raises(TrainingError, match="--seeds must be at least 1, got 0"):
         fit_seeds(TrainConfig(model="resnet10"), 0, _fake_fit(asked))
     assert asked == []  # refused before anything trains
