@@ -243,11 +243,11 @@ def write_summary(table: dict) -> None:
     doc = {"tool": "mutmut " + _mutmut_version(), "modules": modules, "total": tot,
            "score_rule": "(killed + timed out) / (mutants - equivalent - not checked); 'no tests' counts as survived"}
     (RESULTS / "summary.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    lines = ["| module | mutants | killed | survived | timed out | equivalent | no tests | score % | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| module | mutants | killed | survived | timed out | equivalent | no tests | not run yet | score % | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in list(modules.items()) + [("**total**", tot)]:
         lines.append(f"| {k} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
-                     f"{r['equivalent']} | {r['no_tests']} | {r['score']} | {r.get('wall_s', '')} |")
+                     f"{r['equivalent']} | {r['no_tests']} | {r['not_checked']} | {r['score']} | {r.get('wall_s') or ''} |")
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
