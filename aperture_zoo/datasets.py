@@ -46,6 +46,9 @@ class Dataset:
     test: Split
     record: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    files: tuple[list[str], list[str]] | None = None  # a folder: each train and test image's relative path
+    manifest: Any = None                               # a folder: its manifest.Manifest (what it holds, by content)
+    report: Any = None                                 # a folder: its datareport.DataReport
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -125,13 +128,18 @@ def check_test_split(test_split: float | None) -> float:
 
 def _from_folder(root: str, test_split: float | None, seed: int, say: Callable[[str], None] | None,
                  progress: Callable[[int, int], None] | None) -> Dataset:
+    from .datareport import analyse
     from .folder import load_folder
 
     decoded = load_folder(root, say=say, progress=progress)
-    scan = decoded.scan
+    report = analyse(decoded)  # refuses conflicting copies and classes a split cannot use
+    scan, keep = decoded.scan, report.keep
+    x, y, where = decoded.images[keep], decoded.labels[keep], decoded.splits[keep]
+    paths = np.array([f.relpath for f in decoded.files], dtype=object)[keep]
+    manifest = scan.manifest()
     record: dict[str, Any] = {"dataset": root, "layout": scan.layout, "classes": list(scan.classes),
-                              "images": int(len(decoded.images)), "skipped": len(decoded.skipped)}
-    x, y, where = decoded.images, decoded.labels, decoded.splits
+                              "images": int(len(x)), "skipped": len(decoded.skipped),
+                              "manifest_sha256": manifest.sha256}
     if scan.layout == "split":
         if test_split is not None:
             raise DatasetError(f"{root!r} has its own train/ and {scan.test_dir}/ folders, which are used as given; "
@@ -146,14 +154,10 @@ def _from_folder(root: str, test_split: float | None, seed: int, say: Callable[[
         which = "training" if len(train_idx) == 0 else "test"
         raise DatasetError(f"{root!r} leaves no readable {which} images; add images (each class needs at least 2 to "
                            "hold one out)")
-    present = np.unique(y[train_idx])
-    if len(present) < 2:
-        raise DatasetError(f"{root!r}: only one class ({scan.classes[int(present[0])]!r}) has readable training images; "
-                           "a classifier needs at least two")
     record.update(train_images=int(len(train_idx)), test_images=int(len(test_idx)))
     classes = scan.classes
     return Dataset(root, Split(x[train_idx], y[train_idx], classes), Split(x[test_idx], y[test_idx], classes),
-                   record, decoded.skipped)
+                   record, decoded.skipped, (list(paths[train_idx]), list(paths[test_idx])), manifest, report)
 
 
 def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,4 +284,11 @@ def dataset_for_weights(
     if record.get("dataset") == name and record.get("layout") == "pool":
         test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
         seed = int(record.get("split_seed") or 0) if isinstance(record.get("split_seed"), int) else 0
-    return load_dataset(name, data_dir, download, test_split, seed, say=say)
+    data = load_dataset(name, data_dir, download, test_split, seed, say=say)
+    trained_on = record.get("manifest_sha256") if record.get("dataset") == name else None
+    if isinstance(trained_on, str) and data.manifest is not None and data.manifest.sha256 != trained_on:
+        raise DatasetError(
+            f"the folder {name!r} changed since these weights were trained on it (manifest {trained_on[:12]} then, "
+            f"{data.manifest.sha256[:12]} now): its test images would be drawn anew and could include images the "
+            "model trained on; evaluate on the folder as it was, or on a folder of new images with --dataset")
+    return data

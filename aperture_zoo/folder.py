@@ -2,23 +2,23 @@
 
 Every image goes through the one image rule (``images.load_image``: EXIF upright, RGB, bilinear to
 32x32), so a picture trains exactly as ``aperture predict`` and the browser see it. Decoding runs
-once, in parallel processes, and the result is cached as a plain ``.npz`` (no pickle) keyed by the
-file list, sizes and modification times: a second run, every DDP rank and ``aperture eval`` read
-the cache (3 KiB an image) instead of the files. Files that cannot be decoded (unreadable,
-truncated, empty, decompression bombs, symlink loops) are skipped and counted; the run goes on
-unless none is readable.
+once per distinct content, in parallel processes, and the result is cached as a plain ``.npz`` (no
+pickle) keyed by the folder's resolved path and every file's path, class and SHA-256
+(``manifest.py``): never by names, sizes or times, so two look-alike folders never share pixels and
+a file edited in place is decoded again. A second run, every DDP rank and ``aperture eval`` read the
+cache (3 KiB an image) instead of decoding. Files that cannot be decoded (unreadable, truncated,
+empty, decompression bombs, symlink loops) are skipped and named; files that are not images
+(hidden, system, other extensions, outside any class folder) are ignored and named.
 
-Layout: ``DIR/train/<class>/`` with ``DIR/test/<class>/`` (or ``DIR/val/``) is used as given;
-otherwise every ``DIR/<class>/`` is one pool that the caller splits (``datasets.py``). Class names
-are the folder names, sorted, exactly as written (spaces, unicode, brackets included).
+What is in the folder (layout, classes, files, what is ignored and why) is ``folderscan.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,46 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ApertureError
+from .folderscan import FileEntry, FolderError, Scan, scan_folder
+from .manifest import hash_files
+
+__all__ = ["DecodedFolder", "FileEntry", "FolderError", "Scan", "decode_files", "load_folder", "scan_folder"]
 
 # Bump when images.py changes the pixels a file gives: old caches are then never reused.
 IMAGE_RULE_VERSION = 1
-CACHE_FORMAT = "aperture_zoo.folder/1"
+CACHE_FORMAT = "aperture_zoo.folder/2"
 SIZE = (32, 32)
 _INLINE_BELOW = 512  # fewer files than this decode in this process (a pool's start-up costs more)
 _CHUNK = 256
-
-
-class FolderError(ApertureError, ValueError):
-    """A folder that cannot be used as a dataset; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    relpath: str   # relative to the dataset root, "/"-separated
-    label: int
-    split: str     # "train", "test" or "pool" (no given split: the caller holds out a test share)
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Scan:
-    """What is in the folder, before any image is decoded."""
-
-    root: Path
-    layout: str                          # "split" (train/ + test/ or val/) or "pool"
-    classes: tuple[str, ...]
-    files: list[FileEntry]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason) found while scanning
-    ignored: int = 0                     # files that are not images by their extension
-    test_dir: str | None = None          # "test" or "val" for the split layout
-
-    def cache_key(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps([CACHE_FORMAT, IMAGE_RULE_VERSION, list(SIZE), list(self.classes)]).encode())
-        for f in self.files:
-            h.update(json.dumps([f.relpath, f.label, f.split, f.size, f.mtime_ns]).encode())
-        return h.hexdigest()
 
 
 @dataclass
@@ -79,144 +50,7 @@ class DecodedFolder:
     skipped: list[tuple[str, str]]       # (relpath, reason), scan and decode together
     from_cache: bool = False
     cache_file: Path | None = None
-
-
-def _image_extensions() -> frozenset[str]:
-    from PIL import Image
-
-    return frozenset(ext.lower() for ext in Image.registered_extensions())
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _walk_files(top: Path, root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, os.stat_result]]:
-    """Every regular file under ``top`` (symlinks followed, loops detected), as (relpath, stat)."""
-    out: list[tuple[str, os.stat_result]] = []
-    seen: set[tuple[int, int]] = set()
-
-    def rel(p: Path) -> str:
-        return p.relative_to(root).as_posix()
-
-    def visit(folder: Path) -> None:
-        try:
-            st = folder.stat()
-        except OSError as exc:
-            skipped.append((rel(folder), _os_reason(exc)))
-            return
-        if (st.st_dev, st.st_ino) in seen:
-            skipped.append((rel(folder), "symlink loop (this folder is already part of the walk)"))
-            return
-        seen.add((st.st_dev, st.st_ino))
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            skipped.append((rel(folder), _os_reason(exc)))
-            return
-        for entry in entries:
-            if _is_hidden(entry.name):
-                continue
-            path = folder / entry.name
-            try:
-                st_entry = path.stat()  # follows symlinks; a loop raises ELOOP
-            except OSError as exc:
-                skipped.append((rel(path), _os_reason(exc)))
-                continue
-            if stat.S_ISDIR(st_entry.st_mode):
-                visit(path)
-            elif stat.S_ISREG(st_entry.st_mode):
-                out.append((rel(path), st_entry))
-
-    visit(top)
-    return out
-
-
-def _os_reason(exc: OSError) -> str:
-    import errno
-
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno == errno.ENOENT:
-        return "broken symlink"
-    if exc.errno == errno.EACCES:
-        return "permission denied"
-    return f"unreadable ({exc.strerror or exc})"
-
-
-def _class_dirs(folder: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(folder) if not _is_hidden(e.name) and _is_dir(folder / e.name))
-    except OSError as exc:
-        raise FolderError(f"cannot read the folder {str(folder)!r} ({exc.strerror or exc}); check its permissions") from None
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:  # a symlink loop in place of a class folder: counted when walked, not a class
-        return False
-
-
-def scan_folder(root: str | os.PathLike[str]) -> Scan:
-    """List the folder's classes and image files (nothing decoded); one-line errors for unusable layouts."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FolderError(f"dataset folder {str(root)!r} does not exist; pass cifar10, cifar100 or a folder of "
-                          "class folders (DIR/<class>/<image>)")
-    if not root.is_dir():
-        raise FolderError(f"--dataset {str(root)!r} is a file; pass a folder of class folders (DIR/<class>/<image>)")
-    root = root.resolve()
-    test_dir = next((d for d in ("test", "val") if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        classes = tuple(_class_dirs(root / "train"))
-        test_classes = _class_dirs(root / test_dir)
-        extra = [c for c in test_classes if c not in classes]
-        if extra:
-            raise FolderError(
-                f"{test_dir}/ has class folder(s) that train/ lacks: {', '.join(repr(c) for c in extra[:5])}"
-                f"{' ...' if len(extra) > 5 else ''}; a model cannot learn a class it never sees. Add training "
-                f"images for them under {str(root / 'train')!r} or remove them from {test_dir}/"
-            )
-        parts = [("train", root / "train"), ("test", root / test_dir)]
-        layout = "split"
-    else:
-        pool = root / "train" if (root / "train").is_dir() else root
-        classes = tuple(_class_dirs(pool))
-        parts = [("pool", pool)]
-        layout = "pool"
-    _check_classes(root, classes)
-    exts = _image_extensions()
-    files: list[FileEntry] = []
-    skipped: list[tuple[str, str]] = []
-    ignored = 0
-    for split, base in parts:
-        for label, name in enumerate(classes):
-            if not (base / name).is_dir():
-                continue  # a class the test split does not have: its per-class accuracy shows "no images"
-            for relpath, st in _walk_files(base / name, root, skipped):
-                if os.path.splitext(relpath)[1].lower() not in exts:
-                    ignored += 1
-                    continue
-                files.append(FileEntry(relpath, label, split, st.st_size, st.st_mtime_ns))
-    if not files:
-        raise FolderError(f"no image files in {str(root)!r} (looked in {', '.join(n for n in classes[:5])}"
-                          f"{' ...' if len(classes) > 5 else ''}); put PNG/JPEG/... files in each class folder")
-    return Scan(root, layout, classes, files, skipped, ignored, test_dir)
-
-
-def _check_classes(root: Path, classes: tuple[str, ...]) -> None:
-    where = "train/" if (root / "train").is_dir() else str(root)
-    if not classes:
-        raise FolderError(f"{str(root)!r} has no class folders; arrange images as DIR/<class>/<image> "
-                          "(one sub-folder per class)")
-    if len(classes) == 1 and classes[0] in ("test", "val") and not (root / "train").is_dir():
-        raise FolderError(f"{str(root)!r} has {classes[0]}/ but no train/, so {classes[0]!r} was read as the only "
-                          f"class; add DIR/train/<class>/ beside DIR/{classes[0]}/<class>/, or put the class "
-                          "folders directly in DIR (a held-out split is then made)")
-    if len(classes) == 1:
-        raise FolderError(f"{where!r} has a single class folder ({classes[0]!r}); a classifier needs at least "
-                          "two classes: add a folder per class")
+    files: list[FileEntry] = field(default_factory=list)  # the decoded images' entries, in the same order
 
 
 # --------------------------------------------------------------------------- decoding
@@ -291,45 +125,69 @@ def default_cache_dir() -> Path:
     return default_data_dir() / "folders"
 
 
+def cache_key(scan: Scan) -> str:
+    """The folder (resolved path) and every file's path, class and content: sizes and times decide nothing."""
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_FORMAT, IMAGE_RULE_VERSION, list(SIZE), str(scan.root), list(scan.classes)]).encode())
+    for f in scan.files:
+        h.update(json.dumps([f.relpath, f.label, f.split, f.sha256]).encode())
+    return h.hexdigest()
+
+
+def hash_scan(scan: Scan, workers: int | None = None) -> Scan:
+    """``scan`` with every file's SHA-256 filled in ("" for a file that cannot be read: the decoder says why)."""
+    digests = hash_files([str(scan.root / f.relpath) for f in scan.files], workers, sum(f.size for f in scan.files))
+    scan.files = [dataclasses.replace(f, sha256=d or "") for f, d in zip(scan.files, digests)]
+    return scan
+
+
 def _read_cache(path: Path, scan: Scan) -> DecodedFolder | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["format"]) != CACHE_FORMAT or tuple(str(c) for c in z["classes"]) != scan.classes:
                 return None
-            images, labels, splits = z["images"], z["labels"], z["splits"]
+            images, ok = z["images"], z["ok"]
             skipped = list(zip((str(p) for p in z["skipped_paths"]), (str(r) for r in z["skipped_reasons"])))
     except (OSError, ValueError, KeyError, EOFError):
         return None  # unreadable or from another version: decode again
-    if images.dtype != np.uint8 or images.shape[1:] != (3, *SIZE[::-1]) or len(images) != len(labels):
+    if (images.dtype != np.uint8 or images.shape[1:] != (3, *SIZE[::-1]) or ok.dtype != bool
+            or ok.shape != (len(scan.files),) or len(images) != int(ok.sum())):
         return None
-    return DecodedFolder(scan, images, labels.astype(np.int64), splits.astype(str), skipped, True, path)
+    return _decoded(scan, images, ok, skipped, True, path)
 
 
-def _write_cache(path: Path, d: DecodedFolder) -> None:
+def _decoded(scan: Scan, images: np.ndarray, ok: np.ndarray, skipped: list[tuple[str, str]], from_cache: bool,
+             path: Path | None) -> DecodedFolder:
+    files = [f for f, keep in zip(scan.files, ok) if keep]
+    labels = np.array([f.label for f in files], np.int64)
+    splits = np.array([f.split for f in files], dtype=str)
+    return DecodedFolder(scan, images, labels, splits, skipped, from_cache, path, files)
+
+
+def _write_cache(path: Path, d: DecodedFolder, ok: np.ndarray) -> None:
     from .files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, format=np.array(CACHE_FORMAT), classes=np.array(d.scan.classes, dtype=str),
-                 images=d.images, labels=d.labels, splits=np.array(d.splits, dtype=str),
-                 skipped_paths=np.array([p for p, _ in d.skipped], dtype=str),
+                 images=d.images, ok=ok, skipped_paths=np.array([p for p, _ in d.skipped], dtype=str),
                  skipped_reasons=np.array([r for _, r in d.skipped], dtype=str))
 
 
 def load_folder(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
                 workers: int | None = None, say: Callable[[str], None] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> DecodedFolder:
-    """The folder's images decoded once (from the cache when the files are unchanged).
+    """The folder's images decoded once (from the cache when every file's content is unchanged).
 
-    Processes that ask at the same time (DDP ranks) wait on a file lock: one decodes, the others
-    read its cache. ``progress(done, total)`` follows the decoding. A folder where nothing decodes
-    is an error naming the first few files and why.
+    Every file is read and hashed on each call (the cache key, ``cache_key``), then decoded only
+    on a cache miss, once per distinct content. Processes that ask at the same time (DDP ranks)
+    wait on a file lock: one decodes, the others read its cache. ``progress(done, total)`` follows
+    the decoding. A folder where nothing decodes is an error naming the first few files and why.
     """
     from filelock import FileLock
 
-    scan = scan_folder(root)
+    scan = hash_scan(scan_folder(root), workers)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = scan.cache_key()
-    path = cache / f"{key[:40]}.npz"
+    path = cache / f"{cache_key(scan)[:40]}.npz"
     try:
         cache.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock")
@@ -339,30 +197,43 @@ def load_folder(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] 
         hit = _read_cache(path, scan) if path.is_file() else None
         if hit is not None:
             return _checked(hit)
-        total = len(scan.files)
-        if say:
-            say(f"decoding {total:,} images of {str(scan.root)!r} to 32x32 (once; cached for later runs)")
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress:
-                progress(done[0], total)
-
-        images, reasons = decode_files([str(scan.root / f.relpath) for f in scan.files], workers, tick)
+        images, reasons = _decode_distinct(scan, workers, say, progress)
         ok = np.array([r is None for r in reasons], bool)
-        labels = np.array([f.label for f in scan.files], np.int64)
-        splits = np.array([f.split for f in scan.files], dtype=str)
         skipped = scan.skipped + [(f.relpath, r) for f, r in zip(scan.files, reasons) if r is not None]
-        decoded = DecodedFolder(scan, images[ok], labels[ok], splits[ok], skipped)
-        _checked(decoded)
+        decoded = _checked(_decoded(scan, images[ok], ok, skipped, False, None))
         if lock is not None:
             try:
-                _write_cache(path, decoded)
+                _write_cache(path, decoded, ok)
                 decoded.cache_file = path
             except OSError:  # a full or read-only disk: the run goes on without a cache
                 decoded.cache_file = None
         return decoded
+
+
+def _decode_distinct(scan: Scan, workers: int | None, say: Callable[[str], None] | None,
+                     progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, list[str | None]]:
+    """Every file's pixels (or why not), decoding each distinct content once; unreadable files each on their own."""
+    first: dict[str, int] = {}
+    where = np.empty(len(scan.files), np.int64)
+    distinct: list[str] = []
+    for i, f in enumerate(scan.files):
+        key = f.sha256 or f"unhashed:{i}"
+        if key not in first:
+            first[key] = len(distinct)
+            distinct.append(str(scan.root / f.relpath))
+        where[i] = first[key]
+    total = len(distinct)
+    if say:
+        say(f"decoding {total:,} images of {str(scan.root)!r} to 32x32 (once; cached for later runs)")
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    images, reasons = decode_files(distinct, workers, tick)
+    return images[where], [reasons[k] for k in where]
 
 
 def _checked(d: DecodedFolder) -> DecodedFolder:

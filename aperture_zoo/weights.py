@@ -357,3 +357,35 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise WeightsError(f"{str(src)!r} does not match {name}: " + "; ".join(problems))
     model.load_state_dict(tensors)
     return save_weights(model, dst, {"converted_from": src.name})
+
+
+def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,
+                           fitted_on: str, fitted_for_sha256: str) -> Path:
+    """A copy of the weights ``src`` whose metadata carries a temperature fitted for exactly those bytes.
+
+    ``fitted_for_sha256`` is the SHA-256 of the file the temperature was fitted with; a ``src`` that
+    no longer hashes to it is refused, and the copy records it (``temperature_fitted_for_sha256``).
+    ``dst`` is created, never replaced: an existing file (or ``src`` itself) is refused.
+    """
+    import hashlib
+
+    from .calibration import check_temperature
+
+    src, dst = Path(src), Path(dst)
+    t = check_temperature(temperature, "the fitted temperature")
+    if dst.exists() or dst.resolve() == src.resolve():
+        raise WeightsError(f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name one "
+                           "that does not exist yet")
+    data = read_bytes(src)
+    if hashlib.sha256(data).hexdigest() != fitted_for_sha256:
+        raise WeightsError(f"{str(src)!r} changed while it was evaluated; evaluate it again")
+    tensors, meta = state_dict_from_bytes(data, src)
+    meta = {**meta, "temperature": json.dumps(round(t, 6)), "temperature_fitted_on": fitted_on,
+            "temperature_fitted_for_sha256": fitted_for_sha256}
+    with atomic_path(dst.with_name(dst.name + ".new")) as tmp:
+        write_safetensors(tensors, tmp, meta)
+    try:
+        os.link(dst.with_name(dst.name + ".new"), dst)  # fails if dst appeared meanwhile: never overwritten
+    finally:
+        dst.with_name(dst.name + ".new").unlink(missing_ok=True)
+    return dst

@@ -17,6 +17,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 LAYERS = [
     {"registry", "errors", "files", "_lazy", "_version", "progress"},
     {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions", "labels", "folder",
+     "folderscan", "manifest", "datareport",
      "datasets"},
     {"catalog", "pretrained", "transforms", "summary", "predict"},
     {"cards", "publish", "samples"},

@@ -67,9 +67,17 @@ def test_folder_classes_decode_and_cache(tmp_path: Path, test_images) -> None:
     assert any(np.array_equal(img, x[cat]) for img in first.images[first.labels == first.scan.classes.index("a cat")])
     again = load_folder(root)
     assert again.from_cache and np.array_equal(again.images, first.images)
-    # a changed file (size/mtime) is decoded again
+    # the key is the content: a new modification time alone changes nothing ...
     victim = next((root / "a cat").iterdir())
     os.utime(victim, ns=(1, 1))
+    assert load_folder(root).from_cache
+    # ... while an image edited in place, same size and time restored, is decoded again
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    other = next(p for p in (root / "[bold]dog").iterdir()).read_bytes()
+    victim.write_bytes(other[:len(data)].ljust(len(data), b"\0"))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
     assert not load_folder(root).from_cache
 
 
@@ -88,7 +96,8 @@ def test_held_out_split_is_stratified_seeded_and_recorded(tmp_path: Path, test_i
 
 def test_given_train_and_test_folders_are_used_as_given(tmp_path: Path, test_images) -> None:
     _folder(tmp_path / "d" / "train", test_images, per_class=6)
-    _folder(tmp_path / "d" / "val", test_images, per_class=2, names=NAMES[:2])  # val/ lacks a class: fine
+    last = (test_images[0][::-1], test_images[1][::-1])  # other images than train/'s (copies would be dropped)
+    _folder(tmp_path / "d" / "val", last, per_class=2, names=NAMES[:2])  # val/ lacks a class: fine
     ds = load_dataset(str(tmp_path / "d"))
     assert len(ds.train) == 18 and len(ds.test) == 4 and ds.record["test_dir"] == "val"
     with pytest.raises(DatasetError, match="used as given; drop --test-split"):

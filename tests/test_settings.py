@@ -64,7 +64,7 @@ def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path
     _pre_checkpoint_run(folder)
     folder.checkpoint.write_bytes(b"")  # checked before the checkpoint is read
     for asked, error, message in ((dict(model="resnet22"), CheckpointError, "not resnet22"),
-                                  (dict(recipe=FAST.replace(lr=0.1)), RecipeError, "different recipe"),
+                                  (dict(recipe=FAST.replace(lr=0.8)), RecipeError, "different recipe"),
                                   (dict(seed=3), CheckpointError, "seed=3: the run used seed=2"),
                                   (dict(dataset="cifar100"), CheckpointError, "--dataset cifar100: the run trains on cifar10")):
         with pytest.raises(error, match=message):

@@ -161,8 +161,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sy
 
 def test_resume_refuses_a_different_model_or_recipe(straight, synthetic_cifar) -> None:
     run = straight.run_dir
-    with pytest.raises(RecipeError, match=r"different recipe \(lr: run 0.2 vs asked 0.1\)"):
-        fit(TrainConfig(resume=run, recipe=RECIPE.replace(lr=0.1), data_dir=synthetic_cifar, progress=False))
+    with pytest.raises(RecipeError, match=r"different recipe \(lr: run 0.2 vs asked 0.4\).*only a lower --lr"):
+        fit(TrainConfig(resume=run, recipe=RECIPE.replace(lr=0.4), data_dir=synthetic_cifar, progress=False))
+    with pytest.raises(RecipeError, match=r"different recipe \(epochs: run 4 vs asked 5, lr: run 0.2 vs asked 0.1\)"):
+        fit(TrainConfig(resume=run, recipe=RECIPE.replace(lr=0.1, epochs=5), data_dir=synthetic_cifar, progress=False))
     with pytest.raises(CheckpointError, match="cannot resume .* not resnet22"):
         fit(TrainConfig(resume=run, model="resnet22", data_dir=synthetic_cifar, progress=False))
     with pytest.raises(CheckpointError, match="seed=0"):
@@ -428,12 +430,24 @@ def test_the_divergence_hint_is_a_command_that_works(synthetic_cifar, tmp_path, 
             "--no-download", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "diverged")]
     real_lr = loop.lr_at
     with monkeypatch.context() as m:
-        m.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 3 else 1e30)
+        m.setattr(loop, "lr_at", lambda r, step, spe: real_lr(r, step, spe) if step < 4 else 1e30)  # from epoch 2
         first = CliRunner().invoke(app, args)
-    assert first.exit_code == 2 and "Lower --lr" in first.output, first.output
-    found = re.search(r"`(aperture train [^`]+)`", " ".join(first.output.split()))
-    assert found, first.output
-    argv = shlex.split(found.group(1))
+    assert first.exit_code == 2 and "Resume from the last good checkpoint with half the lr" in first.output, first.output
+    resume, retry = re.findall(r"`(aperture train [^`]+)`", " ".join(first.output.split()))
+    # the first command resumes the diverged run from its last good checkpoint (epoch 1) with half the lr
+    argv = shlex.split(resume)
+    assert argv[argv.index("--resume") + 1] == str(tmp_path / "diverged") and argv[argv.index("--lr") + 1] == "0.0195312"
+    r = CliRunner().invoke(app, [*argv[1:], "--no-progress"])
+    assert r.exit_code == 0, r.output
+    resumed = json.loads((tmp_path / "diverged" / "run.json").read_text())
+    assert resumed["lr_changes"] == [{"epoch": 1, "step": 0, "lr": 0.0195312, "was": 0.0390625}]
+    assert json.loads((tmp_path / "diverged" / "recipe.json").read_text())["lr"] == 0.0195312
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    meta = decode_metadata(read_metadata(tmp_path / "diverged" / "model.safetensors"))
+    assert meta["lr_changes"] == resumed["lr_changes"] and meta["recipe"]["lr"] == 0.0195312
+    # the second starts it again with half the lr
+    argv = shlex.split(retry)
     assert "--out" not in argv and argv[argv.index("--lr") + 1] == "0.0195312"
     r = CliRunner().invoke(app, [*argv[1:], "--no-progress"])
     assert r.exit_code == 0, r.output

@@ -88,6 +88,7 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
     """Only rank 0 may download (two ranks writing one folder corrupt it); both must see its failure."""
     from aperture_zoo import data
     from aperture_zoo.train.loader import load_run_data
+    from aperture_zoo.train.settings import Run
 
     calls = []
 
@@ -97,7 +98,7 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
 
     data.download = offline  # this forked worker's copy only
     try:
-        load_run_data(TrainConfig(data_dir=Path(out) / "no-data", download=True), {}, SPEC, 1, info,
+        load_run_data(TrainConfig(data_dir=Path(out) / "no-data", download=True), Run(SPEC, RECIPE, {}), info,
                       torch.device("cpu"), data_from_run=False)
         error = None
     except data.DataError as exc:

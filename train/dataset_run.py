@@ -4,6 +4,12 @@ Kept out of the loop: a new run's spec takes the dataset's classes (the head), i
 a normalisation (the folder's own mean/std from scratch, the source weights' for a fine-tune);
 ``run.json`` records the dataset, how its test images were chosen and the init source, so a resume,
 the weights' metadata and ``aperture eval`` all see the same images and names.
+
+A folder run also prints its data report before training (``datareport.py``), records the
+folder's content manifest and its split as file lists (train, val, test), and holds out a
+validation share of its training images by default (``DEFAULT_VAL_SPLIT``), so its weights carry a
+temperature fitted on images it never trained on. ``--resume`` refuses a folder whose manifest
+changed, naming what changed.
 """
 
 from __future__ import annotations
@@ -16,9 +22,18 @@ from torch import nn
 from aperture_zoo.datasets import Dataset, dataset_name, load_dataset
 from aperture_zoo.registry import ModelSpec
 
-from .finetune import InitSource, freeze_backbone, load_init, resolve_init
+from .finetune import InitSource, freeze_backbone, load_init, resolve_init, same_head
 
-_LOADED: dict[tuple[Any, ...], Dataset] = {}  # one decode per process: new_run and the loop share it
+DEFAULT_VAL_SPLIT = 0.1  # of a folder's training images, per class, when --val-split is not given
+MIN_VAL_IMAGES = 20      # a smaller default validation split would fit a temperature on noise: none then
+_BIG = ("manifest", "split", "report")  # run.json's file lists: kept out of the weights' metadata
+
+_LOADED: dict[tuple[Any, ...], Dataset] = {}  # one decode per fit: new_run and the loop share it
+
+
+def forget() -> None:
+    """Start a fit afresh: a folder may have changed since the last one in this process (it is read again)."""
+    _LOADED.clear()
 
 
 def run_dataset(run: dict[str, Any], data_dir: Any = None, download: bool = False,
@@ -63,7 +78,7 @@ def _progress_bar(say: Callable[[str], None] | None) -> Callable[[int, int], Non
 
 def new_run(spec: ModelSpec, run: dict[str, Any], dataset: str | None, test_split: float | None,
             init: str | None, freeze: bool, data_dir: Any, download: bool,
-            say: Callable[[str], None] | None = None) -> tuple[ModelSpec, dict[str, Any]]:
+            say: Callable[[str], None] | None = None, val_split: float | None = None) -> tuple[ModelSpec, dict[str, Any]]:
     """A new run's spec and ``run.json`` entries for its dataset and init (unchanged for plain CIFAR-10)."""
     name = dataset_name(dataset)
     if name in ("cifar10", "cifar100") and test_split is not None:
@@ -86,14 +101,22 @@ def new_run(spec: ModelSpec, run: dict[str, Any], dataset: str | None, test_spli
     if data is not None:
         run["data"] = data.record
         run["test_split"] = data.record.get("test_split")  # None when the folder has its own test/
-        if data.skipped and say:
-            shown = "; ".join(f"{p}: {r}" for p, r in data.skipped[:5])
-            say(f"skipped {len(data.skipped)} unreadable file(s): {shown}{' ...' if len(data.skipped) > 5 else ''}")
+    if data is not None and data.report is not None:
+        run["data"] = {**data.record, "report": data.report.to_dict(), "manifest": data.manifest.to_record()}
+        run["val_split"], run["val_rule"], note = _default_val(val_split, len(data.train))
+        for line in data.report.lines() + ([note] if note else []):
+            if say:
+                say(line)
     if init is not None:
         source = resolve_init(init, spec)
         mean, std = source.spec.mean, source.spec.std  # the backbone learnt on inputs normalised so
         run["init"], run["freeze_backbone"] = source.record(), bool(freeze)
     spec = spec.replace(num_classes=len(classes), class_names=tuple(classes), mean=tuple(mean), std=tuple(std))
+    if init is not None:
+        run["init"]["head"] = "kept" if same_head(source.spec, spec) else "new"
+        if say and run["init"]["head"] == "new":
+            say(f"--init: a new head for this dataset's {len(classes)} classes (the source's "
+                f"{source.spec.num_classes} classes are not these by name)")
     run["arch"], run["spec"] = spec.arch_dict(), _spec_json(spec)
     return spec, run
 
@@ -134,9 +157,54 @@ def _source_spec(path: Any) -> ModelSpec:
 
 
 def weights_metadata(run: dict[str, Any]) -> dict[str, Any]:
-    """What a run's model.safetensors records about its data and init, beside the spec."""
+    """What a run's model.safetensors records about its data and init, beside the spec.
+
+    A folder's manifest and split go by their SHA-256 (``manifest_sha256``), not as file lists:
+    the run's ``run.json`` holds those.
+    """
     out: dict[str, Any] = {"dataset": run.get("dataset", "cifar10")}
     for key in ("data", "init", "freeze_backbone"):
         if run.get(key) is not None:
             out[key] = run[key]
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if k not in _BIG}
     return out
+
+
+def _default_val(val_split: float | None, n_train: int) -> tuple[float, str, str | None]:
+    """A folder run's validation split, its rule (a share of each class) and what to say about a default one."""
+    if val_split is not None:
+        return val_split, "share", None
+    if round(DEFAULT_VAL_SPLIT * n_train) < MIN_VAL_IMAGES:
+        return 0, "share", (f"no validation split: {n_train} training images are too few to hold out "
+                            f"{MIN_VAL_IMAGES} for calibration, so the weights carry no temperature")
+    return DEFAULT_VAL_SPLIT, "share", (
+        f"holding out {DEFAULT_VAL_SPLIT:.0%} of each class's training images as a validation split: the weights' "
+        "temperature is fitted there (--val-split 0 trains on all of them, uncalibrated)")
+
+
+def split_files(record: dict[str, Any], data: Dataset, index: dict[str, Any], resume_dir: Any) -> None:
+    """Record a new folder run's split as file lists; refuse to resume one whose folder or split changed."""
+    from aperture_zoo.manifest import Manifest
+
+    train_files, test_files = data.files  # type: ignore[misc]
+    drawn = {"train": sorted(train_files[i] for i in index["train"]), "test": sorted(test_files[i] for i in index["test"]),
+             "val": sorted(train_files[i] for i in index.get("val", []))}
+    saved = record.get("data") if isinstance(record.get("data"), dict) else {}
+    if resume_dir is None:
+        record["data"] = {**saved, "split": drawn}
+        return
+    if "manifest" not in saved:
+        return  # a run from before manifests were recorded: nothing to compare
+    before = Manifest.from_record(saved["manifest"], f"{str(resume_dir)!r}")
+    if before.sha256 != data.manifest.sha256:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"cannot resume {str(resume_dir)!r}: its dataset {data.name!r} changed since the run started "
+            f"({data.manifest.changes_from(before)}); resume on the original folder, or start a new run")
+    if saved.get("split") != drawn:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"cannot resume {str(resume_dir)!r}: the split drawn now differs from the file lists "
+                              "its run.json records; start a new run")

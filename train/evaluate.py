@@ -126,12 +126,15 @@ def result_from_sums(sums: Tensor, classes: tuple[str, ...], **kw: Any) -> EvalR
     )
 
 
-def check_eval_options(batch_size: int, subset: int | None = None) -> None:
-    """Numeric options checked before any model or data is loaded."""
+def check_eval_options(batch_size: int, subset: int | None = None, write_temperature: Path | None = None) -> None:
+    """Options checked before any model or data is loaded."""
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     if subset is not None and subset < 1:
         raise EvalError(f"--subset must be at least 1 test image, got {subset}")
+    if write_temperature is not None and write_temperature.exists():
+        raise EvalError(f"--write-temperature {str(write_temperature)!r} already exists; name a new file (the "
+                        "calibrated weights never replace one)")
 
 
 def evaluate(
@@ -294,6 +297,22 @@ def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: 
     logits = torch.cat([p for p, _ in collected]).numpy()
     return {"temperature": round(fit_temperature(logits, labels.cpu().numpy()), 6),
             "temperature_fitted_on": VAL_FITTED}
+
+
+def temperature_to_write(result: EvalResult) -> tuple[float, str]:
+    """The temperature this evaluation fitted on all its images, and how to describe where, for a weights copy.
+
+    Weights calibrated on their own validation split have it applied, not refitted: there is nothing
+    new to write. Too few images fit none.
+    """
+    e = result.extra
+    if e.get("temperature_fitted_on") == VAL_FITTED:
+        raise EvalError("these weights already carry a temperature fitted on their validation split (images held out "
+                        "of training), which eval applies rather than refits; there is nothing new to write")
+    if e.get("temperature") is None or "ece_calibrated" not in e:
+        raise EvalError(f"no temperature was fitted ({e.get('temperature_fitted_on', 'no calibration measured')}); "
+                        "evaluate on more images to write one")
+    return float(e["temperature"]), f"{result.num_images} test images, by aperture eval"
 
 
 def format_confusion(result: EvalResult) -> str:

@@ -1,4 +1,4 @@
-"""``--init``: start a run from published or earlier weights, with a new head when the classes differ.
+"""``--init``: start a run from published or earlier weights, with a new head when the classes differ (by name).
 
 The source is a published tag (``resnet22.fast``), resolved and SHA-256 pinned exactly as
 ``aperture_zoo.load`` does, or a run's ``model.safetensors`` (pickles are refused by the weights
@@ -69,11 +69,24 @@ def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
     return InitSource(text, path, file_sha256(path), source)
 
 
+def same_head(source: ModelSpec, target: ModelSpec) -> bool:
+    """Whether the source's head answers the target's classes: the same names in the same order, not just as many."""
+    return source.num_classes == target.num_classes and tuple(source.label_names) == tuple(target.label_names)
+
+
 def load_init(model: nn.Module, source: InitSource) -> None:
-    """Every tensor of the source that fits; the head starts fresh when the class count differs."""
+    """Every tensor of the source that fits; the head starts fresh unless its class names are the run's.
+
+    Ten CIFAR-10 outputs are not ten digits: a head kept for the count alone would start "airplane"
+    as "eight". The new head keeps the model's own fresh initialisation.
+    """
     from aperture_zoo.weights import load_weights
 
-    load_weights(model, source.path, strict=source.spec.num_classes == model.spec.num_classes)  # type: ignore[arg-type]
+    keep = same_head(source.spec, model.spec)  # type: ignore[arg-type]
+    fresh = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("fc.")}
+    load_weights(model, source.path, strict=keep)  # type: ignore[arg-type]
+    if not keep:
+        model.load_state_dict(fresh, strict=False)
 
 
 def _frozen_bn(module: nn.Module, inputs: Any) -> None:

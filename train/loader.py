@@ -7,18 +7,18 @@ its slice of each global batch: results then do not depend on how many ranks sha
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from aperture_zoo.data import DataError, Split, SubsetError, load_split, locate, stratified_indices, subset
-from aperture_zoo.registry import ModelSpec
+from aperture_zoo.data import DataError, Split, SubsetError, load_split, locate, stratified_indices
 
 from . import distributed as D
-from .settings import TrainConfig, TrainingError
+from .settings import Run, TrainConfig, TrainingError
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Splits:
     train: Split
     test: Split
     val: Split | None
+    # where each image came from: indices into the source's full train split (train, val) and test split
+    index: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def load_splits(
@@ -52,30 +54,53 @@ def load_splits(
     seed: int = 0,
     download: bool = False,
     dataset: Any = None,
+    val_rule: str = "equal",
 ) -> Splits:
     """Train/val/test numpy splits; subsets and the validation hold-out are stratified by class.
 
     ``val_split`` is a count (>= 1) or a fraction (< 1) of the (subset) training split; those images
     are removed from training, so choosing an epoch or a setting on them never looks at the test set.
+    ``val_rule``: "equal" draws the same number from every class (CIFAR's balanced splits); "share"
+    holds out that fraction of each class (a folder's classes may be of any size).
     """
     if dataset is not None:  # an aperture_zoo.datasets.Dataset (CIFAR-100, a folder): already loaded
         train_full, test_full = dataset.train, dataset.test
     else:
         train_full, test_full = load_split("train", data_dir, download), load_split("test", data_dir)
-    train = subset(train_full, subset_size, seed)
-    test = subset(test_full, test_subset, seed, option="--test-subset")
-    val = None
+    train_idx = _subset_indices(train_full, subset_size, seed, "--subset")
+    test_idx = _subset_indices(test_full, test_subset, seed, "--test-subset")
     if val_split < 0 or (val_split >= 1 and val_split != int(val_split)):
         raise SubsetError(f"--val-split must be a fraction in [0, 1) or a whole count of images, not {val_split}")
-    n_val = int(round(val_split * len(train))) if 0 < val_split < 1 else int(val_split)
+    n_val = int(round(val_split * len(train_idx))) if 0 < val_split < 1 else int(val_split)
+    val_idx = None
     if n_val > 0:
-        if n_val >= len(train):
-            raise SubsetError(f"--val-split {val_split} leaves no training images (train has {len(train)})")
-        held = stratified_indices(train.labels, n_val, seed + 1)
-        keep = np.setdiff1d(np.arange(len(train)), held)
-        val = Split(train.images[held], train.labels[held], train.classes)
-        train = Split(train.images[keep], train.labels[keep], train.classes)
-    return Splits(train=train, test=test, val=val)
+        if n_val >= len(train_idx):
+            raise SubsetError(f"--val-split {val_split} leaves no training images (train has {len(train_idx)})")
+        labels = train_full.labels[train_idx]
+        if val_rule == "share" and val_split < 1:
+            from aperture_zoo.datasets import holdout_indices
+
+            keep, held = holdout_indices(labels, float(val_split), seed + 1)
+        else:
+            held = stratified_indices(labels, n_val, seed + 1)
+            keep = np.setdiff1d(np.arange(len(train_idx)), held)
+        train_idx, val_idx = train_idx[keep], train_idx[held]
+    index = {"train": train_idx, "test": test_idx, **({"val": val_idx} if val_idx is not None else {})}
+    return Splits(train=_take(train_full, train_idx), test=_take(test_full, test_idx),
+                  val=None if val_idx is None else _take(train_full, val_idx), index=index)
+
+
+def _subset_indices(split: Split, n: int | None, seed: int, option: str) -> np.ndarray:
+    """The indices ``data.subset`` takes (all of them when ``n`` is None or the split's size)."""
+    if n is None or n == len(split):
+        return np.arange(len(split))
+    if n <= 0 or n > len(split):
+        raise SubsetError(f"{option} must be in 1..{len(split)} for this split, got {n}")
+    return stratified_indices(split.labels, n, seed)
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx], split.classes)
 
 
 def epoch_order(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -100,15 +125,19 @@ class DeviceData:
     std: Tensor
 
 
-def load_run_data(cfg: TrainConfig, record: dict[str, Any], spec: ModelSpec, batch_size: int,
-                  info: D.DistInfo, device: torch.device, data_from_run: bool) -> DeviceData:
+def load_run_data(cfg: TrainConfig, run: Run, info: D.DistInfo, device: torch.device, data_from_run: bool,
+                  say: Callable[[str], None] | None = None) -> DeviceData:
     """The run's splits on ``device`` (fetched by rank 0 if need be), checked to hold a batch.
 
     ``data_from_run``: the data folder is the one a resumed run recorded, so a missing one may
-    have moved.
+    have moved. A folder's split is recorded as file lists (a new run) or checked against them
+    (a resumed one, after its manifest: ``dataset_run.split_files``); a new folder run's default
+    batch fits a small training set (``recipes.fit_to_data``, said through ``say``).
     """
-    from .dataset_run import run_dataset
+    from .dataset_run import run_dataset, split_files
+    from .recipes import fit_to_data
 
+    record, spec = run.record, run.spec
     dataset = run_dataset(record, cfg.data_dir, bool(cfg.download))  # CIFAR-100 or a folder; None: CIFAR-10
     try:
         if dataset is None:
@@ -119,12 +148,20 @@ def load_run_data(cfg: TrainConfig, record: dict[str, Any], spec: ModelSpec, bat
         raise DataError(f"{exc} (resuming {str(cfg.resume)!r} uses the data folder it was started with; pass "
                         "--data-dir if the data has moved)") from None
     splits = load_splits(cfg.data_dir, record["subset"], record["val_split"], record["test_subset"],
-                         int(record["seed"]), dataset=dataset)
+                         int(record["seed"]), dataset=dataset, val_rule=record.get("val_rule", "equal"))
+    if dataset is not None and dataset.files is not None:
+        split_files(record, dataset, splits.index, run.resume_dir)
+        if run.resume_dir is None:
+            run.recipe, note = fit_to_data(run.recipe, len(splits.train))
+            if note and say:
+                say(note)
     train = DeviceSplit.from_split(splits.train, device)
-    if len(train) < batch_size:
-        raise TrainingError(
-            f"batch size {batch_size} is larger than the {len(train)} training images; lower it with --batch-size"
-        )
+    if len(train) < run.recipe.batch_size:
+        raise TrainingError(f"batch size {run.recipe.batch_size} is larger than the {len(train)} training images; "
+                            "lower it with --batch-size")
+    if run.recipe.batch_size % info.world_size:
+        raise TrainingError(f"batch size {run.recipe.batch_size} does not split over {info.world_size} ranks; "
+                            "use a multiple")
     val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
     return DeviceData(train, DeviceSplit.from_split(splits.test, device), val,
                       torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device))

@@ -16,7 +16,6 @@ and, under DDP, the agreed stop decision happen together.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from . import distributed as D
 from .augment import AugmentConfig
 from aperture_zoo.device import autocast_dtype, device_name
 from .evaluate import EvalResult, evaluate_sums, fit_val_temperature, result_from_sums
+from .guard import epoch_problem, loss_problem, majority_share
 from .loader import DeviceData, DeviceSplit, load_run_data
 from .recipes import Recipe
 from .rundir import RunDir
@@ -62,6 +62,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
          data_from_run: bool) -> TrainResult:
     """Set the run up, train its remaining epochs, write its outputs; every early stop is resumable."""
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
+    dataset_run.forget()
     run = resolve_run(cfg)
     done = _finished(run)
     if done is not None:
@@ -69,12 +70,12 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     _refuse_early(cfg, run, info)
     if run.resume_dir is None:  # the dataset's classes and normalisation, the init weights (dataset_run.py)
         run.spec, run.record = D.decided_on_rank0(info, lambda: _new_run(cfg, run))
-    data = load_run_data(cfg, run.record, run.spec, run.recipe.batch_size, info, device, data_from_run)
+    data = load_run_data(cfg, run, info, device, data_from_run, _say if info.is_main else None)
     state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt,
                           prepare=dataset_run.prepare_model(run.record, fresh=run.ckpt is None))
     step_fn = TrainStep(network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(run.recipe.precision, device))
-    r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack))
+    r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack), majority_share(data.train.labels.cpu().numpy()))
     rows = _first_rows(r, state)
     stream = BatchStream(data.train, run.recipe.batch_size, AugmentConfig.from_recipe(run.recipe), data.mean,
                          data.std, run.spec.num_classes, run.seed, rank=info.rank, world_size=info.world_size,
@@ -88,6 +89,9 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
             row, halted = train_epoch(r, state, step_fn, stream, stop, bar)
             if row is not None:  # the epoch ran to its end
                 last = finish_epoch(r, state, data, row, bar)
+                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes)  # guard.py
+                if why is not None:  # before its checkpoint: the last good one stays
+                    raise r.diverged(state, why, state.epoch - 1, stream.steps)
                 rows += [last] if info.is_main else []
             checkpoint(r, state, stream.steps)
             stop_if_asked(r, state, stream.steps, row, budget, halted, stop.signum)
@@ -108,16 +112,17 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     return result
 
 
-def _new_run(cfg: TrainConfig, run: Run) -> tuple[Any, dict[str, Any]]:
-    """Rank 0's view of a new run's dataset and init (decoded once; the other ranks read the cache)."""
+def _say(msg: str) -> None:
     import sys
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    print(msg, file=sys.stderr, flush=True)
 
+
+def _new_run(cfg: TrainConfig, run: Run) -> tuple[Any, dict[str, Any]]:
+    """Rank 0's view of a new run's dataset and init (decoded once; the other ranks read the cache)."""
     return dataset_run.new_run(run.spec, run.record, None if cfg.dataset is None else str(cfg.dataset), cfg.test_split,
                                None if cfg.init is None else str(cfg.init), cfg.freeze_backbone, cfg.data_dir,
-                               bool(cfg.download), say)
+                               bool(cfg.download), _say, cfg.val_split)
 
 
 def _refuse_early(cfg: TrainConfig, run: Run, info: D.DistInfo) -> None:
@@ -141,6 +146,8 @@ def _first_rows(r: _Loop, state: RunState) -> list[dict[str, Any]]:
     if not r.info.is_main:
         return []
     if r.run.ckpt is not None:
+        if r.run.record.get("lr_changes") != r.folder.record().get("lr_changes"):  # resumed with a lower lr
+            r.folder.rewrite_settings(r.recipe, r.run.record)
         return r.folder.reopen(epochs_done=state.epoch)
     return r.folder.start(r.recipe, {**r.run.record, "world_size": r.info.world_size,
                                      "torch_version": torch.__version__})
@@ -226,6 +233,7 @@ class _Loop:
     device: torch.device
     run: Run
     folder: RunDir
+    majority_pct: float = 100.0  # training top-1 of always answering the most frequent class
 
     @property
     def recipe(self) -> Recipe:
@@ -238,7 +246,7 @@ class _Loop:
         return TrainingDiverged(
             f"the training {what} in epoch {epoch + 1}, by step {step}; stopped. {kept}"
             "Lower the learning rate (half of it), or add warm-up (warmup_fraction=0.1) or train in fp32 "
-            "(precision=fp32)", self.folder.path, self.recipe, self.run.record)
+            "(precision=fp32)", self.folder.path, self.recipe, self.run.record, checkpointed=bool(state.saved_at))
 
 
 def train_epoch(r: _Loop, state: RunState, step_fn: TrainStep, stream: BatchStream, stop: _StopFlag,
@@ -292,8 +300,9 @@ def _read_back(r: _Loop, state: RunState, stop: _StopFlag, secs: float, steps_do
     extra = torch.tensor([float(stop.signum > 0), secs if r.info.is_main else 0.0], device=r.device,
                          dtype=torch.float64)
     shown = D.all_reduce_sum(torch.cat([state.sums, extra]), r.info).tolist()
-    if not all(math.isfinite(v) for v in shown[:2]):
-        raise r.diverged(state, f"loss became {'nan' if math.isnan(shown[0]) else 'inf'}", state.epoch, state.step)
+    problem = loss_problem(shown[0] / max(shown[2], 1), r.run.spec.num_classes)  # nan, inf or exploding: guard.py
+    if problem is not None:
+        raise r.diverged(state, problem, state.epoch, state.step)
     clock.synced(state.step, shown[4] / max(steps_done, 1))
     bar.update(state.step, shown[0] / max(shown[2], 1), 100 * shown[1] / max(shown[2], 1),
                steps_done * r.recipe.batch_size / max(shown[4], 1e-9))
@@ -420,6 +429,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration:
         "wall_time_s": round(result.wall_time_s, 3), "train_images_per_s": round(result.train_images_per_s, 1),
         "subset": record["subset"], "val_split": record["val_split"], "test_subset": record["test_subset"],
         "ema": recipe.ema_decay > 0, **(calibration or {}), **dataset_run.weights_metadata(record),
+        **({"lr_changes": record["lr_changes"]} if record.get("lr_changes") else {}),
     }
     if result.test_top1_flip_tta is not None:  # declared apart: test_top1 stays the plain forward pass
         metadata["test_top1_flip_tta"] = round(result.test_top1_flip_tta, 4)

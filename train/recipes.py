@@ -231,6 +231,28 @@ SPRINT = FAST.replace(
 RECIPES: dict[str, Recipe] = {r.name: r for r in (FAST, LONG, SPRINT, PAPER, TABLE1, FINETUNE)}
 
 
+MIN_STEPS_PER_EPOCH = 4  # a small folder's default batch shrinks to give at least this many steps an epoch
+
+
+def fit_to_data(recipe: Recipe, n_train: int) -> tuple[Recipe, str | None]:
+    """``recipe`` with its default batch shrunk for a small training set, and the sentence that says so.
+
+    A batch left at its recipe's own size becomes the largest power of two that gives at least
+    ``MIN_STEPS_PER_EPOCH`` steps an epoch (never more than the images), and the lr follows it by the
+    recipe's linear rule (an lr given explicitly stays). A batch set to anything else is the user's:
+    unchanged (the loader then refuses one larger than the training set).
+    """
+    named = RECIPES.get(recipe.name)
+    if named is None or recipe.batch_size != named.batch_size or n_train >= MIN_STEPS_PER_EPOCH * recipe.batch_size:
+        return recipe, None
+    batch = 1 << (max(n_train // MIN_STEPS_PER_EPOCH, 1).bit_length() - 1)
+    fitted = recipe.replace(batch_size=batch).validate()
+    lr = (f"lr {recipe.lr:g} -> {fitted.lr:g} (scaled with the batch)" if fitted.lr != recipe.lr
+          else f"lr {fitted.lr:g} (as given)")
+    return fitted, (f"{n_train} training images: batch size {recipe.batch_size} -> {batch} (at least "
+                    f"{MIN_STEPS_PER_EPOCH} steps an epoch), {lr}; set --batch-size to choose")
+
+
 def get_recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]

@@ -225,6 +225,11 @@ class RunDir:
             atomic_write_text(self.path / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return self._settle([])
 
+    def rewrite_settings(self, recipe: Recipe, record: dict[str, Any]) -> None:
+        """A resumed run's new settings (a lower lr, recorded in ``lr_changes``), written before it trains on."""
+        for name, data in ((RECIPE_FILENAME, recipe.to_dict()), (RUN_FILENAME, record)):
+            atomic_write_text(self.path / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
     def reopen(self, epochs_done: int) -> list[dict[str, Any]]:
         """Trim a resumed run's metrics to its checkpoint (rows of epochs written, then killed, go)."""
         return self._settle([row for row in self.metrics() if row["epoch"] <= epochs_done])

@@ -34,12 +34,14 @@ class TrainingDiverged(TrainingError):
     """The loss or the weights became nan/inf; the run may be started again with other settings.
 
     ``record`` is what the run's ``run.json`` holds (model, seed, data options, how it runs), so a
-    caller can say how to start it again.
+    caller can say how to start it again; ``checkpointed``: a good checkpoint is kept, so it can
+    also be resumed with a lower learning rate.
     """
 
-    def __init__(self, message: str, run_dir: Path, recipe: Recipe, record: dict[str, Any]) -> None:
+    def __init__(self, message: str, run_dir: Path, recipe: Recipe, record: dict[str, Any],
+                 checkpointed: bool = False) -> None:
         super().__init__(message)
-        self.run_dir, self.recipe, self.record = run_dir, recipe, record
+        self.run_dir, self.recipe, self.record, self.checkpointed = run_dir, recipe, record, checkpointed
 
 
 class NothingToResume(CheckpointError):
@@ -193,13 +195,21 @@ def resolve_run(cfg: TrainConfig) -> Run:
             f"the run in {str(folder.path)!r} stopped before its first checkpoint (the end of epoch 1, or "
             "the first interruption it saw), so there is nothing to resume; start it again in the same folder",
             folder.path, run.recipe, run.record)
-    _check_same_run(cfg, run)
+    was = _check_same_run(cfg, run)
     run.ckpt = load_checkpoint(folder.checkpoint)
+    if was is not None:  # resumed with a lower lr: run.json keeps every change and where it began
+        info = run.ckpt["info"]
+        change = {"epoch": int(info["epoch"]), "step": int(info["step"]), "lr": run.recipe.lr, "was": was}
+        run.record = {**run.record, "lr_changes": [*run.record.get("lr_changes", []), change]}
     return run
 
 
-def _check_same_run(cfg: TrainConfig, run: Run) -> None:
-    """Refuse to resume ``run`` with a model, recipe, seed or data option other than its own."""
+def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
+    """Refuse to resume ``run`` with a model, recipe, seed or data option other than its own.
+
+    A lower peak lr is the one change allowed (a run that diverged goes on from its last good
+    checkpoint): ``run.recipe`` takes it, and the lr it replaces is returned.
+    """
     where, saved = str(run.resume_dir), run.record
     if cfg.model is not None:
         asked = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
@@ -211,12 +221,23 @@ def _check_same_run(cfg: TrainConfig, run: Run) -> None:
                 "a new run"
             )
     if cfg.recipe is not None and cfg.recipe != run.recipe:
+        if run.recipe.differences(cfg.recipe) == ["lr"] and cfg.recipe.lr < run.recipe.lr:
+            _check_same_options(cfg, run)
+            was, run.recipe = run.recipe.lr, cfg.recipe
+            return was
         detail = ", ".join(f"{k}: run {getattr(run.recipe, k)!r} vs asked {getattr(cfg.recipe, k)!r}"
                            for k in run.recipe.differences(cfg.recipe))
         raise RecipeError(
-            f"cannot resume {where!r} with a different recipe ({detail}); resume with no "
-            "recipe options to continue it as it was, or start a new run"
+            f"cannot resume {where!r} with a different recipe ({detail}); resume with no recipe options to "
+            "continue it as it was (only a lower --lr may be given), or start a new run"
         )
+    _check_same_options(cfg, run)
+    return None
+
+
+def _check_same_options(cfg: TrainConfig, run: Run) -> None:
+    """Refuse to resume ``run`` with another dataset, seed or data option."""
+    where, saved = str(run.resume_dir), run.record
     if cfg.dataset is not None:
         from aperture_zoo.datasets import dataset_name
 

@@ -21,6 +21,7 @@ from . import hub  # noqa: E402,F401
 from . import train  # noqa: E402,F401
 from . import export  # noqa: E402,F401
 from . import demo  # noqa: E402,F401
+from . import data  # noqa: E402,F401
 
 
 def main() -> None:

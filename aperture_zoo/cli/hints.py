@@ -30,8 +30,8 @@ def retry_command(recipe: Any, record: dict[str, Any], out: str | os.PathLike[st
     args = ["aperture", "train", spec.name, *_arch_args(spec), *_recipe_args(recipe, changes)]
     args += ["--seed", str(record["seed"])]
     for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split")):
-        if record.get(key):
-            args += [flag, str(record[key])]
+        if record.get(key) or (key == "val_split" and record.get("val_rule") and record.get(key) == 0):
+            args += [flag, str(record[key])]  # a folder run without a validation split says so (its default is 0.1)
     args += _dataset_args(record)
     args += ["--data-dir", str(record["data_dir"])]
     if record.get("download") is False:
@@ -104,6 +104,10 @@ def train_hint(exc: Exception) -> str | None:
         return f". Continue with: {resume_command(exc.run_dir)}"
     if isinstance(exc, TrainingDiverged):
         retry = retry_command(exc.recipe, exc.record, lr=exc.recipe.lr / 2)
+        if exc.checkpointed:
+            return (f". Resume from the last good checkpoint with half the lr: `{resume_command(exc.run_dir)} --lr "
+                    f"{exc.recipe.lr / 2:g}`, or start again with it: `{retry}` (or add warm-up, --set "
+                    "warmup_fraction=0.1, or --set precision=fp32 to that command)")
         return (f". Lower --lr: start again with half of it, `{retry}` (or add warm-up, --set "
                 "warmup_fraction=0.1, or --set precision=fp32 to that command)")
     if isinstance(exc, NothingToResume):

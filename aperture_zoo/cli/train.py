@@ -24,7 +24,8 @@ def _is_main_rank() -> bool:
 @app.command("train")
 def train_cmd(
     name: Optional[str] = typer.Argument(None, help="Model name (see `aperture list`); optional with --resume."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), long, sprint, paper or table1."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="fast (default), long, sprint, paper, table1 "
+                                         "or finetune (the default with --init)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", "-b", help="Global batch size. The lr scales linearly with it (fast: 0.4 per 512, "
@@ -50,7 +51,9 @@ def train_cmd(
     subset: Optional[int] = typer.Option(None, "--subset", help="Train on a stratified subset of N images."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", help="Test on a stratified subset."),
     val_split: Optional[float] = typer.Option(None, "--val-split",
-                                              help="Hold out N (or a fraction) of train, stratified."),
+                                              help="Hold out N (or a fraction) of train, stratified; the run's "
+                                              "temperature is fitted there. Default: 0 for CIFAR, 0.1 of each class "
+                                              "for a folder (when that is at least 20 images); 0 turns it off."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cuda or cpu; on --resume, "
                                          "as the run was started."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
@@ -66,8 +69,9 @@ def train_cmd(
     test_split: Optional[float] = typer.Option(None, "--test-split", help="A folder without test/: the share of "
                                                "each class held out for testing, with --seed (default 0.2)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights: a published tag "
-                                       "(resnet22.fast, SHA-256 pinned) or a model.safetensors; a new head when the "
-                                       "classes differ; selects the finetune recipe unless --recipe is given."),
+                                       "(resnet22.fast, SHA-256 pinned) or a model.safetensors; a new head unless its "
+                                       "class names are this dataset's (same names, same order); selects the finetune "
+                                       "recipe unless --recipe is given."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="With --init: train the head only "
                                          "(a linear probe)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Per-epoch lines only."),
@@ -174,6 +178,10 @@ def eval_cmd(
     corruption_images: Optional[int] = typer.Option(
         None, "--corruption-images", help="A stratified sample of N test images per corruption and severity "
         "(default: all evaluated images)."),
+    write_temperature: Optional[Path] = typer.Option(
+        None, "--write-temperature", help="Also write a copy of the weights to this new file (never an existing "
+        "one) with the temperature fitted here on all the evaluated images in its metadata, and the SHA-256 of "
+        "the weights it was fitted for."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json to stdout."),
 ) -> None:
     """Test top-1, per-class accuracy, confusion matrix and calibration (ECE, NLL, Brier before and
@@ -188,7 +196,7 @@ def eval_cmd(
     with user_errors():
         from aperture_zoo.corruptions import parse_corruptions
 
-        check_eval_options(batch_size, subset)
+        check_eval_options(batch_size, subset, write_temperature)
         chosen = parse_corruptions(corruptions)
         if corruption_images is not None and not chosen:
             from aperture_zoo.train.evaluate import EvalError
@@ -200,7 +208,7 @@ def eval_cmd(
             raise EvalError(f"--corruption-images must be at least 1 test image, got {corruption_images}")
         if (weights is None) == (not pretrained):
             raise WeightsError("pass exactly one of --weights PATH or --pretrained")
-        model, used, _ = model_for_command(name, weights, pretrained)
+        model, used, used_sha256 = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         from aperture_zoo.datasets import dataset_for_weights
         from aperture_zoo.weights import decode_metadata
@@ -220,6 +228,8 @@ def eval_cmd(
                     on_step=lambda m: status.update(f"evaluating {name} on {m}"))
         out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
         report = write_eval_report(result, out_dir, name, weights, used)
+        if write_temperature is not None:
+            _write_temperature(result, used, used_sha256, write_temperature)
     if json_out:
         print_json(report)
         return
@@ -236,11 +246,23 @@ def eval_cmd(
                   f"{safe(out_dir / 'reliability.png')}", highlight=False)
 
 
+def _write_temperature(result: Any, weights: Any, sha256: Any, out: Path) -> None:
+    """``eval --write-temperature``: a copy of the weights with the temperature this evaluation fitted."""
+    from aperture_zoo.train.evaluate import temperature_to_write
+    from aperture_zoo.weights import write_with_temperature
+
+    t, fitted_on = temperature_to_write(result)
+    write_with_temperature(weights, out, t, fitted_on, sha256)
+    err_console.print(f"wrote {safe(out)}: these weights with temperature {t:.4f} (fitted on {fitted_on})",
+                      highlight=False)
+
+
 @app.command("train-zoo")
 def train_zoo_cmd(
     models: list[str] = typer.Argument(None, help="Models in training order (default: all six, registry order)."),
     runs_dir: Path = typer.Option(Path("runs/zoo"), "--runs-dir", help="One run directory per model, and the summary."),
-    recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), long, sprint, paper or table1."),
+    recipe: str = typer.Option("fast", "--recipe", "-r", help="fast (default), long, sprint, paper, table1 or "
+                               "finetune."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b",
                                              help="Global batch size; the lr follows it linearly unless --lr."),

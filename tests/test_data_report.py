@@ -1,0 +1,241 @@
+"""Folder datasets by content: the decode cache, the manifest, the data report and resuming over a changed folder.
+
+Small synthetic folders (the CIFAR look-alike's colour-and-stripe images as 32x32 PNG or BMP files),
+decoded through the real image rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from aperture_zoo.cli import app
+from aperture_zoo.datareport import DataReportError, folder_report
+from aperture_zoo.datasets import load_dataset
+from aperture_zoo.folder import FolderError, load_folder, scan_folder
+from aperture_zoo.manifest import Manifest, ManifestError
+from cifar_synth import CLASSES, make_images
+
+TINY = ["--arch", "channels=8,8,8,8"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same kernels each run; 2 shared cores
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APERTURE_DATA", str(tmp_path / "data-cache"))
+    monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(Path(__file__).resolve().parent.parent / "model_cards"))
+
+
+def write_folder(root: Path, per_class: int, classes: int = 3, seed: int = 0, ext: str = "png",
+                 start: int = 0) -> Path:
+    """``root/<class>/<n>.<ext>``: the look-alike's images (learnable: a colour and a stripe per class)."""
+    from PIL import Image
+
+    x, y = make_images(per_class, seed)
+    for c in range(classes):
+        folder = root / CLASSES[c]
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, i in enumerate(np.flatnonzero(y == c)):
+            Image.fromarray(x[i].transpose(1, 2, 0)).save(folder / f"{start + k:04d}.{ext}")
+    return root
+
+
+# --------------------------------------------------------------------------- the decode cache, by content
+
+
+def test_a_look_alike_folder_in_the_same_place_gets_its_own_pixels(tmp_path: Path) -> None:
+    """Same path, names, sizes and modification times, other pixels: the cache must not answer."""
+    a = write_folder(tmp_path / "a", 4, ext="bmp", seed=1)
+    b = write_folder(tmp_path / "b", 4, ext="bmp", seed=2)
+    for fa in sorted(a.rglob("*.bmp")):  # BMPs of one size have one length: only the bytes differ
+        fb = b / fa.relative_to(a)
+        assert fa.stat().st_size == fb.stat().st_size
+        os.utime(fb, ns=(fa.stat().st_atime_ns, fa.stat().st_mtime_ns))
+    place = tmp_path / "photos"
+    a.rename(place)
+    first = load_folder(place)
+    place.rename(tmp_path / "a-away")
+    b.rename(place)
+    second = load_folder(place)
+    assert not second.from_cache and not np.array_equal(first.images, second.images)
+    assert second.scan.manifest().sha256 != first.scan.manifest().sha256
+    assert load_folder(place).from_cache  # unchanged content: the cache answers
+
+
+def test_each_distinct_content_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aperture_zoo.folder as folder
+
+    root = write_folder(tmp_path / "d", 3)
+    shutil.copy(root / "bird" / "0000.png", root / "bird" / "copy.png")
+    seen: list[int] = []
+    real = folder.decode_files
+    monkeypatch.setattr(folder, "decode_files", lambda paths, *a: seen.append(len(paths)) or real(paths, *a))
+    decoded = load_folder(root)
+    assert seen == [9] and len(decoded.images) == 10  # 10 files, 9 contents
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def test_the_manifest_names_what_changed(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 3)
+    before = scan_manifest(root)
+    write_folder(root, 3, seed=5, start=100, classes=1)  # 3 new files under airplane/
+    (root / "bird" / "0001.png").write_bytes((root / "bird" / "0002.png").read_bytes())
+    (root / "automobile" / "0000.png").unlink()
+    text = scan_manifest(root).changes_from(before)
+    assert text == ("3 files added under airplane/, 1 file removed under automobile/, 1 changed: bird/0001.png")
+    assert Manifest.from_record(json.loads(json.dumps(before.to_record()))) == before
+
+
+def scan_manifest(root: Path) -> Manifest:
+    return load_folder(root).scan.manifest()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(record=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                               st.sampled_from(["format", "sha256", "files", "x"]), inner, max_size=4), max_leaves=12))
+def test_a_recorded_manifest_is_read_back_or_refused_in_one_line(record) -> None:
+    try:
+        Manifest.from_record(record)
+    except ManifestError as exc:
+        assert "damaged" in str(exc) and "\n" not in str(exc)
+
+
+# --------------------------------------------------------------------------- the data report
+
+
+def test_the_report_names_ignored_unreadable_and_duplicate_files(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 4)
+    (root / ".DS_Store").write_bytes(b"\0\0")
+    (root / "notes.txt").write_text("hello")
+    (root / "bird" / "readme.md").write_text("x")
+    (root / "__MACOSX").mkdir()
+    (root / "bird" / "empty.png").write_bytes(b"")
+    shutil.copy(root / "bird" / "0000.png", root / "bird" / "again.png")
+    report = folder_report(root)
+    ignored = dict(report.ignored)
+    assert ignored[".DS_Store"].startswith("hidden") and ignored["__MACOSX"].startswith("hidden")
+    assert ignored["notes.txt"] == "not in a class folder" and ignored["bird/readme.md"].startswith("not an image (.md")
+    assert dict(report.unreadable)["bird/empty.png"].startswith("empty file")
+    assert report.duplicates == [("bird/0000.png", ["bird/again.png"])]
+    assert report.classes == {"airplane": {"images": 4}, "automobile": {"images": 4}, "bird": {"images": 4}}
+    text = "\n".join(report.lines())
+    assert "ignored 4 files" in text and "1 exact copy" in text and "bird/empty.png: empty file" in text
+    ds = load_dataset(str(root), test_split=0.5)
+    assert len(ds.train) + len(ds.test) == 12  # the copy is used once
+
+
+def test_copies_in_two_classes_are_refused_naming_them(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 3)
+    shutil.copy(root / "bird" / "0001.png", root / "airplane" / "x.png")
+    with pytest.raises(DataReportError, match=r"filed under two different classes .*'airplane/x.png' = 'bird/0001.png'"):
+        load_dataset(str(root))
+    result = CliRunner().invoke(app, ["train", "resnet10", *TINY, "--dataset", str(root), "--device", "cpu",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "airplane/x.png" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_a_copy_in_train_and_test_is_kept_in_train_only(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d" / "train", 3)
+    write_folder(tmp_path / "d" / "test", 2, seed=9, classes=2)
+    shutil.copy(tmp_path / "d" / "train" / "bird" / "0000.png", tmp_path / "d" / "test" / "bird.png")
+    (tmp_path / "d" / "test" / "bird").mkdir(exist_ok=True)
+    shutil.move(tmp_path / "d" / "test" / "bird.png", tmp_path / "d" / "test" / "bird" / "0000.png")
+    ds = load_dataset(str(tmp_path / "d"))
+    assert ds.report.duplicates == [("train/bird/0000.png", ["test/bird/0000.png"])]
+    assert len(ds.train) == 9 and len(ds.test) == 4 and "test/bird/0000.png" not in ds.files[1]
+    assert any("'bird' has no images in test/" in n for n in ds.report.notes)  # said, not silent
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda r: (r / "bird").mkdir(), r"lack at least 2 readable images .*'bird' \(0\)"),
+    (lambda r: write_folder(r, 1, classes=3, seed=3, start=50) and [p.unlink() for p in (r / "bird").glob("000*")],
+     r"'bird' \(1\)"),
+])
+def test_classes_a_split_cannot_use_are_refused(tmp_path: Path, make, message: str) -> None:
+    root = write_folder(tmp_path / "d", 3, classes=2)
+    make(root)
+    with pytest.raises(DataReportError, match=message):
+        load_dataset(str(root))
+
+
+def test_a_parent_of_datasets_is_refused_naming_them(tmp_path: Path) -> None:
+    write_folder(tmp_path / "many" / "digits", 2)
+    write_folder(tmp_path / "many" / "shapes", 2, seed=4)
+    with pytest.raises(FolderError, match=r"looks like a folder of datasets.*'digits', 'shapes' hold only class-like"):
+        scan_folder(tmp_path / "many")
+    write_folder(tmp_path / "split" / "one" / "train", 2)
+    write_folder(tmp_path / "split" / "one" / "test", 2, seed=1)
+    write_folder(tmp_path / "split" / "two", 2, seed=2)
+    result = CliRunner().invoke(app, ["data-report", str(tmp_path / "split")])
+    assert result.exit_code == 2 and "'one' hold their own train/ and test/" in result.output, result.output
+    nested = write_folder(tmp_path / "nested" / "cat", 2)  # one class with sub-folders, one without: a dataset
+    write_folder(tmp_path / "nested" / "dog", 2, seed=5, classes=1)
+    (tmp_path / "nested" / "dog" / "airplane" / "0000.png").rename(tmp_path / "nested" / "dog" / "x.png")
+    assert scan_folder(nested.parent).classes == ("cat", "dog")
+
+
+def test_the_data_report_command_prints_and_records(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 3)
+    (root / "bird" / "\x1b[31mred.txt").write_text("x")
+    result = CliRunner().invoke(app, ["data-report", str(root)])
+    assert result.exit_code == 0 and "3 classes, 9 images" in result.output and "airplane 3" in result.output
+    assert "\x1b" not in result.output and "\\x1b[31mred.txt" in result.output
+    as_json = json.loads(CliRunner().invoke(app, ["data-report", str(root), "--json"]).stdout)
+    assert as_json["manifest_sha256"] == load_folder(root).scan.manifest().sha256 and as_json["ignored_count"] == 1
+
+
+# --------------------------------------------------------------------------- a run records its data; resume checks it
+
+
+def _train(tmp_path: Path, root: Path, *extra: str) -> object:
+    return CliRunner().invoke(app, ["train", "resnet10", *TINY, "--dataset", str(root), "--device", "cpu",
+                                    "--no-progress", "--set", "epochs=2", *extra])
+
+
+def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folder(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 90)  # 270 images: 216 to train, of which 22 validate by default
+    run = tmp_path / "run"
+    first = _train(tmp_path, root, "--out", str(run), "--time-budget", "0.001")
+    assert first.exit_code == 75, first.output  # paused after epoch 1, checkpointed
+    assert "data: " in first.output and "3 classes, 270 images" in first.output and "holding out 10%" in first.output
+    data = json.loads((run / "run.json").read_text())["data"]
+    split, files = data["split"], [f[0] for f in data["manifest"]["files"]]
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(files)  # a partition of the folder
+    assert len(split["val"]) == 21 and len(split["test"]) == 54 and data["report"]["classes"]["bird"] == {"images": 90}
+    assert data["manifest"]["sha256"] == data["manifest_sha256"] == Manifest.from_record(data["manifest"]).sha256
+    # images added and one edited in place: resume names what changed, and trains nothing
+    write_folder(root, 2, classes=1, seed=7, start=500)
+    victim = root / "bird" / "0003.png"
+    original = victim.read_bytes()
+    victim.write_bytes((root / "bird" / "0004.png").read_bytes())
+    again = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert again.exit_code == 2, again.output
+    assert ("changed since the run started (2 files added under airplane/, 1 changed: bird/0003.png); resume on "
+            "the original folder, or start a new run") in " ".join(again.output.split())
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    # restored: it resumes, and its weights carry the temperature fitted on the validation split
+    for p in root.rglob("05*.png"):
+        p.unlink()
+    victim.write_bytes(original)
+    done = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    meta = decode_metadata(read_metadata(run / "model.safetensors"))
+    assert meta["temperature_fitted_on"] == "validation split" and meta["temperature"] > 0 and meta["val_split"] == 0.1
+    assert meta["data"]["manifest_sha256"] == data["manifest_sha256"]
+    assert "split" not in meta["data"] and "manifest" not in meta["data"]  # file lists stay in run.json
+
