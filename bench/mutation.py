@@ -48,6 +48,8 @@ RESULTS = ROOT / "bench" / "results" / "mutation"
 MODULES: dict[str, tuple[str, str]] = {
     "calibration": ("aperture_zoo/calibration.py", "aperture_zoo.calibration"),
     "folder": ("aperture_zoo/folder.py", "aperture_zoo.folder"),
+    "folderscan": ("aperture_zoo/folderscan.py", "aperture_zoo.folderscan"),
+    "manifest": ("aperture_zoo/manifest.py", "aperture_zoo.manifest"),
     "datasets": ("aperture_zoo/datasets.py", "aperture_zoo.datasets"),
     "data": ("aperture_zoo/data.py", "aperture_zoo.data"),
     "pretrained": ("aperture_zoo/pretrained.py", "aperture_zoo.pretrained"),
