@@ -51,6 +51,7 @@ class Weights:
     top1_tta: float | None = None         # top-1 (%) averaging the image and its mirror
     ece: float | None = None              # %, before the temperature
     ece_calibrated: float | None = None   # %, after (cross-fitted)
+    measured_images: int = 10_000         # test images top1_tta and the ECEs were measured on (eval.json's num_images)
     corruption_top1: float | None = None  # mean top-1 (%), 5 corruptions x 5 severities, 1,000 test images each
 
     @property

@@ -194,39 +194,55 @@ def load_split(
     images, labels = [], []
     for name in TRAIN_FILES if split == "train" else TEST_FILES:
         batch = _read_batch(folder / name)
-        images.append(_pixels(batch["data"], folder / name))
-        labels.append(_labels(batch["labels"], len(classes), folder / name))
+        images.append(batch_pixels(batch["data"], folder / name))
+        labels.append(batch_labels(batch["labels"], len(classes), folder / name))
         if len(images[-1]) != len(labels[-1]):
             raise DataError(f"{str(folder / name)!r}: {len(images[-1])} images but {len(labels[-1])} labels")
     x, y = np.concatenate(images), np.concatenate(labels)
     return Split(images=x, labels=y, classes=classes)
 
 
-def _pixels(data: object, path: Path) -> np.ndarray:
+def _as_array(values: object, what: str, path: Path, error: type[DataError]) -> np.ndarray | None:
+    """``values`` (a list or array from the pickle) as one numpy array; None when it is neither.
+
+    Rows of different lengths (a ragged list) cannot be one array: numpy raises, and that is the
+    file's fault, said in one line.
+    """
+    if not isinstance(values, (np.ndarray, list)):
+        return None
+    try:
+        return np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        raise error(f"{str(path)!r}: its {what} are rows of different lengths or mixed types, not one table; "
+                    "the file is corrupt or not a CIFAR batch") from None
+
+
+def batch_pixels(data: object, path: Path, what: str = "a CIFAR-10 batch",
+                 error: type[DataError] = DataError) -> np.ndarray:
     """A batch's ``data`` as uint8 N x 3 x 32 x 32, refusing what is not 8-bit pixels (never cast blindly)."""
-    arr = np.asarray(data) if isinstance(data, (np.ndarray, list)) else None
+    arr = _as_array(data, "pixels", path, error)
     if arr is None or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
         shape = getattr(arr, "shape", type(data).__name__)
-        raise DataError(f"{str(path)!r}: expected N x 3072 uint8 rows of pixels, got {shape}; the file is not a CIFAR-10 batch")
+        raise error(f"{str(path)!r}: expected N x 3072 uint8 rows of pixels, got {shape}; the file is not {what}")
     if arr.dtype != np.uint8:
         ok = arr.dtype.kind in "iu" and (arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255))
         if not ok:
             lo, hi = (arr.min(), arr.max()) if arr.size and arr.dtype.kind in "iufb" else ("?", "?")
-            raise DataError(
+            raise error(
                 f"{str(path)!r}: pixels are {arr.dtype} in [{lo}, {hi}], not 8-bit integers 0..255 (floats "
                 "scaled to [0, 1]?); write the batch with uint8 pixels as the CIFAR-10 format specifies"
             )
     return arr.astype(np.uint8).reshape(-1, 3, 32, 32)
 
 
-def _labels(values: object, num_classes: int, path: Path) -> np.ndarray:
+def batch_labels(values: object, num_classes: int, path: Path, error: type[DataError] = DataError) -> np.ndarray:
     """A batch's ``labels`` as int64, each a class index 0..num_classes-1."""
-    arr = np.asarray(values) if isinstance(values, (np.ndarray, list)) else None
+    arr = _as_array(values, "labels", path, error)
     if arr is None or arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise DataError(f"{str(path)!r}: labels must be a list of integers, got {getattr(arr, 'dtype', type(values).__name__)}")
+        raise error(f"{str(path)!r}: labels must be a list of integers, got {getattr(arr, 'dtype', type(values).__name__)}")
     bad = arr[(arr < 0) | (arr >= num_classes)] if arr.size else arr
     if bad.size:
-        raise DataError(
+        raise error(
             f"{str(path)!r}: {bad.size} label{' is' if bad.size == 1 else 's are'} outside the class range 0..{num_classes - 1} "
             f"(e.g. {int(bad[0])}); the batch is corrupt or belongs to another dataset"
         )

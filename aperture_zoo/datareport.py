@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .folder import DecodedFolder, FolderError, load_folder
+from .terminal import shown as visible  # the one gate: control and bidi characters shown, never sent
 
 MIN_IMAGES = 2  # per class in a folder without its own test/: one to train on, one to test
 _LISTED = 100   # entries of each list kept in run.json (counts are always complete)
@@ -75,11 +76,6 @@ class DataReport:
                        f"image kept once, never on both sides of a split), e.g. {visible(copies[0])} = {visible(kept)}")
         out += [f"  {visible(n)}" for n in self.notes]
         return out
-
-
-def visible(text: object) -> str:
-    """Outside text for a plain terminal line: control characters shown as escapes, never interpreted."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
 
 
 def folder_report(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> DataReport:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, Split, default_data_dir, read_pickled_batch
+from .data import DataError, Split, batch_labels, batch_pixels, default_data_dir, read_pickled_batch
+from .files import user_path
 
 BUILTIN = ("cifar10", "cifar100")
 DEFAULT_TEST_SPLIT = 0.2
@@ -94,7 +95,7 @@ def dataset_name(dataset: str | os.PathLike[str] | None) -> str:
         return text
     if text.lower() in BUILTIN:
         return text.lower()
-    return str(Path(text).expanduser().resolve())
+    return str(user_path(text).resolve())
 
 
 def load_dataset(
@@ -240,17 +241,14 @@ def read_cifar100(folder: str | os.PathLike[str], split: str = "train") -> Split
         kind = "a CIFAR-10 batch" if "labels" in data else "not a CIFAR-100 file"
         raise DatasetError(f"{str(folder / split)!r} is {kind} (no 'fine_labels'); --dataset cifar100 needs the "
                            f"official {CIFAR100_DIR}/ files")
-    try:
-        x = np.asarray(data["data"], dtype=np.uint8)
-        y = np.asarray(data["fine_labels"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{str(folder / split)!r} has malformed data ({exc})") from None
-    if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise DatasetError(f"{str(folder / split)!r}: expected N x 3072 uint8 rows and N labels, got {x.shape} "
-                           f"and {y.shape}")
-    if y.min() < 0 or y.max() >= 100:
-        raise DatasetError(f"{str(folder / split)!r}: fine labels must be 0..99, found {int(y.min())}..{int(y.max())}")
-    return Split(x.reshape(-1, 3, 32, 32), y, cifar100_classes(folder))
+    path = folder / split
+    # the CIFAR-10 reader's checks: ragged rows, floats or values past 255 are refused, never cast
+    x = batch_pixels(data.get("data"), path, "a CIFAR-100 file", DatasetError)
+    y = batch_labels(data["fine_labels"], 100, path, DatasetError)
+    if len(x) != len(y) or len(y) == 0:
+        raise DatasetError(f"{str(path)!r}: expected N x 3072 uint8 rows and N labels, got {len(x)} rows and "
+                           f"{len(y)} labels")
+    return Split(x, y, cifar100_classes(folder))
 
 
 def cifar100_classes(folder: Path) -> tuple[str, ...]:
@@ -261,6 +259,10 @@ def cifar100_classes(folder: Path) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(100))
 
 
+class DatasetNotGivenError(DatasetError):
+    """Weights trained on a folder, and no --dataset: a path inside a weights file is never read."""
+
+
 def dataset_for_weights(
     dataset: str | os.PathLike[str] | None,
     data_dir: str | os.PathLike[str] | None,
@@ -268,14 +270,25 @@ def dataset_for_weights(
     metadata: dict[str, Any] | None,
     say: Callable[[str], None] | None = None,
 ) -> Dataset | None:
-    """The dataset a command on trained weights uses: ``--dataset``, else the one the weights record.
+    """The dataset a command on trained weights uses: ``--dataset``, else the built-in one the weights name.
 
-    A folder's held-out test images are chosen as its run chose them (share and seed from the
-    weights' ``data`` record), so ``aperture eval`` never scores images the model trained on.
-    None means plain CIFAR-10 (callers read it as they always have).
+    Weights metadata is anyone's text (any Hub repo can write it): it may name a built-in dataset
+    (cifar10, cifar100), never a path to read. Weights trained on a folder need the user to pass
+    that folder (``DatasetNotGivenError`` otherwise); the recorded folder then only says whether the
+    run's held-out split (share and seed from the ``data`` record) applies, and the class names are
+    checked against the weights' by the evaluation. None means plain CIFAR-10.
     """
     meta = metadata or {}
     recorded = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
+    if dataset is None and recorded not in BUILTIN:
+        record = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        classes = record.get("classes") if isinstance(record.get("classes"), list) else []
+        shown = ", ".join(str(c) for c in classes[:4]) + (", ..." if len(classes) > 4 else "")
+        what = f"{len(classes)} classes: {shown}; " if classes else ""
+        raise DatasetNotGivenError(
+            f"these weights were trained on a folder of images ({what}recorded as {recorded[:200]!r}); pass that "
+            "folder with --dataset DIR. A folder named inside a weights file is never read: the file may come from anyone"
+        )
     name = dataset_name(dataset) if dataset is not None else recorded
     if name == "cifar10":
         return None

@@ -1,8 +1,8 @@
-"""The browser demo (apps/web/): export the zoo's published models to ONNX, then serve the page.
+"""The browser demo's models folder (apps/web/models): the zoo's published models and your own files.
 
-The page runs the exported files with onnxruntime-web entirely in the browser; this module only
-prepares files and serves them statically. It is kept apart from the CLI (`aperture demo`) so
-tests drive the same code:
+The page runs the exported files with onnxruntime-web entirely in the browser; this module prepares
+those files and ``demo_server`` serves them. Kept apart from the CLI (`aperture demo`) so tests drive
+the same code:
 
     entries = prepare_models(models_dir)            # export what has published weights, once
     with DemoServer(web_dir(), models_dir) as srv:  # 127.0.0.1, a free port with port=0
@@ -10,41 +10,42 @@ tests drive the same code:
 
 ``models.json`` beside the ONNX files tells the page every registered model, which ones it can
 run, and why the others cannot (no published weights). Each model comes as fp32, fp16, (with
-CIFAR-10 to calibrate on) int8 and fp32-flip (flip TTA in the graph) files; int8 is the page's default where its validation report
-shows >= 99 % top-1 agreement with fp32 on the test images.
+CIFAR-10 to calibrate on) int8 and fp32-flip (flip TTA in the graph) files; int8 is the page's
+default where its validation report shows >= 99 % top-1 agreement with fp32 on the test images.
+
+Every file records what it was made from and is reused only while that holds, by content: each
+entry records its files' SHA-256 and the weights' (a published model) or the SHA-256 of the file it
+was copied from (your own, ``--onnx``). Your files are copied into ``own/`` under names of their
+own, so they can never take the place of a published file, and their class names and temperature
+come from their own metadata. Each model's files are written as one set (``filesets``).
 """
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import os
-import tempfile
-import threading
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .demo_server import (ORT_CHECKSUMS, ORT_DIST, DemoError, DemoServer, check_port, check_web_runtime,  # noqa: F401
+                          default_models_dir, web_dir)
 from .errors import ApertureError
-from .files import atomic_write_text, file_sha256, read_json
+from .files import REPORT_SUFFIX, atomic_write_text, file_sha256, read_json
+from .filesets import copy_file, move_in, staged
 from .registry import get_spec, list_models
 
 MANIFEST = "models.json"
 MANIFEST_FORMAT = "aperture_zoo.web/1"
-ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
-ORT_CHECKSUMS = "ort-dist.sha256"
+OWN_DIR = "own"  # copies of your files (`--onnx`): never a published file's name
 NO_WEIGHTS = "no published weights"
 PRECISIONS = ("fp32", "fp16", "int8")
 FLIP = "fp32-flip"  # the fp32 file with flip test-time augmentation in the graph: twice the compute
 INT8_DEFAULT_AGREEMENT = 99.0  # % top-1 agreement with fp32 on the validation images
 NO_CALIBRATION = "int8 needs CIFAR-10 to calibrate on: pass --data-dir"
-
-
-class DemoError(ApertureError, RuntimeError):
-    """The demo cannot be prepared or served as asked (missing page, runtime, weights, port)."""
+VARIANTS = ("", ".fp16", ".int8", ".tta")  # <name><variant>.onnx: what export_for_demo writes
 
 
 @dataclass
@@ -59,6 +60,7 @@ class DemoFile:
     tta: bool = False                       # the graph averages the image and its mirror (export --tta flip)
     temperature: float | None = None        # its ``probabilities`` output is softmax(logits / temperature)
     calibrated: bool | None = None          # False: no temperature was known at export (None: not recorded)
+    sha256: str | None = None               # of the file as written: reused only while its bytes are these
 
 
 @dataclass
@@ -70,7 +72,7 @@ class DemoModel:
     available: bool
     file: str | None = None             # ONNX file name inside the models folder
     bytes: int | None = None
-    weights_sha256: str | None = None
+    weights_sha256: str | None = None   # the weights the files were exported from
     top1: float | None = None           # CIFAR-10 test top-1 % recorded with the weights
     reason: str | None = None           # why it is not available
     labels: list[str] | None = None
@@ -78,6 +80,7 @@ class DemoModel:
     files: list[DemoFile] | None = None  # every precision written; ``file`` is the default one
     precision: str | None = None         # the default precision
     notes: list[str] | None = None       # e.g. why there is no int8 file
+    source_sha256: str | None = None     # your own file (--onnx): SHA-256 of the file it was copied from
 
     def __post_init__(self) -> None:
         if self.files and isinstance(self.files[0], dict):  # read back from models.json
@@ -93,54 +96,20 @@ def default_precision(files: Iterable[DemoFile]) -> str:
     return "fp32"
 
 
-def validation_agreement(report_file: str | os.PathLike[str]) -> tuple[float, int] | None:
-    """(agreement %, images) of a validation report's CIFAR-10 test comparison, or None."""
+def validation_agreement(report_file: str | os.PathLike[str], onnx_file: str | os.PathLike[str],
+                         weights_sha256: str) -> tuple[float, int] | None:
+    """(agreement %, images) of a validation report's CIFAR-10 test comparison, or None: no report, one
+    about another file or other weights (``provenance.check_report``), or no test-image figure."""
+    from .provenance import check_report
+
     try:
-        report = read_json(report_file)
-    except ApertureError:  # no report (not validated): no figure
+        report = check_report(report_file, weights_sha256, onnx_file)
+    except ApertureError:  # not validated, or not this file's report: no figure
         return None
     for comp in report.get("comparisons", []):
         if comp.get("inputs") == "CIFAR-10 test" and comp.get("agreement") is not None:
             return float(comp["agreement"]), int(comp["num_images"])
     return None
-
-
-def web_dir() -> Path:
-    """``apps/web`` of the source checkout this package runs from (the page is not in the wheel)."""
-    path = Path(__file__).resolve().parent.parent / "apps" / "web"
-    if not (path / "index.html").is_file():
-        raise DemoError(
-            f"the web demo is not at {path}: it ships with the source repository, not the wheel; "
-            "run `aperture demo` from a clone (pip install -e .) or pass --web-dir"
-        )
-    return path
-
-
-def check_web_runtime(web: Path) -> Path:
-    """The onnxruntime-web ``dist`` folder the page loads, checked against the pinned SHA-256s.
-
-    ``npm ci`` already verifies the package tarball against package-lock.json; this checks the
-    files actually served, so a hand-edited or partly installed node_modules is caught too.
-    """
-    dist = web / ORT_DIST
-    fix = f"run `npm ci --prefix {web}` (or `make demo`)"
-    sums = web / ORT_CHECKSUMS
-    if not dist.is_dir():
-        raise DemoError(f"onnxruntime-web is not installed in {dist.parent}: {fix}")
-    for line in sums.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        want, name = line.split(maxsplit=1)
-        path = web / name.lstrip("*")
-        if not path.is_file():
-            raise DemoError(f"{path} is missing from the onnxruntime-web install: {fix}")
-        got = file_sha256(path)
-        if got != want:
-            raise DemoError(
-                f"{path} has SHA-256 {got}, not the pinned {want}: the installed onnxruntime-web "
-                f"is not the version in package-lock.json; {fix}"
-            )
-    return dist
 
 
 def published_weights(name: str) -> Any:
@@ -177,16 +146,18 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
     """Export one model to ``<models_dir>/<name>[.fp16|.int8|.tta].onnx`` and describe it for the page.
 
     int8 is written only with ``data_dir`` (CIFAR-10: calibration, and the test images its
-    agreement with fp32 is measured on). Files are written to a temporary folder and moved into
-    place with their validation reports, so the server never serves half a file.
+    agreement with fp32 is measured on). The files and their validation reports are written into a
+    stage folder and moved in as one set, replacing every file of the model's earlier export, so the
+    server never serves half a set.
     """
+    from .export.onnx_export import state_dict_sha256
     from .export.pipeline import export_model
 
     models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
     name = model.spec.name
-    with tempfile.TemporaryDirectory(dir=models_dir, prefix=f".{name}-") as tmp:
-        result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
+    made_from = weights_sha256 or state_dict_sha256(model)  # what the reports record when no file is named
+    with staged(models_dir) as stage:
+        result = export_model(model, stage, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
                               provider="cpu", run_validation=validate, fp16=True, int8=data_dir is not None,
                               data_dir=data_dir, max_val_images=max_val_images)
         failed = [r for r in result.reports if not r.passed]
@@ -196,21 +167,13 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
                             f"run `aperture export {name} --onnx --pretrained` to see the report")
         # an fp16/int8 file outside its tolerance is left out; the page offers the others
         notes = [f"{r.precision} left out: it failed validation ({r.failures[0]})" for r in failed]
-        files = []
-        for path in result.files:
-            target = models_dir / path.name
-            report = path.with_name(path.stem + ".report.json")
-            if report.is_file():
-                os.replace(report, models_dir / report.name)
-            else:  # not validated: an earlier export's report must not vouch for this file
-                (models_dir / report.name).unlink(missing_ok=True)
-            os.replace(path, target)
-            precision = target.name.removesuffix(".onnx").removeprefix(name).lstrip(".") or "fp32"
-            agreement = validation_agreement(models_dir / report.name)
-            files.append(DemoFile(precision, target.name, target.stat().st_size,
-                                  *(agreement if agreement else (None, None)), temperature=model.temperature,
-                                  calibrated=model.temperature is not None))
-        files.append(_flip_file(model, models_dir, tmp, weights_sha256, validate, exporter, data_dir, max_val_images))
+        for bad in result.failed_files:
+            bad.unlink()
+            bad.with_name(bad.name.removesuffix(".onnx") + REPORT_SUFFIX).unlink(missing_ok=True)
+        flip = _flip_result(model, stage, weights_sha256, validate, exporter, data_dir, max_val_images)
+        files = [_describe(path, model, made_from) for path in [*result.files, flip]]
+        replaced = [f"{name}{v}{tag}{ext}" for v in VARIANTS for tag in ("", ".FAILED") for ext in (".onnx", REPORT_SUFFIX)]
+        move_in(stage, models_dir, [p.name for p in stage.iterdir() if p.is_file()], replaced)
     spec = model.spec
     precision = default_precision(files)
     chosen = next(f for f in files if f.precision == precision)
@@ -222,31 +185,52 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
     )
 
 
-def _flip_file(model: Any, models_dir: Path, tmp: str, weights_sha256: str | None, validate: bool, exporter: str,
-               data_dir: Any, max_val_images: int | None) -> DemoFile:
+def _describe(path: Path, model: Any, made_from: str) -> DemoFile:
+    """A staged file as the page's menu shows it, with its agreement figure if its report vouches for it."""
+    stem = path.name.removesuffix(".onnx")
+    tta = stem.endswith(".tta")
+    precision = FLIP if tta else (stem.removeprefix(model.spec.name).lstrip(".") or "fp32")
+    agreement = validation_agreement(path.with_name(stem + REPORT_SUFFIX), path, made_from)
+    return DemoFile(precision, path.name, path.stat().st_size, *(agreement if agreement else (None, None)), tta=tta,
+                    temperature=model.temperature, calibrated=model.temperature is not None, sha256=file_sha256(path))
+
+
+def _flip_result(model: Any, stage: Path, weights_sha256: str | None, validate: bool, exporter: str,
+                 data_dir: Any, max_val_images: int | None) -> Path:
     """``<name>.tta.onnx``: the same model averaging the image and its mirror, offered as ``fp32-flip``.
 
     Held to the fp32 file's standard: a flip graph that does not match PyTorch's ``eval --tta`` is the
     same fp32 network wired wrongly, so the model is refused rather than offered without it."""
     from .export.pipeline import export_model
 
-    result = export_model(model, tmp, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
+    result = export_model(model, stage, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
                           provider="cpu", run_validation=validate, tta=True, data_dir=data_dir,
                           max_val_images=max_val_images)
     if any(not r.passed for r in result.reports):
         failures = "; ".join(f for r in result.reports for f in r.failures)
         raise DemoError(f"the flip-TTA ONNX export of {model.spec.name} does not match PyTorch's `eval --tta` "
                         f"({failures}); run `aperture export {model.spec.name} --onnx --pretrained --tta flip` to see it")
-    path = result.files[0]
-    target = models_dir / path.name
-    report = path.with_name(path.stem + ".report.json")
-    if report.is_file():
-        os.replace(report, models_dir / report.name)
-    else:
-        (models_dir / report.name).unlink(missing_ok=True)
-    os.replace(path, target)
-    return DemoFile(FLIP, target.name, target.stat().st_size, tta=True, temperature=model.temperature,
-                    calibrated=model.temperature is not None)
+    return result.files[0]
+
+
+def _reusable(old: dict[str, Any] | None, models_dir: Path, sha: str, data_dir: Any) -> bool:
+    """An earlier export of these weights whose every file is still the one it recorded (bytes and weights)."""
+    from .provenance import check_onnx
+
+    files = (old or {}).get("files") or []
+    if not (old and old.get("available") and old.get("weights_sha256") == sha and files
+            and any(f.get("precision") == FLIP for f in files)  # older folders: add it
+            and (data_dir is None or NO_CALIBRATION not in (old.get("notes") or []))):
+        return False
+    try:
+        for f in files:
+            path = models_dir / f["file"]
+            if not path.is_file() or file_sha256(path) != f.get("sha256"):
+                return False
+            check_onnx(path, sha)
+    except (ApertureError, KeyError, TypeError, OSError):
+        return False
+    return True
 
 
 def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
@@ -254,54 +238,65 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     """Offer exported files (a run's ``aperture export`` output) in the page, with their own class names.
 
     Each file is checked to be an image classifier taking pixels in [0, 1] (normalisation in the
-    graph, as the page feeds them) and copied into the models folder; its menu name is its file
-    stem (made unique). Reads ONNX metadata only: no torch.
+    graph, as the page feeds them) and copied into ``own/`` in the models folder, where no published
+    file lives; its menu name is its file stem, made unique against every model of the zoo and
+    ``taken``. A copy whose bytes are already the source's is kept; the copies of earlier runs go.
+    Reads ONNX metadata only: no torch.
     """
-    import shutil
+    models_dir = Path(models_dir)
+    names, entries = set(taken) | set(list_models()), []
+    with staged(models_dir) as stage:
+        (stage / OWN_DIR).mkdir()
+        for src in map(Path, files):
+            entry = _own_entry(src, names, stage)
+            names.add(entry.name)
+            entries.append(entry)
+        old = [f"{OWN_DIR}/{p.name}" for p in (models_dir / OWN_DIR).glob("*.onnx")] if (models_dir / OWN_DIR).is_dir() else []
+        move_in(stage, models_dir, [e.file for e in entries if e.file], replaces=old)
+    return entries
 
+
+def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
+    """One of your files, checked as `aperture predict --onnx` checks it, copied into the stage's ``own/``."""
     import numpy as np
     import onnx
 
-    from .errors import ApertureError as _Refused
     from .export.predict import OnnxClassifier
 
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    names, entries = set(taken), []
-    for src in map(Path, files):
-        if not src.is_file():
-            raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
-        try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, temperature
-            clf = OnnxClassifier(src, provider="cpu")
-        except _Refused as exc:
-            raise DemoError(str(exc)) from None
-        meta = clf.metadata
-        if "label_names" not in meta or "input" not in meta:
-            raise DemoError(f"{str(src)!r} has no aperture_zoo metadata (class names, input shape); export it with "
-                            "`aperture export NAME --weights FILE --onnx`")
-        if not clf.normalize_in_graph:
-            raise DemoError(f"{str(src)!r} was exported with --no-normalize; the page feeds pixels in [0, 1], so "
-                            "export it again without that option")
-        name, n = src.stem, 2
-        while name in names:
-            name, n = f"{src.stem}-{n}", n + 1
-        names.add(name)
-        target = models_dir / f"{name}.onnx"
-        if src.resolve() != target.resolve():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
-        graph = onnx.load(str(target), load_external_data=False).graph
-        params = sum(int(np.prod(t.dims)) for t in graph.initializer)
-        tta = clf.tta == "flip"
-        precision = meta.get("precision") if meta.get("precision") in PRECISIONS else "fp32"
-        file = DemoFile(FLIP if tta and precision == "fp32" else precision, target.name, target.stat().st_size, tta=tta,
-                        temperature=clf.temperature if clf.calibrated else None, calibrated=clf.calibrated)
-        entries.append(DemoModel(name=name, params=params, available=True, file=target.name,
-                                 bytes=target.stat().st_size, weights_sha256=meta.get("weights_sha256"),
-                                 labels=list(clf.labels), input_size=[3, clf.image_size[1], clf.image_size[0]],
-                                 files=[file], precision=file.precision))
-    return entries
+    if not src.is_file():
+        raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
+    try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, temperature
+        clf = OnnxClassifier(src, provider="cpu")
+    except ApertureError as exc:
+        raise DemoError(str(exc)) from None
+    meta = clf.metadata
+    if "label_names" not in meta or "input" not in meta:
+        raise DemoError(f"{str(src)!r} has no aperture_zoo metadata (class names, input shape); export it with "
+                        "`aperture export NAME --weights FILE --onnx`")
+    if not clf.normalize_in_graph:
+        raise DemoError(f"{str(src)!r} was exported with --no-normalize; the page feeds pixels in [0, 1], so "
+                        "export it again without that option")
+    name, n = src.name.removesuffix(".onnx"), 2
+    while name in names:
+        name, n = f"{src.name.removesuffix('.onnx')}-{n}", n + 1
+    source_sha = file_sha256(src)
+    # a file name the page can fetch as it is (no '#', '?', '/'), unique by content
+    target = f"{OWN_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:60]}-{source_sha[:12]}.onnx"
+    copy_file(src, stage / target)
+    if file_sha256(stage / target) != source_sha:
+        raise DemoError(f"{str(src)!r} changed while it was copied; pass it again once it is written")
+    graph = onnx.load(str(stage / target), load_external_data=False).graph
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    tta = clf.tta == "flip"
+    precision = meta.get("precision") if meta.get("precision") in PRECISIONS else "fp32"
+    size = (stage / target).stat().st_size
+    file = DemoFile(FLIP if tta and precision == "fp32" else precision, target, size, tta=tta,
+                    temperature=clf.temperature if clf.calibrated else None, calibrated=clf.calibrated,
+                    sha256=source_sha)
+    return DemoModel(name=name, params=params, available=True, file=target, bytes=size,
+                     weights_sha256=meta.get("weights_sha256"), labels=list(clf.labels),
+                     input_size=[3, clf.image_size[1], clf.image_size[0]], files=[file], precision=file.precision,
+                     source_sha256=source_sha)
 
 
 def prepare_models(
@@ -312,12 +307,12 @@ def prepare_models(
 ) -> list[DemoModel]:
     """Export every model with published weights (``names``: a subset) and write ``models.json``.
 
-    The files are reused while the weights they came from are unchanged (same SHA-256) and an
-    int8 file is there when ``data_dir`` is given, so only the first run pays for the exports.
-    Models without published weights are listed as such.
+    The files are reused while every one of them is still the file recorded (same SHA-256, exported
+    from the same weights) and an int8 file is there when ``data_dir`` is given, so only the first
+    run pays for the exports. Models without published weights are listed as such.
     """
-    from .summary import parameter_count
     from .pretrained import model_from
+    from .summary import parameter_count
     from .weights import decode_metadata
 
     say = progress or (lambda _msg: None)
@@ -335,134 +330,16 @@ def prepare_models(
             entries.append(DemoModel(name=name, params=parameter_count(name), available=False, reason=reason))
             continue
         sha = weights.sha256
-        top1 = decode_metadata(weights.metadata).get("test_top1")
         old = previous.get(name)
-        old_files = [f["file"] for f in (old or {}).get("files") or []]
-        reusable = (old and old.get("available") and old.get("weights_sha256") == sha and old_files
-                    and all((models_dir / f).is_file() for f in old_files)
-                    and any(f.get("precision") == FLIP for f in old.get("files") or [])  # older folders: add it
-                    and (data_dir is None or NO_CALIBRATION not in (old.get("notes") or [])))
-        if reusable:
-            say(f"{name}: up to date ({', '.join(old_files)})")
+        if _reusable(old, models_dir, sha, data_dir):
+            say(f"{name}: up to date ({', '.join(f['file'] for f in old['files'])})")  # type: ignore[index]
             known = {f.name for f in fields(DemoModel)}
-            entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[arg-type]
-            entry.top1 = top1
+            entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[union-attr]
         else:
             say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''}, fp32-flip (once; later runs reuse them)")
             entry = export_for_demo(model_from(weights), models_dir, sha, data_dir=data_dir)
-            entry.top1 = top1
+        entry.top1 = decode_metadata(weights.metadata).get("test_top1")
         entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)
         entries.append(entry)
     write_manifest(models_dir, entries)
     return entries
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Static files with the headers the page needs; ``/models/`` comes from the models folder."""
-
-    models_dir: Path | None = None
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
-                      ".js": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream",
-                      ".json": "application/json"}
-
-    def translate_path(self, path: str) -> str:
-        if self.models_dir is not None and (path == "/models" or path.startswith(("/models/", "/models?"))):
-            root = self.directory
-            self.directory = str(self.models_dir)
-            try:
-                return super().translate_path(path[len("/models"):] or "/")
-            finally:
-                self.directory = root
-        return super().translate_path(path)
-
-    def send_head(self):  # type: ignore[no-untyped-def]
-        """Every request gets an HTTP reply: a path the OS cannot even look up is 400 or 404, not a dropped socket."""
-        try:
-            return super().send_head()
-        except ValueError:  # e.g. an encoded NUL byte (/%00): no file can have that name
-            self.send_error(400, "Malformed path")
-        except OSError:  # a path through a file (/index.html/x), too long a name, ...
-            self.send_error(404, "File not found")
-        return None
-
-    def end_headers(self) -> None:
-        # Cross-origin isolation lets onnxruntime-web use its multi-threaded WebAssembly build.
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cache-Control", "no-cache")  # a re-exported model is picked up on reload
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    """A client that goes away mid-download is normal for a browser: not a traceback on the console."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return
-        print(f"demo server: a request from {client_address[0]} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
-def check_port(port: int) -> None:
-    """A port number the OS can bind (checked before anything else runs)."""
-    if not 0 <= port <= 65535:
-        raise DemoError(f"--port must be in 0..65535 (0 picks a free one), got {port}")
-
-
-class DemoServer:
-    """The static server of the demo, on a background thread; use as a context manager."""
-
-    def __init__(self, web: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None,
-                 host: str = "127.0.0.1", port: int = 8000) -> None:
-        web = Path(web)
-        handler = type("Handler", (_Handler,), {"models_dir": Path(models_dir) if models_dir else None})
-        try:
-            check_port(port)
-            self.httpd = _Server((host, port), functools.partial(handler, directory=str(web)))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise DemoError(f"port {port} on {host} is already in use (another `aperture demo`?); "
-                                "pass --port N with a free port, or --port 0 to pick one") from None
-            raise DemoError(f"cannot serve on {host}:{port} ({exc.strerror}); pass another --host or --port") from None
-        self.httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
-        return f"http://{shown}:{port}/"
-
-    def start(self) -> DemoServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="aperture-demo", daemon=True)
-        self._thread.start()
-        return self
-
-    def wait(self) -> None:
-        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.5)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self.httpd.shutdown()
-            self._thread.join()
-        self.httpd.server_close()
-
-    def __enter__(self) -> DemoServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def default_models_dir(web: Path) -> Path:
-    """Where `aperture demo` keeps its exports: ``apps/web/models`` (git-ignored)."""
-    return web / "models"

@@ -29,6 +29,7 @@ REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.j
 PROVENANCE_FILENAME = "weights.json"  # a card folder's small committed record of the weights it describes
 RUNTIMES_FILENAME = "runtimes.json"  # a card folder's runtime matrix (`aperture runtimes NAME -o`)
 RELIABILITY_FILENAME = "reliability.png"
+LICENSE_FILENAME = "LICENSE"  # the package's license, which every Hub folder carries
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
 RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
 # A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.
@@ -44,6 +45,14 @@ SUMMARY_MD_FILENAME = "summary.md"
 
 class UnreadableFileError(ApertureError, ValueError):
     """A JSON file that is missing, truncated or not JSON; the message names it and the fix."""
+
+
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded as a shell does; an unknown user stays as written.
+
+    (pathlib's ``expanduser`` raises a bare RuntimeError for ``~nouser``; ``os.path``'s leaves it.)
+    """
+    return Path(os.path.expanduser(os.fspath(path)))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ApertureError
+from .files import user_path
 from .manifest import Manifest
 
 
@@ -133,7 +134,7 @@ def _is_dir(path: Path) -> bool:
 
 def scan_folder(root: str | os.PathLike[str]) -> Scan:
     """List the folder's classes and image files (nothing decoded); one-line errors for unusable layouts."""
-    root = Path(root).expanduser()
+    root = user_path(root)
     if not root.exists():
         raise FolderError(f"dataset folder {str(root)!r} does not exist; pass cifar10, cifar100 or a folder of "
                           "class folders (DIR/<class>/<image>)")

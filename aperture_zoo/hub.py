@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,9 +54,29 @@ def offline() -> bool:
 def parse_hf_hub(ref: str) -> tuple[str, str | None]:
     """``hf-hub:ORG/NAME[@rev]`` (the prefix is optional) -> (repo_id, revision or None)."""
     body = ref.removeprefix("hf-hub:")
-    repo_id, _, rev = body.partition("@")
+    repo_id, at, rev = body.partition("@")
     check_repo_id(repo_id)
-    return repo_id, rev or None
+    if at and not rev:
+        raise HubError(f"{ref!r} names no revision after '@'; drop the '@' or name a branch, tag or commit")
+    return repo_id, check_revision(rev) if rev else None
+
+
+_REF_CHARS = re.compile(r"[A-Za-z0-9._/-]{1,255}")
+
+
+def check_revision(revision: str) -> str:
+    """A branch, tag or commit name as git allows it (``main``, ``v1.0``, ``refs/pr/1``, a commit id).
+
+    The client caches ``refs/<revision>`` under the repo's cache folder without checking it (it has no
+    validator of its own to call), so ``../../x`` would write outside the cache: refused here, like a
+    bad repo id, before any request.
+    """
+    parts = revision.split("/") if isinstance(revision, str) else [""]
+    if (not isinstance(revision, str) or not _REF_CHARS.fullmatch(revision) or ".." in revision
+            or revision.startswith("-") or any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)):
+        raise HubError(f"invalid Hub revision {str(revision)[:80]!r}; use a branch, tag or commit name (letters, digits, "
+                       "'.', '_', '-' and '/' between names, no '..'), e.g. hf-hub:ORG/NAME@main")
+    return revision
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -246,6 +267,8 @@ def fetch(
         org = os.environ.get("APERTURE_HUB_ORG")
         hint = f" (from APERTURE_HUB_ORG={org!r}: set it to an organisation name, or unset it)" if org else ""
         raise HubUnavailableError(f"{exc}{hint}") from None
+    if revision is not None:
+        check_revision(revision)
     url = endpoint()
     rev = revision or "main"
     why_local = (

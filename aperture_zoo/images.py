@@ -95,6 +95,23 @@ def load_images(
     return decoded, failed
 
 
+def notice_summary(notices: list[list[str]]) -> str | None:
+    """One line for a batch's per-image notices: each distinct change once, with how many images it concerns.
+
+    A folder of small grey pictures would otherwise print two lines per image; the per-image list
+    stays in ``--json``.
+    """
+    counts: dict[str, int] = {}
+    for per_image in notices:
+        for notice in per_image:
+            counts[notice] = counts.get(notice, 0) + 1
+    if not counts:
+        return None
+    changed = sum(1 for per_image in notices if per_image)
+    parts = "; ".join(f"{text} ({n} image{'s' if n != 1 else ''})" for text, n in counts.items())
+    return f"{changed} of {len(notices)} images were changed to fit the model: {parts}"
+
+
 _EXIF_ORIENTATION = 0x0112
 
 

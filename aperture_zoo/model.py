@@ -6,6 +6,9 @@ report's own checkpoints (and torchvision-style tooling) map one to one.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -119,6 +122,39 @@ class ResNet(nn.Module):
                 f"dtype {x.dtype}. Convert raw pixels first: ((x.float() / 255) - mean) / std with "
                 "mean/std from model.spec."
             )
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode while a library function runs it for the caller; every module's own mode after.
+
+    A model left in train mode would otherwise answer with batch statistics and update its BatchNorm
+    running statistics on the caller's images; a fine-tune's frozen BatchNorm keeps its mode too.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def on_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """``model`` if it already lives on ``device``, else a copy there: the caller's model never moves."""
+    target = torch.device(device)
+    here = next((p.device for p in model.parameters()), target)
+    same = here.type == target.type and (target.index is None or here.index == target.index)
+    return model if same else copy.deepcopy(model).to(target)
+
+
+def model_input(model: nn.Module, x: Tensor) -> Tensor:
+    """``x`` in the dtype and on the device of ``model``'s weights: float16/float64 images are converted,
+    not refused deep inside a convolution. Integer pixels stay refused (they need normalising first)."""
+    param = next(model.parameters(), None)
+    if param is None or not x.is_floating_point():
+        return x
+    return x.to(device=param.device, dtype=param.dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

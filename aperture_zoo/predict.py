@@ -9,10 +9,11 @@ published ones). Optionally averaged with the mirrored image (flip test-time aug
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .calibration import TemperatureError, check_temperature
+from .calibration import check_temperature
 from .errors import ApertureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,32 +37,57 @@ def check_tta(tta: str | bool | None) -> bool:
     return tta == "flip"
 
 
+class UncalibratedWarning(UserWarning):
+    """Probabilities from weights without a temperature: the plain softmax (T = 1), as ``aperture predict`` gives."""
+
+
 def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures)."""
-    logits = model(x)
-    return 0.5 * (logits + model(x.flip(3))) if tta else logits
+    """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures).
+
+    Runs ``model`` in eval mode and gives it back in the mode it had; float16/float64 input is converted
+    to the model's dtype and device.
+    """
+    from .model import evaluating, model_input
+
+    x = model_input(model, x)
+    with evaluating(model):
+        logits = model(x)
+        return 0.5 * (logits + model(x.flip(3))) if tta else logits
 
 
 def model_temperature(model: ResNet, temperature: float | None = None) -> float:
-    """``temperature`` if given, else the model's own; an error when neither is known."""
+    """``temperature`` if given, else the model's own; 1 (the plain softmax) when neither is known.
+
+    The CLI does the same; here it is said once per model with an ``UncalibratedWarning``.
+    """
     if temperature is not None:
         return check_temperature(temperature)
     if model.temperature is None:
-        raise TemperatureError(
-            f"no temperature is known for these {model.spec.name} weights (only the published ones and runs "
-            "trained with --val-split carry one); pass temperature=1.0 for the uncalibrated softmax, or fit one "
-            "with aperture_zoo.calibration.fit_temperature on held-out logits"
-        )
+        if not getattr(model, "_said_uncalibrated", False):
+            warnings.warn(f"no temperature is known for these {model.spec.name} weights (runs trained without "
+                          "--val-split carry none): the probabilities are the plain softmax (T = 1), uncalibrated. "
+                          "Pass temperature=T, or fit one with aperture_zoo.calibration.fit_temperature on held-out "
+                          "logits", UncalibratedWarning, stacklevel=3)
+            model._said_uncalibrated = True
+        return 1.0
     return check_temperature(model.temperature)
+
+
+def describe_probabilities(model: ResNet) -> str:
+    """What ``predict_proba`` gives for ``model``: calibrated (with its temperature) or the plain softmax."""
+    if model.temperature is None:
+        return "uncalibrated probabilities (no temperature is known for these weights: plain softmax, T = 1)"
+    return f"calibrated probabilities (temperature {check_temperature(model.temperature):.4g})"
 
 
 def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
                   tta: str | bool = False) -> torch.Tensor:
     """Calibrated class probabilities, N x classes: softmax(model(x) / T), no gradient.
 
-    ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns), or image paths,
-    pillow images or uint8 arrays (preprocessed here). ``tta="flip"`` averages the logits of each
-    image and its mirror first.
+    ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns; float16/float64 are
+    converted), or image paths, pillow images or uint8 arrays (preprocessed here). ``tta="flip"``
+    averages the logits of each image and its mirror first. The model runs in eval mode whatever mode
+    it is in (its BatchNorm statistics never change) and is given back in that mode.
     """
     import torch
 
@@ -70,7 +96,7 @@ def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
     t = model_temperature(model, temperature)
     x = images if isinstance(images, torch.Tensor) else preprocess(images, model)
     with torch.no_grad():
-        return (tta_logits(model, x, check_tta(tta)) / t).softmax(-1)
+        return (tta_logits(model, x, check_tta(tta)).float() / t).softmax(-1)
 
 
 def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int = 3,
@@ -90,7 +116,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
         return [], failures
     import numpy as np
 
-    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).numpy()
+    probs = predict_proba(model, preprocess(np.stack([img for _, img, _ in decoded]), model), tta=tta).cpu().numpy()
     k = min(top_k, probs.shape[1])
     out = []
     for (i, _, notices), row in zip(decoded, probs):

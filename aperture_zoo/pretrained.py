@@ -17,8 +17,13 @@ One path from a name to tensors, like timm's ``_resolve_pretrained_source`` feed
 ``read`` (the file's bytes read once, hashed against the pin, parsed as safetensors).
 ``load()``, the CLI and the browser demo all go through ``fetch_weights``.
 
-``load("hf-hub:ORG/NAME[@rev]")`` and ``load("local-dir:DIR")`` (timm-style) take the
-architecture from the source's ``config.json``. An ``hf-hub:`` repo that the registry publishes to
+The name itself may be a source: ``"hf-hub:ORG/NAME[@rev]"``, ``"local-dir:DIR"`` or a path to a
+``model.safetensors`` (or its folder). Whatever the source, the model is built by one rule
+(``open_model``): the file's own architecture, head, class names, normalisation and calibration
+(today a temperature) from its metadata; a bare file without metadata takes them from the
+``config.json`` beside it (``aperture push``/``card`` write it); a registry name is only a check.
+``load("hf-hub:...")``/``load("local-dir:...")`` without ``pretrained`` build the architecture only
+(timm's convention), from the same ``config.json``. An ``hf-hub:`` repo that the registry publishes to
 is read at the registry's pinned revision (unless ``@rev`` names another), and every file the
 registry pins (``model.safetensors``, ``config.json``) is SHA-256 checked. When nothing is found the error lists every place
 it looked and why each failed.
@@ -37,20 +42,16 @@ import torch
 
 from . import hub
 from .catalog import Weights, by_repo, find_weights, hub_location
-from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json
+from .files import CONFIG_FILENAME, WEIGHTS_FILENAME, file_sha256, read_json, user_path
 from .model import ResNet, create_model
 from .registry import ModelSpec, get_spec
+from .sources import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, NoPretrainedWeightsError, from_local_dir, is_source,
+                      source_kind, spec_from_config)
 from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
 
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
 # model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 log = logging.getLogger(__name__)
-
-
-class NoPretrainedWeightsError(WeightsError):
-    """No published or local weights could be found for a model."""
 
 
 class PublishedWeightsUnavailableError(NoPretrainedWeightsError):
@@ -67,7 +68,7 @@ class Source:
 
     kind: Literal["file", "hub", "checkout"]
     location: str                  # a file path, or a Hub repo id
-    arch: str                      # the architecture the name means
+    arch: str | None               # the architecture the name means (None: a source, the file decides)
     pin: str | None = None         # None: a file the caller chose, or a repo whose config.json pins it
     revision: str | None = None    # Hub only
     record: Weights | None = None  # the published record behind it, if any
@@ -103,25 +104,6 @@ class Loaded:
     source: Source
 
 
-def _in_local_dir(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / WEIGHTS_FILENAME, directory / name / WEIGHTS_FILENAME,
-                      directory / f"{name}.safetensors"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _from_local_dir(ref: str, name: str) -> Path:
-    directory = Path(ref.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
-    found = _in_local_dir(directory, name)
-    if found is None:
-        raise NoPretrainedWeightsError(
-            f"{ref!r} holds no weights for {name}: expected {directory / WEIGHTS_FILENAME}, "
-            f"{directory / name / WEIGHTS_FILENAME} or {directory / (name + '.safetensors')}"
-        )
-    return found
-
-
 def _pinned(repo_id: str, revision: str | None, filename: str) -> tuple[str | None, str | None]:
     """(revision, SHA-256) a published record pins for ``filename`` of ``repo_id``, if one lives there.
 
@@ -140,7 +122,7 @@ def _env_dir_weights(name: str) -> Path | None:
     env_dir = os.environ.get("APERTURE_WEIGHTS_DIR")
     if not env_dir:
         return None
-    directory = Path(env_dir).expanduser()
+    directory = user_path(env_dir)
     if not directory.is_dir():  # a typo would otherwise fall back to other weights unnoticed
         log.warning("APERTURE_WEIGHTS_DIR=%s is not a directory; ignoring it", env_dir)
         return None
@@ -150,15 +132,16 @@ def _env_dir_weights(name: str) -> Path | None:
     return None
 
 
-def _explicit_source(ref: str, arch: str, name: str, record: Weights | None) -> Source:
-    """``weights=``: a path, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@rev]``."""
-    if ref.startswith(HF_HUB_PREFIX):
+def _explicit_source(ref: str, arch: str | None, name: str | None, record: Weights | None) -> Source:
+    """``weights=`` (or a source given as the name): a path, a folder, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@rev]``."""
+    kind = source_kind(ref)
+    if kind == "hub":
         repo_id, revision = hub.parse_hf_hub(ref)
         revision, pin = _pinned(repo_id, revision, WEIGHTS_FILENAME)
         return Source("hub", repo_id, arch, pin, revision, record)
-    if ref.startswith(LOCAL_DIR_PREFIX):
-        return Source("file", str(_from_local_dir(ref, name)), arch, record=record)
-    return Source("file", ref, arch, record=record)
+    if kind == "dir":
+        return Source("file", str(from_local_dir(ref, name)), arch, record=record)
+    return Source("file", str(user_path(ref)), arch, record=record)
 
 
 def resolve_source(
@@ -168,6 +151,11 @@ def resolve_source(
 
     Nothing is downloaded or read here; unknown names fail here, with suggestions.
     """
+    if is_source(name):
+        if weights is not None:
+            raise WeightsError(f"{name!r} already names the weights; drop weights={str(weights)!r} (or name the "
+                               "architecture instead, e.g. load('resnet22', weights=...))")
+        return _explicit_source(str(name), None, None, None)
     record = find_weights(name)  # the one catalog lookup of a load
     arch = record.arch if record else name
     if weights is not None:
@@ -266,34 +254,31 @@ def published_weights(name: str, cards_dir: Path | None = None) -> Path | None:
     return card_file.path
 
 
-def _source_config(source: str) -> dict:
-    """config.json of an ``hf-hub:`` or ``local-dir:`` source (architecture, model args)."""
-    if source.startswith(HF_HUB_PREFIX):
-        repo_id, revision = hub.parse_hf_hub(source)
-        revision, pin = _pinned(repo_id, revision, CONFIG_FILENAME)
-        path = hub.download(repo_id, CONFIG_FILENAME, revision, sha256=pin)
+def _config_of(source: Source) -> dict | None:
+    """config.json beside a source's weights (the Hub repo's, pinned when the registry pins it); None if absent."""
+    if source.kind == "hub":
+        revision, pin = _pinned(source.location, source.revision, CONFIG_FILENAME)
+        path = hub.download(source.location, CONFIG_FILENAME, revision, sha256=pin)
     else:
-        path = Path(source.removeprefix(LOCAL_DIR_PREFIX)).expanduser() / CONFIG_FILENAME
+        path = Path(source.location).parent / CONFIG_FILENAME
         if not path.is_file():
-            weights = _from_local_dir(source, "model")
-            spec = spec_from_metadata(read_metadata(weights))
-            if spec is None:
-                raise WeightsError(f"{source!r} has no config.json and its weights carry no architecture")
-            return {"architecture": spec.name, "model_args": spec.arch_dict()}
+            return None
     return read_json(path, "fetch or write it again", WeightsError)
 
 
-def _create_from_source(source: str) -> ResNet:
-    config = _source_config(source)
-    arch = config.get("architecture") if isinstance(config, dict) else None
-    args = (config.get("model_args") if isinstance(config, dict) else None) or {}
-    if not arch or not isinstance(arch, str) or not isinstance(args, dict):
-        raise WeightsError(f"config.json of {source!r} names no 'architecture' (or its 'model_args' are not an "
-                           "object); it is not an aperture_zoo repo")
-    spec = get_spec(arch)
-    ours = spec.arch_dict()
-    changes = {k: v for k, v in args.items() if k in ours and k != "name" and ours[k] != v}
-    return create_model(spec.replace(**changes) if changes else spec)
+def _source_spec(ref: str) -> ModelSpec:
+    """The architecture an ``hf-hub:``/``local-dir:`` source describes: its config.json, else its weights' metadata."""
+    if source_kind(ref) == "hub":
+        source = _explicit_source(ref, None, None, None)
+    else:
+        source = Source("file", str(user_path(ref.removeprefix(LOCAL_DIR_PREFIX)) / WEIGHTS_FILENAME), None)
+    config = _config_of(source)
+    if config is not None:
+        return spec_from_config(config, repr(ref))
+    spec = spec_from_metadata(read_metadata(from_local_dir(ref, None)))
+    if spec is None:
+        raise WeightsError(f"{ref!r} has no config.json and its weights carry no architecture")
+    return spec
 
 
 def load(
@@ -308,43 +293,64 @@ def load(
     """A model in eval mode on ``device``; trained weights when ``pretrained`` or ``weights``.
 
     ``name`` is a registered model (``"resnet22"``: its default published weights), a weights tag
-    (``"resnet22.fast"``, see ``list_pretrained()``) or a source: ``"hf-hub:ORG/NAME[@rev]"`` or
-    ``"local-dir:DIR"``. Weights are searched in the order given in this module's docstring:
-    ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR`` -> the record's Hub
-    repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's ``model_cards/``, pinned
-    too). ``overrides`` change the architecture (``num_classes=100``): tensors that no longer fit,
-    such as the head, start fresh.
+    (``"resnet22.fast"``, see ``list_pretrained()``) or a source: ``"hf-hub:ORG/NAME[@rev]"``,
+    ``"local-dir:DIR"`` or a path to a ``model.safetensors``. Weights are searched in the order given
+    in this module's docstring: ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR``
+    -> the record's Hub repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's
+    ``model_cards/``, pinned too). Whatever the source, the model has the file's own architecture, head,
+    class names, mean/std and temperature. ``overrides`` change the architecture (``num_classes=100``):
+    tensors that no longer fit, such as the head, start fresh.
     """
     cards = Path(cards_dir) if cards_dir is not None else None
-    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)):
-        model = _create_from_source(name)
-        if pretrained and weights is None:
-            weights = name
-        if weights is not None:
-            _apply(model, fetch_weights(model.spec.name, weights, cards_dir=cards))
-        return model.to(device).eval()
-    if pretrained or weights is not None or "." in name:  # a tag names weights: it implies pretrained
-        loaded = fetch_weights(name, weights, cards_dir=cards)
-        # The file's own head, class names and normalisation (a model fine-tuned on a folder) unless
-        # overrides change them. Overrides (e.g. num_classes=100 to fine-tune, 0 for features) keep
-        # every tensor that still fits and start the rest fresh, like timm's pretrained=True.
-        model = _apply(create_model(file_spec(loaded, overrides)), loaded, strict=not overrides)
+    kind = source_kind(name)
+    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and not pretrained and weights is None:  # timm: the architecture only
+        model = create_model(_source_spec(name), **overrides)  # type: ignore[arg-type]
+    elif pretrained or weights is not None or "." in name or kind != "name":  # a tag or a path names weights
+        model, _ = open_model(name, weights, cards_dir=cards, overrides=overrides)
     else:
         record = find_weights(name)
         model = create_model(record.arch if record else name, **overrides)
     return model.to(device).eval()
 
 
+def open_model(
+    name: str, weights: str | os.PathLike[str] | None = None, *, cards_dir: Path | None = None,
+    overrides: dict[str, object] | None = None, download: bool = True,
+) -> tuple[ResNet, Loaded]:
+    """The one rule from any source to a model: resolve -> fetch -> read once -> the file's own spec and calibration.
+
+    Returns the eval-mode model and what was read (path, SHA-256, metadata), for commands that record them.
+    """
+    loaded = fetch_weights(name, weights, cards_dir=cards_dir, download=download)
+    return model_from(loaded, overrides), loaded
+
+
 def file_spec(loaded: Loaded, overrides: dict[str, object] | None = None) -> ModelSpec:
-    """The spec a weights file records for its architecture (classes, mean/std), with ``overrides``."""
+    """The spec a weights file records (architecture, head, classes, mean/std), with ``overrides``.
+
+    A file without our metadata takes it from the config.json beside it; a registry name that the
+    file does not match keeps the name's spec, so that loading says exactly what differs.
+    """
     saved = spec_from_metadata(loaded.metadata)
-    spec = saved if saved is not None and saved.name == loaded.source.arch else get_spec(loaded.source.arch)
+    arch = loaded.source.arch
+    # an hf-hub: source's config.json is always fetched: the registry may pin it, and a pin is always checked
+    config = _config_of(loaded.source) if arch is None and (saved is None or loaded.source.kind == "hub") else None
+    if saved is not None and (arch is None or saved.name == arch):
+        spec = saved
+    elif arch is not None:
+        spec = get_spec(arch)
+    else:
+        if config is None:
+            raise WeightsError(f"{str(loaded.path)!r} records no architecture and has no config.json beside it; "
+                               "name the architecture: load('resnet22', weights=PATH) or `--weights PATH` with a model name")
+        spec = spec_from_config(config, repr(str(loaded.path)))
     return spec.replace(**overrides) if overrides else spec
 
 
-def model_from(loaded: Loaded) -> ResNet:
-    """An eval-mode model of the architecture a fetch resolved to (its own head and classes), holding its tensors."""
-    return _apply(create_model(file_spec(loaded)), loaded).eval()
+def model_from(loaded: Loaded, overrides: dict[str, object] | None = None) -> ResNet:
+    """An eval-mode model of the file's own spec (``file_spec``), holding its tensors and its calibration."""
+    model = create_model(file_spec(loaded, overrides))
+    return _apply(model, loaded, strict=not overrides).eval()
 
 
 def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:

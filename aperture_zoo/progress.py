@@ -195,7 +195,7 @@ class TrainProgress:
     def __init__(self, enabled: bool, epochs: int, steps: int, *, with_val: bool = False,
                  console: Any = None, budget_s: float | None = None,
                  now: Callable[[], float] = time.perf_counter) -> None:
-        from rich.console import Console
+        from .terminal import console as gated_console
         from rich.progress import TextColumn
 
         self.epochs = epochs
@@ -204,7 +204,7 @@ class TrainProgress:
         self.budget_s = budget_s  # warned about once if the first epoch alone will not fit in it
         self._now = now
         self._progress = _bar(
-            console or Console(stderr=True), [TextColumn("[bold]epoch {task.fields[epoch]}")],
+            console or gated_console(stderr=True), [TextColumn("[bold]epoch {task.fields[epoch]}")],
             [TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} {task.fields[ips]} img/s"),
              TextColumn("run ETA {task.fields[eta]}")],  # the whole run's, at this epoch's speed (the bar: the epoch)
             bar_width=8, transient=False, enabled=enabled, eta=False,

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from .cards import write_folder
 from .files import ONNX_FILENAME
-from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id,
+from .filesets import HIDDEN_PATTERNS
+from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id, check_revision,
                   endpoint, reachable, resolve_token)
 from .pretrained import MODEL_CARDS_DIR, load, published_weights
 from .weights import WeightsError
@@ -50,9 +51,12 @@ def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: 
 
 
 def _find_onnx(name: str, weights: Path, cards_dir: Path) -> Path:
-    """An already exported ``model.onnx`` beside the weights or in ``model_cards/<name>/``."""
-    candidates = [weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
-                  cards_dir / name / ONNX_FILENAME]
+    """An already exported ``model.onnx`` (or ``<name>.onnx``) beside the weights or in ``model_cards/<name>/``.
+
+    Found by name only to be checked by content: ``write_folder`` refuses one that was not exported
+    from these weights, or whose report judged other bytes (``provenance``)."""
+    candidates = list(dict.fromkeys([weights.parent / ONNX_FILENAME, weights.with_suffix(".onnx"),
+                                     weights.parent / f"{name}.onnx", cards_dir / name / ONNX_FILENAME]))
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -113,6 +117,8 @@ def push(
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
+    if revision is not None:
+        check_revision(revision)
     weights_path = Path(weights) if weights is not None else published_weights(name, cards_dir)
     if weights_path is None:
         raise HubError(
@@ -137,7 +143,7 @@ def push(
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
             before = api.repo_info(repo_id, revision=branch).sha
             info = api.upload_folder(
-                repo_id=repo_id, folder_path=folder, revision=branch,
+                repo_id=repo_id, folder_path=folder, revision=branch, ignore_patterns=list(HIDDEN_PATTERNS),
                 commit_message=commit_message or f"Upload {name} (aperture_zoo)",
             )
     log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import warnings
 
 from .files import read_json
 from .pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError, load
+from .predict import UncalibratedWarning, predict_proba
 from .registry import list_models
-from .transforms import preprocess
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "sample_images"
 
@@ -27,6 +27,7 @@ class SampleResult:
     unavailable: str | None = None            # published, but could not be fetched (why)
     predictions: list[tuple[str, str, float]] = field(default_factory=list)  # (file, predicted, probability)
     correct: int = 0
+    temperature: float | None = None          # the probabilities are softmax(logits / T), as predict gives them
 
     @property
     def accuracy(self) -> float | None:
@@ -40,7 +41,8 @@ def sample_images() -> list[tuple[Path, str]]:
 
 
 def classify_samples(models: list[str] | None = None) -> list[SampleResult]:
-    """Top-1 of each model with published weights on the bundled images (CPU, eval mode)."""
+    """Top-1 of each model with published weights on the bundled images, with the calibrated probability
+    ``predict`` gives (softmax(logits / T), T from the weights; T = 1 when they carry none)."""
     images = sample_images()
     results = []
     for name in models or list_models():
@@ -52,11 +54,12 @@ def classify_samples(models: list[str] | None = None) -> list[SampleResult]:
         except NoPretrainedWeightsError:
             results.append(SampleResult(name, published=False))
             continue
-        with torch.no_grad():
-            probs = model(preprocess([p for p, _ in images], model)).softmax(1)
+        with warnings.catch_warnings():  # weights without a temperature: T = 1, said by `temperature` being None
+            warnings.simplefilter("ignore", UncalibratedWarning)
+            probs = predict_proba(model, [p for p, _ in images])  # the one rule `predict` follows too
         top = probs.max(1)
         labels = model.spec.label_names
-        res = SampleResult(name, published=True)
+        res = SampleResult(name, published=True, temperature=model.temperature)
         for (path, truth), idx, prob in zip(images, top.indices.tolist(), top.values.tolist()):
             res.predictions.append((path.name, labels[idx], prob))
             res.correct += labels[idx] == truth

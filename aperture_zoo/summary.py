@@ -71,6 +71,7 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
             "top1_tta": record.top1_tta if record else None,  # with flip test-time augmentation
             "ece_calibrated": record.ece_calibrated if record else None,  # %, after the temperature (cross-fitted)
             "temperature": record.temperature if record else None,
+            "measured_images": record.measured_images if record else None,  # what the three figures rest on
             "weights": record.tag if record else None,
         }
         if with_flops:
@@ -79,17 +80,32 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
     return rows
 
 
-def model_info(name: str) -> dict[str, Any]:
-    """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata."""
+def model_info(name: str, loaded: Any = None) -> dict[str, Any]:
+    """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata.
+
+    ``loaded`` (a ``pretrained.Loaded``: weights given as a path, ``local-dir:``, ``hf-hub:`` or a tag)
+    describes that file with its own spec (head, classes, mean/std); else the registry's spec of
+    ``name`` and the weights ``load(name, pretrained=True)`` would use from this disk.
+    """
     from .catalog import find_weights
     from .files import file_sha256
 
-    spec = get_spec(name)
-    record = find_weights(name)
-    facts = measure(name)
-    weights = local_weights_metadata(name)
+    if loaded is not None:
+        from .pretrained import file_spec
+        from .weights import decode_metadata
+
+        spec = file_spec(loaded)
+        record = find_weights(spec.name)
+        weights: dict[str, Any] | None = {"path": str(loaded.path), **decode_metadata(loaded.metadata)}
+        published = record is not None and loaded.sha256 == record.sha256
+    else:
+        spec = get_spec(name)
+        record = find_weights(name)
+        weights = local_weights_metadata(name)
+        published = weights is not None and record is not None and file_sha256(weights["path"]) == record.sha256
+    facts = measure(spec)
     return {
-        "name": name,
+        "name": spec.name,
         "spec": json.loads(spec.to_json()),
         "depth": spec.depth,
         "params": facts["params"],
@@ -97,6 +113,5 @@ def model_info(name: str) -> dict[str, Any]:
         "flops_per_image": facts["flops"],
         "macs_per_image": facts["flops"] // 2,
         "weights": weights,
-        "weights_published": weights is not None and record is not None and file_sha256(weights["path"]) == record.sha256,
+        "weights_published": published,
     }
-

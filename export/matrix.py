@@ -72,6 +72,7 @@ class Cell:
     passed: bool | None = None      # None: not run, or not judged (declared not validated there)
     declared_valid: bool = True     # False when the file's metadata says it is not for this runtime
     note: str = ""
+    sha256: str | None = None       # of the file measured (readers check it: provenance.check_runtimes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,7 @@ class Matrix:
     cells: list[Cell] = field(default_factory=list)
     images: str = ""
     batch: int = WORKER_BATCH
+    weights_sha256: str | None = None  # the weights of the PyTorch reference and of every file measured
 
     @property
     def passed(self) -> bool:
@@ -89,14 +91,17 @@ class Matrix:
         return all(c.passed is not False for c in self.cells)
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "batch": self.batch, "cells": [c.to_dict() for c in self.cells]}
+        return {"images": self.images, "batch": self.batch, "weights_sha256": self.weights_sha256,
+                "cells": [c.to_dict() for c in self.cells]}
 
 
 def default_cache_dir() -> Path:
     """Where the runtimes' venvs are kept: ``$APERTURE_RUNTIMES_DIR``, else the user cache folder."""
     env = os.environ.get("APERTURE_RUNTIMES_DIR")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aperture_zoo" / "runtimes"
-    return base.expanduser()
+    from aperture_zoo.files import user_path
+
+    return user_path(base)
 
 
 def runtime_python(spec: RuntimeSpec, cache_dir: Path | None = None) -> tuple[Path | None, str]:
@@ -183,20 +188,23 @@ def run_matrix(
     from .runtime import cuda_driver_present, cuda_offered
     from .validate import _judge, compare, tolerance_for
 
+    from aperture_zoo.files import file_sha256
+
     say = progress or (lambda _m: None)
     matrix = Matrix(images=images, batch=batch)
+    hashes = {p: file_sha256(f) for p, f in files.items()}
     with tempfile.TemporaryDirectory(prefix="aperture_matrix_") as tmp:
         inputs = {p: _input_file(f, pixels, Path(tmp) / f"{p}.npy") for p, f in files.items()}
         for spec in runtimes:
             declared = {p: _family(spec) not in _not_validated_for(f) for p, f in files.items()}
             if spec.provider == "cuda" and not (cuda_offered() and cuda_driver_present()):
-                matrix.cells += [Cell(spec.key, p, f.name, declared_valid=declared[p], note="no CUDA GPU here")
-                                 for p, f in files.items()]
+                matrix.cells += [Cell(spec.key, p, f.name, declared_valid=declared[p], note="no CUDA GPU here",
+                                      sha256=hashes[p]) for p, f in files.items()]
                 continue
             say(f"preparing {spec.key}" + (f" ({' '.join(spec.requirements)})" if spec.requirements else ""))
             python, why = runtime_python(spec, cache_dir)
             for precision, path in files.items():
-                cell = Cell(spec.key, precision, path.name, declared_valid=declared[precision])
+                cell = Cell(spec.key, precision, path.name, declared_valid=declared[precision], sha256=hashes[precision])
                 matrix.cells.append(cell)
                 if python is None:
                     cell.note = f"skipped: {why}"
@@ -222,10 +230,15 @@ def run_matrix(
 
 def record_matrix(files: dict[str, Path], matrix: Matrix) -> None:
     """Add every cell that passed to its file's ``validated_runtimes`` metadata (kept per runtime
-    version and provider; the file is rewritten through ``save_checked``)."""
+    version and provider; the file is rewritten through ``save_checked``). The cells, and a validation
+    report beside the file that judged its bytes before, then name the rewritten bytes (only the
+    metadata changed)."""
     import onnx
 
+    from aperture_zoo.files import file_sha256
+
     for precision, path in files.items():
+        before = file_sha256(path)
         proto = onnx.load(str(path))
         meta = {p.key: p.value for p in proto.metadata_props}
         entries = json.loads(meta.get("validated_runtimes", "[]"))
@@ -239,6 +252,25 @@ def record_matrix(files: dict[str, Path], matrix: Matrix) -> None:
                             "agreement": round(c.agreement or 0.0, 2), "max_abs_diff": float(f"{c.max_abs_diff:.3g}")})
         set_metadata(proto, {"validated_runtimes": json.dumps(entries)})
         save_checked(proto, path)
+        after = file_sha256(path)
+        for c in matrix.cells:
+            if c.precision == precision:
+                c.sha256 = after
+        _follow_report(path, before, after)
+
+
+def _follow_report(path: Path, before: str, after: str) -> None:
+    """The file's own report judged it before its metadata named more runtimes: it follows the new bytes."""
+    from aperture_zoo.files import atomic_write_text, read_json
+
+    from .validate import report_path
+
+    report = report_path(path)
+    if report.is_file():
+        data = read_json(report)
+        if isinstance(data, dict) and data.get("onnx_sha256") == before:
+            data["onnx_sha256"] = after
+            atomic_write_text(report, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def matrix_images(data_dir: str | os.PathLike[str] | None, max_images: int = 1000, seed: int = 0
@@ -315,14 +347,24 @@ def measure_model(
     ``record`` writes the passing cells into the given files' ``validated_runtimes`` metadata."""
     import torch
 
+    from aperture_zoo.model import evaluating, on_device
+
     from .onnx_export import NormalizedClassifier
     from .pipeline import export_model
     from .validate import _torch_logits
 
+    from aperture_zoo.provenance import check_onnx
+
+    from .onnx_export import state_dict_sha256
+
     say = progress or (lambda _m: None)
+    made_from = weights_sha256 or state_dict_sha256(model)
+    for path in (files or {}).values():  # a file of other weights would be judged against the wrong reference
+        if Path(path).is_file():
+            check_onnx(path, made_from, model.spec.name)
     pixels, labels, described = matrix_images(data_dir, max_images)
-    with torch.no_grad():
-        reference = _torch_logits(NormalizedClassifier(model).eval(), pixels, "cpu")
+    with torch.no_grad(), evaluating(model):
+        reference = _torch_logits(NormalizedClassifier(on_device(model, "cpu")), pixels, "cpu")
     with tempfile.TemporaryDirectory(prefix="aperture_matrix_files_") as tmp:
         if files is None:
             say("exporting fp32, fp16" + (" and int8" if data_dir else "") + " files")
@@ -333,6 +375,7 @@ def measure_model(
             exported = ordered_files(files)
         matrix = run_matrix(exported, pixels, reference, labels=labels, runtimes=runtimes, cache_dir=cache_dir,
                             images=described, progress=say)
+        matrix.weights_sha256 = made_from
         if record and files is not None:
             record_matrix(exported, matrix)
     return matrix

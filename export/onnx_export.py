@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from aperture_zoo.calibration import check_temperature
 from aperture_zoo.files import atomic_path
-from aperture_zoo.model import ResNet
+from aperture_zoo.model import ResNet, evaluating, on_device
 
 from .compat import check_opset, stamp_lowest_ir
 from .errors import ExportError, OnnxFileError
@@ -230,17 +230,17 @@ def to_onnx(
     if batch is not None and batch < 1:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     check_opset(opset, exporter)
-    model = model.eval().cpu()
+    model = on_device(model, "cpu")  # the caller's model stays where it is, in the mode it is in
     if temperature is None:
         temperature = model.temperature
     if temperature is not None:
         temperature = check_temperature(temperature)
     module = ExportedClassifier(model, normalize=normalize, tta=tta,
-                                temperature=temperature if temperature is not None else 1.0).eval()
+                                temperature=temperature if temperature is not None else 1.0)
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
     example = torch.rand(batch or 2, *model.spec.input_size)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(module):
             proto = (_export_dynamo if exporter == "dynamo" else _export_legacy)(
                 module, example, opset, batch is None
             )

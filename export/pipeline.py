@@ -4,6 +4,12 @@ Kept apart from the CLI so scripts and tests get the same behaviour: every file 
 checked, and validated (unless asked not to) with its report written beside it as
 ``<stem>.report.json``. A file that fails validation is renamed ``<stem>.FAILED.onnx`` (its report
 ``<stem>.FAILED.report.json``): nothing is left under the name a user would load.
+
+The set is written whole (``filesets``): exported, converted and validated in a hidden stage folder
+inside the output folder, then moved in under the folder's lock, each file together with its report
+(an old report or FAILED pair of the same name goes). A killed or failed export leaves no new file
+beside an old report, and two exports into one folder never judge each other's files. Every report
+records the SHA-256 of the file it judged and of the weights (``provenance``).
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.filesets import move_in, staged
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .compat import check_opset
 from .errors import ExportError
-from .onnx_export import DEFAULT_OPSET, Exporter, to_onnx
+from .onnx_export import DEFAULT_OPSET, Exporter, state_dict_sha256, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider, parse_cuda_options
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
@@ -40,10 +47,11 @@ class ExportResult:
 
 
 def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider = "auto",
-               data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               data_dir: str | os.PathLike[str] | None = None, dataset: str | None = None) -> dict[str, Any]:
     """A finished training run's weights as validated ONNX in ``<run_dir>/onnx`` (``train_zoo``'s exporter).
 
     The weights are read once, through the same path as ``load()``, and their SHA-256 goes into the ONNX.
+    ``dataset`` is the one the zoo trained on (its metadata never chooses a folder to read).
     """
     from aperture_zoo.files import WEIGHTS_FILENAME
     from aperture_zoo.pretrained import fetch_weights, model_from
@@ -52,7 +60,7 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
     from aperture_zoo.weights import decode_metadata
 
     loaded = fetch_weights(name, Path(run_dir) / WEIGHTS_FILENAME)
-    own = dataset_for_weights(None, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
+    own = dataset_for_weights(dataset, data_dir, False, decode_metadata(loaded.metadata))  # CIFAR-100 or a folder
     result = export_model(model_from(loaded), Path(run_dir) / "onnx", weights_sha256=loaded.sha256,
                           provider=provider, data_dir=data_dir if own is None else None, max_val_images=1000,
                           dataset=own)
@@ -143,26 +151,44 @@ def export_model(
                                          train=dataset.train if dataset is not None else None)
     out = Path(out_dir)
     stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
-    result = ExportResult()
-    say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
-    fp32_path = to_onnx(model, out / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
-                        exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
-    result.files.append(fp32_path)
-    if fp16:
-        say("converting to fp16")
-        result.files.append(to_fp16(fp32_path, out / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
-    if int8:
-        if not normalize:
-            import numpy as np
+    sha = weights_sha256 or state_dict_sha256(model)  # what the files and their reports were made from
+    with staged(out) as stage:  # nothing reaches ``out`` until the whole set is written and judged
+        result = ExportResult()
+        say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
+        fp32_path = to_onnx(model, stage / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
+                            exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
+        result.files.append(fp32_path)
+        if fp16:
+            say("converting to fp16")
+            result.files.append(to_fp16(fp32_path, stage / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
+        if int8:
+            if not normalize:
+                import numpy as np
 
-            mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
-            std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
-            calibration = (calibration - mean) / std
-        say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
-        result.files.append(to_int8(fp32_path, out / f"{stem}.int8.onnx", calibration))
-    if run_validation:
-        _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
-                        test_split=dataset.test if dataset is not None else None, cuda_options=options)
+                mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
+                std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
+                calibration = (calibration - mean) / std
+            say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
+            result.files.append(to_int8(fp32_path, stage / f"{stem}.int8.onnx", calibration))
+        written = list(result.files)
+        if run_validation:
+            _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
+                            test_split=dataset.test if dataset is not None else None, cuda_options=options,
+                            weights_sha256=sha, out=out)
+        return _move_in(result, written, stage, out)
+
+
+def _move_in(result: ExportResult, written: list[Path], stage: Path, out: Path) -> ExportResult:
+    """The staged set into ``out``: each output replaces its old file, report and FAILED pair together."""
+    replaces = []
+    for path in written:  # e.g. resnet22.int8.onnx: the names any earlier export of it left
+        aside = failed_path(path)
+        replaces += [path.name, report_path(path).name, aside.name, report_path(aside).name]
+    names = [p.name for p in (*result.files, *result.failed_files, *result.report_files)]
+    move_in(stage, out, names, replaces)
+    result.files = [out / p.name for p in result.files]
+    result.failed_files = [out / p.name for p in result.failed_files]
+    result.report_files = [out / p.name for p in result.report_files]
     return result
 
 
@@ -207,26 +233,28 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
-                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None,
-                    test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
-    """Validate each written file, writing its report; a failed file is renamed by ``failed_path``."""
+                    data_dir: str | os.PathLike[str] | None, max_val_images: int | None, weights_sha256: str,
+                    out: Path, test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
+    """Validate each staged file, writing its report beside it (naming the file's place in ``out``); a
+    failed file is renamed by ``failed_path``."""
+    from aperture_zoo.files import file_sha256
+
     written, result.files = result.files, []
     reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
         report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                          test_split=test_split,
+                          test_split=test_split, weights_sha256=weights_sha256,
                           progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
-        aside = failed_path(path)
         if report.passed:
-            for stale in (aside, report_path(aside)):  # left by an earlier export that failed
-                stale.unlink(missing_ok=True)
             record_validation(path, report)
+            report.onnx_sha256 = file_sha256(path)  # the file as shipped: its metadata now names the run above
+            report.onnx_file = str(out / path.name)
             result.files.append(path)
         else:
+            aside = failed_path(path)
             os.replace(path, aside)
-            report_path(path).unlink(missing_ok=True)  # an earlier good export's report must not vouch for it
-            report.renamed_from, report.onnx_file = path.name, str(aside)
+            report.renamed_from, report.onnx_file = path.name, str(out / aside.name)
             result.failed_files.append(aside)
         result.reports.append(report)
-        result.report_files.append(report.write_json())
+        result.report_files.append(report.write_json(report_path(path.parent / Path(report.onnx_file).name)))

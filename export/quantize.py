@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
+from . import float_tail
 from .onnx_export import INPUT_NAME, save_checked, set_metadata
 
 DEFAULT_CALIBRATION_IMAGES = 512
@@ -32,15 +33,20 @@ INT8_NOT_VALIDATED_FOR = {
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
-    """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise."""
+    """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise.
+
+    Only the backbone is converted: what follows the logits (``float_tail``: the temperature, the
+    Softmax, which onnxruntime before 1.17 could not even run in float16 at opset 18) stays float32,
+    so ``probabilities`` is exactly softmax(logits / T) of the file's own logits.
+    """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = onnx.load(str(src))
-    # Softmax (the calibrated `probabilities`) stays float32: onnxruntime before 1.17 has no float16
-    # Softmax kernel on the CPU and expands the op's function body, which is invalid at opset 18.
-    converted = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False,
-                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
+    original = onnx.load(str(src))
+    backbone, tail, own = float_tail.split(original)  # the temperature and Softmax stay float32
+    converted = convert_float_to_float16(backbone, keep_io_types=keep_io_types, disable_shape_infer=False,
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST))
+    converted = float_tail.join(converted, original, tail, own, float16_outputs=not keep_io_types)
     # The converter appends the input Casts at the end of the node list; the ONNX spec (and the
     # full checker) want nodes in topological order.
     sorter = OnnxModel(converted)
@@ -92,11 +98,14 @@ def to_int8(
     per_channel: bool = True,
     method: str = "minmax",
 ) -> Path:
-    """Static int8 QDQ quantisation (uint8 activations, int8 per-channel weights).
+    """Static int8 QDQ quantisation (uint8 activations, int8 per-channel weights) of the backbone.
 
     ``calibration`` holds the model's inputs as it expects them (pixels in [0, 1] when
     normalisation is in the graph). The file is pre-processed with onnxruntime's
-    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend.
+    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend. Every node
+    downstream of the ``logits`` output (the temperature, the Softmax, whatever turns logits into
+    ``probabilities``) stays in float, as in the fp16 file: quantised, the probabilities would sum
+    to 0.99 and be refused by ``OnnxClassifier``.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -121,11 +130,14 @@ def to_int8(
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "quantized.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        proto = onnx.load(str(prepared))
+        float_nodes = float_tail.name_tail(proto)
+        onnx.save_model(proto, str(prepared))
         quantize_static(
             str(prepared), str(quantized), _Reader(calibration.astype(np.float32), batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
+            calibrate_method=methods[method], nodes_to_exclude=float_nodes,
         )
         model = onnx.load(str(quantized))
     set_metadata(model, {
@@ -136,3 +148,4 @@ def to_int8(
         "not_validated_for": json.dumps(INT8_NOT_VALIDATED_FOR),
     })
     return save_checked(model, dst)
+

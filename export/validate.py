@@ -42,7 +42,7 @@ import torch
 
 from aperture_zoo.calibration import check_temperature, softmax
 from aperture_zoo.files import atomic_write_text
-from aperture_zoo.model import ResNet
+from aperture_zoo.model import ResNet, evaluating, on_device
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
@@ -132,6 +132,8 @@ class ValidationReport:
     reference_device: str = "cpu"
     test_images_total: int | None = None  # size of the test split the sample was drawn from
     renamed_from: str | None = None       # set when a failed file was moved aside (see export_model)
+    onnx_sha256: str | None = None        # the exact file judged (readers check it: provenance.check_report)
+    weights_sha256: str | None = None     # the weights of the PyTorch reference
 
     @property
     def passed(self) -> bool:
@@ -144,6 +146,7 @@ class ValidationReport:
             "tolerance": asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
             "comparisons": [{**asdict(c), "top1_drop": c.top1_drop} for c in self.comparisons],
             "test_images_total": self.test_images_total,
+            "onnx_sha256": self.onnx_sha256, "weights_sha256": self.weights_sha256,
             "standard_errors": "binomial, in percentage points (Agresti-Coull); top1_drop_se is paired",
         }
         if self.renamed_from is not None:
@@ -276,6 +279,7 @@ def validate(
     reference_cache: dict[Any, np.ndarray] | None = None,
     test_split: Any = None,
     cuda_options: dict[str, str] | None = None,
+    weights_sha256: str | None = None,
 ) -> ValidationReport:
     """Compare ``onnx_path`` with ``model`` (fp32 PyTorch) and judge it by the precision's tolerance.
 
@@ -285,10 +289,18 @@ def validate(
     counts twice). ``reference_cache``, shared between calls for one model, computes the PyTorch
     logits of the test images once for all the files exported from it. ``test_split`` (a
     ``data.Split``: a folder's or CIFAR-100's test images) is used instead of CIFAR-10's.
+    ``weights_sha256``: of the file ``model`` was loaded from (default: of its state dict); a file
+    exported from other weights fails, and the report records both hashes (``provenance``).
     """
+    from aperture_zoo.files import file_sha256
+
+    from .onnx_export import state_dict_sha256
+
     if test_split is not None:
         data_dir = data_dir if data_dir is not None else "dataset"
-    meta = decode_metadata(read_metadata(onnx_path))
+    judged = file_sha256(onnx_path)
+    raw = read_metadata(onnx_path)
+    meta = decode_metadata(raw)
     precision = meta.get("precision", "fp32")
     session = create_session(onnx_path, provider, cuda_options=cuda_options)
     device = session_device(session)
@@ -302,13 +314,31 @@ def validate(
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
     temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
-    pair = _Pair(session, _NormaliseThenNetwork(model, tta=tta).eval().to(ref_device), ref_device,
-                 _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
+        onnx_sha256=judged, weights_sha256=weights_sha256 or state_dict_sha256(model),
     )
-    label = f"{precision}/{device}"
+    recorded = raw.get("weights_sha256")
+    knowable = weights_sha256 is not None or raw.get("weights_sha256_of") == "state_dict"
+    if recorded is not None and knowable and recorded != report.weights_sha256:  # no file vouches for another's
+        report.failures.append(f"{Path(onnx_path).name} was exported from other weights (SHA-256 {recorded[:12]}...) "
+                               f"than the model it is compared with ({report.weights_sha256[:12]}...)")
+    with evaluating(model):  # the caller's model keeps its mode (and its device: on_device copies)
+        _validate_pair(
+            _Pair(session, _NormaliseThenNetwork(on_device(model, ref_device), tta=tta).eval(), ref_device,
+                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature),
+            report, model, tol, f"{precision}/{device}", batch_sizes, seed, data_dir, max_images, progress,
+            reference_cache, test_split)
+    if file_sha256(onnx_path) != judged:
+        report.failures.append(f"{Path(onnx_path).name} changed while it was validated (another writer?); export it again")
+    return report
+
+
+def _validate_pair(pair: _Pair, report: ValidationReport, model: ResNet, tol: Any, label: str,
+                   batch_sizes: Sequence[int], seed: int, data_dir: Any, max_images: int | None,
+                   progress: ProgressFn | None, reference_cache: dict[Any, np.ndarray] | None,
+                   test_split: Any) -> ValidationReport:
     pooled = _compare_random(pair, report, label, [pair.fixed] if pair.fixed else list(batch_sizes),
                              model.spec.input_size, seed)
     if pooled is not None:

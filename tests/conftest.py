@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import profiles  # noqa: F401 - registers and loads the hypothesis profile (ci unless HYPOTHESIS_PROFILE)
 from cifar_synth import write_cifar10
 
 

@@ -15,14 +15,14 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
             "aperture_zoo.export": ROOT / "export"}
 # Lower layers never import higher ones.
 LAYERS = [
-    {"registry", "errors", "files", "_lazy", "_version", "progress"},
+    {"registry", "errors", "files", "filesets", "_lazy", "_version", "progress", "terminal"},
     {"model", "weights", "images", "data", "hub", "device", "calibration", "corruptions", "labels", "folder",
      "folderscan", "manifest", "datareport",
-     "datasets"},
-    {"catalog", "pretrained", "transforms", "summary", "predict"},
-    {"cards", "publish", "samples"},
+     "datasets", "provenance"},
+    {"catalog", "sources", "pretrained", "transforms", "summary", "predict"},
+    {"card_facts", "card_text", "cards", "publish", "samples"},
     {"train", "export"},
-    {"demo", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
+    {"demo", "demo_server", "browser", "cli", "__main__", "__root__"},  # the package root re-exports from every layer
 ]
 # The two layer-4 packages: neither may import the other (the CLI and the demo join them).
 INDEPENDENT = ("aperture_zoo.train", "aperture_zoo.export")

@@ -107,14 +107,23 @@ def test_a_temperature_must_be_finite_and_positive(bad: object) -> None:
         check_temperature(bad)
 
 
-def test_predict_proba_is_softmax_of_logits_over_t_and_needs_a_temperature() -> None:
+def test_predict_proba_is_softmax_of_logits_over_t_and_says_once_when_uncalibrated() -> None:
+    """Weights without a temperature: the plain softmax (T = 1), like `aperture predict`, said once per model."""
+    import warnings
+
     import aperture_zoo
+    from aperture_zoo.predict import UncalibratedWarning
 
     torch.manual_seed(0)
     model = create_model("resnet10", **SMALL).eval()
     x = torch.randn(3, 3, 32, 32)
-    with pytest.raises(TemperatureError, match="temperature=1.0"):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        first = aperture_zoo.predict_proba(model, x)
         aperture_zoo.predict_proba(model, x)
+    assert [type(w.message) for w in said] == [UncalibratedWarning] and "T = 1" in str(said[0].message)
+    with torch.no_grad():
+        torch.testing.assert_close(first, model(x).softmax(-1))
     model.temperature = 0.5
     with torch.no_grad():
         want = (model(x) / 0.5).softmax(-1)

@@ -154,7 +154,13 @@ def test_card_shows_the_runtime_matrix_beside_it(tmp_path):
          "max_abs_diff": None, "passed": None, "declared_valid": False, "note": "fails to load or run: bufidx"},
         {**cell, "runtime": "ort-cuda", "version": None, "agreement": None, "max_abs_diff": None, "passed": None},
     ]}
-    (tmp_path / "runtimes.json").write_text(json.dumps(matrix))
+    weights = random_weights(tmp_path / "model.safetensors", "resnet10", test_top1=12.5)
+    (tmp_path / "runtimes.json").write_text(json.dumps({**matrix, "weights_sha256": "0" * 64}))
+    from aperture_zoo.provenance import StaleFileError
+
+    with pytest.raises(StaleFileError, match="runtimes.json' measured files of other weights"):  # not these weights' files
+        write_card("resnet10", tmp_path)
+    (tmp_path / "runtimes.json").write_text(json.dumps({**matrix, "weights_sha256": file_sha256(weights)}))
     write_card("resnet10", tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert "## Runtimes" in readme and "2,000 CIFAR-10 test images (stratified) at batch 100" in readme

@@ -37,6 +37,13 @@ def test_list_table_fits_80_columns_without_truncating_numbers() -> None:
         assert line.count(params) == 2, line  # built and Table 1, side by side
 
 
+def test_list_says_what_the_published_figures_were_measured_on() -> None:
+    """Regression: the table said flip TTA and ECE came from "the stratified sample"; all 10,000 images were used."""
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    text = " ".join(result.stdout.split())
+    assert "each on all 10,000 CIFAR-10 test images" in text and "stratified" not in text
+
+
 def test_info_reports_measured_flops() -> None:
     result = runner.invoke(app, ["info", "resnet22", "--json"])
     assert result.exit_code == 0, result.output

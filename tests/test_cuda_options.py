@@ -16,6 +16,7 @@ from aperture_zoo.export.onnx_export import INPUT_NAME, to_onnx
 from aperture_zoo.export.predict import OnnxClassifier
 from aperture_zoo.export.runtime import CUDA_OPTIONS, create_session, cuda_options_note, parse_cuda_options
 from aperture_zoo.model import create_model
+from profiles import examples
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_bad_options_are_one_line_errors(text: str, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=60))
 def test_any_text_parses_or_is_refused_clearly(text: str) -> None:
     try:

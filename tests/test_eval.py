@@ -81,7 +81,7 @@ def test_cli_eval_writes_eval_json_and_confusion_png(weights: Path, synthetic_ci
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "exactly one of --weights PATH or --pretrained"),
+        ([], "exactly one of --weights SRC"),
         (["--pretrained", "--weights", "x.safetensors"], "exactly one of"),
         (["--weights", "missing.safetensors"], "does not exist"),
     ],

@@ -71,7 +71,7 @@ def test_predict_cli_errors(exported: tuple[Path, str], tmp_path: Path) -> None:
 def test_export_needs_weights_choice(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "resnet10", "--onnx", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "--weights PATH" in result.stderr and "--random-init" in result.stderr
+    assert "--weights SRC" in result.stderr and "--random-init" in result.stderr
 
 
 def test_export_needs_data_for_int8(tmp_path: Path) -> None:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from profiles import examples
 
 from aperture_zoo.errors import ApertureError
 
-FUZZ = settings(max_examples=30, deadline=None, database=None,
+FUZZ = settings(max_examples=examples(30), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -99,7 +101,7 @@ tensor_entries = st.fixed_dictionaries({
 })
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=examples(20))
 @given(header=st.dictionaries(st.sampled_from(["conv1.weight", "fc.bias", "__metadata__", "x"]),
                               tensor_entries | json_values, max_size=4),
        payload=st.binary(max_size=64), raw=st.none() | st.binary(max_size=64))
@@ -113,7 +115,7 @@ def test_safetensors_headers_raise_only_weights_errors(tmp_path: Path, header: d
         load_weights("resnet10", path)
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=examples(10))
 @given(meta=st.dictionaries(st.sampled_from(["spec", "arch", "format", "label_names", "x"]),
                             json_values.map(json.dumps) | st.text(max_size=12), max_size=4))
 def test_weights_metadata_raises_only_weights_errors(tmp_path: Path, meta: dict) -> None:
@@ -158,6 +160,8 @@ arrays = st.one_of(
 @given(batch=st.dictionaries(st.sampled_from([b"data", b"labels", b"batch_label", "data", "labels"]),
                              arrays | st.lists(st.integers(-20, 20), max_size=4), max_size=4),
        raw=st.none() | st.binary(max_size=80))
+@example(batch={b"data": [[1, 2], [3]], b"labels": [0, 1]}, raw=None)  # ragged rows: numpy's ValueError, once
+@example(batch={b"data": [[0] * 3072], b"labels": [[0], [1, 2]]}, raw=None)  # ragged labels
 def test_cifar_batches_raise_only_data_errors(tmp_path: Path, batch: dict, raw: bytes | None) -> None:
     from aperture_zoo.data import DataError, load_split
 
@@ -170,6 +174,23 @@ def test_cifar_batches_raise_only_data_errors(tmp_path: Path, batch: dict, raw: 
         return
     assert split.images.dtype == np.uint8 and split.labels.min(initial=0) >= 0
     assert len(split.images) == len(split.labels) and split.labels.max(initial=0) < 10
+
+
+@FUZZ
+@given(batch=st.dictionaries(st.sampled_from(["data", "fine_labels", "coarse_labels"]),
+                             arrays | st.lists(st.integers(-300, 300) | st.floats(-1, 300), max_size=4), max_size=3))
+@example(batch={"data": [[300] * 3072], "fine_labels": [0]})  # past 255: numpy's OverflowError
+@example(batch={"data": [[1.7] * 3072], "fine_labels": [0]})  # floats were truncated to pixels, silently
+def test_cifar100_batches_raise_only_dataset_errors(tmp_path: Path, batch: dict) -> None:
+    from aperture_zoo.datasets import DatasetError, read_cifar100
+
+    (tmp_path / "train").write_bytes(pickle.dumps(batch, protocol=2))
+    try:
+        split = read_cifar100(tmp_path, "train")
+    except DatasetError:
+        return
+    assert split.images.dtype == np.uint8 and len(split.images) == len(split.labels) > 0
+    assert 0 <= split.labels.min() and split.labels.max() < 100
 
 
 # ------------------------------------------------------------------ a run's JSON (resume)
@@ -208,7 +229,7 @@ def onnx_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
                    exporter="legacy").read_bytes()
 
 
-@settings(max_examples=15, deadline=None, database=None,
+@settings(max_examples=examples(15), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(meta=st.dictionaries(st.sampled_from(["label_names", "normalize_in_graph", "mean", "std", "arch"]),
                             json_values.map(json.dumps) | st.text(max_size=10), max_size=4),
@@ -244,13 +265,49 @@ def test_onnx_metadata_raises_only_onnx_errors(tmp_path: Path, onnx_bytes: bytes
     optional={"model_args": st.dictionaries(
         st.sampled_from(["blocks", "channels", "conv_kernel", "pool_kernel", "num_classes", "input_size",
                          "mean", "std", "name", "bogus"]),
-        json_values | st.lists(st.integers(-3, 10**6), max_size=5), max_size=4)}))
+        json_values | st.lists(st.integers(-3, 10**6), max_size=5), max_size=4),
+        "label_names": json_values | st.lists(st.text(max_size=6), min_size=10, max_size=10),
+        "pretrained_cfg": st.dictionaries(st.sampled_from(["mean", "std"]), json_values | st.lists(
+            st.floats(-2, 2) | st.integers(-1, 2), min_size=3, max_size=3), max_size=2)}))
 def test_hub_config_json_raises_only_aperture_errors(tmp_path: Path, config: object) -> None:
     from aperture_zoo.pretrained import load
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     try:
-        model = load(f"local-dir:{tmp_path}")
+        model = load(f"local-dir:{tmp_path}")  # the architecture, class names and mean/std it describes
     except ApertureError:
         return
+    spec = model.spec
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert len(spec.label_names) == spec.num_classes and all(isinstance(n, str) for n in spec.label_names)
+    assert len(spec.mean) == len(spec.std) == spec.input_size[0] and min(spec.std) > 0
+
+
+# ------------------------------------------------------------------ model arguments and Hub revisions
+
+revisions = st.text(max_size=40) | st.lists(st.sampled_from(["..", ".", "", "main", "v1.0", "a.lock", "-x", "refs", "pr"]),
+                                            max_size=5).map("/".join)
+
+
+@FUZZ
+@given(ref=st.text(max_size=60) | st.builds(lambda repo, rev: f"hf-hub:{repo}@{rev}",
+                                            st.sampled_from(["zoo/r", "a/b", "x", "../y/z"]), revisions))
+@example(ref="hf-hub:zoo/r@../../../escaped")  # wrote a file outside the Hub cache
+@example(ref="~0")  # pathlib's expanduser raised a bare RuntimeError for an unknown user (`--dataset ~nouser/x` too)
+def test_model_arguments_and_revisions_never_lead_outside_the_cache(ref: str) -> None:
+    import os
+
+    from aperture_zoo.hub import parse_hf_hub
+    from aperture_zoo.sources import source_kind
+
+    kind = source_kind(ref)
+    assert kind in ("hub", "dir", "path", "name")
+    if kind != "hub":
+        return
+    try:
+        _, revision = parse_hf_hub(ref)
+    except ApertureError:
+        return
+    if revision is not None:  # the client writes refs/<revision> under the repo's cache folder
+        refs = "/cache/models--zoo--r/refs"
+        assert os.path.normpath(os.path.join(refs, revision)).startswith(refs + "/")

@@ -323,14 +323,15 @@ def test_demo_replies_to_every_malformed_path(capfd: pytest.CaptureFixture[str])
         for path, status in [(b"/%00", b"400"), (b"/models/%00x", b"400"), (b"/\x00", b"400"),
                              (b"/index.html/x", b"404"), (b"/models/..%2f..%2fetc/passwd", b"404"),
                              (b"/" + b"a" * 5000, b"404"), (b"/index.html", b"200")]:
-            assert status in _reply(port, b"GET " + path + b" HTTP/1.1\r\n\r\n"), path
+            assert status in _reply(port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), path
         for _ in range(3):  # clients that go away mid-download
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /big.bin HTTP/1.1\r\n\r\n")
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
             s.recv(10)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
-        assert b"200" in _reply(port, b"GET / HTTP/1.1\r\n\r\n")
+        assert b"200" in _reply(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert b"421" in _reply(port, b"GET / HTTP/1.1\r\n\r\n")  # no Host: not a request to this machine
     assert "Traceback" not in capfd.readouterr().err
 
 

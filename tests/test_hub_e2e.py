@@ -55,6 +55,8 @@ def test_push_creates_repo_in_one_commit_with_timm_layout(hub_server, pushed, we
     meta = json.loads(read_metadata(weights)["test_top1"])
     assert config["trained"] is True and config["metrics"]["top1"] == meta  # the weights' own record
     assert head.files["README.md"].startswith(b"---\n")
+    assert head.files["LICENSE"] == (Path(__file__).resolve().parent.parent / "LICENSE").read_bytes()  # the MIT text
+    assert not any(name.startswith(".aperture") for name in head.files)  # the writer's lock and stage stay home
 
 
 PULL = """
@@ -245,10 +247,18 @@ def test_private_repo_on_a_branch(hub_env, weights):
         download("alice/private10", "config.json", "v1", token=False)
 
 
-def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
+def test_with_onnx_uploads_the_exported_file_only_if_it_is_of_these_weights(hub_env, weights, tmp_path):
+    """Regression: --with-onnx uploaded a model.onnx exported from other weights, its card saying validation passed."""
     import shutil
 
+    from typer.testing import CliRunner
+
+    from aperture_zoo import load
+    from aperture_zoo.cli import app
+    from aperture_zoo.export.pipeline import export_model
+    from aperture_zoo.files import file_sha256
     from aperture_zoo.hub import HubError
+    from aperture_zoo.provenance import StaleFileError
     from aperture_zoo.publish import push
 
     run = tmp_path / "run"
@@ -256,16 +266,28 @@ def test_with_onnx_uploads_the_exported_file(hub_env, weights, tmp_path):
     shutil.copyfile(weights, run / "model.safetensors")
     with pytest.raises(HubError, match="no exported ONNX model for resnet10"):
         push("resnet10", "zoo/onnx10", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
-    (run / "model.onnx").write_bytes(b"onnx-bytes")
-    (run / "model.report.json").write_text(json.dumps({
-        "precision": "fp32", "provider": "CPUExecutionProvider", "passed": True,
-        "comparisons": [{"inputs": "random", "num_images": 72, "max_abs_diff": 3e-6, "agreement": 100.0}],
-    }))
+    model = load("resnet10", weights=weights)
+    export_model(model, run, stem="model", weights_sha256=file_sha256(weights), exporter="legacy", provider="cpu")
     push("resnet10", "zoo/onnx10", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
     files = hub_env.repos["zoo/onnx10"].resolve("main").files
-    assert files["model.onnx"] == b"onnx-bytes"
+    assert files["model.onnx"] == (run / "model.onnx").read_bytes()
     readme = files["README.md"].decode()
-    assert "- onnx" in readme and "## ONNX parity" in readme and "3e-06" in readme
+    assert "- onnx" in readme and "## ONNX parity" in readme and "validation passed" in readme
+    assert file_sha256(run / "model.onnx") in readme  # the card names the exact file its figures are about
+
+    other = tmp_path / "other"  # the same file name, exported from other weights
+    random_weights(other / "model.safetensors", "resnet10", init_seed=1)
+    export_model(load("resnet10", weights=other / "model.safetensors"), other, stem="model", exporter="legacy",
+                 weights_sha256=file_sha256(other / "model.safetensors"), run_validation=False)
+    shutil.copyfile(other / "model.onnx", run / "model.onnx")
+    before = len(hub_env.repos["zoo/onnx10"].history())
+    with pytest.raises(StaleFileError, match=r"model\.onnx' was exported from other weights.*export it again"):
+        push("resnet10", "zoo/onnx10", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
+    result = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/onnx10", "--weights",
+                                      str(run / "model.safetensors"), "--token", "tok-alice", "--with-onnx"])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "model.onnx" in result.output and "aperture export resnet10 --onnx" in result.output
+    assert len(hub_env.repos["zoo/onnx10"].history()) == before  # nothing uploaded
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from profiles import examples
 from typer.testing import CliRunner
 
 from aperture_zoo.cli import app
@@ -169,7 +171,7 @@ def test_parallel_decode_matches_inline(tmp_path: Path, test_images, monkeypatch
     assert np.array_equal(inline, parallel) and reasons == [None] * 24 and sum(seen) == 24
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600))
 def test_any_file_bytes_decode_or_are_skipped_with_a_reason(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "x.png"
@@ -180,7 +182,7 @@ def test_any_file_bytes_decode_or_are_skipped_with_a_reason(tmp_path_factory, da
         assert img.shape == (3, 32, 32) and img.dtype == np.uint8
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(labels=st.lists(st.integers(0, 4), min_size=1, max_size=60), fraction=st.floats(0.05, 0.95),
        seed=st.integers(0, 3))
 def test_holdout_partitions_every_class(labels: list[int], fraction: float, seed: int) -> None:
@@ -211,7 +213,7 @@ def test_cifar100_with_cifar10_files_says_so(synthetic_cifar: Path) -> None:
     assert result.exit_code == 2 and "not CIFAR-100" in result.output and "Traceback" not in result.output
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=300))
 def test_cifar100_parser_rejects_any_bytes_cleanly(tmp_path_factory, data: bytes) -> None:
     folder = tmp_path_factory.mktemp("c100")
@@ -242,7 +244,8 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
     model = load("resnet10", weights=run / "model.safetensors")  # no num_classes: the file says 3
     assert model.spec.label_names == tuple(sorted(NAMES)) and model.spec.mean == CIFAR10_MEAN
 
-    result = runner.invoke(app, ["eval", "resnet10", "--weights", str(run / "model.safetensors"), "--device", "cpu"])
+    result = runner.invoke(app, ["eval", "resnet10", "--weights", str(run / "model.safetensors"), "--dataset", str(root),
+                                 "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "on 6 test images" in result.output and "[bold]dog" in result.output and "schiff ü" in result.output
     report = json.loads((run / "eval.json").read_text())
@@ -250,6 +253,7 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
 
     out = tmp_path / "onnx"
     result = runner.invoke(app, ["export", "resnet10", "--weights", str(run / "model.safetensors"), "--onnx",
+                                 "--dataset", str(root),
                                  "--exporter", "legacy", "--opset", "17", "--max-val-images", "6", "-o", str(out),
                                  "--json"])
     assert result.exit_code == 0, result.output
@@ -269,7 +273,7 @@ def test_finetune_names_travel_to_eval_export_predict_demo_and_hub(tmp_path: Pat
     f = entries[0].files[0]  # what the page says beside each result: no temperature was known (no --val-split)
     assert f.precision == "fp32" and not f.tta and f.temperature is None and f.calibrated is False
     assert not OnnxClassifier(out / "resnet10.onnx").calibrated
-    assert (tmp_path / "web-models" / "resnet10-2.onnx").is_file()
+    assert (tmp_path / "web-models" / entries[0].file).is_file() and entries[0].file.startswith("own/")
 
     # `aperture push` of the folder run: the Hub repo's config and card carry its 3 classes, its weights unchanged
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)

@@ -127,7 +127,7 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
     before = file_sha256(weights)
     assert "temperature" not in decode_metadata(read_metadata(weights))
     out = tmp_path / "calibrated.safetensors"
-    result = _run("eval", "resnet10", "--weights", weights, "--device", "cpu", "--write-temperature", out)
+    result = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu", "--write-temperature", out)
     assert result.exit_code == 0, result.output
     meta = decode_metadata(read_metadata(out))
     report = json.loads((run / "eval.json").read_text())
@@ -138,12 +138,12 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
 
     assert load("resnet10", weights=out).temperature == pytest.approx(meta["temperature"])
     written = file_sha256(out)
-    again = _run("eval", "resnet10", "--weights", weights, "--device", "cpu", "--write-temperature", out)
+    again = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu", "--write-temperature", out)
     assert again.exit_code == 2 and "already exists" in again.output
     assert file_sha256(out) == written  # never overwritten
     # the folder changed since: its test images would be drawn anew, so eval refuses to score them
     write_folder(root, 1, classes=1, seed=3, start=900)
-    changed = _run("eval", "resnet10", "--weights", weights, "--device", "cpu")
+    changed = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu")
     assert changed.exit_code == 2 and "changed since these weights were trained on it" in changed.output
 
 

@@ -34,6 +34,9 @@ def test_wheel_maps_subpackages(wheel: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"aperture_zoo", next(t for t in tops if t.endswith(".dist-info"))}, tops
     assert not any(n.startswith(("train/", "export/", "tests/")) for n in names)
+    licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))  # pyproject license-files
+    assert zipfile.ZipFile(wheel).read(licence) == (ROOT / "LICENSE").read_bytes()
+    assert b"MIT License" in (ROOT / "LICENSE").read_bytes()
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "aperture = aperture_zoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aperture_zoo.datasets import dataset_for_weights, load_dataset
+from aperture_zoo.datasets import DatasetNotGivenError, dataset_for_weights, load_dataset
 from aperture_zoo.folder import load_folder
 from aperture_zoo.weights import decode_metadata, read_metadata
 
@@ -112,7 +112,9 @@ def test_eval_scores_the_images_the_runs_seed_held_out(tmp_path: Path) -> None:
     weights = random_weights(tmp_path / "run" / "model.safetensors", "resnet10",
                              dataset=run.name, data=run.record)
     meta = decode_metadata(read_metadata(weights))  # what `aperture eval --weights` reads
-    used = dataset_for_weights(None, None, False, meta)
+    with pytest.raises(DatasetNotGivenError):  # a folder named in a weights file is never read
+        dataset_for_weights(None, None, False, meta)
+    used = dataset_for_weights(str(root), None, False, meta)  # the user passes it; the split comes from the weights
     assert used is not None
     assert _ids(used.test.images) == _ids(run.test.images)
     assert not _ids(used.test.images) & _ids(run.train.images)  # never an image the run trained on

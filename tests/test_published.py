@@ -13,8 +13,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import aperture_zoo
+from aperture_zoo.cli import app
 from aperture_zoo.pretrained import MODEL_CARDS_DIR
 from aperture_zoo.catalog import get_weights, list_pretrained
 from aperture_zoo.registry import get_spec, list_models
@@ -53,6 +55,7 @@ def test_published_file_matches_its_record_and_card(tag: str) -> None:
     assert record.temperature == round(ev["temperature"], 4) and 0.3 < record.temperature < 3
     assert "cross-fitted" in ev["temperature_fitted_on"]
     assert record.top1_tta == round(ev["top1_by_tta"]["flip"], 2)
+    assert record.measured_images == ev["num_images"] == ev["calibration_num_images"]  # what `aperture list` says
     assert record.ece == round(100 * ev["ece"], 2) and record.ece_calibrated == round(100 * ev["ece_calibrated"], 2)
     assert record.corruption_top1 == round(ev["corruptions"]["mean"], 2)
     assert config["metrics"]["calibration"]["temperature"] == ev["temperature"]
@@ -96,6 +99,19 @@ def test_the_main_job_classifies_the_bundled_images() -> None:
     assert result.published and len(result.predictions) == 30
     assert result.accuracy >= 80.0  # a 93.8 % model; 24 of 30 is far below what it does
     assert all(0.0 < p <= 1.0 for _, _, p in result.predictions)
+
+
+def test_samples_show_the_calibrated_probability_predict_gives() -> None:
+    """Regression: `aperture samples` printed the raw softmax while `predict` printed calibrated probabilities."""
+    from aperture_zoo.predict import classify
+
+    (result,) = classify_samples(["resnet10"])
+    assert result.temperature == get_weights("resnet10").temperature
+    rows, _ = classify(aperture_zoo.load("resnet10", pretrained=True), [p for p, _ in sample_images()[:4]], top_k=1)
+    assert [(r["top"][0]["label"], r["top"][0]["probability"]) for r in rows] == [
+        (label, pytest.approx(prob, abs=1e-6)) for _, label, prob in result.predictions[:4]]
+    shown = CliRunner().invoke(app, ["samples", "resnet10", "--show", "resnet10"])
+    assert shown.exit_code == 0 and "calibrated probability, temperature 0.664" in " ".join(shown.stdout.split())
 
 
 def test_preprocess_is_the_onnx_rule_then_the_models_normalisation(tmp_path) -> None:

@@ -428,13 +428,16 @@ def test_int8_is_the_default_only_where_it_agrees_with_fp32(tmp_path: Path) -> N
     assert demo.default_precision(files(None)) == "fp32"   # not validated on images: no figure, no default
     assert demo.default_precision([DemoFile("fp32", "m.onnx", 1)]) == "fp32"
     report = tmp_path / "m.int8.report.json"
-    report.write_text(json.dumps({"comparisons": [
+    made = {"onnx_sha256": "0" * 64, "weights_sha256": "1" * 64}  # the file it judged is not here: the weights decide
+    report.write_text(json.dumps({**made, "comparisons": [
         {"inputs": "random, all", "agreement": 100.0, "num_images": 72},
         {"inputs": "CIFAR-10 test", "agreement": 99.7, "num_images": 1000}]}))
-    assert demo.validation_agreement(report) == (99.7, 1000)
-    report.write_text(json.dumps({"comparisons": [{"inputs": "random, all", "agreement": 100.0, "num_images": 72}]}))
-    assert demo.validation_agreement(report) is None  # random inputs are not the validation images
-    assert demo.validation_agreement(tmp_path / "missing.json") is None
+    assert demo.validation_agreement(report, tmp_path / "m.int8.onnx", "1" * 64) == (99.7, 1000)
+    assert demo.validation_agreement(report, tmp_path / "m.int8.onnx", "2" * 64) is None  # other weights' report
+    report.write_text(json.dumps({**made, "comparisons": [{"inputs": "random, all", "agreement": 100.0,
+                                                           "num_images": 72}]}))
+    assert demo.validation_agreement(report, tmp_path / "m.int8.onnx", "1" * 64) is None  # random inputs only
+    assert demo.validation_agreement(tmp_path / "missing.json", tmp_path / "m.int8.onnx", "1" * 64) is None
 
 
 # ---------------------------------------------------------------- the server and its preparation

@@ -9,6 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from profiles import examples
+
 import aperture_zoo
 from aperture_zoo import WeightsError, create_model, load, load_weights, read_metadata, save_weights
 from aperture_zoo.files import file_sha256
@@ -106,7 +108,8 @@ def test_garbage_file(tmp_path: Path, data: bytes) -> None:
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="is a directory"):
+    """A folder is a source like local-dir:DIR: without a weights file in it, the error says where it looked."""
+    with pytest.raises(WeightsError, match="holds no weights for resnet22: expected .*model.safetensors"):
         load("resnet22", weights=tmp_path)
 
 
@@ -183,7 +186,7 @@ def test_weights_files_follow_the_umask_like_every_other_output(tmp_path) -> Non
         os.umask(mask)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(data=st.binary(max_size=400), cut=st.integers(min_value=0, max_value=4000))
 def test_any_bytes_load_or_fail_with_one_clear_line(data: bytes, cut: int) -> None:
     """The one reader of weights bytes: garbage, or a real file cut short, is a WeightsError, never a crash."""

@@ -54,9 +54,9 @@ def _progress_bar(say: Callable[[str], None] | None) -> Callable[[int, int], Non
     """A rich bar on stderr while a folder decodes (only where messages are shown, on a terminal)."""
     if say is None:
         return None
-    from rich.console import Console
+    from aperture_zoo.terminal import console as gated_console
 
-    console = Console(stderr=True)
+    console = gated_console(stderr=True)
     if not console.is_terminal:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

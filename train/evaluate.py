@@ -21,6 +21,7 @@ from aperture_zoo.errors import ApertureError
 
 from .augment import normalise
 from aperture_zoo.device import autocast_dtype, device_name
+from aperture_zoo.model import evaluating, on_device
 
 
 class EvalError(ApertureError, ValueError):
@@ -87,8 +88,15 @@ def evaluate_sums(
     collects each batch's (plain, mirrored or None) float32 CPU logits, for calibration figures;
     ``mirror`` collects the mirrored logits there without ``tta`` making them count in the sums.
     """
-    was_training = model.training
-    model.eval()
+    with evaluating(model):  # the caller's mode (a run in training, a frozen BatchNorm) is given back
+        return _sums(model, images, labels, mean, std, num_classes, batch_size, autocast_dtype, channels_last, tta,
+                     on_batch, logits_out, mirror)
+
+
+def _sums(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor, num_classes: int,
+          batch_size: int, autocast_dtype: torch.dtype | None, channels_last: bool, tta: bool,
+          on_batch: Callable[[int], None] | None, logits_out: list[tuple[Tensor, Tensor | None]] | None,
+          mirror: bool) -> Tensor:
     dev = images.device
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     confusion = torch.zeros(num_classes * num_classes, device=dev, dtype=torch.float64)
@@ -109,7 +117,6 @@ def evaluate_sums(
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
         if on_batch is not None:
             on_batch(int(y.shape[0]))
-    model.train(was_training)
     count = torch.tensor([float(images.shape[0])], device=dev, dtype=torch.float64)
     return torch.cat([loss_sum.view(1), count, confusion])
 
@@ -171,8 +178,8 @@ def evaluate(
             f"in the weights, {split.classes[diff]!r} in the data); evaluate them on the dataset they were trained on"
         )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.to(dev)
     channels_last = dev.type == "cuda"
+    model = on_device(model, dev)  # the caller's model stays on its device
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = torch.as_tensor(split.images).to(dev)

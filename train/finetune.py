@@ -40,11 +40,11 @@ def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
     """The weights ``ref`` names, checked to be weights of ``spec``'s architecture."""
     from aperture_zoo.catalog import find_weights
     from aperture_zoo.pretrained import resolve_weights
-    from aperture_zoo.files import file_sha256
+    from aperture_zoo.files import file_sha256, user_path
     from aperture_zoo.weights import WeightsError, read_metadata, spec_from_metadata
 
     text = str(ref)
-    path = Path(text).expanduser()
+    path = user_path(text)
     if not path.exists():
         if os.sep in text or text.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
             raise InitError(f"--init {text!r}: no such file; pass a model.safetensors or a published tag such as "

@@ -50,7 +50,10 @@ def plot_confusion(
     frac = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    shown = [str(c).replace("$", r"\$") for c in classes]  # users' names are text, never mathtext
+    from aperture_zoo.terminal import shown as visible
+
+    # users' names are text, never mathtext; a control character is drawn as its escape (no glyph warning)
+    shown = [visible(c).replace("$", r"\$") for c in classes]
     ax.set_xticks(range(len(classes)), shown, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), shown)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")

@@ -17,6 +17,7 @@ from typing import Any
 
 from aperture_zoo.data import default_data_dir
 from aperture_zoo.errors import ApertureError
+from aperture_zoo.files import user_path
 from aperture_zoo.registry import ModelSpec, get_spec
 
 from .checkpoint import CheckpointError, load_checkpoint
@@ -140,7 +141,7 @@ class Run:
 
 def data_root(data_dir: str | os.PathLike[str] | None) -> str:
     """The data folder as an absolute path, so a resume from another directory finds it too."""
-    return str(Path(data_dir if data_dir is not None else default_data_dir()).expanduser().resolve())
+    return str(user_path(data_dir if data_dir is not None else default_data_dir()).resolve())
 
 
 def _resumed(path: str | os.PathLike[str]) -> RunDir:

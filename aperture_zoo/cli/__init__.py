@@ -16,6 +16,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _gate() -> None:
+    # runs before every command: Python warnings reach stderr through the one gate for outside text
+    from aperture_zoo.terminal import gate_warnings
+
+    gate_warnings()
+
+
 from . import zoo  # noqa: E402,F401  (registers commands)
 from . import hub  # noqa: E402,F401
 from . import train  # noqa: E402,F401

@@ -1,13 +1,15 @@
 """Shared CLI plumbing: expected errors become one clear line and exit code 2.
 
 Text that comes from outside (file names, labels read from files, error messages quoting them)
-is printed through :func:`safe`, never interpreted: a file named ``[b]x.png`` prints as itself and
-an escape sequence in a name is shown, not sent to the terminal.
+goes through the one gate, ``aperture_zoo.terminal``: both consoles are gated (a control or bidi
+character is shown, never sent to the terminal), and outside text in a markup string goes through
+:func:`safe` (``terminal.markup``): a file named ``[b]x.png`` prints as itself.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,20 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from aperture_zoo.errors import ApertureError, os_error
+from aperture_zoo.terminal import console as gated_console
+from aperture_zoo.terminal import markup as safe
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def safe(text: object) -> str:
-    """``text`` for rich markup: brackets escaped, control characters made visible (``\\x1b``)."""
-    from rich.markup import escape
-
-    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
-    return escape(shown)
+console = gated_console()
+err_console = gated_console(stderr=True)
 
 
 def say_error(message: object, prefix: str = "[bold red]error:[/]") -> None:
@@ -89,38 +84,94 @@ def _finite(data: Any) -> Any:
     return data
 
 
+MODEL_HELP = ("Model: a name (resnet22), a published tag (resnet22.fast) or weights of your own: a model.safetensors "
+              "path, local-dir:DIR or hf-hub:ORG/NAME[@rev] (the file's own classes, mean/std and temperature).")
+WEIGHTS_HELP = "Weights for the named model: a model.safetensors path, local-dir:DIR or hf-hub:ORG/NAME[@rev]."
+
+
+def names_weights(name: str) -> bool:
+    """Whether the model argument names weights by itself (a tag or a source) rather than an architecture."""
+    from aperture_zoo.pretrained import is_source
+
+    return is_source(name) or "." in name
+
+
+def weights_choice(name: str, weights: str | None, pretrained: bool, random_init: bool | None = None) -> str | None:
+    """The one reading of a command's model arguments: the weights source to open (None: random init).
+
+    ``NAME`` is a registry name with exactly one of --weights SRC, --pretrained or --random-init, or a
+    tag / source that names its weights itself (with --pretrained at most, which it implies).
+    ``random_init`` None: the command offers no --random-init.
+    """
+    from aperture_zoo.weights import WeightsError
+
+    if names_weights(name):
+        if weights is not None or random_init:
+            raise WeightsError(f"{name!r} names its weights itself; drop {'--weights' if weights else '--random-init'} "
+                               "(or name an architecture, e.g. resnet22, with --weights SRC)")
+        return name
+    if sum([weights is not None, pretrained, bool(random_init)]) != 1:
+        raise WeightsError(
+            "say which weights to use, exactly one of --weights SRC (a model.safetensors, local-dir:DIR or "
+            "hf-hub:ORG/NAME), --pretrained (the published ones)" + (
+                " or --random-init (untrained, for benchmarks and tests)" if random_init is not None else "")
+            + "; or pass your weights as the model itself (e.g. runs/x/model.safetensors instead of the name)"
+        )
+    return None if random_init else (weights if weights is not None else name)
+
+
+def open_for_command(name: str, weights: str | None = None, pretrained: bool = False) -> Any:
+    """The weights file a command works on, read once through ``load()``'s path (a ``pretrained.Loaded``)."""
+    from aperture_zoo.pretrained import fetch_weights
+    from aperture_zoo.weights import WeightsError, spec_from_metadata
+
+    weights_choice(name, weights, pretrained)
+    if weights is None:  # the published weights of a name, or a tag / source given as the model
+        return fetch_weights(name)
+    loaded = fetch_weights(name, weights)
+    arch, spec = loaded.source.arch, spec_from_metadata(loaded.metadata)
+    if spec is not None and spec.name != arch:
+        raise WeightsError(
+            f"{str(weights)!r} holds weights for {spec.name}, not {arch}; name that model instead "
+            f"(e.g. `aperture eval {spec.name} --weights {weights}`), or pass the file alone as the model"
+        )
+    return loaded
+
+
 def model_for_command(
-    name: str, weights: Path | None = None, pretrained: bool = False, random_init: bool = False
+    name: str, weights: str | os.PathLike[str] | None = None, pretrained: bool = False,
+    random_init: bool | None = None,
 ) -> tuple[Any, Path | None, str | None]:
     """The eval-mode model a command works on, its weights file and that file's SHA-256 (None: random).
 
-    Exactly one source: a file (whose own metadata names a derived architecture, if it was trained
-    as one), the published weights, or a seeded random init (benchmarks and tests). The file is
-    read once, through the same path as ``load()``.
+    Every command that takes a model reads it here (``weights_choice``), and builds it by ``load()``'s one
+    rule (``pretrained.model_from``): the file's own architecture, head, class names, mean/std and
+    temperature, wherever it comes from.
     """
     import torch
 
     from aperture_zoo.catalog import find_weights
     from aperture_zoo.model import create_model
-    from aperture_zoo.pretrained import fetch_weights, with_record_temperature
-    from aperture_zoo.weights import WeightsError, apply_state_dict, spec_from_metadata
+    from aperture_zoo.pretrained import model_from
 
-    if sum([weights is not None, pretrained, random_init]) != 1:
-        raise WeightsError(
-            "say which weights to use: --weights PATH (a model.safetensors), --pretrained (the "
-            "published ones), or --random-init (untrained, for benchmarks and tests) — exactly one"
-        )
-    if random_init:
+    weights = None if weights is None else str(weights)
+    if weights_choice(name, weights, pretrained, random_init) is None:
         record = find_weights(name)
         torch.manual_seed(0)
         return create_model(record.arch if record else name).eval(), None, None
-    loaded = fetch_weights(name, weights)
-    arch, spec = loaded.source.arch, spec_from_metadata(loaded.metadata)
-    if weights is not None and spec is not None and spec.name != arch:
-        raise WeightsError(
-            f"{str(weights)!r} holds weights for {spec.name}, not {arch}; name that model instead "
-            f"(e.g. `aperture eval {spec.name} --weights {weights}`)"
-        )
-    model = create_model(spec if weights is not None and spec is not None else arch)
-    with_record_temperature(apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path), loaded)
-    return model.eval(), loaded.path, loaded.sha256
+    loaded = open_for_command(name, weights, pretrained)
+    return model_from(loaded), loaded.path, loaded.sha256
+
+
+def weights_file_for_command(name: str, weights: str | None) -> tuple[str, Path | None]:
+    """(architecture, local weights file) for commands that copy or describe a file (card, push).
+
+    ``--weights`` (or a source given as the name) is resolved to a file on this disk, an ``hf-hub:``
+    one through the Hub cache, its pin checked; None: the command's own default.
+    """
+    from aperture_zoo.pretrained import file_spec
+
+    if weights is None and not names_weights(name):
+        return name, None
+    loaded = open_for_command(name, weights)
+    return file_spec(loaded).name, loaded.path

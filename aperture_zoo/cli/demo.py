@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, err_console, user_errors
+from .common import console, err_console, safe, user_errors
 
 
 @app.command("demo")
@@ -25,9 +25,9 @@ def demo_cmd(
 ) -> None:
     """Serve the browser demo: onnxruntime-web runs the exported models in the page, offline."""
     with user_errors():
-        from aperture_zoo.demo import (DemoServer, add_onnx_files, check_port, check_web_runtime, default_models_dir,
-                                       prepare_models, write_manifest)
-        from aperture_zoo.demo import web_dir as find_web_dir
+        from aperture_zoo.demo import add_onnx_files, prepare_models, write_manifest
+        from aperture_zoo.demo_server import DemoServer, check_port, check_web_runtime, default_models_dir
+        from aperture_zoo.demo_server import web_dir as find_web_dir
 
         from .export import _auto_data_dir
 
@@ -40,7 +40,7 @@ def demo_cmd(
         try:
             with err_console.status("preparing models") as status:
                 entries = [] if onnx and not models else prepare_models(
-                    out, models or None, progress=lambda m: status.update(m), data_dir=data)
+                    out, models or None, progress=lambda m: status.update(safe(m)), data_dir=data)
                 if onnx:
                     entries = [e for e in entries if e.available] + add_onnx_files(out, onnx, [e.name for e in entries])
                     write_manifest(out, entries)
@@ -49,16 +49,17 @@ def demo_cmd(
             raise
     offered = [e.name for e in entries if e.available]
     missing = [e.name for e in entries if not e.available and e.reason == "no published weights"]
-    console.print(f"models: {', '.join(offered)}", highlight=False)
+    console.print(f"models: {', '.join(map(safe, offered))}", highlight=False)  # your files' names come from outside
     for e in entries:
         if e.available and e.files:
             shown = ", ".join(f"{f.precision}" + (f" ({f.agreement:.2f} % agreement with fp32)" if f.agreement is not None
                                                    and f.precision != "fp32" else "") for f in e.files)
-            console.print(f"  {e.name}: {shown}; default {e.precision}", highlight=False)
+            own = f" (your file; classes {', '.join(e.labels or [])})" if e.source_sha256 else ""
+            console.print(f"  {safe(e.name)}: {safe(shown)}; default {safe(e.precision)}{safe(own)}", highlight=False)
     if data is None:
         err_console.print("[yellow]no int8 files:[/] int8 needs CIFAR-10 to calibrate on; pass --data-dir", highlight=False)
     if missing:
-        err_console.print(f"[yellow]no published weights (not offered):[/] {', '.join(missing)}", highlight=False)
+        err_console.print(f"[yellow]no published weights (not offered):[/] {safe(', '.join(missing))}", highlight=False)
     with server:
         console.print(f"Serving the aperture_zoo demo at [bold]{server.url}[/] (Ctrl-C to stop)", highlight=False)
         try:

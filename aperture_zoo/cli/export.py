@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from . import app
-from .common import console, err_console, model_for_command, print_json, safe, say_error, user_errors
+from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, model_for_command, names_weights, print_json, safe,
+                     say_error, user_errors)
 
 _CUDA_OPTIONS_HELP = (
     "onnxruntime CUDA provider options, key=value joined by commas: cudnn_conv_algo_search (EXHAUSTIVE, "
@@ -17,7 +18,7 @@ _CUDA_OPTIONS_HELP = (
 )
 
 
-def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
+def _load_model(name: str, weights: str | None, pretrained: bool, random_init: bool) -> tuple[Any, str | None]:
     """The model to export and the SHA-256 of its weights file (None for random weights)."""
     model, _, sha256 = model_for_command(name, weights, pretrained, random_init)
     return model, sha256
@@ -26,7 +27,7 @@ def _load_model(name: str, weights: Path | None, pretrained: bool, random_init: 
 def _say(status: Any, message: str) -> None:
     """The spinner's text on a terminal; a timestamped line when piped, so logs show progress too."""
     if err_console.is_terminal:
-        status.update(message)
+        status.update(safe(message))
     else:
         import time
 
@@ -48,13 +49,23 @@ def _auto_data_dir(data_dir: Path | None) -> Path | None:
     return default_data_dir()
 
 
-def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None) -> Any:
-    """The dataset named by --dataset or recorded in the weights, unless it is plain CIFAR-10 (None)."""
-    from aperture_zoo.datasets import dataset_for_weights
+def _own_dataset(model: Any, dataset: str | None, data_dir: Path | None, needed: bool = True) -> Any:
+    """The dataset named by --dataset or the built-in one the weights name, unless it is plain CIFAR-10 (None).
+
+    Weights trained on a folder without --dataset: ``False`` when the data is not ``needed`` (random
+    inputs only, said), else the one-line refusal (a folder named in weights metadata is never read).
+    """
+    from aperture_zoo.datasets import DatasetNotGivenError, dataset_for_weights
     from aperture_zoo.weights import decode_metadata
 
-    return dataset_for_weights(dataset, data_dir, False, decode_metadata(getattr(model, "weights_metadata", {})),
-                               say=lambda m: err_console.print(m, highlight=False, markup=False))
+    try:
+        return dataset_for_weights(dataset, data_dir, False, decode_metadata(getattr(model, "weights_metadata", {})),
+                                   say=lambda m: err_console.print(safe(m), highlight=False))
+    except DatasetNotGivenError as exc:
+        if needed:
+            raise
+        err_console.print(f"[yellow]validating on random inputs only:[/] {safe(exc)}", highlight=False, soft_wrap=True)
+        return False
 
 
 def _parse_batch(batch: str) -> int | None:
@@ -105,9 +116,9 @@ def _report_table(report: Any) -> Any:
 
 @app.command("export")
 def export_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    name: str = typer.Argument(..., help=MODEL_HELP),
     onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format supported)."),
-    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to export."),
+    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <name>.onnx and its report."),
@@ -138,6 +149,8 @@ def export_cmd(
 
     A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
     """
+    from aperture_zoo.registry import CIFAR10_CLASSES
+
     with user_errors():
         from aperture_zoo.export.errors import ExportError
         from aperture_zoo.export.pipeline import export_model, parse_max_val_images
@@ -153,8 +166,9 @@ def export_cmd(
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         val_images = parse_max_val_images(max_val_images)
         model, sha = _load_model(name, weights, pretrained, random_init)
-        own = _own_dataset(model, dataset, data_dir)
+        own = _own_dataset(model, dataset, data_dir, needed=int8)  # int8 calibrates on the training images
         data = _auto_data_dir(data_dir) if own is None else None
+        own = own or None
         with ConsoleProgress(err_console) as progress:
             result = export_model(
                 model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
@@ -186,7 +200,7 @@ def export_cmd(
                               "file; do not use it", highlight=False, soft_wrap=True)
         if not validate:
             err_console.print("[yellow]validation skipped (--no-validate)[/]")
-        elif data is None and own is None:
+        elif data is None and own is None and model.spec.label_names == CIFAR10_CLASSES:
             err_console.print("[yellow]no CIFAR-10 found: validated on random inputs only (pass --data-dir)[/]")
     if not result.passed:
         raise typer.Exit(code=1)
@@ -195,7 +209,9 @@ def export_cmd(
 @app.command("predict")
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files (any size and mode; resized to 32x32)."),
-    model: str = typer.Option("resnet22", "--model", "-m", help="Published model or tag (PyTorch path), e.g. resnet10."),
+    model: str = typer.Option("resnet22", "--model", "-m", help=MODEL_HELP + " PyTorch path; default: the "
+                              "published resnet22."),
+    weights: str | None = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP + " PyTorch path."),
     onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
                                      "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
     tta: str | None = typer.Option(None, "--tta", help="flip: average with the mirrored image (PyTorch path); "
@@ -211,6 +227,11 @@ def predict_cmd(
     """
     with user_errors():
         if onnx is not None:
+            if weights is not None or model != "resnet22":
+                from aperture_zoo.export.errors import ExportError
+
+                raise ExportError("--onnx FILE is the model (its own weights, classes and calibration); drop --model "
+                                  "and --weights, or drop --onnx for the PyTorch path")
             rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider)
         elif provider != "auto":
             from aperture_zoo.export.errors import ExportError
@@ -218,12 +239,13 @@ def predict_cmd(
             raise ExportError(f"--provider {provider} applies to --onnx files; the PyTorch path (no --onnx) runs on "
                               "the CPU: drop --provider, or pass --onnx FILE")
         else:
-            rows, failures, what = _predict_torch(images, model, tta, top_k)
+            rows, failures, what = _predict_torch(images, model, weights, tta, top_k)
+    from aperture_zoo.images import notice_summary
+
     err_console.print(safe(what), highlight=False, soft_wrap=True)
-    for row in rows:
-        for notice in row["notices"]:
-            err_console.print(f"[yellow]notice:[/] {safe(row['image'])}: {safe(notice)}", highlight=False,
-                              soft_wrap=True)
+    summary = notice_summary([row["notices"] for row in rows])  # once per run; --json keeps them per image
+    if summary is not None:
+        err_console.print(f"[yellow]notice:[/] {safe(summary)}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(rows + [{"image": path, "error": str(exc)} for path, exc in failures])
     else:
@@ -257,24 +279,27 @@ def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int,
     return rows, failures, f"{onnx.name}: {notice}"
 
 
-def _predict_torch(images: list[Path], name: str, tta: str | None, top_k: int) -> tuple[list[dict], list, str]:
+def _predict_torch(images: list[Path], name: str, weights: str | None, tta: str | None,
+                   top_k: int) -> tuple[list[dict], list, str]:
+    import warnings
+
     from aperture_zoo.catalog import find_weights
-    from aperture_zoo.predict import check_tta, classify
-    from aperture_zoo.pretrained import load
+    from aperture_zoo.predict import check_tta, classify, describe_probabilities
 
     flip = check_tta(tta)
-    model = load(name, pretrained=True)
-    rows, failures = classify(model, images, top_k=top_k, tta=flip)
-    record = find_weights(name)
-    tag = record.tag if record is not None else name
-    return rows, failures, (f"{tag}: calibrated probabilities (temperature {model.temperature:.4g})"
-                            + ("; flip test-time augmentation" if flip else ""))
+    model, _, sha = model_for_command(name, weights, pretrained=weights is None)
+    with warnings.catch_warnings():  # the line below says it once, for the whole run
+        warnings.simplefilter("ignore", UserWarning)
+        rows, failures = classify(model, images, top_k=top_k, tta=flip)
+    record = None if names_weights(name) else find_weights(name)
+    tag = record.tag if record is not None and record.sha256 == sha else weights or name  # yours: as you named it
+    return rows, failures, f"{tag}: {describe_probabilities(model)}" + ("; flip test-time augmentation" if flip else "")
 
 
 @app.command("bench")
 def bench_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
-    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (speed does not depend on it)."),
+    name: str = typer.Argument(..., help=MODEL_HELP),
+    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP + " Speed does not depend on it."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
@@ -310,7 +335,8 @@ def bench_cmd(
             names = names or ["ort-fp32", "ort-int8"]
         chosen = parse_variants(",".join(names))
         options = parse_cuda_options(cuda_options)
-        model, _ = _load_model(name, weights, pretrained, random_init=weights is None and not pretrained)
+        random_init = weights is None and not pretrained and not names_weights(name)
+        model, _ = _load_model(name, weights, pretrained, random_init=random_init)
         data = _auto_data_dir(data_dir)
         with err_console.status("benchmarking") as status:
             rows = run_benchmark(model, batch_sizes=sizes, device=device, variants=chosen, data_dir=data,
@@ -328,14 +354,15 @@ def bench_cmd(
 
         print_json({"environment": environment(), "rows": [r.to_dict() for r in rows]})  # figures say where
         return
-    weights_note = "random weights" if weights is None and not pretrained else "trained weights"
-    console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False, soft_wrap=True)
+    weights_note = "random weights" if random_init else "trained weights"
+    console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False,
+                  soft_wrap=True)
 
 
 @app.command("runtimes")
 def runtimes_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
-    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors (the PyTorch reference)."),
+    name: str = typer.Argument(..., help=MODEL_HELP),
+    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP + " The PyTorch reference."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Untrained weights (seed 0)."),
     onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="Folder with <name>.onnx (.fp16/.int8) from "
@@ -369,14 +396,14 @@ def runtimes_cmd(
             raise ExportError(f"--max-images must be at least 1, got {max_images}")
         if record and onnx_dir is None:
             raise ExportError("--record writes into existing files; pass them with --onnx-dir")
-        files = None
+        model, sha = _load_model(name, weights, pretrained, random_init)
+        files, stem = None, model.spec.name  # export names its files after the architecture
         if onnx_dir is not None:
-            candidates = {"fp32": onnx_dir / f"{name}.onnx", "fp16": onnx_dir / f"{name}.fp16.onnx",
-                          "int8": onnx_dir / f"{name}.int8.onnx"}
+            candidates = {"fp32": onnx_dir / f"{stem}.onnx", "fp16": onnx_dir / f"{stem}.fp16.onnx",
+                          "int8": onnx_dir / f"{stem}.int8.onnx"}
             files = {p: f for p, f in candidates.items() if f.is_file()}
             if not files:
-                raise ExportError(f"no {name}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
-        model, sha = _load_model(name, weights, pretrained, random_init)
+                raise ExportError(f"no {stem}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
         with err_console.status("running the runtime matrix") as status:
             matrix = measure_model(model, files=files, data_dir=_auto_data_dir(data_dir), max_images=max_images,
                                    runtimes=[r for r in DEFAULT_RUNTIMES if r.key in chosen], cache_dir=cache_dir,
@@ -390,7 +417,7 @@ def runtimes_cmd(
     if json_out:
         print_json(matrix.to_dict())
     else:
-        console.print(f"{name} on {matrix.images}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
+        console.print(f"{safe(name)} on {safe(matrix.images)}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
         console.print(format_matrix(matrix), highlight=False, markup=False, soft_wrap=True)
         for c in matrix.cells:
             if c.note and c.passed is not True:

@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, safe, user_errors
+from .common import MODEL_HELP, WEIGHTS_HELP, console, safe, user_errors, weights_file_for_command
 
 
 @app.command("card")
 def card_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    name: str = typer.Argument(..., help=MODEL_HELP),
     run: Path | None = typer.Option(None, "--run", help="Training run folder (model.safetensors, eval.json, ...)."),
-    weights: Path | None = typer.Option(None, "--weights", help="A model.safetensors to describe instead of a run."),
+    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP + " Described instead of a run."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: model_cards/<name>)."),
 ) -> None:
     """Write README.md (model card) and config.json; with --run, copy the run's weights and outputs too."""
@@ -22,17 +22,18 @@ def card_cmd(
     from aperture_zoo.pretrained import MODEL_CARDS_DIR
 
     with user_errors():
-        folder = write_card(name, out or MODEL_CARDS_DIR / name, weights=weights, run_dir=run)
+        arch, file = weights_file_for_command(name, weights)
+        folder = write_card(arch, out or MODEL_CARDS_DIR / arch, weights=file, run_dir=run)
     console.print(f"wrote {safe(folder / 'README.md')} and {safe(folder / 'config.json')}", highlight=False,
                   soft_wrap=True)
 
 
 @app.command("push")
 def push_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    name: str = typer.Argument(..., help=MODEL_HELP),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub repo, ORG/NAME (created if missing)."),
-    weights: Path | None = typer.Option(
-        None, "--weights", help="Weights to publish (default: $APERTURE_WEIGHTS_DIR, then model_cards/<name>)."),
+    weights: str | None = typer.Option(
+        None, "--weights", help=WEIGHTS_HELP + " Published (default: the zoo's published weights of NAME)."),
     token: str | None = typer.Option(
         None, "--token", help="Hub token with write access (default: HF_TOKEN, then `hf auth login`).",
         show_default=False),
@@ -44,9 +45,10 @@ def push_cmd(
     from aperture_zoo.publish import push
 
     with user_errors():
-        result = push(name, repo_id, weights=weights, token=token, private=private,
+        arch, file = weights_file_for_command(name, weights)
+        result = push(arch, repo_id, weights=file, token=token, private=private,
                       revision=revision, with_onnx=with_onnx)
     if not result.changed:
-        console.print(f"{result.repo_id}@{result.revision} already holds these files; no new commit.",
+        console.print(f"{safe(result.repo_id)}@{safe(result.revision)} already holds these files; no new commit.",
                       highlight=False)
-    console.print(result.commit_url, highlight=False, soft_wrap=True)
+    console.print(safe(result.commit_url), highlight=False, soft_wrap=True)

@@ -10,7 +10,8 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from .common import console, err_console, model_for_command, print_json, safe, user_errors, with_hint
+from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, model_for_command, names_weights, print_json, safe,
+                     user_errors, with_hint)
 
 
 _DATASET_HELP = ("cifar10 (default), cifar100 (the official python archive, fine labels) or a folder "
@@ -158,8 +159,8 @@ def _print_result(result: Any, json_out: bool) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="A model.safetensors file."),
+    name: str = typer.Argument(..., help=MODEL_HELP),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP),
     pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with cifar-10-batches-py/."),
     download: bool = typer.Option(True, "--download/--no-download",
@@ -171,7 +172,8 @@ def eval_cmd(
     batch_size: int = typer.Option(1000, "--batch-size", "-b", help="Images per forward pass (>= 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Where eval.json/confusion.png go (default: beside --weights)."),
+                                       help="Where eval.json/confusion.png go (default: beside the weights "
+                                       "file when it is yours, else eval-NAME)."),
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help="Also test on corrupted copies: 'all' (gaussian_noise, gaussian_blur, "
         "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or some, e.g. 'contrast:5,brightness'."),
@@ -191,8 +193,6 @@ def eval_cmd(
     from aperture_zoo.train.evaluate import evaluate, format_confusion, format_robustness, write_eval_report
     from aperture_zoo.progress import counting
     from aperture_zoo.train.evaluate import check_eval_options
-    from aperture_zoo.weights import WeightsError
-
     with user_errors():
         from aperture_zoo.corruptions import parse_corruptions
 
@@ -206,15 +206,13 @@ def eval_cmd(
             from aperture_zoo.train.evaluate import EvalError
 
             raise EvalError(f"--corruption-images must be at least 1 test image, got {corruption_images}")
-        if (weights is None) == (not pretrained):
-            raise WeightsError("pass exactly one of --weights PATH or --pretrained")
         model, used, used_sha256 = model_for_command(name, weights, pretrained)
         dev = resolve_device(device)
         from aperture_zoo.datasets import dataset_for_weights
         from aperture_zoo.weights import decode_metadata
 
         own = dataset_for_weights(dataset, data_dir, download, decode_metadata(getattr(model, "weights_metadata", {})),
-                                  say=lambda m: err_console.print(m, highlight=False, markup=False))
+                                  say=lambda m: err_console.print(safe(m), highlight=False))
         split = take_subset(own.test if own is not None else load_split("test", data_dir, download), subset, 0)
         what = safe(f"evaluating {name} on {len(split):,} test images ({dev.type})")
         with counting(err_console, len(split), what) as advance:
@@ -225,15 +223,16 @@ def eval_cmd(
             with err_console.status("corruptions") as status:
                 result.extra["corruptions"] = evaluate_corruptions(
                     model, split, chosen, max_images=corruption_images, batch_size=batch_size, device=dev, tta=tta,
-                    on_step=lambda m: status.update(f"evaluating {name} on {m}"))
-        out_dir = out or (weights.parent if weights is not None else Path(f"eval-{name}"))
-        report = write_eval_report(result, out_dir, name, weights, used)
+                    on_step=lambda m: status.update(safe(f"evaluating {name} on {m}")))
+        ref = weights if weights is not None else name if names_weights(name) else None
+        out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
+        report = write_eval_report(result, out_dir, model.spec.name, ref, used)
         if write_temperature is not None:
             _write_temperature(result, used, used_sha256, write_temperature)
     if json_out:
         print_json(report)
         return
-    console.print(f"[bold]{name}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
+    console.print(f"[bold]{safe(name)}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
     for cls, acc in result.per_class_top1.items():  # the user's class names: no markup, [brackets] kept
@@ -244,6 +243,13 @@ def eval_cmd(
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {safe(out_dir / 'eval.json')}, {safe(out_dir / 'confusion.png')} and "
                   f"{safe(out_dir / 'reliability.png')}", highlight=False)
+
+
+def _on_this_disk(ref: str) -> bool:
+    """A path or local-dir: source (eval.json goes beside it), not a Hub repo or a published tag (its cache)."""
+    from aperture_zoo.pretrained import source_kind
+
+    return source_kind(ref) in ("path", "dir")
 
 
 def _write_temperature(result: Any, weights: Any, sha256: Any, out: Path) -> None:
@@ -313,9 +319,9 @@ def train_zoo_cmd(
         if export:
             from aperture_zoo.export.pipeline import export_run
 
-            exporter = partial(export_run, provider=provider, data_dir=data_dir)
+            exporter = partial(export_run, provider=provider, data_dir=data_dir, dataset=dataset)
         try:
-            result = train_zoo(cfg, say=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+            result = train_zoo(cfg, say=lambda msg: err_console.print(safe(msg), highlight=False, soft_wrap=True),
                                exporter=exporter)
         except TrainingInterrupted as exc:  # Ctrl-C: the zoo resumes by running the same command, not `train`
             err_console.print(f"[yellow]{safe(exc)}. Continue the zoo by running the same `aperture train-zoo` "
@@ -324,6 +330,8 @@ def train_zoo_cmd(
     if json_out:
         print_json(result.rows)
     else:
-        sys.stdout.write((result.runs_dir / "summary.md").read_text())
+        from aperture_zoo.terminal import shown
+
+        sys.stdout.write(shown((result.runs_dir / "summary.md").read_text()))
     if not result.complete:  # 75 (EX_TEMPFAIL): paused by a budget; the same command continues
         raise typer.Exit(code=75)

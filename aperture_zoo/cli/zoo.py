@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import console, err_console, print_json, print_whole, safe, user_errors
+from .common import (MODEL_HELP, WEIGHTS_HELP, console, err_console, names_weights, open_for_command, print_json,
+                     print_whole, safe, user_errors)
 
 
 def _pct(value: float | None) -> str:
@@ -75,8 +76,10 @@ def _published_table(rows: list[dict]):  # type: ignore[no-untyped-def]
     from rich import box
     from rich.table import Table
 
-    table = Table(title="published weights: top-1 on all 10,000 test images; flip TTA and ECE on the "
-                        "stratified sample named in each card",
+    counts = sorted({r["measured_images"] for r in rows})
+    where = f"all {counts[0]:,} CIFAR-10 test images" if counts == [10_000] else \
+        "CIFAR-10 test images (" + ", ".join(f"{r['weights']}: {r['measured_images']:,}" for r in rows) + ")"
+    table = Table(title=f"published weights: top-1, with flip TTA, and ECE, each on {where}",
                   caption="ECE: 15-bin calibration error of the probabilities predict_proba and ONNX files give: "
                           "softmax(logits / T), T cross-fitted on halves of the test set",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
@@ -90,23 +93,29 @@ def _published_table(rows: list[dict]):  # type: ignore[no-untyped-def]
 
 @app.command("info")
 def info_cmd(
-    name: str = typer.Argument(..., help="Model name, e.g. resnet22"),
+    name: str = typer.Argument(..., help=MODEL_HELP),
+    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP + " Described instead of the "
+                                       "weights found on this disk."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """One model: spec, parameters, FLOPs per image, and the metadata of its weights if any."""
     from aperture_zoo.summary import model_info
 
     with user_errors():
-        info = model_info(name)
+        given = weights is not None or names_weights(name)
+        info = model_info(name, open_for_command(name, weights) if given else None)
     if json_out:
         print_json(info)
         return
     spec = info["spec"]
-    console.print(f"[bold]{name}[/]  ({info['depth']} weighted layers)")
+    console.print(f"[bold]{safe(name)}[/]  ({info['depth']} weighted layers)", highlight=False)
     for key in ("blocks", "channels", "conv_kernel", "shortcut_kernel", "pool_kernel",
                 "num_classes", "input_size", "mean", "std"):
-        console.print(f"  {key:<16} {spec[key]}")
-    console.print(f"  {'parameters':<16} {info['params']:,} (report: {info['report_params']:,})")
+        console.print(f"  {key:<16} {safe(spec[key])}", highlight=False)
+    if spec.get("class_names"):  # a dataset's own classes, shown as written
+        console.print(f"  {'classes':<16} {safe(', '.join(spec['class_names']))}", highlight=False, soft_wrap=True)
+    report = "—" if info["report_params"] is None else f"{info['report_params']:,}"
+    console.print(f"  {'parameters':<16} {info['params']:,} (report: {report})", highlight=False)
     console.print(f"  {'FLOPs/image':<16} {info['flops_per_image']:,} ({info['macs_per_image']:,} MACs)")
     weights = info["weights"]
     if weights is None:
@@ -120,7 +129,7 @@ def info_cmd(
             soft_wrap=True)
     else:
         kind = "published, SHA-256 pinned" if info["weights_published"] else \
-            "NOT the published weights: yours, from $APERTURE_WEIGHTS_DIR"
+            "NOT the published weights: yours" + ("" if given else ", from $APERTURE_WEIGHTS_DIR")
         console.print(f"  weights          {safe(weights['path'])} ({kind})", highlight=False, soft_wrap=True)
         for key, value in sorted(weights.items()):
             if key not in ("path", "spec", "label_names"):
@@ -150,16 +159,20 @@ def samples_cmd(
         results = classify_samples(models or None)
     if json_out:
         print_json([{"model": r.model, "published": r.published, "accuracy": r.accuracy,
+                     "calibrated": r.temperature is not None, "temperature": r.temperature,
                      "predictions": [{"image": f, "label": p, "probability": q} for f, p, q in r.predictions]}
                     for r in results])
         return
     truth = {p.name: label for p, label in sample_images()}
     shown = next((r for r in results if r.model == show and r.predictions), None)
     if shown is not None:
-        console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images:", highlight=False)
+        what = ("calibrated probability, temperature " + f"{shown.temperature:.3g}" if shown.temperature is not None
+                else "uncalibrated probability: no temperature is known for these weights (T = 1)")
+        console.print(f"[bold]{shown.model}[/] on the bundled CIFAR-10 test images ({what}, as `predict` gives it):",
+                      highlight=False)
         for image, label, prob in shown.predictions:
-            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {truth[image]})"
-            console.print(f"  {image:<28} {label:<10} {prob:6.1%}  {mark}", highlight=False)
+            mark = "[green]ok[/]" if label == truth[image] else f"[red]no[/] (true: {safe(truth[image])})"
+            console.print(f"  {safe(f'{image:<28} {label:<10}')} {prob:6.1%}  {mark}", highlight=False)
     for r in results:
         if r.predictions:
             console.print(f"{r.model:<9} top-1 {r.correct}/{len(r.predictions)} "

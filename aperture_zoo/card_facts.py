@@ -1,0 +1,130 @@
+"""What a model card states, gathered from the files of its folder, every join checked.
+
+Parameters and FLOPs come from ``summary.measure``, accuracy/recipe/hardware from the weights'
+metadata, per-class accuracy from ``eval.json``, ONNX parity from ``*.report.json``, the runtime
+matrix from ``runtimes.json``. Each of those files is shown to belong to these weights by its
+recorded SHA-256 (``provenance.check_folder``) before the card says anything it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import DEFAULT_HUB_ORG, find_weights
+from .errors import ApertureError
+from .files import EVAL_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX, RUNTIMES_FILENAME, WEIGHTS_FILENAME, read_json
+from .registry import ModelSpec, get_spec
+
+
+class CardError(ApertureError, ValueError):
+    """A card cannot be written from the given inputs; the message names the missing piece."""
+
+
+@dataclass
+class CardFacts:
+    """What a card states, gathered from files; ``weights`` is None for an untrained model."""
+
+    spec: ModelSpec
+    params: int
+    flops: int
+    repo_id: str
+    weights: dict[str, Any] | None = None   # decoded safetensors metadata
+    weights_sha256: str | None = None
+    weights_size: int | None = None
+    eval: dict[str, Any] | None = None
+    onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> report
+    runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
+    has_onnx: bool = False
+
+    @property
+    def trained(self) -> bool:
+        return self.weights is not None and self.weights.get("test_top1") is not None
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return dict((self.weights or {}).get("recipe") or {})
+
+    @property
+    def uses_mixup(self) -> bool:
+        recipe = self.recipe
+        return bool(recipe.get("mixup")) or float(recipe.get("mixup_alpha") or 0) > 0
+
+
+def _read_json(path: Path) -> Any:
+    return read_json(path, "regenerate it", CardError)
+
+
+def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: str | None = None) -> CardFacts:
+    """Facts for ``name`` from ``weights`` (else ``source_dir/model.safetensors``, else the
+    committed ``weights.json``), ``eval.json``, ``*.report.json`` and ``runtimes.json`` in ``source_dir``."""
+    from .files import file_sha256
+    from .summary import measure
+    from .weights import decode_metadata, read_metadata, spec_from_metadata
+
+    if repo_id is not None:  # it goes into the card's code sample, where no escape works: the Hub's own rules
+        from .hub import check_repo_id
+
+        check_repo_id(repo_id)
+    spec = get_spec(name)
+    weights = weights or (source_dir / WEIGHTS_FILENAME)
+    if weights.is_file():  # a run on other data: its own head, class names and normalisation
+        own = spec_from_metadata(read_metadata(weights))
+        spec = own if own is not None and own.name == name else spec
+    measured = measure(spec)
+    record = find_weights(name)
+    facts = CardFacts(spec, measured["params"], measured["flops"],
+                      repo_id or (record and record.hub_repo) or f"{DEFAULT_HUB_ORG}/{name}")
+    # The default org is fixed here, not read from $APERTURE_HUB_ORG: cards must not depend on the
+    # environment they are generated in.
+    if weights.is_file():
+        facts.weights = decode_metadata(read_metadata(weights))
+        facts.weights_sha256, facts.weights_size = file_sha256(weights), weights.stat().st_size
+        arch = facts.weights.get("arch")
+        if arch and arch != name:
+            raise CardError(f"{weights} holds weights for {arch}, not {name}; pass the right file")
+    elif (source_dir / PROVENANCE_FILENAME).is_file():
+        record = _read_json(source_dir / PROVENANCE_FILENAME)
+        facts.weights, facts.weights_sha256, facts.weights_size = (
+            record["metadata"], record["sha256"], record["size"])
+        if not (isinstance(facts.weights_sha256, str) and len(facts.weights_sha256) == 64
+                and all(c in "0123456789abcdef" for c in facts.weights_sha256)):
+            raise CardError(f"{source_dir / PROVENANCE_FILENAME} records no valid SHA-256 of its weights; regenerate "
+                            "it from the weights file (aperture card NAME with model.safetensors beside it)")
+    _check_recorded_figures(facts, weights if weights.is_file() else source_dir / PROVENANCE_FILENAME)
+    _gather_derived(facts, name, source_dir)
+    return facts
+
+
+def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
+    """eval.json, the ONNX reports and the runtime matrix, each shown to be of these weights."""
+    from .provenance import StaleFileError, check_folder
+
+    if facts.weights_sha256 is None:
+        derived = [*source_dir.glob("*.onnx"), *source_dir.glob("*" + REPORT_SUFFIX), source_dir / RUNTIMES_FILENAME,
+                   source_dir / EVAL_FILENAME]
+        stray = next((p for p in derived if p.is_file()), None)
+        if stray is not None:  # files of some weights, in a card that describes none
+            raise StaleFileError(f"{stray} describes trained weights, but {source_dir} holds no weights for the card "
+                                 "to check it against; add the weights (model.safetensors), or remove it")
+        return
+    checked = check_folder(source_dir, facts.weights_sha256, name)
+    facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
+    facts.has_onnx = bool(checked.reports) or bool(checked.onnx_files)
+
+
+def _check_recorded_figures(facts: CardFacts, where: Path) -> None:
+    """A card never prints an accuracy the weights' metadata holds but could not be: refuse it."""
+    import math
+
+    top1 = (facts.weights or {}).get("test_top1")
+    if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))
+                             or not math.isfinite(top1) or not 0 <= top1 <= 100):
+        raise CardError(f"{where} records test_top1={top1!r}, not an accuracy between 0 and 100: its metadata is "
+                        "damaged; evaluate the weights again (aperture eval) or save them again with save_weights")
+    dataset = (facts.weights or {}).get("dataset")
+    expected = {"cifar10": 10, "cifar100": 100}.get(dataset) if isinstance(dataset, str) else None
+    if expected is not None and facts.spec.num_classes != expected:
+        raise CardError(f"{where} says it was trained on {dataset}, but its head has {facts.spec.num_classes} classes, "
+                        f"not {expected}: its metadata is damaged; save the weights again with save_weights")

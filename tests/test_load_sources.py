@@ -1,0 +1,308 @@
+"""One loading rule: every source gives a model the file's own architecture, head, classes, mean/std and temperature.
+
+A run trained on a small synthetic folder (3 classes with names of their own, its own normalisation, a
+temperature from --val-split) is loaded from every kind of source, in the library and on the command
+line, against the local Hub server; and the library runs a model the caller left in any mode, on any
+float input, without changing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aperture_zoo import catalog
+from aperture_zoo.cli import app
+from aperture_zoo.files import file_sha256
+from cifar_synth import make_images, write_png_folder
+from hub_fixtures import hub_server  # noqa: F401 - the local Hub
+from hub_server import HubServer
+
+NAMES = ["zebra ü", "[red]apple", "kiwi"]
+REPO = "zoo/folder-run"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderRun:
+    images: Path          # the folder: <class>/<n>.png
+    weights: Path         # the run's model.safetensors
+    card: Path            # `aperture card` of it: config.json + a copy of the weights
+    spec: dict            # what every source must give back
+    temperature: float
+    head: str             # the Hub commit it was pushed as
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, hub_server: HubServer) -> FolderRun:  # noqa: F811
+    from aperture_zoo.cards import write_card
+    from aperture_zoo.model import create_model
+    from aperture_zoo.publish import push
+    from aperture_zoo.train import TrainConfig, fit
+    from aperture_zoo.train.recipes import FAST
+
+    root = tmp_path_factory.mktemp("folder-run")
+    x, y = make_images(8, 3)
+    keep = y < 3
+    images = write_png_folder(root / "imgs", x[keep], y[keep], NAMES, 8)
+    tiny = create_model("resnet10", channels=(8, 8, 8, 8)).spec
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("APERTURE_DATA", str(root / "cache"))
+        torch.manual_seed(0)
+        fit(TrainConfig(model=tiny, dataset=str(images), recipe=FAST.replace(epochs=1, batch_size=8), device="cpu",
+                        out_dir=root / "run", progress=False, val_split=3))
+        weights = root / "run" / "model.safetensors"
+        card = write_card("resnet10", root / "card", run_dir=root / "run")
+        mp.setenv("HF_ENDPOINT", hub_server.url)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        push("resnet10", REPO, weights=weights, token="tok-alice")
+    from aperture_zoo.weights import read_metadata
+
+    meta = read_metadata(weights)
+    spec = {"class_names": tuple(sorted(NAMES)), "mean": tuple(json.loads(meta["mean"])),
+            "std": tuple(json.loads(meta["std"])), "num_classes": 3, "channels": (8, 8, 8, 8)}
+    assert spec["mean"] != (0.4914, 0.4822, 0.4465)  # the folder's own statistics, not CIFAR-10's
+    return FolderRun(images, weights, card, spec, float(meta["temperature"]), hub_server.repos[REPO].history()[0].oid)
+
+
+@pytest.fixture
+def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:  # noqa: F811
+    """This process talks to the local Hub with a cache of this test's own."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return hub_server
+
+
+def _facts(model) -> dict:  # noqa: ANN001
+    s = model.spec
+    return {"class_names": s.label_names, "mean": s.mean, "std": s.std, "num_classes": s.num_classes,
+            "channels": s.channels}
+
+
+SOURCES = {  # (name, keyword arguments of load) for each kind of source
+    "path": lambda r: (str(r.weights), {}),
+    "folder": lambda r: (str(r.weights.parent), {}),
+    "local-dir": lambda r: (f"local-dir:{r.weights.parent}", {"pretrained": True}),
+    "card local-dir": lambda r: (f"local-dir:{r.card}", {"pretrained": True}),
+    "hf-hub": lambda r: (f"hf-hub:{REPO}", {"pretrained": True}),
+    "hf-hub@rev": lambda r: (f"hf-hub:{REPO}@{r.head}", {"pretrained": True}),
+    "weights=path": lambda r: ("resnet10", {"weights": r.weights}),
+    "weights=local-dir": lambda r: ("resnet10", {"weights": f"local-dir:{r.weights.parent}"}),
+    "weights=hf-hub": lambda r: ("resnet10", {"weights": f"hf-hub:{REPO}"}),
+    "weights dir": lambda r: ("resnet10", {"pretrained": True}),
+    "tag": lambda r: ("resnet10.folder", {}),
+}
+
+
+@pytest.mark.parametrize("kind", list(SOURCES))
+def test_every_source_gives_the_files_own_facts(run: FolderRun, hub: HubServer, kind: str,
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Regression: local-dir: and hf-hub: of a folder run gave CIFAR-10's class names and mean/std."""
+    from aperture_zoo import load
+
+    if kind == "weights dir":
+        (tmp_path / "w" / "resnet10").mkdir(parents=True)
+        (tmp_path / "w" / "resnet10" / "model.safetensors").write_bytes(run.weights.read_bytes())
+        monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path / "w"))
+    if kind == "tag":  # a published record of the run, pinned, on the Hub
+        record = dataclasses.replace(catalog.get_weights("resnet10"), tag="resnet10.folder", hub_repo=REPO,
+                                     revision=run.head, sha256=file_sha256(run.weights), config_sha256=None,
+                                     temperature=None)
+        monkeypatch.setitem(catalog._WEIGHTS, "resnet10.folder", record)
+    name, kwargs = SOURCES[kind](run)
+    model = load(name, **kwargs)
+    assert _facts(model) == run.spec and model.temperature == pytest.approx(run.temperature)
+    assert not model.training
+
+
+def test_a_source_without_pretrained_builds_its_architecture_only(run: FolderRun) -> None:
+    from aperture_zoo import load
+
+    model = load(f"local-dir:{run.card}")  # timm's convention: the architecture, with the card's own facts
+    assert _facts(model) == run.spec and model.temperature is None
+
+
+def _png(run: FolderRun) -> Path:
+    return next((run.images / "kiwi").iterdir())
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", f"hf-hub:{REPO}"],
+    ["--model", "WEIGHTS"],
+    ["--model", "resnet10", "--weights", "WEIGHTS"],
+    ["--weights", f"local-dir:DIR"],
+])
+def test_predict_takes_any_source(run: FolderRun, hub: HubServer, args: list[str]) -> None:
+    """Regression: `predict --model hf-hub:...` and `--model PATH` were refused; predict had no --weights."""
+    args = [a.replace("WEIGHTS", str(run.weights)).replace("DIR", str(run.weights.parent)) for a in args]
+    if args[0] == "--weights":
+        args = ["--model", "resnet10", *args]
+    result = CliRunner().invoke(app, ["predict", str(_png(run)), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)[0]["top"]
+    assert {t["label"] for t in top} == set(NAMES)
+    assert f"temperature {run.temperature:.4g}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "info", "card", "push"])
+def test_every_command_takes_a_source_as_the_model(run: FolderRun, hub: HubServer, command: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APERTURE_DATA", str(tmp_path / "cache"))
+    source = f"hf-hub:{REPO}" if command in ("eval", "info") else str(run.weights)
+    args = {
+        "eval": ["--dataset", str(run.images), "--device", "cpu", "--out", str(tmp_path / "ev"), "--json"],
+        "export": ["--onnx", "--exporter", "legacy", "--opset", "17", "--no-validate", "-o", str(tmp_path / "x")],
+        "info": ["--json"],
+        "card": ["--out", str(tmp_path / "card")],
+        "push": ["--repo-id", "zoo/folder-run-2", "--token", "tok-alice"],
+    }[command]
+    result = CliRunner().invoke(app, [command, source, *args])
+    assert result.exit_code == 0, result.output
+    if command == "eval":
+        assert json.loads(result.stdout)["classes"] == sorted(NAMES)
+    elif command == "export":
+        from aperture_zoo.export.predict import OnnxClassifier
+
+        assert OnnxClassifier(tmp_path / "x" / "resnet10.onnx").labels == sorted(NAMES)
+    elif command == "info":
+        info = json.loads(result.stdout)
+        assert info["spec"]["class_names"] == sorted(NAMES) and info["spec"]["num_classes"] == 3
+    elif command == "card":
+        assert json.loads((tmp_path / "card" / "config.json").read_text())["label_names"] == sorted(NAMES)
+    else:
+        assert hub.repos["zoo/folder-run-2"].history()[0].files["model.safetensors"] == run.weights.read_bytes()
+
+
+def test_weights_given_twice_or_for_another_model_are_one_line(run: FolderRun) -> None:
+    both = CliRunner().invoke(app, ["eval", str(run.weights), "--weights", str(run.weights)])
+    assert both.exit_code == 2 and "names its weights itself" in both.output
+    other = CliRunner().invoke(app, ["eval", "resnet22", "--weights", str(run.weights)])
+    assert other.exit_code == 2 and "holds weights for resnet10, not resnet22" in " ".join(other.output.split())
+
+
+# --------------------------------------------------------------------------- outside text never chooses a path
+
+
+def test_a_folder_named_in_weights_metadata_is_never_read(run: FolderRun, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `eval` decoded every image under the folder the weights' metadata named (it was '/')."""
+    from aperture_zoo.model import create_model
+    from aperture_zoo.weights import save_weights
+
+    monkeypatch.setenv("APERTURE_DATA", str(tmp_path / "cache"))
+    bait = tmp_path / "bait"  # a readable folder of images the user never named
+    write_png_folder(bait, *make_images(3, 5), [f"c{i}" for i in range(10)], 3)
+    model = create_model("resnet10", channels=(8, 8, 8, 8), num_classes=10)
+    weights = save_weights(model, tmp_path / "model.safetensors", {"dataset": str(bait)})
+    result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--device", "cpu"])
+    assert result.exit_code == 2 and "pass that folder with --dataset DIR" in " ".join(result.output.split())
+    assert "decoding" not in result.output and not (tmp_path / "cache").exists()
+    exported = CliRunner().invoke(app, ["export", "resnet10", "--weights", str(weights), "--onnx", "--exporter",
+                                        "legacy", "--opset", "17", "-o", str(tmp_path / "x")])
+    assert exported.exit_code == 0 and "random inputs only" in exported.output, exported.output
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_crafted_hub_revision_is_refused_before_any_request(run: FolderRun, hub: HubServer, tmp_path: Path) -> None:
+    """Regression: a revision such as ../../x made the Hub client write a file outside its cache."""
+    from aperture_zoo import load
+    from aperture_zoo.hub import HubError
+
+    crafted = "../../../escaped"
+    repo = hub.repos[REPO]
+    repo.branches[crafted] = repo.branches["main"]  # a hostile Hub answers for it
+    before = len(hub.requests)
+    for attempt in (lambda: load(f"hf-hub:{REPO}@{crafted}", pretrained=True),
+                    lambda: load("resnet10", weights=f"hf-hub:{REPO}@{crafted}")):
+        try:
+            attempt()
+        except HubError as exc:
+            assert "invalid Hub revision" in str(exc)
+        assert not list(tmp_path.rglob("escaped*")), "a file was written outside the Hub cache"
+        assert len(hub.requests) == before
+    result = CliRunner().invoke(app, ["predict", str(_png(run)), "--model", f"hf-hub:{REPO}@{crafted}"])
+    assert result.exit_code == 2 and "invalid Hub revision" in result.output
+    assert len(hub.requests) == before and not list(tmp_path.rglob("escaped*"))
+
+
+# --------------------------------------------------------------------------- the library runs a model for the caller
+
+
+def test_predict_proba_on_a_model_left_in_train_mode(run: FolderRun) -> None:
+    """Regression: a model left in train mode answered with batch statistics and its BatchNorm statistics changed."""
+    from aperture_zoo import load, predict_proba
+
+    model = load("resnet10", weights=run.weights)
+    x = torch.randn(4, 3, 32, 32)
+    expected = predict_proba(model, x)
+    model.train()
+    model.layer1[0].bn1.eval()  # a frozen BatchNorm in a fine-tune keeps its own mode too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.testing.assert_close(predict_proba(model, x), expected)
+    torch.testing.assert_close(predict_proba(model, x, tta="flip").sum(1), torch.ones(4))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and model.layer2.training and not model.layer1[0].bn1.training
+
+
+def test_evaluation_and_export_give_the_model_back_as_it_was(run: FolderRun, tmp_path: Path) -> None:
+    from aperture_zoo import load
+    from aperture_zoo.data import Split
+    from aperture_zoo.export.onnx_export import to_onnx
+    from aperture_zoo.train.evaluate import evaluate
+
+    model = load("resnet10", weights=run.weights).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    split = Split(np.zeros((3, 3, 32, 32), np.uint8), np.array([0, 1, 2]), tuple(sorted(NAMES)))
+    evaluate(model, split)
+    to_onnx(model, tmp_path / "m.onnx", exporter="legacy", opset=17)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_float16_and_float64_inputs_are_converted_and_integers_refused(run: FolderRun) -> None:
+    from aperture_zoo import load, predict_proba
+    from aperture_zoo.model import InputShapeError
+
+    model = load("resnet10", weights=run.weights)
+    x = torch.randn(2, 3, 32, 32)
+    want = predict_proba(model, x)
+    torch.testing.assert_close(predict_proba(model, x.double()), want)
+    torch.testing.assert_close(predict_proba(model, x.half()), want, atol=2e-3, rtol=0)
+    with pytest.raises(InputShapeError, match="expects float input"):
+        predict_proba(model, (x * 255).to(torch.uint8))
+
+
+def test_predict_says_uncalibrated_once_per_run_and_notices_once(run: FolderRun, tmp_path: Path) -> None:
+    """Regression: `predict` printed two notices per image (an 8x8 grey folder: 'scaled', 'resized')."""
+    from PIL import Image
+
+    from aperture_zoo import load, predict_proba
+    from aperture_zoo.model import create_model
+    from aperture_zoo.predict import UncalibratedWarning
+    from aperture_zoo.weights import save_weights
+
+    plain = save_weights(load(str(run.weights)), tmp_path / "plain" / "model.safetensors")  # no temperature
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"g{i}.png")
+        Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 900 + i)).save(paths[-1])
+    result = CliRunner().invoke(app, ["predict", *map(str, paths), "--model", str(plain)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and "uncalibrated probabilities" in lines[0] and "T = 1" in lines[0]
+    assert lines[1].startswith("notice: 5 of 5 images were changed") and "resized 8x8 to 32x32 (the model's input) (5 images)" in lines[1]
+    model = create_model("resnet10", channels=(8, 8, 8, 8))
+    with pytest.warns(UncalibratedWarning, match="T = 1"):
+        predict_proba(model, torch.zeros(1, 3, 32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict_proba(model, torch.zeros(1, 3, 32, 32))  # said once per model
