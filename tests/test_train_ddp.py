@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,7 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
                       str(Path(out) / f"ddp_bn_train_{bn_train}.safetensors"))
     fit(TrainConfig(model=SPEC, recipe=RECIPE.replace(batch_size=50), data_dir=data_dir,
                     out_dir=Path(out) / "run", device="cpu", progress=False))
+    (Path(out) / f"group_after_fit_rank{rank}.json").write_text(json.dumps(torch.distributed.is_initialized()))
     os.environ["APERTURE_DATA"] = str(Path(out) / "cache")  # this forked worker's copy only
     fit(TrainConfig(model=SPEC, dataset=str(Path(out) / "folder"), recipe=RECIPE.replace(batch_size=8),
                     out_dir=Path(out) / "folder-run", device="cpu", progress=False))
@@ -138,8 +140,14 @@ def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     x, y = make_images(5, seed=7)
     write_png_folder(out / "folder", x, y, ["b 1", "a [2]", "ç"], per_class=5)  # a 3-class folder of PNGs
     # fork: the workers inherit the imported torch instead of paying for it again on 2 shared cores
-    mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=True,
-                       start_method="fork")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.monotonic() + 600  # a hung collective must fail the test, not stall the suite
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two DDP workers were still running after 600 s (a collective is waiting)")
     return out
 
 
@@ -183,6 +191,12 @@ def test_ddp_fit_writes_one_run_with_metrics_over_the_whole_test_set(ddp_out: Pa
     meta = read_metadata(run / "model.safetensors")
     assert json.loads(meta["world_size"]) == 2
     assert not list(run.glob("*.tmp*"))
+
+
+def test_fit_leaves_the_callers_process_group_alone(ddp_out: Path) -> None:
+    """A group fit did not create survives it: destroying it made the next fit re-create it on the
+    same port on each rank at its own pace, and one rank could wait forever on the stale store."""
+    assert [json.loads((ddp_out / f"group_after_fit_rank{r}.json").read_text()) for r in range(2)] == [True, True]
 
 
 def test_only_rank_0_downloads_and_every_rank_gets_its_error(ddp_out: Path) -> None:

@@ -28,6 +28,10 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Only the caller that created the process group may destroy it: a group destroyed under a caller
+    # that made it (a script running two fits) would be re-created on the same port by each rank at
+    # its own pace, and a rank that reaches the stale store first waits forever.
+    owns_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +58,8 @@ def setup(preference: str = "auto") -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), resolve_device(preference)
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(rank, world, local_rank, owns_group=not dist.is_initialized())
     device = resolve_device(preference, info.local_rank)
     if device.type == "cuda":
         if info.local_rank >= torch.cuda.device_count():
@@ -63,7 +68,7 @@ def setup(preference: str = "auto") -> tuple[DistInfo, torch.device]:
                 "lower --nproc_per_node"
             )
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if info.owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info, device
 
@@ -110,5 +115,6 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Destroy the process group only where :func:`setup` created it (see ``DistInfo.owns_group``)."""
+    if info.enabled and info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
