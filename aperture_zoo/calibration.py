@@ -1,9 +1,14 @@
-"""Calibrated probabilities: temperature scaling (Guo et al. 2017) and the scores that judge it.
+"""Calibrated probabilities: choosing and fitting a calibrator, and the scores that judge it.
 
-One scalar T divides the logits before the softmax; it is fitted by minimising the negative
-log-likelihood on images the reported figures are not measured on. The fit is a 1-D convex
-problem in log T, solved here by golden-section search in numpy (no scipy/torch dependency, so
-the torch-free ONNX path and ``aperture list`` can share this module). Pure numpy.
+``fit_calibrator(logits, labels)`` is the one entry point that makes the calibrator an app uses
+(published weights, runs with a validation split, fine-tunes): every kind of
+``calibrators.KINDS`` is fitted by NLL on one stratified half of the images and scored by NLL on
+the other, both ways, and the kind with the lowest held-out NLL is fitted on all of them. The
+one-temperature fit (Guo et al. 2017) is kept for comparison: a 1-D convex problem in log T,
+solved by golden-section search. ``cross_fit`` measures a calibrator where the only held-out data
+is the test set: fitted on one stratified half, scored on the other, both ways. Scores: ECE and
+classwise-ECE (15 bins), NLL, Brier. Pure numpy (no scipy/torch dependency, so the torch-free
+ONNX path and ``aperture list`` can share this module).
 """
 
 from __future__ import annotations
@@ -13,25 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ApertureError
+from .calibrator_fit import fit_kind
+from .calibrators import KINDS, Calibrator, CalibratorError, TemperatureError, check_temperature
+
+__all__ = ["Calibrator", "CalibratorError", "TemperatureError", "check_temperature", "fit_calibrator", "fit_kind"]
 
 ECE_BINS = 15
+MIN_HALF = 20  # images in each stratified half below which nothing is cross-fitted or chosen
 _LOG_T_RANGE = (math.log(0.05), math.log(20.0))
-
-
-class TemperatureError(ApertureError, ValueError):
-    """A temperature that is not a finite number above zero."""
-
-
-def check_temperature(value: Any, where: str = "the temperature") -> float:
-    """``value`` as a float, or a one-line error: T must be finite and > 0."""
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise TemperatureError(f"{where} must be a number above 0, got {value!r}; re-export or re-fit it") from None
-    if not math.isfinite(t) or t <= 0:
-        raise TemperatureError(f"{where} must be a finite number above 0, got {value!r}; re-export or re-fit it")
-    return t
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -104,9 +98,28 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, tol: float = 1e-5) -
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict[str, float]:
-    """ECE (15 bins), NLL and Brier of softmax(logits / T), as fractions (ECE 0.012 = 1.2 %)."""
-    p = softmax(logits, temperature)
-    return {"ece": ece(p, labels), "nll": nll(logits, labels, temperature), "brier": brier(p, labels)}
+    """ECE and classwise-ECE (15 bins), NLL and Brier of softmax(logits / T), as fractions (ECE 0.012 = 1.2 %)."""
+    return prob_scores(softmax(logits, temperature), labels)
+
+
+def classwise_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Mean over classes of the ECE of that class's probability against "is that class" (Kull et al.
+    2019): every probability an app may threshold is judged, not only the top one (0..1)."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    total = 0.0
+    for c in range(probs.shape[1]):
+        conf = probs[:, c]
+        idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+        total += np.abs(np.bincount(idx, conf, n_bins) - np.bincount(idx, labels == c, n_bins)).sum()
+    return float(total / (probs.shape[1] * max(len(labels), 1)))
+
+
+def prob_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ECE, classwise-ECE, NLL and Brier of probabilities (NLL of a zero probability: that of 1e-300)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    p_true = probs[np.arange(len(labels)), labels]
+    return {"ece": ece(probs, labels), "classwise_ece": classwise_ece(probs, labels),
+            "nll": float(-np.log(np.maximum(p_true, 1e-300)).mean()), "brier": brier(probs, labels)}
 
 
 def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,35 +134,107 @@ def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
-def cross_fit(logits: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Temperature fitted on one stratified half, scored on the other, both ways.
+def can_cross_fit(labels: np.ndarray) -> bool:
+    """Whether both stratified halves hold ``MIN_HALF`` images: below that a fit is noise."""
+    return min(map(len, stratified_halves(labels))) >= MIN_HALF
+
+
+def choose_calibrator(logits: np.ndarray, labels: np.ndarray, fitted_on: str = "",
+                      kinds: tuple[str, ...] = KINDS) -> tuple[Calibrator, dict[str, float]]:
+    """``fit_calibrator``'s choice and the held-out NLL of every kind it compared ({} when too few
+    images to compare: then one temperature)."""
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    held: dict[str, float] = {}
+    if len(kinds) > 1 and len(y) and can_cross_fit(y):
+        a, b = stratified_halves(y)
+        for kind in kinds:
+            try:
+                held[kind] = float(np.mean([prob_scores(fit_kind(kind, z[f], y[f]).apply(z[s]), y[s])["nll"]
+                                            for f, s in ((a, b), (b, a))]))
+            except CalibratorError:  # a kind that cannot be fitted here is not chosen
+                held[kind] = math.inf
+    for kind in sorted(held, key=held.__getitem__):
+        try:
+            return fit_kind(kind, z, y, fitted_on), held
+        except CalibratorError:
+            continue
+    return fit_kind("temperature", z, y, fitted_on), held
+
+
+def fit_calibrator(logits: np.ndarray, labels: np.ndarray, fitted_on: str = "",
+                   kinds: tuple[str, ...] = KINDS) -> Calibrator:
+    """The calibrator to ship for these held-out logits and labels: the kind with the lowest NLL
+    held out (fitted on one stratified half, scored on the other, both ways), fitted on them all.
+
+    The one entry point for published weights, runs with a validation split and fine-tunes, so a
+    user's own model is calibrated the same way. Too few images to compare kinds: one temperature.
+    """
+    return choose_calibrator(logits, labels, fitted_on, kinds)[0]
+
+
+def _scored(z: np.ndarray, y: np.ndarray, parts: list[tuple[np.ndarray, Calibrator]]) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores of ``z`` where each part (row indices, calibrator) is calibrated by its own calibrator:
+    the mean over parts, and the probabilities of all rows."""
+    probs = np.empty_like(z)
+    per = []
+    for rows, cal in parts:
+        probs[rows] = cal.apply(z[rows])
+        per.append(prob_scores(probs[rows], y[rows]))
+    return {k: float(np.mean([h[k] for h in per])) for k in per[0]}, probs
+
+
+def _figures(z: np.ndarray, y: np.ndarray, temps: list[tuple[np.ndarray, Calibrator]],
+             cals: list[tuple[np.ndarray, Calibrator]]) -> dict[str, Any]:
+    raw = softmax(z)
+    out: dict[str, Any] = {"raw": prob_scores(raw, y), "reliability": {"uncalibrated": reliability_bins(raw, y)}}
+    if temps:
+        out["temperature"], p = _scored(z, y, temps)
+        out["reliability"]["temperature"] = reliability_bins(p, y)
+    if cals:
+        out["calibrator"], p = _scored(z, y, cals)
+        out["reliability"]["calibrated"] = reliability_bins(p, y)
+    return out
+
+
+def cross_fit(logits: np.ndarray, labels: np.ndarray, seed: int = 0, kinds: tuple[str, ...] = KINDS,
+              others: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None) -> dict[str, Any]:
+    """Raw, one temperature and ``fit_calibrator``, each fitted on one stratified half and scored
+    on the other, both ways (the mean of the two halves).
 
     For weights trained on every training image the test set is the only held-out data; this way
-    no reported figure is measured on the images its temperature was fitted on. The published T is
-    the one fitted on all of them (the best estimate); the calibrated scores are the mean over the
-    two held-out halves.
+    no reported figure is measured on the images its calibrator was fitted on (the kind, too, is
+    chosen inside the fitting half). ``others`` scores more logits of the same images with the same
+    halves' fits: ``name -> (logits, positions)``, positions the rows' indices into ``logits``
+    (None: all rows, in order), e.g. flip-averaged or corrupted copies. The published calibrator is
+    ``fit_calibrator`` on all the images (the best estimate), not part of this.
     """
-    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
-    a, b = stratified_halves(labels, seed)
-    halves = []
-    for fit_on, score_on in ((a, b), (b, a)):
-        t = fit_temperature(logits[fit_on], labels[fit_on])
-        halves.append({"temperature": t, **scores(logits[score_on], labels[score_on], t)})
-    out: dict[str, Any] = {f"{k}_calibrated": float(np.mean([h[k] for h in halves])) for k in ("ece", "nll", "brier")}
-    out.update(scores(logits, labels))
-    out["temperature"] = fit_temperature(logits, labels)
-    out["halves"] = halves
-    out["fitted_on"] = "cross-fitted on two stratified halves of the test set"
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    a, b = stratified_halves(y, seed)
+    temps, cals, halves = [], [], []
+    for fit_on in (a, b):
+        temps.append(Calibrator("temperature", fit_temperature(z[fit_on], y[fit_on])))
+        cal, held = choose_calibrator(z[fit_on], y[fit_on], kinds=kinds)
+        cals.append(cal)
+        halves.append({"calibrator": cal.to_dict(),  # a kind that could not be fitted: None (JSON has no inf)
+                       "held_out_nll": {k: v if math.isfinite(v) else None for k, v in held.items()}})
+    score_sets = (b, a)
+    out = _figures(z, y, list(zip(score_sets, temps)), list(zip(score_sets, cals)))
+    out["temperature"]["halves"] = [t.temperature for t in temps]
+    out["calibrator"]["halves"] = halves
+    out["others"] = {}
+    for name, (x, pos) in (others or {}).items():
+        pos = np.arange(len(y)) if pos is None else np.asarray(pos)
+        parts = [np.flatnonzero(np.isin(pos, s)) for s in score_sets]
+        out["others"][name] = _figures(np.asarray(x, dtype=np.float64), y[pos], list(zip(parts, temps)),
+                                       list(zip(parts, cals)))
     return out
 
 
-def report(logits: np.ndarray, labels: np.ndarray, temperature: float | None,
-           fitted_on: str = "") -> dict[str, Any]:
-    """``ece``/``nll``/``brier`` raw, and ``*_calibrated`` with ``temperature`` (None: uncalibrated only)."""
-    out: dict[str, Any] = scores(logits, labels)
-    if temperature is not None:
-        t = check_temperature(temperature)
-        out.update({f"{k}_calibrated": v for k, v in scores(logits, labels, t).items()})
-        out["temperature"] = t
-        out["temperature_fitted_on"] = fitted_on
-    return out
+def report(logits: np.ndarray, labels: np.ndarray, calibrator: Calibrator | None,
+           temperature: float | None = None) -> dict[str, Any]:
+    """``cross_fit``'s figures for a calibrator (and a one-temperature comparison) fitted elsewhere,
+    e.g. on a run's validation split: applied as they are, nothing fitted here."""
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    every = np.arange(len(y))
+    temps = [(every, Calibrator("temperature", check_temperature(temperature)))] if temperature is not None else []
+    return _figures(z, y, temps, [(every, calibrator)] if calibrator is not None else [])

@@ -180,8 +180,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "runtimes_batch": escape_md((facts.runtimes or {}).get("batch")),
         # the usage snippet loads the published weights only when these are them
         "published": facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256,
-        "has_temperature": meta.get("temperature") is not None or (
-            record is not None and record.temperature is not None and facts.weights_sha256 == record.sha256),
+        "has_temperature": meta.get("calibrator") is not None or meta.get("temperature") is not None or (
+            record is not None and record.calibrator is not None and facts.weights_sha256 == record.sha256),
     }
 
 
@@ -193,7 +193,11 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
     if ev.get("calibration_num_images", ev.get("num_images")) != ev.get("num_images"):
         n = f"a stratified {n} of the {_fmt(ev.get('num_images'))}"
     n = escape_md(n)
-    if "ece" in ev and "ece_calibrated" in ev:  # an eval of too few images to fit a temperature has none
+    if "ece" in ev and "calibrator" in ev:
+        from .card_calibration import calibration_context
+
+        out["calibration"] = calibration_context(ev, n, escape_md)
+    elif "ece" in ev and "ece_calibrated" in ev:  # an eval.json from before calibrators: one temperature
         out["calibration"] = {
             "temperature": f"{ev['temperature']:.4f}", "fitted_on": escape_md(ev.get("temperature_fitted_on", "?")),
             "table": _table(("", "ECE (15 bins, %)", "NLL", "Brier"), [
@@ -206,7 +210,7 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
         t = ev["top1_by_tta"]
         out["tta_line"] = f"{t['flip']:.2f}% with flip test-time augmentation ({t['none']:.2f}% without; {n} images)"
         tc = ev.get("tta_calibration") or {}
-        if tc.get("ece_calibrated") is not None:  # what an app using the --tta flip ONNX file gets
+        if tc.get("ece_calibrated") is not None and "calibrator" not in tc:  # before calibrators
             out["tta_line"] += (f"; with the same temperature its ECE is {100 * tc['ece_calibrated']:.2f}% "
                                 f"({100 * tc['ece']:.2f}% before)")
     corr = ev.get("corruptions")
@@ -228,7 +232,6 @@ def render_card(facts: CardFacts) -> str:
 
     card = ModelCard.from_template(_card_data(facts), template_str=TEMPLATE.read_text(), **_context(facts))
     return str(card).rstrip("\n") + "\n"
-
 
 
 def _hex(sha: object) -> str | None:

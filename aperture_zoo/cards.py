@@ -77,17 +77,19 @@ def _eval_metrics(ev: dict[str, Any]) -> dict[str, Any]:
     """Calibration, flip-TTA and corruption figures of an ``eval.json`` (those it has)."""
     out: dict[str, Any] = {}
     if "ece" in ev:
-        out["calibration"] = {k: ev.get(k) for k in (
-            "temperature", "temperature_fitted_on", "ece", "ece_calibrated", "nll", "nll_calibrated",
-            "brier", "brier_calibrated", "ece_bins")}
+        keys = ("calibrator", "calibrator_fitted_on", "temperature_scaling", "ece", "classwise_ece", "nll", "brier",
+                "ece_calibrated", "classwise_ece_calibrated", "nll_calibrated", "brier_calibrated", "ece_bins") \
+            if "calibrator" in ev else ("temperature", "temperature_fitted_on", "ece", "ece_calibrated", "nll",
+                                        "nll_calibrated", "brier", "brier_calibrated", "ece_bins")
+        out["calibration"] = {k: ev.get(k) for k in keys}
+        if (ev.get("tta_calibration") or {}).get("calibrator"):
+            out["calibration_tta"] = {k: ev["tta_calibration"].get(k) for k in keys if k != "ece_bins"}
     if "top1_by_tta" in ev:
         out["top1_tta_flip"] = ev["top1_by_tta"]["flip"]
     corr = ev.get("corruptions")
     if corr:
         out["corruptions"] = {k: corr.get(k) for k in ("mean", "worst", "worst_mean", "num_images", "per_corruption")}
     return out
-
-
 
 
 def license_text() -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from .calibrators import CROSS_FITTED, Calibrator
 from .errors import ApertureError
+from .files import WEIGHTS_FILENAME
 from .registry import ModelSpec, get_spec, list_models
 
-from .files import WEIGHTS_FILENAME
 DEFAULT_HUB_ORG = "aperture-zoo"
 
 
@@ -44,15 +45,20 @@ class Weights:
     dataset: str = "cifar10"
     license: str = "mit"
     # Calibration and test-time augmentation, measured on all 10,000 test images (eval.json beside
-    # the card): softmax(logits / temperature) is calibrated. The temperature is fitted by NLL on
-    # the test set (the weights saw every training image); ece_calibrated (%, 15 bins) is
-    # cross-fitted: fitted on one stratified half, measured on the other, both ways.
+    # the card): calibrator.apply(logits) is calibrated (calibration.fit_calibrator: the kind with
+    # the lowest held-out NLL, fitted by NLL on the test set, since the weights saw every training
+    # image); temperature is the one-temperature fit beside it. ece_calibrated and ece_temperature
+    # (%, 15 bins) are cross-fitted: fitted on one stratified half, measured on the other, both ways.
     temperature: float | None = None
     top1_tta: float | None = None         # top-1 (%) averaging the image and its mirror
-    ece: float | None = None              # %, before the temperature
-    ece_calibrated: float | None = None   # %, after (cross-fitted)
+    ece: float | None = None              # %, uncalibrated
+    ece_calibrated: float | None = None   # %, with the calibrator (cross-fitted)
     measured_images: int = 10_000         # test images top1_tta and the ECEs were measured on (eval.json's num_images)
     corruption_top1: float | None = None  # mean top-1 (%), 5 corruptions x 5 severities, 1,000 test images each
+    calibrator: Calibrator | None = None
+    calibrator_tta: Calibrator | None = None   # for flip-averaged logits (the --tta flip ONNX file)
+    ece_tta_calibrated: float | None = None    # %, flip TTA with calibrator_tta (cross-fitted)
+    ece_temperature: float | None = None  # %, with one temperature (cross-fitted), for comparison
 
     @property
     def arch(self) -> str:
@@ -76,28 +82,65 @@ class Weights:
         return partial(preprocess, model=self.spec)
 
 
+def _adaptive_spline(temperature: float, log_margin: float, entropy: float, knots: tuple[float, ...],
+                     slopes: tuple[float, ...]) -> Calibrator:
+    """A published calibrator: the kind ``calibration.fit_calibrator`` chose for every published model."""
+    return Calibrator("adaptive-spline", temperature, weights=(("log_margin", log_margin), ("entropy", entropy)),
+                      knots=knots, slopes=slopes, fitted_on=CROSS_FITTED)
+
+
 _WEIGHTS: dict[str, Weights] = {
     w.tag: w
     for w in (
         # One NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, the `fast` recipe on all 50,000 training images.
         Weights("resnet10.fast", "090ef93be35b7e494b478e87c58a275a1cc1e3808627d1700bf6b20914062083",
                 93.75, 35, "NVIDIA H100 80GB HBM3", 29.577,
-                temperature=0.6642, top1_tta=94.31, ece=8.23, ece_calibrated=1.24, corruption_top1=70.44),
+                temperature=0.6642, top1_tta=94.31, ece=8.23, ece_calibrated=1.26, corruption_top1=70.44,
+                ece_temperature=1.24, ece_tta_calibrated=1.66,
+                calibrator=_adaptive_spline(1.1259262, 0.04225712, -0.26830676,
+                                            (1.3730807, 3.2887707, 3.9860877), (0.852388, 1.4560708, 4.0382273, 2.126143)),
+                calibrator_tta=_adaptive_spline(1.1299161, 0.044864755, -0.28046796,
+                                                (1.4144879, 3.3399574, 4.0315617), (0.88626463, 1.4756938, 4.3136468, 2.4684974))),
         Weights("resnet18.fast", "843e80673dfb9c1246cc4b77ba04711ef98f9c2c8e1e2eee5619382013847229",
                 94.39, 35, "NVIDIA H100 80GB HBM3", 56.467,
-                temperature=0.7267, top1_tta=94.74, ece=6.87, ece_calibrated=1.89, corruption_top1=72.24),
+                temperature=0.7267, top1_tta=94.74, ece=6.87, ece_calibrated=1.0, corruption_top1=72.24,
+                ece_temperature=1.89, ece_tta_calibrated=0.61,
+                calibrator=_adaptive_spline(1.3652653, -0.0055336579, -0.53406238,
+                                            (2.1946045, 4.1520249, 4.3500652), (0.52501702, 1.6622956, 16.851415, 2.4294085)),
+                calibrator_tta=_adaptive_spline(1.4008233, -0.00011686857, -0.58443518,
+                                                (2.1283524, 4.1372791, 4.355565), (0.52413353, 1.7174165, 15.710421, 4.089811))),
         Weights("resnet20.fast", "58dc5b9d3a9ee1ff084dfc76280004c56c58a51e3b93f894ecb07e5380704596",
                 93.85, 35, "NVIDIA H100 80GB HBM3", 51.484,
-                temperature=0.7547, top1_tta=94.51, ece=7.14, ece_calibrated=2.09, corruption_top1=71.1),
+                temperature=0.7547, top1_tta=94.51, ece=7.14, ece_calibrated=0.75, corruption_top1=71.1,
+                ece_temperature=2.09, ece_tta_calibrated=1.06,
+                calibrator=_adaptive_spline(1.2901695, 0.020079593, -0.49510034,
+                                            (2.2777005, 4.1301749, 4.3259684), (0.46938998, 1.5662508, 15.698321, 4.2263316)),
+                calibrator_tta=_adaptive_spline(1.2383252, 0.040680265, -0.46129382,
+                                                (2.2600528, 4.1206898, 4.3326673), (0.54556768, 1.6107291, 15.608632, 4.24847))),
         Weights("resnet22.fast", "1e6e6ed11cfc76ca90c8033bbeae69e17c5ad5c1daa6a5e99c0d28e667667e28",
                 94.73, 60, "NVIDIA H100 80GB HBM3", 78.74,
-                temperature=0.7481, top1_tta=95.37, ece=7.29, ece_calibrated=1.79, corruption_top1=72.58),
+                temperature=0.7481, top1_tta=95.37, ece=7.29, ece_calibrated=0.78, corruption_top1=72.58,
+                ece_temperature=1.79, ece_tta_calibrated=0.63,
+                calibrator=_adaptive_spline(1.5992464, -0.021622479, -0.80789283,
+                                            (2.884165, 4.3255785, 4.4117146), (0.44306119, 2.2681404, 38.843436, 0.26827381)),
+                calibrator_tta=_adaptive_spline(1.3975428, 0.027816105, -0.66794824,
+                                                (2.7447763, 4.3242926, 4.4165139), (0.51030226, 2.2742187, 30.778391, 3.253487))),
         Weights("resnet24.fast", "9c16a48118b79f159d64730e3ab73b05b37f1e1d163af12aa5593e509a9fc395",
                 94.26, 35, "NVIDIA H100 80GB HBM3", 55.28,
-                temperature=0.741, top1_tta=94.47, ece=6.57, ece_calibrated=1.74, corruption_top1=72.1),
+                temperature=0.741, top1_tta=94.47, ece=6.57, ece_calibrated=0.83, corruption_top1=72.1,
+                ece_temperature=1.74, ece_tta_calibrated=1.11,
+                calibrator=_adaptive_spline(1.3428839, 0.0031846209, -0.52453888,
+                                            (2.2408582, 4.155972, 4.3288061), (0.55453459, 1.4276363, 21.143162, 2.2130221)),
+                calibrator_tta=_adaptive_spline(1.3778378, 0.012084631, -0.58303592,
+                                                (2.2586129, 4.1434362, 4.3343623), (0.5115739, 1.6599606, 20.884565, 2.8129039))),
         Weights("resnet32.fast", "32718eaac7b0d3d2d1e499b3330abcf86f4196f30995a369667566af25590df1",
                 93.72, 35, "NVIDIA H100 80GB HBM3", 64.874,
-                temperature=0.744, top1_tta=94.04, ece=6.93, ece_calibrated=1.9, corruption_top1=71.18),
+                temperature=0.744, top1_tta=94.04, ece=6.93, ece_calibrated=0.84, corruption_top1=71.18,
+                ece_temperature=1.9, ece_tta_calibrated=0.73,
+                calibrator=_adaptive_spline(0.9320273, 0.12667762, -0.14920153,
+                                            (2.0761215, 4.0714431, 4.3100599), (0.55826479, 1.3781813, 13.957418, 2.9877406)),
+                calibrator_tta=_adaptive_spline(1.0135821, 0.10216068, -0.23734475,
+                                                (2.0668095, 4.0354423, 4.3148139), (0.56582666, 1.4969535, 12.258494, 6.1553665))),
     )
 }
 _DEFAULT_TAG: dict[str, str] = {name: f"{name}.fast" for name in list_models()}

@@ -16,7 +16,7 @@ default where its validation report shows >= 99 % top-1 agreement with fp32 on t
 Every file records what it was made from and is reused only while that holds, by content: each
 entry records its files' SHA-256 and the weights' (a published model) or the SHA-256 of the file it
 was copied from (your own, ``--onnx``). Your files are copied into ``own/`` under names of their
-own, so they can never take the place of a published file, and their class names and temperature
+own, so they can never take the place of a published file, and their class names and calibrator
 come from their own metadata. Each model's files are written as one set (``filesets``).
 """
 
@@ -58,8 +58,9 @@ class DemoFile:
     agreement: float | None = None         # % top-1 agreement with fp32 PyTorch, from the validation report
     agreement_images: int | None = None    # test images that figure rests on
     tta: bool = False                       # the graph averages the image and its mirror (export --tta flip)
-    temperature: float | None = None        # its ``probabilities`` output is softmax(logits / temperature)
-    calibrated: bool | None = None          # False: no temperature was known at export (None: not recorded)
+    temperature: float | None = None        # a one-temperature calibrator's T (older pages read it)
+    calibrated: bool | None = None          # False: no calibrator was known at export (None: not recorded)
+    calibrator: str | None = None           # what its ``probabilities`` output applies (Calibrator.describe)
     sha256: str | None = None               # of the file as written: reused only while its bytes are these
 
 
@@ -191,8 +192,10 @@ def _describe(path: Path, model: Any, made_from: str) -> DemoFile:
     tta = stem.endswith(".tta")
     precision = FLIP if tta else (stem.removeprefix(model.spec.name).lstrip(".") or "fp32")
     agreement = validation_agreement(path.with_name(stem + REPORT_SUFFIX), path, made_from)
+    from .export.predict import OnnxClassifier
+
     return DemoFile(precision, path.name, path.stat().st_size, *(agreement if agreement else (None, None)), tta=tta,
-                    temperature=model.temperature, calibrated=model.temperature is not None, sha256=file_sha256(path))
+                    **_calibration(OnnxClassifier(path, provider="cpu")), sha256=file_sha256(path))
 
 
 def _flip_result(model: Any, stage: Path, weights_sha256: str | None, validate: bool, exporter: str,
@@ -211,6 +214,14 @@ def _flip_result(model: Any, stage: Path, weights_sha256: str | None, validate: 
         raise DemoError(f"the flip-TTA ONNX export of {model.spec.name} does not match PyTorch's `eval --tta` "
                         f"({failures}); run `aperture export {model.spec.name} --onnx --pretrained --tta flip` to see it")
     return result.files[0]
+
+
+def _calibration(clf: Any) -> dict[str, Any]:
+    """What a file's ``probabilities`` output applies, from its own metadata (the file is the truth):
+    ``clf`` an ``OnnxClassifier`` of it."""
+    cal = clf.calibrator if clf.calibrated else None
+    return {"temperature": cal.temperature if cal is not None and cal.kind == "temperature" else None,
+            "calibrated": clf.calibrated, "calibrator": cal.describe() if cal is not None else None}
 
 
 def _reusable(old: dict[str, Any] | None, models_dir: Path, sha: str, data_dir: Any) -> bool:
@@ -265,7 +276,7 @@ def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
 
     if not src.is_file():
         raise DemoError(f"{str(src)!r} does not exist; pass an .onnx file written by `aperture export --onnx`")
-    try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, temperature
+    try:  # the checks `aperture predict --onnx` makes: graph signature, metadata against it, calibrator
         clf = OnnxClassifier(src, provider="cpu")
     except ApertureError as exc:
         raise DemoError(str(exc)) from None
@@ -291,8 +302,7 @@ def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
     precision = meta.get("precision") if meta.get("precision") in PRECISIONS else "fp32"
     size = (stage / target).stat().st_size
     file = DemoFile(FLIP if tta and precision == "fp32" else precision, target, size, tta=tta,
-                    temperature=clf.temperature if clf.calibrated else None, calibrated=clf.calibrated,
-                    sha256=source_sha)
+                    **_calibration(clf), sha256=source_sha)
     return DemoModel(name=name, params=params, available=True, file=target, bytes=size,
                      weights_sha256=meta.get("weights_sha256"), labels=list(clf.labels),
                      input_size=[3, clf.image_size[1], clf.image_size[0]], files=[file], precision=file.precision,

@@ -9,13 +9,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ApertureError
 from .registry import ModelSpec, get_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .calibrators import Calibrator
 
 
 class InputShapeError(ApertureError, ValueError):
@@ -52,9 +55,12 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """Stem (3x3 conv, BN, ReLU), N stages of basic blocks (stride 1, 2, 2, ...), avg-pool P, fc."""
 
-    # softmax(logits / temperature) is calibrated; set by load() from the weights (None: not known).
-    # forward() always returns raw logits: see aperture_zoo.predict_proba.
+    # calibrator.apply(logits) is calibrated; set by load() from the weights (None: not known), with
+    # the one-temperature fit beside it. forward() always returns raw logits: see predict_proba.
+    calibrator: Calibrator | None = None
+    calibrator_tta: Calibrator | None = None   # for flip-averaged logits (None: ``calibrator`` serves both)
     temperature: float | None = None
+    calibration_notice: str | None = None   # said once by predict_proba: e.g. an older file's fallback
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()

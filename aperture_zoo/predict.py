@@ -1,9 +1,10 @@
 """Calibrated probabilities from a PyTorch model in one call, and ``aperture predict`` without ONNX.
 
 ``model(x)`` returns raw logits, like every torchvision/timm classifier; ``predict_proba(model, x)``
-is the one place that turns them into probabilities an app can threshold: softmax(logits / T)
-with the temperature ``load()`` attached from the weights (``get_weights(tag).temperature`` for the
-published ones). Optionally averaged with the mirrored image (flip test-time augmentation).
+is the one place that turns them into probabilities an app can threshold: ``calibrator.apply`` of
+the logits, with the calibrator ``load()`` attached from the weights (``get_weights(tag).calibrator``
+for the published ones), the same numpy map the ONNX graph and every figure use. Optionally
+averaged with the mirrored image (flip test-time augmentation) first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .calibration import check_temperature
+from .calibrators import Calibrator, TemperatureError, check_temperature
 from .errors import ApertureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,48 +56,76 @@ def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tenso
         return 0.5 * (logits + model(x.flip(3))) if tta else logits
 
 
-def model_temperature(model: ResNet, temperature: float | None = None) -> float:
-    """``temperature`` if given, else the model's own; 1 (the plain softmax) when neither is known.
+def model_calibrator(model: ResNet, temperature: float | None = None,
+                     calibrator: Calibrator | None = None, tta: bool = False) -> Calibrator:
+    """``calibrator`` or ``temperature`` if given, else the model's own (for flip-averaged logits with
+    ``tta``, its ``calibrator_tta`` when it has one); one temperature of 1 (the plain softmax) when
+    none is known, said once per model with an ``UncalibratedWarning`` (the CLI does the same).
 
-    The CLI does the same; here it is said once per model with an ``UncalibratedWarning``.
-    """
+    A model whose file records only a temperature (from before calibrators) uses it, and says so
+    once (a ``CalibrationNotice`` warning)."""
+    if calibrator is not None:
+        if not isinstance(calibrator, Calibrator):
+            raise TemperatureError(f"calibrator must be an aperture_zoo.Calibrator, got {type(calibrator).__name__}")
+        return calibrator
     if temperature is not None:
-        return check_temperature(temperature)
-    if model.temperature is None:
+        return Calibrator("temperature", check_temperature(temperature))
+    own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
+    if own is None and model.temperature is not None:  # set by hand, or an older file's
+        own = Calibrator("temperature", check_temperature(model.temperature))
+    if own is None:
         if not getattr(model, "_said_uncalibrated", False):
-            warnings.warn(f"no temperature is known for these {model.spec.name} weights (runs trained without "
+            warnings.warn(f"no calibrator is known for these {model.spec.name} weights (runs trained without "
                           "--val-split carry none): the probabilities are the plain softmax (T = 1), uncalibrated. "
-                          "Pass temperature=T, or fit one with aperture_zoo.calibration.fit_temperature on held-out "
+                          "Pass temperature=T, or fit one with aperture_zoo.calibration.fit_calibrator on held-out "
                           "logits", UncalibratedWarning, stacklevel=3)
             model._said_uncalibrated = True
-        return 1.0
-    return check_temperature(model.temperature)
+        return Calibrator("temperature", 1.0)
+    notice = getattr(model, "calibration_notice", None)
+    if notice:
+        warnings.warn(notice, CalibrationNotice, stacklevel=3)
+        model.calibration_notice = None  # once
+    return own
 
 
-def describe_probabilities(model: ResNet) -> str:
-    """What ``predict_proba`` gives for ``model``: calibrated (with its temperature) or the plain softmax."""
-    if model.temperature is None:
-        return "uncalibrated probabilities (no temperature is known for these weights: plain softmax, T = 1)"
-    return f"calibrated probabilities (temperature {check_temperature(model.temperature):.4g})"
+class CalibrationNotice(UserWarning):
+    """The probabilities come from a fallback (an older file's one temperature); said once per model."""
+
+
+def describe_probabilities(model: ResNet, tta: bool = False) -> str:
+    """What ``predict_proba`` gives for ``model``: calibrated (its calibrator, or an older file's
+    temperature, said so) or the plain softmax."""
+    own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
+    if own is None and model.temperature is None:
+        return "uncalibrated probabilities (no calibrator is known for these weights: plain softmax, T = 1)"
+    if own is None:
+        own = Calibrator("temperature", check_temperature(model.temperature))
+    notice = getattr(model, "calibration_notice", None)
+    return f"calibrated probabilities ({own.describe()})" + (f"; {notice}" if notice else "")
 
 
 def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
-                  tta: str | bool = False) -> torch.Tensor:
-    """Calibrated class probabilities, N x classes: softmax(model(x) / T), no gradient.
+                  tta: str | bool = False, calibrator: Calibrator | None = None) -> torch.Tensor:
+    """Calibrated class probabilities, N x classes (float32): the model's calibrator applied to its
+    logits, no gradient. The calibrator keeps the prediction: the top logit's class has the top
+    probability.
 
     ``images``: a normalised N x 3 x H x W tensor (what ``preprocess`` returns; float16/float64 are
     converted), or image paths, pillow images or uint8 arrays (preprocessed here). ``tta="flip"``
-    averages the logits of each image and its mirror first. The model runs in eval mode whatever mode
-    it is in (its BatchNorm statistics never change) and is given back in that mode.
+    averages the logits of each image and its mirror first. ``temperature``/``calibrator`` override
+    the model's own. The model runs in eval mode whatever mode it is in (its BatchNorm statistics
+    never change) and is given back in that mode.
     """
     import torch
 
     from .transforms import preprocess
 
-    t = model_temperature(model, temperature)
+    flip = check_tta(tta)
+    cal = model_calibrator(model, temperature, calibrator, flip)
     x = images if isinstance(images, torch.Tensor) else preprocess(images, model)
     with torch.no_grad():
-        return (tta_logits(model, x, check_tta(tta)).float() / t).softmax(-1)
+        logits = tta_logits(model, x, flip)
+    return torch.from_numpy(cal.apply(logits.float().cpu().numpy())).to(device=logits.device, dtype=torch.float32)
 
 
 def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int = 3,

@@ -355,16 +355,18 @@ def model_from(loaded: Loaded, overrides: dict[str, object] | None = None) -> Re
 
 def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:
     model = apply_state_dict(model, loaded.tensors, loaded.metadata, where=loaded.path, strict=strict)
-    return with_record_temperature(model, loaded)
+    return with_record_calibration(model, loaded)
 
 
-def with_record_temperature(model: ResNet, loaded: Loaded) -> ResNet:
-    """The published record's temperature on ``model`` when these bytes are that record's pinned
-    file (the published files predate calibration; a temperature in the file's own metadata wins)."""
-    if model.temperature is None:
+def with_record_calibration(model: ResNet, loaded: Loaded) -> ResNet:
+    """The published record's calibrator (and one-temperature fit) on ``model`` when these bytes are
+    that record's pinned file: the published files predate calibration and are never rewritten, so
+    the record carries it. A calibrator or temperature in the file's own metadata wins."""
+    if model.calibrator is None and model.temperature is None:
         from .catalog import get_weights, list_pretrained
 
         record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)
-        if record is not None and record.temperature is not None:
+        if record is not None:
+            model.calibrator, model.calibrator_tta = record.calibrator, record.calibrator_tta
             model.temperature = record.temperature
     return model

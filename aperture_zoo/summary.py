@@ -69,7 +69,10 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
             "report_top1_20ep": spec.report_top1_20ep,
             "top1": record.top1 if record else None,  # the published record's final-epoch figure
             "top1_tta": record.top1_tta if record else None,  # with flip test-time augmentation
-            "ece_calibrated": record.ece_calibrated if record else None,  # %, after the temperature (cross-fitted)
+            "ece_calibrated": record.ece_calibrated if record else None,  # %, with the calibrator (cross-fitted)
+            "ece_temperature": record.ece_temperature if record else None,  # %, with one temperature (cross-fitted)
+            "ece_tta_calibrated": record.ece_tta_calibrated if record else None,  # %, flip TTA, its calibrator
+            "calibrator": record.calibrator.kind if record and record.calibrator else None,
             "temperature": record.temperature if record else None,
             "measured_images": record.measured_images if record else None,  # what the three figures rest on
             "weights": record.tag if record else None,

@@ -299,11 +299,26 @@ def apply_state_dict(
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
     model.weights_metadata = meta  # provenance for `aperture info` and model cards
-    if "temperature" in meta:  # fitted on a run's validation split; a bad one is refused here
-        from .calibration import check_temperature
-
-        model.temperature = check_temperature(meta["temperature"], f"the temperature in {str(path)!r}")
+    apply_calibration(model, meta, str(path))
     return model
+
+
+def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
+    """The calibrator a file records (fitted on a run's validation split), checked; a bad one is refused
+    here. A file from before calibrators that records only a temperature falls back to it, noted once."""
+    from .calibrators import Calibrator, check_temperature, from_metadata
+
+    if "temperature" in meta:
+        model.temperature = check_temperature(meta["temperature"], f"the temperature in {where!r}")
+    if "calibrator_tta" in meta:
+        model.calibrator_tta = from_metadata({"calibrator": meta["calibrator_tta"]}, f"{where!r} (flip TTA)")
+    if "calibrator" in meta:
+        model.calibrator = from_metadata({"calibrator": meta["calibrator"]}, repr(where))
+    elif model.temperature is not None:
+        model.calibrator = Calibrator("temperature", model.temperature, fitted_on=str(meta.get("temperature_fitted_on", "")))
+        model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "
+                                    "calibrators: its probabilities use that one temperature; retrain or re-fit to "
+                                    "get the calibrator chosen by held-out NLL")
 
 
 def _unpickler_reason(exc: BaseException) -> str:
@@ -360,8 +375,9 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 
 
 def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,
-                           fitted_on: str, fitted_for_sha256: str) -> Path:
-    """A copy of the weights ``src`` whose metadata carries a temperature fitted for exactly those bytes.
+                           fitted_on: str, fitted_for_sha256: str, calibrator: dict[str, Any] | None = None) -> Path:
+    """A copy of the weights ``src`` whose metadata carries a temperature (and ``calibrator``, a
+    ``Calibrator.to_dict()``) fitted for exactly those bytes.
 
     ``fitted_for_sha256`` is the SHA-256 of the file the temperature was fitted with; a ``src`` that
     no longer hashes to it is refused, and the copy records it (``temperature_fitted_for_sha256``).
@@ -369,10 +385,12 @@ def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[s
     """
     import hashlib
 
-    from .calibration import check_temperature
+    from .calibrators import Calibrator, check_temperature
 
     src, dst = Path(src), Path(dst)
     t = check_temperature(temperature, "the fitted temperature")
+    cal = None if calibrator is None else {**Calibrator.from_dict(calibrator, "the fitted calibrator").to_dict(),
+                                           "fitted_on": fitted_on}
     if dst.exists() or dst.resolve() == src.resolve():
         raise WeightsError(f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name one "
                            "that does not exist yet")
@@ -381,7 +399,8 @@ def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[s
         raise WeightsError(f"{str(src)!r} changed while it was evaluated; evaluate it again")
     tensors, meta = state_dict_from_bytes(data, src)
     meta = {**meta, "temperature": json.dumps(round(t, 6)), "temperature_fitted_on": fitted_on,
-            "temperature_fitted_for_sha256": fitted_for_sha256}
+            "temperature_fitted_for_sha256": fitted_for_sha256,
+            **({"calibrator": json.dumps(cal, sort_keys=True)} if cal is not None else {})}
     with atomic_path(dst.with_name(dst.name + ".new")) as tmp:
         write_safetensors(tensors, tmp, meta)
     try:

@@ -1,8 +1,9 @@
 """What follows the logits stays float32 in every reduced-precision file.
 
-The ``probabilities`` output is softmax(logits / T) (or whatever calibration the graph computes
-after the logits). Quantised or halved, it stops summing to 1 (int8 gave 0.992-0.996, which
-``OnnxClassifier`` rightly refuses) and stops being the softmax of the file's own logits. So only
+The ``probabilities`` output is the weights' calibrator applied to the logits (``Calibrator.apply``
+computed in the graph: one temperature or a calibrator of the logits' gaps, then Softmax). Quantised
+or halved, it stops summing to 1 (int8 gave 0.992-0.996, which ``OnnxClassifier`` rightly refuses)
+and stops being the calibrator's map of the file's own logits. So only
 the backbone, up to the ``logits`` output, is converted; the tail is found from the graph (every
 node downstream of ``logits``), not from a list of op types, so a node added after the logits later
 stays float too.

@@ -2,10 +2,11 @@
 
 The file is a product of its own for apps without PyTorch, so it carries everything needed to use
 it: named input ``pixel_values`` (N x 3 x 32 x 32 float32 in [0, 1]), outputs ``logits``
-(N x classes) and ``probabilities`` (softmax(logits / temperature): calibrated when the weights
-carry a temperature), CIFAR-10 normalisation inside the graph (apps feed plain pixels), optionally
-flip test-time augmentation inside the graph too, and ``metadata_props`` with the architecture,
-spec, class names, mean/std, temperature, TTA, weights SHA-256, opset and package version. Every written file passes ``onnx.checker.check_model(full_check=True)`` and
+(N x classes) and ``probabilities`` (the weights' calibrator applied to the logits, computed in
+the graph after the ``logits`` output, in float32: calibrated when the weights carry one),
+CIFAR-10 normalisation inside the graph (apps feed plain pixels), optionally flip test-time
+augmentation inside the graph too, and ``metadata_props`` with the architecture, spec, class
+names, mean/std, calibrator, TTA, weights SHA-256, opset and package version. Every written file passes ``onnx.checker.check_model(full_check=True)`` and
 strict shape inference.
 """
 
@@ -16,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -25,7 +27,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from aperture_zoo.calibration import check_temperature
+from aperture_zoo.calibrators import MARGIN_FLOOR, T_RANGE, Calibrator, check_temperature
 from aperture_zoo.files import atomic_path
 from aperture_zoo.model import ResNet, evaluating, on_device
 
@@ -62,20 +64,56 @@ class NormalizedClassifier(nn.Module):
 
 
 class ExportedClassifier(nn.Module):
-    """The exported graph: ``(logits, softmax(logits / temperature))`` of the (optionally normalising
+    """The exported graph: ``(logits, calibrator.apply(logits))`` of the (optionally normalising
     and flip-averaging) network."""
 
-    def __init__(self, model: ResNet, *, normalize: bool = True, tta: bool = False, temperature: float = 1.0) -> None:
+    def __init__(self, model: ResNet, *, normalize: bool = True, tta: bool = False,
+                 calibrator: Calibrator | None = None) -> None:
         super().__init__()
         if not normalize and tta:
             self.net: nn.Module = _Flip(model)
         else:
             self.net = NormalizedClassifier(model, tta) if normalize else model
-        self.temperature = float(temperature)
+        self.probabilities = CalibratedProbabilities(calibrator or Calibrator("temperature", 1.0))
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.net(pixel_values)
-        return logits, (logits / self.temperature).softmax(-1)
+        return logits, self.probabilities(logits)
+
+
+class CalibratedProbabilities(nn.Module):
+    """``Calibrator.apply`` as graph nodes after the logits (the numpy map is the reference:
+    ``validate`` compares the two within 1e-4). The one-temperature kind stays ``softmax(z / T)``."""
+
+    def __init__(self, cal: Calibrator) -> None:
+        super().__init__()
+        self.cal = cal
+
+    def forward(self, z: Tensor) -> Tensor:
+        cal = self.cal
+        if cal.kind == "temperature":
+            return (z / cal.temperature).softmax(-1)
+        top = z.max(-1, keepdim=True).values
+        d = top - z
+        if cal.knots:
+            edges = (0.0, *cal.knots)
+            q = cal.slopes[-1] * (d - edges[-1]).clamp(min=0.0)
+            for lo, hi, slope in zip(edges, edges[1:], cal.slopes):
+                q = q + slope * (d - lo).clamp(0.0, hi - lo)
+        else:
+            q = d if cal.power == 1.0 else d.pow(cal.power)
+        if not cal.weights:
+            return (q * (-1.0 / cal.temperature)).softmax(-1)
+        feats = {}
+        if "log_margin" in dict(cal.weights):
+            top2 = z.topk(2, dim=-1).values
+            feats["log_margin"] = (top2[:, :1] - top2[:, 1:]).clamp(min=MARGIN_FLOOR).log()
+        if "entropy" in dict(cal.weights):
+            log_p = (z - top).log_softmax(-1)
+            feats["entropy"] = -(log_p.exp() * log_p).sum(-1, keepdim=True)
+        log_t = sum(w * feats[name] for name, w in cal.weights) + math.log(cal.temperature)
+        t = log_t.clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp()  # type: ignore[union-attr]
+        return (-q / t).softmax(-1)
 
 
 class _Flip(nn.Module):
@@ -104,7 +142,7 @@ def build_metadata(
     batch: int | None,
     weights_sha256: str | None,
     precision: str = "fp32",
-    temperature: float | None = None,
+    calibrator: Calibrator | None = None,
     tta: bool = False,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values strings; lists and dicts as JSON)."""
@@ -124,9 +162,12 @@ def build_metadata(
                              "range": [0.0, 1.0] if normalize else "normalised",
                              "shape": ["N" if batch is None else batch, *spec.input_size]}),
         "output": json.dumps({"name": OUTPUT_NAME, "kind": "logits", "shape": ["N" if batch is None else batch, spec.num_classes]}),
-        "probabilities": json.dumps({"name": PROBS_NAME, "kind": "softmax(logits / temperature)",
-                                     "calibrated": temperature is not None}),
-        "temperature": repr(float(temperature if temperature is not None else 1.0)),
+        "probabilities": json.dumps({"name": PROBS_NAME, "kind": "calibrator.apply(logits)",
+                                     "calibrated": calibrator is not None}),
+        **({"calibrator": json.dumps(calibrator.to_dict())} if calibrator is not None else {}),
+        # the one-temperature kind (or none: the plain softmax) also as before, for older readers
+        **({"temperature": repr(float(calibrator.temperature if calibrator is not None else 1.0))}
+           if calibrator is None or calibrator.kind == "temperature" else {}),
         "tta": "flip" if tta else "none",
         "weights_sha256": weights_sha256 or state_dict_sha256(model),
         "weights_sha256_of": sha_of,
@@ -214,6 +255,7 @@ def to_onnx(
     weights_sha256: str | None = None,
     temperature: float | None = None,
     tta: bool = False,
+    calibrator: Calibrator | None = None,
 ) -> Path:
     """Export ``model`` to a checked, self-describing ONNX file at ``path``.
 
@@ -221,7 +263,8 @@ def to_onnx(
     bare network (input already normalised with the metadata's mean/std). ``exporter="legacy"``
     uses the TorchScript exporter, the fallback when torch.export cannot trace a model.
     ``weights_sha256`` is the SHA-256 of the weights file the model was loaded from (hashed from
-    the state dict when omitted). ``temperature`` (default: the model's own, see ``load()``) makes
+    the state dict when omitted). ``calibrator`` (default: the model's own, see ``load()``; with
+    ``tta`` its flip-TTA one when it has one; ``temperature`` gives the one-temperature kind) makes
     the ``probabilities`` output calibrated; without one it is the plain softmax and the metadata
     says it is uncalibrated. ``tta=True`` puts flip test-time augmentation inside the graph.
     """
@@ -231,12 +274,13 @@ def to_onnx(
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     check_opset(opset, exporter)
     model = on_device(model, "cpu")  # the caller's model stays where it is, in the mode it is in
-    if temperature is None:
-        temperature = model.temperature
-    if temperature is not None:
-        temperature = check_temperature(temperature)
-    module = ExportedClassifier(model, normalize=normalize, tta=tta,
-                                temperature=temperature if temperature is not None else 1.0)
+    if calibrator is None and temperature is not None:
+        calibrator = Calibrator("temperature", check_temperature(temperature))
+    if calibrator is None:
+        calibrator = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
+    if calibrator is None and model.temperature is not None:
+        calibrator = Calibrator("temperature", check_temperature(model.temperature))
+    module = ExportedClassifier(model, normalize=normalize, tta=tta, calibrator=calibrator)
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
     example = torch.rand(batch or 2, *model.spec.input_size)
     try:
@@ -262,13 +306,13 @@ def to_onnx(
         )
     meta = build_metadata(
         model, opset=opset, normalize=normalize, exporter=exporter, batch=batch, weights_sha256=weights_sha256,
-        temperature=temperature, tta=tta,
+        calibrator=calibrator, tta=tta,
     )
     set_metadata(proto, meta)
     proto.doc_string = (
         f"aperture_zoo {model.spec.name}: CIFAR-10 classifier. Input {INPUT_NAME} float32 NCHW "
         f"{'pixels in [0, 1]' if normalize else 'normalised with metadata mean/std'}; outputs {OUTPUT_NAME} and "
-        f"{PROBS_NAME} ({'calibrated, temperature %.4g' % temperature if temperature is not None else 'uncalibrated softmax'})"
+        f"{PROBS_NAME} ({'calibrated: ' + calibrator.describe() if calibrator is not None else 'uncalibrated softmax'})"
         f"{'; flip test-time augmentation in the graph' if tta else ''}."
     )
     return save_checked(proto, path)

@@ -14,10 +14,12 @@ mean/std, fixed or dynamic batch, float32 or float16 input) is read from the fil
     probs = clf.predict_proba(batch)                  # batch: N x 32 x 32 x 3 uint8, or N x 3 x 32 x 32 float in [0, 1]
     print(clf.describe())                             # calibrated? flip TTA in the graph?
 
-Probabilities are the file's own ``probabilities`` output: softmax(logits / T) with the temperature
-fitted for its weights, and averaged over the image and its mirror when it was exported with
-``--tta flip``. An older file without that output falls back to the plain softmax of its logits,
-and every prediction says those probabilities are uncalibrated.
+Probabilities are the file's own ``probabilities`` output: the calibrator fitted for its weights
+applied to the logits in the graph (the numpy ``Calibrator.apply`` gives the same within 1e-4), and
+averaged over the image and its mirror when it was exported with ``--tta flip``. A file exported
+before calibrators has one temperature there, and says so; an older file without that output
+falls back to the plain softmax of its logits, and every prediction says those probabilities are
+uncalibrated.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aperture_zoo.calibration import check_temperature
+from aperture_zoo.calibrators import from_metadata
 from aperture_zoo.images import ImageError, load_image, load_images, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
 from .errors import ExportError, OnnxFileError
@@ -87,9 +89,9 @@ class OnnxClassifier:
         output_names = [o.name for o in outputs]
         self.has_probabilities = PROBS_NAME in output_names
         self._output_names = [output_names[0], PROBS_NAME] if self.has_probabilities else [output_names[0]]
-        # A temperature in the file must be usable: one that is not finite or <= 0 is refused here.
-        self.temperature = check_temperature(meta["temperature"], f"the temperature in {str(self.path)!r}") \
-            if "temperature" in meta else None
+        # A calibrator (or an older file's temperature) must be usable: a bad one is refused here.
+        self.calibrator = from_metadata(meta, repr(str(self.path)))
+        self.temperature = self.calibrator.temperature if self.calibrator and self.calibrator.kind == "temperature" else None
         self.tta = meta.get("tta", "none")
         self.metadata = dict(meta)
         self._read_metadata(meta, int(outputs[0].shape[-1]))
@@ -126,7 +128,7 @@ class OnnxClassifier:
             self.mean = np.asarray(json.loads(meta.get("mean", "[0, 0, 0]")), np.float32).reshape(1, 3, 1, 1)
             self.std = np.asarray(json.loads(meta.get("std", "[1, 1, 1]")), np.float32).reshape(1, 3, 1, 1)
             probs_meta = json.loads(meta.get("probabilities", "{}") or "{}")
-            self.calibrated = self.has_probabilities and bool(probs_meta.get("calibrated", self.temperature is not None))
+            self.calibrated = self.has_probabilities and bool(probs_meta.get("calibrated", self.calibrator is not None))
         except (ValueError, TypeError, AttributeError) as exc:
             raise OnnxFileError(
                 f"{str(self.path)!r} has damaged metadata ({str(exc)[:120]}); export it again with "
@@ -173,10 +175,13 @@ class OnnxClassifier:
 
     def describe(self) -> str:
         """What the probabilities are: calibrated or not, and whether flip TTA is in the graph."""
-        if self.calibrated:
-            what = f"calibrated probabilities (temperature {self.temperature:.4g})"
+        if self.calibrated and self.calibrator is not None:
+            what = f"calibrated probabilities ({self.calibrator.describe()})"
+            if "calibrator" not in self.metadata:
+                what += ("; the file records only a temperature (exported before calibrators): re-export it for "
+                         "the calibrator chosen by held-out NLL")
         elif self.has_probabilities:
-            what = "probabilities are uncalibrated (no temperature was known for these weights at export)"
+            what = "probabilities are uncalibrated (no calibrator was known for these weights at export)"
         else:
             what = UNCALIBRATED
         return what + ("; flip test-time augmentation in the graph" if self.tta == "flip" else "")

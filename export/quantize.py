@@ -35,15 +35,15 @@ INT8_NOT_VALIDATED_FOR = {
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_io_types: bool = True) -> Path:
     """Half-precision weights and compute; float32 ``pixel_values``/``logits`` unless asked otherwise.
 
-    Only the backbone is converted: what follows the logits (``float_tail``: the temperature, the
+    Only the backbone is converted: what follows the logits (``float_tail``: the calibrator and its
     Softmax, which onnxruntime before 1.17 could not even run in float16 at opset 18) stays float32,
-    so ``probabilities`` is exactly softmax(logits / T) of the file's own logits.
+    so ``probabilities`` is the calibrator applied to the file's own logits (within 1e-4).
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     original = onnx.load(str(src))
-    backbone, tail, own = float_tail.split(original)  # the temperature and Softmax stay float32
+    backbone, tail, own = float_tail.split(original)  # the calibrator and Softmax stay float32
     converted = convert_float_to_float16(backbone, keep_io_types=keep_io_types, disable_shape_infer=False,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST))
     converted = float_tail.join(converted, original, tail, own, float16_outputs=not keep_io_types)

@@ -33,14 +33,14 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from aperture_zoo.calibration import check_temperature, softmax
+from aperture_zoo.calibrators import Calibrator, from_metadata
 from aperture_zoo.files import atomic_write_text
 from aperture_zoo.model import ResNet, evaluating, on_device
 from aperture_zoo.weights import decode_metadata
@@ -50,6 +50,9 @@ from .onnx_export import INPUT_NAME, read_metadata
 from .runtime import Provider, create_session, session_device
 
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
+# A --fp16-io file's float32 calibrator reads its float16 logits, but hands its probabilities out as
+# float16 too (rounded by up to 2.5e-4 below 1): the check allows for that rounding, no more.
+CALIBRATOR_MAX_DIFF_FP16_LOGITS = 1e-3
 DEFAULT_VAL_IMAGES = 2000  # stratified test images per validation; None means all of them
 
 ProgressFn = Callable[[int, int], None]  # (images done, images in this validation)
@@ -81,6 +84,7 @@ class Tolerance:
     min_agreement: float | None = None  # percent of top-1 predictions equal to PyTorch's
     max_top1_drop: float | None = None  # accuracy points lost against PyTorch on the test set
     random_inputs_gated: bool = True
+    calibrator_max_diff: float = 1e-4   # probabilities against Calibrator.apply of the file's own logits
 
 
 def tolerance_for(precision: str, device: str) -> Tolerance:
@@ -113,7 +117,8 @@ class Comparison:
     agreement_se: float | None = None  # binomial standard errors, in points
     onnx_top1_se: float | None = None
     top1_drop_se: float | None = None  # of the paired drop (torch top-1 - ONNX top-1)
-    max_prob_diff: float | None = None  # ONNX probabilities vs softmax(PyTorch logits / T)
+    max_prob_diff: float | None = None  # ONNX probabilities vs the calibrator applied to the PyTorch logits
+    max_calibrator_diff: float | None = None  # ... vs the calibrator applied to the file's own logits
 
     @property
     def top1_drop(self) -> float | None:
@@ -221,11 +226,15 @@ def _onnx_logits(session, pixels: np.ndarray, feed_batch: int | None, transform,
 
 
 def _prob_check(comp: Comparison, onnx_probs: np.ndarray | None, torch_logits: np.ndarray,
-                temperature: float) -> None:
-    """Record how far the file's ``probabilities`` are from softmax(PyTorch logits / T)."""
+                calibrator: Calibrator, onnx_logits: np.ndarray | None = None) -> None:
+    """Record how far the file's ``probabilities`` are from the numpy calibrator applied to the
+    PyTorch logits, and (``onnx_logits``) to the file's own logits: the graph's calibrator nodes
+    against the reference map, whatever the precision of the network before them."""
     if onnx_probs is not None:
-        ref = softmax(torch_logits, temperature)
-        comp.max_prob_diff = float(np.abs(onnx_probs.astype(np.float64) - ref).max())
+        probs = onnx_probs.astype(np.float64)
+        comp.max_prob_diff = float(np.abs(probs - calibrator.apply(torch_logits)).max())
+        if onnx_logits is not None:
+            comp.max_calibrator_diff = float(np.abs(probs - calibrator.apply(onnx_logits)).max())
 
 
 def compare(onnx_logits: np.ndarray, torch_logits: np.ndarray, inputs: str,
@@ -253,9 +262,13 @@ def _judge(comp: Comparison, tol: Tolerance, label: str, *, logits: bool = True,
         fails.append(f"{label} on {comp.inputs}: non-finite logits (NaN or infinity); the weights or the graph are damaged")
     if logits and tol.max_abs is not None and comp.max_abs_diff > tol.max_abs:
         fails.append(f"{label} on {comp.inputs}: max |Δlogit| {comp.max_abs_diff:.3g} > {tol.max_abs:g}")
-    # softmax(z / T) moves at most |Δz| / (2T) per entry; the logit bound carries over.
+    # the calibrator's moderate slopes keep |Δprobability| within the logit bound
     if logits and tol.max_abs is not None and comp.max_prob_diff is not None and comp.max_prob_diff > tol.max_abs:
         fails.append(f"{label} on {comp.inputs}: max |Δprobability| {comp.max_prob_diff:.3g} > {tol.max_abs:g}")
+    # the graph's calibrator nodes stay float32 in every precision: they must be the numpy map
+    if comp.max_calibrator_diff is not None and not comp.max_calibrator_diff <= tol.calibrator_max_diff:
+        fails.append(f"{label} on {comp.inputs}: the probabilities output differs from the calibrator applied to "
+                     f"the file's logits by {comp.max_calibrator_diff:.3g} > {tol.calibrator_max_diff:g}; export it again")
     if agreement and tol.min_agreement is not None and comp.agreement < tol.min_agreement:
         fails.append(f"{label} on {comp.inputs}: top-1 agreement {comp.agreement:.2f} % < {tol.min_agreement:g} %")
     if agreement and tol.max_top1_drop is not None and comp.top1_drop is not None and comp.top1_drop > tol.max_top1_drop:
@@ -305,6 +318,8 @@ def validate(
     session = create_session(onnx_path, provider, cuda_options=cuda_options)
     device = session_device(session)
     tol = tolerance_for(precision, device)
+    if session.get_outputs()[0].type == "tensor(float16)":
+        tol = replace(tol, calibrator_max_diff=CALIBRATOR_MAX_DIFF_FP16_LOGITS)
     if precision == "int8" and data_dir is None:
         raise ExportError(
             "an int8 file can only be validated on real images (its ranges are calibrated on them); "
@@ -313,7 +328,7 @@ def validate(
     ref_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     fixed = meta.get("input", {}).get("shape", ["N"])[0]
     tta = meta.get("tta", "none") == "flip"  # a TTA file is compared with PyTorch's `eval --tta` logits
-    temperature = check_temperature(meta.get("temperature", 1.0), f"the temperature in {str(onnx_path)!r}")
+    calibrator = from_metadata(meta, repr(str(onnx_path))) or Calibrator("temperature", 1.0)
     report = ValidationReport(
         onnx_file=str(onnx_path), arch=meta.get("arch", model.spec.name), precision=precision,
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
@@ -327,7 +342,7 @@ def validate(
     with evaluating(model):  # the caller's model keeps its mode (and its device: on_device copies)
         _validate_pair(
             _Pair(session, _NormaliseThenNetwork(on_device(model, ref_device), tta=tta).eval(), ref_device,
-                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, temperature),
+                  _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, calibrator),
             report, model, tol, f"{precision}/{device}", batch_sizes, seed, data_dir, max_images, progress,
             reference_cache, test_split)
     if file_sha256(onnx_path) != judged:
@@ -375,7 +390,7 @@ class _Pair:
     ref_device: str
     transform: Callable[[np.ndarray], np.ndarray]  # pixels in [0, 1] -> what the file takes
     fixed: int | None                              # the file's fixed batch size, if it has one
-    temperature: float = 1.0                       # of the file's probabilities output
+    calibrator: Calibrator                         # of the file's probabilities output
 
 
 def _input_transform(session: Any, meta: dict[str, Any], model: ResNet) -> Callable[[np.ndarray], np.ndarray]:
@@ -403,7 +418,7 @@ def _compare_random(pair: _Pair, report: ValidationReport, label: str, sizes: Se
             report.failures.append(f"{label}: output shape {o.shape} at batch {n}, PyTorch gives {t.shape}")
             continue
         report.comparisons.append(compare(o, t, f"random, batch {n}"))
-        _prob_check(report.comparisons[-1], outputs[1] if len(outputs) > 1 else None, t, pair.temperature)
+        _prob_check(report.comparisons[-1], outputs[1] if len(outputs) > 1 else None, t, pair.calibrator, o)
         random_o.append(o)
         random_t.append(t)
         if len(outputs) > 1:
@@ -411,7 +426,8 @@ def _compare_random(pair: _Pair, report: ValidationReport, label: str, sizes: Se
     if not random_o:
         return None
     pooled = compare(np.concatenate(random_o), np.concatenate(random_t), "random, all")
-    _prob_check(pooled, np.concatenate(random_p) if random_p else None, np.concatenate(random_t), pair.temperature)
+    _prob_check(pooled, np.concatenate(random_p) if random_p else None, np.concatenate(random_t), pair.calibrator,
+                np.concatenate(random_o))
     report.comparisons.append(pooled)
     return pooled
 
@@ -441,6 +457,6 @@ def _compare_test_set(pair: _Pair, report: ValidationReport, data_dir: str | os.
     if reference_cache is not None:
         reference_cache[key] = t
     comp = compare(o, t, "CIFAR-10 test" if test_split is None else "test images", test.labels)
-    _prob_check(comp, probs, t, pair.temperature)
+    _prob_check(comp, probs, t, pair.calibrator, o)
     report.comparisons.append(comp)
     return comp

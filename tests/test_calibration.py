@@ -16,6 +16,7 @@ from aperture_zoo.calibration import (
     check_temperature,
     cross_fit,
     ece,
+    fit_calibrator,
     fit_temperature,
     nll,
     softmax,
@@ -57,10 +58,11 @@ def test_cross_fit_never_scores_on_the_images_it_fitted() -> None:
     assert not set(a) & set(b) and len(a) + len(b) == len(labels)
     assert all(abs((labels[a] == c).sum() - (labels[b] == c).sum()) <= 1 for c in range(10))
     logits = rng.normal(size=(len(labels), 10)) + 4 * np.eye(10)[labels]
-    out = cross_fit(logits, labels)
-    t_a = out["halves"][0]["temperature"]
+    out = cross_fit(logits, labels, kinds=("temperature",))
+    t_a, t_b = out["temperature"]["halves"]
     assert t_a == pytest.approx(fit_temperature(logits[a], labels[a]))
-    assert out["halves"][0]["ece"] == pytest.approx(ece(softmax(logits[b], t_a), labels[b]))
+    assert out["temperature"]["ece"] == pytest.approx(np.mean([ece(softmax(logits[b], t_a), labels[b]),
+                                                               ece(softmax(logits[a], t_b), labels[a])]))
 
 
 def _halves_with_different_temperatures() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,28 +76,36 @@ def _halves_with_different_temperatures() -> tuple[np.ndarray, np.ndarray, np.nd
     return logits, labels, a, b
 
 
-def test_eval_reliability_and_tta_figures_score_each_half_at_the_other_halfs_temperature() -> None:
-    """eval.json's calibrated reliability bins and flip-TTA calibration are held out, like its ECE."""
-    from aperture_zoo.calibration import reliability_bins
-    from aperture_zoo.train.evaluate import logit_figures
+def test_eval_reliability_and_tta_figures_score_each_half_with_the_other_halfs_fit() -> None:
+    """eval.json's reliability bins and flip-TTA calibration are held out, like its ECE; the flip-TTA
+    figures come from calibrators fitted on flip-averaged logits (what the --tta flip file carries)."""
+    from aperture_zoo.calibration import Calibrator, reliability_bins
+    from aperture_zoo.train.calibrate import logit_figures
 
     logits, labels, a, b = _halves_with_different_temperatures()
     mirrored = logits[:, ::-1].copy()
     out = logit_figures(logits, mirrored, labels, torch.nn.Identity(), tta=False)
-    t_a, t_b = (h["temperature"] for h in out["halves"])  # fitted on a, fitted on b
+    t_a, t_b = out["temperature_scaling"]["halves"]  # fitted on a, fitted on b
     assert t_a != pytest.approx(t_b, rel=0.2)
-    held_out = np.empty_like(logits)
+    held_out, own = np.empty_like(logits), np.empty_like(logits)
     held_out[b], held_out[a] = softmax(logits[b], t_a), softmax(logits[a], t_b)
-    own = np.empty_like(logits)
     own[a], own[b] = softmax(logits[a], t_a), softmax(logits[b], t_b)
-    assert out["reliability"]["calibrated"] == reliability_bins(held_out, labels)
-    assert out["reliability"]["calibrated"] != reliability_bins(own, labels)
+    same = lambda x, y: all(x[k] == pytest.approx(y[k], abs=1e-12) for k in x)  # noqa: E731
+    assert same(out["reliability"]["temperature"], reliability_bins(held_out, labels))
+    assert not same(out["reliability"]["temperature"], reliability_bins(own, labels))
+    c_a, c_b = (Calibrator.from_dict(h["calibrator"]) for h in out["calibrator_halves"])
+    held_out[b], held_out[a] = c_a.apply(logits[b]), c_b.apply(logits[a])
+    assert same(out["reliability"]["calibrated"], reliability_bins(held_out, labels))
+    assert out["ece_calibrated"] == pytest.approx(np.mean([ece(held_out[b], labels[b]), ece(held_out[a], labels[a])]))
     avg = 0.5 * (logits + mirrored)
     tta = out["tta_calibration"]
     assert tta["ece"] == pytest.approx(ece(softmax(avg), labels))
-    assert tta["ece_calibrated"] == pytest.approx(
-        np.mean([ece(softmax(avg[b], t_a), labels[b]), ece(softmax(avg[a], t_b), labels[a])]))
-    assert tta["nll_calibrated"] == pytest.approx(np.mean([nll(avg[b], labels[b], t_a), nll(avg[a], labels[a], t_b)]))
+    f_a, f_b = (Calibrator.from_dict(h["calibrator"]) for h in tta["calibrator_halves"])
+    assert f_a == fit_calibrator(avg[a], labels[a])
+    assert tta["nll_calibrated"] == pytest.approx(np.mean([nll(np.log(f_a.apply(avg[b])), labels[b]),
+                                                          nll(np.log(f_b.apply(avg[a])), labels[a])]))
+    assert Calibrator.from_dict(tta["calibrator"]) == fit_calibrator(avg, labels, "cross-fitted on two stratified "
+                                                                                    "halves of the test set").rounded()
     assert out["top1_by_tta"] == {"none": pytest.approx(100 * (logits.argmax(1) == labels).mean()),
                                   "flip": pytest.approx(100 * (avg.argmax(1) == labels).mean())}
     assert out["ece"] == pytest.approx(ece(softmax(logits), labels))  # without tta: the plain logits' figures
@@ -263,10 +273,12 @@ def test_cli_eval_reports_calibration_tta_and_corruptions(synthetic_cifar: Path,
         "--tta", "--corruptions", "contrast:1,contrast:5", "--corruption-images", "50", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval.json").read_text())
-    for key in ("ece", "nll", "brier", "ece_calibrated", "nll_calibrated", "brier_calibrated", "temperature"):
+    for key in ("ece", "classwise_ece", "nll", "brier", "ece_calibrated", "classwise_ece_calibrated", "nll_calibrated",
+                "brier_calibrated"):
         assert np.isfinite(report[key]), key
+    assert np.isfinite(report["temperature_scaling"]["temperature"]) and report["calibrator"]["kind"]
     assert report["nll_calibrated"] <= report["nll"] + 0.05  # fitted on the other half: close to, or below
-    assert "cross-fitted" in report["temperature_fitted_on"]
+    assert "cross-fitted" in report["calibrator_fitted_on"]
     assert report["top1_by_tta"]["flip"] == pytest.approx(report["top1"])
     c = report["corruptions"]
     assert c["num_images"] == 50 and set(c["top1"]["contrast"]) == {"1", "5"} and c["worst"] == "contrast"
@@ -288,7 +300,8 @@ def test_predict_without_onnx_uses_the_published_resnet22_calibrated() -> None:
     path, label = sample_images()[0]
     result = CliRunner().invoke(app, ["predict", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    assert "resnet22.fast: calibrated probabilities (temperature" in result.output
+    cal = aperture_zoo.get_weights("resnet22").calibrator
+    assert f"resnet22.fast: calibrated probabilities ({cal.describe()})" in result.output
     rows = json.loads(result.output[result.output.index("["):])
     model = aperture_zoo.load("resnet22", pretrained=True)
     assert model.temperature == aperture_zoo.get_weights("resnet22").temperature is not None

@@ -45,7 +45,7 @@ def test_eval_of_too_few_images_to_fit_a_temperature_reports_without_one(weights
     result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--data-dir", str(cifar),
                                       "--no-download", "--subset", "5", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "no temperature: not fitted: too few images" in result.output
+    assert "no calibrator: not fitted: too few images" in result.output
     report = json.loads((tmp_path / "eval.json").read_text())
     assert "ece_calibrated" not in report and set(report["reliability"]) == {"uncalibrated"}
     assert (tmp_path / "reliability.png").stat().st_size > 0

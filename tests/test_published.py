@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import aperture_zoo
 from aperture_zoo.cli import app
 from aperture_zoo.pretrained import MODEL_CARDS_DIR
+from aperture_zoo.calibrators import Calibrator
 from aperture_zoo.catalog import get_weights, list_pretrained
 from aperture_zoo.registry import get_spec, list_models
 from aperture_zoo.samples import classify_samples, sample_images
@@ -52,13 +53,20 @@ def test_published_file_matches_its_record_and_card(tag: str) -> None:
     assert config["metrics"]["top1"] == record.top1 and config["trained"] is True
     # calibration, flip TTA and corruption figures: the record is eval.json's, rounded
     ev = json.loads((path.parent / "eval.json").read_text())
-    assert record.temperature == round(ev["temperature"], 4) and 0.3 < record.temperature < 3
-    assert "cross-fitted" in ev["temperature_fitted_on"]
+    assert ev["weights_sha256"] == record.sha256 and ev["calibration_num_images"] == 10000
+    assert record.calibrator == Calibrator.from_dict(ev["calibrator"]) and "cross-fitted" in ev["calibrator_fitted_on"]
+    assert record.calibrator_tta == Calibrator.from_dict(ev["tta_calibration"]["calibrator"])
+    assert record.temperature == round(ev["temperature_scaling"]["temperature"], 4) and 0.3 < record.temperature < 3
     assert record.top1_tta == round(ev["top1_by_tta"]["flip"], 2)
     assert record.measured_images == ev["num_images"] == ev["calibration_num_images"]  # what `aperture list` says
     assert record.ece == round(100 * ev["ece"], 2) and record.ece_calibrated == round(100 * ev["ece_calibrated"], 2)
+    assert record.ece_temperature == round(100 * ev["temperature_scaling"]["ece"], 2)
+    assert record.ece_tta_calibrated == round(100 * ev["tta_calibration"]["ece_calibrated"], 2)
     assert record.corruption_top1 == round(ev["corruptions"]["mean"], 2)
-    assert config["metrics"]["calibration"]["temperature"] == ev["temperature"]
+    assert config["metrics"]["calibration"]["calibrator"] == ev["calibrator"]
+    # the calibrator is chosen by held-out NLL: it never has a worse one than the temperature's
+    assert ev["nll_calibrated"] <= ev["temperature_scaling"]["nll"]
+    assert ev["tta_calibration"]["nll_calibrated"] <= ev["tta_calibration"]["temperature_scaling"]["nll"]
 
 
 def test_load_takes_a_tag_or_the_default_and_unknown_tags_list_the_published() -> None:
@@ -83,6 +91,33 @@ def test_published_accuracy_reproduces_on_real_test_images(name: str, real_cifar
     result = evaluate(aperture_zoo.load(name, pretrained=True), subset(load_split("test", real_cifar), 500, 0))
     # 500 images: the binomial standard error at 94 % is ~1.1 points; 4 points is > 3.5 sigma
     assert abs(result.top1 - recorded) < 4.0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow  # 20,000 forward passes per model on the CPU
+@pytest.mark.parametrize("name", list_models())
+def test_the_published_calibrators_keep_every_prediction_on_all_test_images(name: str, real_cifar) -> None:
+    """On all 10,000 test images (and their mirrors), the argmax of the calibrated probabilities is
+    the argmax of the logits, for the plain and the flip-TTA calibrator, through predict_proba too."""
+    from aperture_zoo.data import load_split
+    from aperture_zoo.train.evaluate import evaluate_sums
+
+    model = aperture_zoo.load(name, pretrained=True)
+    test = load_split("test", real_cifar)
+    collected: list = []
+    evaluate_sums(model, torch.as_tensor(test.images), torch.as_tensor(test.labels), torch.tensor(model.spec.mean),
+                  torch.tensor(model.spec.std), model.spec.num_classes, 500, logits_out=collected, mirror=True)
+    plain = torch.cat([p for p, _ in collected]).numpy()
+    flip = 0.5 * (plain + torch.cat([m for _, m in collected]).numpy())
+    assert model.calibrator is not None and model.calibrator_tta is not None
+    for cal, logits in ((model.calibrator, plain), (model.calibrator_tta, flip)):
+        probs = cal.apply(logits)
+        assert (probs.argmax(1) == logits.argmax(1)).all(), cal.kind
+    x = aperture_zoo.preprocess(test.images[:500].transpose(0, 2, 3, 1), model)
+    with torch.no_grad():
+        for tta in ("none", "flip"):
+            want = (model(x) + model(x.flip(3)) if tta == "flip" else model(x)).argmax(1)
+            assert torch.equal(aperture_zoo.predict_proba(model, x, tta=tta).argmax(1), want)
 
 
 def test_bundled_images_are_real_cifar10_test_images_with_labels() -> None:
@@ -198,3 +233,16 @@ def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch)
     with pytest.raises(NoPretrainedWeightsError, match="no published weights for tiny10") as info:
         aperture_zoo.load("tiny10", pretrained=True)
     assert not isinstance(info.value, PublishedWeightsUnavailableError)
+
+
+def test_the_readme_calibration_tables_are_the_eval_json_figures(monkeypatch) -> None:
+    """No figure in the README's calibration tables is typed by hand: they are the bench's table printer's
+    output from the committed eval.json files (regenerate with ``bench/published_figures.py --table``)."""
+    import importlib
+
+    root = MODEL_CARDS_DIR.parent
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    tables = importlib.import_module("published_figures").table(MODEL_CARDS_DIR, list_models()).split("\n\n")
+    readme = (root / "README.md").read_text()
+    assert len(tables) == 3 and all(t in readme for t in tables)
+    assert "calibration_reliability.png" in readme

@@ -231,12 +231,19 @@ def test_fit_prints_a_header_then_one_row_per_epoch(synthetic_cifar, tmp_path, c
     assert lines[0].split()[:4] == ["epoch", "loss", "train", "val"]
     assert [line.split()[0] for line in lines[1:]] == ["1/2", "2/2"]
     assert all(len(line) <= 80 for line in lines)
-    # a run with a validation split is calibrated on it: the temperature travels with the weights
+    # a run with a validation split is calibrated on it: the calibrators (plain and flip TTA, from
+    # calibration.fit_calibrator) and the one-temperature fit travel with the weights
+    from aperture_zoo.calibrators import Calibrator
     from aperture_zoo.weights import decode_metadata, load_weights, read_metadata
 
     meta = decode_metadata(read_metadata(tmp_path / "run" / "model.safetensors"))
     assert meta["temperature_fitted_on"] == "validation split" and 0.05 < meta["temperature"] < 20
-    assert load_weights(create_model(TINY), tmp_path / "run" / "model.safetensors").temperature == meta["temperature"]
+    loaded = load_weights(create_model(TINY), tmp_path / "run" / "model.safetensors")
+    assert loaded.temperature == meta["temperature"] and loaded.calibration_notice is None
+    assert loaded.calibrator == Calibrator.from_dict(meta["calibrator"]) and loaded.calibrator.fitted_on == "validation split"
+    assert loaded.calibrator_tta == Calibrator.from_dict(meta["calibrator_tta"])
+    # 20 validation images: too few to compare kinds, so one temperature (the same as the plain fit)
+    assert loaded.calibrator.kind == "temperature" and loaded.calibrator.temperature == pytest.approx(meta["temperature"], rel=1e-3)
 
 
 # ----------------------------------------------------------------- device facts

@@ -236,7 +236,7 @@ def test_flip_tta_file_in_the_page_gives_the_same_calibrated_probabilities(page:
         result = _upload(page, images["wide"])
         assert result["state"] == "done", result["error"]
         assert result["last"]["tta"] and "flip TTA" in page.inner_text("#source")
-        assert "calibrated (temperature 1.250)" in page.inner_text("#source")
+        assert "calibrated (temperature 1.25)" in page.inner_text("#source")
         _assert_same_as_python(result["last"], images["wide"], flip)
         plain = OnnxClassifier(models_dir / "resnet10.onnx", provider="cpu")
         assert np.abs(plain.predict_proba(load_image(images["wide"])[0]) - np.asarray(result["last"]["probs"])).max() > 1e-3

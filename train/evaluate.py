@@ -159,7 +159,8 @@ def evaluate(
 
     The model's spec supplies the normalisation, so a model is always evaluated the way it was
     trained. ``precision="auto"`` uses bf16 autocast on CUDA and fp32 on CPU. ``calibration`` adds
-    ECE/NLL/Brier before and after the temperature (see ``logit_figures``) to ``extra``. ``mirror``
+    ECE/NLL/Brier uncalibrated, with one temperature and with the calibrator (see
+    ``calibrate.logit_figures``) to ``extra``. ``mirror``
     (with ``calibration``) also runs the mirrored images, so that an evaluation without TTA reports
     top-1 with and without it and the flip-averaged calibration in one pass: what the cards show.
     """
@@ -207,119 +208,39 @@ def evaluate(
     if calibration:
         plain = torch.cat([p for p, _ in collected]).numpy()
         mirrored = torch.cat([m for _, m in collected]).numpy() if tta or mirror else None  # type: ignore[misc]
+        from .calibrate import logit_figures
+
         result.extra.update(logit_figures(plain, mirrored, split.labels, model, tta=tta))
     return result
 
 
-def logit_figures(plain: Any, mirrored: Any, labels: Any, model: nn.Module, tta: bool | None = None) -> dict[str, Any]:
-    """Calibration (and, with mirrored logits, top-1 with and without flip TTA) from logits.
-
-    The figures are measured on the logits the reported top-1 comes from (flip-averaged with
-    ``tta``, which defaults to "mirrored logits were given"). Mirrored logits without ``tta`` add
-    ``tta_calibration``: the flip-averaged logits' ECE/NLL/Brier, raw and divided by the same
-    temperatures, since an ONNX file exported with ``--tta flip`` carries the plain logits' one.
-    A temperature fitted on a run's validation split is applied as it is; otherwise (the published
-    weights, fitted on the test set, or none known) the temperature is cross-fitted on two
-    stratified halves of these images, so no figure is measured on the images it was fitted on.
-    """
-    import numpy as np
-
-    from aperture_zoo.calibration import cross_fit, reliability_bins, report, softmax, stratified_halves
-
-    labels = np.asarray(labels)
-    if tta and mirrored is None:
-        raise ValueError("tta=True needs the mirrored logits")
-    tta = mirrored is not None if tta is None else tta
-    logits = 0.5 * (plain + mirrored) if tta else plain
-    meta = getattr(model, "weights_metadata", None) or {}
-    temperature = getattr(model, "temperature", None)
-    if temperature is not None and meta.get("temperature_fitted_on") == VAL_FITTED:
-        calib = report(logits, labels, temperature, VAL_FITTED)
-        calibrated = softmax(logits, temperature)
-    elif min(map(len, stratified_halves(labels))) < MIN_HALF:  # a temperature fitted on a handful is noise
-        calib = report(logits, labels, None)
-        calib["temperature_fitted_on"] = (f"not fitted: too few images to cross-fit a temperature (each half needs "
-                                          f"at least {MIN_HALF})")
-        calibrated = softmax(logits)
-    else:
-        calib = cross_fit(logits, labels)
-        calib["temperature_fitted_on"] = calib.pop("fitted_on")
-        calibrated = _held_out_probs(logits, labels, [h["temperature"] for h in calib["halves"]])
-    out: dict[str, Any] = {**calib, "ece_bins": 15, "calibration_num_images": int(len(labels))}
-    out["reliability"] = {"uncalibrated": reliability_bins(softmax(logits), labels)}
-    if "ece_calibrated" in calib:  # no temperature: nothing calibrated to draw
-        out["reliability"]["calibrated"] = reliability_bins(calibrated, labels)
-    if mirrored is not None:
-        averaged = 0.5 * (plain + mirrored)
-        out["top1_by_tta"] = {"none": 100.0 * float((plain.argmax(1) == labels).mean()),
-                              "flip": 100.0 * float((averaged.argmax(1) == labels).mean())}
-        if not tta:
-            out["tta_calibration"] = _tta_calibration(averaged, labels, calib)
-    return out
-
-
-def _held_out_probs(logits: Any, labels: Any, temperatures: list[float]) -> Any:
-    """Calibrated probabilities where each stratified half is divided by the temperature fitted on the
-    other half (``cross_fit``'s halves, in its order), so no image is scored with a T fitted on it."""
-    import numpy as np
-
-    from aperture_zoo.calibration import softmax, stratified_halves
-
-    out = np.empty_like(logits, dtype=np.float64)
-    for idx, t in zip(stratified_halves(labels)[::-1], temperatures):
-        out[idx] = softmax(logits[idx], t)
-    return out
-
-
-def _tta_calibration(averaged: Any, labels: Any, calib: dict[str, Any]) -> dict[str, Any]:
-    """ECE/NLL/Brier of flip-averaged logits, raw and with the plain logits' temperature(s)."""
-    import numpy as np
-
-    from aperture_zoo.calibration import brier, ece, nll, scores, stratified_halves
-
-    out: dict[str, Any] = dict(scores(averaged, labels))
-    if "halves" in calib:  # cross-fitted: each half with the temperature of the other half
-        probs = _held_out_probs(averaged, labels, [h["temperature"] for h in calib["halves"]])
-        halves = stratified_halves(labels)[::-1]
-        out["ece_calibrated"] = float(np.mean([ece(probs[i], labels[i]) for i in halves]))
-        out["nll_calibrated"] = float(np.mean([nll(averaged[i], labels[i], h["temperature"])
-                                               for i, h in zip(halves, calib["halves"])]))
-        out["brier_calibrated"] = float(np.mean([brier(probs[i], labels[i]) for i in halves]))
-    elif calib.get("temperature") is not None:
-        out.update({f"{k}_calibrated": v for k, v in scores(averaged, labels, calib["temperature"]).items()})
-    return out
-
-
-VAL_FITTED = "validation split"  # temperature_fitted_on of a run trained with --val-split
-MIN_HALF = 20  # images in each stratified half below which no temperature is cross-fitted
-
-
-def fit_val_temperature(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
-                        batch_size: int = 1000) -> dict[str, Any]:
-    """The run's temperature, fitted by NLL on its validation split: metadata for model.safetensors."""
-    from aperture_zoo.calibration import fit_temperature
-
+def split_logits(model: nn.Module, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
+                 batch_size: int = 1000) -> tuple[Any, Any, Any]:
+    """(plain, mirrored, labels) as numpy: the logits a run's calibrators are fitted on."""
     collected: list[tuple[Tensor, Tensor | None]] = []
-    evaluate_sums(model, images, labels, mean, std, model.spec.num_classes, batch_size, logits_out=collected)
-    logits = torch.cat([p for p, _ in collected]).numpy()
-    return {"temperature": round(fit_temperature(logits, labels.cpu().numpy()), 6),
-            "temperature_fitted_on": VAL_FITTED}
+    evaluate_sums(model, images, labels, mean, std, model.spec.num_classes, batch_size, logits_out=collected,
+                  mirror=True)
+    mirrored = torch.cat([m for _, m in collected if m is not None])
+    return torch.cat([p for p, _ in collected]).numpy(), mirrored.numpy(), labels.cpu().numpy()
 
 
-def temperature_to_write(result: EvalResult) -> tuple[float, str]:
-    """The temperature this evaluation fitted on all its images, and how to describe where, for a weights copy.
+def temperature_to_write(result: EvalResult) -> tuple[float, dict[str, Any], str]:
+    """The temperature and the calibrator (``calibration.fit_calibrator``) this evaluation fitted on all
+    its images, and how to describe where, for a weights copy.
 
     Weights calibrated on their own validation split have it applied, not refitted: there is nothing
     new to write. Too few images fit none.
     """
+    from .calibrate import VAL_FITTED
+
     e = result.extra
-    if e.get("temperature_fitted_on") == VAL_FITTED:
-        raise EvalError("these weights already carry a temperature fitted on their validation split (images held out "
+    if e.get("temperature_fitted_on") == VAL_FITTED or e.get("calibrator_fitted_on") == VAL_FITTED:
+        raise EvalError("these weights already carry a calibrator fitted on their validation split (images held out "
                         "of training), which eval applies rather than refits; there is nothing new to write")
-    if e.get("temperature") is None or "ece_calibrated" not in e:
-        raise EvalError(f"no temperature was fitted ({e.get('temperature_fitted_on', 'no calibration measured')}); "
+    if e.get("temperature") is None or "ece_calibrated" not in e or "calibrator" not in e:
+        raise EvalError(f"no calibrator was fitted ({e.get('calibrator_fitted_on', 'no calibration measured')}); "
                         "evaluate on more images to write one")
-    return float(e["temperature"]), f"{result.num_images} test images, by aperture eval"
+    return float(e["temperature"]), e["calibrator"], f"{result.num_images} test images, by aperture eval"
 
 
 def format_confusion(result: EvalResult) -> str:
@@ -334,14 +255,9 @@ def format_confusion(result: EvalResult) -> str:
 
 def format_robustness(extra: dict[str, Any]) -> list[str]:
     """The calibration, TTA and corruption figures of an evaluation, as printed lines."""
-    e, lines = extra, []
-    if "ece" in e and "ece_calibrated" not in e:
-        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f}; "
-                     f"no temperature: {e['temperature_fitted_on']}")
-    elif "ece" in e:
-        lines.append(f"calibration (15-bin ECE / NLL / Brier): {100 * e['ece']:.2f}% / {e['nll']:.4f} / {e['brier']:.4f} "
-                     f"-> with temperature {e['temperature']:.4f}: {100 * e['ece_calibrated']:.2f}% / "
-                     f"{e['nll_calibrated']:.4f} / {e['brier_calibrated']:.4f} (temperature {e['temperature_fitted_on']})")
+    from .calibrate import calibration_lines
+
+    e, lines = extra, calibration_lines(extra)
     if "top1_by_tta" in e:
         lines.append(f"top-1 without TTA {e['top1_by_tta']['none']:.2f}%, with flip TTA {e['top1_by_tta']['flip']:.2f}%")
     c = e.get("corruptions")
@@ -377,7 +293,7 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     if "reliability" in result.extra:
         e = result.extra
         title = (f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
-                 f"(T = {e['temperature']:.3f}, {result.num_images} images)" if "ece_calibrated" in e else
-                 f"{model_name}: ECE {100 * e['ece']:.2f}%, no temperature ({result.num_images} images)")
+                 f"({result.num_images} images)" if "ece_calibrated" in e else
+                 f"{model_name}: ECE {100 * e['ece']:.2f}%, no calibrator ({result.num_images} images)")
         plot_reliability(e["reliability"], out / RELIABILITY_FILENAME, title=title)
     return report

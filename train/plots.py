@@ -76,9 +76,9 @@ def save_figure(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_reliability(bins: dict[str, dict[str, list[float]]], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Reliability diagram: accuracy against confidence per bin, before and after the temperature.
+    """Reliability diagram: accuracy against confidence per bin, one panel per set of probabilities.
 
-    ``bins``: ``{"uncalibrated": reliability_bins(...), "calibrated": ...}``. A calibrated model's
+    ``bins``: ``{"uncalibrated": reliability_bins(...), "temperature": ..., "calibrated": ...}``. A calibrated model's
     bars sit on the diagonal; bars below it mean over-confidence, above it under-confidence.
     """
     plt = _pyplot()

@@ -145,7 +145,7 @@ def export_cmd(
 ) -> None:
     """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
 
-    Outputs: logits, and probabilities (softmax(logits / T), calibrated with the weights' temperature).
+    Outputs: logits, and probabilities (the weights' calibrator applied to the logits, in the graph).
 
     A file that fails validation is renamed <stem>.FAILED.onnx and the command exits 1.
     """
@@ -176,9 +176,11 @@ def export_cmd(
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
                 progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
-        if model.temperature is None:
-            err_console.print("[yellow]no temperature is known for these weights: the probabilities output is the "
+        if model.calibrator is None and model.temperature is None:
+            err_console.print("[yellow]no calibrator is known for these weights: the probabilities output is the "
                               "uncalibrated softmax[/]", highlight=False, soft_wrap=True)
+        elif model.calibration_notice:
+            err_console.print(f"[yellow]{safe(model.calibration_notice)}[/]", highlight=False, soft_wrap=True)
         if options and not any(r.provider == "CUDAExecutionProvider" for r in result.reports):
             err_console.print("--cuda-options are valid but unused: no file was validated on the CUDA provider",
                               highlight=False, soft_wrap=True)
@@ -293,7 +295,7 @@ def _predict_torch(images: list[Path], name: str, weights: str | None, tta: str 
         rows, failures = classify(model, images, top_k=top_k, tta=flip)
     record = None if names_weights(name) else find_weights(name)
     tag = record.tag if record is not None and record.sha256 == sha else weights or name  # yours: as you named it
-    return rows, failures, f"{tag}: {describe_probabilities(model)}" + ("; flip test-time augmentation" if flip else "")
+    return rows, failures, f"{tag}: {describe_probabilities(model, flip)}" + ("; flip test-time augmentation" if flip else "")
 
 
 @app.command("bench")

@@ -182,8 +182,8 @@ def eval_cmd(
         "(default: all evaluated images)."),
     write_temperature: Optional[Path] = typer.Option(
         None, "--write-temperature", help="Also write a copy of the weights to this new file (never an existing "
-        "one) with the temperature fitted here on all the evaluated images in its metadata, and the SHA-256 of "
-        "the weights it was fitted for."),
+        "one) with the calibrator and the temperature fitted here on all the evaluated images in its metadata, "
+        "and the SHA-256 of the weights they were fitted for."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json to stdout."),
 ) -> None:
     """Test top-1, per-class accuracy, confusion matrix and calibration (ECE, NLL, Brier before and
@@ -253,14 +253,16 @@ def _on_this_disk(ref: str) -> bool:
 
 
 def _write_temperature(result: Any, weights: Any, sha256: Any, out: Path) -> None:
-    """``eval --write-temperature``: a copy of the weights with the temperature this evaluation fitted."""
+    """``eval --write-temperature``: a copy of the weights with the calibrator and temperature this
+    evaluation fitted."""
+    from aperture_zoo.calibrators import Calibrator
     from aperture_zoo.train.evaluate import temperature_to_write
     from aperture_zoo.weights import write_with_temperature
 
-    t, fitted_on = temperature_to_write(result)
-    write_with_temperature(weights, out, t, fitted_on, sha256)
-    err_console.print(f"wrote {safe(out)}: these weights with temperature {t:.4f} (fitted on {fitted_on})",
-                      highlight=False)
+    t, calibrator, fitted_on = temperature_to_write(result)
+    write_with_temperature(weights, out, t, fitted_on, sha256, calibrator)
+    err_console.print(f"wrote {safe(out)}: these weights with the calibrator {Calibrator.from_dict(calibrator).describe()} "
+                      f"and temperature {t:.4f} (fitted on {fitted_on})", highlight=False)
 
 
 @app.command("train-zoo")

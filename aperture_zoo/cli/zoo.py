@@ -79,15 +79,16 @@ def _published_table(rows: list[dict]):  # type: ignore[no-untyped-def]
     counts = sorted({r["measured_images"] for r in rows})
     where = f"all {counts[0]:,} CIFAR-10 test images" if counts == [10_000] else \
         "CIFAR-10 test images (" + ", ".join(f"{r['weights']}: {r['measured_images']:,}" for r in rows) + ")"
-    table = Table(title=f"published weights: top-1, with flip TTA, and ECE, each on {where}",
-                  caption="ECE: 15-bin calibration error of the probabilities predict_proba and ONNX files give: "
-                          "softmax(logits / T), T cross-fitted on halves of the test set",
+    table = Table(title=f"published weights: top-1, flip TTA and ECE, each on {where}",
+                  caption="ECE: 15-bin calibration error of the probabilities predict_proba and ONNX files give (the "
+                          "calibrator, cross-fitted on halves of the test set); with one temperature in brackets",
                   box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for col in ("weights", "top-1 %", "flip TTA %", "ECE %", "T"):
-        table.add_column(col, justify="left" if col == "weights" else "right", no_wrap=True)
+    for col in ("weights", "top-1 %", "flip TTA %", "ECE %", "flip ECE %", "calibrator"):
+        table.add_column(col, justify="left" if col in ("weights", "calibrator") else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["weights"], _pct(r["top1"]), _pct(r["top1_tta"]), _pct(r["ece_calibrated"]),
-                      "—" if r["temperature"] is None else f"{r['temperature']:.3f}")
+        one_t = "" if r.get("ece_temperature") is None else f" ({r['ece_temperature']:.2f})"
+        table.add_row(r["weights"], _pct(r["top1"]), _pct(r["top1_tta"]), _pct(r["ece_calibrated"]) + one_t,
+                      _pct(r.get("ece_tta_calibrated")), r.get("calibrator") or "—")
     return table
 
 

@@ -145,6 +145,7 @@ function fileLabel(f) {
 // What the shown probabilities are, from the file's entry: said beside every result.
 function probabilityLabel(f, calibrated) {
   const what = !calibrated ? "uncalibrated softmax"
+    : f.calibrator != null ? `calibrated (${f.calibrator})`
     : f.temperature != null ? `calibrated (temperature ${Number(f.temperature).toPrecision(4)})`
     : f.calibrated == null ? "probabilities (calibration not recorded)" : "calibrated";
   return f.tta ? `${what}, flip TTA` : what;
@@ -394,7 +395,7 @@ async function classify(blob, name, trueLabel = null) {
   const ms = times[0];
   const sorted = [...times].sort((a, b) => a - b);
   const logits = Array.from(output[session.outputNames[0]].data);
-  // The file's calibrated probabilities (softmax(logits / T)); an older file without them: plain softmax.
+  // The file's calibrated probabilities (its calibrator, computed in the graph); an older file without them: plain softmax.
   const hasProbs = session.outputNames.includes("probabilities");
   const probs = hasProbs ? Array.from(output.probabilities.data) : softmax(logits);
   const calibrated = hasProbs && file.calibrated !== false; // false: no temperature was known at export
