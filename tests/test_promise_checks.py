@@ -40,8 +40,11 @@ def calibrated_file(small_model: torch.nn.Module, tmp_path_factory: pytest.TempP
 
 def test_validation_refuses_probabilities_that_are_not_softmax_over_the_files_temperature(
         calibrated_file: Path, small_model: torch.nn.Module, tmp_path: Path) -> None:
+    import json
+
     import onnx
 
+    from aperture_zoo.calibrators import Calibrator
     from aperture_zoo.export.onnx_export import set_metadata
     from aperture_zoo.export.validate import validate
 
@@ -49,7 +52,7 @@ def test_validation_refuses_probabilities_that_are_not_softmax_over_the_files_te
     assert good.passed, good.failures
     # the graph still divides by 0.6, but the file now says its probabilities use T = 1.5
     proto = onnx.load(str(calibrated_file))
-    set_metadata(proto, {"temperature": "1.5"})
+    set_metadata(proto, {"temperature": "1.5", "calibrator": json.dumps(Calibrator("temperature", 1.5).to_dict())})
     onnx.save(proto, str(tmp_path / "mislabelled.onnx"))
     bad = validate(tmp_path / "mislabelled.onnx", small_model, provider="cpu", batch_sizes=(4,))
     assert not bad.passed
