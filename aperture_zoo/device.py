@@ -3,7 +3,8 @@
 ``autocast_dtype``: what ``precision="auto"`` means (bf16 autocast on CUDA, fp32 on CPU), so a model
 is evaluated and benchmarked in the precision it was trained in. ``device_name``: how a device is
 named in results (metadata, eval reports, benchmark rows), so one GPU is never recorded under two
-names.
+names. ``inference_dtype``: the precision of passes whose outputs are only *used*, never reported
+(the fine-tune's feature pass), where bf16 pays off even on a CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,26 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     cuda = torch.device(device).type == "cuda"
     return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
+
+
+def inference_dtype(device: torch.device | str) -> torch.dtype | None:
+    """bf16 for a no-grad forward pass where the hardware computes it natively, else None (fp32).
+
+    On a CPU that means AMX tiles (Intel Sapphire Rapids and later): there oneDNN's bf16 forward
+    pass of resnet10 (batch 128, channels_last) runs about 1.6x faster than fp32, while bf16
+    *training* under autocast is slower than fp32 (bench/finetune_speed.py measures both). Other
+    CPUs were not measured and stay in fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own probe (private, so guarded)
+    try:
+        return torch.bfloat16 if amx is not None and amx() and torch.backends.mkldnn.is_available() else None
+    except RuntimeError:
+        return None
 
 
 def device_name(device: torch.device | str, detail: bool = False) -> str:

@@ -88,10 +88,14 @@ def test_a_folder_of_few_images_fine_tunes_with_the_default_recipe(tmp_path: Pat
                   "--no-progress", "--out", run)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "24 training images: batch size 128 -> 4 (at least 4 steps an epoch), lr 0.02 -> 0.000625" in text
+    from aperture_zoo.train.recipes import FINETUNE
+
+    lr = FINETUNE.lr * 4 / 128  # the recipe's lr at batch 128, scaled linearly to batch 4
+    assert (f"24 training images: batch size 128 -> 4 (at least 4 steps an epoch), lr {FINETUNE.lr:g} -> "
+            f"{lr:g}") in text
     assert "too few to hold out 20 for calibration" in text  # and said so: no validation split
     recipe = json.loads((run / "recipe.json").read_text())
-    assert (recipe["batch_size"], recipe["lr"], recipe["name"]) == (4, 0.000625, "finetune")
+    assert (recipe["batch_size"], recipe["lr"], recipe["name"]) == (4, lr, "finetune")
     meta = decode_metadata(read_metadata(run / "model.safetensors"))
     assert meta["init"]["head"] == "new" and "temperature" not in meta
 

@@ -22,7 +22,7 @@ from torch import nn
 from aperture_zoo.datasets import Dataset, dataset_name, load_dataset
 from aperture_zoo.registry import ModelSpec
 
-from .finetune import InitSource, freeze_backbone, load_init, resolve_init, same_head
+from .finetune import InitSource, freeze_backbone, freeze_stages, load_init, resolve_init, same_head
 
 DEFAULT_VAL_SPLIT = 0.1  # of a folder's training images, per class, when --val-split is not given
 MIN_VAL_IMAGES = 20      # a smaller default validation split would fit a temperature on noise: none then
@@ -127,8 +127,11 @@ def _spec_json(spec: ModelSpec) -> dict[str, Any]:
     return json.loads(spec.to_json())
 
 
-def prepare_model(run: dict[str, Any], fresh: bool) -> Callable[[nn.Module], None]:
-    """What the loop applies to a newly built network: the init weights (new runs), the frozen backbone."""
+def prepare_model(run: dict[str, Any], fresh: bool, frozen_stages: int = 0) -> Callable[[nn.Module], None]:
+    """What the loop applies to a newly built network: the init weights (new runs), the frozen backbone.
+
+    ``frozen_stages`` (the recipe's) applies to runs from ``--init`` weights only: a random stem learns.
+    """
     def apply(model: nn.Module) -> None:
         init = run.get("init")
         if fresh and init:
@@ -144,6 +147,8 @@ def prepare_model(run: dict[str, Any], fresh: bool) -> Callable[[nn.Module], Non
             load_init(model, InitSource(init["ref"], path, init["sha256"], _source_spec(path)))
         if run.get("freeze_backbone"):
             freeze_backbone(model)
+        elif init and frozen_stages:
+            freeze_stages(model, frozen_stages)
 
     return apply
 
@@ -163,7 +168,7 @@ def weights_metadata(run: dict[str, Any]) -> dict[str, Any]:
     the run's ``run.json`` holds those.
     """
     out: dict[str, Any] = {"dataset": run.get("dataset", "cifar10")}
-    for key in ("data", "init", "freeze_backbone"):
+    for key in ("data", "init", "freeze_backbone", "probe"):
         if run.get(key) is not None:
             out[key] = run[key]
     if isinstance(out.get("data"), dict):

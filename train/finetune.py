@@ -89,14 +89,37 @@ def load_init(model: nn.Module, source: InitSource) -> None:
         model.load_state_dict(fresh, strict=False)
 
 
+ADAPTING = "_aperture_adapting"  # set on a frozen BatchNorm while the probe re-estimates its statistics
+
+
 def _frozen_bn(module: nn.Module, inputs: Any) -> None:
-    module.train(False)
+    module.train(bool(getattr(module, ADAPTING, False)))
+
+
+def _keep_statistics(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_frozen_bn)
 
 
 def freeze_backbone(model: nn.Module) -> None:
     """Train the head (``fc``) only: the rest gets no gradient and BatchNorm keeps its running statistics."""
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("fc."))
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.register_forward_pre_hook(_frozen_bn)
+    _keep_statistics(model)
+
+
+def freeze_stages(model: nn.Module, stages: int) -> None:
+    """Fine-tune above the stem and the first ``stages`` stages: those keep their weights and BN statistics.
+
+    Nothing below them learns, so their backward pass is skipped altogether: at 32x32 the stem and
+    the first stage cost the most per image, and a short fine-tune's time is mostly backward passes.
+    """
+    blocks = getattr(model, "stages", None)
+    if blocks is None or not 0 <= stages <= len(blocks):
+        raise InitError(f"frozen_stages={stages}, but the network has {len(blocks or [])} stages; freeze fewer "
+                        "(--set frozen_stages=N)")
+    for module in [model.conv1, model.bn1, *blocks[:stages]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+        _keep_statistics(module)

@@ -8,7 +8,8 @@ Three rules, each judged on figures the loop already has (no extra host sync):
   ten times that is a confidently wrong network whose weights are running away (a diverged run
   went to 439,099), never a slow start;
 - **at chance**: from epoch ``max(3, epochs // 3)`` on (runs of fewer than 3 epochs are too short
-  to judge), an epoch's training top-1 within ``CHANCE_MARGIN`` of the way from "always the most
+  to judge, except at their last epoch when they began from a probed head: ``train/probe.py``
+  already fitted it above chance, so a fine-tune that ends at chance has destroyed it), an epoch's training top-1 within ``CHANCE_MARGIN`` of the way from "always the most
   frequent class" to 100 %: the network has learnt nothing its labels could teach;
 - **broken in eval mode**: from that epoch on, a test (or validation) loss above the loss limit.
   Training-mode figures use the batch's own statistics; a run whose BatchNorm running statistics
@@ -53,10 +54,15 @@ def majority_share(labels: np.ndarray) -> float:
     return 100.0 * float(np.bincount(labels).max()) / max(len(labels), 1)
 
 
-def epoch_problem(row: dict[str, Any], epochs: int, majority_pct: float, num_classes: int) -> str | None:
-    """What is wrong with a finished epoch's row (1-based ``epoch``, ``train_top1``, any ``*_loss``), or None."""
+def epoch_problem(row: dict[str, Any], epochs: int, majority_pct: float, num_classes: int,
+                  probed: bool = False) -> str | None:
+    """What is wrong with a finished epoch's row (1-based ``epoch``, ``train_top1``, any ``*_loss``), or None.
+
+    ``probed``: the run began from a head fitted to its features, so even a short run's last epoch is judged.
+    """
     epoch = int(row["epoch"])
-    if epochs < CHANCE_FROM_EPOCH or epoch < max(CHANCE_FROM_EPOCH, epochs // 3):
+    short_end = probed and epochs < CHANCE_FROM_EPOCH and epoch == epochs
+    if not short_end and (epochs < CHANCE_FROM_EPOCH or epoch < max(CHANCE_FROM_EPOCH, epochs // 3)):
         return None
     ceiling = majority_pct + CHANCE_MARGIN * (100.0 - majority_pct)
     if row["train_top1"] <= ceiling:

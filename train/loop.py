@@ -36,6 +36,7 @@ from .calibrate import fit_val_calibration
 from .evaluate import EvalResult, evaluate_sums, result_from_sums, split_logits
 from .guard import epoch_problem, loss_problem, majority_share
 from .loader import DeviceData, DeviceSplit, load_run_data
+from .probe import probe_run
 from .recipes import Recipe
 from .rundir import RunDir
 from .settings import (SYNC_INTERVAL_S, Run, TimeBudgetReached, TrainConfig, TrainingDiverged, TrainingError,
@@ -73,7 +74,9 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         run.spec, run.record = D.decided_on_rank0(info, lambda: _new_run(cfg, run))
     data = load_run_data(cfg, run, info, device, data_from_run, _say if info.is_main else None)
     state = initial_state(run.spec, run.recipe, run.seed, info, device, run.ckpt,
-                          prepare=dataset_run.prepare_model(run.record, fresh=run.ckpt is None))
+                          prepare=dataset_run.prepare_model(run.record, run.ckpt is None, run.recipe.frozen_stages))
+    if run.ckpt is None and run.recipe.probe_head and run.record.get("init"):  # LP-FT, before DDP copies rank 0
+        run.record["probe"] = probe_run(run.recipe, run.record, state, data, device, show=info.is_main)
     step_fn = TrainStep(network(state.model, info, device, bool(cfg.compile)), state.optimizer,
                         autocast_dtype(run.recipe.precision, device))
     r = _Loop(cfg, info, device, run, _open_folder(cfg, run, info, stack), majority_share(data.train.labels.cpu().numpy()))
@@ -90,7 +93,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
             row, halted = train_epoch(r, state, step_fn, stream, stop, bar)
             if row is not None:  # the epoch ran to its end
                 last = finish_epoch(r, state, data, row, bar)
-                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes)  # guard.py
+                why = epoch_problem(last, run.recipe.epochs, r.majority_pct, run.spec.num_classes,  # guard.py
+                                    probed="probe" in run.record)
                 if why is not None:  # before its checkpoint: the last good one stays
                     raise r.diverged(state, why, state.epoch - 1, stream.steps)
                 rows += [last] if info.is_main else []
