@@ -35,14 +35,20 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m hypothesis -p no:cacheprovider $(FUZZ_ARGS)
 
 # The runtime matrix: exported files in old and current onnxruntime and OpenCV DNN, each in a venv
-# made once under ~/.cache/aperture_zoo/runtimes from the package index (CI runs it too).
+# made once under ~/.cache/aperture_zoo/runtimes from the package index, and every other format
+# exported, validated and run in its own runtime (the `formats` extra; LiteRT's converter in a venv
+# of its own under the same folder). CI runs it too.
 test-runtimes: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,formats]'
 	$(PY) -m pytest -q -m runtimes
 
-# The curated mutation check (not part of `make test`): each promise in bench/mutants.toml broken
-# on purpose in a temporary copy of the tree must fail its listed tests. Prints the score.
+# Mutation testing (not part of `make test`): mutmut generates the mutants of the modules that hold
+# the product's promises and runs each against the tests that reach its function (bench/mutation.py;
+# hours on 2 cores for all modules, run in parts). MODULES picks some: make mutants MODULES="calibration seeds".
+# The per-module summary goes to bench/results/mutation/; equivalent mutants: bench/mutation_equivalent.toml.
 mutants: $(STAMP)
-	$(PY) bench/mutants.py $(MUTANTS_ARGS)
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[mutation]'
+	$(PY) bench/mutation.py $(MODULES) $(MUTANTS_ARGS)
 
 # Train, check and export all six with the `fast` recipe on a CUDA machine; run again to resume.
 # ZOO_ARGS passes options through, e.g. make zoo ZOO_ARGS="resnet22 resnet10 --deadline 600".

@@ -1,7 +1,8 @@
 """What a model card states, gathered from the files of its folder, every join checked.
 
 Parameters and FLOPs come from ``summary.measure``, accuracy/recipe/hardware from the weights'
-metadata, per-class accuracy from ``eval.json``, ONNX parity from ``*.report.json``, the runtime
+metadata, per-class accuracy from ``eval.json``, every exported file's parity from ``*.report.json``
+(``resnet22.report.json`` for ONNX, ``resnet22.int8.pte.report.json`` for the other formats), the runtime
 matrix from ``runtimes.json``. Each of those files is shown to belong to these weights by its
 recorded SHA-256 (``provenance.check_folder``) before the card says anything it holds.
 """
@@ -14,7 +15,8 @@ from typing import Any
 
 from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
-from .files import EVAL_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX, RUNTIMES_FILENAME, WEIGHTS_FILENAME, read_json
+from .files import (EVAL_FILENAME, MODEL_SUFFIXES, ONNX_SUFFIX, PROVENANCE_FILENAME, REPORT_SUFFIX, RUNTIMES_FILENAME,
+                    WEIGHTS_FILENAME, read_json)
 from .registry import ModelSpec, get_spec
 
 
@@ -34,7 +36,7 @@ class CardFacts:
     weights_sha256: str | None = None
     weights_size: int | None = None
     eval: dict[str, Any] | None = None
-    onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name -> report
+    onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name (any format) -> report
     runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
 
@@ -99,20 +101,20 @@ def gather(name: str, source_dir: Path, weights: Path | None = None, repo_id: st
 
 
 def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
-    """eval.json, the ONNX reports and the runtime matrix, each shown to be of these weights."""
+    """eval.json, the exported files' reports and the runtime matrix, each shown to be of these weights."""
     from .provenance import StaleFileError, check_folder
 
     if facts.weights_sha256 is None:
-        derived = [*source_dir.glob("*.onnx"), *source_dir.glob("*" + REPORT_SUFFIX), source_dir / RUNTIMES_FILENAME,
-                   source_dir / EVAL_FILENAME]
-        stray = next((p for p in derived if p.is_file()), None)
+        derived = [*(p for suffix in MODEL_SUFFIXES for p in source_dir.glob("*" + suffix)),
+                   *source_dir.glob("*" + REPORT_SUFFIX), source_dir / RUNTIMES_FILENAME, source_dir / EVAL_FILENAME]
+        stray = next((p for p in derived if p.exists()), None)
         if stray is not None:  # files of some weights, in a card that describes none
             raise StaleFileError(f"{stray} describes trained weights, but {source_dir} holds no weights for the card "
                                  "to check it against; add the weights (model.safetensors), or remove it")
         return
     checked = check_folder(source_dir, facts.weights_sha256, name)
     facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
-    facts.has_onnx = bool(checked.reports) or bool(checked.onnx_files)
+    facts.has_onnx = any(f.endswith(ONNX_SUFFIX) for f in checked.reports) or bool(checked.onnx_files)
 
 
 # Every metadata field a card or its config.json reads, with what it must be (None: not recorded). Any Hub repo

@@ -100,14 +100,16 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 TEMPLATE = Path(__file__).with_name("card_template.md")
 
 
-def _onnx_items(facts: CardFacts) -> list[dict[str, str]]:
+def _onnx_items(facts: CardFacts) -> list[dict[str, Any]]:
+    """Each exported file's report (every format; Core ML's says it was checked, not run) for the card."""
     items = []
     for file_name, report in facts.onnx_reports.items():
         rows = [(c.get("inputs"), c.get("num_images"), c.get("max_abs_diff"), c.get("agreement"),
                  c.get("onnx_top1"), c.get("torch_top1")) for c in report.get("comparisons", [])]
-        table = _table(("inputs", "images", "max |logit diff|", "top-1 agreement (%)", "ONNX top-1 (%)",
+        table = _table(("inputs", "images", "max |logit diff|", "top-1 agreement (%)", "file top-1 (%)",
                         "PyTorch top-1 (%)"), rows) if rows else ""
         items.append({"file": escape_md(file_name), "precision": escape_md(report.get("precision", "?")),
+                      "format": escape_md(report.get("format", "onnx")), "ran": report.get("ran", True) is not False,
                       "provider": escape_md(report.get("provider", "?")), "sha256": _hex(report.get("onnx_sha256")),
                       "verdict": "passed" if report.get("passed") else "FAILED", "table": table})
     return items

@@ -23,7 +23,7 @@ from .card_text import LICENSE_ID, dataset_of, escape_md, render_card
 from .catalog import find_weights
 from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, LICENSE_FILENAME, ONNX_FILENAME,
                     PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
-                    atomic_write_text)
+                    MODEL_SUFFIXES, ONNX_SUFFIX, atomic_write_text, judged_file)
 from .filesets import HIDDEN_PATTERNS, copy_file, folder_lock, move_in, staged
 
 __all__ = ["CardError", "CardFacts", "build_config", "escape_md", "gather", "license_text", "render_card",
@@ -161,16 +161,20 @@ def _keep_leftovers(out: Path, stage: Path, sha: str, name: str) -> None:
     weights (shown by hash; run outputs that record none, only while the weights are the same): they
     are linked into the stage so the card describes them. Any other is refused, naming it."""
     from .files import file_sha256
-    from .provenance import check_eval, check_onnx, check_report, check_runtimes
+    from .provenance import check_eval, check_model, check_report, check_runtimes
 
     same_weights = (out / WEIGHTS_FILENAME).is_file() and file_sha256(out / WEIGHTS_FILENAME) == sha
     for old in sorted(out.iterdir()) if out.is_dir() else ():
-        if not old.is_file() or (stage / old.name).exists() or old.name in GENERATED:
+        if (stage / old.name).exists() or old.name in GENERATED:
             continue
-        if old.name.endswith(".onnx"):
-            check_onnx(old, sha, name)
+        if old.name.endswith(MODEL_SUFFIXES):  # any format: ONNX by its metadata, the others by their report
+            check_model(old, sha, name)
+            if not old.name.endswith(ONNX_SUFFIX):
+                continue  # it stays where it is; the card lists it by its report, linked below
+        elif not old.is_file():
+            continue
         elif old.name.endswith(REPORT_SUFFIX):
-            judged = old.name.removesuffix(REPORT_SUFFIX) + ".onnx"
+            judged = judged_file(old.name)
             check_report(old, sha, stage / judged if (stage / judged).exists() else out / judged, name)
         elif old.name == RUNTIMES_FILENAME:
             check_runtimes(old, sha, out, name)

@@ -25,7 +25,13 @@ EVAL_FILENAME = "eval.json"
 METRICS_FILENAME = "metrics.jsonl"
 CURVES_FILENAME = "curves.png"
 CONFUSION_FILENAME = "confusion.png"
-REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.json
+REPORT_SUFFIX = ".report.json"  # an export's validation report: <stem>.report.json (<file>.report.json: see report_name)
+# What an exported model is, by suffix (export/formats.py's table; a test keeps the two equal). An ONNX
+# file's report drops its suffix (resnet22.int8.report.json); the others keep it, so that one precision
+# in several formats gives several reports (resnet22.int8.pte.report.json).
+ONNX_SUFFIX = ".onnx"
+OTHER_MODEL_SUFFIXES = (".xml", ".pte", ".tflite", ".mlpackage")
+MODEL_SUFFIXES = (ONNX_SUFFIX, *OTHER_MODEL_SUFFIXES)
 PROVENANCE_FILENAME = "weights.json"  # a card folder's small committed record of the weights it describes
 RUNTIMES_FILENAME = "runtimes.json"  # a card folder's runtime matrix (`aperture runtimes NAME -o`)
 RELIABILITY_FILENAME = "reliability.png"
@@ -59,6 +65,60 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, streamed (the pin every published file is checked against)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def model_file_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """Every path that makes up one exported model: OpenVINO's IR is its ``.xml`` and the ``.bin`` beside it."""
+    p = Path(path)
+    return [p, p.with_suffix(".bin")] if p.suffix == ".xml" else [p]
+
+
+def model_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of an exported model as a whole, whatever its format: what a validation report, a
+    runtime matrix cell and every reader of them name (``provenance``).
+
+    One file (ONNX, ``.pte``, ``.tflite``): its bytes, as :func:`file_sha256`. An OpenVINO ``.xml``:
+    the SHA-256 of the two lines ``xml <sha256 of the .xml>`` and ``bin <sha256 of the .bin>`` (the
+    graph alone says nothing of the weights beside it). A folder (Core ML's ``.mlpackage``): of one line
+    per entry in sorted relative-path order, ``<path> <sha256 of its bytes>`` (``<path>/`` for a folder),
+    so a file renamed, added, removed or changed inside changes it; a symbolic link inside is refused (its
+    target could be anything). The parts' names never count: a file renamed as a whole keeps its hash.
+    """
+    p = Path(path)
+    if p.is_dir():
+        lines = []
+        for entry in sorted(p.rglob("*"), key=lambda e: e.relative_to(p).as_posix()):
+            rel = entry.relative_to(p).as_posix()
+            if entry.is_symlink():
+                raise OSError(f"{entry} is a symbolic link inside the exported model {p}; a model folder holds "
+                              "only its own files: export it again")
+            lines.append(f"{rel}/" if entry.is_dir() else f"{rel} {file_sha256(entry)}")
+        return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+    if p.suffix == ".xml":
+        xml, weights = model_file_parts(p)
+        text = f"xml {file_sha256(xml)}\nbin {file_sha256(weights)}\n"
+        return hashlib.sha256(text.encode()).hexdigest()
+    return file_sha256(p)
+
+
+def model_exists(path: str | os.PathLike[str]) -> bool:
+    """Every part of an exported model is there (an IR without its ``.bin`` is not a model)."""
+    return all(part.exists() for part in model_file_parts(path))
+
+
+def report_name(model_file: str) -> str:
+    """The name of the validation report of ``model_file``: ``resnet22.int8.onnx`` ->
+    ``resnet22.int8.report.json``, ``resnet22.int8.pte`` -> ``resnet22.int8.pte.report.json``."""
+    name = Path(model_file).name
+    if name.endswith(ONNX_SUFFIX):
+        return name[: -len(ONNX_SUFFIX)] + REPORT_SUFFIX
+    return name + REPORT_SUFFIX
+
+
+def judged_file(report: str) -> str:
+    """The name of the model file a report named ``report`` judged (the inverse of :func:`report_name`)."""
+    stem = Path(report).name.removesuffix(REPORT_SUFFIX)
+    return stem if stem.endswith(OTHER_MODEL_SUFFIXES) else stem + ONNX_SUFFIX
 
 
 def read_json(

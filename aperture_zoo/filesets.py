@@ -110,6 +110,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    """A file, or a folder an exporter writes as one model (a Core ML ``.mlpackage``)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def move_in(stage: Path, dest: Path, names: Iterable[str], replaces: Iterable[str] = ()) -> list[Path]:
     """Under ``dest``'s lock: remove the old files ``replaces`` names (those the new set supersedes and
     does not bring again), then rename every one of ``names`` from ``stage`` into ``dest``.
@@ -122,7 +130,7 @@ def move_in(stage: Path, dest: Path, names: Iterable[str], replaces: Iterable[st
     with folder_lock(dest):
         for old in dict.fromkeys(replaces):
             if old not in names:
-                (dest / old).unlink(missing_ok=True)
+                _remove(dest / old)
         for name in names:  # an old report goes before the new file it does not describe comes in
             if name.endswith(".json"):
                 (dest / name).unlink(missing_ok=True)
@@ -130,6 +138,8 @@ def move_in(stage: Path, dest: Path, names: Iterable[str], replaces: Iterable[st
         for name in order:
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir() and not target.is_symlink():  # a folder (a Core ML package) is not renamed over
+                shutil.rmtree(target)
             os.replace(stage / name, target)
             moved.append(target)
         _fsync_dir(dest)

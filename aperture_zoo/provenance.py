@@ -1,12 +1,20 @@
 """Which file was made from which: the one check every reader of an export's files makes.
 
-An ONNX file records the SHA-256 of the weights it was exported from (``weights_sha256`` in its
-metadata). A validation report (``<stem>.report.json``) records the SHA-256 of the exact file it
-judged (``onnx_sha256``) and of the weights (``weights_sha256``); so does the runtime matrix
-(``runtimes.json``: ``weights_sha256``, and ``sha256`` per cell). Every reader that ships these
-files together or shows "validation passed" (the card, ``aperture push --with-onnx``, the demo,
-``aperture runtimes --onnx-dir``) checks the join here, by content, and refuses a stale one in one
-line naming the file and the fix: a name, a size or a neighbour proves nothing.
+An exported model records the SHA-256 of the weights it was exported from (``weights_sha256``) in its
+own format's metadata: an ONNX file's metadata props, an OpenVINO IR's ``rt_info``, an ExecuTorch
+program's metadata method, a LiteRT flatbuffer's metadata table, a Core ML package's user metadata. A
+validation report (``resnet22.report.json``, ``resnet22.int8.pte.report.json``: ``files.report_name``)
+records the SHA-256 of the exact model it judged (``onnx_sha256``, by ``files.model_sha256``: an IR's
+``.xml`` and ``.bin`` together, a package folder's every file) and of the weights (``weights_sha256``);
+so does the runtime matrix (``runtimes.json``: ``weights_sha256``, and ``sha256`` per cell). Every
+reader that ships these files together or shows "validation passed" (the card, ``aperture push
+--with-onnx``, the demo, ``aperture runtimes --onnx-dir``) checks the join here, by content, and refuses
+a stale one in one line naming the file and the fix: a name, a size or a neighbour proves nothing.
+
+An ONNX file's own metadata is read here (onnx is always installed). The other formats' metadata is
+read only by their runtimes, which a reader may not have: validation compared it with the weights when
+the report was written (``validate`` fails a file of other weights), so such a file is shown to belong
+to the weights by its report, which must name its exact bytes.
 """
 
 from __future__ import annotations
@@ -17,15 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApertureError
-from .files import EVAL_FILENAME, REPORT_SUFFIX, RUNTIMES_FILENAME, file_sha256, read_json
+from .files import (EVAL_FILENAME, MODEL_SUFFIXES, ONNX_SUFFIX, REPORT_SUFFIX, RUNTIMES_FILENAME, judged_file,
+                    model_exists, model_sha256, read_json, report_name)
 
 
 class StaleFileError(ApertureError, ValueError):
     """A derived file (ONNX, report, runtime matrix) that was not made from what it sits beside."""
 
 
-def _fix(name: str) -> str:
-    return f"export it again from these weights (aperture export {name} --onnx ...), or remove it"
+def _fix(name: str, fmt: str = "--onnx") -> str:
+    return f"export it again from these weights (aperture export {name} {fmt} ...), or remove it"
+
+
+def _format_flag(path: str | os.PathLike[str]) -> str:
+    """The export option that writes a file like ``path`` (for the fix a refusal names)."""
+    suffix = Path(path).suffix
+    return {".xml": "--format openvino", ".pte": "--format executorch", ".tflite": "--format tflite",
+            ".mlpackage": "--format coreml"}.get(suffix, "--onnx")
 
 
 def _short(sha: object) -> str:
@@ -54,22 +70,89 @@ def check_onnx(path: str | os.PathLike[str], weights_sha256: str, name: str = "N
 
 def check_report(path: str | os.PathLike[str], weights_sha256: str, onnx_file: str | os.PathLike[str] | None = None,
                  name: str = "NAME") -> dict[str, Any]:
-    """A validation report that judged these weights (and, when ``onnx_file`` exists, exactly its bytes)."""
-    report = read_json(path, _fix(name), StaleFileError)
+    """A validation report that judged these weights (and, when the model ``onnx_file`` of any format
+    exists, exactly its bytes: ``files.model_sha256``)."""
+    fix = _fix(name, _format_flag(judged_file(Path(path).name)))
+    report = read_json(path, fix, StaleFileError)
     if not isinstance(report, dict) or not report.get("onnx_sha256") or not report.get("weights_sha256"):
         raise StaleFileError(f"{str(path)!r} records no SHA-256 of the file it judged and of its weights (an older "
-                             f"export), so nothing shows it describes these; {_fix(name)}")
-    if onnx_file is not None and Path(onnx_file).is_file():  # the file beside it: the exact bytes, then its weights
-        got = file_sha256(onnx_file)
+                             f"export), so nothing shows it describes these; {fix}")
+    if onnx_file is not None and model_exists(onnx_file):  # the model beside it: the exact bytes, then its weights
+        got = _model_sha256(onnx_file, fix)
         if got != report["onnx_sha256"]:
             raise StaleFileError(f"{str(path)!r} judged a file with SHA-256 {_short(report['onnx_sha256'])}, not "
-                                 f"{str(onnx_file)!r} ({_short(got)}): the report is stale; {_fix(name)}")
-        check_onnx(onnx_file, weights_sha256, name)
+                                 f"{str(onnx_file)!r} ({_short(got)}): the report is stale; {fix}")
+        if Path(onnx_file).suffix == ONNX_SUFFIX:
+            check_onnx(onnx_file, weights_sha256, name)
     if report["weights_sha256"] != weights_sha256:
         raise StaleFileError(f"{str(path)!r} judged a file made from other weights (SHA-256 "
                              f"{_short(report['weights_sha256'])}), not these ({_short(weights_sha256)}): it is stale; "
-                             f"{_fix(name)}")
+                             f"{fix}")
     return report
+
+
+def _model_sha256(path: str | os.PathLike[str], fix: str) -> str:
+    try:
+        return model_sha256(path)
+    except OSError as exc:  # a link inside a package, a part unreadable
+        raise StaleFileError(f"{str(path)!r} cannot be hashed ({exc}); {fix}") from None
+
+
+def check_model(path: str | os.PathLike[str], weights_sha256: str, name: str = "NAME") -> dict[str, Any] | None:
+    """An exported model of any format shown to be of these weights: an ONNX file by its own metadata
+    (and its report, if one is beside it), any other format by its report beside it, which must name its
+    exact bytes (only that format's runtime reads the weights it records). Its report, or None."""
+    path = Path(path)
+    report = path.with_name(report_name(path.name))
+    if path.suffix == ONNX_SUFFIX:
+        check_onnx(path, weights_sha256, name)
+        return check_report(report, weights_sha256, path, name) if report.is_file() else None
+    if not report.is_file():
+        raise StaleFileError(f"{str(path)!r} has no validation report beside it ({report.name}), and only its runtime "
+                             "reads the weights it records, so nothing here shows it was made from these weights; "
+                             f"{_fix(name, _format_flag(path))} (with validation)")
+    return check_report(report, weights_sha256, path, name)
+
+
+def other_weights(path: str | os.PathLike[str], metadata: dict[str, str], weights_sha256: str,
+                  known: bool) -> str | None:
+    """The failure a validation records when the model ``path`` (any format) says, in its own metadata,
+    that it was exported from other weights than the reference's ``weights_sha256`` (None: it was not).
+
+    ``known``: the reference's hash is of a weights file (not made up from its state dict), or the file
+    records a state-dict hash too; otherwise the two hashes are of different things and prove nothing.
+    """
+    recorded = metadata.get("weights_sha256")
+    if recorded is None or not (known or metadata.get("weights_sha256_of") == "state_dict") or recorded == weights_sha256:
+        return None
+    return (f"{Path(path).name} was exported from other weights (SHA-256 {_short(recorded)}) than the model it is "
+            f"compared with ({_short(weights_sha256)})")
+
+
+def check_own_report(path: str | os.PathLike[str], recorded_weights: str | None = None) -> dict[str, Any] | None:
+    """A model of any format as a reader finds it (``aperture predict --file``): the file is its own model,
+    but the validation report beside it, if there is one, must have judged exactly these bytes (an IR's
+    ``.xml`` with its ``.bin``, a package's every file) and the weights the file itself records
+    (``recorded_weights``); else a ``passed`` there vouches for another export, or an IR's ``.bin`` came
+    from one. Its report, or None when there is none."""
+    path = Path(path)
+    report = path.with_name(report_name(path.name))
+    if not report.is_file():
+        return None
+    fix = f"export it again (aperture export NAME {_format_flag(path)} ...), or remove {report.name}"
+    data = read_json(report, fix, StaleFileError)
+    judged = data.get("onnx_sha256") if isinstance(data, dict) else None
+    if not judged or not data.get("weights_sha256"):
+        raise StaleFileError(f"{str(report)!r} records no SHA-256 of the file it judged (an older export), so "
+                             f"nothing shows it describes {path.name}; {fix}")
+    got = _model_sha256(path, fix)
+    if got != judged:
+        raise StaleFileError(f"{str(path)!r} ({_short(got)}) is not the file its report {report.name} judged "
+                             f"({_short(judged)}): it was changed, or mixed with another export's parts; {fix}")
+    if recorded_weights is not None and recorded_weights != data["weights_sha256"]:
+        raise StaleFileError(f"{str(path)!r} records weights {_short(recorded_weights)}, but its report "
+                             f"{report.name} judged weights {_short(data['weights_sha256'])}: it is stale; {fix}")
+    return data
 
 
 def check_runtimes(path: str | os.PathLike[str], weights_sha256: str, folder: str | os.PathLike[str] | None = None,
@@ -83,7 +166,7 @@ def check_runtimes(path: str | os.PathLike[str], weights_sha256: str, folder: st
                              "... -o FILE), or remove it")
     for cell in matrix.get("cells") or []:
         local = Path(folder) / str(cell.get("file", "")) if folder is not None and cell.get("file") else None
-        if local is not None and local.is_file() and file_sha256(local) != cell.get("sha256"):
+        if local is not None and model_exists(local) and _model_sha256(local, "run the matrix again") != cell.get("sha256"):
             raise StaleFileError(f"{str(path)!r} measured a {cell.get('file')} with SHA-256 {_short(cell.get('sha256'))}, "
                                  f"not the one beside it: it is stale; run the matrix again (aperture runtimes {name} "
                                  "--onnx-dir ... -o FILE)")
@@ -92,10 +175,11 @@ def check_runtimes(path: str | os.PathLike[str], weights_sha256: str, folder: st
 
 @dataclass
 class CheckedFolder:
-    """What a folder holds beside its weights, every join checked: ONNX file name -> its report."""
+    """What a folder holds beside its weights, every join checked: model file name (any format) -> its report."""
 
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    onnx_files: list[str] = field(default_factory=list)
+    onnx_files: list[str] = field(default_factory=list)   # the ONNX files there
+    model_files: list[str] = field(default_factory=list)  # every exported model there, ONNX included
     runtimes: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
 
@@ -113,17 +197,20 @@ def check_eval(path: str | os.PathLike[str], weights_sha256: str, name: str = "N
 
 def check_folder(folder: str | os.PathLike[str], weights_sha256: str, name: str = "NAME", *,
                  onnx_files: bool = True) -> CheckedFolder:
-    """Every ONNX file (unless ``onnx_files`` is False), validation report, runtime matrix and
-    ``eval.json`` in ``folder``, each shown to belong to the weights ``weights_sha256`` (a report also
-    to the bytes of its file, where that file is there)."""
+    """Every exported model of any format (unless ``onnx_files`` is False: the models stay behind),
+    validation report, runtime matrix and ``eval.json`` in ``folder``, each shown to belong to the
+    weights ``weights_sha256`` (a report also to the bytes of its model, where that model is there)."""
     folder = Path(folder)
     out = CheckedFolder()
     for report in sorted(folder.glob("*" + REPORT_SUFFIX)):
-        judged = report.name.removesuffix(REPORT_SUFFIX) + ".onnx"
+        judged = judged_file(report.name)
         out.reports[judged] = check_report(report, weights_sha256, folder / judged, name)
-    for onnx_file in sorted(folder.glob("*.onnx")) if onnx_files else ():
-        check_onnx(onnx_file, weights_sha256, name)
-        out.onnx_files.append(onnx_file.name)
+    models = sorted(p for suffix in MODEL_SUFFIXES for p in folder.glob("*" + suffix)) if onnx_files else []
+    for model in models:
+        check_model(model, weights_sha256, name)
+        out.model_files.append(model.name)
+        if model.suffix == ONNX_SUFFIX:
+            out.onnx_files.append(model.name)
     if (folder / RUNTIMES_FILENAME).is_file():
         out.runtimes = check_runtimes(folder / RUNTIMES_FILENAME, weights_sha256, folder, name)
     if (folder / EVAL_FILENAME).is_file():
@@ -132,9 +219,9 @@ def check_folder(folder: str | os.PathLike[str], weights_sha256: str, name: str 
 
 
 def report_record(onnx_file: str | os.PathLike[str], weights_sha256: str) -> dict[str, str]:
-    """The two hashes a report written about ``onnx_file`` records (see :func:`check_report`)."""
-    return {"onnx_sha256": file_sha256(onnx_file), "weights_sha256": weights_sha256}
+    """The two hashes a report written about the model ``onnx_file`` (any format) records (see :func:`check_report`)."""
+    return {"onnx_sha256": model_sha256(onnx_file), "weights_sha256": weights_sha256}
 
 
-__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_folder", "check_onnx", "check_report", "check_runtimes",
-           "onnx_weights_sha256", "report_record"]
+__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_folder", "check_model", "check_onnx",
+           "check_own_report", "check_report", "check_runtimes", "onnx_weights_sha256", "other_weights", "report_record"]

@@ -30,12 +30,16 @@ from aperture_zoo.model import ResNet
 
 from .onnx_export import INPUT_NAME, NormalizedClassifier, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
+from .bench_formats import FORMAT_VARIANTS, export_bench_files, format_runner
 from .runtime import create_session, parse_cuda_options
 
 # Shell-friendly names (no spaces: `--variants torch-eager,ort-int8` needs no quoting).
 VARIANTS: tuple[str, ...] = (
     "torch-eager", "torch-channels-last", "torch-compile", "ort-fp32", "ort-fp16", "ort-int8",
+    *FORMAT_VARIANTS,
 )
+# What `--variants all` runs: the formats' rows only where their runtime is installed.
+ORT_AND_TORCH: tuple[str, ...] = VARIANTS[:6]
 # The names of earlier versions, still accepted so existing scripts keep working.
 OLD_NAMES: dict[str, str] = {
     "torch eager": "torch-eager", "torch channels_last": "torch-channels-last", "torch.compile": "torch-compile",
@@ -65,6 +69,7 @@ class BenchRow:
     note: str = ""
     ratio_to_ort_fp32: float | None = None   # onnxruntime (ort-*) rows only
     threads: int | None = None               # intra-op / WebAssembly threads; None: the runtime's default
+    repeat: int = 0                          # which pass of a run measured with repeats (the spread)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +115,11 @@ def parse_variants(text: str) -> list[str]:
     from .errors import ExportError
 
     if text.strip() == "all":
-        return list(VARIANTS)
+        from .formats import FORMATS, missing_modules
+
+        return [*ORT_AND_TORCH, *[v for v, (f, _) in FORMAT_VARIANTS.items()
+                                  if not missing_modules(FORMATS["openvino" if v.startswith("ov-") else f].runtime_modules)
+                                  and not missing_modules(FORMATS["openvino" if v.startswith("ov-") else f].modules)]]
     chosen = [v.strip() for v in text.split(",") if v.strip()]
     if not chosen:
         raise ExportError(f"unknown variant(s) [{text!r}]; choose from {', '.join(VARIANTS)} (or 'all')")
@@ -137,6 +146,9 @@ def run_benchmark(
     progress: Callable[[str], None] | None = None,
     cuda_options: str | dict | None = None,
     io_binding: bool = False,
+    torch_threads: bool = False,
+    thread_counts: Sequence[int] | None = None,
+    repeats: int = 1,
 ) -> list[BenchRow]:
     """Images/s per (device, variant, batch size).
 
@@ -144,14 +156,17 @@ def run_benchmark(
     calibrated on ``data_dir``'s training images when given, else on uniform noise (fine for
     speed, meaningless for accuracy — the row's note says so). A variant that fails (e.g.
     torch.compile without a C++ compiler) is a row with no number and the error as its note.
-    ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores).
+    ``threads`` sets onnxruntime's intra-op threads (None: its default, all physical cores), and the other
+    formats' runtimes' (OpenVINO, ExecuTorch's XNNPACK pool, LiteRT); ``torch_threads`` sets torch's too
+    (``torch.set_num_threads``, restored after), so that every row of a table runs on the same cores.
+    ``thread_counts`` times every row at each of these thread counts, and ``repeats`` repeats the whole
+    table (rows say which pass: ``repeat``), all with the files exported once: ratios and their spread come
+    from one run on the same machine load.
     ``cuda_options`` go to onnxruntime's CUDA provider on the ``cuda`` device (checked everywhere);
     ``io_binding`` times onnxruntime with its input and output in buffers on the device (no host
     copies in the timed run), which ``enable_cuda_graph=1`` needs and so implies.
     """
     import logging
-
-    from .errors import ExportError
 
     # torch.compile imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on every
     # CPU-only machine with a CUDA toolkit path: noise in a table of figures (a real failure is a row's note).
@@ -160,6 +175,55 @@ def run_benchmark(
     options = parse_cuda_options(cuda_options)
     bound = io_binding or options.get("enable_cuda_graph") == "1"
     variants = canonical_variants(variants)
+    devices = _checked_devices(device, batch_sizes, min_seconds, min_iters, warmup)
+    model = copy.deepcopy(model).eval().cpu()  # the caller's model stays where it is
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="aperture_bench_") as tmp:
+        files: dict[str, Path] = {}
+        notes: dict[str, str] = {}
+        formats = [v for v in variants if v in FORMAT_VARIANTS]
+        calib = None
+        if any(v.startswith("ort-") for v in variants) or formats:
+            say("exporting ONNX files")
+            files["fp32"] = to_onnx(model, Path(tmp) / "m.onnx", exporter=exporter)  # type: ignore[arg-type]
+            if "ort-fp16" in variants:
+                files["fp16"] = to_fp16(files["fp32"], Path(tmp) / "m.fp16.onnx")
+            if "ort-int8" in variants or any(v.endswith("int8") for v in formats):
+                if data_dir is not None:
+                    calib = calibration_pixels(data_dir, DEFAULT_CALIBRATION_IMAGES)
+                else:
+                    calib = np.random.default_rng(0).random((256, *model.spec.input_size), dtype=np.float32)
+                    notes["int8"] = "calibrated on noise (speed only)"
+                files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
+        if formats:
+            format_files, failed = export_bench_files(model, formats, Path(tmp), calib, files, say, batch_sizes)
+            files.update(format_files)  # type: ignore[arg-type]
+            notes.update({v: f"failed: {why}" for v, why in failed.items()})
+            if "int8" in notes:
+                notes.update({v: notes["int8"] for v in formats if v.endswith("int8")})
+        saved = torch.get_num_threads()
+        try:
+            for repeat in range(repeats):
+                for count in (thread_counts or [threads]):
+                    if torch_threads and count:
+                        torch.set_num_threads(count)
+                    for dev in devices:
+                        part = _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds,
+                                             min_iters, say, count, options if dev == "cuda" else {}, bound,
+                                             torch_threads)
+                        for row in part:
+                            row.repeat = repeat
+                        rows += add_ratios(part)
+        finally:
+            torch.set_num_threads(saved)
+    return rows
+
+
+def _checked_devices(device: str | Sequence[str], batch_sizes: Sequence[int], min_seconds: float, min_iters: int,
+                     warmup: int) -> list[str]:
+    """The devices to time on, every option checked first (one line naming it)."""
+    from .errors import ExportError
+
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ExportError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if not math.isfinite(min_seconds) or min_seconds < 0 or min_iters < 1 or warmup < 0:
@@ -170,33 +234,14 @@ def run_benchmark(
             raise ExportError(f"--device must be cpu, cuda or auto, got {d!r}")
         if d == "cuda" and not torch.cuda.is_available():
             raise ExportError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu")
-    model = copy.deepcopy(model).eval().cpu()  # the caller's model stays where it is
-    rows: list[BenchRow] = []
-    with tempfile.TemporaryDirectory(prefix="aperture_bench_") as tmp:
-        files: dict[str, Path] = {}
-        notes: dict[str, str] = {}
-        if any(v.startswith("ort-") for v in variants):
-            say("exporting ONNX files")
-            files["fp32"] = to_onnx(model, Path(tmp) / "m.onnx", exporter=exporter)  # type: ignore[arg-type]
-            if "ort-fp16" in variants:
-                files["fp16"] = to_fp16(files["fp32"], Path(tmp) / "m.fp16.onnx")
-            if "ort-int8" in variants:
-                if data_dir is not None:
-                    calib = calibration_pixels(data_dir, DEFAULT_CALIBRATION_IMAGES)
-                else:
-                    calib = np.random.default_rng(0).random((256, *model.spec.input_size), dtype=np.float32)
-                    notes["int8"] = "calibrated on noise (speed only)"
-                files["int8"] = to_int8(files["fp32"], Path(tmp) / "m.int8.onnx", calib)
-        for dev in devices:
-            rows += _bench_device(model, dev, batch_sizes, variants, files, notes, warmup, min_seconds, min_iters, say,
-                                  threads, options if dev == "cuda" else {}, bound)
-    return rows
+    return devices
 
 
 def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], variants: Sequence[str],
                   files: dict[str, Path], notes: dict[str, str], warmup: int, min_seconds: float,
                   min_iters: int, say: Callable[[str], None], threads: int | None = None,
-                  cuda_options: dict[str, str] | None = None, io_binding: bool = False) -> list[BenchRow]:
+                  cuda_options: dict[str, str] | None = None, io_binding: bool = False,
+                  torch_threads: bool = False) -> list[BenchRow]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     provider = "cuda" if device == "cuda" else "cpu"
     model = copy.deepcopy(model).to(device)
@@ -208,7 +253,15 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
             say(f"{variant} on {device}, batch {batch}")
             note = ""
             try:
-                if variant.startswith("ort-"):
+                if variant in FORMAT_VARIANTS:
+                    path = files.get(f"{variant}@{batch}", files.get(variant))
+                    if path is None:
+                        raise RuntimeError(notes[variant].removeprefix("failed: "))
+                    if device != "cpu":
+                        raise RuntimeError(f"{variant} is timed on the CPU only")
+                    note = notes.get(variant, "")
+                    fn = format_runner(variant, path, pixels, threads)
+                elif variant.startswith("ort-"):
                     precision = variant.removeprefix("ort-")
                     session = create_session(files[precision], provider, threads=threads,  # type: ignore[arg-type]
                                              cuda_options=cuda_options)
@@ -229,7 +282,7 @@ def _bench_device(model: ResNet, device: str, batch_sizes: Sequence[int], varian
                     fn = _torch_runner(module, xin)
                 seconds = _time(fn, sync, warmup, min_seconds, min_iters)
                 row = BenchRow(variant, device, batch, batch / seconds, ms_per_batch=seconds * 1e3, note=note,
-                               threads=threads if variant.startswith("ort-") else None)
+                               threads=threads if not variant.startswith("torch-") or torch_threads else None)
             except Exception as exc:  # noqa: BLE001 - a failing runtime is a result, not a crash
                 first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
                 row = BenchRow(variant, device, batch, None, note=f"failed: {type(exc).__name__}: {first}")
@@ -265,14 +318,17 @@ def _bound_runner(session, pixels: np.ndarray, device: str) -> tuple[Callable[[]
 
 def add_ratios(rows: list[BenchRow]) -> list[BenchRow]:
     """Fill each row's ratios to torch eager and onnxruntime fp32 at the same device and batch."""
-    base = {(r.variant, r.device, r.batch): r.images_per_s for r in rows}
+    def same(r: BenchRow, variant: str) -> float | None:  # same device, batch, pass, and thread count if set
+        return next((o.images_per_s for o in rows if o.variant == variant and o.device == r.device
+                     and o.batch == r.batch and o.repeat == r.repeat and o.threads in (r.threads, None)), None)
+
     for r in rows:
         if r.images_per_s is None:
             continue
-        eager = base.get(("torch-eager", r.device, r.batch))
-        fp32 = base.get(("ort-fp32", r.device, r.batch))
+        eager = same(r, "torch-eager")
+        fp32 = same(r, "ort-fp32")
         r.ratio_to_eager = r.images_per_s / eager if eager else None
-        r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and r.variant.startswith("ort-") else None
+        r.ratio_to_ort_fp32 = r.images_per_s / fp32 if fp32 and not r.variant.startswith(("torch-", "browser-")) else None
     return rows
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import default_cache_dir
 from .errors import ExportError
 from .onnx_export import read_metadata, save_checked, set_metadata
 
@@ -54,6 +55,7 @@ DEFAULT_RUNTIMES: tuple[RuntimeSpec, ...] = (
     RuntimeSpec("ort-1.16", "onnxruntime", ("onnxruntime==1.16.3", "numpy<2"), why="still pinned by many apps"),
     RuntimeSpec("opencv-4", "opencv-dnn", ("opencv-python-headless==4.14.0.94",), why="OpenCV DNN, newest 4.x"),
     RuntimeSpec("opencv-5", "opencv-dnn", ("opencv-python-headless==5.0.0.93",), why="OpenCV DNN, newest 5.x"),
+    RuntimeSpec("openvino", "openvino", ("openvino==2026.4.1",), why="OpenVINO reads the ONNX files themselves"),
 )
 
 
@@ -93,15 +95,6 @@ class Matrix:
     def to_dict(self) -> dict:
         return {"images": self.images, "batch": self.batch, "weights_sha256": self.weights_sha256,
                 "cells": [c.to_dict() for c in self.cells]}
-
-
-def default_cache_dir() -> Path:
-    """Where the runtimes' venvs are kept: ``$APERTURE_RUNTIMES_DIR``, else the user cache folder."""
-    env = os.environ.get("APERTURE_RUNTIMES_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aperture_zoo" / "runtimes"
-    from aperture_zoo.files import user_path
-
-    return user_path(base)
 
 
 def runtime_python(spec: RuntimeSpec, cache_dir: Path | None = None) -> tuple[Path | None, str]:
@@ -341,10 +334,13 @@ def measure_model(
     weights_sha256: str | None = None,
     record: bool = False,
     progress: Callable[[str], None] | None = None,
+    more_cells: Callable[[np.ndarray, np.ndarray, np.ndarray, str], list[Cell]] | None = None,
 ) -> Matrix:
     """The matrix of ``model``'s files: ``files`` (precision -> path, from ``aperture export``), or
     fp32 and fp16 (and int8 with ``data_dir``, calibrated on its training images) exported here.
-    ``record`` writes the passing cells into the given files' ``validated_runtimes`` metadata."""
+    ``record`` writes the passing cells into the given files' ``validated_runtimes`` metadata.
+    ``more_cells(pixels, reference, labels, described)`` adds cells on the same images (the other formats'
+    rows: ``format_matrix.run_format_rows``)."""
     import torch
 
     from aperture_zoo.model import evaluating, on_device
@@ -378,4 +374,6 @@ def measure_model(
         matrix.weights_sha256 = made_from
         if record and files is not None:
             record_matrix(exported, matrix)
+    if more_cells is not None:
+        matrix.cells += more_cells(pixels, reference, labels, described)
     return matrix

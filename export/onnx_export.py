@@ -106,14 +106,20 @@ class CalibratedProbabilities(nn.Module):
             return (q * (-1.0 / cal.temperature)).softmax(-1)
         feats = {}
         if "log_margin" in dict(cal.weights):
-            top2 = z.topk(2, dim=-1).values
-            feats["log_margin"] = (top2[:, :1] - top2[:, 1:]).clamp(min=MARGIN_FLOOR).log()
+            feats["log_margin"] = self.margin(z).clamp(min=MARGIN_FLOOR).log()
         if "entropy" in dict(cal.weights):
             log_p = (z - top).log_softmax(-1)
             feats["entropy"] = -(log_p.exp() * log_p).sum(-1, keepdim=True)
         log_t = sum(w * feats[name] for name, w in cal.weights) + math.log(cal.temperature)
         t = log_t.clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp()  # type: ignore[union-attr]
         return (-q / t).softmax(-1)
+
+
+    @staticmethod
+    def margin(z: Tensor) -> Tensor:
+        """The top logit minus the second (0 for a tie)."""
+        top2 = z.topk(2, dim=-1).values
+        return top2[:, :1] - top2[:, 1:]
 
 
 class _Flip(nn.Module):
@@ -244,6 +250,20 @@ def save_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def export_calibrator(model: ResNet, *, temperature: float | None = None, tta: bool = False,
+                      calibrator: Calibrator | None = None) -> Calibrator | None:
+    """The calibrator an exported file's ``probabilities`` apply, the one rule for every format: the one
+    given, else the one-temperature kind of ``temperature``, else the model's own (its flip-TTA one for a
+    ``tta`` graph when it has one), else its older single temperature; None: the plain softmax."""
+    if calibrator is None and temperature is not None:
+        calibrator = Calibrator("temperature", check_temperature(temperature))
+    if calibrator is None:
+        calibrator = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
+    if calibrator is None and model.temperature is not None:
+        calibrator = Calibrator("temperature", check_temperature(model.temperature))
+    return calibrator
+
+
 def to_onnx(
     model: ResNet,
     path: str | os.PathLike[str],
@@ -274,12 +294,7 @@ def to_onnx(
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     check_opset(opset, exporter)
     model = on_device(model, "cpu")  # the caller's model stays where it is, in the mode it is in
-    if calibrator is None and temperature is not None:
-        calibrator = Calibrator("temperature", check_temperature(temperature))
-    if calibrator is None:
-        calibrator = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
-    if calibrator is None and model.temperature is not None:
-        calibrator = Calibrator("temperature", check_temperature(model.temperature))
+    calibrator = export_calibrator(model, temperature=temperature, tta=tta, calibrator=calibrator)
     module = ExportedClassifier(model, normalize=normalize, tta=tta, calibrator=calibrator)
     # Batch 2 at trace time: torch.export specialises sizes 0 and 1, which would pin the axis.
     example = torch.rand(batch or 2, *model.spec.input_size)

@@ -26,6 +26,7 @@ from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
 
 from .compat import check_opset
 from .errors import ExportError
+from .formats import format_of
 from .onnx_export import DEFAULT_OPSET, Exporter, state_dict_sha256, to_onnx
 from .quantize import DEFAULT_CALIBRATION_IMAGES, calibration_pixels, to_fp16, to_int8
 from .runtime import Provider, check_provider, parse_cuda_options
@@ -40,6 +41,7 @@ class ExportResult:
     failed_files: list[Path] = field(default_factory=list)   # failed validation, renamed by failed_path
     reports: list[ValidationReport] = field(default_factory=list)
     report_files: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)        # as staged, before validation renamed any
 
     @property
     def passed(self) -> bool:
@@ -69,7 +71,8 @@ def export_run(name: str, run_dir: str | os.PathLike[str], *, provider: Provider
 
 
 def failed_path(path: str | os.PathLike[str]) -> Path:
-    """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``."""
+    """Where a file that failed validation goes: ``resnet22.int8.onnx`` -> ``resnet22.int8.FAILED.onnx``
+    (``resnet22.xml`` -> ``resnet22.FAILED.xml``, its ``.bin`` moved beside it)."""
     p = Path(path)
     return p.with_name(f"{p.stem}.{FAILED_TAG}{p.suffix}")
 
@@ -117,6 +120,7 @@ def export_model(
     temperature: float | None = None,
     dataset: Any = None,
     cuda_options: str | dict | None = None,
+    stage: Path | None = None,
 ) -> ExportResult:
     """Write ``<stem>.onnx`` (and ``.fp16.onnx`` / ``.int8.onnx``), validating each one.
 
@@ -131,7 +135,8 @@ def export_model(
     on its test split. ``progress`` gets each step and the images validated so far (an ``StepProgress``),
     or is a plain ``callback(message)`` per step.
     ``cuda_options``: onnxruntime CUDA provider options for validation (``runtime.parse_cuda_options``),
-    checked before any work.
+    checked before any work. ``stage``: the stage folder of a larger set (``export_formats``) to write
+    into, which its caller moves in; by default the ONNX files are a set of their own.
     """
     options = parse_cuda_options(cuda_options)
     reporter = _as_progress(progress)
@@ -149,43 +154,63 @@ def export_model(
     if int8:  # fail on a bad data dir before spending time on the export
         calibration = calibration_pixels(data_dir, calibration_images,
                                          train=dataset.train if dataset is not None else None)
+    else:
+        calibration = None
     out = Path(out_dir)
     stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
-    sha = weights_sha256 or state_dict_sha256(model)  # what the files and their reports were made from
-    with staged(out) as stage:  # nothing reaches ``out`` until the whole set is written and judged
-        result = ExportResult()
-        say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
-        fp32_path = to_onnx(model, stage / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
-                            exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
-        result.files.append(fp32_path)
-        if fp16:
-            say("converting to fp16")
-            result.files.append(to_fp16(fp32_path, stage / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
-        if int8:
-            if not normalize:
-                import numpy as np
-
-                mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
-                std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
-                calibration = (calibration - mean) / std
-            say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
-            result.files.append(to_int8(fp32_path, stage / f"{stem}.int8.onnx", calibration))
-        written = list(result.files)
-        if run_validation:
-            _validate_files(result, model, reporter, provider=provider, data_dir=data_dir, max_val_images=max_val_images,
-                            test_split=dataset.test if dataset is not None else None, cuda_options=options,
-                            weights_sha256=sha, out=out)
-        return _move_in(result, written, stage, out)
+    args = dict(stem=stem, opset=opset, batch=batch, normalize=normalize, exporter=exporter, fp16=fp16,
+                fp16_io=fp16_io, calibration=calibration, weights_sha256=weights_sha256, temperature=temperature,
+                tta=tta)
+    check = dict(provider=provider, data_dir=data_dir, max_val_images=max_val_images, cuda_options=options,
+                 test_split=dataset.test if dataset is not None else None) if run_validation else None
+    if stage is not None:
+        return _onnx_set(model, stage, out, reporter, check, **args)
+    with staged(out) as own_stage:  # nothing reaches ``out`` until the whole set is written and judged
+        result = _onnx_set(model, own_stage, out, reporter, check, **args)
+        return _move_in(result, own_stage, out)
 
 
-def _move_in(result: ExportResult, written: list[Path], stage: Path, out: Path) -> ExportResult:
-    """The staged set into ``out``: each output replaces its old file, report and FAILED pair together."""
+def _onnx_set(model: ResNet, stage: Path, out: Path, reporter: StepProgress, check: dict[str, Any] | None, *,
+              stem: str, opset: int, batch: int | None, normalize: bool, exporter: Exporter, fp16: bool,
+              fp16_io: bool, calibration: Any, weights_sha256: str | None, temperature: float | None,
+              tta: bool) -> ExportResult:
+    """The ONNX files written into ``stage`` and (``check``: validation's options) validated, reports beside."""
+    say, sha = reporter.stage, weights_sha256 or state_dict_sha256(model)  # what the files were made from
+    result = ExportResult()
+    say(f"exporting {model.spec.name}{' with flip TTA' if tta else ''} with the {exporter} exporter (opset {opset})")
+    fp32_path = to_onnx(model, stage / f"{stem}.onnx", opset=opset, batch=batch, normalize=normalize,
+                        exporter=exporter, weights_sha256=weights_sha256, temperature=temperature, tta=tta)
+    result.files.append(fp32_path)
+    if fp16:
+        say("converting to fp16")
+        result.files.append(to_fp16(fp32_path, stage / f"{stem}.fp16.onnx", keep_io_types=not fp16_io))
+    if calibration is not None:
+        if not normalize:
+            import numpy as np
+
+            mean = np.asarray(model.spec.mean, np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(model.spec.std, np.float32).reshape(1, -1, 1, 1)
+            calibration = (calibration - mean) / std
+        say(f"quantising to int8 (calibrated on {len(calibration)} training images)")
+        result.files.append(to_int8(fp32_path, stage / f"{stem}.int8.onnx", calibration))
+    result.written = list(result.files)
+    if check is not None:
+        _validate_files(result, model, reporter, weights_sha256=sha, out=out, **check)
+    return result
+
+
+def _move_in(result: ExportResult, stage: Path, out: Path) -> ExportResult:
+    """The staged set into ``out``: each output replaces its old file (every part: an IR's ``.bin``),
+    report and FAILED pair together."""
+    from aperture_zoo.files import model_file_parts
+
     replaces = []
-    for path in written:  # e.g. resnet22.int8.onnx: the names any earlier export of it left
+    for path in result.written:  # e.g. resnet22.int8.onnx: the names any earlier export of it left
         aside = failed_path(path)
-        replaces += [path.name, report_path(path).name, aside.name, report_path(aside).name]
-    names = [p.name for p in (*result.files, *result.failed_files, *result.report_files)]
-    move_in(stage, out, names, replaces)
+        replaces += [*(p.name for p in (*model_file_parts(path), *model_file_parts(aside))),
+                     report_path(path).name, report_path(aside).name]
+    models = [part.name for p in (*result.files, *result.failed_files) for part in model_file_parts(p)]
+    move_in(stage, out, [*models, *(p.name for p in result.report_files)], replaces)
     result.files = [out / p.name for p in result.files]
     result.failed_files = [out / p.name for p in result.failed_files]
     result.report_files = [out / p.name for p in result.report_files]
@@ -234,27 +259,134 @@ def record_validation(path: str | os.PathLike[str], report: ValidationReport) ->
 
 def _validate_files(result: ExportResult, model: ResNet, reporter: StepProgress, *, provider: Provider,
                     data_dir: str | os.PathLike[str] | None, max_val_images: int | None, weights_sha256: str,
-                    out: Path, test_split: Any = None, cuda_options: dict[str, str] | None = None) -> None:
-    """Validate each staged file, writing its report beside it (naming the file's place in ``out``); a
-    failed file is renamed by ``failed_path``."""
-    from aperture_zoo.files import file_sha256
+                    out: Path, test_split: Any = None, cuda_options: dict[str, str] | None = None,
+                    reference_cache: dict[Any, Any] | None = None) -> None:
+    """Validate each staged file of any format, writing its report beside it (naming the file's place in
+    ``out``); a failed file (with every part: an IR's ``.bin``) is renamed by ``failed_path``."""
+    from aperture_zoo.files import model_file_parts, model_sha256
 
     written, result.files = result.files, []
-    reference_cache: dict[Any, Any] = {}  # PyTorch's test-set logits, computed once for all files
+    reference_cache = {} if reference_cache is None else reference_cache  # PyTorch's test-set logits, once for all files
     for path in written:
         reporter.stage(f"validating {path.name} against PyTorch")
-        report = validate(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
-                          test_split=test_split, weights_sha256=weights_sha256,
-                          progress=reporter.update, reference_cache=reference_cache, cuda_options=cuda_options)
+        if format_of(path).runtime is None:  # Core ML: checked at the spec level, reported as not run
+            from .spec_check import spec_report
+
+            report = spec_report(path, model, weights_sha256)
+        else:
+            report = _validate_or_fail(path, model, provider=provider, data_dir=data_dir, max_images=max_val_images,
+                                       test_split=test_split, progress=reporter.update, weights_sha256=weights_sha256,
+                                       reference_cache=reference_cache, cuda_options=cuda_options)
         if report.passed:
-            record_validation(path, report)
-            report.onnx_sha256 = file_sha256(path)  # the file as shipped: its metadata now names the run above
+            if path.suffix == ".onnx":
+                record_validation(path, report)
+                report.onnx_sha256 = model_sha256(path)  # the file as shipped: its metadata now names the run above
             report.onnx_file = str(out / path.name)
             result.files.append(path)
         else:
             aside = failed_path(path)
-            os.replace(path, aside)
+            for part, moved in zip(model_file_parts(path), model_file_parts(aside)):
+                os.replace(part, moved)
             report.renamed_from, report.onnx_file = path.name, str(out / aside.name)
             result.failed_files.append(aside)
         result.reports.append(report)
         result.report_files.append(report.write_json(report_path(path.parent / Path(report.onnx_file).name)))
+
+
+def _validate_or_fail(path: Path, model: ResNet, **kwargs: Any) -> ValidationReport:
+    """``validate``, where a runtime that cannot run the file (a crash inside it, not a wrong option)
+    makes a failed report: the file is then moved aside like any other that fails."""
+    try:
+        return validate(path, model, **kwargs)
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own types
+        from aperture_zoo.files import model_sha256
+
+        from .validate import tolerance_for
+
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        report = ValidationReport(onnx_file=str(path), arch=model.spec.name, precision="unknown",
+                                  provider="the runtime failed", tolerance=tolerance_for("fp32", "cpu"),
+                                  onnx_sha256=model_sha256(path), weights_sha256=kwargs.get("weights_sha256"))
+        report.failures.append(f"{path.name}: the runtime could not run it ({type(exc).__name__}: {first})")
+        return report
+
+
+def export_formats(
+    model: ResNet,
+    out_dir: str | os.PathLike[str],
+    precisions: dict[str, list[str]],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    dataset: Any = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    run_validation: bool = True,
+    max_val_images: int | None = DEFAULT_VAL_IMAGES,
+    progress: StepProgress | Callable[[str], None] | None = None,
+    stem: str | None = None,
+    weights_sha256: str | None = None,
+    tta: bool = False,
+    temperature: float | None = None,
+    provider: Provider = "auto",
+    **onnx_options: Any,
+) -> ExportResult:
+    """Every format of ``precisions`` (format -> precisions, ``formats.precisions_for``), each file validated.
+
+    ONNX goes through ``export_model`` (``onnx_options``: opset, batch, normalize, exporter, fp16_io,
+    cuda_options); the other formats are built from the same module (or, OpenVINO, from that ONNX file),
+    calibrated on the same training images for int8, and validated by the same ``validate``. Every
+    format's files are one set (``filesets``): staged together, moved in together, or none of them.
+    """
+    from .format_export import export_file
+    from .formats import file_name, require
+
+    others = {f: p for f, p in precisions.items() if f != "onnx"}
+    for fmt in others:
+        require(fmt)  # a missing tool chain is one line before any work
+    if others and (not onnx_options.get("normalize", True) or onnx_options.get("batch") is not None):
+        raise ExportError("--no-normalize and a fixed --batch apply to ONNX files only; export the other formats "
+                          "without them")
+    reporter = _as_progress(progress)
+    onnx_precisions = precisions.get("onnx", ["fp32"])
+    stem = stem or (f"{model.spec.name}.tta" if tta else model.spec.name)
+    need_int8 = any("int8" in p for p in others.values())
+    if need_int8 and data_dir is None and dataset is None:
+        raise ExportError("int8 files need training images to calibrate on; pass --data-dir pointing at CIFAR-10")
+    if "onnx" in precisions:  # every option error before the set's stage (or its folder) exists
+        _check_options(fp16="fp16" in onnx_precisions, fp16_io=bool(onnx_options.get("fp16_io")),
+                       int8="int8" in onnx_precisions, data_dir=data_dir if dataset is None else "dataset",
+                       calibration_images=calibration_images, provider=provider if run_validation else None,
+                       max_val_images=max_val_images, opset=onnx_options.get("opset", DEFAULT_OPSET),
+                       exporter=onnx_options.get("exporter", "dynamo"))
+        parse_cuda_options(onnx_options.get("cuda_options"))
+    out, sha = Path(out_dir), weights_sha256 or state_dict_sha256(model)
+    with staged(out) as stage:  # one set, every format: nothing reaches ``out`` until all are written and judged
+        result = ExportResult()
+        if "onnx" in precisions:
+            result = export_model(
+                model, out, stem=stem, weights_sha256=weights_sha256, fp16="fp16" in onnx_precisions,
+                int8="int8" in onnx_precisions, data_dir=data_dir, calibration_images=calibration_images,
+                provider=provider, run_validation=run_validation, max_val_images=max_val_images, progress=reporter,
+                tta=tta, temperature=temperature, dataset=dataset, stage=stage, **onnx_options)
+        calibration = calibration_pixels(data_dir, calibration_images, train=dataset.train if dataset is not None
+                                         else None) if need_int8 else None
+        onnx_fp32 = stage / f"{stem}.onnx"  # validated just above, if it passed (a failed one was renamed)
+        if "openvino" in others and not onnx_fp32.is_file():
+            reporter.stage("exporting the ONNX graph OpenVINO converts")
+            onnx_fp32 = to_onnx(model, stage / f".{stem}.openvino-source.onnx", weights_sha256=weights_sha256,
+                                temperature=temperature, tta=tta)
+        fresh = ExportResult()  # the other formats' files, judged below
+        for fmt, wanted in others.items():
+            for precision in wanted:
+                reporter.stage(f"writing the {fmt} {precision} file")
+                path = export_file(model, fmt, precision, stage / file_name(stem, fmt, precision),
+                                   weights_sha256=weights_sha256, temperature=temperature, tta=tta,
+                                   calibration=calibration if precision == "int8" else None, onnx_fp32=onnx_fp32)
+                fresh.files.append(path)
+        if run_validation:
+            _validate_files(fresh, model, reporter, provider="cpu", data_dir=data_dir, max_val_images=max_val_images,
+                            test_split=dataset.test if dataset is not None else None, weights_sha256=sha, out=out)
+        for part in ("files", "failed_files", "reports", "report_files"):
+            getattr(result, part).extend(getattr(fresh, part))
+        return _move_in(result, stage, out)

@@ -34,7 +34,7 @@ from aperture_zoo.calibrators import from_metadata
 from aperture_zoo.images import ImageError, load_image, load_images, resize_bilinear  # noqa: F401  (the rule, re-exported)
 
 from .errors import ExportError, OnnxFileError
-from .runtime import Provider, check_onnx_path, create_session, cuda_options_note, parse_cuda_options
+from .runtime import Provider, check_onnx_path, cuda_options_note, parse_cuda_options
 
 PROBS_NAME = "probabilities"  # the calibrated output (onnx_export.PROBS_NAME; that module needs torch)
 UNCALIBRATED = "probabilities are uncalibrated (plain softmax of the logits: the file has no 'probabilities' output; re-export it)"
@@ -64,21 +64,29 @@ MAX_SIDE = 1024  # input sides above this are not a CIFAR classifier: an image w
 
 
 class OnnxClassifier:
-    """A CIFAR-10 classifier from an ``aperture export`` ONNX file, without PyTorch."""
+    """A CIFAR-10 classifier from an ``aperture export`` file, without PyTorch: ONNX in onnxruntime, or any
+    format in its own runtime (``runtime``: OpenVINO ``.xml`` or ``.onnx``, ExecuTorch ``.pte``, LiteRT
+    ``.tflite``; ``sessions.open_session``). ``Classifier`` is the same class under a format-neutral name."""
 
     def __init__(self, path: str | os.PathLike[str], provider: Provider = "auto", threads: int | None = None,
-                 cuda_options: str | dict | None = None) -> None:
+                 cuda_options: str | dict | None = None, runtime: str | None = None) -> None:
         """``cuda_options``: CUDA provider options (``runtime.CUDA_OPTIONS``, e.g. ``"prefer_nhwc=1"``); unset keys
-        keep onnxruntime's defaults. Off CUDA they are checked, then unused: ``self.notes`` says so."""
+        keep onnxruntime's defaults. Off CUDA they are checked, then unused: ``self.notes`` says so.
+        ``runtime``: the runtime to run the file in (default: its format's own)."""
         options = parse_cuda_options(cuda_options)
         if options.get("enable_cuda_graph") == "1":  # a captured graph replays fixed device addresses
             raise ExportError("enable_cuda_graph=1 needs IO binding with fixed device buffers, which OnnxClassifier "
                               "does not use; measure it with `aperture bench NAME --cuda-options enable_cuda_graph=1`")
+        from .sessions import open_session
+
         self.path = check_onnx_path(path)
-        self.session = create_session(self.path, provider, threads=threads, cuda_options=options)
+        self.session = open_session(self.path, provider, threads=threads, cuda_options=options, runtime=runtime)
         note = cuda_options_note(options, self.session)
         self.notes: list[str] = [note] if note else []
         meta = self.session.get_modelmeta().custom_metadata_map
+        from aperture_zoo.provenance import check_own_report
+
+        check_own_report(self.path, meta.get("weights_sha256"))  # a report beside it vouches for these bytes only
         inputs, outputs = self._check_signature()
         self.input_name = inputs[0].name
         # float32 normally; float16 for an fp16 file exported with fp16 I/O (`--fp16-io`)
@@ -246,6 +254,9 @@ class OnnxClassifier:
             results.append(Prediction(str(paths[i]), [(self.labels[j], float(row[j])) for j in order],
                                       [*notices, *extra]))
         return results, failures
+
+
+Classifier = OnnxClassifier
 
 
 def _dims(shape: list) -> str:

@@ -1,7 +1,7 @@
 """Run one ONNX file in one runtime and save its logits: the part of the runtime matrix that runs
 inside a throw-away environment holding another runtime version.
 
-It imports only numpy and the runtime under test (onnxruntime or OpenCV's ``cv2``), never
+It imports only numpy and the runtime under test (onnxruntime, OpenCV's ``cv2``, OpenVINO, LiteRT), never
 aperture_zoo, so that an environment with nothing but ``numpy`` and that runtime can run it::
 
     python runtime_worker.py onnxruntime model.onnx pixels.npy logits.npy [--provider cuda] [--batch 100]
@@ -54,7 +54,63 @@ def _run_opencv(model: str, pixels: np.ndarray, provider: str, batch: int) -> tu
                                                      "provider": "CPU"}
 
 
-RUNNERS = {"onnxruntime": _run_onnxruntime, "opencv-dnn": _run_opencv}
+def _run_openvino(model: str, pixels: np.ndarray, provider: str, batch: int) -> tuple[np.ndarray, dict]:
+    """An ONNX file or an IR, on the CPU, in the precision an IR says (``runtime_options``), else f32."""
+    import openvino as ov
+
+    if provider != "cpu":
+        raise RuntimeError("only OpenVINO's CPU plugin is run here")
+    core = ov.Core()
+    net = core.read_model(model)
+    key = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+    hint = str(net.get_rt_info(key).astype(str)) if net.has_rt_info(key) else "f32"
+    compiled = core.compile_model(net, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    out = [compiled({0: np.ascontiguousarray(pixels[i : i + batch])})["logits"] for i in range(0, len(pixels), batch)]
+    return np.concatenate(out).astype(np.float32), {"runtime": "openvino", "version": ov.get_version().split("-")[0],
+                                                     "provider": f"CPU {hint}"}
+
+
+def _run_litert(model: str, pixels: np.ndarray, provider: str, batch: int) -> tuple[np.ndarray, dict]:
+    """A ``.tflite`` in LiteRT's interpreter, its input resized to each batch."""
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+
+    if provider != "cpu":
+        raise RuntimeError("only LiteRT's CPU path is run here")
+    interpreter = Interpreter(model)
+    index = interpreter.get_input_details()[0]["index"]
+    logits = sorted(interpreter.get_output_details(), key=lambda o: o["name"])[0]["index"]  # output_0: logits
+    out = []
+    for i in range(0, len(pixels), batch):
+        chunk = np.ascontiguousarray(pixels[i : i + batch])
+        interpreter.resize_tensor_input(index, list(chunk.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, chunk)
+        interpreter.invoke()
+        out.append(np.array(interpreter.get_tensor(logits)))
+    return np.concatenate(out).astype(np.float32), {"runtime": "litert",
+                                                     "version": getattr(ai_edge_litert, "__version__", "?"),
+                                                     "provider": "CPU"}
+
+
+def _run_executorch(model: str, pixels: np.ndarray, provider: str, batch: int) -> tuple[np.ndarray, dict]:
+    """A ``.pte`` in ExecuTorch's Python runtime (which takes torch tensors: torch is part of that runtime)."""
+    import torch
+    from executorch.runtime import Runtime
+
+    if provider != "cpu":
+        raise RuntimeError("only ExecuTorch's CPU (XNNPACK) path is run here")
+    method = Runtime.get().load_program(model).load_method("forward")
+    out = [method.execute([torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch]))])[0].numpy()
+           for i in range(0, len(pixels), batch)]
+    from importlib.metadata import version
+
+    return np.concatenate(out).astype(np.float32), {"runtime": "executorch", "version": version("executorch"),
+                                                     "provider": "XNNPACK"}
+
+
+RUNNERS = {"executorch": _run_executorch, "onnxruntime": _run_onnxruntime, "opencv-dnn": _run_opencv, "openvino": _run_openvino,
+           "litert": _run_litert}
 
 
 def main(argv: list[str] | None = None) -> int:

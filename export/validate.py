@@ -9,6 +9,7 @@ Checks, per the precision of the file:
 fp32 CPU   max |Δlogit| <= 1e-4 and 100 % top-1 agreement (random inputs and test set)
 fp32 CUDA  max |Δlogit| <= 1e-3
 fp16       max |Δlogit| <= 5e-2 and >= 99.5 % top-1 agreement
+bf16       max |Δlogit| <= 0.4 (fp16's, times 2**3 for 3 fewer mantissa bits) and >= 99.5 % agreement
 int8       >= 99 % top-1 agreement and <= 0.5 point top-1 drop on the test set
 =========  ===========================================================================
 
@@ -29,11 +30,10 @@ for tolerances of 99–99.5 % agreement and a 0.5 point drop.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,17 @@ import numpy as np
 import torch
 
 from aperture_zoo.calibrators import Calibrator, from_metadata
-from aperture_zoo.files import atomic_write_text
+from aperture_zoo.files import model_sha256
 from aperture_zoo.model import ResNet, evaluating, on_device
+from aperture_zoo.provenance import other_weights
 from aperture_zoo.weights import decode_metadata
 
 from .errors import ExportError
-from .onnx_export import INPUT_NAME, read_metadata
-from .runtime import Provider, create_session, session_device
+from .formats import format_of
+from .onnx_export import INPUT_NAME, state_dict_sha256
+from .reports import (BF16_MAX_ABS, Comparison, Tolerance, ValidationReport, finite_json, report_path,  # noqa: F401
+                      tolerance_for)
+from .runtime import Provider, session_device
 
 RANDOM_BATCH_SIZES: tuple[int, ...] = (1, 7, 64)
 # A --fp16-io file's float32 calibrator reads its float16 logits, but hands its probabilities out as
@@ -76,110 +80,6 @@ def paired_difference_se(gained: int, lost: int, n: int) -> float:
     """
     d = (gained - lost) / n
     return 100 * math.sqrt(max((gained + lost) / n - d * d, 0.0) / n)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs: float | None = None        # on logits
-    min_agreement: float | None = None  # percent of top-1 predictions equal to PyTorch's
-    max_top1_drop: float | None = None  # accuracy points lost against PyTorch on the test set
-    random_inputs_gated: bool = True
-    calibrator_max_diff: float = 1e-4   # probabilities against Calibrator.apply of the file's own logits
-
-
-def tolerance_for(precision: str, device: str) -> Tolerance:
-    """The tolerances a file of ``precision`` run on ``device`` must meet to be shipped.
-
-    fp32 on CPU matches PyTorch to 1e-4 on logits and on every top-1; fp16 loses at most 0.5 %
-    of top-1 agreement; int8 (static, calibrated) keeps 99 % agreement and loses at most 0.5
-    points of accuracy on the test set.
-    """
-    if precision == "fp32":
-        return Tolerance(max_abs=1e-4, min_agreement=100.0) if device == "cpu" else Tolerance(max_abs=1e-3)
-    if precision == "fp16":
-        return Tolerance(max_abs=5e-2, min_agreement=99.5)
-    if precision == "int8":
-        return Tolerance(min_agreement=99.0, max_top1_drop=0.5, random_inputs_gated=False)
-    raise ExportError(f"unknown precision {precision!r} in the file's metadata; export it again")
-
-
-@dataclass
-class Comparison:
-    """ONNX vs PyTorch on one input set."""
-
-    inputs: str
-    num_images: int
-    max_abs_diff: float
-    mean_abs_diff: float
-    agreement: float                  # percent
-    onnx_top1: float | None = None    # percent, when labels are known
-    torch_top1: float | None = None
-    agreement_se: float | None = None  # binomial standard errors, in points
-    onnx_top1_se: float | None = None
-    top1_drop_se: float | None = None  # of the paired drop (torch top-1 - ONNX top-1)
-    max_prob_diff: float | None = None  # ONNX probabilities vs the calibrator applied to the PyTorch logits
-    max_calibrator_diff: float | None = None  # ... vs the calibrator applied to the file's own logits
-
-    @property
-    def top1_drop(self) -> float | None:
-        return None if self.onnx_top1 is None or self.torch_top1 is None else self.torch_top1 - self.onnx_top1
-
-
-@dataclass
-class ValidationReport:
-    onnx_file: str
-    arch: str
-    precision: str
-    provider: str                       # the provider the session really used
-    tolerance: Tolerance
-    comparisons: list[Comparison] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    reference_device: str = "cpu"
-    test_images_total: int | None = None  # size of the test split the sample was drawn from
-    renamed_from: str | None = None       # set when a failed file was moved aside (see export_model)
-    onnx_sha256: str | None = None        # the exact file judged (readers check it: provenance.check_report)
-    weights_sha256: str | None = None     # the weights of the PyTorch reference
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "onnx_file": self.onnx_file, "arch": self.arch, "precision": self.precision,
-            "provider": self.provider, "reference_device": self.reference_device,
-            "tolerance": asdict(self.tolerance), "passed": self.passed, "failures": self.failures,
-            "comparisons": [{**asdict(c), "top1_drop": c.top1_drop} for c in self.comparisons],
-            "test_images_total": self.test_images_total,
-            "onnx_sha256": self.onnx_sha256, "weights_sha256": self.weights_sha256,
-            "standard_errors": "binomial, in percentage points (Agresti-Coull); top1_drop_se is paired",
-        }
-        if self.renamed_from is not None:
-            out["renamed_from"] = self.renamed_from
-            out["note"] = "this file failed validation and was renamed so that it is not mistaken for a good one"
-        return out
-
-    def write_json(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write beside the file as ``<stem>.report.json`` unless a path is given."""
-        onnx_path = Path(self.onnx_file)
-        path = Path(path) if path else onnx_path.with_name(onnx_path.stem + ".report.json")
-        return atomic_write_text(path, json.dumps(finite_json(self.to_dict()), indent=2, allow_nan=False) + "\n")
-
-
-def finite_json(data: Any) -> Any:
-    """``data`` with every NaN or infinity replaced by None: JSON has no NaN, and a reader must not get one."""
-    if isinstance(data, float) and not np.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
-    return data
-
-
-def report_path(onnx_path: str | os.PathLike[str]) -> Path:
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".report.json")
 
 
 @contextlib.contextmanager
@@ -305,17 +205,18 @@ def validate(
     ``weights_sha256``: of the file ``model`` was loaded from (default: of its state dict); a file
     exported from other weights fails, and the report records both hashes (``provenance``).
     """
-    from aperture_zoo.files import file_sha256
-
-    from .onnx_export import state_dict_sha256
+    from . import sessions  # looked up at call time: a test puts a fake runtime in its place
 
     if test_split is not None:
         data_dir = data_dir if data_dir is not None else "dataset"
-    judged = file_sha256(onnx_path)
-    raw = read_metadata(onnx_path)
+    if format_of(onnx_path).runtime is None:
+        raise ExportError(f"{str(onnx_path)!r} cannot run on this system, so it cannot be compared with PyTorch; "
+                          "spec_check.spec_report checks it at the spec level")
+    judged = model_sha256(onnx_path)
+    session = sessions.open_session(onnx_path, provider, cuda_options=cuda_options)
+    raw = session.get_modelmeta().custom_metadata_map  # the format's own store, as ONNX metadata strings
     meta = decode_metadata(raw)
     precision = meta.get("precision", "fp32")
-    session = create_session(onnx_path, provider, cuda_options=cuda_options)
     device = session_device(session)
     tol = tolerance_for(precision, device)
     if session.get_outputs()[0].type == "tensor(float16)":
@@ -334,18 +235,15 @@ def validate(
         provider=session.get_providers()[0], tolerance=tol, reference_device=ref_device,
         onnx_sha256=judged, weights_sha256=weights_sha256 or state_dict_sha256(model),
     )
-    recorded = raw.get("weights_sha256")
-    knowable = weights_sha256 is not None or raw.get("weights_sha256_of") == "state_dict"
-    if recorded is not None and knowable and recorded != report.weights_sha256:  # no file vouches for another's
-        report.failures.append(f"{Path(onnx_path).name} was exported from other weights (SHA-256 {recorded[:12]}...) "
-                               f"than the model it is compared with ({report.weights_sha256[:12]}...)")
+    stale = other_weights(onnx_path, raw, report.weights_sha256, weights_sha256 is not None)
+    report.failures += [stale] if stale else []  # no file vouches for another's weights
     with evaluating(model):  # the caller's model keeps its mode (and its device: on_device copies)
         _validate_pair(
             _Pair(session, _NormaliseThenNetwork(on_device(model, ref_device), tta=tta).eval(), ref_device,
                   _input_transform(session, meta, model), fixed if isinstance(fixed, int) else None, calibrator),
             report, model, tol, f"{precision}/{device}", batch_sizes, seed, data_dir, max_images, progress,
             reference_cache, test_split)
-    if file_sha256(onnx_path) != judged:
+    if model_sha256(onnx_path) != judged:
         report.failures.append(f"{Path(onnx_path).name} changed while it was validated (another writer?); export it again")
     return report
 

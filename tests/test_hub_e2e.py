@@ -272,7 +272,7 @@ def test_with_onnx_uploads_the_exported_file_only_if_it_is_of_these_weights(hub_
     files = hub_env.repos["zoo/onnx10"].resolve("main").files
     assert files["model.onnx"] == (run / "model.onnx").read_bytes()
     readme = files["README.md"].decode()
-    assert "- onnx" in readme and "## ONNX parity" in readme and "validation passed" in readme
+    assert "- onnx" in readme and "## Exported files: parity with PyTorch" in readme and "validation passed" in readme
     assert file_sha256(run / "model.onnx") in readme  # the card names the exact file its figures are about
 
     other = tmp_path / "other"  # the same file name, exported from other weights

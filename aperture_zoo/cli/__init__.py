@@ -28,6 +28,7 @@ from . import zoo  # noqa: E402,F401  (registers commands)
 from . import hub  # noqa: E402,F401
 from . import train  # noqa: E402,F401
 from . import export  # noqa: E402,F401
+from . import runtimes  # noqa: E402,F401
 from . import demo  # noqa: E402,F401
 from . import data  # noqa: E402,F401
 

@@ -90,7 +90,7 @@ def _test_set_line(report: Any) -> str | None:
     n, total = c.num_images, report.test_images_total
     sample = f"all {n:,}" if n >= total else f"a stratified {n:,} of {total:,} (--max-val-images all for every one)"
     drop = "" if c.top1_drop is None else f", top-1 drop {c.top1_drop:.2f} ± {c.top1_drop_se:.2f} points"
-    return (f"test images: {sample}; agreement {c.agreement:.2f} ± {c.agreement_se:.2f} %, ONNX top-1 "
+    return (f"test images: {sample}; agreement {c.agreement:.2f} ± {c.agreement_se:.2f} %, file top-1 "
             f"{c.onnx_top1:.2f} ± {c.onnx_top1_se:.2f} %{drop} (± one binomial standard error)")
 
 
@@ -108,7 +108,7 @@ def _report_table(report: Any) -> Any:
     )
     table = Table(title=f"{Path(report.onnx_file).name}: {report.precision} on {report.provider} — {status}",
                   caption=f"tolerance: {limits}; reference: PyTorch fp32 on {report.reference_device}")
-    for col in ("inputs", "images", "max |Δ|", "mean |Δ|", "agree %", "ONNX top-1", "torch top-1"):
+    for col in ("inputs", "images", "max |Δ|", "mean |Δ|", "agree %", "file top-1", "torch top-1"):
         table.add_column(col, justify="left" if col == "inputs" else "right")
     for c in report.comparisons:
         table.add_row(
@@ -121,16 +121,23 @@ def _report_table(report: Any) -> Any:
 @app.command("export")
 def export_cmd(
     name: str = typer.Argument(..., help=MODEL_HELP),
-    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format supported)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (shorthand for --format onnx)."),
+    formats: str = typer.Option("", "--format", help="onnx, openvino, executorch, tflite, coreml; several: "
+                                "--format onnx,openvino. Each format but ONNX needs its extra: pip install "
+                                "'aperture_zoo\\[openvino]' (executorch, litert, coreml; formats: all)."),
     weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     pretrained: bool = typer.Option(False, "--pretrained", help="Export the published weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Export untrained weights (seed 0)."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <name>.onnx and its report."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx (float32 I/O unless --fp16-io)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write fp16 files: ONNX <name>.fp16.onnx (float32 I/O "
+                              "unless --fp16-io) and Core ML."),
+    bf16: bool = typer.Option(False, "--bf16", help="Also write <name>.bf16.xml (OpenVINO: fp32 weights, bf16 "
+                              "inference hint)."),
     fp16_io: bool = typer.Option(False, "--fp16-io", help="Make the fp16 file take and give float16 (default: float32 I/O)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write <name>.int8.onnx (static QDQ; needs --data-dir)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write int8 files of each chosen format that has one "
+                              "(ONNX static QDQ, OpenVINO NNCF, ExecuTorch XNNPACK, LiteRT); needs --data-dir."),
     provider: str = typer.Option("auto", "--provider", help="onnxruntime provider for validation: auto|cuda|cpu."),
     cuda_options: str = typer.Option("", "--cuda-options", help=_CUDA_OPTIONS_HELP),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10 folder: int8 calibration and test-set validation."),
@@ -147,7 +154,8 @@ def export_cmd(
                             "(writes <name>.tta.onnx, same input and outputs; validated against `eval --tta`); none."),
     json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
-    """Export to a checked, self-describing ONNX file (plus fp16/int8), validated against PyTorch.
+    """Export to checked, self-describing files (ONNX, OpenVINO, ExecuTorch, LiteRT, Core ML; plus their
+    fp16/bf16/int8), each validated against PyTorch in its own runtime (Core ML: at the spec level).
 
     Outputs: logits, and probabilities (the weights' calibrator applied to the logits, in the graph).
 
@@ -157,15 +165,19 @@ def export_cmd(
 
     with user_errors():
         from aperture_zoo.export.errors import ExportError
-        from aperture_zoo.export.pipeline import export_model, parse_max_val_images
+        from aperture_zoo.export.pipeline import export_formats, parse_max_val_images
         from aperture_zoo.progress import ConsoleProgress
         from aperture_zoo.export.runtime import PROVIDERS, parse_cuda_options
         from aperture_zoo.predict import check_tta
 
+        from aperture_zoo.export.formats import parse_formats, precisions_for, require
+
         flip = check_tta(tta)
         options = parse_cuda_options(cuda_options)
-        if not onnx:
-            raise ExportError("ONNX is the only export format; add --onnx")
+        chosen = parse_formats(formats, onnx)
+        precisions = precisions_for(chosen, fp16=fp16, bf16=bf16, int8=int8)
+        for fmt in chosen:
+            require(fmt)  # a missing extra: one line with the pip command, before any work
         if provider not in PROVIDERS:
             raise ExportError(f"--provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
         val_images = parse_max_val_images(max_val_images)
@@ -174,9 +186,9 @@ def export_cmd(
         data = _auto_data_dir(data_dir) if own is None else None
         own = own or None
         with ConsoleProgress(err_console) as progress:
-            result = export_model(
-                model, out, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
-                exporter=exporter, fp16=fp16, fp16_io=fp16_io, int8=int8, data_dir=data, calibration_images=calibration_images,  # type: ignore[arg-type]
+            result = export_formats(
+                model, out, precisions, weights_sha256=sha, opset=opset, batch=_parse_batch(batch), normalize=normalize,
+                exporter=exporter, fp16_io=fp16_io, data_dir=data, calibration_images=calibration_images,
                 provider=provider, run_validation=validate, max_val_images=val_images,  # type: ignore[arg-type]
                 progress=progress, tta=flip, dataset=own, cuda_options=options,
             )
@@ -219,8 +231,11 @@ def predict_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP + " PyTorch path; default: the "
                               "architecture --weights records, else the published resnet22."),
     weights: str | None = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP + " PyTorch path."),
-    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX file written by `aperture export` "
-                                     "(onnxruntime only, no PyTorch; the file decides calibration and TTA)."),
+    onnx: Path | None = typer.Option(None, "--onnx", "--file", help="A file written by `aperture export`: .onnx "
+                                     "(onnxruntime, no PyTorch), .xml (OpenVINO), .pte (ExecuTorch), .tflite (LiteRT); "
+                                     "the file decides calibration and TTA."),
+    runtime: str | None = typer.Option(None, "--runtime", help="onnxruntime, openvino, executorch or tflite "
+                                       "(default: the file's own; openvino also runs .onnx files)."),
     tta: str | None = typer.Option(None, "--tta", help="flip: average with the mirrored image (PyTorch path); "
                                    "an ONNX file holds its own (export --tta flip)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image (>= 1)."),
@@ -233,13 +248,18 @@ def predict_cmd(
     all answered, 1 some answered and some not, 2 none answered (or a bad --onnx file or model).
     """
     with user_errors():
+        if runtime is not None and onnx is None:
+            from aperture_zoo.export.errors import ExportError
+
+            raise ExportError(f"--runtime {runtime} runs an exported file; pass it with --file "
+                              f"(`aperture export {model} --pretrained --format ...` writes one)")
         if onnx is not None:
             if weights is not None or model is not None:
                 from aperture_zoo.export.errors import ExportError
 
                 raise ExportError("--onnx FILE is the model (its own weights, classes and calibration); drop --model "
                                   "and --weights, or drop --onnx for the PyTorch path")
-            rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider)
+            rows, failures, what = _predict_onnx(images, onnx, tta, top_k, provider, runtime)
         elif provider != "auto":
             from aperture_zoo.export.errors import ExportError
 
@@ -271,21 +291,22 @@ def predict_cmd(
 
 
 def _predict_onnx(images: list[Path], onnx: Path, tta: str | None, top_k: int,
-                  provider: str) -> tuple[list[dict], list, str]:
-    """Torch-free: onnxruntime, numpy and pillow only."""
+                  provider: str, runtime: str | None = None) -> tuple[list[dict], list, str]:
+    """Torch-free for ONNX, OpenVINO and LiteRT files (ExecuTorch's runtime takes torch tensors)."""
     from aperture_zoo.export.errors import ExportError
     from aperture_zoo.export.predict import OnnxClassifier
 
     if tta is not None:
         raise ExportError("--tta applies to the PyTorch path; an ONNX file holds its own TTA "
                           "(`aperture export NAME --pretrained --onnx --tta flip`)")
-    clf = OnnxClassifier(onnx, provider=provider)  # type: ignore[arg-type]
+    clf = OnnxClassifier(onnx, provider=provider, runtime=runtime)  # type: ignore[arg-type]
     predictions, failures = clf.predict_files(images, top_k=top_k)
     rows = [p.to_dict() for p in predictions]
     notice = clf.describe()  # said once, not per image
     for row in rows:
         row["notices"] = [n for n in row["notices"] if n != notice]
-    return rows, failures, f"{onnx.name}: {notice}"
+    ran_by = "" if onnx.suffix == ".onnx" and runtime in (None, "onnxruntime") else f" ({clf.providers[0]})"
+    return rows, failures, f"{onnx.name}{ran_by}: {notice}"
 
 
 def _predict_torch(images: list[Path], name: str, weights: str | None, tta: str | None,
@@ -313,7 +334,10 @@ def bench_cmd(
     batch_sizes: str = typer.Option("1,256", "--batch-sizes", help="Comma-separated batch sizes."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (CPU, plus CUDA when present)."),
     variants: str = typer.Option("all", "--variants", help="Comma-separated subset of torch-eager, "
-                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8; or 'all'; "
+                                 "torch-channels-last, torch-compile, ort-fp32, ort-fp16, ort-int8, ov-fp32, ov-bf16, "
+                                 "ov-int8, ov-onnx-int8 (OpenVINO on the ONNX int8 file), et-fp32, et-int8 "
+                                 "(ExecuTorch), litert-fp32, litert-int8; or 'all' (the formats' rows where their "
+                                 "extras are installed); "
                                  "plus browser-wasm, browser-webgpu (the demo page in headless Chromium, batch 1, "
                                  "fp32 and int8, beside ort-fp32/ort-int8)."),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads, and the page's "
@@ -327,7 +351,8 @@ def bench_cmd(
                                     "buffers (no host copies); implied by enable_cuda_graph=1."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Images/s for torch eager, channels_last, torch.compile and onnxruntime fp32/fp16/int8."""
+    """Images/s for torch eager, channels_last, torch.compile, onnxruntime fp32/fp16/int8, and each other
+    format in its runtime (OpenVINO, ExecuTorch, LiteRT), all from the same model in one run."""
     with user_errors():
         from aperture_zoo.export.bench import format_table, parse_batch_sizes, parse_variants, run_benchmark
         from aperture_zoo.export.runtime import parse_cuda_options
@@ -367,69 +392,3 @@ def bench_cmd(
     console.print(format_table(rows, title=f"{name} ({weights_note}): images/s"), highlight=False, markup=False,
                   soft_wrap=True)
 
-
-@app.command("runtimes")
-def runtimes_cmd(
-    name: str = typer.Argument(..., help=MODEL_HELP),
-    weights: str | None = typer.Option(None, "--weights", help=WEIGHTS_HELP + " The PyTorch reference."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Use the published weights."),
-    random_init: bool = typer.Option(False, "--random-init", help="Untrained weights (seed 0)."),
-    onnx_dir: Path | None = typer.Option(None, "--onnx-dir", help="Folder with <name>.onnx (.fp16/.int8) from "
-                                         "`aperture export`; default: export them here first."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="CIFAR-10: test images (and int8 calibration); "
-                                         "else the 30 bundled test images, no int8."),
-    max_images: int = typer.Option(1000, "--max-images", help="Stratified test images per cell."),
-    only: str = typer.Option("all", "--runtimes", help="Comma-separated subset of ort, ort-cuda, ort-1.15, "
-                             "ort-1.16, opencv-4, opencv-5; or 'all'."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the runtimes' venvs are kept "
-                                          "(default $APERTURE_RUNTIMES_DIR or ~/.cache/aperture_zoo/runtimes)."),
-    record: bool = typer.Option(False, "--record", help="Write the passing cells into the files' metadata "
-                                "(validated_runtimes); needs --onnx-dir."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the matrix as JSON here (e.g. "
-                                    "model_cards/NAME/runtimes.json, which the card shows)."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
-) -> None:
-    """Run the fp32/fp16/int8 files in today's and older onnxruntime and in OpenCV DNN; compare with PyTorch.
-
-    Exits 1 when a file runs wrongly in a runtime it does not declare itself unfit for.
-    """
-    with user_errors():
-        from aperture_zoo.export.errors import ExportError
-        from aperture_zoo.export.matrix import DEFAULT_RUNTIMES, format_matrix, measure_model
-
-        keys = [r.key for r in DEFAULT_RUNTIMES]
-        chosen = keys if only.strip() == "all" else [k.strip() for k in only.split(",") if k.strip()]
-        if not chosen or any(k not in keys for k in chosen):
-            raise ExportError(f"--runtimes must name some of {', '.join(keys)} (or 'all'), got {only!r}")
-        if max_images < 1:
-            raise ExportError(f"--max-images must be at least 1, got {max_images}")
-        if record and onnx_dir is None:
-            raise ExportError("--record writes into existing files; pass them with --onnx-dir")
-        model, sha = _load_model(name, weights, pretrained, random_init)
-        files, stem = None, model.spec.name  # export names its files after the architecture
-        if onnx_dir is not None:
-            candidates = {"fp32": onnx_dir / f"{stem}.onnx", "fp16": onnx_dir / f"{stem}.fp16.onnx",
-                          "int8": onnx_dir / f"{stem}.int8.onnx"}
-            files = {p: f for p, f in candidates.items() if f.is_file()}
-            if not files:
-                raise ExportError(f"no {stem}.onnx in {onnx_dir}; export it with `aperture export {name} --onnx -o {onnx_dir}`")
-        with err_console.status("running the runtime matrix") as status:
-            matrix = measure_model(model, files=files, data_dir=_auto_data_dir(data_dir), max_images=max_images,
-                                   runtimes=[r for r in DEFAULT_RUNTIMES if r.key in chosen], cache_dir=cache_dir,
-                                   weights_sha256=sha, record=record, progress=lambda m: _say(status, m))
-        if out is not None:
-            import json
-
-            from aperture_zoo.files import atomic_write_text
-
-            atomic_write_text(out, json.dumps(matrix.to_dict(), indent=2, sort_keys=True) + "\n")
-    if json_out:
-        print_json(matrix.to_dict())
-    else:
-        console.print(f"{safe(name)} on {safe(matrix.images)}, batch {matrix.batch}; reference: PyTorch fp32 (CPU)", highlight=False)
-        console.print(format_matrix(matrix), highlight=False, markup=False, soft_wrap=True)
-        for c in matrix.cells:
-            if c.note and c.passed is not True:
-                err_console.print(f"{c.runtime} {c.precision}: {c.note}", highlight=False, markup=False, soft_wrap=True)
-    if not matrix.passed:
-        raise typer.Exit(code=1)

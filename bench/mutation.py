@@ -1,0 +1,319 @@
+"""Mutation testing with mutmut over the modules that hold the product's promises.
+
+mutmut generates the mutants from the code (nobody chooses them), runs each one against only the
+tests that executed the mutated function (it records which test calls which function once), kills
+a mutant whose tests fail, and stops one whose tests run past a CPU-time limit (a *timeout*).
+
+Our own code here is only the glue mutmut cannot do itself, in three parts:
+
+* **A staged tree.** pyproject maps ``aperture_zoo.train`` to ``train/`` and ``aperture_zoo.export``
+  to ``export/``; mutmut names a mutant by its file's path and imports the mutated copy through
+  ``sys.path``, so it needs the natural layout. ``build/mutation/`` holds ``aperture_zoo/`` with
+  ``train/`` and ``export/`` copied inside it (only files whose content changed are copied again,
+  so mutmut's own cache of results stays valid), plus ``tests/`` and ``pyproject.toml``; the big
+  read-only folders the tests read (``model_cards/``, ``apps/``, ...) are links.
+* **Equivalent mutants.** mutmut can only skip whole lines; ``bench/mutation_equivalent.toml``
+  names each mutant that no test can kill because it does not change behaviour, with a one-line
+  reason and the mutated line, which is checked so that an entry whose code moved is reported
+  stale rather than silently applied to another mutant.
+* **The summary** per module (mutants, killed, survived, timed out, equivalent, no tests) written
+  to ``bench/results/mutation/summary.json`` and ``summary.md``.
+
+    python bench/mutation.py                       # every module below (make mutants)
+    python bench/mutation.py calibration seeds     # some modules (make mutants MODULES="calibration seeds")
+    python bench/mutation.py --summary             # only rebuild the summary from the last results
+    python bench/mutation.py --survivors seeds     # each surviving mutant's diff
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE = ROOT / "build" / "mutation"
+EQUIVALENT = ROOT / "bench" / "mutation_equivalent.toml"
+RESULTS = ROOT / "bench" / "results" / "mutation"
+
+# short name -> (file in the worktree, its module in the staged tree)
+MODULES: dict[str, tuple[str, str]] = {
+    "calibration": ("aperture_zoo/calibration.py", "aperture_zoo.calibration"),
+    "folder": ("aperture_zoo/folder.py", "aperture_zoo.folder"),
+    "folderscan": ("aperture_zoo/folderscan.py", "aperture_zoo.folderscan"),
+    "manifest": ("aperture_zoo/manifest.py", "aperture_zoo.manifest"),
+    "datasets": ("aperture_zoo/datasets.py", "aperture_zoo.datasets"),
+    "data": ("aperture_zoo/data.py", "aperture_zoo.data"),
+    "pretrained": ("aperture_zoo/pretrained.py", "aperture_zoo.pretrained"),
+    "weights": ("aperture_zoo/weights.py", "aperture_zoo.weights"),
+    "catalog": ("aperture_zoo/catalog.py", "aperture_zoo.catalog"),
+    "hub": ("aperture_zoo/hub.py", "aperture_zoo.hub"),
+    "images": ("aperture_zoo/images.py", "aperture_zoo.images"),
+    "compat": ("export/compat.py", "aperture_zoo.export.compat"),
+    "validate": ("export/validate.py", "aperture_zoo.export.validate"),
+    "settings": ("train/settings.py", "aperture_zoo.train.settings"),
+    "rundir": ("train/rundir.py", "aperture_zoo.train.rundir"),
+    "seeds": ("train/seeds.py", "aperture_zoo.train.seeds"),
+}
+# worktree folder -> folder in the staged tree
+PACKAGES = {"aperture_zoo": "aperture_zoo", "train": "aperture_zoo/train", "export": "aperture_zoo/export"}
+LINKED = ["model_cards", "apps", "bench", "hubconf.py", "README.md", "ARCHITECTURE.md", "Makefile", "LICENSE"]
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def _sync_file(src: Path, dst: Path) -> None:
+    if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)  # a new mtime tells mutmut to generate this file's mutants again
+
+
+def stage() -> None:
+    """Bring ``build/mutation/`` up to date with the worktree (natural package layout)."""
+    STAGE.mkdir(parents=True, exist_ok=True)
+    wanted: set[Path] = set()
+    for folder, target in PACKAGES.items():
+        for src in (ROOT / folder).rglob("*"):
+            if src.is_file() and "__pycache__" not in src.parts:
+                rel = src.relative_to(ROOT / folder)
+                if folder == "aperture_zoo" and rel.parts[0] in PACKAGES:
+                    continue
+                wanted.add(Path(target) / rel)
+                _sync_file(src, STAGE / target / rel)
+                if src.suffix != ".py" and (STAGE / "mutants").is_dir():  # mutmut copies data files (the card
+                    _sync_file(src, STAGE / "mutants" / target / rel)   # template) only on its first run
+    for src in (ROOT / "tests").rglob("*"):
+        if src.is_file() and "__pycache__" not in src.parts:
+            wanted.add(src.relative_to(ROOT))
+            _sync_file(src, STAGE / src.relative_to(ROOT))
+    for tree in ("aperture_zoo", "tests"):  # files deleted from the worktree leave the stage too
+        for old in list((STAGE / tree).rglob("*")):
+            if old.is_file() and "__pycache__" not in old.parts and old.relative_to(STAGE) not in wanted:
+                old.unlink()
+    _sync_file(ROOT / "pyproject.toml", STAGE / "pyproject.toml")
+    # mutmut copies it into mutants/ only on `run`; a test's subprocess reads that copy's settings
+    _sync_file(ROOT / "pyproject.toml", STAGE / "mutants" / "pyproject.toml")
+    for name in LINKED:  # read by tests (published weights, the web app, ...); never mutated
+        for base in (STAGE, STAGE / "mutants"):
+            base.mkdir(exist_ok=True)
+            link = base / name
+            if not link.is_symlink():
+                if link.exists():
+                    shutil.rmtree(link) if link.is_dir() else link.unlink()
+                link.symlink_to(ROOT / name)
+
+
+def _staged(name: str) -> Path:
+    folder, rest = MODULES[name][0].split("/", 1)
+    return Path(PACKAGES[folder]) / rest
+
+
+def _to_run(name: str, rerun: bool) -> list[str]:
+    """What ``mutmut run`` is given: the module's glob when its mutants must be generated (again),
+    else only the mutants without a verdict and the survivors (a kill stands until the code changes,
+    which makes mutmut generate and test that function's mutants again)."""
+    staged, made = STAGE / _staged(name), STAGE / "mutants" / _staged(name)
+    if rerun or not made.is_file() or staged.stat().st_mtime >= made.stat().st_mtime:
+        return [f"{MODULES[name][1]}.*"]
+    equivalent = load_equivalent()  # listed with a reason: no test can kill them, so they are not run again
+    return [m for m, code in results(name).items()
+            if STATUS.get(code) in ("not checked", "survived", "no tests") and m not in equivalent]
+
+
+def run_module(name: str, max_children: int, log: Path, rerun: bool = False) -> float:
+    """``mutmut run`` on one module's mutants (at the lowest priority); returns the wall time in seconds."""
+    targets = _to_run(name, rerun)
+    if not targets:
+        return 0.0
+    cmd = ["nice", "-n", "19", str(Path(sys.executable).parent / "mutmut"), "run",
+           "--max-children", str(max_children), *targets]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("APERTURE_CIFAR10_DIR", None)  # the real-data tests stay out: minutes per mutant
+    load_start = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"\n=== {name}: {len(targets)} target(s) {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        out.flush()
+        proc = subprocess.run(cmd, cwd=STAGE, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    with log.open("a") as out:
+        out.write(f"=== {name}: exit {proc.returncode} after {wall:.0f} s\n")
+    with (RESULTS / "runs.jsonl").open("a") as out:  # what each part cost, and on how loaded a machine
+        out.write(json.dumps({"module": name, "targets": "all" if targets[0].endswith(".*") else len(targets),
+                              "wall_s": round(wall), "exit": proc.returncode, "loadavg_start": round(load_start, 1),
+                              "loadavg_end": round(os.getloadavg()[0], 1),
+                              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    return wall
+
+
+def results(name: str) -> dict[str, int | None]:
+    """mutant name -> mutmut's exit code, from its ``.meta`` file in the staged tree."""
+    meta = STAGE / "mutants" / f"{_staged(name)}.meta"
+    if not meta.is_file():
+        return {}
+    return json.loads(meta.read_text())["exit_code_by_key"]
+
+
+def mutant_diff(mutant: str) -> str:
+    out = subprocess.run([str(Path(sys.executable).parent / "mutmut"), "show", mutant], cwd=STAGE,
+                         capture_output=True, text=True)
+    return out.stdout
+
+
+def _changed_line(diff: str) -> str:
+    """The mutated line of a ``mutmut show`` diff (its '+' line, stripped)."""
+    plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return plus[0] if plus else ""
+
+
+def _cost(name: str) -> tuple[int | None, str]:
+    """Seconds spent on the module's current results (its runs since the last one of all its mutants)
+    and the 1-minute load average over them, as "low-high" (the machine's other work slows a run)."""
+    if not (RESULTS / "runs.jsonl").is_file():
+        return None, ""
+    runs = [json.loads(ln) for ln in (RESULTS / "runs.jsonl").read_text().splitlines() if ln.strip()]
+    stopped = (-2, -9, -15, 130, 137, 143)  # stopped by hand: its verdicts so far are kept, and so is its time
+    runs = [r for r in runs if r["module"] == name and (r["exit"] == 0 or r["exit"] in stopped)]
+    last_full = max((i for i, r in enumerate(runs) if r["targets"] == "all"), default=0)
+    runs = runs[last_full:]
+    loads = [r[k] for r in runs for k in ("loadavg_start", "loadavg_end") if k in r]
+    shown = f"{min(loads):.0f}-{max(loads):.0f}" if loads else ""
+    return (sum(r["wall_s"] for r in runs) if runs else None), shown
+
+
+def load_equivalent() -> dict[str, dict[str, str]]:
+    if not EQUIVALENT.is_file():
+        return {}
+    entries = tomllib.loads(EQUIVALENT.read_text()).get("mutant", [])
+    out = {}
+    for e in entries:
+        if not e.get("reason") or not e.get("line"):
+            raise SystemExit(f"{EQUIVALENT}: {e.get('name')} needs a reason and the mutated line")
+        out[e["name"]] = e
+    return out
+
+
+def summarise(names: list[str]) -> tuple[dict, list[str]]:
+    """Per-module counts; equivalents applied (and checked against the mutated line)."""
+    equivalent = load_equivalent()
+    problems: list[str] = []
+    table = {}
+    for name in names:
+        codes = results(name)
+        row = {"mutants": len(codes), "killed": 0, "survived": 0, "timeout": 0, "equivalent": 0, "no_tests": 0,
+               "not_checked": 0, "survivors": []}
+        for mutant, code in sorted(codes.items()):
+            status = STATUS.get(code, "suspicious")
+            if mutant in equivalent:
+                line = _changed_line(mutant_diff(mutant))
+                if line != equivalent[mutant]["line"].strip():
+                    problems.append(f"stale equivalent entry {mutant}: its mutated line is now {line!r}")
+                elif status == "killed":
+                    problems.append(f"{mutant} is listed as equivalent but a test kills it: remove the entry")
+                else:
+                    row["equivalent"] += 1
+                    continue
+            key = {"killed": "killed", "survived": "survived", "timeout": "timeout", "no tests": "no_tests",
+                   "not checked": "not_checked"}.get(status)
+            if key is None:  # suspicious, segfault, skipped: the tests did not pass, count as killed
+                key = "killed"
+            row[key] += 1
+            if key in ("survived", "no_tests"):
+                row["survivors"].append(mutant)
+        scored = row["mutants"] - row["equivalent"] - row["not_checked"]
+        row["score"] = round(100 * (row["killed"] + row["timeout"]) / scored, 1) if scored else None
+        row["score_killed_only"] = round(100 * row["killed"] / scored, 1) if scored else None
+        row["wall_s"], row["load"] = _cost(name)
+        table[name] = row
+    summarised = {MODULES[n][1] for n in names}
+    for name in equivalent:
+        module = name.split(".x_")[0].split(".xǁ")[0]
+        if module in summarised and not any(name in results(n) for n in names if MODULES[n][1] == module):
+            problems.append(f"equivalent entry {name} names no current mutant (stale)")
+    return table, problems
+
+
+def write_summary(table: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    old = {}
+    if (RESULTS / "summary.json").is_file():
+        old = json.loads((RESULTS / "summary.json").read_text()).get("modules", {})
+    old.update(table)
+    modules = {k: old[k] for k in MODULES if k in old}
+    tot = {k: sum(r[k] for r in modules.values()) for k in ("mutants", "killed", "survived", "timeout",
+                                                             "equivalent", "no_tests", "not_checked")}
+    scored = tot["mutants"] - tot["equivalent"] - tot["not_checked"]
+    tot["score"] = round(100 * (tot["killed"] + tot["timeout"]) / scored, 1) if scored else None
+    tot["score_killed_only"] = round(100 * tot["killed"] / scored, 1) if scored else None
+    doc = {"tool": "mutmut " + _mutmut_version(), "modules": modules, "total": tot,
+           "score_rule": "(killed + timed out) / (mutants - equivalent - not checked); 'no tests' counts as survived",
+           "score_killed_only_rule": "killed / (mutants - equivalent - not checked): a timeout (tests past mutmut's "
+                                     "wall or CPU limit) counted as not caught, the lower bound on a loaded machine"}
+    (RESULTS / "summary.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    lines = [f"mutmut {_mutmut_version()} on {os.cpu_count()} CPU cores shared with other work; "
+             "load: the 1-minute load average at the start and end of the runs counted.", "",
+             "score: (killed + timed out) / run and not equivalent; killed only: timeouts counted as not caught "
+             "(on a loaded machine most timeouts are slow kills, but not all need be).", "",
+             "| module | mutants | killed | survived | timed out | equivalent | no tests | not run yet | score % "
+             "| killed only % | wall s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in list(modules.items()) + [("**total**", tot)]:
+        lines.append(f"| {k} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
+                     f"{r['equivalent']} | {r['no_tests']} | {r['not_checked']} | {r['score']} | "
+                     f"{r.get('score_killed_only')} | {r.get('wall_s') or ''} | {r.get('load', '')} |")
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modules", nargs="*", help=f"short names (default: all): {', '.join(MODULES)}")
+    ap.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
+    ap.add_argument("--summary", action="store_true", help="only rebuild the summary from the last results")
+    ap.add_argument("--survivors", action="store_true", help="print each survivor's diff")
+    ap.add_argument("--rerun", action="store_true", help="test every mutant again, kills included")
+    ap.add_argument("--min-score", type=float, default=90.0)
+    args = ap.parse_args(argv)
+    names = args.modules or list(MODULES)
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        raise SystemExit(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    walls: dict[str, float] = {}
+    if not args.summary and not args.survivors:
+        stage()
+        log = RESULTS / "mutmut.log"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            walls[name] = run_module(name, args.max_children, log, args.rerun)
+            print(f"{name}: {walls[name]:.0f} s", flush=True)
+    table, problems = summarise(names)
+    if args.survivors:
+        for name in names:
+            for mutant in table[name]["survivors"]:
+                print(mutant_diff(mutant))
+        return 0
+    write_summary(table)
+    for p in problems:
+        print("PROBLEM:", p)
+    score = json.loads((RESULTS / "summary.json").read_text())["total"]["score"]
+    return 0 if not problems and score is not None and score >= args.min_score else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
