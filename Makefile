@@ -21,8 +21,9 @@ run: $(STAMP)
 
 # `make test` leaves out tests marked slow (torch.compile, a real-data epoch); `make test-slow` runs
 # only those. CI (.ci/run) runs both, so nothing goes untested.
+# One pytest worker per core, a test file per worker at a time (its module fixtures built once).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

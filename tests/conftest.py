@@ -9,6 +9,12 @@ import torch
 import profiles  # noqa: F401 - registers and loads the hypothesis profile (ci unless HYPOTHESIS_PROFILE)
 from cifar_synth import write_cifar10
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the machine's cores: one torch thread each (and in the
+    # commands they start), or four threads fight over two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The runtime matrix installs old runtimes into venvs (minutes, a package index): it runs only

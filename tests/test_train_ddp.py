@@ -81,7 +81,7 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
     fit(TrainConfig(model=SPEC, recipe=RECIPE.replace(batch_size=50), data_dir=data_dir,
                     out_dir=Path(out) / "run", device="cpu", progress=False))
     (Path(out) / f"group_after_fit_rank{rank}.json").write_text(json.dumps(torch.distributed.is_initialized()))
-    os.environ["APERTURE_DATA"] = str(Path(out) / "cache")  # this forked worker's copy only
+    os.environ["APERTURE_DATA"] = str(Path(out) / "cache")  # this worker's copy only
     fit(TrainConfig(model=SPEC, dataset=str(Path(out) / "folder"), recipe=RECIPE.replace(batch_size=8),
                     out_dir=Path(out) / "folder-run", device="cpu", progress=False))
 
@@ -98,7 +98,7 @@ def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
         calls.append(rank)
         raise data.DataError("simulated: download failed, offline")
 
-    data.download = offline  # this forked worker's copy only
+    data.download = offline  # this worker's copy only
     try:
         load_run_data(TrainConfig(data_dir=Path(out) / "no-data", download=True), Run(SPEC, RECIPE, {}), info,
                       torch.device("cpu"), data_from_run=False)
@@ -116,7 +116,7 @@ def _run_dir_decided_on_rank_0(rank: int, info, out: str) -> None:
     from aperture_zoo.train.distributed import decided_on_rank0
     from aperture_zoo.train.rundir import RunDir
 
-    os.chdir(out)  # this forked worker's working directory only
+    os.chdir(out)  # this worker's working directory only
     second = time.mktime((2025, 1, 1, 12, 0, 0, 0, 0, -1))  # one frozen second: 20250101-120000
     with contextlib.ExitStack() as stack:
         names = [decided_on_rank0(info, lambda: str(RunDir.open(None, "tiny", stack, started=second).path))
@@ -139,9 +139,10 @@ def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     x, y = make_images(5, seed=7)
     write_png_folder(out / "folder", x, y, ["b 1", "a [2]", "ç"], per_class=5)  # a 3-class folder of PNGs
-    # fork: the workers inherit the imported torch instead of paying for it again on 2 shared cores
+    # spawn, not fork: a forked child of a process whose autograd engine has started its threads (any
+    # earlier test in this pytest process) cannot run backward at all
     ctx = mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=False,
-                             start_method="fork")
+                             start_method="spawn")
     deadline = time.monotonic() + 600  # a hung collective must fail the test, not stall the suite
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
