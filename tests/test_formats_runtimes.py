@@ -3,8 +3,11 @@
 Marked ``runtimes`` (``make test-runtimes``, which installs the ``formats`` extra; CI runs it): the tool
 chains are heavy (OpenVINO + NNCF, ExecuTorch, coremltools; litert-torch in an environment it makes
 once under the runtimes cache folder). Each format takes well under a few minutes on 2 cores: resnet10,
-a few hundred test images (real CIFAR-10 with APERTURE_CIFAR10_DIR, else the synthetic set, which int8
-calibration and the test-set gates accept as well).
+a few hundred test images of real CIFAR-10 with APERTURE_CIFAR10_DIR (as CI has). Without it the synthetic
+set stands in for fp32 (and Core ML's fp16 spec check) only: bf16 and int8 files are judged by their
+top-1 agreement with fp32 on test images (>= 99.5 % / 99 %), and the published weights on synthetic
+patterns give near-ties that no reduced precision keeps (OpenVINO bf16 99.0 %, ExecuTorch int8 97.5 %),
+so those are exported and judged only with real data.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ def test_each_format_exports_validates_and_predicts(fmt: str, model, data_dir: s
     from aperture_zoo.export.pipeline import export_formats
 
     sha = get_weights("resnet10").sha256
-    result = export_formats(model, tmp_path, precisions_for([fmt], fp16=fmt == "coreml", bf16=fmt == "openvino",
-                                                            int8=fmt != "coreml"),
+    real = bool(os.environ.get("APERTURE_CIFAR10_DIR"))
+    result = export_formats(model, tmp_path, precisions_for([fmt], fp16=fmt == "coreml", bf16=fmt == "openvino" and real,
+                                                            int8=fmt != "coreml" and real),
                             data_dir=data_dir, max_val_images=VAL_IMAGES, calibration_images=128, weights_sha256=sha)
     by_precision = {r.precision: r for r in result.reports}
-    assert set(by_precision) == set(FORMATS[fmt].precisions), [r.onnx_file for r in result.reports]
+    expected = set(FORMATS[fmt].precisions) - (set() if real or fmt == "coreml" else {"bf16", "int8"})
+    assert set(by_precision) == expected, [r.onnx_file for r in result.reports]
     assert result.passed, {p: r.failures for p, r in by_precision.items()}
     for precision, report in by_precision.items():
         d = report.to_dict()
