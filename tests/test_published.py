@@ -94,7 +94,8 @@ def test_published_accuracy_reproduces_on_real_test_images(name: str, real_cifar
 
 
 @pytest.mark.realdata
-@pytest.mark.slow  # 20,000 forward passes per model on the CPU
+@pytest.mark.slow
+@pytest.mark.full_test_set  # 20,000 forward passes per model on the CPU: `make test-published`
 @pytest.mark.parametrize("name", list_models())
 def test_the_published_calibrators_keep_every_prediction_on_all_test_images(name: str, real_cifar) -> None:
     """On all 10,000 test images (and their mirrors), the argmax of the calibrated probabilities is
