@@ -38,18 +38,6 @@ def tail_nodes(model: onnx.ModelProto, start: str = OUTPUT_NAME) -> list[onnx.No
     return [n for i, n in enumerate(model.graph.node) if i in seen]
 
 
-def name_tail(model: onnx.ModelProto) -> list[str]:
-    """Names of the tail's nodes (``quantize_static(nodes_to_exclude=...)`` takes names), naming any unnamed one."""
-    taken = {n.name for n in model.graph.node}
-    names = []
-    for k, node in enumerate(tail_nodes(model)):
-        if not node.name:
-            node.name = next(c for c in (f"after_logits_{k}_{j}" for j in range(len(taken) + 1)) if c not in taken)
-            taken.add(node.name)
-        names.append(node.name)
-    return names
-
-
 def split(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.NodeProto], list[onnx.TensorProto]]:
     """(the backbone as a model whose one output is ``logits``, the tail's nodes, the initializers only the tail uses)."""
     tail = tail_nodes(model)

@@ -102,10 +102,11 @@ def to_int8(
 
     ``calibration`` holds the model's inputs as it expects them (pixels in [0, 1] when
     normalisation is in the graph). The file is pre-processed with onnxruntime's
-    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend. Every node
-    downstream of the ``logits`` output (the temperature, the Softmax, whatever turns logits into
-    ``probabilities``) stays in float, as in the fp16 file: quantised, the probabilities would sum
-    to 0.99 and be refused by ``OnnxClassifier``.
+    ``quant_pre_process`` (shape inference, constant folding) as its docs recommend. Only the
+    backbone is pre-processed and quantised (``float_tail``, as in the fp16 file): what follows the
+    ``logits`` output (the calibrator and its Softmax) stays float32 — quantised, the probabilities
+    would sum to 0.99 — and onnxruntime's symbolic shape inference cannot type an adaptive
+    calibrator's nodes at all.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -126,20 +127,19 @@ def to_int8(
     batch = fixed_batch if isinstance(fixed_batch, int) else 64
     if isinstance(fixed_batch, int):
         calibration = calibration[: len(calibration) // batch * batch] if len(calibration) >= batch else np.resize(calibration, (batch, *calibration.shape[1:]))
+    original = onnx.load(str(src))
+    backbone, tail, own = float_tail.split(original)
     with tempfile.TemporaryDirectory(prefix="aperture_int8_") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "quantized.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        proto = onnx.load(str(prepared))
-        float_nodes = float_tail.name_tail(proto)
-        onnx.save_model(proto, str(prepared))
+        body, prepared, quantized = (Path(tmp) / f"{n}.onnx" for n in ("backbone", "prepared", "quantized"))
+        onnx.save_model(backbone, str(body))
+        quant_pre_process(str(body), str(prepared), skip_symbolic_shape=False)
         quantize_static(
             str(prepared), str(quantized), _Reader(calibration.astype(np.float32), batch),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=methods[method], nodes_to_exclude=float_nodes,
+            calibrate_method=methods[method],
         )
-        model = onnx.load(str(quantized))
+        model = float_tail.join(onnx.load(str(quantized)), original, tail, own, float16_outputs=False)
     set_metadata(model, {
         **meta, "precision": "int8",
         "int8": json.dumps({"format": "QDQ", "activations": "uint8", "weights": "int8",

@@ -76,3 +76,22 @@ def test_int8_quantises_the_backbone_only(exported: list[Path]) -> None:
             break
     between = [n.op_type for n in upstream[1:]]  # from the Softmax back to the node giving `logits`
     assert "QuantizeLinear" not in between[:-1] and "DequantizeLinear" not in between[:-1], between
+
+
+def test_int8_of_a_model_with_an_adaptive_calibrator(synthetic_cifar: Path, tmp_path: Path) -> None:
+    """The published kind (adaptive-spline) in an int8 file: onnxruntime's shape inference cannot type its
+    nodes, so pre-processing the whole graph crashed `export --int8` of every published model; only the
+    backbone is pre-processed and quantised, and the file's probabilities are its calibrator of its logits."""
+    from aperture_zoo.catalog import get_weights
+
+    torch.manual_seed(0)
+    model = create_model("resnet10", channels=(8, 16, 16, 32)).eval()
+    model.calibrator = get_weights("resnet22").calibrator
+    assert model.calibrator.kind == "adaptive-spline"
+    files = export_model(model, tmp_path, int8=True, data_dir=synthetic_cifar, calibration_images=64,
+                         provider="cpu", run_validation=False).files
+    clf = OnnxClassifier(files[-1], provider="cpu")
+    assert files[-1].name == "resnet10.int8.onnx" and clf.calibrated
+    pixels = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    logits = clf.logits(pixels).astype(np.float64)
+    np.testing.assert_allclose(clf.predict_proba(pixels), model.calibrator.apply(logits), atol=1e-4, rtol=0)
