@@ -182,6 +182,13 @@ def _translate(
                 "use a token with write access to it"
             ) from None
         raise HubError(f"the Hub at {url} failed to {action} {repo_id}: {_first_line(exc)}") from None
+    except ValueError as exc:  # huggingface_hub's refusal of a cached ref that points outside the cache
+        if "pointer path" not in str(exc):
+            raise
+        raise HubError(
+            f"the local Hub cache of {repo_id} is damaged (a ref points outside it); delete "
+            f"models--{repo_id.replace('/', '--')} from the Hub cache folder and download it again"
+        ) from None
     except _transport_errors() as exc:
         raise HubUnavailableError(
             f"cannot reach the Hub at {url} to {action} {repo_id} ({type(exc).__name__}); check the "

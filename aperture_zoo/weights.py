@@ -236,7 +236,8 @@ def spec_from_metadata(meta: dict[str, str], base: ModelSpec | None = None) -> M
         base = get_spec(arch["name"])
     from .labels import data_fields_from_metadata  # class names and normalisation travel with the weights
 
-    return base.replace(**arch, **data_fields_from_metadata(meta, int(arch.get("num_classes", base.num_classes))))
+    return base.replace(**arch, **data_fields_from_metadata(meta, int(arch.get("num_classes", base.num_classes)),
+                                                            own_head="num_classes" in arch))
 
 
 def _describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:

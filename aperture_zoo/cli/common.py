@@ -20,6 +20,7 @@ import typer
 
 from aperture_zoo.errors import ApertureError, os_error
 from aperture_zoo.terminal import console as gated_console
+from aperture_zoo.terminal import fragment
 from aperture_zoo.terminal import markup as safe
 
 console = gated_console()
@@ -27,9 +28,14 @@ err_console = gated_console(stderr=True)
 
 
 def say_error(message: object, prefix: str = "[bold red]error:[/]") -> None:
-    """One error line on stderr: wrapped at the width of a terminal, one physical line in a log."""
+    """One error line on stderr: wrapped at the width of a terminal, one physical line in a log.
+
+    Line breaks are shown as ``\\n``: an error is one line, and the outside text it quotes (class, file
+    or tensor names) must not start a forged line of its own."""
+    from rich.markup import escape
+
     wrap = err_console.is_terminal
-    err_console.print(f"{prefix} {safe(message)}", highlight=False, soft_wrap=not wrap, markup=True)
+    err_console.print(f"{prefix} {escape(fragment(message))}", highlight=False, soft_wrap=not wrap, markup=True)
 
 
 @contextmanager
