@@ -302,6 +302,11 @@ def dataset_for_weights(
         test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
         seed = record.get("split_seed") if type(record.get("split_seed")) is int else 0
     data = load_dataset(name, data_dir, download, test_split, seed, say=say)
+    if trained_on is None and record.get("layout") == "pool" and data.record.get("layout") == "pool":
+        raise DatasetError(
+            "these weights record no content manifest of the folder they were trained on (written before folders "
+            "were keyed by content, or edited), so the images they held out cannot be told from those they trained "
+            "on; evaluate them on a folder with train/ and test/ subfolders whose test/ images they never saw")
     if trained_on is not None and data.manifest is not None and data.manifest.sha256 != trained_on:
         raise DatasetError(
             f"the folder {name!r} is not what these weights were trained on (another folder, or it changed since "

@@ -169,3 +169,12 @@ def test_export_no_validate_says_nothing_is_validated(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "random inputs only" not in result.output  # "validating on random inputs only" before: nothing was
     assert "nothing was validated" in result.output
+
+
+def test_weights_without_a_manifest_of_their_pool_folder_are_not_scored_on_a_guessed_split(tmp_path: Path) -> None:
+    """An older or trimmed file (no manifest_sha256) got seed 0's split: its training images scored as test."""
+    root = write_folder(tmp_path / "d", 8)
+    trained = load_dataset(root, test_split=0.25, seed=1)
+    record = {k: v for k, v in trained.record.items() if k != "manifest_sha256"}
+    with pytest.raises(DatasetError, match="no content manifest"):
+        dataset_for_weights(root, None, False, {"dataset": trained.name, "data": record})
