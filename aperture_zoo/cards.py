@@ -21,7 +21,7 @@ from ._version import __version__
 from .card_facts import CardError, CardFacts, gather
 from .card_text import LICENSE_ID, dataset_of, escape_md, render_card
 from .catalog import find_weights
-from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, LICENSE_FILENAME, ONNX_FILENAME,
+from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, LICENSE_FILENAME, METRICS_FILENAME, ONNX_FILENAME,
                     PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
                     MODEL_SUFFIXES, ONNX_SUFFIX, atomic_write_text, judged_file)
 from .filesets import HIDDEN_PATTERNS, copy_file, folder_lock, move_in, staged
@@ -143,6 +143,7 @@ def write_folder(
         copies[ONNX_FILENAME] = onnx
         copies[Path(ONNX_FILENAME).stem + REPORT_SUFFIX] = report
     check_folder(weights.parent, sha, name, onnx_files=False)  # the reports, matrix and eval.json copied below
+    _check_training_log(weights.parent / METRICS_FILENAME, decode_metadata(read_metadata(weights)).get("test_top1"))
     extras = [*RUN_FILES, RUNTIMES_FILENAME, *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX))]
     copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}, **copies}
     with staged(out) as stage, folder_lock(out):
@@ -154,6 +155,25 @@ def write_folder(
         _write_card_files(name, stage, stage, stage / WEIGHTS_FILENAME, repo_id)
         move_in(stage, out, [p.name for p in stage.iterdir()])
     return out
+
+
+def _check_training_log(metrics: Path, recorded: object) -> None:
+    """The run's log (and the curves drawn from it) go beside the weights only if its last test figure is
+    the one the weights record: a run folder whose model.safetensors was replaced shows another run's."""
+    if not metrics.is_file() or not isinstance(recorded, (int, float)):
+        return
+    scored = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("test_top1"), (int, float)):
+            scored.append(row["test_top1"])
+    if scored and abs(scored[-1] - recorded) > 1e-3:
+        raise CardError(
+            f"{metrics} does not end at these weights (its last test top-1 {scored[-1]:.4f}, the weights record "
+            f"{recorded:.4f}): the run folder holds another run's log; write the card from the folder that trained them")
 
 
 def _keep_leftovers(out: Path, stage: Path, sha: str, name: str) -> None:

@@ -168,3 +168,20 @@ def test_card_shows_the_runtime_matrix_beside_it(tmp_path):
     assert "| opencv-5 | 5.0.0 | not run | fails to load (not validated) |" in readme
     assert "ort-cuda" not in readme  # a runtime that did not run here is not a row
     assert stale_files("resnet10", tmp_path) == []
+
+
+def test_a_run_folder_whose_weights_were_replaced_gives_no_card(run_dir, tmp_path):
+    """Its log (and the curves drawn from it) would sit beside other weights, showing another run's
+    figures: the log's last test top-1 must be the one the weights record."""
+    import shutil
+
+    from aperture_zoo.card_facts import CardError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "metrics.jsonl").write_text('{"epoch": 6, "test_top1": 80.0}\n{"epoch": 7, "test_top1": 87.6543}\n')
+    write_card("resnet18", tmp_path / "ok", run_dir=run)  # the log ends at these weights
+    (run / "metrics.jsonl").write_text('{"epoch": 7, "test_top1": 75.0}\n')
+    with pytest.raises(CardError, match="does not end at these weights"):
+        write_card("resnet18", tmp_path / "stale", run_dir=run)
+    assert not (tmp_path / "stale").exists()
