@@ -14,6 +14,7 @@ format instead of a copy per runtime:
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ def _check_runtime(runtime: str | None, fmt: str) -> str:
     return runtime
 
 
-class _Base:
+class _Base(abc.ABC):
     inputs: list[Port]
     outputs: list[Port]
     provider: str
@@ -109,8 +110,9 @@ class _Base:
         names = [o.name for o in self.outputs]
         return outs if output_names is None else [outs[names.index(n)] for n in output_names]
 
+    @abc.abstractmethod
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Every output of the file for one input batch, in the file's output order."""
 
 
 class OpenVinoSession(_Base):
