@@ -6,7 +6,9 @@ after). Every kill is then confirmed: its first failing test must pass without t
 kill is not counted. Every survivor then runs the whole non-slow suite with the mutant applied
 (``-n 2 --dist loadfile``). Writes ``bench/results/mutation/fresh_handmade.json`` and ``.md``.
 
-    nice -n 10 .venv/bin/python bench/mutants_fresh/run.py [--ids 01,07] [--no-suite]
+    nice -n 10 .venv/bin/python bench/mutants_fresh/run.py [--ids 01,07] [--no-suite] [--resume]
+
+Results are written after every step; ``--resume`` keeps the rows already written and runs the rest.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ids", help="comma-separated id prefixes (default: all)")
     ap.add_argument("--no-suite", action="store_true", help="skip the whole-suite run of survivors")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in the results file; run the rest")
+    ap.add_argument("--rerun", help="comma-separated id prefixes to run again even with --resume")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds per pytest run")
     ap.add_argument("--out", default="fresh_handmade", help="file stem under bench/results/mutation/")
     a = ap.parse_args()
@@ -98,72 +102,91 @@ def main() -> int:
         mutants = [m for m in mutants if any(m["id"].startswith(w) for w in want)]
     if tracked_changes():
         raise SystemExit("commit or stash the tracked changes first: the mutants are applied to this tree")
+    old = json.loads((OUT / f"{a.out}.json").read_text()) if a.resume and (OUT / f"{a.out}.json").is_file() else {}
+    rerun = a.rerun.split(",") if a.rerun else []
+    done = {r["id"]: r for r in old.get("mutants", []) if not any(r["id"].startswith(w) for w in rerun)}
+    sessions = old.get("summary", {}).get("sessions", [])
     t0, load0 = time.time(), os.getloadavg()
-    rows = []
+    rows: list[dict] = []
+    by_id = {m["id"]: m for m in mutants}
+
+    def save() -> None:
+        ordered = sorted(rows + [r for i, r in done.items() if i not in {x["id"] for x in rows}], key=lambda r: r["id"])
+        write(ordered, a.out, [*sessions, {"started_utc": _utc(t0), "wall_s": round(time.time() - t0, 1),
+                                           "load_average_start": [round(x, 2) for x in load0],
+                                           "load_average_now": [round(x, 2) for x in os.getloadavg()]}])
+
     for m in mutants:
-        with Applied(HERE / f"{m['id']}.patch"):
-            rc, wall, first, tail = pytest([*PYTEST, *m["expected_tests"]], a.timeout)
-        row = {"id": m["id"], "file": m["file"], "expected_tests": m["expected_tests"],
-               "expected_rc": rc, "killed_by_expected": rc in (1, 2), "expected_verdict": verdict(rc),
-               "first_failing_test": first, "expected_wall_s": round(wall, 1)}
-        if rc in (1, 2) and first:  # a kill counts only if that test passes without the mutant
-            crc, _, _, _ = pytest([*PYTEST, first], a.timeout)
-            row["kill_confirmed"] = crc == 0
-            row["killed_by_expected"] = crc == 0
+        row = done.pop(m["id"], None)
+        if row is None:
+            with Applied(HERE / f"{m['id']}.patch"):
+                rc, wall, first, tail = pytest([*PYTEST, *m["expected_tests"]], a.timeout)
+            row = {"id": m["id"], "file": m["file"], "expected_tests": m["expected_tests"],
+                   "expected_rc": rc, "killed_by_expected": rc in (1, 2), "expected_verdict": verdict(rc),
+                   "first_failing_test": first, "expected_wall_s": round(wall, 1)}
+            print(f"{m['id']:45s} {row['expected_verdict']:10s} {wall:7.1f}s {first or ''}", flush=True)
+        if row["expected_rc"] in (1, 2) and row["first_failing_test"] and "kill_confirmed" not in row:
+            crc, _, _, _ = pytest([*PYTEST, row["first_failing_test"]], a.timeout)  # passes without the mutant?
+            row["kill_confirmed"] = row["killed_by_expected"] = crc == 0
+            print(f"{m['id']:45s} kill confirmed: {crc == 0}", flush=True)
+        row.pop("equivalent", None)
         if "equivalent" in m:
             row["equivalent"] = m["equivalent"]
-        print(f"{m['id']:45s} {row['expected_verdict']:10s} {wall:7.1f}s {first or ''}", flush=True)
         rows.append(row)
+        save()
     for row in rows:
         if row["killed_by_expected"]:
             row["killed_by_suite"] = True
-            continue
-        if a.no_suite:
-            row["killed_by_suite"] = None
-            continue
-        with Applied(HERE / f"{row['id']}.patch"):
-            rc, wall, first, tail = pytest([*PYTEST, "-n", "2", "--dist", "loadfile"], a.timeout)
-        row.update(killed_by_suite=rc in (1, 2), suite_rc=rc, suite_verdict=verdict(rc), suite_wall_s=round(wall, 1),
-                   suite_first_failing_test=first)
-        if rc in (1, 2) and first:
-            crc, _, _, _ = pytest([*PYTEST, first], a.timeout)
-            row["suite_kill_confirmed"] = crc == 0
-            row["killed_by_suite"] = crc == 0
-        if rc not in (0, 1, 2):
-            row["suite_tail"] = tail
-        print(f"{row['id']:45s} suite: {verdict(rc):10s} {wall:7.1f}s {first or ''}", flush=True)
-    write(rows, a.out, t0, load0)
+        elif a.no_suite or "equivalent" in row:
+            row.setdefault("killed_by_suite", None)
+        elif "suite_rc" not in row:
+            with Applied(HERE / f"{row['id']}.patch"):
+                rc, wall, first, tail = pytest([*PYTEST, "-n", "2", "--dist", "loadfile"], a.timeout)
+            row.update(killed_by_suite=rc in (1, 2), suite_rc=rc, suite_verdict=verdict(rc),
+                       suite_wall_s=round(wall, 1), suite_first_failing_test=first)
+            if rc in (1, 2) and first:
+                crc, _, _, _ = pytest([*PYTEST, first], a.timeout)
+                row["suite_kill_confirmed"] = row["killed_by_suite"] = crc == 0
+            if rc not in (0, 1, 2):
+                row["suite_tail"] = tail
+            print(f"{row['id']:45s} suite: {verdict(rc):10s} {wall:7.1f}s {first or ''}", flush=True)
+        save()
     return 0
 
 
-def write(rows: list[dict], stem: str, t0: float, load0: tuple[float, float, float]) -> None:
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def write(rows: list[dict], stem: str, sessions: list[dict]) -> None:
     n = len(rows)
     by_expected = sum(r["killed_by_expected"] for r in rows)
     by_suite = sum(bool(r.get("killed_by_suite")) for r in rows)
     equivalent = sum("equivalent" in r and not r.get("killed_by_suite") for r in rows)
+    pending = sum(r.get("killed_by_suite") is None and "equivalent" not in r for r in rows)
     summary = {
         "mutants": n, "killed_by_expected_tests": by_expected, "killed_by_whole_suite": by_suite,
-        "survived": n - by_suite - equivalent, "equivalent": equivalent,
-        "wall_s": round(time.time() - t0, 1), "load_average_start": [round(x, 2) for x in load0],
-        "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared; run under nice -n 10",
-        "pytest": " ".join(PYTEST[1:]) + " EXPECTED_TESTS; survivors: + -n 2 --dist loadfile (whole suite)",
+        "equivalent": equivalent, "survived_whole_suite": n - by_suite - equivalent - pending,
+        "not_run_against_whole_suite": pending,
+        "wall_s": round(sum(s["wall_s"] for s in sessions), 1), "sessions": sessions,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other test campaigns; run under nice -n 10",
+        "pytest": " ".join(PYTEST[3:]) + " EXPECTED_TESTS; survivors: the same with -n 2 --dist loadfile over the "
+                  "whole suite; a kill counts only if its first failing test passes without the mutant",
         "commit": git("rev-parse", "HEAD").strip(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{stem}.json").write_text(json.dumps({"summary": summary, "mutants": rows}, indent=2) + "\n")
-    lines = [f"# Fresh hand-made mutants ({summary['started_utc']}, commit {summary['commit'][:10]})", "",
-             f"{n} mutants: killed by the expected tests {by_expected}/{n} ({100 * by_expected / n:.0f} %), "
-             f"by the whole suite {by_suite}/{n} ({100 * by_suite / n:.0f} %), equivalent {equivalent}. "
-             f"Wall time {summary['wall_s'] / 60:.1f} min, load average {load0[0]:.1f} at the start "
-             f"({summary['machine']}).", "",
-             "| mutant | file | expected tests | suite | first failing test | s |", "|---|---|---|---|---|---|"]
+    lines = [f"# Fresh hand-made mutants (commit {summary['commit'][:10]})", "",
+             f"{n} mutants: killed by the expected tests {by_expected}/{n} ({100 * by_expected / max(n, 1):.0f} %), "
+             f"by the whole suite {by_suite}/{n} ({100 * by_suite / max(n, 1):.0f} %), equivalent {equivalent}, "
+             f"not yet run against the whole suite {pending}. Wall time {summary['wall_s'] / 60:.1f} min in "
+             f"{len(sessions)} session(s) ({summary['machine']}; load averages in the JSON).", "",
+             "| mutant | file | expected tests | whole suite | first failing test | s |", "|---|---|---|---|---|---|"]
     for r in rows:
         exp = "killed" if r["killed_by_expected"] else r["expected_verdict"] + (
             " (kill not confirmed)" if r.get("kill_confirmed") is False else "")
         suite = ("equivalent" if "equivalent" in r and not r.get("killed_by_suite") else
-                 "killed" if r.get("killed_by_suite") else "—" if r.get("killed_by_suite") is None else "survived")
+                 "killed" if r.get("killed_by_suite") else "not run" if r.get("killed_by_suite") is None else "survived")
         first = r.get("first_failing_test") if r["killed_by_expected"] else r.get("suite_first_failing_test")
         lines.append(f"| {r['id']} | `{r['file']}` | {exp} | {suite} | `{first or ''}` | "
                      f"{r['expected_wall_s']:.0f}{' + ' + format(r['suite_wall_s'], '.0f') if 'suite_wall_s' in r else ''} |")
