@@ -63,6 +63,15 @@ def test_overrides_and_num_classes() -> None:
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
 
 
+def test_load_gives_a_model_in_eval_mode_with_or_without_weights() -> None:
+    """load()'s promise, like torchvision's and timm's: ready to predict (BatchNorm on its running statistics)."""
+    from aperture_zoo import load
+
+    assert not load("resnet10").training
+    assert not load("resnet10", num_classes=3).training
+    assert not load("resnet10", pretrained=False).training
+
+
 @pytest.mark.parametrize(
     "shape", [(3, 32, 32), (1, 1, 32, 32), (1, 3, 64, 64), (2, 32, 32, 3)]
 )

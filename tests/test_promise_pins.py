@@ -142,3 +142,32 @@ def test_a_good_temperature_in_a_weights_file_is_the_models(tmp_path: Path) -> N
     path = random_weights(tmp_path / "model.safetensors", "resnet10", temperature="0.8")
     model = pretrained.load("resnet10", weights=path)
     assert model.temperature is not None and math.isclose(model.temperature, 0.8)
+
+
+def test_a_tampered_cached_hub_file_is_refused_offline_too(monkeypatch, tmp_path) -> None:
+    """Offline (``HF_HUB_OFFLINE``, or the Hub unreachable) the client's cache serves an unpinned repo's
+    weights: they are still checked against the cached ``config.json`` of their commit, never used unverified."""
+    import json
+
+    from huggingface_hub import constants
+
+    from aperture_zoo.hub import HubIntegrityError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pushed = random_weights(tmp_path / "1" / "model.safetensors", "resnet10", init_seed=1)
+    other = random_weights(tmp_path / "2" / "model.safetensors", "resnet10", init_seed=2)
+    repo, commit = tmp_path / "cache" / "models--zoo--offline10", "a" * 40  # the client's cache layout
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    config = {"files": {"model.safetensors": {"sha256": file_sha256(pushed)}}}  # what `aperture push` records
+    (snapshot / "config.json").write_text(json.dumps(config))
+    (snapshot / "model.safetensors").write_bytes(other.read_bytes())  # the cached weights, replaced
+    with pytest.raises(HubIntegrityError, match="its config.json records"):
+        pretrained.load("hf-hub:zoo/offline10", pretrained=True)
+    (snapshot / "model.safetensors").write_bytes(pushed.read_bytes())  # the recorded bytes: the same load works
+    model = pretrained.load("hf-hub:zoo/offline10", pretrained=True)
+    want, _ = read_state_dict(pushed)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())

@@ -202,3 +202,14 @@ def test_any_bytes_load_or_fail_with_one_clear_line(data: bytes, cut: int) -> No
             assert isinstance(tensors, dict) and isinstance(meta, dict)
     tensors, meta = state_dict_from_bytes(real, "x.safetensors")
     assert meta["arch"] == "resnet10" and set(tensors) == set(create_model("resnet10").state_dict())
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_weights_holding_infinity_or_nan_are_refused_at_load(tmp_path: Path, bad: float) -> None:
+    """Not only NaN: an infinite weight loads and runs too, and every answer is then NaN or saturated."""
+    model = create_model("resnet10", num_classes=3)
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[0, 0, 0, 0] = bad
+    path = save_weights(model, tmp_path / "model.safetensors")
+    with pytest.raises(WeightsError, match="non-finite values .*layer1.0.conv1.weight"):
+        load(str(path))
