@@ -31,7 +31,7 @@ from aperture_zoo.progress import TrainProgress
 from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig
-from aperture_zoo.device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name, eval_precision
 from .calibrate import fit_val_calibration
 from .evaluate import EvalResult, evaluate_sums, result_from_sums, split_logits
 from .guard import epoch_problem, loss_problem, majority_share
@@ -325,7 +325,8 @@ def evaluate_epoch(r: _Loop, model: nn.Module, data: DeviceData, with_val: bool 
         part = slice(r.info.rank, None, r.info.world_size)
         sums = evaluate_sums(model, split.images[part], split.labels[part], data.mean, data.std,
                              r.run.spec.num_classes, r.recipe.eval_batch_size,
-                             autocast_dtype(r.recipe.precision, r.device), r.recipe.channels_last, tta=flip)
+                             autocast_dtype(eval_precision(r.recipe.precision), r.device), r.recipe.channels_last,
+                             tta=flip)
         return result_from_sums(D.all_reduce_sum(sums, r.info), split.classes)
 
     test = score(data.test)
