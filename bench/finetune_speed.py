@@ -6,9 +6,9 @@ In one process, on one image folder and one held-out split (seed 0), for ``--arc
    (the previous fine-tune recipe's batch size, augmentation and optimizer; no probe; the loop's
    own ``train_seconds`` of that epoch, so evaluation and file writing are not in it);
 2. **the fine-tune** as ``aperture train ARCH --dataset DIR --init ARCH.fast`` runs it (the
-   ``finetune`` recipe), timed around ``fit()`` (setup, probe, epochs, final evaluation, checkpoint
-   and weights all counted): its ratio to the unit, and images/s of each step: probe features,
-   probe fit, fine-tune epochs, final evaluation;
+   ``finetune`` recipe: bf16 autocast where the CPU computes it natively), timed around ``fit()``
+   (setup, probe, epochs, final evaluation, checkpoint and weights all counted): its ratio to the
+   unit, and images/s of each step: probe features, probe fit, fine-tune epochs, final evaluation;
 3. **the previous default** (10 epochs, peak lr 0.02 after a 20 % warm-up, evaluated every epoch,
    no probe) on the same split: held-out top-1 beside the new one's, wall time and ratio.
 
@@ -133,7 +133,7 @@ def main() -> None:
     import torch
 
     from aperture_zoo.datasets import load_dataset
-    from aperture_zoo.device import device_name
+    from aperture_zoo.device import autocast_dtype, device_name
     from aperture_zoo.train.recipes import FINETUNE
 
     work = Path(args.work or tempfile.mkdtemp(prefix="finetune-speed-"))
@@ -156,6 +156,7 @@ def main() -> None:
         "folder_train_images": len(data.train), "test_images": len(data.test),
         "first_load_s": round(time.perf_counter() - start, 2), "load_before": os.getloadavg(),
         "recipe": FINETUNE.to_dict(), "repeats": [],
+        "finetune_train_precision": "bf16" if autocast_dtype(FINETUNE.precision, "cpu") else "fp32",
     }
     print(json.dumps({k: v for k, v in report.items() if k != "recipe"}), flush=True)
     first = plain_epoch(folder, args.arch, work / "plain-0")
