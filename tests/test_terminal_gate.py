@@ -57,7 +57,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
         first = sorted(folder.iterdir())[0]
         first.rename(folder / "img \x1b[2J\r\u202e[blue]\nFORGED: file line.png")
     (data / CLASSES[0] / "junk \x1b[5m.png").write_bytes(b"not an image")
-    run, onnx = root / "run \x07", root / "onnx \x1b[0m"
+    # folders the user typed: a newline in them must not forge a line of a header either (info, predict, eval)
+    run, onnx = root / "run \x07\nFORGED: run line", root / "onnx \x1b[0m\nFORGED: onnx line"
     outputs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("APERTURE_DATA", str(root / "cache"))
