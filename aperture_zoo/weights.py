@@ -296,20 +296,21 @@ def apply_state_dict(
     model = create_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
     spec = model.spec
     saved = _saved_arch(meta, path) if "spec" in meta else None
-    if saved is not None:
+    if saved is not None:  # the architecture first: a class count is only worth mentioning for the same network
         ours = spec.arch_dict()
-        if strict and saved.get("num_classes") != ours["num_classes"]:
-            raise WeightsError(
-                f"{str(path)!r} was trained for {saved.get('num_classes')} classes but the model has "
-                f"{ours['num_classes']}; create the model with num_classes={saved.get('num_classes')}, "
-                "or pass strict=False to load everything but the head"
-            )
         diffs = [k for k in ours if k not in ("name", "num_classes") and saved.get(k) != ours[k]]
         if diffs:
             detail = "; ".join(f"{k}: file {saved.get(k)} vs model {ours[k]}" for k in diffs)
             raise WeightsError(
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
-                f"{spec.name!r} ({detail}); load it with the matching model name"
+                f"{spec.name!r} ({detail}); load it with the matching model name ({saved.get('name')!r}), "
+                "or with no model name at all: the file names its own"
+            )
+        if strict and saved.get("num_classes") != ours["num_classes"]:
+            raise WeightsError(
+                f"{str(path)!r} was trained for {saved.get('num_classes')} classes but the model has "
+                f"{ours['num_classes']}; create the model with num_classes={saved.get('num_classes')}, or "
+                "load_weights(model, PATH, strict=False) to load everything but the head"
             )
     check_finite(tensors, repr(str(path)))
     problems = describe_mismatch(model, tensors)
