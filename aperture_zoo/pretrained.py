@@ -47,7 +47,8 @@ from .model import ResNet, create_model
 from .registry import ModelSpec, get_spec
 from .sources import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, NoPretrainedWeightsError, from_local_dir, is_source,
                       source_kind, spec_from_config)
-from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
+from .weights import (WeightsError, apply_state_dict, holds_head, read_bytes, read_metadata, spec_from_metadata,
+                      state_dict_from_bytes)
 
 # model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -362,8 +363,9 @@ def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:
 def with_record_calibration(model: ResNet, loaded: Loaded) -> ResNet:
     """The published record's calibrator (and one-temperature fit) on ``model`` when these bytes are
     that record's pinned file: the published files predate calibration and are never rewritten, so
-    the record carries it. A calibrator or temperature in the file's own metadata wins."""
-    if model.calibrator is None and model.temperature is None:
+    the record carries it. A calibrator or temperature in the file's own metadata wins; a model that did
+    not take the file's head (``num_classes`` other than the file's, or 0) takes no calibration from it."""
+    if model.calibrator is None and model.temperature is None and holds_head(model, loaded.tensors):
         from .catalog import get_weights, list_pretrained
 
         record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)

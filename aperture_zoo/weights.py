@@ -323,13 +323,28 @@ def apply_state_dict(
         keep = model.state_dict()
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
-    model.weights_metadata = meta  # provenance for `aperture info` and model cards
-    head = "fc.weight" in tensors
+    head = holds_head(model, tensors)
+    # provenance for `aperture info`, model cards and a re-save; with a fresh head, less what described the old one
+    model.weights_metadata = meta if head else {k: v for k, v in meta.items() if k not in HEAD_FACTS}
     _adopt_file_facts(model, meta, head_from_file=head)
     if head:  # calibration is fitted to one head's logits: the file's own, or none
         model.temperature = model.calibrator = model.calibrator_tta = model.calibration_notice = None
         apply_calibration(model, meta, str(path))
     return model
+
+
+# What a file's metadata says about its head's answers (classes, data, calibration, scores): none of it holds
+# for a fresh head, so a model that took everything but the head never carries, applies or re-saves it.
+HEAD_FACTS = frozenset({"label_names", "dataset", "data", "temperature", "temperature_fitted_on",
+                        "temperature_fitted_for_sha256", "calibrator", "calibrator_tta", "test_top1", "test_loss"})
+
+
+def holds_head(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model``'s head is the one in ``tensors`` (same shape): only then do the file's calibration,
+    class names and dataset describe it (``num_classes`` other than the file's, or 0, makes a fresh head)."""
+    ours = model.state_dict().get("fc.weight")
+    theirs = tensors.get("fc.weight")
+    return ours is not None and theirs is not None and tuple(ours.shape) == tuple(theirs.shape)
 
 
 def _adopt_file_facts(model: ResNet, meta: dict[str, str], head_from_file: bool) -> None:
