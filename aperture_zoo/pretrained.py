@@ -345,8 +345,27 @@ def file_spec(loaded: Loaded, overrides: dict[str, object] | None = None) -> Mod
         if config is None:
             raise WeightsError(f"{str(loaded.path)!r} records no architecture and has no config.json beside it; "
                                "name the architecture: load('resnet22', weights=PATH) or `--weights PATH` with a model name")
+        if loaded.source.kind != "hub":  # the Hub path checked the same record when it fetched the file
+            _check_config_record(config, loaded)
         spec = spec_from_config(config, repr(str(loaded.path)))
     return spec.replace(**overrides) if overrides else spec
+
+
+def _check_config_record(config: object, loaded: Loaded) -> None:
+    """Bare weights take their architecture and class names from the config.json beside them only when it
+    records their SHA-256 (``hub.recorded_sha256``, the rule an ``hf-hub:`` repo is held to): a name or a
+    neighbour proves nothing."""
+    pin = hub.recorded_sha256(config)
+    where = f"the {CONFIG_FILENAME} beside it"
+    if pin is None:
+        raise WeightsError(f"{str(loaded.path)!r} carries no metadata and {where} records no SHA-256 for it "
+                           f"(files.{WEIGHTS_FILENAME}.sha256), so nothing shows that config describes these weights; "
+                           "refusing to load it. Write the folder with `aperture card` or `aperture push` (they record "
+                           "it), or name the architecture: load('resnet22', weights=PATH)")
+    if pin != loaded.sha256:
+        raise WeightsError(f"{str(loaded.path)!r} has SHA-256 {loaded.sha256}, but {where} records {pin}: that "
+                           "config describes other weights (its class names would be wrong); refusing to load it. "
+                           "Put back the weights it was written for, or write the folder again with `aperture card`")
 
 
 def model_from(loaded: Loaded, overrides: dict[str, object] | None = None) -> ResNet:
