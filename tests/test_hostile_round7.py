@@ -5,7 +5,6 @@ and a folder's config.json trusted beside bare weights it does not describe."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
