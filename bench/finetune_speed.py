@@ -118,12 +118,31 @@ def steps(result: Any, wall: float, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def folder_parser(description: str) -> argparse.ArgumentParser:
+    """The options every fine-tune bench shares: which folder (given or made) and which network."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset", help="an image folder DIR/<class>/<image>")
     p.add_argument("--make", choices=["cifar", "digits"], help="write the folder into --work first")
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (for --make cifar)")
     p.add_argument("--arch", default="resnet10")
+    return p
+
+
+def the_folder(args: argparse.Namespace, work: Path) -> Path:
+    """``--dataset``, or the folder ``--make`` writes into ``work``."""
+    if args.make == "cifar":
+        if not args.data_dir:
+            raise SystemExit("--make cifar needs --data-dir (the folder containing cifar-10-batches-py/)")
+        return make_cifar(args.data_dir, work / "cifar1500")
+    if args.make == "digits":
+        return make_digits(work / "digits")
+    if args.dataset:
+        return Path(args.dataset)
+    raise SystemExit("give --dataset DIR or --make cifar|digits")
+
+
+def main() -> None:
+    p = folder_parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--no-previous", action="store_true", help="skip the previous 10-epoch fine-tune")
     p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
@@ -137,16 +156,7 @@ def main() -> None:
     from aperture_zoo.train.recipes import FINETUNE
 
     work = Path(args.work or tempfile.mkdtemp(prefix="finetune-speed-"))
-    if args.make == "cifar":
-        if not args.data_dir:
-            raise SystemExit("--make cifar needs --data-dir (the folder containing cifar-10-batches-py/)")
-        folder = make_cifar(args.data_dir, work / "cifar1500")
-    elif args.make == "digits":
-        folder = make_digits(work / "digits")
-    elif args.dataset:
-        folder = Path(args.dataset)
-    else:
-        raise SystemExit("give --dataset DIR or --make cifar|digits")
+    folder = the_folder(args, work)
 
     start = time.perf_counter()
     data = load_dataset(str(folder))  # decoded once here, so every run below reads the cache

@@ -15,7 +15,6 @@ the same way. Accuracy is what to compare here: wall times under a changing load
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_speed import make_cifar, make_digits
+from finetune_speed import folder_parser, the_folder
 
 DEFAULT = [{"epochs": 3}, {"epochs": 4}, {"epochs": 5}, {"epochs": 4, "frozen_stages": 3}]
 
@@ -54,11 +53,7 @@ def probe_grid(grid: list[float], out: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", help="an image folder DIR/<class>/<image>")
-    p.add_argument("--make", choices=["cifar", "digits"], help="write the folder into --work first")
-    p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (for --make cifar)")
-    p.add_argument("--arch", default="resnet10")
+    p = folder_parser(__doc__.splitlines()[0])
     p.add_argument("--variants", default=json.dumps(DEFAULT), help="JSON list of recipe overrides")
     p.add_argument("--l2", default="0.0003,0.001,0.003,0.01,0.03,0.1", help="probe L2 grid ('' for none)")
     p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
@@ -70,12 +65,7 @@ def main() -> None:
     from aperture_zoo.train.recipes import FINETUNE
 
     work = Path(args.work or tempfile.mkdtemp(prefix="finetune-variants-"))
-    if args.make == "cifar":
-        folder = make_cifar(args.data_dir, work / "cifar1500")
-    elif args.make == "digits":
-        folder = make_digits(work / "digits")
-    else:
-        folder = Path(args.dataset)
+    folder = the_folder(args, work)
     grid: dict[str, Any] = {}
     probe_grid([float(v) for v in args.l2.split(",") if v], grid)
     report: dict[str, Any] = {"machine": device_name("cpu", detail=True), "folder": str(folder), "arch": args.arch,
