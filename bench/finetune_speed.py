@@ -125,6 +125,8 @@ def folder_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--make", choices=["cifar", "digits"], help="write the folder into --work first")
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (for --make cifar)")
     p.add_argument("--arch", default="resnet10")
+    p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
+    p.add_argument("--json", help="also write the result to this file")
     return p
 
 
@@ -145,8 +147,6 @@ def main() -> None:
     p = folder_parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--no-previous", action="store_true", help="skip the previous 10-epoch fine-tune")
-    p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
-    p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()
 
     import torch

@@ -56,8 +56,6 @@ def main() -> None:
     p = folder_parser(__doc__.splitlines()[0])
     p.add_argument("--variants", default=json.dumps(DEFAULT), help="JSON list of recipe overrides")
     p.add_argument("--l2", default="0.0003,0.001,0.003,0.01,0.03,0.1", help="probe L2 grid ('' for none)")
-    p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
-    p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args()
 
     from aperture_zoo.device import device_name
