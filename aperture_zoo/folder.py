@@ -5,7 +5,8 @@ Every image goes through the one image rule (``images.load_image``: EXIF upright
 once per distinct content, in parallel processes, and the result is cached as a plain ``.npz`` (no
 pickle) keyed by the folder's resolved path and every file's path, class and SHA-256
 (``manifest.py``): never by names, sizes or times, so two look-alike folders never share pixels and
-a file edited in place is decoded again. A second run, every DDP rank and ``aperture eval`` read the
+a file edited in place is decoded again. The cache records its full key and the SHA-256 of its own
+arrays, so a cache file edited or damaged after it was written is decoded again, never served. A second run, every DDP rank and ``aperture eval`` read the
 cache (3 KiB an image) instead of decoding. Files that cannot be decoded (unreadable, truncated,
 empty, decompression bombs, symlink loops) are skipped and named; files that are not images
 (hidden, system, other extensions, outside any class folder) are ignored and named.
@@ -19,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ __all__ = ["DecodedFolder", "FileEntry", "FolderError", "Scan", "decode_files", 
 
 # Bump when images.py changes the pixels a file gives: old caches are then never reused.
 IMAGE_RULE_VERSION = 1
-CACHE_FORMAT = "aperture_zoo.folder/2"
+CACHE_FORMAT = "aperture_zoo.folder/3"
 SIZE = (32, 32)
 _INLINE_BELOW = 512  # fewer files than this decode in this process (a pool's start-up costs more)
 _CHUNK = 256
@@ -144,15 +146,19 @@ def hash_scan(scan: Scan, workers: int | None = None) -> Scan:
 def _read_cache(path: Path, scan: Scan) -> DecodedFolder | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["format"]) != CACHE_FORMAT or tuple(str(c) for c in z["classes"]) != scan.classes:
+            if (str(z["format"]) != CACHE_FORMAT or str(z["key"]) != cache_key(scan)
+                    or tuple(str(c) for c in z["classes"]) != scan.classes):
                 return None
             images, ok = z["images"], z["ok"]
             skipped = list(zip((str(p) for p in z["skipped_paths"]), (str(r) for r in z["skipped_reasons"])))
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # unreadable or from another version: decode again
+            recorded = str(z["digest"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable, truncated or from another version: decode again
     if (images.dtype != np.uint8 or images.shape[1:] != (3, *SIZE[::-1]) or ok.dtype != bool
             or ok.shape != (len(scan.files),) or len(images) != int(ok.sum())):
         return None
+    if recorded != _digest(images, ok, skipped):
+        return None  # edited or damaged since it was written: its pixels are not what was decoded
     return _decoded(scan, images, ok, skipped, True, path)
 
 
@@ -168,9 +174,20 @@ def _write_cache(path: Path, d: DecodedFolder, ok: np.ndarray) -> None:
     from .files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, format=np.array(CACHE_FORMAT), classes=np.array(d.scan.classes, dtype=str),
-                 images=d.images, ok=ok, skipped_paths=np.array([p for p, _ in d.skipped], dtype=str),
-                 skipped_reasons=np.array([r for _, r in d.skipped], dtype=str))
+        np.savez(f, format=np.array(CACHE_FORMAT), key=np.array(cache_key(d.scan)),
+                 classes=np.array(d.scan.classes, dtype=str), images=d.images, ok=ok,
+                 skipped_paths=np.array([p for p, _ in d.skipped], dtype=str),
+                 skipped_reasons=np.array([r for _, r in d.skipped], dtype=str),
+                 digest=np.array(_digest(d.images, ok, d.skipped)))
+
+
+def _digest(images: np.ndarray, ok: np.ndarray, skipped: list[tuple[str, str]]) -> str:
+    """SHA-256 of what the cache holds: a cache edited in place (or half-written by another tool) is decoded again."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(images.shape), skipped]).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(ok).tobytes())
+    return h.hexdigest()
 
 
 def load_folder(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,

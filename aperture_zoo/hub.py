@@ -319,10 +319,23 @@ def _config_pin(repo_id: str, weights: Path, token: str | bool | None, local_onl
         with _translate(repo_id, "download from", endpoint(), commit, _token_source(token)):
             config = json.loads(Path(hf_hub_download(repo_id, CONFIG_FILENAME, revision=commit, endpoint=endpoint(),
                                                      token=token, local_files_only=local_only)).read_text())
-        return str(config["files"][WEIGHTS_FILENAME]["sha256"])
+        pin = recorded_sha256(config)
+        if pin is None:
+            raise KeyError(f"no files.{WEIGHTS_FILENAME}.sha256")
+        return pin
     except Exception as exc:  # noqa: BLE001 - missing file, offline without it cached, or no record in it
         raise HubIntegrityError(
             f"{WEIGHTS_FILENAME} of {repo_id}@{commit} has no SHA-256 to be checked against: the registry "
             f"pins none for this repo and its {CONFIG_FILENAME} gives none ({_first_line(exc)}). Refusing "
             "unverified weights: publish with `aperture push` (it records the digest), or pass weights=PATH"
         ) from None
+
+
+def recorded_sha256(config: object) -> str | None:
+    """The weights' SHA-256 a config.json records (``files.model.safetensors.sha256``, written by ``aperture
+    push`` and ``aperture card``); None when it records none. The one pin of weights no registry pins, in a
+    Hub repo and in a folder alike: a config.json describes only the bytes it was written for."""
+    files = config.get("files") if isinstance(config, dict) else None
+    entry = files.get(WEIGHTS_FILENAME) if isinstance(files, dict) else None
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    return sha.lower() if isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha) else None

@@ -43,7 +43,8 @@ def class_names_from_metadata(meta: dict[str, str], num_classes: int, *, own_hea
         names = json.loads(meta["label_names"])
     except (json.JSONDecodeError, TypeError):
         names = None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    # an empty list is a features model's (num_classes=0 has no classes to name), never a head's
+    if not isinstance(names, list) or not (names or num_classes == 0) or not all(isinstance(n, str) for n in names):
         raise MetadataError(f"the file records label_names that are not a list of class names; {_FIX}")
     if len(names) != num_classes and own_head:  # the file's own head: names and outputs must agree
         raise MetadataError(f"the file records {len(names)} label_names for its {num_classes}-class head; {_FIX}")

@@ -38,6 +38,19 @@ def check_tta(tta: str | bool | None) -> bool:
     return tta == "flip"
 
 
+class NoHeadError(ApertureError, ValueError):
+    """Class probabilities asked of a features model (``num_classes=0``): it has no classes."""
+
+
+def check_head(model: ResNet) -> None:
+    """Refuse a model without a head: a softmax of its pooled features would look like probabilities."""
+    if model.spec.num_classes == 0:
+        raise NoHeadError(
+            f"this {model.spec.name} has no classification head (num_classes=0: it returns {model.spec.channels[-1]} "
+            "pooled features, not class scores), so it has no class probabilities; load it with a head (leave out "
+            "num_classes=0), or use model(x) for the features")
+
+
 class UncalibratedWarning(UserWarning):
     """Probabilities from weights without a temperature: the plain softmax (T = 1), as ``aperture predict`` gives."""
 
@@ -64,6 +77,7 @@ def model_calibrator(model: ResNet, temperature: float | None = None,
 
     A model whose file records only a temperature (from before calibrators) uses it, and says so
     once (a ``CalibrationNotice`` warning)."""
+    check_head(model)
     if calibrator is not None:
         if not isinstance(calibrator, Calibrator):
             raise TemperatureError(f"calibrator must be an aperture_zoo.Calibrator, got {type(calibrator).__name__}")
@@ -95,6 +109,7 @@ class CalibrationNotice(UserWarning):
 def describe_probabilities(model: ResNet, tta: bool = False) -> str:
     """What ``predict_proba`` gives for ``model``: calibrated (its calibrator, or an older file's
     temperature, said so) or the plain softmax."""
+    check_head(model)
     own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
     if own is None and model.temperature is None:
         return "uncalibrated probabilities (no calibrator is known for these weights: plain softmax, T = 1)"
@@ -137,6 +152,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
 
     if top_k < 1:
         raise ImageError(f"--top-k must be at least 1, got {top_k}")
+    check_head(model)
     size = (model.spec.input_size[2], model.spec.input_size[1])
     paths = list(paths)
     decoded, failed = load_images(paths, size)

@@ -47,7 +47,8 @@ from .model import ResNet, create_model
 from .registry import ModelSpec, get_spec
 from .sources import (HF_HUB_PREFIX, LOCAL_DIR_PREFIX, NoPretrainedWeightsError, from_local_dir, is_source,
                       source_kind, spec_from_config)
-from .weights import WeightsError, apply_state_dict, read_bytes, read_metadata, spec_from_metadata, state_dict_from_bytes
+from .weights import (WeightsError, apply_state_dict, holds_head, read_bytes, read_metadata, spec_from_metadata,
+                      state_dict_from_bytes)
 
 # model_cards/ of the source checkout this package runs from (may not exist in an installed wheel).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -344,8 +345,27 @@ def file_spec(loaded: Loaded, overrides: dict[str, object] | None = None) -> Mod
         if config is None:
             raise WeightsError(f"{str(loaded.path)!r} records no architecture and has no config.json beside it; "
                                "name the architecture: load('resnet22', weights=PATH) or `--weights PATH` with a model name")
+        if loaded.source.kind != "hub":  # the Hub path checked the same record when it fetched the file
+            _check_config_record(config, loaded)
         spec = spec_from_config(config, repr(str(loaded.path)))
     return spec.replace(**overrides) if overrides else spec
+
+
+def _check_config_record(config: object, loaded: Loaded) -> None:
+    """Bare weights take their architecture and class names from the config.json beside them only when it
+    records their SHA-256 (``hub.recorded_sha256``, the rule an ``hf-hub:`` repo is held to): a name or a
+    neighbour proves nothing."""
+    pin = hub.recorded_sha256(config)
+    where = f"the {CONFIG_FILENAME} beside it"
+    if pin is None:
+        raise WeightsError(f"{str(loaded.path)!r} carries no metadata and {where} records no SHA-256 for it "
+                           f"(files.{WEIGHTS_FILENAME}.sha256), so nothing shows that config describes these weights; "
+                           "refusing to load it. Write the folder with `aperture card` or `aperture push` (they record "
+                           "it), or name the architecture: load('resnet22', weights=PATH)")
+    if pin != loaded.sha256:
+        raise WeightsError(f"{str(loaded.path)!r} has SHA-256 {loaded.sha256}, but {where} records {pin}: that "
+                           "config describes other weights (its class names would be wrong); refusing to load it. "
+                           "Put back the weights it was written for, or write the folder again with `aperture card`")
 
 
 def model_from(loaded: Loaded, overrides: dict[str, object] | None = None) -> ResNet:
@@ -362,8 +382,9 @@ def _apply(model: ResNet, loaded: Loaded, strict: bool = True) -> ResNet:
 def with_record_calibration(model: ResNet, loaded: Loaded) -> ResNet:
     """The published record's calibrator (and one-temperature fit) on ``model`` when these bytes are
     that record's pinned file: the published files predate calibration and are never rewritten, so
-    the record carries it. A calibrator or temperature in the file's own metadata wins."""
-    if model.calibrator is None and model.temperature is None:
+    the record carries it. A calibrator or temperature in the file's own metadata wins; a model that did
+    not take the file's head (``num_classes`` other than the file's, or 0) takes no calibration from it."""
+    if model.calibrator is None and model.temperature is None and holds_head(model, loaded.tensors):
         from .catalog import get_weights, list_pretrained
 
         record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)

@@ -240,7 +240,8 @@ def spec_from_metadata(meta: dict[str, str], base: ModelSpec | None = None) -> M
                                                             own_head="num_classes" in arch))
 
 
-def _describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+def describe_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Every key and shape that differ (and the architecture the tensors fit), for one refusal that says all."""
     expected = model.state_dict()
     problems = []
     missing = sorted(set(expected) - set(tensors))
@@ -295,23 +296,24 @@ def apply_state_dict(
     model = create_model(model_or_name) if isinstance(model_or_name, str) else model_or_name
     spec = model.spec
     saved = _saved_arch(meta, path) if "spec" in meta else None
-    if saved is not None:
+    if saved is not None:  # the architecture first: a class count is only worth mentioning for the same network
         ours = spec.arch_dict()
-        if strict and saved.get("num_classes") != ours["num_classes"]:
-            raise WeightsError(
-                f"{str(path)!r} was trained for {saved.get('num_classes')} classes but the model has "
-                f"{ours['num_classes']}; create the model with num_classes={saved.get('num_classes')}, "
-                "or pass strict=False to load everything but the head"
-            )
         diffs = [k for k in ours if k not in ("name", "num_classes") and saved.get(k) != ours[k]]
         if diffs:
             detail = "; ".join(f"{k}: file {saved.get(k)} vs model {ours[k]}" for k in diffs)
             raise WeightsError(
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
-                f"{spec.name!r} ({detail}); load it with the matching model name"
+                f"{spec.name!r} ({detail}); load it with the matching model name ({saved.get('name')!r}), "
+                "or with no model name at all: the file names its own"
+            )
+        if strict and saved.get("num_classes") != ours["num_classes"]:
+            raise WeightsError(
+                f"{str(path)!r} was trained for {saved.get('num_classes')} classes but the model has "
+                f"{ours['num_classes']}; create the model with num_classes={saved.get('num_classes')}, or "
+                "load_weights(model, PATH, strict=False) to load everything but the head"
             )
     check_finite(tensors, repr(str(path)))
-    problems = _describe_mismatch(model, tensors)
+    problems = describe_mismatch(model, tensors)
     if strict and problems:
         arch = meta.get("arch", "an unknown architecture")
         raise WeightsError(
@@ -321,13 +323,28 @@ def apply_state_dict(
         keep = model.state_dict()
         tensors = {k: v for k, v in tensors.items() if k in keep and keep[k].shape == v.shape}
     model.load_state_dict(tensors, strict=strict)
-    model.weights_metadata = meta  # provenance for `aperture info` and model cards
-    head = "fc.weight" in tensors
+    head = holds_head(model, tensors)
+    # provenance for `aperture info`, model cards and a re-save; with a fresh head, less what described the old one
+    model.weights_metadata = meta if head else {k: v for k, v in meta.items() if k not in HEAD_FACTS}
     _adopt_file_facts(model, meta, head_from_file=head)
     if head:  # calibration is fitted to one head's logits: the file's own, or none
         model.temperature = model.calibrator = model.calibrator_tta = model.calibration_notice = None
         apply_calibration(model, meta, str(path))
     return model
+
+
+# What a file's metadata says about its head's answers (classes, data, calibration, scores): none of it holds
+# for a fresh head, so a model that took everything but the head never carries, applies or re-saves it.
+HEAD_FACTS = frozenset({"label_names", "dataset", "data", "temperature", "temperature_fitted_on",
+                        "temperature_fitted_for_sha256", "calibrator", "calibrator_tta", "test_top1", "test_loss"})
+
+
+def holds_head(model: nn.Module, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model``'s head is the one in ``tensors`` (same shape): only then do the file's calibration,
+    class names and dataset describe it (``num_classes`` other than the file's, or 0, makes a fresh head)."""
+    ours = model.state_dict().get("fc.weight")
+    theirs = tensors.get("fc.weight")
+    return ours is not None and theirs is not None and tuple(ours.shape) == tuple(theirs.shape)
 
 
 def _adopt_file_facts(model: ResNet, meta: dict[str, str], head_from_file: bool) -> None:
@@ -357,59 +374,6 @@ def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
         model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "
                                     "calibrators: its probabilities use that one temperature; retrain or re-fit to "
                                     "get the calibrator chosen by held-out NLL")
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """The one informative sentence of torch's multi-paragraph weights-only refusal (never cut mid-sentence)."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"it needs the class {found.group(1)}, which a weights-only load refuses"
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
-    if found and found.group(1).strip():
-        return f"not a readable pickle: {found.group(1).strip().rstrip('.')}"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    if len(first) > 160:
-        first = first[:160].rsplit(" ", 1)[0] + " …"
-    return first.rstrip(".")
-
-
-def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:
-    """A PyTorch pickle checkpoint of ``name`` as a checked safetensors file.
-
-    Only for files you trust: it unpickles with ``torch.load(weights_only=True)``, which refuses
-    anything but tensors and plain containers (a pickled whole model, like a ``DataParallel``
-    object, is refused: save its ``state_dict()`` first). Nested ``state_dict``/``model`` entries
-    and DataParallel's ``module.`` prefixes are unwrapped; keys and shapes are checked strictly.
-    """
-    src, dst = Path(src), Path(dst)
-    if dst.exists():
-        raise WeightsError(f"{str(dst)!r} already exists; choose another output path or remove it first")
-    if not src.is_file():
-        raise WeightsError(f"checkpoint {str(src)!r} does not exist; check the path")
-    try:
-        with src.open("rb") as f:  # a file object: torch.load would treat a *.safetensors *path* by its suffix
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
-        raise WeightsError(
-            f"{str(src)!r} cannot be read as a weights-only checkpoint ({_unpickler_reason(exc)}); if it pickles "
-            "a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
-        ) from None
-    for key in ("state_dict", "model_state_dict", "model", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{str(src)!r} holds no state dict of tensors; save one with torch.save(model.state_dict(), PATH)")
-    tensors = {k.removeprefix("module."): v for k, v in obj.items()}
-    model = create_model(name)
-    problems = _describe_mismatch(model, tensors)
-    if problems:
-        raise WeightsError(f"{str(src)!r} does not match {name}: " + "; ".join(problems))
-    model.load_state_dict(tensors)
-    return save_weights(model, dst, {"converted_from": src.name})
 
 
 def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,

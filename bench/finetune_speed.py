@@ -6,9 +6,9 @@ In one process, on one image folder and one held-out split (seed 0), for ``--arc
    (the previous fine-tune recipe's batch size, augmentation and optimizer; no probe; the loop's
    own ``train_seconds`` of that epoch, so evaluation and file writing are not in it);
 2. **the fine-tune** as ``aperture train ARCH --dataset DIR --init ARCH.fast`` runs it (the
-   ``finetune`` recipe), timed around ``fit()`` (setup, probe, epochs, final evaluation, checkpoint
-   and weights all counted): its ratio to the unit, and images/s of each step: probe features,
-   probe fit, fine-tune epochs, final evaluation;
+   ``finetune`` recipe: bf16 autocast where the CPU computes it natively), timed around ``fit()``
+   (setup, probe, epochs, final evaluation, checkpoint and weights all counted): its ratio to the
+   unit, and images/s of each step: probe features, probe fit, fine-tune epochs, final evaluation;
 3. **the previous default** (10 epochs, peak lr 0.02 after a 20 % warm-up, evaluated every epoch,
    no probe) on the same split: held-out top-1 beside the new one's, wall time and ratio.
 
@@ -118,35 +118,45 @@ def steps(result: Any, wall: float, run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def folder_parser(description: str) -> argparse.ArgumentParser:
+    """The options every fine-tune bench shares: which folder (given or made) and which network."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset", help="an image folder DIR/<class>/<image>")
     p.add_argument("--make", choices=["cifar", "digits"], help="write the folder into --work first")
     p.add_argument("--data-dir", help="folder containing cifar-10-batches-py/ (for --make cifar)")
     p.add_argument("--arch", default="resnet10")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--no-previous", action="store_true", help="skip the previous 10-epoch fine-tune")
     p.add_argument("--work", help="runs and made folders go here (default: a temporary folder)")
     p.add_argument("--json", help="also write the result to this file")
+    return p
+
+
+def the_folder(args: argparse.Namespace, work: Path) -> Path:
+    """``--dataset``, or the folder ``--make`` writes into ``work``."""
+    if args.make == "cifar":
+        if not args.data_dir:
+            raise SystemExit("--make cifar needs --data-dir (the folder containing cifar-10-batches-py/)")
+        return make_cifar(args.data_dir, work / "cifar1500")
+    if args.make == "digits":
+        return make_digits(work / "digits")
+    if args.dataset:
+        return Path(args.dataset)
+    raise SystemExit("give --dataset DIR or --make cifar|digits")
+
+
+def main() -> None:
+    p = folder_parser(__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--no-previous", action="store_true", help="skip the previous 10-epoch fine-tune")
     args = p.parse_args()
 
     import torch
 
     from aperture_zoo.datasets import load_dataset
-    from aperture_zoo.device import device_name
+    from aperture_zoo.device import autocast_dtype, device_name
     from aperture_zoo.train.recipes import FINETUNE
 
     work = Path(args.work or tempfile.mkdtemp(prefix="finetune-speed-"))
-    if args.make == "cifar":
-        if not args.data_dir:
-            raise SystemExit("--make cifar needs --data-dir (the folder containing cifar-10-batches-py/)")
-        folder = make_cifar(args.data_dir, work / "cifar1500")
-    elif args.make == "digits":
-        folder = make_digits(work / "digits")
-    elif args.dataset:
-        folder = Path(args.dataset)
-    else:
-        raise SystemExit("give --dataset DIR or --make cifar|digits")
+    folder = the_folder(args, work)
 
     start = time.perf_counter()
     data = load_dataset(str(folder))  # decoded once here, so every run below reads the cache
@@ -156,6 +166,7 @@ def main() -> None:
         "folder_train_images": len(data.train), "test_images": len(data.test),
         "first_load_s": round(time.perf_counter() - start, 2), "load_before": os.getloadavg(),
         "recipe": FINETUNE.to_dict(), "repeats": [],
+        "finetune_train_precision": "bf16" if autocast_dtype(FINETUNE.precision, "cpu") else "fp32",
     }
     print(json.dumps({k: v for k, v in report.items() if k != "recipe"}), flush=True)
     first = plain_epoch(folder, args.arch, work / "plain-0")

@@ -69,6 +69,9 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, model: ResNet, *, normalize: bool = True, tta: bool = False,
                  calibrator: Calibrator | None = None) -> None:
+        from aperture_zoo.predict import check_head
+
+        check_head(model)  # every format's probabilities come from here: a features model has no classes
         super().__init__()
         if not normalize and tta:
             self.net: nn.Module = _Flip(model)

@@ -16,7 +16,7 @@ PACKAGES = {"aperture_zoo": ROOT / "aperture_zoo", "aperture_zoo.train": ROOT / 
 # Lower layers never import higher ones.
 LAYERS = [
     {"registry", "errors", "files", "filesets", "_lazy", "_version", "progress", "terminal"},
-    {"model", "weights", "images", "data", "hub", "device", "calibration", "calibrators", "calibrator_fit",
+    {"model", "weights", "convert", "images", "data", "hub", "device", "calibration", "calibrators", "calibrator_fit",
      "corruptions", "labels", "folder", "folderscan", "manifest", "datareport",
      "datasets", "provenance"},
     {"catalog", "sources", "pretrained", "transforms", "summary", "predict"},

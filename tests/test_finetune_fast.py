@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from aperture_zoo.model import create_model
+from aperture_zoo.train.evaluate import evaluate_sums
 from aperture_zoo.train.finetune import InitError, freeze_stages
+from aperture_zoo.train.step import TrainStep
 from aperture_zoo.train.probe import fit_linear, pooled_features
 from cifar_synth import make_images, write_png_folder
 
@@ -102,14 +104,22 @@ def _folder(root: Path) -> Path:
     return write_png_folder(root, x, y, ["red", "green", "blue"], per_class=14)
 
 
-def test_finetune_probes_then_trains_records_and_resumes(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
-    """The default fine-tune: the probe once, recorded; a run stopped after epoch 1 resumes to the same weights."""
+def test_finetune_probes_then_trains_records_and_resumes(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default fine-tune: the probe once, recorded; a run stopped after epoch 1 resumes to the same weights;
+    trained in bf16 where the CPU has it natively, its test figure in fp32 (what ``aperture eval`` gives)."""
+    import aperture_zoo.train.loop as loop
+    from aperture_zoo.device import inference_dtype
     from aperture_zoo.train import TimeBudgetReached, TrainConfig, fit
     from aperture_zoo.train.recipes import FINETUNE
     from aperture_zoo.weights import read_metadata, decode_metadata, save_weights
     from safetensors.torch import load_file
 
     assert FINETUNE.probe_head and FINETUNE.frozen_stages > 0 and FINETUNE.eval_every == 0
+    assert FINETUNE.precision == "native"
+    steps, evals = [], []
+    monkeypatch.setattr(loop, "TrainStep", lambda model, opt, dtype: steps.append(dtype) or TrainStep(model, opt, dtype))
+    monkeypatch.setattr(loop, "evaluate_sums", lambda *a, **kw: evals.append(a[7]) or evaluate_sums(*a, **kw))
     root = _folder(tmp_path / "imgs")
     tiny = create_model("resnet10", **TINY).spec
     torch.manual_seed(1)
@@ -121,6 +131,7 @@ def test_finetune_probes_then_trains_records_and_resumes(tmp_path: Path, capfd: 
                                recipe=recipe, device="cpu", out_dir=tmp_path / out, progress=False, **kw))
 
     whole = run("whole")
+    assert steps == [inference_dtype("cpu")] and evals == [None]  # bf16 on an AMX CPU; the test pass in fp32
     assert capfd.readouterr().err.count("probe: head fitted") == 1
     record = json.loads((tmp_path / "whole" / "run.json").read_text())
     probe = record["probe"]

@@ -57,7 +57,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Hostile:
         first = sorted(folder.iterdir())[0]
         first.rename(folder / "img \x1b[2J\r\u202e[blue]\nFORGED: file line.png")
     (data / CLASSES[0] / "junk \x1b[5m.png").write_bytes(b"not an image")
-    run, onnx = root / "run \x07", root / "onnx \x1b[0m"
+    # folders the user typed: a newline in them must not forge a line of a header either (info, predict, eval)
+    run, onnx = root / "run \x07\nFORGED: run line", root / "onnx \x1b[0m\nFORGED: onnx line"
     outputs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("APERTURE_DATA", str(root / "cache"))
@@ -200,3 +201,18 @@ def test_no_text_passes_the_gate_as_control_bytes_or_markup(text: str) -> None:
     assert CONTROL.search(out.getvalue()) is None
     single = shown(text.replace("\n", " "))
     assert "\n" not in single and CONTROL.search(single) is None and shown(single) == single  # shown once is enough
+
+
+def test_emoji_codes_in_outside_text_are_printed_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: rich turned `photo :thumbs_up:.png` into `photo 👍.png` in predict, eval and "wrote" lines."""
+    from aperture_zoo.cli.common import safe
+    from aperture_zoo.terminal import console
+
+    console().print(f"wrote {safe('ev :fire:/eval.json')}: {safe('dogg :smile:')}", highlight=False)
+    out = capsys.readouterr().out
+    assert "ev :fire:/eval.json" in out and "dogg :smile:" in out, out
+    x, y = make_images(2, 1)
+    png = write_png_folder(tmp_path / "d", x, y, ["c0", "c1"], 1) / "c0"
+    image = next(png.iterdir()).rename(png / "photo :thumbs_up:.png")
+    code, output = _run(["predict", str(image), "--model", "resnet10"])
+    assert code == 0 and "photo :thumbs_up:.png" in output, output

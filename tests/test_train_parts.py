@@ -256,6 +256,15 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu() -> None:
         autocast_dtype("fp16", "cpu")
 
 
+def test_precision_native_trains_in_bf16_where_the_hardware_has_it_and_evaluates_as_auto() -> None:
+    from aperture_zoo.device import eval_precision, inference_dtype
+
+    assert autocast_dtype("native", "cpu") is inference_dtype("cpu")  # bf16 on an AMX CPU, else fp32
+    assert autocast_dtype("native", "meta") is None  # no native bf16 known there: fp32
+    assert eval_precision("native") == "auto" and autocast_dtype(eval_precision("native"), "cpu") is None
+    assert [eval_precision(p) for p in ("auto", "fp32", "bf16")] == ["auto", "fp32", "bf16"]
+
+
 def test_device_names() -> None:
     assert device_name("cpu") == "cpu" and device_name(torch.device("cpu")) == "cpu"
     assert device_name("cpu", detail=True).startswith("cpu (") and "threads)" in device_name("cpu", detail=True)

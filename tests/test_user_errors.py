@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from aperture_zoo.cli import app
 from aperture_zoo.model import create_model
-from aperture_zoo.weights import WeightsError, convert_checkpoint, load_weights, read_state_dict
+from aperture_zoo.convert import convert_checkpoint
+from aperture_zoo.weights import WeightsError, load_weights, read_state_dict
 
 
 @pytest.mark.parametrize("arch, message", [

@@ -31,7 +31,7 @@ from aperture_zoo.progress import TrainProgress
 from . import dataset_run
 from . import distributed as D
 from .augment import AugmentConfig
-from aperture_zoo.device import autocast_dtype, device_name
+from aperture_zoo.device import autocast_dtype, device_name, eval_precision
 from .calibrate import fit_val_calibration
 from .evaluate import EvalResult, evaluate_sums, result_from_sums, split_logits
 from .guard import epoch_problem, loss_problem, majority_share
@@ -151,8 +151,9 @@ def _first_rows(r: _Loop, state: RunState) -> list[dict[str, Any]]:
     if not r.info.is_main:
         return []
     if r.run.ckpt is not None:
-        if r.run.record.get("lr_changes") != r.folder.record().get("lr_changes"):  # resumed with a lower lr
-            r.folder.rewrite_settings(r.recipe, r.run.record)
+        before = r.folder.record()
+        if any(r.run.record.get(k) != before.get(k) for k in ("lr_changes", "dataset_moves", "data_files")):
+            r.folder.rewrite_settings(r.recipe, r.run.record)  # a lower lr, a moved folder or batch files recorded late
         return r.folder.reopen(epochs_done=state.epoch)
     return r.folder.start(r.recipe, {**r.run.record, "world_size": r.info.world_size,
                                      "torch_version": torch.__version__})
@@ -325,7 +326,8 @@ def evaluate_epoch(r: _Loop, model: nn.Module, data: DeviceData, with_val: bool 
         part = slice(r.info.rank, None, r.info.world_size)
         sums = evaluate_sums(model, split.images[part], split.labels[part], data.mean, data.std,
                              r.run.spec.num_classes, r.recipe.eval_batch_size,
-                             autocast_dtype(r.recipe.precision, r.device), r.recipe.channels_last, tta=flip)
+                             autocast_dtype(eval_precision(r.recipe.precision), r.device), r.recipe.channels_last,
+                             tta=flip)
         return result_from_sums(D.all_reduce_sum(sums, r.info), split.classes)
 
     test = score(data.test)

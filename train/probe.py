@@ -4,7 +4,7 @@ A fine-tune that starts from a random head spends its first epochs moving the ba
 head, distorting the very features it came for (Kumar et al. 2022, "Fine-Tuning can Distort
 Pretrained Features and Underperform Out-of-Distribution"). Fitting the head first as a linear
 probe costs one forward pass over the training images and a convex fit of well under a second, and
-lets a short fine-tune start where a long one ends up (the ``finetune`` recipe: 4 epochs, not 10).
+lets a short fine-tune start where a long one ends up (the ``finetune`` recipe: 5 epochs, not 10).
 
 The pass runs with BatchNorm in training mode over shuffled batches and cumulative statistics: the
 features are the ones the first training steps see, and the running statistics it leaves are the

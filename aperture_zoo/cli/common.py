@@ -21,7 +21,14 @@ import typer
 from aperture_zoo.errors import ApertureError, os_error
 from aperture_zoo.terminal import console as gated_console
 from aperture_zoo.terminal import fragment
-from aperture_zoo.terminal import markup as safe
+from aperture_zoo.terminal import markup
+
+
+def safe(text: object) -> str:
+    """Outside text (a path the user typed, a class name, a message quoting them) for one line of
+    markup: shown as written, never styled, and a line break in it shown as ``\\n`` so it cannot
+    start a forged line of output."""
+    return markup(fragment(text))
 
 console = gated_console()
 err_console = gated_console(stderr=True)

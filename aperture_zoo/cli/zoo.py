@@ -197,7 +197,7 @@ def convert_cmd(
 ) -> None:
     """Convert a trusted pickle checkpoint to checked safetensors (the only weights format loaded)."""
     from aperture_zoo.registry import get_spec
-    from aperture_zoo.weights import convert_checkpoint
+    from aperture_zoo.convert import convert_checkpoint
 
     with user_errors():
         get_spec(model)
