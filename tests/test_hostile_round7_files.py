@@ -139,3 +139,49 @@ def test_a_figure_of_another_evaluation_of_the_same_weights_is_refused(tmp_path:
         check_figure(r1 / "reliability.png", sha, "resnet10", r1 / "eval.json")
     check_figure(r1 / "confusion.png", sha, "resnet10", r1 / "eval.json")  # records no evaluation: weights suffice
 
+
+# -- F7: the demo's models folder never loses the user's files ---------------------------------------------------
+from test_demo_files import _tiny, published  # noqa: E402,F401 - the demo folder fixture (a tiny "published" model)
+
+
+def test_demo_never_overwrites_the_users_own_export(published: dict, tmp_path: Path) -> None:
+    """F7: `demo --models-dir DIR` overwrote the user's resnet10.onnx/.fp16.onnx in DIR with the published export."""
+    from aperture_zoo import demo
+    from aperture_zoo.export.onnx_export import to_onnx
+
+    mine = tmp_path / "M6"
+    to_onnx(_tiny(7), mine / "resnet10.onnx", exporter="legacy")
+    before = _snapshot(mine)
+    with pytest.raises(demo.DemoError, match=r"resnet10.onnx is not a file the demo wrote.*use an empty --models-dir"):
+        demo.prepare_models(mine, ["resnet10"])
+    assert _snapshot(mine) == before
+
+
+def test_demo_never_deletes_files_it_did_not_write_nor_replaces_a_foreign_models_json(published: dict,
+                                                                                       tmp_path: Path) -> None:
+    """F7: `demo --onnx F --models-dir DIR` deleted DIR/own/important.onnx (not the demo's) and replaced a
+    models.json that was not its own."""
+    from aperture_zoo import demo
+    from aperture_zoo.export.onnx_export import to_onnx
+
+    folder = tmp_path / "M7"
+    to_onnx(_tiny(8), folder / "own" / "important.onnx", exporter="legacy")
+    (folder / "notes.txt").write_text("keep")
+    (folder / "models.json").write_text('{"mine": true}')
+    mine = to_onnx(_tiny(3), tmp_path / "mine.onnx", exporter="legacy")
+    before = _snapshot(folder) | {"own": file_sha256(folder / "own" / "important.onnx")}
+    with pytest.raises(demo.DemoError, match=r"models.json is not the demo's own manifest.*remove models.json"):
+        demo.add_onnx_files(folder, [mine])
+    with pytest.raises(demo.DemoError, match="models.json is not the demo's own"):
+        demo.write_manifest(folder, [])
+    (folder / "models.json").unlink()
+    with pytest.raises(demo.DemoError, match=r"own/important.onnx is not a file the demo wrote"):
+        demo.add_onnx_files(folder, [mine])
+    assert file_sha256(folder / "own" / "important.onnx") == before["own"]
+    assert (folder / "notes.txt").read_text() == "keep"
+    # the demo's own copies are still its to replace: a second file replaces the first one it wrote
+    (folder / "own" / "important.onnx").unlink()
+    (first,) = demo.add_onnx_files(folder, [mine])
+    other = to_onnx(_tiny(4), tmp_path / "other.onnx", exporter="legacy")
+    (second,) = demo.add_onnx_files(folder, [other])
+    assert not (folder / first.file).exists() and (folder / second.file).is_file()
