@@ -194,14 +194,15 @@ def published_in(folder: str | os.PathLike[str]) -> Weights | None:
 
 def refuse_published_folder(folder: str | os.PathLike[str], weights_sha256: str | None,
                             what: str = "files made from your weights would sit beside them, describing weights "
-                                        "they are not", error: type[ApertureError] = PublishedFolderError) -> None:
+                                        "they are not", error: type[ApertureError] = PublishedFolderError,
+                            fix: str = "Write it elsewhere with --out DIR") -> None:
     """The one guard every writer into a folder calls before it looks at anything else there: a folder
     holding a published model's weights takes files made from those weights only (a card, an export,
     an eval or runtime matrix of other weights beside them would describe a model they are not)."""
     record = published_in(folder)
     if record is not None and weights_sha256 != record.sha256:
         raise error(f"{folder} holds the published {record.arch} weights (SHA-256 pinned in the registry); "
-                    f"{what}. Write it elsewhere with --out DIR")
+                    f"{what}. {fix}")
 
 
 def register_weights(weights: Weights, *, default: bool = False, overwrite: bool = False) -> Weights:

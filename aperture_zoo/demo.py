@@ -138,9 +138,10 @@ def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoMod
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
-    written = {k: v for k, v in _recorded(models_dir).items() if (models_dir / k).is_file()}
+    written = {k: v for k, v in _recorded(models_dir).items() if v is not None and (models_dir / k).is_file()}
     for f in (f for e in entries for f in e.files or []):
-        written[f.file] = f.sha256
+        if f.sha256 or (models_dir / f.file).is_file():
+            written[f.file] = f.sha256 or file_sha256(models_dir / f.file)
         report = f.file.removesuffix(".onnx") + REPORT_SUFFIX
         if (models_dir / report).is_file():
             written[report] = file_sha256(models_dir / report)
@@ -178,7 +179,7 @@ def _recorded(models_dir: Path) -> dict[str, str | None]:
     model, in a manifest older than the ``written`` record, vouched for by its model's hash)."""
     doc = _own_manifest(models_dir) or {}
     if isinstance(doc.get("written"), dict):
-        return {str(k): v for k, v in doc["written"].items() if v is None or isinstance(v, str)}
+        return {str(k): v for k, v in doc["written"].items() if isinstance(v, str)}
     out: dict[str, str | None] = {}
     for m in doc.get("models") or []:
         for f in (m.get("files") or []) if isinstance(m, dict) else []:

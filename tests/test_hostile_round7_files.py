@@ -14,7 +14,7 @@ from aperture_zoo.files import file_sha256
 from aperture_zoo.pretrained import MODEL_CARDS_DIR
 from hub_fixtures import random_weights
 
-PUBLISHED = ("holds the published resnet10 weights", "Write it elsewhere with --out DIR")
+PUBLISHED = ("holds the published resnet10 weights", "Write it elsewhere with --out")
 
 
 @pytest.fixture()
