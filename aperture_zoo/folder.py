@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,8 @@ def _read_cache(path: Path, scan: Scan) -> DecodedFolder | None:
             images, ok = z["images"], z["ok"]
             skipped = list(zip((str(p) for p in z["skipped_paths"]), (str(r) for r in z["skipped_reasons"])))
             recorded = str(z["digest"])
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # unreadable or from another version: decode again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable, truncated or from another version: decode again
     if (images.dtype != np.uint8 or images.shape[1:] != (3, *SIZE[::-1]) or ok.dtype != bool
             or ok.shape != (len(scan.files),) or len(images) != int(ok.sum())):
         return None

@@ -10,7 +10,7 @@ read as rich markup (restyled, or a crash). So:
   ``\\u202e``); rich's own styling is added after this, so colours still work (our own code, as rich
   drops BEL and ``\\r`` silently but passes ESC and bidi overrides through);
 - outside text put into a markup string goes through ``markup()`` (brackets escaped), and text
-  printed without rich through ``shown()``;
+  printed without rich through ``shown()``; rich's emoji codes (``:smile:``) are off in every console;
 - a fragment of outside text (a class or file name, a metadata string) put into a message goes
   through ``fragment()`` first: ``shown()`` keeps newlines (a whole message may have lines of its
   own), so a name holding ``\n`` would start a forged line of output.
@@ -105,5 +105,9 @@ def _console_class() -> type:
 
 
 def console(**kwargs: Any) -> Any:
-    """A ``rich.console.Console`` (same arguments) behind the gate: the only way the product makes one."""
+    """A ``rich.console.Console`` (same arguments) behind the gate: the only way the product makes one.
+
+    Emoji codes are off: rich would print a file named ``photo :thumbs_up:.png`` as ``photo 👍.png``,
+    a name that cannot be copied back, and a class ``dog :smile:`` not as written."""
+    kwargs.setdefault("emoji", False)
     return _console_class()(**kwargs)

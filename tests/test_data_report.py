@@ -206,6 +206,50 @@ def _train(tmp_path: Path, root: Path, *extra: str) -> object:
                                     "--no-progress", "--set", "epochs=2", *extra])
 
 
+def test_a_cifar_run_records_its_batch_files_and_resume_refuses_other_ones(tmp_path: Path) -> None:
+    """Regression (third hostile try, F10): CIFAR-10 batches replaced under a stopped run were trained on at resume."""
+    from cifar_synth import write_cifar10
+
+    data, other, run = write_cifar10(tmp_path / "c", 4, 2, seed=0), write_cifar10(tmp_path / "o", 4, 2, seed=1), tmp_path / "r"
+    first = CliRunner().invoke(app, ["train", "resnet10", *TINY, "--data-dir", str(data), "--no-download", "--device",
+                                     "cpu", "--no-progress", "--set", "epochs=2", "--set", "batch_size=8",
+                                     "--out", str(run), "--time-budget", "0.001"])
+    assert first.exit_code == 75, first.output
+    recorded = json.loads((run / "run.json").read_text())["data_files"]
+    assert sorted(recorded) == sorted([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"])
+    batches = data / "cifar-10-batches-py"
+    original = (batches / "data_batch_3").read_bytes()
+    shutil.copyfile(other / "cifar-10-batches-py" / "data_batch_3", batches / "data_batch_3")
+    again = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert again.exit_code == 2, again.output
+    assert "are not the ones the run started on (1 changed: data_batch_3)" in " ".join(again.output.split())
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    (batches / "data_batch_3").write_bytes(original)
+    done = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert done.exit_code == 0, done.output
+
+
+def test_a_moved_folder_resumes_with_dataset_when_its_content_is_the_same(tmp_path: Path) -> None:
+    """Regression (third hostile try, F2): after the folder moved, resume said to pass a folder, then refused --dataset."""
+    root = write_folder(tmp_path / "d", 12)
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run), "--time-budget", "0.001").exit_code == 75
+    moved = root.rename(tmp_path / "moved")
+    gone = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
+    assert gone.exit_code == 2 and "is gone (moved or deleted); if it moved, resume with --dataset NEW_DIR" in \
+        " ".join(gone.output.split()), gone.output
+    (moved / "bird" / "0003.png").write_bytes((moved / "bird" / "0004.png").read_bytes())  # not the same content
+    changed = CliRunner().invoke(app, ["train", "--resume", str(run), "--dataset", str(moved), "--no-progress"])
+    assert changed.exit_code == 2 and "1 changed: bird/0003.png" in " ".join(changed.output.split()), changed.output
+    shutil.rmtree(moved)
+    write_folder(tmp_path / "again", 12)  # the same content (same seed), at another path
+    done = CliRunner().invoke(app, ["train", "--resume", str(run), "--dataset", str(tmp_path / "again"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    record = json.loads((run / "run.json").read_text())
+    assert record["dataset"] == str((tmp_path / "again").resolve()) or record["dataset"].endswith("again")
+    assert record["dataset_moves"][-1]["to"] == record["dataset"]
+
+
 def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 90)  # 270 images: 216 to train, of which 22 validate by default
     run = tmp_path / "run"

@@ -98,6 +98,17 @@ def test_a_cache_file_edited_after_it_was_written_is_decoded_again(tmp_path: Pat
     assert load_folder(root, cache_dir=tmp_path / "cache").from_cache  # rewritten whole, served from then on
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_cache_file_is_decoded_again(tmp_path: Path, test_images, damage: str) -> None:
+    """Regression: a truncated cache (a full disk, a killed copy) was a zipfile.BadZipFile traceback."""
+    root = _folder(tmp_path / "imgs", test_images)
+    first = load_folder(root, cache_dir=tmp_path / "cache")
+    data = first.cache_file.read_bytes()
+    first.cache_file.write_bytes({"truncated": data[:1000], "garbage": os.urandom(len(data)), "empty": b""}[damage])
+    again = load_folder(root, cache_dir=tmp_path / "cache")
+    assert not again.from_cache and np.array_equal(again.images, first.images)
+
+
 def test_held_out_split_is_stratified_seeded_and_recorded(tmp_path: Path, test_images) -> None:
     root = _folder(tmp_path / "imgs", test_images)
     a = load_dataset(str(root), test_split=0.2, seed=3)

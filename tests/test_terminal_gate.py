@@ -201,3 +201,18 @@ def test_no_text_passes_the_gate_as_control_bytes_or_markup(text: str) -> None:
     assert CONTROL.search(out.getvalue()) is None
     single = shown(text.replace("\n", " "))
     assert "\n" not in single and CONTROL.search(single) is None and shown(single) == single  # shown once is enough
+
+
+def test_emoji_codes_in_outside_text_are_printed_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: rich turned `photo :thumbs_up:.png` into `photo 👍.png` in predict, eval and "wrote" lines."""
+    from aperture_zoo.cli.common import safe
+    from aperture_zoo.terminal import console
+
+    console().print(f"wrote {safe('ev :fire:/eval.json')}: {safe('dogg :smile:')}", highlight=False)
+    out = capsys.readouterr().out
+    assert "ev :fire:/eval.json" in out and "dogg :smile:" in out, out
+    x, y = make_images(2, 1)
+    png = write_png_folder(tmp_path / "d", x, y, ["c0", "c1"], 1) / "c0"
+    image = next(png.iterdir()).rename(png / "photo :thumbs_up:.png")
+    code, output = _run(["predict", str(image), "--model", "resnet10"])
+    assert code == 0 and "photo :thumbs_up:.png" in output, output

@@ -15,6 +15,7 @@ changed, naming what changed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -213,3 +214,27 @@ def split_files(record: dict[str, Any], data: Dataset, index: dict[str, Any], re
 
         raise CheckpointError(f"cannot resume {str(resume_dir)!r}: the split drawn now differs from the file lists "
                               "its run.json records; start a new run")
+
+
+def batch_files(record: dict[str, Any], folder: Path, names: tuple[str, ...], resume_dir: Any) -> None:
+    """Record a CIFAR run's batch files by SHA-256; refuse to resume over other files.
+
+    A folder run has its manifest; CIFAR-10/100 have fixed splits but their files can still be
+    replaced under a stopped run (another copy, a regenerated or edited batch), and a resume would
+    then go on training on other images without a word.
+    """
+    from aperture_zoo.manifest import file_digest
+
+    now = {name: file_digest(folder / name) or "unreadable" for name in names if (folder / name).exists()}
+    saved = record.get("data_files")
+    if resume_dir is None or not isinstance(saved, dict):
+        record["data_files"] = now  # a new run, or one from before batch files were recorded
+        return
+    changed = sorted(set(saved) ^ set(now) | {n for n in set(saved) & set(now) if saved[n] != now[n]})
+    if changed:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"cannot resume {str(resume_dir)!r}: the data files in {str(folder)!r} are not the ones the run started "
+            f"on ({len(changed)} changed: {', '.join(changed)}); resume with the original files (--data-dir), "
+            "or start a new run")

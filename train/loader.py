@@ -138,6 +138,11 @@ def load_run_data(cfg: TrainConfig, run: Run, info: D.DistInfo, device: torch.de
     from .recipes import fit_to_data
 
     record, spec = run.record, run.spec
+    name = record.get("dataset", "cifar10")
+    if run.resume_dir is not None and name not in ("cifar10", "cifar100") and not os.path.isdir(name):
+        raise DataError(f"cannot resume {str(run.resume_dir)!r}: its dataset folder {name!r} is gone (moved or "
+                        "deleted); if it moved, resume with --dataset NEW_DIR (its content is checked against the "
+                        "run's), or put it back")
     dataset = run_dataset(record, cfg.data_dir, bool(cfg.download))  # CIFAR-100 or a folder; None: CIFAR-10
     try:
         if dataset is None:
@@ -149,6 +154,8 @@ def load_run_data(cfg: TrainConfig, run: Run, info: D.DistInfo, device: torch.de
                         "--data-dir if the data has moved)") from None
     splits = load_splits(cfg.data_dir, record["subset"], record["val_split"], record["test_subset"],
                          int(record["seed"]), dataset=dataset, val_rule=record.get("val_rule", "equal"))
+    if dataset is None or dataset.name == "cifar100":
+        _record_batch_files(record, dataset, cfg, run.resume_dir)
     if dataset is not None and dataset.files is not None:
         split_files(record, dataset, splits.index, run.resume_dir)
         if run.resume_dir is None:
@@ -165,6 +172,20 @@ def load_run_data(cfg: TrainConfig, run: Run, info: D.DistInfo, device: torch.de
     val = DeviceSplit.from_split(splits.val, device) if splits.val is not None else None
     return DeviceData(train, DeviceSplit.from_split(splits.test, device), val,
                       torch.tensor(spec.mean, device=device), torch.tensor(spec.std, device=device))
+
+
+def _record_batch_files(record: dict[str, Any], dataset: Any, cfg: TrainConfig, resume_dir: Any) -> None:
+    """CIFAR-10/100: the batch files the run reads, by SHA-256 (``dataset_run.batch_files``)."""
+    from aperture_zoo.data import TEST_FILES, TRAIN_FILES
+
+    from .dataset_run import batch_files
+
+    if dataset is None:
+        batch_files(record, locate(cfg.data_dir), (*TRAIN_FILES, *TEST_FILES, "batches.meta"), resume_dir)
+    else:
+        from aperture_zoo.datasets import locate_cifar100
+
+        batch_files(record, locate_cifar100(cfg.data_dir), ("train", "test", "meta"), resume_dir)
 
 
 def _fetch_once(cfg: TrainConfig, info: D.DistInfo) -> None:

@@ -151,8 +151,9 @@ def _first_rows(r: _Loop, state: RunState) -> list[dict[str, Any]]:
     if not r.info.is_main:
         return []
     if r.run.ckpt is not None:
-        if r.run.record.get("lr_changes") != r.folder.record().get("lr_changes"):  # resumed with a lower lr
-            r.folder.rewrite_settings(r.recipe, r.run.record)
+        before = r.folder.record()
+        if any(r.run.record.get(k) != before.get(k) for k in ("lr_changes", "dataset_moves", "data_files")):
+            r.folder.rewrite_settings(r.recipe, r.run.record)  # a lower lr, a moved folder or batch files recorded late
         return r.folder.reopen(epochs_done=state.epoch)
     return r.folder.start(r.recipe, {**r.run.record, "world_size": r.info.world_size,
                                      "torch_version": torch.__version__})

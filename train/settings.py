@@ -236,6 +236,13 @@ def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
     return None
 
 
+def _moved_folder(asked: str, saved: dict[str, Any]) -> bool:
+    """A folder run (content manifest recorded) resumed with another folder: allowed, as the content decides."""
+    data = saved.get("data")
+    return (saved.get("dataset") not in ("cifar10", "cifar100") and asked not in ("cifar10", "cifar100")
+            and isinstance(data, dict) and "manifest" in data)
+
+
 def _check_same_options(cfg: TrainConfig, run: Run) -> None:
     """Refuse to resume ``run`` with another dataset, seed or data option."""
     where, saved = str(run.resume_dir), run.record
@@ -243,7 +250,11 @@ def _check_same_options(cfg: TrainConfig, run: Run) -> None:
         from aperture_zoo.datasets import dataset_name
 
         asked_data, used = dataset_name(cfg.dataset), saved.get("dataset", "cifar10")
-        if asked_data != used:
+        if asked_data != used and _moved_folder(asked_data, saved):
+            # the same folder at a new path: its manifest is checked against the recorded one when it loads
+            run.record = {**saved, "dataset": asked_data, "dataset_moves": [*saved.get("dataset_moves", []),
+                                                                            {"from": used, "to": asked_data}]}
+        elif asked_data != used:
             raise CheckpointError(
                 f"cannot resume {where!r} with --dataset {asked_data}: the run trains on {used}. Drop "
                 "--dataset to continue it, or start a new run"
