@@ -200,6 +200,9 @@ def check_figure(path: str | os.PathLike[str], weights_sha256: str, name: str = 
     """A figure (curves.png, confusion.png, reliability.png) drawn for these weights, and (where it records
     one and ``eval_file`` exists) from exactly that eval.json's bytes: its PNG text chunks say so. One that
     records nothing (drawn before figures recorded it) is refused, not redrawn: nothing shows what it shows."""
+    import struct
+    import zlib
+
     from PIL import Image, UnidentifiedImageError
 
     from .files import file_sha256
@@ -210,7 +213,7 @@ def check_figure(path: str | os.PathLike[str], weights_sha256: str, name: str = 
     try:  # only the chunks before the pixels are read: no decoding
         with Image.open(path) as image:
             info = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError, struct.error, zlib.error):
         raise StaleFileError(f"{str(path)!r} is not a PNG figure; {fix}") from None
     recorded = info.get(FIGURE_KEY_PREFIX + "weights_sha256")
     if recorded is None:

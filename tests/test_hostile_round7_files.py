@@ -185,3 +185,37 @@ def test_demo_never_deletes_files_it_did_not_write_nor_replaces_a_foreign_models
     other = to_onnx(_tiny(4), tmp_path / "other.onnx", exporter="legacy")
     (second,) = demo.add_onnx_files(folder, [other])
     assert not (folder / first.file).exists() and (folder / second.file).is_file()
+
+
+def _figure_png(text: dict[str, str]) -> bytes:
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for k, v in text.items():
+        info.add_text(k, v)
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from profiles import examples  # noqa: E402
+from test_fuzz_parsers import _mutations  # noqa: E402
+
+
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | _mutations(_figure_png({"aperture_zoo:weights_sha256": "a" * 64})))
+def test_a_figures_record_is_read_from_outside_bytes_without_a_traceback(tmp_path: Path, data: bytes) -> None:
+    """F1's reader parses outside bytes (a PNG anyone can write): it accepts the exact record or refuses in one line."""
+    from aperture_zoo.provenance import StaleFileError, check_figure
+
+    path = tmp_path / "confusion.png"
+    path.write_bytes(data)
+    try:
+        check_figure(path, "a" * 64)
+    except StaleFileError as exc:
+        assert "\n" not in str(exc)
