@@ -20,9 +20,9 @@ from typing import Any
 from ._version import __version__
 from .card_facts import CardError, CardFacts, gather
 from .card_text import LICENSE_ID, dataset_of, escape_md, render_card
-from .catalog import find_weights
-from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, LICENSE_FILENAME, METRICS_FILENAME, ONNX_FILENAME,
-                    PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
+from .catalog import refuse_published_folder
+from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, FIGURE_FILES, LICENSE_FILENAME, METRICS_FILENAME,
+                    ONNX_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
                     MODEL_SUFFIXES, ONNX_SUFFIX, atomic_write_text, judged_file)
 from .filesets import HIDDEN_PATTERNS, copy_file, folder_lock, move_in, staged
 
@@ -181,7 +181,7 @@ def _keep_leftovers(out: Path, stage: Path, sha: str, name: str) -> None:
     weights (shown by hash; run outputs that record none, only while the weights are the same): they
     are linked into the stage so the card describes them. Any other is refused, naming it."""
     from .files import file_sha256
-    from .provenance import check_eval, check_model, check_report, check_runtimes
+    from .provenance import check_eval, check_figure, check_model, check_report, check_runtimes
 
     same_weights = (out / WEIGHTS_FILENAME).is_file() and file_sha256(out / WEIGHTS_FILENAME) == sha
     for old in sorted(out.iterdir()) if out.is_dir() else ():
@@ -200,6 +200,8 @@ def _keep_leftovers(out: Path, stage: Path, sha: str, name: str) -> None:
             check_runtimes(old, sha, out, name)
         elif old.name == EVAL_FILENAME:
             check_eval(old, sha, name)
+        elif old.name in FIGURE_FILES:
+            check_figure(old, sha, name, stage / EVAL_FILENAME if (stage / EVAL_FILENAME).exists() else out / EVAL_FILENAME)
         elif old.name in RUN_FILES and not same_weights:
             raise CardError(f"{old} was written for the weights {out} held before, not {name}'s new ones, and the "
                             "card would show it; remove it, or write the folder elsewhere (--out)")
@@ -226,6 +228,11 @@ def write_card(
     the files that sit beside it.
     """
     out = Path(out_dir)
+    if weights is not None:  # before any file in ``out`` is looked at: its neighbours are not the question
+        from .files import file_sha256
+
+        refuse_published_folder(out, file_sha256(weights), "a card for your weights would describe them beside "
+                                "the published ones", CardError)
     if run_dir is not None:
         run = Path(run_dir)
         if not (run / WEIGHTS_FILENAME).is_file():
@@ -251,16 +258,10 @@ def _write_card_files(name: str, folder: Path, stage: Path, weights: Path | None
 
 
 def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:
-    """A run's card must never overwrite the zoo's published (pinned) weights of ``name``."""
+    """A run's card must never overwrite the zoo's published (pinned) weights (``catalog.refuse_published_folder``)."""
     from .files import file_sha256
 
-    record = find_weights(name)
-    pin = record.sha256 if record else None
-    if pin and current.is_file() and file_sha256(current) == pin and file_sha256(new) != pin:
-        raise CardError(
-            f"{current.parent} holds the published {name} weights (SHA-256 pinned in the registry); "
-            f"a card for your run would replace them. Write it elsewhere with --out DIR"
-        )
+    refuse_published_folder(current.parent, file_sha256(new), "a card for your run would replace them", CardError)
 
 
 def stale_files(name: str, folder: str | os.PathLike[str]) -> list[str]:

@@ -11,6 +11,7 @@ drift apart. Pure Python: listing needs no torch.
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 
 from .calibrators import CROSS_FITTED, Calibrator
@@ -172,6 +173,36 @@ def find_weights(name: str) -> Weights | None:
         if "." in name:
             raise
         return None
+
+
+class PublishedFolderError(ApertureError, ValueError):
+    """Files made from other weights would go into a folder that holds published weights."""
+
+
+def published_in(folder: str | os.PathLike[str]) -> Weights | None:
+    """The published record whose ``model.safetensors`` sits in ``folder``, by its bytes (not its name), or None."""
+    from pathlib import Path
+
+    from .files import file_sha256
+
+    path = Path(folder) / WEIGHTS_FILENAME
+    if not path.is_file():
+        return None
+    digest = file_sha256(path)
+    return next((w for w in _WEIGHTS.values() if w.sha256 == digest), None)
+
+
+def refuse_published_folder(folder: str | os.PathLike[str], weights_sha256: str | None,
+                            what: str = "files made from your weights would sit beside them, describing weights "
+                                        "they are not", error: type[ApertureError] = PublishedFolderError,
+                            fix: str = "Write it elsewhere with --out DIR") -> None:
+    """The one guard every writer into a folder calls before it looks at anything else there: a folder
+    holding a published model's weights takes files made from those weights only (a card, an export,
+    an eval or runtime matrix of other weights beside them would describe a model they are not)."""
+    record = published_in(folder)
+    if record is not None and weights_sha256 != record.sha256:
+        raise error(f"{folder} holds the published {record.arch} weights (SHA-256 pinned in the registry); "
+                    f"{what}. {fix}")
 
 
 def register_weights(weights: Weights, *, default: bool = False, overwrite: bool = False) -> Weights:

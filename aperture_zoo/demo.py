@@ -133,12 +133,80 @@ def _read_manifest(models_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_manifest(models_dir: str | os.PathLike[str], entries: Iterable[DemoModel]) -> Path:
-    """Write ``models.json`` (atomically: the page may be reading it)."""
+    """Write ``models.json`` (atomically: the page may be reading it), with ``written``: every file the demo
+    wrote here and is still here, by SHA-256, so that it never replaces or deletes one it did not write."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(entries)
+    written = {k: v for k, v in _recorded(models_dir).items() if v is not None and (models_dir / k).is_file()}
+    for f in (f for e in entries for f in e.files or []):
+        if f.sha256 or (models_dir / f.file).is_file():
+            written[f.file] = f.sha256 or file_sha256(models_dir / f.file)
+        report = f.file.removesuffix(".onnx") + REPORT_SUFFIX
+        if (models_dir / report).is_file():
+            written[report] = file_sha256(models_dir / report)
+    doc = {"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries], "written": dict(sorted(written.items()))}
+    return atomic_write_text(models_dir / MANIFEST, json.dumps(doc, indent=1) + "\n")
+
+
+def _record_written(models_dir: Path, names: Iterable[str]) -> None:
+    """Files just moved in, added to models.json's ``written`` at once (not when the entries are): a run
+    killed before its manifest leaves files the next run still knows as the demo's own."""
+    doc = _own_manifest(models_dir) or {"format": MANIFEST_FORMAT, "models": []}
+    written = _recorded(models_dir)
+    written.update({n: file_sha256(models_dir / n) for n in names if (models_dir / n).is_file()})
+    doc["written"] = dict(sorted(written.items()))
+    atomic_write_text(models_dir / MANIFEST, json.dumps(doc, indent=1) + "\n")
+
+
+def _own_manifest(models_dir: Path) -> dict[str, Any] | None:
+    """The demo's own models.json (None: there is none); any other file of that name is refused, not replaced."""
     path = models_dir / MANIFEST
-    return atomic_write_text(path, json.dumps({"format": MANIFEST_FORMAT, "models": [asdict(e) for e in entries]},
-                                              indent=1) + "\n")
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        doc = read_json(path)
+    except ApertureError:
+        doc = None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or path.is_symlink():
+        raise DemoError(f"{path} is not the demo's own manifest (no \"format\": \"{MANIFEST_FORMAT}\"), and the demo "
+                        f"would replace it; use an empty --models-dir or remove {path.name}")
+    return doc
+
+
+def _recorded(models_dir: Path) -> dict[str, str | None]:
+    """The files the demo's models.json says it wrote here: path -> SHA-256 (None: the report of a recorded
+    model, in a manifest older than the ``written`` record, vouched for by its model's hash)."""
+    doc = _own_manifest(models_dir) or {}
+    if isinstance(doc.get("written"), dict):
+        return {str(k): v for k, v in doc["written"].items() if isinstance(v, str)}
+    out: dict[str, str | None] = {}
+    for m in doc.get("models") or []:
+        for f in (m.get("files") or []) if isinstance(m, dict) else []:
+            if isinstance(f, dict) and isinstance(f.get("file"), str) and isinstance(f.get("sha256"), str):
+                out[f["file"]] = f["sha256"]
+                out.setdefault(f["file"].removesuffix(".onnx") + REPORT_SUFFIX, None)
+    return out
+
+
+def check_replaceable(models_dir: Path, names: Iterable[str], stage: Path | None = None) -> None:
+    """Nothing is lost: each file in ``models_dir`` the demo is about to replace or delete is one it wrote (its
+    models.json records it with these bytes) or already holds the bytes replacing it (in ``stage``). Any other
+    (the user's own export, a file changed since) is refused, naming it; files it would not touch are left alone."""
+    recorded: dict[str, str | None] | None = None
+    for name in dict.fromkeys(names):
+        path = models_dir / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_file() and not path.is_symlink():
+            digest = file_sha256(path)
+            if stage is not None and (stage / name).is_file() and file_sha256(stage / name) == digest:
+                continue
+            recorded = _recorded(models_dir) if recorded is None else recorded
+            if name in recorded and recorded[name] in (None, digest):
+                continue
+        raise DemoError(f"{path} is not a file the demo wrote (its {MANIFEST} records no such file with these bytes), "
+                        f"and preparing the demo would replace or delete it; use an empty --models-dir or move it away")
 
 
 def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha256: str | None = None,
@@ -157,6 +225,8 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
     models_dir = Path(models_dir)
     name = model.spec.name
     made_from = weights_sha256 or state_dict_sha256(model)  # what the reports record when no file is named
+    replaced = [f"{name}{v}{tag}{ext}" for v in VARIANTS for tag in ("", ".FAILED") for ext in (".onnx", REPORT_SUFFIX)]
+    check_replaceable(models_dir, replaced)  # a file that is not the demo's: refused before the export, not after
     with staged(models_dir) as stage:
         result = export_model(model, stage, weights_sha256=weights_sha256, exporter=exporter,  # type: ignore[arg-type]
                               provider="cpu", run_validation=validate, fp16=True, int8=data_dir is not None,
@@ -173,8 +243,10 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
             bad.with_name(bad.name.removesuffix(".onnx") + REPORT_SUFFIX).unlink(missing_ok=True)
         flip = _flip_result(model, stage, weights_sha256, validate, exporter, data_dir, max_val_images)
         files = [_describe(path, model, made_from) for path in [*result.files, flip]]
-        replaced = [f"{name}{v}{tag}{ext}" for v in VARIANTS for tag in ("", ".FAILED") for ext in (".onnx", REPORT_SUFFIX)]
-        move_in(stage, models_dir, [p.name for p in stage.iterdir() if p.is_file()], replaced)
+        new = [p.name for p in stage.iterdir() if p.is_file()]
+        check_replaceable(models_dir, [*replaced, *new], stage)
+        move_in(stage, models_dir, new, replaced)
+        _record_written(models_dir, new)
     spec = model.spec
     precision = default_precision(files)
     chosen = next(f for f in files if f.precision == precision)
@@ -255,6 +327,7 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
     Reads ONNX metadata only: no torch.
     """
     models_dir = Path(models_dir)
+    _own_manifest(models_dir)  # a folder whose models.json is not the demo's: refused before any work
     names, entries = set(taken) | set(list_models()), []
     with staged(models_dir) as stage:
         (stage / OWN_DIR).mkdir()
@@ -263,7 +336,9 @@ def add_onnx_files(models_dir: str | os.PathLike[str], files: Iterable[str | os.
             names.add(entry.name)
             entries.append(entry)
         old = [f"{OWN_DIR}/{p.name}" for p in (models_dir / OWN_DIR).glob("*.onnx")] if (models_dir / OWN_DIR).is_dir() else []
+        check_replaceable(models_dir, [*old, *(e.file for e in entries if e.file)], stage)
         move_in(stage, models_dir, [e.file for e in entries if e.file], replaces=old)
+        _record_written(models_dir, [e.file for e in entries if e.file])
     return entries
 
 
@@ -330,6 +405,7 @@ def prepare_models(
     wanted = list(names) if names is not None else list_models()
     for name in wanted:
         get_spec(name)  # unknown names fail here, with suggestions
+    _own_manifest(models_dir)  # a folder whose models.json is not the demo's: refused before any export
     previous = _read_manifest(models_dir)
     entries = []
     for name in list_models():

@@ -38,6 +38,9 @@ RELIABILITY_FILENAME = "reliability.png"
 LICENSE_FILENAME = "LICENSE"  # the package's license, which every Hub folder carries
 # What a training run or evaluation leaves beside the weights, and a card or Hub repo carries.
 RUN_FILES = (EVAL_FILENAME, METRICS_FILENAME, CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
+FIGURE_FILES = (CURVES_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME)
+# A figure's PNG text chunks record what it was drawn from: <prefix>weights_sha256, <prefix>eval_sha256.
+FIGURE_KEY_PREFIX = "aperture_zoo:"
 # A training run's folder (train/rundir.py): its settings, resume checkpoint, lock, and the zoo's checks.
 RECIPE_FILENAME = "recipe.json"
 RUN_FILENAME = "run.json"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApertureError
-from .files import (EVAL_FILENAME, MODEL_SUFFIXES, ONNX_SUFFIX, REPORT_SUFFIX, RUNTIMES_FILENAME, judged_file,
+from .files import (CURVES_FILENAME, EVAL_FILENAME, FIGURE_FILES, FIGURE_KEY_PREFIX, MODEL_SUFFIXES, ONNX_SUFFIX, REPORT_SUFFIX, RUNTIMES_FILENAME, judged_file,
                     model_exists, model_sha256, read_json, report_name)
 
 
@@ -195,6 +195,40 @@ def check_eval(path: str | os.PathLike[str], weights_sha256: str, name: str = "N
     return ev
 
 
+def check_figure(path: str | os.PathLike[str], weights_sha256: str, name: str = "NAME",
+                 eval_file: str | os.PathLike[str] | None = None) -> None:
+    """A figure (curves.png, confusion.png, reliability.png) drawn for these weights, and (where it records
+    one and ``eval_file`` exists) from exactly that eval.json's bytes: its PNG text chunks say so. One that
+    records nothing (drawn before figures recorded it) is refused, not redrawn: nothing shows what it shows."""
+    import struct
+    import zlib
+
+    from PIL import Image, UnidentifiedImageError
+
+    from .files import file_sha256
+
+    path = Path(path)
+    fix = ("it is drawn when training ends: remove it, or write the card from the run folder that trained these "
+           "weights" if path.name == CURVES_FILENAME else f"evaluate these weights again (aperture eval {name} --weights ... -o FOLDER), or remove it")
+    try:  # only the chunks before the pixels are read: no decoding
+        with Image.open(path) as image:
+            info = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError, struct.error, zlib.error):
+        raise StaleFileError(f"{str(path)!r} is not a PNG figure; {fix}") from None
+    recorded = info.get(FIGURE_KEY_PREFIX + "weights_sha256")
+    if recorded is None:
+        raise StaleFileError(f"{str(path)!r} records no SHA-256 of the weights it was drawn for (drawn by an older "
+                             f"version), so nothing shows it belongs to these; refused, not redrawn: {fix}")
+    if recorded != weights_sha256:
+        raise StaleFileError(f"{str(path)!r} was drawn for other weights (SHA-256 {_short(recorded)}), not these "
+                             f"({_short(weights_sha256)}): it is stale; {fix}")
+    drawn_from = info.get(FIGURE_KEY_PREFIX + "eval_sha256")
+    if drawn_from is not None and eval_file is not None and Path(eval_file).is_file() \
+            and file_sha256(eval_file) != drawn_from:
+        raise StaleFileError(f"{str(path)!r} was drawn from another evaluation ({_short(drawn_from)}) than the "
+                             f"{Path(eval_file).name} beside it: it is stale; {fix}")
+
+
 def check_folder(folder: str | os.PathLike[str], weights_sha256: str, name: str = "NAME", *,
                  onnx_files: bool = True) -> CheckedFolder:
     """Every exported model of any format (unless ``onnx_files`` is False: the models stay behind),
@@ -215,6 +249,9 @@ def check_folder(folder: str | os.PathLike[str], weights_sha256: str, name: str 
         out.runtimes = check_runtimes(folder / RUNTIMES_FILENAME, weights_sha256, folder, name)
     if (folder / EVAL_FILENAME).is_file():
         out.eval = check_eval(folder / EVAL_FILENAME, weights_sha256, name)
+    for figure in FIGURE_FILES:
+        if (folder / figure).is_file():
+            check_figure(folder / figure, weights_sha256, name, folder / EVAL_FILENAME)
     return out
 
 
@@ -223,5 +260,5 @@ def report_record(onnx_file: str | os.PathLike[str], weights_sha256: str) -> dic
     return {"onnx_sha256": model_sha256(onnx_file), "weights_sha256": weights_sha256}
 
 
-__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_folder", "check_model", "check_onnx",
+__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_figure", "check_folder", "check_model", "check_onnx",
            "check_own_report", "check_report", "check_runtimes", "onnx_weights_sha256", "other_weights", "report_record"]

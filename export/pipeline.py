@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aperture_zoo.catalog import refuse_published_folder
 from aperture_zoo.filesets import move_in, staged
 from aperture_zoo.model import ResNet
 from aperture_zoo.progress import MessageProgress, SilentProgress, StepProgress
@@ -33,6 +34,7 @@ from .runtime import Provider, check_provider, parse_cuda_options
 from .validate import DEFAULT_VAL_IMAGES, ValidationReport, report_path, validate
 
 FAILED_TAG = "FAILED"
+_BESIDE = "an export of other weights would sit beside them"
 
 
 @dataclass
@@ -165,6 +167,7 @@ def export_model(
                  test_split=dataset.test if dataset is not None else None) if run_validation else None
     if stage is not None:
         return _onnx_set(model, stage, out, reporter, check, **args)
+    refuse_published_folder(out, weights_sha256 or state_dict_sha256(model), _BESIDE)
     with staged(out) as own_stage:  # nothing reaches ``out`` until the whole set is written and judged
         result = _onnx_set(model, own_stage, out, reporter, check, **args)
         return _move_in(result, own_stage, out)
@@ -361,6 +364,7 @@ def export_formats(
                        exporter=onnx_options.get("exporter", "dynamo"))
         parse_cuda_options(onnx_options.get("cuda_options"))
     out, sha = Path(out_dir), weights_sha256 or state_dict_sha256(model)
+    refuse_published_folder(out, sha, _BESIDE)
     with staged(out) as stage:  # one set, every format: nothing reaches ``out`` until all are written and judged
         result = ExportResult()
         if "onnx" in precisions:

@@ -75,12 +75,18 @@ def test_demo_copies_follow_their_source(published: dict, tmp_path: Path) -> Non
 
 
 def test_a_published_file_changed_on_disk_is_exported_again(published: dict) -> None:
+    """Once the changed file is out of the way: it is not what the demo wrote, so it is never replaced
+    unasked (nothing is lost: it may be the user's own export copied there)."""
     out = published["out"]
     manifest = json.loads((out / demo.MANIFEST).read_text())
     assert all(f["sha256"] for f in manifest["models"][0]["files"])  # each file records its bytes
     to_onnx(_tiny(5), out / "resnet10.fp16.onnx", exporter="legacy")  # replaced behind the demo's back
+    with pytest.raises(demo.DemoError, match="resnet10.fp16.onnx is not a file the demo wrote"):
+        demo.prepare_models(out, ["resnet10"])
+    assert published["exports"] == ["resnet10", "resnet10"]  # the refused try (refused before its export ran)
+    (out / "resnet10.fp16.onnx").unlink()
     demo.prepare_models(out, ["resnet10"])
-    assert published["exports"] == ["resnet10", "resnet10"]
+    assert published["exports"] == ["resnet10"] * 3 and (out / "resnet10.fp16.onnx").is_file()
 
 
 # ------------------------------------------------------------------------------------ the server

@@ -277,24 +277,30 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
 
     The weights are named by their SHA-256, so a report always says which file it measured.
     """
+    import hashlib
     import json
 
+    from aperture_zoo.catalog import refuse_published_folder
     from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, RELIABILITY_FILENAME, atomic_write_text
     from aperture_zoo.files import file_sha256
 
     from .plots import plot_confusion, plot_reliability
 
     out = Path(out_dir)
+    sha = file_sha256(weights_file)
+    refuse_published_folder(out, sha, "an eval.json and figures of other weights would sit beside them")
     report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
-              "weights_sha256": file_sha256(weights_file),
+              "weights_sha256": sha,
               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
-    atomic_write_text(out / EVAL_FILENAME, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    made_from = {"weights_sha256": sha, "eval_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    atomic_write_text(out / EVAL_FILENAME, text)
     plot_confusion(result.confusion, result.classes, out / CONFUSION_FILENAME,
-                   title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)")
+                   title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)", made_from=made_from)
     if "reliability" in result.extra:
         e = result.extra
         title = (f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
                  f"({result.num_images} images)" if "ece_calibrated" in e else
                  f"{model_name}: ECE {100 * e['ece']:.2f}%, no calibrator ({result.num_images} images)")
-        plot_reliability(e["reliability"], out / RELIABILITY_FILENAME, title=title)
+        plot_reliability(e["reliability"], out / RELIABILITY_FILENAME, title=title, made_from=made_from)
     return report

@@ -18,7 +18,8 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "",
+                made_from: dict[str, str] | None = None) -> Path:
     """Loss and top-1 against epoch, train and test (and validation when held out)."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -36,11 +37,12 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
         ax.legend()
     if title:
         fig.suptitle(title)
-    return save_figure(plt, fig, path)
+    return save_figure(plt, fig, path, made_from)
 
 
 def plot_confusion(
-    confusion: list[list[int]], classes: tuple[str, ...] | list[str], path: str | os.PathLike[str], title: str = ""
+    confusion: list[list[int]], classes: tuple[str, ...] | list[str], path: str | os.PathLike[str], title: str = "",
+    made_from: dict[str, str] | None = None,
 ) -> Path:
     """Row-normalised confusion matrix with the counts written in each cell."""
     plt = _pyplot()
@@ -62,20 +64,28 @@ def plot_confusion(
             ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if frac[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return save_figure(plt, fig, path)
+    return save_figure(plt, fig, path, made_from)
 
 
-def save_figure(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as a PNG through ``atomic_path`` and free it."""
+def save_figure(plt: Any, fig: Any, path: str | os.PathLike[str], made_from: dict[str, str] | None = None) -> Path:
+    """Write ``fig`` as a PNG through ``atomic_path`` and free it.
+
+    ``made_from`` (``{"weights_sha256": ..., "eval_sha256": ...}``) goes into the PNG's text chunks
+    (``files.FIGURE_KEY_PREFIX``): a figure copied beside other weights is refused by its record
+    (``provenance.check_figure``), as eval.json is, not trusted for its name."""
+    from aperture_zoo.files import FIGURE_KEY_PREFIX
+
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # the temporary name has no .png suffix to go by
+    metadata = {FIGURE_KEY_PREFIX + k: v for k, v in (made_from or {}).items()}
+    with atomic_path(path) as tmp:  # the temporary name has no .png suffix to go by
+        fig.savefig(tmp, dpi=100, format="png", metadata=metadata)
     plt.close(fig)
     return path
 
 
-def plot_reliability(bins: dict[str, dict[str, list[float]]], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_reliability(bins: dict[str, dict[str, list[float]]], path: str | os.PathLike[str], title: str = "",
+                     made_from: dict[str, str] | None = None) -> Path:
     """Reliability diagram: accuracy against confidence per bin, one panel per set of probabilities.
 
     ``bins``: ``{"uncalibrated": reliability_bins(...), "temperature": ..., "calibrated": ...}``. A calibrated model's
@@ -96,4 +106,4 @@ def plot_reliability(bins: dict[str, dict[str, list[float]]], path: str | os.Pat
         ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(plt, fig, path)
+    return save_figure(plt, fig, path, made_from)

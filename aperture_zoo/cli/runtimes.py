@@ -68,6 +68,11 @@ def runtimes_cmd(
         if record and onnx_dir is None:
             raise ExportError("--record writes into existing files; pass them with --onnx-dir")
         model, sha = _load_model(name, weights, pretrained, random_init)
+        if out is not None:  # before the matrix runs: a published folder takes no other weights' matrix
+            from aperture_zoo.catalog import refuse_published_folder
+
+            refuse_published_folder(out.parent, sha, "a runtime matrix of other weights would sit beside them",
+                                    fix="Write it elsewhere with --out FILE")
         files, others, stem = None, {}, model.spec.name  # export names its files after the architecture
         if onnx_dir is not None:
             others = {row: f for row, f in format_files_in(onnx_dir, stem).items() if row in chosen}

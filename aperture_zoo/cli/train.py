@@ -209,6 +209,11 @@ def eval_cmd(
 
             raise EvalError(f"--corruption-images must be at least 1 test image, got {corruption_images}")
         model, used, used_sha256 = model_for_command(name, weights, pretrained)
+        ref = weights if weights is not None else name if names_weights(name) else None
+        out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
+        from aperture_zoo.catalog import refuse_published_folder
+
+        refuse_published_folder(out_dir, used_sha256, "an eval.json and figures of other weights would sit beside them")
         dev = resolve_device(device)
         from aperture_zoo.datasets import dataset_for_weights
         from aperture_zoo.weights import decode_metadata
@@ -226,8 +231,6 @@ def eval_cmd(
                 result.extra["corruptions"] = evaluate_corruptions(
                     model, split, chosen, max_images=corruption_images, batch_size=batch_size, device=dev, tta=tta,
                     on_step=lambda m: status.update(safe(f"evaluating {name} on {m}")))
-        ref = weights if weights is not None else name if names_weights(name) else None
-        out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
         report = write_eval_report(result, out_dir, model.spec.name, ref, used)
         if write_temperature is not None:
             _write_temperature(result, used, used_sha256, write_temperature)
