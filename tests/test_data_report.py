@@ -250,6 +250,21 @@ def test_a_moved_folder_resumes_with_dataset_when_its_content_is_the_same(tmp_pa
     assert record["dataset_moves"][-1]["to"] == record["dataset"]
 
 
+@pytest.mark.parametrize("swap", ["checkpoint.safetensors", "run.json"])
+def test_resume_refuses_a_checkpoint_or_run_json_of_another_run(tmp_path: Path, swap: str) -> None:
+    """Regression (fourth hostile try, N1/N2): another run's checkpoint copied in resumed with exit 0 (a card then
+    named a seed that does not reproduce the weights); one with another head size was a size-mismatch traceback."""
+    root = write_folder(tmp_path / "d", 12)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
+    assert _train(tmp_path, root, "--out", str(b), "--time-budget", "0.001", "--seed", "1").exit_code == 75
+    shutil.copyfile(b / swap, a / swap)
+    again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
+    assert again.exit_code == 2 and "Traceback" not in again.output, again.output
+    assert "its checkpoint.safetensors was written by another run than the one its run.json describes (run id" in \
+        " ".join(again.output.split()), again.output
+
+
 def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 90)  # 270 images: 216 to train, of which 22 validate by default
     run = tmp_path / "run"

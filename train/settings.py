@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,7 @@ def resolve_run(cfg: TrainConfig) -> Run:
             "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
             "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0, **_how_it_runs(cfg),
+            "run_id": uuid.uuid4().hex,  # every checkpoint carries it: a checkpoint of another run is refused
         }
         recipe = cfg.recipe or (FINETUNE if cfg.init is not None else FAST)
         return Run(spec, recipe.validate(), record)  # the folder is claimed later, on rank 0
@@ -198,11 +200,36 @@ def resolve_run(cfg: TrainConfig) -> Run:
             folder.path, run.recipe, run.record)
     was = _check_same_run(cfg, run)
     run.ckpt = load_checkpoint(folder.checkpoint)
+    _check_own_checkpoint(run)
     if was is not None:  # resumed with a lower lr: run.json keeps every change and where it began
         info = run.ckpt["info"]
         change = {"epoch": int(info["epoch"]), "step": int(info["step"]), "lr": run.recipe.lr, "was": was}
         run.record = {**run.record, "lr_changes": [*run.record.get("lr_changes", []), change]}
     return run
+
+
+def _check_own_checkpoint(run: Run) -> None:
+    """Refuse a checkpoint that another run wrote (copied into this folder, or this folder's run.json replaced).
+
+    Resumed, it would continue other weights under this run's settings and seed (exit 0, and a card
+    that names a seed which does not reproduce them), or crash on a head of another size.
+    """
+    info, saved, ckpt = run.ckpt["info"], run.record, run.ckpt  # type: ignore[index]
+    differ = []
+    if info.get("run_id") is not None and info.get("run_id") != saved.get("run_id"):
+        differ.append("run id")
+    if "arch" in info and info["arch"] != saved.get("arch"):
+        differ.append("architecture")
+    if "seed" in info and str(info["seed"]) != str(saved.get("seed")):
+        differ.append(f"seed {info['seed']} vs {saved.get('seed')}")
+    fc = ckpt["model"].get("fc.weight")
+    if fc is not None and fc.shape[0] != run.spec.num_classes:
+        differ.append(f"{fc.shape[0]} classes vs {run.spec.num_classes}")
+    if differ:
+        raise CheckpointError(
+            f"cannot resume {str(run.resume_dir)!r}: its checkpoint.safetensors was written by another run than "
+            f"the one its run.json describes ({', '.join(differ)}); put back this run's own checkpoint and run.json, "
+            "or start a new run")
 
 
 def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
