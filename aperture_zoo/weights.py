@@ -352,8 +352,10 @@ def _adopt_file_facts(model: ResNet, meta: dict[str, str], head_from_file: bool)
     from .labels import data_fields_from_metadata
 
     fields = data_fields_from_metadata(meta, model.spec.num_classes)
-    if not head_from_file:  # a fresh head: the file's classes are not this model's
+    if not head_from_file:  # a fresh head: the file's classes are not this model's, nor CIFAR-10's by default
         fields.pop("class_names", None)
+        if model.spec.class_names is None and model.spec.num_classes > 0:
+            fields["class_names"] = tuple(f"class_{i}" for i in range(model.spec.num_classes))
     if fields:
         model.spec = model.spec.replace(**fields)
 

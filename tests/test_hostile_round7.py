@@ -80,6 +80,8 @@ def test_a_fresh_head_on_a_file_with_its_own_calibrator_takes_none_of_it(tmp_pat
     assert fresh.spec.label_names == ("class_0", "class_1", "class_2")
     saved = read_metadata(save_weights(fresh, tmp_path / "fresh.safetensors"))
     assert not {"temperature", "calibrator", "dataset", "data"} & set(saved), saved  # the head was trained on none
+    ten = aperture_zoo.load(str(path), num_classes=10)  # fourth try, N5: a fresh 10-class head was named airplane..truck
+    assert ten.spec.label_names == tuple(f"class_{i}" for i in range(10))
 
 
 # --------------------------------------------------------------------------- F5: a features model
