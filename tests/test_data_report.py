@@ -265,6 +265,19 @@ def test_resume_refuses_a_checkpoint_or_run_json_of_another_run(tmp_path: Path, 
         " ".join(again.output.split()), again.output
 
 
+def test_init_from_a_narrower_network_of_the_same_name_advises_arch(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, N4): the advice repeated the command just run; it now names the --arch that fits."""
+    root = write_folder(tmp_path / "d", 12)
+    assert _train(tmp_path, root, "--out", str(tmp_path / "a")).exit_code == 0
+    init = str(tmp_path / "a" / "model.safetensors")
+    base = ["train", "resnet10", "--dataset", str(root), "--device", "cpu", "--no-progress", "--set", "epochs=1"]
+    refused = CliRunner().invoke(app, [*base, "--init", init, "--out", str(tmp_path / "b")])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and f"aperture train resnet10 --arch channels=8,8,8,8 --init {init}" in text, text
+    done = CliRunner().invoke(app, [*base, "--arch", "channels=8,8,8,8", "--init", init, "--out", str(tmp_path / "c")])
+    assert done.exit_code == 0, done.output
+
+
 def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 90)  # 270 images: 216 to train, of which 22 validate by default
     run = tmp_path / "run"

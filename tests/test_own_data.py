@@ -342,7 +342,7 @@ def test_scratch_records_folder_stats_and_freeze_trains_the_head_only(tmp_path: 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--init", "resnet22.fast"], "holds resnet22 weights, which do not fit resnet10"),
+    (["--init", "resnet22.fast"], "holds resnet22 weights of another shape (blocks [3, 2, 3, 2] vs [1, 1, 1, 1], channels"),
     (["--init", "PICKLE"], "is a PyTorch pickle checkpoint"),
     (["--freeze-backbone"], "add --init"),
     (["--test-split", "1.5"], "--test-split must be a fraction"),

@@ -61,11 +61,15 @@ def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
     ours = {k: v for k, v in spec.arch_dict().items() if k not in ("name", "num_classes")}
     theirs = {k: v for k, v in source.arch_dict().items() if k not in ("name", "num_classes")}
     if ours != theirs:
-        raise InitError(
-            f"--init {text!r} holds {source.name} weights, which do not fit {spec.name}; train {source.name} "
-            f"from it (`aperture train {source.name} --init {text}`), or pick {spec.name} weights "
-            f"(e.g. --init {spec.name}.fast)"
-        )
+        keys = [k for k in ours if ours.get(k) != theirs.get(k)]
+        differ = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in keys)
+        # the same name with another width or depth: the fix is --arch, not the name (the advice was the command just run)
+        arch = " ".join(f"--arch {k}=" + ",".join(map(str, v)) if isinstance(v, (list, tuple)) else f"--arch {k}={v}"
+                        for k, v in ((k, theirs.get(k)) for k in keys))
+        fix = (f"train {source.name} with its shape (`aperture train {source.name} {arch} --init {text}`)"
+               if source.name == spec.name else f"train {source.name} from it (`aperture train {source.name} --init {text}`)")
+        raise InitError(f"--init {text!r} holds {source.name} weights of another shape ({differ}), which do not fit "
+                        f"this {spec.name}; {fix}, or pick {spec.name} weights (e.g. --init {spec.name}.fast)")
     return InitSource(text, path, file_sha256(path), source)
 
 
