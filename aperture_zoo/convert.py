@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,13 +30,16 @@ def _unpickler_reason(exc: BaseException) -> str:
     return first.rstrip(".")
 
 
-def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str) -> Path:
+def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], name: str,
+                       **overrides: Any) -> Path:
     """A PyTorch pickle checkpoint of ``name`` as a checked safetensors file.
 
     Only for files you trust: it unpickles with ``torch.load(weights_only=True)``, which refuses
     anything but tensors and plain containers (a pickled whole model, like a ``DataParallel``
     object, is refused: save its ``state_dict()`` first). Nested ``state_dict``/``model`` entries
     and DataParallel's ``module.`` prefixes are unwrapped; keys and shapes are checked strictly.
+    ``overrides`` (``num_classes``, ``channels``, ``blocks``, as ``create_model`` takes them) describe a
+    fine-tune's head or a derived shape.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists():
@@ -57,9 +61,15 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{str(src)!r} holds no state dict of tensors; save one with torch.save(model.state_dict(), PATH)")
     tensors = {k.removeprefix("module."): v for k, v in obj.items()}
-    model = create_model(name)
+    model = create_model(name, **overrides)
     problems = describe_mismatch(model, tensors)
     if problems:
-        raise WeightsError(f"{str(src)!r} does not match {name}: " + "; ".join(problems))
+        fc = tensors.get("fc.weight")
+        hint = (f"; a fine-tune for {fc.shape[0]} classes? add --num-classes {fc.shape[0]}"
+                if fc is not None and fc.ndim == 2 and fc.shape[0] != model.spec.num_classes else "")
+        text = "; ".join(problems)
+        if "the tensors fit" not in text:  # no published shape fits them: a fine-tune's head or a derived shape
+            text += hint + "; a derived shape takes --arch as `aperture train` does (e.g. --arch channels=32,64,128,256)"
+        raise WeightsError(f"{str(src)!r} does not match {name}: {text}")
     model.load_state_dict(tensors)
     return save_weights(model, dst, {"converted_from": src.name})

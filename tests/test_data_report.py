@@ -278,6 +278,26 @@ def test_init_from_a_narrower_network_of_the_same_name_advises_arch(tmp_path: Pa
     assert done.exit_code == 0, done.output
 
 
+def test_convert_takes_a_fine_tunes_head_and_a_derived_shape(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, N3): a 2-class or narrower checkpoint could not be converted, and the
+    error named no fix."""
+    import torch
+
+    import aperture_zoo
+    from aperture_zoo.model import create_model
+
+    torch.save(create_model("resnet10", num_classes=2, channels=(8, 8, 8, 8)).state_dict(), tmp_path / "ft.pth")
+    refused = CliRunner().invoke(app, ["convert", str(tmp_path / "ft.pth"), str(tmp_path / "a.safetensors"), "--model",
+                                       "resnet10"])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "add --num-classes 2" in text and "--arch" in text, text
+    done = CliRunner().invoke(app, ["convert", str(tmp_path / "ft.pth"), str(tmp_path / "b.safetensors"), "--model",
+                                    "resnet10", "--num-classes", "2", "--arch", "channels=8,8,8,8"])
+    assert done.exit_code == 0, done.output
+    model = aperture_zoo.load(str(tmp_path / "b.safetensors"))
+    assert model.spec.num_classes == 2 and tuple(model.spec.channels) == (8, 8, 8, 8)
+
+
 def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folder(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 90)  # 270 images: 216 to train, of which 22 validate by default
     run = tmp_path / "run"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -194,12 +195,16 @@ def convert_cmd(
     checkpoint: Path = typer.Argument(..., help="A PyTorch .pth/.pt checkpoint you trust."),
     out: Path = typer.Argument(..., help="Where to write model.safetensors."),
     model: str = typer.Option(..., "--model", "-m", help="Architecture it holds, e.g. resnet22."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of its head (a fine-tune's; default 10)."),
+    arch: list[str] = typer.Option([], "--arch", help="A derived shape, as `aperture train --arch` takes it (channels=..., blocks=...)."),
 ) -> None:
     """Convert a trusted pickle checkpoint to checked safetensors (the only weights format loaded)."""
     from aperture_zoo.registry import get_spec
     from aperture_zoo.convert import convert_checkpoint
+    from aperture_zoo.train.options import parse_arch
 
     with user_errors():
         get_spec(model)
-        path = convert_checkpoint(checkpoint, out, model)
+        overrides = {**parse_arch(arch), **({"num_classes": num_classes} if num_classes is not None else {})}
+        path = convert_checkpoint(checkpoint, out, model, **overrides)
     console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
