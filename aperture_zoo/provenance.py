@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApertureError
-from .files import (CURVES_FILENAME, EVAL_FILENAME, FIGURE_FILES, FIGURE_KEY_PREFIX, MODEL_SUFFIXES, ONNX_SUFFIX, REPORT_SUFFIX, RUNTIMES_FILENAME, judged_file,
-                    model_exists, model_sha256, read_json, report_name)
+from .files import (CURVES_FILENAME, EVAL_FILENAME, FIGURE_FILES, FIGURE_KEY_PREFIX, MODEL_SUFFIXES, ONNX_SUFFIX,
+                    REPORT_SUFFIX, RUNTIMES_FILENAME, judged_file, model_exists, model_sha256, read_json, report_name)
 
 
 class StaleFileError(ApertureError, ValueError):
@@ -260,5 +260,5 @@ def report_record(onnx_file: str | os.PathLike[str], weights_sha256: str) -> dic
     return {"onnx_sha256": model_sha256(onnx_file), "weights_sha256": weights_sha256}
 
 
-__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_figure", "check_folder", "check_model", "check_onnx",
-           "check_own_report", "check_report", "check_runtimes", "onnx_weights_sha256", "other_weights", "report_record"]
+__all__ = ["CheckedFolder", "StaleFileError", "check_eval", "check_figure", "check_folder", "check_model",
+           "check_onnx", "check_own_report", "check_report", "check_runtimes", "onnx_weights_sha256", "other_weights", "report_record"]
