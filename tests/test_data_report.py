@@ -261,8 +261,26 @@ def test_resume_refuses_a_checkpoint_or_run_json_of_another_run(tmp_path: Path, 
     shutil.copyfile(b / swap, a / swap)
     again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
     assert again.exit_code == 2 and "Traceback" not in again.output, again.output
-    assert "its checkpoint.safetensors was written by another run than the one its run.json describes (run id" in \
-        " ".join(again.output.split()), again.output
+    assert "its checkpoint.safetensors was written by another run than the one its run.json and recipe.json " \
+        "describe (run id" in " ".join(again.output.split()), again.output
+
+
+def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): another run's recipe.json alone copied in resumed this run's
+    checkpoint under the other recipe (exit 0); the checkpoint now records the recipe it was trained with."""
+    root = write_folder(tmp_path / "d", 12)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
+    assert _train(tmp_path, root, "--out", str(b), "--time-budget", "0.001", "--set", "epochs=3",
+                  "--set", "label_smoothing=0.0").exit_code == 75
+    own = (a / "recipe.json").read_bytes()
+    shutil.copyfile(b / "recipe.json", a / "recipe.json")
+    again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "describe (recipe)" in text, text
+    (a / "recipe.json").write_bytes(own)
+    done = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", "--lr", "0.001"])
+    assert done.exit_code == 0, done.output  # a lower lr stays the one change a resume may make
 
 
 def test_init_from_a_narrower_network_of_the_same_name_advises_arch(tmp_path: Path) -> None:
