@@ -389,6 +389,7 @@ def with_record_calibration(model: ResNet, loaded: Loaded) -> ResNet:
 
         record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)
         if record is not None:
-            model.calibrator, model.calibrator_tta = record.calibrator, record.calibrator_tta
+            model.calibrator, model.calibrator_tta = (c and c.for_head(model.spec.num_classes)
+                                                      for c in (record.calibrator, record.calibrator_tta))
             model.temperature = record.temperature
     return model

@@ -376,6 +376,9 @@ def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
         model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "
                                     "calibrators: its probabilities use that one temperature; retrain or re-fit to "
                                     "get the calibrator chosen by held-out NLL")
+    for name in ("calibrator", "calibrator_tta"):  # bound to this head: handed to another model, refused
+        if getattr(model, name, None) is not None:
+            setattr(model, name, getattr(model, name).for_head(model.spec.num_classes))
 
 
 def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,

@@ -309,3 +309,25 @@ def test_predict_says_uncalibrated_once_per_run_and_notices_once(run: FolderRun,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         predict_proba(model, torch.zeros(1, 3, 32, 32))  # said once per model
+
+
+def test_a_calibrator_of_another_head_is_refused(run: FolderRun) -> None:
+    """Regression (fourth hostile try, low): a calibrator handed to predict_proba by hand was applied to a head of
+    another size (its features and knots are those of its own head): plausible, wrong probabilities."""
+    from aperture_zoo import load, predict_proba
+    from aperture_zoo.calibration import fit_calibrator
+    from aperture_zoo.calibrators import CalibratorError
+
+    own, published = load("resnet10", weights=run.weights), load("resnet10", pretrained=True)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(CalibratorError, match="fitted on 10-class logits, not 3-class ones"):
+        predict_proba(own, x, calibrator=published.calibrator)
+    with pytest.raises(CalibratorError, match="fitted on 3-class logits, not 10-class ones"):
+        predict_proba(published, x, calibrator=own.calibrator)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 10)) * 3
+    fitted = fit_calibrator(z, np.where(rng.random(300) < 0.8, z.argmax(1), rng.integers(0, 10, 300)))
+    with pytest.raises(CalibratorError, match="fitted on 10-class logits"):
+        predict_proba(own, x, calibrator=fitted)
+    torch.testing.assert_close(predict_proba(published, x, calibrator=fitted).sum(1), torch.ones(2))
+    torch.testing.assert_close(predict_proba(own, x, calibrator=own.calibrator), predict_proba(own, x))
