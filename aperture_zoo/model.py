@@ -119,8 +119,7 @@ class ResNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise InputShapeError(
                 f"{self.spec.name} expects a batch of images shaped N x {' x '.join(map(str, expected))} "
-                f"(float, normalised), got {tuple(x.shape)}. Add a batch dimension with "
-                "x.unsqueeze(0), or resize images to 32x32."
+                f"(float, normalised), got {tuple(x.shape)}. {_shape_fix(tuple(x.shape), expected)}"
             )
         if not x.is_floating_point():
             raise InputShapeError(
@@ -128,6 +127,20 @@ class ResNet(nn.Module):
                 f"dtype {x.dtype}. Convert raw pixels first: ((x.float() / 255) - mean) / std with "
                 "mean/std from model.spec."
             )
+
+
+def _shape_fix(shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    """The one change that makes ``shape`` fit, so the hint never suggests a fix that cannot work."""
+    c, h, w = expected
+    size = f"{h}x{w}"
+    if len(shape) == 3 and shape == expected:
+        return "Add a batch dimension with x.unsqueeze(0)."
+    if len(shape) == 4 and shape[1:] == (h, w, c):
+        return "These are channels-last (N x H x W x C): use x.permute(0, 3, 1, 2)."
+    if len(shape) == 3 and shape == (h, w, c):
+        return "This is one channels-last image (H x W x C): use x.permute(2, 0, 1).unsqueeze(0)."
+    return (f"Resize images to {size} with {c} channels first (aperture_zoo.preprocess takes paths, pillow "
+            "images or uint8 arrays of any size and does it).")
 
 
 @contextmanager
