@@ -137,6 +137,25 @@ def test_the_report_names_ignored_unreadable_and_duplicate_files(tmp_path: Path)
     assert len(ds.train) + len(ds.test) == 12  # the copy is used once
 
 
+def test_images_through_links_out_of_the_folder_are_used_and_named(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): symlinks out of the dataset were followed without a word; they are
+    still followed (datasets assembled from links are common) and the report names each such image."""
+    root = write_folder(tmp_path / "d", 4)
+    elsewhere = write_folder(tmp_path / "elsewhere", 2, seed=3)
+    (root / "bird" / "far.png").symlink_to(elsewhere / "bird" / "0000.png")
+    (root / "bird" / "near.png").symlink_to(root / "bird" / "0001.png")  # inside (a copy, dropped): not named
+    (root / "automobile" / "more").symlink_to(elsewhere / "automobile", target_is_directory=True)
+    report = folder_report(root)
+    outside = dict(report.linked_outside)
+    assert set(outside) == {"bird/far.png", "automobile/more/0000.png", "automobile/more/0001.png"}
+    assert outside["bird/far.png"] == str((elsewhere / "bird" / "0000.png").resolve())
+    assert report.classes["automobile"] == {"images": 6}
+    assert "3 images read through symlinks that lead outside the folder (used as part of it)" in "\n".join(report.lines())
+    assert report.to_dict()["linked_outside_count"] == 3
+    plain = folder_report(write_folder(tmp_path / "plain", 2))
+    assert plain.linked_outside == [] and "symlinks" not in "\n".join(plain.lines())
+
+
 def test_copies_in_two_classes_are_refused_naming_them(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", 3)
     shutil.copy(root / "bird" / "0001.png", root / "airplane" / "x.png")
