@@ -369,3 +369,25 @@ def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folde
     assert meta["data"]["manifest_sha256"] == data["manifest_sha256"]
     assert "split" not in meta["data"] and "manifest" not in meta["data"]  # file lists stay in run.json
 
+
+
+def test_published_files_carry_no_path_of_the_training_machine(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): the weights (and so a card or Hub folder) recorded the absolute path of
+    the training folder and of the --init file; they now name the folder (``folder:NAME``) and the file only."""
+    from aperture_zoo.weights import read_metadata
+
+    root = write_folder(tmp_path / "private" / "cifar10", 12)  # a folder called like a built-in dataset
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run)).exit_code == 0
+    ft = tmp_path / "ft"
+    assert _train(tmp_path, root, "--out", str(ft), "--init", str(run / "model.safetensors")).exit_code == 0
+    card = CliRunner().invoke(app, ["card", "resnet10", "--run", str(ft), "--out", str(tmp_path / "card")])
+    assert card.exit_code == 0, card.output
+    meta = read_metadata(ft / "model.safetensors")
+    assert meta["dataset"] == "folder:cifar10" and json.loads(meta["data"])["dataset"] == "folder:cifar10"
+    assert json.loads(meta["init"])["ref"] == "model.safetensors" and "path" not in json.loads(meta["init"])
+    for f in [ft / "model.safetensors", *(tmp_path / "card").iterdir()]:
+        assert str(tmp_path).encode() not in f.read_bytes(), f
+    assert "cifar10 image folder" in (tmp_path / "card" / "README.md").read_text()  # the folder, not the built-in set
+    refused = CliRunner().invoke(app, ["eval", str(ft / "model.safetensors")])
+    assert refused.exit_code == 2 and "pass that folder with --dataset DIR" in " ".join(refused.output.split())
