@@ -275,6 +275,13 @@ def _source_spec(ref: str) -> ModelSpec:
         source = Source("file", str(user_path(ref.removeprefix(LOCAL_DIR_PREFIX)) / WEIGHTS_FILENAME), None)
     config = _config_of(source)
     if config is not None:
+        if source.kind == "file" and Path(source.location).is_file():  # the weights it describes are there: the
+            pin, digest = hub.recorded_sha256(config), file_sha256(source.location)  # same rule as loading them
+            if pin is not None and pin != digest:
+                raise WeightsError(f"{ref!r}: its {CONFIG_FILENAME} records SHA-256 {pin}, but the {WEIGHTS_FILENAME} "
+                                   f"beside it has {digest}: that config describes other weights, so the architecture "
+                                   "it gives may not be theirs. Put back the weights it was written for, or write the "
+                                   "folder again with `aperture card`")
         return spec_from_config(config, repr(ref))
     spec = spec_from_metadata(read_metadata(from_local_dir(ref, None)))
     if spec is None:

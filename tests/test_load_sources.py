@@ -133,6 +133,27 @@ def test_a_source_with_pretrained_false_builds_its_architecture_only(run: Folder
     assert load(f"local-dir:{run.card}").temperature is not None  # a source names a file: its weights by default
 
 
+def test_pretrained_false_refuses_a_config_of_other_weights(run: FolderRun, tmp_path: Path) -> None:
+    """Fourth hostile try (low): `load("local-dir:DIR", pretrained=False)` built the architecture of a config.json
+    that records other weights than the model.safetensors beside it (loading them was already refused)."""
+    import shutil
+
+    from aperture_zoo import load
+    from aperture_zoo.weights import WeightsError
+
+    folder = tmp_path / "card"
+    shutil.copytree(run.card, folder)
+    assert _facts(load(f"local-dir:{folder}", pretrained=False)) == run.spec  # its own weights beside it
+    random_file = tmp_path / "other.safetensors"
+    from hub_fixtures import random_weights
+
+    shutil.copy(random_weights(random_file, "resnet10", init_seed=3), folder / "model.safetensors")
+    with pytest.raises(WeightsError, match="that config describes other weights"):
+        load(f"local-dir:{folder}", pretrained=False)
+    (folder / "model.safetensors").unlink()  # no weights beside it: the config alone describes an architecture
+    assert _facts(load(f"local-dir:{folder}", pretrained=False)) == run.spec
+
+
 def _png(run: FolderRun) -> Path:
     return next((run.images / "kiwi").iterdir())
 
