@@ -125,6 +125,21 @@ def test_every_source_gives_the_files_own_facts(run: FolderRun, hub: HubServer, 
     assert not model.training
 
 
+@pytest.mark.parametrize("kind", ["path", "folder", "local-dir", "card local-dir"])
+def test_pretrained_false_is_the_architecture_alone_for_every_source(run: FolderRun, kind: str) -> None:
+    """Regression (fifth hostile try, F3): a path or run folder with pretrained=False loaded the trained weights
+    (local-dir: and hf-hub: gave the architecture alone, as the docstring says)."""
+    from safetensors.torch import load_file
+
+    from aperture_zoo import load
+
+    name, _ = SOURCES[kind](run)
+    model = load(name, pretrained=False)
+    trained = load_file(run.weights)
+    assert _facts(model) == run.spec and model.temperature is None
+    assert not torch.equal(model.state_dict()["conv1.weight"], trained["conv1.weight"])
+
+
 def test_a_source_with_pretrained_false_builds_its_architecture_only(run: FolderRun) -> None:
     from aperture_zoo import load
 
