@@ -182,11 +182,13 @@ def sample_order(name: str) -> list[str]:
 
 
 def sample_targets(names: list[str], per_module: int) -> list[str]:
-    """The mutants of each module's sample that have no verdict yet."""
+    """The mutants of each module's sample without a verdict yet, and its survivors (tests may have come since:
+    a kill stands until the code changes, as in a full run)."""
     out = []
     for name in names:
         codes = results(name)
-        out += [m for m in sample_order(name)[:per_module] if STATUS.get(codes.get(m)) == "not checked"]
+        out += [m for m in sample_order(name)[:per_module]
+                if STATUS.get(codes.get(m)) in ("not checked", "survived", "no tests")]
     return out
 
 
