@@ -236,6 +236,26 @@ def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch)
     assert not isinstance(info.value, PublishedWeightsUnavailableError)
 
 
+def test_a_fresh_interpreter_builds_the_published_calibrators_of_eval_json() -> None:
+    """The records are built when the catalog is first imported: in a new process, as a user's program
+    starts, each published calibrator (plain and flip-TTA) is the one its eval.json records."""
+    import subprocess
+    import sys
+
+    code = ("import json; from aperture_zoo.catalog import get_weights, list_pretrained; "
+            "print(json.dumps({t: [get_weights(t).calibrator.to_dict(), get_weights(t).calibrator_tta.to_dict()] "
+            "for t in list_pretrained()}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=MODEL_CARDS_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+    built = json.loads(proc.stdout)
+    assert sorted(built) == sorted(PUBLISHED)
+    for tag, (plain, tta) in built.items():
+        ev = json.loads((MODEL_CARDS_DIR / get_weights(tag).arch / "eval.json").read_text())
+        assert Calibrator.from_dict(plain) == Calibrator.from_dict(ev["calibrator"]), tag
+        assert Calibrator.from_dict(tta) == Calibrator.from_dict(ev["tta_calibration"]["calibrator"]), tag
+
+
 def test_a_records_transforms_normalise_with_its_own_models_mean_and_std(monkeypatch) -> None:
     """``Weights.transforms()`` of a registered record (a model trained with other statistics) uses that
     model's mean and std, not CIFAR-10's."""
