@@ -92,6 +92,47 @@ def _halves_with_different_temperatures() -> tuple[np.ndarray, np.ndarray, np.nd
     return logits, labels, a, b
 
 
+def test_calibration_under_shift_scores_corrupted_logits_with_the_clean_halves_fits() -> None:
+    """eval.json's ``calibration_under_shift``: each corrupted copy is scored with the calibrators fitted
+    on the clean images (each half with the other half's fit); the clean images themselves, passed as a
+    "corruption", give back the clean figures."""
+    from aperture_zoo.train.calibrate import logit_figures
+
+    logits, labels, a, b = _halves_with_different_temperatures()
+    dim = 0.3 * logits
+    out = logit_figures(logits, None, labels, torch.nn.Identity(), shifted={"copy": (logits, None), "dim": (dim, None)})
+    shift = out["calibration_under_shift"]
+    assert shift["fitted_on"] == f"clean test images ({out['calibrator_fitted_on']})"
+    copy, dimmed = shift["conditions"]["copy"], shift["conditions"]["dim"]
+    assert copy["num_images"] == dimmed["num_images"] == len(labels)
+    assert copy["raw"]["ece"] == pytest.approx(out["ece"]) and copy["calibrator"]["nll"] == pytest.approx(out["nll_calibrated"])
+    assert copy["temperature"]["ece"] == pytest.approx(out["temperature_scaling"]["ece"])
+    t_a, t_b = out["temperature_scaling"]["halves"]  # fitted on clean half a, on clean half b
+    assert dimmed["temperature"]["ece"] == pytest.approx(np.mean([ece(softmax(dim[b], t_a), labels[b]),
+                                                                  ece(softmax(dim[a], t_b), labels[a])]))
+
+
+def test_eval_prints_the_calibration_figures_it_measured_and_why_none_was_fitted() -> None:
+    """The printed line is eval.json's figures (ECE in %, NLL, Brier), and says why no calibrator was fitted;
+    an eval.json from before calibrators (one temperature) prints its temperature's figures."""
+    from aperture_zoo.calibration import MIN_HALF
+    from aperture_zoo.train.calibrate import logit_figures
+    from aperture_zoo.train.evaluate import format_robustness
+
+    logits, labels, _, _ = _halves_with_different_temperatures()
+    few = np.concatenate([np.flatnonzero(labels == c)[:3] for c in range(10)])  # 30 images: too few to cross-fit
+    out = logit_figures(logits[few], None, labels[few], torch.nn.Identity())
+    p = softmax(logits[few])
+    assert format_robustness(out) == [
+        f"calibration (15-bin ECE / NLL / Brier): {100 * ece(p, labels[few]):.2f}% / {nll(logits[few], labels[few]):.4f} / "
+        f"{brier(p, labels[few]):.4f}; no calibrator: not fitted: too few images to cross-fit a calibrator (each half "
+        f"needs at least {MIN_HALF})"]
+    old = {"ece": 0.0512, "nll": 0.41234, "brier": 0.2, "ece_calibrated": 0.01, "nll_calibrated": 0.3,
+           "brier_calibrated": 0.15, "temperature": 1.23456, "temperature_fitted_on": "validation split"}
+    assert format_robustness(old) == ["calibration (15-bin ECE / NLL / Brier): 5.12% / 0.4123 / 0.2000 -> with "
+                                      "temperature 1.2346: 1.00% / 0.3000 / 0.1500 (temperature validation split)"]
+
+
 def test_eval_reliability_and_tta_figures_score_each_half_with_the_other_halfs_fit() -> None:
     """eval.json's reliability bins and flip-TTA calibration are held out, like its ECE; the flip-TTA
     figures come from calibrators fitted on flip-averaged logits (what the --tta flip file carries)."""
