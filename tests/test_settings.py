@@ -71,3 +71,14 @@ def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path
             resolve_run(with_run_options(TrainConfig(resume=tmp_path, **asked)))
     with pytest.raises(CheckpointError, match="unreadable"):  # its own dataset passes, on to the (empty) checkpoint
         resolve_run(with_run_options(TrainConfig(resume=tmp_path, dataset="CIFAR10")))
+
+
+def test_a_cifar100_run_resumes_with_its_own_dataset_and_refuses_cifar10(tmp_path) -> None:
+    folder = RunDir(tmp_path)
+    new = resolve_run(with_run_options(TrainConfig(model=TINY, seed=2)))
+    folder.start(FAST, {**new.record, "dataset": "cifar100"})  # what a --dataset cifar100 run records
+    folder.checkpoint.write_bytes(b"")  # checked before the checkpoint is read
+    with pytest.raises(CheckpointError, match="--dataset cifar10: the run trains on cifar100. Drop --dataset"):
+        resolve_run(with_run_options(TrainConfig(resume=tmp_path, dataset="cifar10")))
+    with pytest.raises(CheckpointError, match="unreadable"):  # its own dataset passes, on to the (empty) checkpoint
+        resolve_run(with_run_options(TrainConfig(resume=tmp_path, dataset="CIFAR100")))
