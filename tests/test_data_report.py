@@ -339,16 +339,17 @@ def test_resume_refuses_an_option_that_changes_the_run_and_takes_the_recorded_va
                          (["--arch", "channels=16,16,16,16"], "--arch channels=8,8,8,8"),
                          (["resnet10", "--arch", "num_classes=5"], "--arch num_classes=3")):
         refused = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", *option])
-        text = " ".join(refused.output.split())
-        assert refused.exit_code == 2 and f"cannot resume {str(a)!r} with {' '.join(o for o in option if o != 'resnet10')}: " \
-            f"the run used {used}. Drop the option to continue it, or start a new run" in text, text
+        text, asked = " ".join(refused.output.split()), " ".join(o for o in option if o != "resnet10")
+        assert refused.exit_code == 2 and f"cannot resume {str(a)!r} with {asked}: the run used {used}. Drop the " \
+            "option to continue it, or start a new run" in text, text
     assert (a / "checkpoint.safetensors").read_bytes() == stopped  # nothing trained
     same = ["--test-split", "0.2", "--arch", "channels=8,8,8,8", "--arch", "num_classes=3"]
     assert CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", *same]).exit_code == 0
     init = a / "model.safetensors"
     tuned = ["--init", str(init), "--freeze-backbone"]
     assert _train(tmp_path, root, "--out", str(b), "--time-budget", "0.001", *tuned).exit_code == 75
-    other = CliRunner().invoke(app, ["train", "--resume", str(b), "--no-progress", "--init", str(a / "checkpoint.safetensors")])
+    other = CliRunner().invoke(app, ["train", "--resume", str(b), "--no-progress", "--init",
+                                     str(a / "checkpoint.safetensors")])  # other bytes than the run started from
     assert other.exit_code == 2 and f"the run used --init {init} (SHA-256 " in " ".join(other.output.split())
     done = CliRunner().invoke(app, ["train", "--resume", str(b), "--no-progress", *tuned])
     assert done.exit_code == 0, done.output
