@@ -271,6 +271,11 @@ def _source_spec(ref: str) -> ModelSpec:
     """The architecture an ``hf-hub:``/``local-dir:`` source describes: its config.json, else its weights' metadata."""
     if source_kind(ref) == "hub":
         source = _explicit_source(ref, None, None, None)
+    elif source_kind(ref) == "path":  # a weights file: its own metadata first, as loading it would
+        source = Source("file", str(user_path(ref)), None)
+        own = spec_from_metadata(read_metadata(source.location)) if Path(source.location).is_file() else None
+        if own is not None:
+            return own
     else:
         source = Source("file", str(user_path(ref.removeprefix(LOCAL_DIR_PREFIX)) / WEIGHTS_FILENAME), None)
     config = _config_of(source)
@@ -283,7 +288,7 @@ def _source_spec(ref: str) -> ModelSpec:
                                    "it gives may not be theirs. Put back the weights it was written for, or write the "
                                    "folder again with `aperture card`")
         return spec_from_config(config, repr(ref))
-    spec = spec_from_metadata(read_metadata(from_local_dir(ref, None)))
+    spec = spec_from_metadata(read_metadata(source.location if source_kind(ref) == "path" else from_local_dir(ref, None)))
     if spec is None:
         raise WeightsError(f"{ref!r} has no config.json and its weights carry no architecture")
     return spec
@@ -312,7 +317,7 @@ def load(
     """
     cards = Path(cards_dir) if cards_dir is not None else None
     kind = source_kind(name)
-    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and pretrained is False and weights is None:  # asked for
+    if kind != "name" and pretrained is False and weights is None:  # asked for: every source, one rule
         model = create_model(_source_spec(name), **overrides)  # type: ignore[arg-type]
     elif pretrained or weights is not None or "." in name or kind != "name":  # a tag or a path names weights
         model, _ = open_model(name, weights, cards_dir=cards, overrides=overrides)

@@ -72,6 +72,28 @@ def test_a_look_alike_folder_in_the_same_place_gets_its_own_pixels(tmp_path: Pat
     assert load_folder(place).from_cache  # unchanged content: the cache answers
 
 
+def test_a_file_written_between_hashing_and_decoding_never_reaches_the_cache(tmp_path: Path) -> None:
+    """Regression (fifth hostile try, F1): a file replaced after the scan hashed it and put back later was decoded
+    from the new bytes and cached under the old bytes' key: every later run got the wrong pixels. Each file is now
+    read once, and the bytes decoded are the bytes hashed."""
+    root = write_folder(tmp_path / "d", 4, ext="bmp", seed=1)
+    victim = root / "bird" / "0001.bmp"
+    original = victim.read_bytes()
+    white = write_folder(tmp_path / "w", 4, ext="bmp", seed=2) / "bird" / "0001.bmp"
+
+    def swap(_: str) -> None:  # called between the hashing and the decoding
+        victim.write_bytes(white.read_bytes())
+
+    with pytest.raises(FolderError, match="1 file in .* changed while being read .*'bird/0001.bmp'.*nothing was cached"):
+        load_folder(root, say=swap)
+    assert not list((tmp_path / "data-cache").rglob("*.npz"))
+    victim.write_bytes(original)  # put back: the content hashed before
+    first = load_folder(root)
+    assert not first.from_cache
+    fresh = load_folder(root, cache_dir=tmp_path / "fresh")
+    assert np.array_equal(first.images, fresh.images) and load_folder(root).from_cache
+
+
 def test_each_distinct_content_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import aperture_zoo.folder as folder
 
