@@ -157,6 +157,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     published = facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256
     return {
         "name": s.name, "report": REPORT, "dataset_label": escape_md(dataset_of(meta)[1]), "repo_id": facts.repo_id, "trained": facts.trained,
+        "builtin_data": dataset_of(meta)[0] == "cifar10",  # CIFAR-100 and folders: their own limitations lines
         "has_weights": facts.weights is not None, "sha256": _hex(facts.weights_sha256),
         "article": "An" if str(s.depth).startswith(("8", "11", "18")) else "A", "depth": s.depth,
         "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),
