@@ -41,7 +41,10 @@ def _card_data(facts: CardFacts) -> Any:
     """The card's YAML front matter (Hub metadata, model-index with the final-epoch accuracy)."""
     from huggingface_hub import EvalResult, ModelCardData
 
+    from .terminal import fragment
+
     key, label = dataset_of(facts.weights or {})
+    label = fragment(label)  # the YAML front matter too: control and bidi characters shown, not sent
     tags = ["image-classification", *([key] if key in ("cifar10", "cifar100") else []), "resnet", "pytorch",
             "safetensors", "aperture_zoo"]
     if facts.has_onnx:

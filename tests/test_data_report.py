@@ -504,3 +504,22 @@ def test_eval_refuses_to_split_a_folder_for_weights_that_record_no_manifest(tmp_
                                        "--out", str(tmp_path / "ev")])
     text = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "record no content manifest of the folder they were trained on" in text, text
+
+
+def test_a_dataset_name_with_bidi_characters_is_shown_escaped_in_the_card_front_matter(tmp_path: Path) -> None:
+    """Round 6, L4: weights metadata (anyone's text) put a raw U+202E into the card's YAML front matter."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root = write_folder(tmp_path / "d", 12)
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run), "--set", "epochs=1").exit_code == 0
+    with safe_open(run / "model.safetensors", "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["dataset"] = "folder:evil\u202egnp.exe"
+    save_file(tensors, tmp_path / "w" / "model.safetensors" if (tmp_path / "w").mkdir() is None else None, metadata=meta)
+    made = CliRunner().invoke(app, ["card", "resnet10", "--weights", str(tmp_path / "w" / "model.safetensors"),
+                                    "--out", str(tmp_path / "card")])
+    assert made.exit_code == 0, made.output
+    readme = (tmp_path / "card" / "README.md").read_text()
+    assert "\u202e" not in readme and "evil\\u202egnp.exe image folder" in readme
