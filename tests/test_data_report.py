@@ -517,7 +517,8 @@ def test_a_dataset_name_with_bidi_characters_is_shown_escaped_in_the_card_front_
     with safe_open(run / "model.safetensors", "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     meta["dataset"] = "folder:evil\u202egnp.exe"
-    save_file(tensors, tmp_path / "w" / "model.safetensors" if (tmp_path / "w").mkdir() is None else None, metadata=meta)
+    (tmp_path / "w").mkdir()
+    save_file(tensors, tmp_path / "w" / "model.safetensors", metadata=meta)
     made = CliRunner().invoke(app, ["card", "resnet10", "--weights", str(tmp_path / "w" / "model.safetensors"),
                                     "--out", str(tmp_path / "card")])
     assert made.exit_code == 0, made.output
