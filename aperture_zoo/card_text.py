@@ -166,7 +166,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),
                              [(s.num_stages, str(tuple(s.blocks)), str(tuple(s.channels)), s.conv_kernel,
                                s.shortcut_kernel, s.pool_kernel)]),
-        "params": f"{facts.params:,}", "report_params": _fmt(s.report_params),
+        "params": f"{facts.params:,}", "report_params": _fmt(s.report_params), "report_params_known": s.report_params is not None,
         "params_match": "matches" if facts.params == s.report_params else "DIFFERS from",
         "flops": f"{facts.flops:,}", "macs": f"{facts.flops // 2:,}",
         "input_size": " x ".join(map(str, s.input_size)), "mean": list(s.mean), "std": list(s.std),

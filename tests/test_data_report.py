@@ -483,6 +483,7 @@ def test_published_files_carry_no_path_of_the_training_machine(tmp_path: Path) -
     assert "cifar10 image folder" in readme  # the folder, not the built-in set
     assert "Accuracy is measured on that folder's held-out test images" in readme  # round 6, N7
     assert "CIFAR-10 only" not in readme and "CIFAR-10 test set" not in readme
+    assert "count of —" not in readme and "counts resnet10 with its own widths and a 10-class head" in readme  # N6
     refused = CliRunner().invoke(app, ["eval", str(ft / "model.safetensors")])
     assert refused.exit_code == 2 and "pass that folder with --dataset DIR" in " ".join(refused.output.split())
 
