@@ -139,7 +139,7 @@ class _Problem:
         # a temperature or weight that ran off (every image at the clip, the NLL flat) is refused by the
         # record's own checks: the kind is then not chosen
         return Calibrator(self.kind, float(np.clip(np.exp(np.clip(log_t, *_LOG_T)), *T_RANGE)), power,
-                          tuple(zip(self.names, map(float, w))), fitted_on, self.knots, slopes)
+                          tuple(zip(self.names, map(float, w))), fitted_on, self.knots, slopes, self.d.shape[1])
 
 
 def fit_kind(kind: str, logits: Any, labels: Any, fitted_on: str = "") -> Calibrator:

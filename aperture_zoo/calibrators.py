@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApertureError
@@ -42,7 +42,8 @@ MAX_KNOTS = 16
 MAX_WEIGHT = 100.0
 # where the published weights' calibrators are fitted (they saw every training image)
 CROSS_FITTED = "cross-fitted on two stratified halves of the test set"
-RECORD_KEYS = ("kind", "temperature", "power", "weights", "knots", "slopes", "fitted_on")
+RECORD_KEYS = ("kind", "temperature", "power", "weights", "knots", "slopes", "fitted_on", "classes")
+MAX_CLASSES = 100_000
 MARGIN_FLOOR = 1e-6            # log_margin of tied top logits: log(1e-6) instead of -inf
 MAX_LOGIT = 3.4028234663852886e38   # float32's largest
 
@@ -107,6 +108,7 @@ class Calibrator:
     fitted_on: str = ""                           # where the parameters were fitted, said by cards
     knots: tuple[float, ...] = ()                 # spline kinds: where the slope changes (ascending, > 0)
     slopes: tuple[float, ...] = ()                # spline kinds: one per piece, len(knots) + 1
+    classes: int = field(default=0, compare=False)  # the head it belongs to (0: unknown); set when fitted or attached
 
     def __post_init__(self) -> None:
         where = f"the {self.kind!r} calibrator"
@@ -135,6 +137,9 @@ class Calibrator:
             raise CalibratorError(f"{where} has knots {list(knots)[:4]} and slopes {list(slopes)[:4]}; spline kinds need "
                                   f"1-{MAX_KNOTS} ascending knots above 0 and one slope in {SLOPE_RANGE} per piece, "
                                   "the others none; re-fit it")
+        if isinstance(self.classes, bool) or not isinstance(self.classes, int) or not 0 <= self.classes <= MAX_CLASSES:
+            raise CalibratorError(f"{where} records {self.classes!r} classes; it must be a whole number in "
+                                  f"0..{MAX_CLASSES}; re-fit it")
         object.__setattr__(self, "temperature", t)
         object.__setattr__(self, "power", power)
         object.__setattr__(self, "weights", tuple((n, float(w)) for n, w in self.weights))
@@ -158,7 +163,7 @@ class Calibrator:
         """T(x) per image (all equal for ``temperature`` and ``power``)."""
         import numpy as np
 
-        z = check_logits(logits)
+        z = self._logits(logits)
         log_t = np.full(len(z), math.log(self.temperature))
         if self.weights:
             f = features(z)
@@ -170,12 +175,22 @@ class Calibrator:
         """Calibrated probabilities, N x K float64; the top logit's class keeps the top probability."""
         import numpy as np
 
-        z = check_logits(logits)
+        z = self._logits(logits)
         e = np.exp(-self.gaps(z.max(axis=1, keepdims=True) - z) / self.temperatures(z)[:, None])  # top: exp(0) = 1
         return e / e.sum(axis=1, keepdims=True)
 
+    def _logits(self, logits: Any) -> np.ndarray:
+        """Checked logits of the head this calibrator was fitted for: its features and spline knots are
+        those of that many classes, so on another head it would answer plausible, wrong probabilities."""
+        z = check_logits(logits)
+        if self.classes and z.shape[1] != self.classes:
+            raise CalibratorError(f"this calibrator was fitted on {self.classes}-class logits, not {z.shape[1]}-class "
+                                  "ones: it belongs to another head; fit one on this model's held-out logits "
+                                  "(aperture_zoo.calibration.fit_calibrator)")
+        return z
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "temperature": self.temperature}
+        out: dict[str, Any] = {"kind": self.kind, "temperature": self.temperature}  # classes: the file's head says it
         if "power" in self.kind:
             out["power"] = self.power
         if self.weights:
@@ -199,7 +214,8 @@ class Calibrator:
             raise CalibratorError(f"{where} has a malformed kind, weights, knots, slopes or fitted_on; re-export or re-fit it")
         try:
             return cls(data.get("kind", "temperature"), data.get("temperature", 1.0), data.get("power", 1.0),
-                       tuple((str(k), v) for k, v in weights.items()), fitted_on, tuple(knots), tuple(slopes))
+                       tuple((str(k), v) for k, v in weights.items()), fitted_on, tuple(knots), tuple(slopes),
+                       data.get("classes", 0))
         except CalibratorError as exc:
             raise CalibratorError(f"{where}: {exc}") from None
 
@@ -208,7 +224,14 @@ class Calibrator:
         carry: the map moves by ~1e-8, far below any figure)."""
         r = lambda x: float(f"{x:.{digits}g}")  # noqa: E731
         return Calibrator(self.kind, r(self.temperature), r(self.power), tuple((n, r(w)) for n, w in self.weights),
-                          self.fitted_on, tuple(map(r, self.knots)), tuple(map(r, self.slopes)))
+                          self.fitted_on, tuple(map(r, self.knots)), tuple(map(r, self.slopes)), self.classes)
+
+    def for_head(self, classes: int) -> Calibrator:
+        """This calibrator bound to a head of ``classes`` (a model's own, as it is attached): handed to a
+        model with another head, it is refused instead of answering plausible, wrong probabilities."""
+        import dataclasses
+
+        return dataclasses.replace(self, classes=int(classes))
 
     def describe(self) -> str:
         """One line for cards, ``aperture list``/``predict`` and the page."""

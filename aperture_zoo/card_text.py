@@ -68,7 +68,8 @@ def dataset_of(meta: dict[str, Any]) -> tuple[str, str]:
     name = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
     if name in ("cifar10", "cifar100"):
         return name, {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
-    return "image-folder", f"{Path(name).name} image folder"  # raw text: the YAML takes it as data
+    folder = name.removeprefix("folder:") if name.startswith("folder:") else Path(name).name  # older files: a path
+    return "image-folder", f"{folder} image folder"  # raw text: the YAML takes it as data
 
 
 def _speed(ev: dict[str, Any]) -> str:

@@ -205,6 +205,22 @@ def refuse_published_folder(folder: str | os.PathLike[str], weights_sha256: str 
                     f"{what}. {fix}")
 
 
+def refuse_other_weights_folder(folder: str | os.PathLike[str], weights_sha256: str | None, what: str,
+                                fix: str = "Write it elsewhere with --out DIR") -> None:
+    """``refuse_published_folder``, and the same for any folder whose ``model.safetensors`` holds other
+    weights (another run's folder): its own eval.json or matrix would be replaced by one of other
+    weights, and the run's files would then describe a model they are not."""
+    from pathlib import Path
+
+    from .files import file_sha256
+
+    refuse_published_folder(folder, weights_sha256, what, fix=fix)
+    path = Path(folder) / WEIGHTS_FILENAME
+    if path.is_file() and file_sha256(path) != weights_sha256:
+        raise PublishedFolderError(f"{folder} holds other weights ({WEIGHTS_FILENAME}, SHA-256 "
+                                   f"{file_sha256(path)[:12]}..., not these {(weights_sha256 or 'random')[:12]}...); {what}. {fix}")
+
+
 def register_weights(weights: Weights, *, default: bool = False, overwrite: bool = False) -> Weights:
     """Add a record (e.g. a fine-tuned variant); ``default`` makes it what ``load(arch)`` takes."""
     get_spec(weights.arch)

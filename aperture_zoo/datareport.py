@@ -43,6 +43,7 @@ class DataReport:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, list[str]]] = field(default_factory=list)  # (kept, dropped copies)
+    linked_outside: list[tuple[str, str]] = field(default_factory=list)  # (relpath, real path) via links out of root
     notes: list[str] = field(default_factory=list)
     keep: np.ndarray | None = None               # per decoded image: used for training/testing
 
@@ -54,6 +55,8 @@ class DataReport:
             "unreadable_count": len(self.unreadable), "unreadable": [list(x) for x in self.unreadable[:_LISTED]],
             "duplicate_copies_dropped": sum(len(d) for _, d in self.duplicates),
             "duplicates": [{"kept": k, "dropped": d} for k, d in self.duplicates[:_LISTED]], "notes": self.notes,
+            "linked_outside_count": len(self.linked_outside),
+            "linked_outside": [list(x) for x in self.linked_outside[:_LISTED]],
         }
 
     def lines(self) -> list[str]:
@@ -69,6 +72,10 @@ class DataReport:
         if self.unreadable:
             out.append(f"  skipped {_n(len(self.unreadable), 'unreadable file')}: " + "; ".join(
                 f"{visible(p)}: {visible(r)}" for p, r in self.unreadable[:3]) + (" ..." if len(self.unreadable) > 3 else ""))
+        if self.linked_outside:
+            rel, real = self.linked_outside[0]
+            out.append(f"  {_n(len(self.linked_outside), 'image')} read through symlinks that lead outside the folder "
+                       f"(used as part of it), e.g. {visible(rel)} -> {visible(real)}")
         if self.duplicates:
             dropped = sum(len(d) for _, d in self.duplicates)
             kept, copies = self.duplicates[0]
@@ -88,7 +95,8 @@ def analyse(decoded: DecodedFolder) -> DataReport:
     scan = decoded.scan
     keep, duplicates = _deduplicate(decoded)
     report = DataReport(str(scan.root), scan.layout, {}, scan.manifest().sha256, len(scan.files),
-                        ignored=list(scan.ignored), unreadable=list(decoded.skipped), duplicates=duplicates, keep=keep)
+                        ignored=list(scan.ignored), unreadable=list(decoded.skipped), duplicates=duplicates, keep=keep,
+                        linked_outside=list(scan.linked_outside))
     labels, splits = decoded.labels[keep], decoded.splits[keep]
     for c, name in enumerate(scan.classes):
         if scan.layout == "split":

@@ -39,6 +39,7 @@ CACHE_FORMAT = "aperture_zoo.folder/3"
 SIZE = (32, 32)
 _INLINE_BELOW = 512  # fewer files than this decode in this process (a pool's start-up costs more)
 _CHUNK = 256
+MAX_FILE_BYTES = 512 << 20
 
 
 @dataclass
@@ -58,20 +59,36 @@ class DecodedFolder:
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_one(path: str) -> tuple[np.ndarray | None, str | None]:
-    """One file by the image rule, as uint8 3 x 32 x 32; or None and why it was skipped."""
+CHANGED = "changed while it was being read"  # the reason of a file whose bytes are not the ones hashed
+
+
+def _decode_one(path: str, sha256: str | None = None) -> tuple[np.ndarray | None, str | None]:
+    """One file by the image rule, as uint8 3 x 32 x 32; or None and why it was skipped.
+
+    ``sha256``: what the file's bytes hashed to when the folder was scanned. The file is read once, and
+    those very bytes are hashed and decoded: bytes that differ (the file was being written) are not
+    decoded (``CHANGED``), so a cache keyed by the hashes never holds pixels of other bytes."""
     import warnings
 
     from PIL import Image
 
-    from .images import ImageTooLargeError, load_image
+    from .images import ImageError, ImageTooLargeError, load_image
 
     try:
-        if os.path.getsize(path) == 0:
+        if not Path(path).is_file():  # FIFOs and devices would block: the image rule names them
+            raise ImageError(f"image {path!r} is not a regular file; check the path")
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:  # read whole below: far above any image a 32x32 classifier takes
+            return None, f"too large for an image ({size / 2**20:,.0f} MiB, the limit is {MAX_FILE_BYTES >> 20} MiB)"
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
             return None, "empty file (0 bytes)"
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            return None, CHANGED
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            pixels, _ = load_image(path, SIZE)
+            pixels, _ = load_image(path, SIZE, data=data)
     except (ImageTooLargeError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"decompression bomb ({str(exc)[:160]})"
     except ApertureError as exc:
@@ -83,26 +100,28 @@ def _decode_one(path: str) -> tuple[np.ndarray | None, str | None]:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)), None
 
 
-def _decode_chunk(paths: list[str]) -> tuple[np.ndarray, list[str | None]]:
+def _decode_chunk(paths: list[str], digests: list[str | None] | None = None) -> tuple[np.ndarray, list[str | None]]:
     out = np.zeros((len(paths), 3, *SIZE[::-1]), np.uint8)
     reasons: list[str | None] = []
     for i, p in enumerate(paths):
-        img, reason = _decode_one(p)
+        img, reason = _decode_one(p, digests[i] if digests else None)
         if img is not None:
             out[i] = img
         reasons.append(reason)
     return out, reasons
 
 
-def decode_files(paths: list[str], workers: int | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
-    """Decode ``paths`` in parallel processes (in this one for a few files); reasons are None when decoded."""
+def decode_files(paths: list[str], workers: int | None = None, progress: Callable[[int], None] | None = None,
+                 digests: list[str | None] | None = None) -> tuple[np.ndarray, list[str | None]]:
+    """Decode ``paths`` in parallel processes (in this one for a few files); reasons are None when decoded.
+    ``digests``: each file's SHA-256 from the scan (a file whose bytes differ now is ``CHANGED``)."""
     images = np.zeros((len(paths), 3, *SIZE[::-1]), np.uint8)
     reasons: list[str | None] = [None] * len(paths)
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    sums = digests if digests is not None else [None] * len(paths)
     chunks = [(i, paths[i:i + _CHUNK]) for i in range(0, len(paths), _CHUNK)]
     if workers <= 1 or len(paths) < _INLINE_BELOW:
-        results = ((start, _decode_chunk(chunk)) for start, chunk in chunks)
+        results = ((start, _decode_chunk(chunk, sums[start:start + _CHUNK])) for start, chunk in chunks)
         for start, (imgs, why) in results:
             images[start:start + len(why)], reasons[start:start + len(why)] = imgs, why
             if progress:
@@ -111,7 +130,8 @@ def decode_files(paths: list[str], workers: int | None = None,
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for (start, chunk), (imgs, why) in zip(chunks, pool.map(_decode_chunk, [c for _, c in chunks])):
+        for (start, chunk), (imgs, why) in zip(chunks, pool.map(_decode_chunk, [c for _, c in chunks],
+                                                                 [sums[i:i + _CHUNK] for i, _ in chunks])):
             images[start:start + len(chunk)], reasons[start:start + len(chunk)] = imgs, why
             if progress:
                 progress(len(chunk))
@@ -233,11 +253,13 @@ def _decode_distinct(scan: Scan, workers: int | None, say: Callable[[str], None]
     first: dict[str, int] = {}
     where = np.empty(len(scan.files), np.int64)
     distinct: list[str] = []
+    digests: list[str | None] = []
     for i, f in enumerate(scan.files):
         key = f.sha256 or f"unhashed:{i}"
         if key not in first:
             first[key] = len(distinct)
             distinct.append(str(scan.root / f.relpath))
+            digests.append(f.sha256 or None)
         where[i] = first[key]
     total = len(distinct)
     if say:
@@ -249,8 +271,18 @@ def _decode_distinct(scan: Scan, workers: int | None, say: Callable[[str], None]
         if progress:
             progress(done[0], total)
 
-    images, reasons = decode_files(distinct, workers, tick)
+    images, reasons = decode_files(distinct, workers, tick, digests)
+    changed = [distinct[k] for k, r in enumerate(reasons) if r == CHANGED]
+    if changed:  # nothing of this decode is cached or trained on: its key would name other bytes
+        raise FolderError(
+            f"{_n(len(changed))} in {str(scan.root)!r} changed while being read (e.g. "
+            f"{Path(changed[0]).relative_to(scan.root).as_posix()!r}): the content decoded is not the content hashed "
+            "a moment before, so nothing was cached or used; run again once nothing is writing to the folder")
     return images[where], [reasons[k] for k in where]
+
+
+def _n(count: int) -> str:
+    return f"{count} file{'s' if count != 1 else ''}"
 
 
 def _checked(d: DecodedFolder) -> DecodedFolder:

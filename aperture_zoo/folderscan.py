@@ -3,7 +3,8 @@
 Layout: ``DIR/train/<class>/`` with ``DIR/test/<class>/`` (or ``DIR/val/``) is used as given;
 otherwise every ``DIR/<class>/`` is one pool that the caller splits (``datasets.py``). Class names
 are the folder names, sorted, exactly as written (spaces, unicode, brackets included). Symlinks are
-followed and loops detected. What is not read is named with why (hidden or system files, other
+followed (a dataset assembled from links is common) and loops detected; files reached through a link
+that leads outside the folder are listed (``Scan.linked_outside``), so the data report names them. What is not read is named with why (hidden or system files, other
 extensions, files outside any class folder), and a folder whose "classes" look like datasets of
 their own (train/ + test/ inside, or only class-like sub-folders) is refused, naming them.
 """
@@ -44,6 +45,7 @@ class Scan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason) found while scanning
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (relpath, why): not images, never read
     test_dir: str | None = None          # "test" or "val" for the split layout
+    linked_outside: list[tuple[str, str]] = field(default_factory=list)  # (relpath, real path): via a link out of root
 
     def manifest(self) -> Manifest:
         """Every image file's path, class and SHA-256 (see ``manifest.py``)."""
@@ -60,16 +62,22 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_files(top: Path, root: Path, skipped: list[tuple[str, str]],
-                ignored: list[tuple[str, str]]) -> list[tuple[str, os.stat_result]]:
-    """Every regular file under ``top`` (symlinks followed, loops detected), as (relpath, stat)."""
+def _walk_files(top: Path, root: Path, skipped: list[tuple[str, str]], ignored: list[tuple[str, str]],
+                outside: list[tuple[str, str]]) -> list[tuple[str, os.stat_result]]:
+    """Every regular file under ``top`` (symlinks followed, loops detected), as (relpath, stat); the files
+    whose real path is not under ``root`` (resolved) go to ``outside`` too."""
     out: list[tuple[str, os.stat_result]] = []
     seen: set[tuple[int, int]] = set()
 
     def rel(p: Path) -> str:
         return p.relative_to(root).as_posix()
 
-    def visit(folder: Path) -> None:
+    def leaves(path: Path, entry: os.DirEntry[str], parent_out: bool) -> bool:
+        if not entry.is_symlink():
+            return parent_out
+        return not Path(os.path.realpath(path)).is_relative_to(root)
+
+    def visit(folder: Path, out_of_root: bool = False) -> None:
         try:
             st = folder.stat()
         except OSError as exc:
@@ -94,12 +102,15 @@ def _walk_files(top: Path, root: Path, skipped: list[tuple[str, str]],
             except OSError as exc:
                 skipped.append((rel(path), _os_reason(exc)))
                 continue
+            away = leaves(path, entry, out_of_root)
             if stat.S_ISDIR(st_entry.st_mode):
-                visit(path)
+                visit(path, away)
             elif stat.S_ISREG(st_entry.st_mode):
                 out.append((rel(path), st_entry))
+                if away:
+                    outside.append((rel(path), os.path.realpath(path)))
 
-    visit(top)
+    visit(top, not Path(os.path.realpath(top)).is_relative_to(root))  # a class folder that is itself a link
     return out
 
 
@@ -165,12 +176,13 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
     exts = _image_extensions()
     files: list[FileEntry] = []
     skipped: list[tuple[str, str]] = []
+    outside: list[tuple[str, str]] = []
     ignored = _outside_classes(root, [base for _, base in parts], classes)
     for split, base in parts:
         for label, name in enumerate(classes):
             if not (base / name).is_dir():
                 continue  # a class the test split does not have: its per-class accuracy shows "no images"
-            for relpath, st in _walk_files(base / name, root, skipped, ignored):
+            for relpath, st in _walk_files(base / name, root, skipped, ignored, outside):
                 ext = os.path.splitext(relpath)[1].lower()
                 if ext not in exts:
                     ignored.append((relpath, f"not an image ({ext or 'no'} extension)"))
@@ -179,7 +191,8 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
     if not files:
         raise FolderError(f"no image files in {str(root)!r} (looked in {', '.join(n for n in classes[:5])}"
                           f"{' ...' if len(classes) > 5 else ''}); put PNG/JPEG/... files in each class folder")
-    return Scan(root, layout, classes, files, skipped, ignored, test_dir)
+    outside = [o for o in outside if os.path.splitext(o[0])[1].lower() in exts]
+    return Scan(root, layout, classes, files, skipped, ignored, test_dir, outside)
 
 
 def _outside_classes(root: Path, bases: list[Path], classes: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -140,48 +140,24 @@ def _translate(
     repo_id: str, action: str, url: str, revision: str | None = None, token_source: str = ""
 ) -> Iterator[None]:
     """Map the client's exceptions to HubError subclasses with a fix in the message."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
         yield
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise  # the caller knows whether it was offline; see download()
-    except RevisionNotFoundError:
-        raise HubUnavailableError(
-            f"{repo_id} has no revision {revision or 'main'!r} at {url}; check the branch or commit "
-            "name (hf-hub:ORG/NAME@REVISION)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise HubUnavailableError(
-            f"Hub repo {repo_id} was not found at {url} (or it is private and the token cannot "
-            "read it); check the repo id, or pass a token with access"
-        ) from None
-    except EntryNotFoundError as exc:
-        raise HubUnavailableError(f"{repo_id} does not contain the requested file ({_first_line(exc)})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # The client parses every answer as UTF-8 JSON, error pages included (to quote them): a proxy's
+        # page in another encoding, or HTML where JSON belongs, fails there, not in our code.
+        raise not_hub_api(url, action, repo_id, _status_of(exc)) from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            fix = ("pass a valid token with --token or HF_TOKEN" if action == "push to" else
-                   "set HF_TOKEN to a valid token, or unset it (public repos need none)")
-            raise HubError(
-                f"the Hub at {url} rejected the token{token_source} (401) while trying to {action} "
-                f"{repo_id}; it is invalid or expired: {fix}, or run `hf auth login` "
-                "(new tokens: https://huggingface.co/settings/tokens)"
-            ) from None
-        if status == 403:
-            raise HubError(
-                f"not allowed to {action} {repo_id} (403): the namespace {repo_id.split('/')[0]!r} "
-                "belongs to someone else or the token is read-only; push to your own namespace or "
-                "use a token with write access to it"
-            ) from None
-        raise HubError(f"the Hub at {url} failed to {action} {repo_id}: {_first_line(exc)}") from None
+        if _foreign(exc.response):
+            raise not_hub_api(url, action, repo_id, exc.response.status_code) from None
+        raise _http_error(exc, repo_id, action, url, revision, token_source) from None
+    except (AttributeError, KeyError, TypeError) as exc:  # the client's reading of an error answer's JSON
+        if _status_of(exc) is None:  # not raised while reading an HTTP answer: a bug, shown as one
+            raise
+        raise not_hub_api(url, action, repo_id, _status_of(exc)) from None
     except ValueError as exc:  # huggingface_hub's refusal of a cached ref that points outside the cache
         if "pointer path" not in str(exc):
             raise
@@ -194,6 +170,72 @@ def _translate(
             f"cannot reach the Hub at {url} to {action} {repo_id} ({type(exc).__name__}); check the "
             "network or HF_ENDPOINT"
         ) from None
+
+
+def _http_error(exc: BaseException, repo_id: str, action: str, url: str, revision: str | None,
+                token_source: str) -> HubError:
+    """The Hub's own refusal (it answered in its API) as one line with the fix."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, RevisionNotFoundError):
+        return HubUnavailableError(f"{repo_id} has no revision {revision or 'main'!r} at {url}; check the branch or "
+                                   "commit name (hf-hub:ORG/NAME@REVISION)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubUnavailableError(f"Hub repo {repo_id} was not found at {url} (or it is private and the token cannot "
+                                   "read it); check the repo id, or pass a token with access")
+    if isinstance(exc, EntryNotFoundError):
+        return HubUnavailableError(f"{repo_id} does not contain the requested file ({_first_line(exc)})")
+    status = _status_of(exc)
+    if status == 401:
+        fix = ("pass a valid token with --token or HF_TOKEN" if action == "push to" else
+               "set HF_TOKEN to a valid token, or unset it (public repos need none)")
+        return HubError(f"the Hub at {url} rejected the token{token_source} (401) while trying to {action} "
+                        f"{repo_id}; it is invalid or expired: {fix}, or run `hf auth login` "
+                        "(new tokens: https://huggingface.co/settings/tokens)")
+    if status == 403:
+        return HubError(f"not allowed to {action} {repo_id} (403): the namespace {repo_id.split('/')[0]!r} belongs "
+                        "to someone else or the token is read-only; push to your own namespace or use a token with "
+                        "write access to it")
+    return HubError(f"the Hub at {url} failed to {action} {repo_id}: {_first_line(exc)}")
+
+
+def _foreign(response: object) -> bool:
+    """An error answer with none of the Hub API's marks (an ``X-Error-Code``/``X-Error-Message`` header, a
+    JSON body): a proxy's, firewall's or captive portal's page, whose status says nothing about the repo."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return False
+    return not (headers.get("X-Error-Code") or headers.get("X-Error-Message")
+                or "json" in (headers.get("Content-Type") or "").lower())
+
+
+def _foreign_cause(exc: BaseException) -> bool:
+    """The client fell back to its cache because the answer was not the Hub's: an error page without the
+    API's marks, or a success without the headers every Hub file answer carries (``FileMetadataError``)."""
+    from huggingface_hub.errors import FileMetadataError, HfHubHTTPError
+
+    cause = exc.__cause__
+    return isinstance(cause, FileMetadataError) or (isinstance(cause, HfHubHTTPError) and _foreign(cause.response))
+
+
+def _status_of(exc: BaseException | None) -> int | None:
+    """The HTTP status behind ``exc``: its own response's, or that of the error it was raised while handling."""
+    seen = 0
+    while exc is not None and seen < 8:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def not_hub_api(url: str, action: str, repo_id: str, status: int | None) -> HubUnavailableError:
+    """The one line for an answer that did not come from the Hub's API (unavailable: a published copy may serve)."""
+    answered = f"answered HTTP {status}" if status else "answered"
+    return HubUnavailableError(
+        f"the server at {url} {answered} with a page that is not the Hub's API (a proxy, firewall or captive portal "
+        f"in between?) while trying to {action} {repo_id}; check HF_ENDPOINT and the proxy settings (HTTPS_PROXY, "
+        "HTTP_PROXY), or ask whoever runs the network to let the Hub through")
 
 
 def _token_source(explicit: object = None, flag: str = "token=") -> str:
@@ -290,9 +332,11 @@ def fetch(
                 repo_id, filename, revision=revision, endpoint=url, token=token,
                 local_files_only=why_local is not None,
             ))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         from huggingface_hub import constants
 
+        if why_local is None and _foreign_cause(exc):  # the client tried, got a proxy's page, then the cache
+            raise not_hub_api(url, "download from", repo_id, _status_of(exc.__cause__)) from None
         fix = {
             "local lookup only": "load it once with pretrained=True (or `aperture eval NAME --pretrained`) to download it",
             "HF_HUB_OFFLINE is set": "unset HF_HUB_OFFLINE and connect once to cache it",
@@ -317,8 +361,9 @@ def _config_pin(repo_id: str, weights: Path, token: str | bool | None, local_onl
     commit = weights.parent.name  # the cache lays files out as snapshots/<commit>/<file>
     try:
         with _translate(repo_id, "download from", endpoint(), commit, _token_source(token)):
-            config = json.loads(Path(hf_hub_download(repo_id, CONFIG_FILENAME, revision=commit, endpoint=endpoint(),
-                                                     token=token, local_files_only=local_only)).read_text())
+            path = Path(hf_hub_download(repo_id, CONFIG_FILENAME, revision=commit, endpoint=endpoint(),
+                                        token=token, local_files_only=local_only))
+        config = json.loads(path.read_text())  # the repo's file, not the server's answer: outside _translate
         pin = recorded_sha256(config)
         if pin is None:
             raise KeyError(f"no files.{WEIGHTS_FILENAME}.sha256")

@@ -32,24 +32,28 @@ class ImageTooLargeError(ImageError):
 MAX_PIXELS = 64_000_000
 
 
-def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32)) -> tuple[np.ndarray, list[str]]:
+def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32),
+               data: bytes | None = None) -> tuple[np.ndarray, list[str]]:
     """An image file as uint8 H x W x 3 at ``size`` (width, height), with notices for what was changed.
 
     The one guarded decoder: a missing path, a special file (FIFO, device), an image declaring more
     than ``MAX_PIXELS`` pixels, or anything pillow cannot decode is an ``ImageError`` naming the file.
+    ``data``: the file's bytes, already read (and hashed) by the caller, decoded instead of reading
+    ``path`` again, so what is decoded is exactly what was hashed.
     """
+    import io
     import warnings
 
     from PIL import Image
 
     path = Path(path)
-    if not path.is_file():  # also refuses FIFOs and devices, which would block or never end
+    if data is None and not path.is_file():  # also refuses FIFOs and devices, which would block or never end
         what = "is not a regular file" if path.exists() else "does not exist"
         raise ImageError(f"image {str(path)!r} {what}; check the path")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageTooLargeError(

@@ -7,6 +7,7 @@ report's own checkpoints (and torchvision-style tooling) map one to one.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -119,8 +120,7 @@ class ResNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise InputShapeError(
                 f"{self.spec.name} expects a batch of images shaped N x {' x '.join(map(str, expected))} "
-                f"(float, normalised), got {tuple(x.shape)}. Add a batch dimension with "
-                "x.unsqueeze(0), or resize images to 32x32."
+                f"(float, normalised), got {tuple(x.shape)}. {_shape_fix(tuple(x.shape), expected)}"
             )
         if not x.is_floating_point():
             raise InputShapeError(
@@ -128,6 +128,20 @@ class ResNet(nn.Module):
                 f"dtype {x.dtype}. Convert raw pixels first: ((x.float() / 255) - mean) / std with "
                 "mean/std from model.spec."
             )
+
+
+def _shape_fix(shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
+    """The one change that makes ``shape`` fit, so the hint never suggests a fix that cannot work."""
+    c, h, w = expected
+    size = f"{h}x{w}"
+    if len(shape) == 3 and shape == expected:
+        return "Add a batch dimension with x.unsqueeze(0)."
+    if len(shape) == 4 and shape[1:] == (h, w, c):
+        return "These are channels-last (N x H x W x C): use x.permute(0, 3, 1, 2)."
+    if len(shape) == 3 and shape == (h, w, c):
+        return "This is one channels-last image (H x W x C): use x.permute(2, 0, 1).unsqueeze(0)."
+    return (f"Resize images to {size} with {c} channels first (aperture_zoo.preprocess takes paths, pillow "
+            "images or uint8 arrays of any size and does it).")
 
 
 @contextmanager
@@ -161,6 +175,32 @@ def model_input(model: nn.Module, x: Tensor) -> Tensor:
     if param is None or not x.is_floating_point():
         return x
     return x.to(device=param.device, dtype=param.dtype)
+
+
+_MARGIN = 4.0
+
+
+def check_normalised(model: nn.Module, x: Tensor) -> None:
+    """Refuse a float batch far outside what normalised pixels can be: 0..255 floats (raw pixels) are classified
+    confidently and wrongly otherwise. Images in [0, 1] normalised by the model's mean/std lie within
+    [-mean/std, (1 - mean)/std] per channel (about [-2.0, 2.2] for CIFAR-10's); a margin of 4 keeps noise
+    and standard-normal test tensors in, while raw 0..255 pixels (up to ~1000 once divided by std) are out."""
+    if not x.is_floating_point() or x.numel() == 0 or torch.jit.is_tracing():
+        return
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return
+    lo = min(-m / s for m, s in zip(spec.mean, spec.std)) - _MARGIN
+    hi = max((1 - m) / s for m, s in zip(spec.mean, spec.std)) + _MARGIN
+    low, high = float(x.min()), float(x.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputShapeError("the images hold nan or inf values; pass finite pixels")
+    if low < lo or high > hi:
+        raise InputShapeError(
+            f"{spec.name} expects images normalised with the model's mean/std (values within about "
+            f"[{lo + _MARGIN:.1f}, {hi - _MARGIN:.1f}]), got values in [{low:.4g}, {high:.4g}]: raw pixels? Normalise them first: "
+            "((x / 255) - mean) / std with mean/std from model.spec, or pass paths, pillow images or uint8 "
+            "arrays to aperture_zoo.preprocess")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -55,6 +55,15 @@ class UncalibratedWarning(UserWarning):
     """Probabilities from weights without a temperature: the plain softmax (T = 1), as ``aperture predict`` gives."""
 
 
+def unwrapped(model: Any) -> ResNet:
+    """The model inside ``nn.DataParallel``/``DistributedDataParallel`` (``.module``), which hold no spec."""
+    import torch
+
+    if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
+
+
 def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures).
 
@@ -135,8 +144,13 @@ def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
 
     from .transforms import preprocess
 
+    from .model import check_normalised
+
+    model = unwrapped(model)
     flip = check_tta(tta)
     cal = model_calibrator(model, temperature, calibrator, flip)
+    if isinstance(images, torch.Tensor):
+        check_normalised(model, images)
     x = images if isinstance(images, torch.Tensor) else preprocess(images, model)
     with torch.no_grad():
         logits = tta_logits(model, x, flip)
@@ -152,6 +166,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
 
     if top_k < 1:
         raise ImageError(f"--top-k must be at least 1, got {top_k}")
+    model = unwrapped(model)
     check_head(model)
     size = (model.spec.input_size[2], model.spec.input_size[1])
     paths = list(paths)

@@ -271,12 +271,24 @@ def _source_spec(ref: str) -> ModelSpec:
     """The architecture an ``hf-hub:``/``local-dir:`` source describes: its config.json, else its weights' metadata."""
     if source_kind(ref) == "hub":
         source = _explicit_source(ref, None, None, None)
+    elif source_kind(ref) == "path":  # a weights file: its own metadata first, as loading it would
+        source = Source("file", str(user_path(ref)), None)
+        own = spec_from_metadata(read_metadata(source.location)) if Path(source.location).is_file() else None
+        if own is not None:
+            return own
     else:
         source = Source("file", str(user_path(ref.removeprefix(LOCAL_DIR_PREFIX)) / WEIGHTS_FILENAME), None)
     config = _config_of(source)
     if config is not None:
+        if source.kind == "file" and Path(source.location).is_file():  # the weights it describes are there: the
+            pin, digest = hub.recorded_sha256(config), file_sha256(source.location)  # same rule as loading them
+            if pin is not None and pin != digest:
+                raise WeightsError(f"{ref!r}: its {CONFIG_FILENAME} records SHA-256 {pin}, but the {WEIGHTS_FILENAME} "
+                                   f"beside it has {digest}: that config describes other weights, so the architecture "
+                                   "it gives may not be theirs. Put back the weights it was written for, or write the "
+                                   "folder again with `aperture card`")
         return spec_from_config(config, repr(ref))
-    spec = spec_from_metadata(read_metadata(from_local_dir(ref, None)))
+    spec = spec_from_metadata(read_metadata(source.location if source_kind(ref) == "path" else from_local_dir(ref, None)))
     if spec is None:
         raise WeightsError(f"{ref!r} has no config.json and its weights carry no architecture")
     return spec
@@ -305,7 +317,7 @@ def load(
     """
     cards = Path(cards_dir) if cards_dir is not None else None
     kind = source_kind(name)
-    if name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) and pretrained is False and weights is None:  # asked for
+    if kind != "name" and pretrained is False and weights is None:  # asked for: every source, one rule
         model = create_model(_source_spec(name), **overrides)  # type: ignore[arg-type]
     elif pretrained or weights is not None or "." in name or kind != "name":  # a tag or a path names weights
         model, _ = open_model(name, weights, cards_dir=cards, overrides=overrides)
@@ -389,6 +401,7 @@ def with_record_calibration(model: ResNet, loaded: Loaded) -> ResNet:
 
         record = next((w for w in map(get_weights, list_pretrained()) if w.sha256 == loaded.sha256), None)
         if record is not None:
-            model.calibrator, model.calibrator_tta = record.calibrator, record.calibrator_tta
+            model.calibrator, model.calibrator_tta = (c and c.for_head(model.spec.num_classes)
+                                                      for c in (record.calibrator, record.calibrator_tta))
             model.temperature = record.temperature
     return model

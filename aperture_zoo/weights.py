@@ -301,6 +301,10 @@ def apply_state_dict(
         diffs = [k for k in ours if k not in ("name", "num_classes") and saved.get(k) != ours[k]]
         if diffs:
             detail = "; ".join(f"{k}: file {saved.get(k)} vs model {ours[k]}" for k in diffs)
+            if saved.get("name") == spec.name:  # same name, another shape (a derived --arch): say the shape
+                raise WeightsError(
+                    f"{str(path)!r} holds a {spec.name} of another shape than this model ({detail}); load it "
+                    "with no model name (the file names its own shape), or create the model with that shape")
             raise WeightsError(
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
                 f"{spec.name!r} ({detail}); load it with the matching model name ({saved.get('name')!r}), "
@@ -376,6 +380,9 @@ def apply_calibration(model: ResNet, meta: dict[str, Any], where: str) -> None:
         model.calibration_notice = (f"{where!r} records only a temperature ({model.temperature:.4g}), from before "
                                     "calibrators: its probabilities use that one temperature; retrain or re-fit to "
                                     "get the calibrator chosen by held-out NLL")
+    for name in ("calibrator", "calibrator_tta"):  # bound to this head: handed to another model, refused
+        if getattr(model, name, None) is not None:
+            setattr(model, name, getattr(model, name).for_head(model.spec.num_classes))
 
 
 def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str], temperature: float,

@@ -175,8 +175,10 @@ class OnnxClassifier:
                 raise ImageError(f"float pixels must be finite and in [0, 1], got {got}; divide 0..255 pixels by 255 "
                                  "(or pass them as uint8)")
         if x.shape[1:] != (3, self.image_size[1], self.image_size[0]):
-            raise ImageError(f"expected images of 3 x {self.image_size[1]} x {self.image_size[0]}, got "
-                             f"{tuple(x.shape[1:])}; decode files with load_image (it resizes)")
+            h, w = self.image_size[1], self.image_size[0]
+            fix = ("these are channels-last (N x H x W x 3): transpose them with x.transpose(0, 3, 1, 2)"
+                   if x.shape[1:] == (h, w, 3) else "decode files with load_image (it resizes)")
+            raise ImageError(f"expected images of 3 x {h} x {w}, got {tuple(x.shape[1:])}; {fix}")
         if not self.normalize_in_graph:
             x = (x - self.mean) / self.std
         return np.ascontiguousarray(x, dtype=self.input_dtype)

@@ -72,6 +72,28 @@ def test_a_look_alike_folder_in_the_same_place_gets_its_own_pixels(tmp_path: Pat
     assert load_folder(place).from_cache  # unchanged content: the cache answers
 
 
+def test_a_file_written_between_hashing_and_decoding_never_reaches_the_cache(tmp_path: Path) -> None:
+    """Regression (fifth hostile try, F1): a file replaced after the scan hashed it and put back later was decoded
+    from the new bytes and cached under the old bytes' key: every later run got the wrong pixels. Each file is now
+    read once, and the bytes decoded are the bytes hashed."""
+    root = write_folder(tmp_path / "d", 4, ext="bmp", seed=1)
+    victim = root / "bird" / "0001.bmp"
+    original = victim.read_bytes()
+    white = write_folder(tmp_path / "w", 4, ext="bmp", seed=2) / "bird" / "0001.bmp"
+
+    def swap(_: str) -> None:  # called between the hashing and the decoding
+        victim.write_bytes(white.read_bytes())
+
+    with pytest.raises(FolderError, match="1 file in .* changed while being read .*'bird/0001.bmp'.*nothing was cached"):
+        load_folder(root, say=swap)
+    assert not list((tmp_path / "data-cache").rglob("*.npz"))
+    victim.write_bytes(original)  # put back: the content hashed before
+    first = load_folder(root)
+    assert not first.from_cache
+    fresh = load_folder(root, cache_dir=tmp_path / "fresh")
+    assert np.array_equal(first.images, fresh.images) and load_folder(root).from_cache
+
+
 def test_each_distinct_content_is_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import aperture_zoo.folder as folder
 
@@ -96,6 +118,25 @@ def test_the_manifest_names_what_changed(tmp_path: Path) -> None:
     text = scan_manifest(root).changes_from(before)
     assert text == ("3 files added under airplane/, 1 file removed under automobile/, 1 changed: bird/0001.png")
     assert Manifest.from_record(json.loads(json.dumps(before.to_record()))) == before
+
+
+def test_many_changed_files_are_counted_and_the_first_three_named(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 6, classes=2)  # airplane/0000..0005.png, automobile/...
+    before = scan_manifest(root)
+    files = sorted((root / "airplane").iterdir())
+    for i, path in enumerate(files[:5]):  # five files get another file's bytes
+        path.write_bytes(files[(i + 1) % 6].read_bytes() if i < 4 else files[0].read_bytes() + b"\0")
+    assert scan_manifest(root).changes_from(before) == (
+        "5 changed: airplane/0000.png, airplane/0001.png, airplane/0002.png and 2 more")
+
+
+def test_a_damaged_recorded_manifest_is_refused_naming_where_and_the_fix(tmp_path: Path) -> None:
+    record = scan_manifest(write_folder(tmp_path / "d", 2)).to_record()
+    record["files"][0][2] = "0" * 64  # an entry edited by hand: the record's own SHA-256 no longer fits
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_record(json.loads(json.dumps(record)), "run.json of run-7")
+    assert str(info.value) == ("the dataset manifest recorded by run.json of run-7 is damaged (its entries do not "
+                               "give its SHA-256); start a new run")
 
 
 def scan_manifest(root: Path) -> Manifest:
@@ -135,6 +176,25 @@ def test_the_report_names_ignored_unreadable_and_duplicate_files(tmp_path: Path)
     assert "ignored 4 files" in text and "1 exact copy" in text and "bird/empty.png: empty file" in text
     ds = load_dataset(str(root), test_split=0.5)
     assert len(ds.train) + len(ds.test) == 12  # the copy is used once
+
+
+def test_images_through_links_out_of_the_folder_are_used_and_named(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): symlinks out of the dataset were followed without a word; they are
+    still followed (datasets assembled from links are common) and the report names each such image."""
+    root = write_folder(tmp_path / "d", 4)
+    elsewhere = write_folder(tmp_path / "elsewhere", 2, seed=3)
+    (root / "bird" / "far.png").symlink_to(elsewhere / "bird" / "0000.png")
+    (root / "bird" / "near.png").symlink_to(root / "bird" / "0001.png")  # inside (a copy, dropped): not named
+    (root / "automobile" / "more").symlink_to(elsewhere / "automobile", target_is_directory=True)
+    report = folder_report(root)
+    outside = dict(report.linked_outside)
+    assert set(outside) == {"bird/far.png", "automobile/more/0000.png", "automobile/more/0001.png"}
+    assert outside["bird/far.png"] == str((elsewhere / "bird" / "0000.png").resolve())
+    assert report.classes["automobile"] == {"images": 6}
+    assert "3 images read through symlinks that lead outside the folder (used as part of it)" in "\n".join(report.lines())
+    assert report.to_dict()["linked_outside_count"] == 3
+    plain = folder_report(write_folder(tmp_path / "plain", 2))
+    assert plain.linked_outside == [] and "symlinks" not in "\n".join(plain.lines())
 
 
 def test_copies_in_two_classes_are_refused_naming_them(tmp_path: Path) -> None:
@@ -261,8 +321,26 @@ def test_resume_refuses_a_checkpoint_or_run_json_of_another_run(tmp_path: Path, 
     shutil.copyfile(b / swap, a / swap)
     again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
     assert again.exit_code == 2 and "Traceback" not in again.output, again.output
-    assert "its checkpoint.safetensors was written by another run than the one its run.json describes (run id" in \
-        " ".join(again.output.split()), again.output
+    assert "its checkpoint.safetensors was written by another run than the one its run.json and recipe.json " \
+        "describe (run id" in " ".join(again.output.split()), again.output
+
+
+def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): another run's recipe.json alone copied in resumed this run's
+    checkpoint under the other recipe (exit 0); the checkpoint now records the recipe it was trained with."""
+    root = write_folder(tmp_path / "d", 12)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
+    assert _train(tmp_path, root, "--out", str(b), "--time-budget", "0.001", "--set", "epochs=3",
+                  "--set", "label_smoothing=0.0").exit_code == 75
+    own = (a / "recipe.json").read_bytes()
+    shutil.copyfile(b / "recipe.json", a / "recipe.json")
+    again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "describe (recipe)" in text, text
+    (a / "recipe.json").write_bytes(own)
+    done = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", "--lr", "0.001"])
+    assert done.exit_code == 0, done.output  # a lower lr stays the one change a resume may make
 
 
 def test_init_from_a_narrower_network_of_the_same_name_advises_arch(tmp_path: Path) -> None:
@@ -332,3 +410,25 @@ def test_a_run_records_its_manifest_and_split_and_resume_refuses_a_changed_folde
     assert meta["data"]["manifest_sha256"] == data["manifest_sha256"]
     assert "split" not in meta["data"] and "manifest" not in meta["data"]  # file lists stay in run.json
 
+
+
+def test_published_files_carry_no_path_of_the_training_machine(tmp_path: Path) -> None:
+    """Regression (fourth hostile try, low): the weights (and so a card or Hub folder) recorded the absolute path of
+    the training folder and of the --init file; they now name the folder (``folder:NAME``) and the file only."""
+    from aperture_zoo.weights import read_metadata
+
+    root = write_folder(tmp_path / "private" / "cifar10", 12)  # a folder called like a built-in dataset
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run)).exit_code == 0
+    ft = tmp_path / "ft"
+    assert _train(tmp_path, root, "--out", str(ft), "--init", str(run / "model.safetensors")).exit_code == 0
+    card = CliRunner().invoke(app, ["card", "resnet10", "--run", str(ft), "--out", str(tmp_path / "card")])
+    assert card.exit_code == 0, card.output
+    meta = read_metadata(ft / "model.safetensors")
+    assert meta["dataset"] == "folder:cifar10" and json.loads(meta["data"])["dataset"] == "folder:cifar10"
+    assert json.loads(meta["init"])["ref"] == "model.safetensors" and "path" not in json.loads(meta["init"])
+    for f in [ft / "model.safetensors", *(tmp_path / "card").iterdir()]:
+        assert str(tmp_path).encode() not in f.read_bytes(), f
+    assert "cifar10 image folder" in (tmp_path / "card" / "README.md").read_text()  # the folder, not the built-in set
+    refused = CliRunner().invoke(app, ["eval", str(ft / "model.safetensors")])
+    assert refused.exit_code == 2 and "pass that folder with --dataset DIR" in " ".join(refused.output.split())

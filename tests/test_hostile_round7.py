@@ -125,6 +125,11 @@ def test_weights_of_another_architecture_say_so_first_and_suggest_only_accepted_
     with pytest.raises(WeightsError, match=r"num_classes=2, or load_weights\(model, PATH, strict=False\)") as e:
         load_weights(create_model("resnet10", channels=TINY), path)
     load_weights(create_model("resnet10", channels=TINY), path, strict=False)
+    # the same name, another width (fifth hostile try, L2: "architecture 'resnet10', not 'resnet10'")
+    with pytest.raises(WeightsError) as e:
+        aperture_zoo.load(str(path), channels=(16, 16, 16, 16))
+    text = str(e.value)
+    assert "holds a resnet10 of another shape than this model (channels: file" in text and "not 'resnet10'" not in text
 
 
 # --------------------------------------------------------------------------- F3: a config.json beside bare weights

@@ -76,6 +76,39 @@ def test_no_writer_puts_other_weights_files_into_a_published_folder(tmp_path: Pa
     assert _snapshot(cards) == before
 
 
+@pytest.mark.parametrize("command", [
+    lambda w, c, t: ["eval", "resnet10", "--weights", w, "--out", str(t), "--write-temperature", f"{c}/model.t.safetensors"],
+    lambda w, c, t: ["runtimes", "resnet10", "--weights", w, "--onnx-dir", c, "--record"],
+], ids=["write-temperature", "record"])
+def test_eval_write_temperature_and_runtimes_record_keep_out_of_a_published_folder(tmp_path: Path, cards: Path,
+                                                                                     command) -> None:
+    """Fourth hostile try (low): `eval --write-temperature` and `runtimes --record` had no published-folder guard."""
+    run = random_weights(tmp_path / "r1" / "model.safetensors", "resnet10", init_seed=5)
+    before = _snapshot(cards)
+    result = CliRunner().invoke(app, command(str(run), str(cards), tmp_path / "ev"))
+    assert result.exit_code == 2 and "holds the published resnet10 weights" in result.output.replace("\n", ""), \
+        result.output
+    assert _snapshot(cards) == before and not (tmp_path / "ev").exists()
+
+
+def test_eval_out_never_replaces_another_runs_eval(tmp_path: Path) -> None:
+    """Fourth hostile try (low): `eval --out RUN2` replaced run 2's eval.json with one of run 1's weights; a folder
+    whose model.safetensors holds other weights now takes no eval of these (its own weights: as before)."""
+    from cifar_synth import write_cifar10
+
+    data = write_cifar10(tmp_path / "c", 2, 2, seed=0)
+    r1 = random_weights(tmp_path / "r1" / "model.safetensors", "resnet10", init_seed=5)
+    r2 = random_weights(tmp_path / "r2" / "model.safetensors", "resnet10", init_seed=6)
+    (r2.parent / "eval.json").write_text('{"own": true}')
+    base = ["eval", "resnet10", "--data-dir", str(data), "--no-download", "--device", "cpu"]
+    refused = CliRunner().invoke(app, [*base, "--weights", str(r1), "--out", str(r2.parent)])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "holds other weights (model.safetensors, SHA-256" in text, text
+    assert (r2.parent / "eval.json").read_text() == '{"own": true}'
+    own = CliRunner().invoke(app, [*base, "--weights", str(r2), "--out", str(r2.parent)])
+    assert own.exit_code == 0 and '"own"' not in (r2.parent / "eval.json").read_text(), own.output
+
+
 def test_the_guard_is_the_folders_content_not_its_name(tmp_path: Path) -> None:
     """O7 at its root: any folder holding a published model.safetensors (a renamed copy too) is guarded."""
     from aperture_zoo.catalog import PublishedFolderError, refuse_published_folder

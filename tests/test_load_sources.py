@@ -125,12 +125,48 @@ def test_every_source_gives_the_files_own_facts(run: FolderRun, hub: HubServer, 
     assert not model.training
 
 
+@pytest.mark.parametrize("kind", ["path", "folder", "local-dir", "card local-dir"])
+def test_pretrained_false_is_the_architecture_alone_for_every_source(run: FolderRun, kind: str) -> None:
+    """Regression (fifth hostile try, F3): a path or run folder with pretrained=False loaded the trained weights
+    (local-dir: and hf-hub: gave the architecture alone, as the docstring says)."""
+    from safetensors.torch import load_file
+
+    from aperture_zoo import load
+
+    name, _ = SOURCES[kind](run)
+    model = load(name, pretrained=False)
+    trained = load_file(run.weights)
+    assert _facts(model) == run.spec and model.temperature is None
+    assert not torch.equal(model.state_dict()["conv1.weight"], trained["conv1.weight"])
+
+
 def test_a_source_with_pretrained_false_builds_its_architecture_only(run: FolderRun) -> None:
     from aperture_zoo import load
 
     model = load(f"local-dir:{run.card}", pretrained=False)  # asked for: the architecture, with the card's own facts
     assert _facts(model) == run.spec and model.temperature is None
     assert load(f"local-dir:{run.card}").temperature is not None  # a source names a file: its weights by default
+
+
+def test_pretrained_false_refuses_a_config_of_other_weights(run: FolderRun, tmp_path: Path) -> None:
+    """Fourth hostile try (low): `load("local-dir:DIR", pretrained=False)` built the architecture of a config.json
+    that records other weights than the model.safetensors beside it (loading them was already refused)."""
+    import shutil
+
+    from aperture_zoo import load
+    from aperture_zoo.weights import WeightsError
+
+    folder = tmp_path / "card"
+    shutil.copytree(run.card, folder)
+    assert _facts(load(f"local-dir:{folder}", pretrained=False)) == run.spec  # its own weights beside it
+    random_file = tmp_path / "other.safetensors"
+    from hub_fixtures import random_weights
+
+    shutil.copy(random_weights(random_file, "resnet10", init_seed=3), folder / "model.safetensors")
+    with pytest.raises(WeightsError, match="that config describes other weights"):
+        load(f"local-dir:{folder}", pretrained=False)
+    (folder / "model.safetensors").unlink()  # no weights beside it: the config alone describes an architecture
+    assert _facts(load(f"local-dir:{folder}", pretrained=False)) == run.spec
 
 
 def _png(run: FolderRun) -> Path:
@@ -309,3 +345,46 @@ def test_predict_says_uncalibrated_once_per_run_and_notices_once(run: FolderRun,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         predict_proba(model, torch.zeros(1, 3, 32, 32))  # said once per model
+
+
+def test_a_calibrator_of_another_head_is_refused(run: FolderRun) -> None:
+    """Regression (fourth hostile try, low): a calibrator handed to predict_proba by hand was applied to a head of
+    another size (its features and knots are those of its own head): plausible, wrong probabilities."""
+    from aperture_zoo import load, predict_proba
+    from aperture_zoo.calibration import fit_calibrator
+    from aperture_zoo.calibrators import CalibratorError
+
+    own, published = load("resnet10", weights=run.weights), load("resnet10", pretrained=True)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(CalibratorError, match="fitted on 10-class logits, not 3-class ones"):
+        predict_proba(own, x, calibrator=published.calibrator)
+    with pytest.raises(CalibratorError, match="fitted on 3-class logits, not 10-class ones"):
+        predict_proba(published, x, calibrator=own.calibrator)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 10)) * 3
+    fitted = fit_calibrator(z, np.where(rng.random(300) < 0.8, z.argmax(1), rng.integers(0, 10, 300)))
+    with pytest.raises(CalibratorError, match="fitted on 10-class logits"):
+        predict_proba(own, x, calibrator=fitted)
+    torch.testing.assert_close(predict_proba(published, x, calibrator=fitted).sum(1), torch.ones(2))
+    torch.testing.assert_close(predict_proba(own, x, calibrator=own.calibrator), predict_proba(own, x))
+
+
+def test_raw_float_pixels_are_refused_and_wrapped_models_unwrapped(run: FolderRun) -> None:
+    """Regression (fifth hostile try, F4 and L3): 0..255 float pixels were classified confidently and wrongly (the
+    ONNX classifier refused them); predict_proba of an nn.DataParallel model was an AttributeError."""
+    from aperture_zoo import load, predict_proba, preprocess
+    from aperture_zoo.model import InputShapeError
+
+    model = load("resnet10", weights=run.weights)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    x = preprocess(pixels, model)
+    raw = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    with pytest.raises(InputShapeError, match=r"got values in \[.*\]: raw pixels\? Normalise them first"):
+        predict_proba(model, raw)
+    with pytest.raises(InputShapeError, match="nan or inf"):
+        predict_proba(model, torch.full((1, 3, 32, 32), float("nan")))
+    extreme = x.clone()  # a white and a black image, normalised, sit at the edges of the range: accepted
+    extreme[0], extreme[1] = preprocess(np.full((32, 32, 3), 255, np.uint8), model)[0], \
+        preprocess(np.zeros((32, 32, 3), np.uint8), model)[0]
+    assert predict_proba(model, extreme).shape == (2, 3)
+    torch.testing.assert_close(predict_proba(torch.nn.DataParallel(model), x), predict_proba(model, x))

@@ -81,6 +81,21 @@ def test_wrong_input_shape_is_named(shape: tuple[int, ...]) -> None:
         model(torch.randn(*shape))
 
 
+@pytest.mark.parametrize(
+    "shape, fix",
+    [((3, 32, 32), "Add a batch dimension with x.unsqueeze(0)."),
+     ((2, 32, 32, 3), "channels-last (N x H x W x C): use x.permute(0, 3, 1, 2)."),
+     ((32, 32, 3), "use x.permute(2, 0, 1).unsqueeze(0)."),
+     ((2, 3, 64, 64), "Resize images to 32x32"), ((3, 64, 64), "Resize images to 32x32")],
+)
+def test_the_shape_hint_names_the_fix_that_fits(shape: tuple[int, ...], fix: str) -> None:
+    """Regression (fourth hostile try, low): an N x H x W x C batch or a 64x64 image was told to add a batch dimension."""
+    model = create_model("resnet10").eval()
+    with pytest.raises(InputShapeError) as err:
+        model(torch.randn(*shape))
+    assert fix in str(err.value) and ("unsqueeze" in fix) == ("unsqueeze" in str(err.value))
+
+
 def test_integer_pixels_are_named() -> None:
     model = create_model("resnet10").eval()
     with pytest.raises(InputShapeError, match=r"expects float input normalised.*got dtype torch.uint8"):

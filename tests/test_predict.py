@@ -182,6 +182,11 @@ def test_float_pixels_and_fixed_batch_file(model: torch.nn.Module, onnx_file: Pa
     np.testing.assert_allclose(fixed.predict_proba(batch), want, atol=1e-5)
     with pytest.raises(ImageError, match="expected images shaped"):
         dynamic.predict_proba(np.zeros((2, 32), np.uint8))
+    # float channels-last pixels: the hint is the transpose, not resizing (fifth hostile try, NHWC-hint family)
+    with pytest.raises(ImageError, match=r"channels-last \(N x H x W x 3\): transpose them"):
+        dynamic.predict_proba(floats.transpose(0, 2, 3, 1))
+    with pytest.raises(ImageError, match="decode files with load_image"):
+        dynamic.predict_proba(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_ir10_file_on_an_old_onnxruntime_says_to_export_again(onnx_file: Path, images: dict[str, Path],

@@ -124,15 +124,21 @@ def test_resume_after_sigterm_gives_identical_weights(straight, synthetic_cifar,
 
 
 def test_sigterm_to_a_cli_subprocess_then_resume(straight, synthetic_cifar, tmp_path) -> None:
-    """A real external SIGTERM against `python -m aperture_zoo.train`, then --resume."""
+    """A real external SIGTERM against `python -m aperture_zoo.train`, then --resume.
+
+    The child pauses 1 s after each checkpoint it writes (a test-only wrapper), so the signal sent on seeing the
+    first one always lands mid-run, on a fast machine or a loaded one: the outcome never depends on timing."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "aperture_zoo.train", "resnet10", "--arch", ARCH, "--device", "cpu",
+    pause = ("import runpy, sys, time; import aperture_zoo.train.loop as L; save = L.checkpoint; "
+             "L.checkpoint = lambda *a, **k: (save(*a, **k), time.sleep(1.0))[0]; "
+             "sys.argv[0] = 'aperture_zoo.train'; runpy.run_module('aperture_zoo.train', run_name='__main__')")
+    cmd = [sys.executable, "-c", pause, "resnet10", "--arch", ARCH, "--device", "cpu",
            "--data-dir", str(synthetic_cifar), "--out", str(run), "--no-progress"]
     for item in SETS:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # a bound for a hung child, not a timing: the loop ends at the first checkpoint
     while time.time() < deadline and not (run / "checkpoint.safetensors").exists() and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

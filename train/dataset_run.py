@@ -166,15 +166,36 @@ def weights_metadata(run: dict[str, Any]) -> dict[str, Any]:
     """What a run's model.safetensors records about its data and init, beside the spec.
 
     A folder's manifest and split go by their SHA-256 (``manifest_sha256``), not as file lists:
-    the run's ``run.json`` holds those.
+    the run's ``run.json`` holds those. A folder goes by its name only (``folder:NAME``): the weights
+    travel (Hub, cards) and the path on the machine that trained them is nobody's business; readers
+    never read a path from metadata anyway (the user passes the folder, its content decides).
     """
-    out: dict[str, Any] = {"dataset": run.get("dataset", "cifar10")}
+    out: dict[str, Any] = {"dataset": public_dataset(run.get("dataset", "cifar10"))}
     for key in ("data", "init", "freeze_backbone", "probe"):
         if run.get(key) is not None:
             out[key] = run[key]
     if isinstance(out.get("data"), dict):
-        out["data"] = {k: v for k, v in out["data"].items() if k not in _BIG}
+        out["data"] = {k: public_dataset(v) if k == "dataset" and isinstance(v, str) else v
+                       for k, v in out["data"].items() if k not in _BIG}
+    if isinstance(out.get("init"), dict):  # the starting weights go by SHA-256; a file by its name, not its path
+        out["init"] = {**{k: v for k, v in out["init"].items() if k != "path"},
+                       "ref": public_ref(str(out["init"].get("ref", "")))}
     return out
+
+
+def public_ref(ref: str) -> str:
+    """A Hub id or tag as given; a local file or folder by its name only."""
+    if ref.startswith("hf-hub:") or not ("/" in ref or "\\" in ref or ref.startswith("local-dir:")
+                                         or ref.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt"))):
+        return ref
+    local = ref.startswith("local-dir:")
+    return ("local-dir:" if local else "") + Path(ref.removeprefix("local-dir:").rstrip("/\\")).name
+
+
+def public_dataset(name: str) -> str:
+    """A built-in dataset's name, or ``folder:NAME`` for a folder (never its path; "folder:" keeps a folder
+    called cifar10 from reading as the built-in one)."""
+    return name if name in ("cifar10", "cifar100") or name.startswith("folder:") else f"folder:{Path(name).name}"
 
 
 def _default_val(val_split: float | None, n_train: int) -> tuple[float, str, str | None]:

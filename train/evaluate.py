@@ -280,7 +280,7 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     import hashlib
     import json
 
-    from aperture_zoo.catalog import refuse_published_folder
+    from aperture_zoo.catalog import refuse_other_weights_folder
     from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, RELIABILITY_FILENAME, atomic_write_text
     from aperture_zoo.files import file_sha256
 
@@ -288,7 +288,8 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
 
     out = Path(out_dir)
     sha = file_sha256(weights_file)
-    refuse_published_folder(out, sha, "an eval.json and figures of other weights would sit beside them")
+    refuse_other_weights_folder(out, sha, "an eval.json and figures of other weights would replace or sit beside "
+                                "its own")
     report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
               "weights_sha256": sha,
               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}

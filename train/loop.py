@@ -368,7 +368,8 @@ def checkpoint(r: _Loop, state: RunState, steps: int) -> None:
         raise r.diverged(state, "weights became nan/inf (the loss was still finite)",
                          state.epoch - at_boundary, steps if at_boundary else state.step)
     if r.info.is_main:
-        state.save(r.folder.checkpoint, arch=r.run.spec.arch_dict(), seed=r.run.seed, run_id=r.run.record.get("run_id"))
+        state.save(r.folder.checkpoint, arch=r.run.spec.arch_dict(), seed=r.run.seed, run_id=r.run.record.get("run_id"),
+                   recipe_sha256=r.run.recipe.training_sha256(), lr=r.run.recipe.lr)
     else:
         state.saved_at = state.where
 

@@ -89,6 +89,14 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def training_sha256(self) -> str:
+        """SHA-256 of what makes this recipe train differently, lr aside (the one change a resume may make):
+        a checkpoint records it, so a resume refuses a recipe.json that is not the run's own."""
+        import hashlib
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare and f.name != "lr"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

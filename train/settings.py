@@ -198,9 +198,10 @@ def resolve_run(cfg: TrainConfig) -> Run:
             f"the run in {str(folder.path)!r} stopped before its first checkpoint (the end of epoch 1, or "
             "the first interruption it saw), so there is nothing to resume; start it again in the same folder",
             folder.path, run.recipe, run.record)
+    recorded = run.recipe  # recipe.json as found: a lower --lr replaces run.recipe below
     was = _check_same_run(cfg, run)
     run.ckpt = load_checkpoint(folder.checkpoint)
-    _check_own_checkpoint(run)
+    _check_own_checkpoint(run, recorded)
     if was is not None:  # resumed with a lower lr: run.json keeps every change and where it began
         info = run.ckpt["info"]
         change = {"epoch": int(info["epoch"]), "step": int(info["step"]), "lr": run.recipe.lr, "was": was}
@@ -208,8 +209,9 @@ def resolve_run(cfg: TrainConfig) -> Run:
     return run
 
 
-def _check_own_checkpoint(run: Run) -> None:
-    """Refuse a checkpoint that another run wrote (copied into this folder, or this folder's run.json replaced).
+def _check_own_checkpoint(run: Run, recorded: Recipe) -> None:
+    """Refuse a checkpoint that another run wrote (copied into this folder, or this folder's run.json or
+    recipe.json replaced).
 
     Resumed, it would continue other weights under this run's settings and seed (exit 0, and a card
     that names a seed which does not reproduce them), or crash on a head of another size.
@@ -222,14 +224,20 @@ def _check_own_checkpoint(run: Run) -> None:
         differ.append("architecture")
     if "seed" in info and str(info["seed"]) != str(saved.get("seed")):
         differ.append(f"seed {info['seed']} vs {saved.get('seed')}")
+    if "recipe_sha256" in info and info["recipe_sha256"] != recorded.training_sha256():
+        differ.append("recipe")
+    # lr: the checkpoint's, or the one a lower-lr resume replaced (killed before its first checkpoint)
+    lrs = {recorded.lr, *(c.get("was") for c in saved.get("lr_changes", [])[-1:] if c.get("lr") == recorded.lr)}
+    if "lr" in info and info["lr"] not in lrs:
+        differ.append(f"lr {info['lr']:g} vs {recorded.lr:g}")
     fc = ckpt["model"].get("fc.weight")
     if fc is not None and fc.shape[0] != run.spec.num_classes:
         differ.append(f"{fc.shape[0]} classes vs {run.spec.num_classes}")
     if differ:
         raise CheckpointError(
             f"cannot resume {str(run.resume_dir)!r}: its checkpoint.safetensors was written by another run than "
-            f"the one its run.json describes ({', '.join(differ)}); put back this run's own checkpoint and run.json, "
-            "or start a new run")
+            f"the one its run.json and recipe.json describe ({', '.join(differ)}); put back this run's own checkpoint, "
+            "run.json and recipe.json, or start a new run")
 
 
 def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:

@@ -68,11 +68,14 @@ def runtimes_cmd(
         if record and onnx_dir is None:
             raise ExportError("--record writes into existing files; pass them with --onnx-dir")
         model, sha = _load_model(name, weights, pretrained, random_init)
-        if out is not None:  # before the matrix runs: a published folder takes no other weights' matrix
-            from aperture_zoo.catalog import refuse_published_folder
+        from aperture_zoo.catalog import refuse_other_weights_folder, refuse_published_folder
 
-            refuse_published_folder(out.parent, sha, "a runtime matrix of other weights would sit beside them",
-                                    fix="Write it elsewhere with --out FILE")
+        if out is not None:  # before the matrix runs: a folder of other weights takes no matrix of these
+            refuse_other_weights_folder(out.parent, sha, "a runtime matrix of other weights would sit beside them",
+                                        fix="Write it elsewhere with --out FILE")
+        if record and onnx_dir is not None:  # --record writes into the files there
+            refuse_published_folder(onnx_dir, sha, "recording other weights' runtime results into its files would "
+                                    "describe them", fix="Export your weights elsewhere and record there")
         files, others, stem = None, {}, model.spec.name  # export names its files after the architecture
         if onnx_dir is not None:
             others = {row: f for row, f in format_files_in(onnx_dir, stem).items() if row in chosen}

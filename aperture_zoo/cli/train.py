@@ -211,9 +211,13 @@ def eval_cmd(
         model, used, used_sha256 = model_for_command(name, weights, pretrained)
         ref = weights if weights is not None else name if names_weights(name) else None
         out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
-        from aperture_zoo.catalog import refuse_published_folder
+        from aperture_zoo.catalog import refuse_other_weights_folder, refuse_published_folder
 
-        refuse_published_folder(out_dir, used_sha256, "an eval.json and figures of other weights would sit beside them")
+        refuse_other_weights_folder(out_dir, used_sha256, "an eval.json and figures of other weights would replace or "
+                                    "sit beside its own")
+        if write_temperature is not None:  # a new file, but beside published weights it would pass for theirs
+            refuse_published_folder(write_temperature.parent, None, "a re-calibrated copy of weights would sit beside "
+                                    "them", fix="Write it elsewhere with --write-temperature FILE")
         dev = resolve_device(device)
         from aperture_zoo.datasets import dataset_for_weights
         from aperture_zoo.weights import decode_metadata
