@@ -15,8 +15,8 @@ from typing import Any
 
 from .catalog import DEFAULT_HUB_ORG, find_weights
 from .errors import ApertureError
-from .files import (EVAL_FILENAME, MODEL_SUFFIXES, ONNX_SUFFIX, PROVENANCE_FILENAME, REPORT_SUFFIX, RUNTIMES_FILENAME,
-                    WEIGHTS_FILENAME, read_json)
+from .files import (EVAL_FILENAME, MODEL_SUFFIXES, ONNX_FILENAME, ONNX_SUFFIX, PROVENANCE_FILENAME, REPORT_SUFFIX,
+                    RUNTIMES_FILENAME, WEIGHTS_FILENAME, read_json)
 from .registry import ModelSpec, get_spec
 
 
@@ -39,6 +39,7 @@ class CardFacts:
     onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name (any format) -> report
     runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
+    onnx_file: str | None = None  # the fp32 ONNX model beside the card (model.onnx in a Hub repo): the usage names it
 
     @property
     def trained(self) -> bool:
@@ -115,6 +116,7 @@ def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
     checked = check_folder(source_dir, facts.weights_sha256, name)
     facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
     facts.has_onnx = any(f.endswith(ONNX_SUFFIX) for f in checked.reports) or bool(checked.onnx_files)
+    facts.onnx_file = next((f for f in (ONNX_FILENAME, name + ONNX_SUFFIX) if f in checked.onnx_files), None)
 
 
 # Every metadata field a card or its config.json reads, with what it must be (None: not recorded). Any Hub repo

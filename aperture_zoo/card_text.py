@@ -185,6 +185,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         # the usage snippet loads the published weights only when these are them
         "published": published,
         "export_ref": f"{s.name} --pretrained" if published or facts.weights is None else "model.safetensors",
+        "onnx_file": facts.onnx_file,  # the file this folder holds, else the one `aperture export` writes
         "has_temperature": meta.get("calibrator") is not None or meta.get("temperature") is not None or (
             record is not None and record.calibrator is not None and facts.weights_sha256 == record.sha256),
     }

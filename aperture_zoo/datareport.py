@@ -105,7 +105,19 @@ def analyse(decoded: DecodedFolder) -> DataReport:
             report.classes[name] = {"images": int((labels == c).sum())}
     _check_test_copies(decoded, keep, scan.test_dir or "test")
     _check_sizes(report, scan.test_dir or "test")
+    report.notes += _case_twins(scan.classes)
     return report
+
+
+def _case_twins(classes: tuple[str, ...]) -> list[str]:
+    """Class names equal but for case (``Cat``, ``cat``): two classes here, one folder on a case-insensitive
+    file system (macOS, Windows), so a copy of the data there merges them. Named, not refused: they may be meant."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(name.lower(), []).append(name)
+    return [f"classes {' and '.join(repr(n) for n in names)} differ only in case: kept as {len(names)} classes, but on "
+            "a case-insensitive file system (macOS, Windows) they are one folder; rename one if they are one class"
+            for names in groups.values() if len(names) > 1]
 
 
 def _check_test_copies(decoded: DecodedFolder, keep: np.ndarray, test_dir: str) -> None:

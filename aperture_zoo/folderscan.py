@@ -2,7 +2,8 @@
 
 Layout: ``DIR/train/<class>/`` with ``DIR/test/<class>/`` (or ``DIR/val/``) is used as given;
 otherwise every ``DIR/<class>/`` is one pool that the caller splits (``datasets.py``). Class names
-are the folder names, sorted, exactly as written (spaces, unicode, brackets included). Symlinks are
+are the folder names, sorted, exactly as written (spaces, unicode, brackets included); two names that are
+one name in two Unicode forms (NFC ``café`` and NFD ``café``) are refused, since no output could tell them apart. Symlinks are
 followed (a dataset assembled from links is common) and loops detected; files reached through a link
 that leads outside the folder are listed (``Scan.linked_outside``), so the data report names them. What is not read is named with why (hidden or system files, other
 extensions, files outside any class folder), and a folder whose "classes" look like datasets of
@@ -157,6 +158,7 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
         classes = tuple(_class_dirs(root / "train"))
         test_classes = _class_dirs(root / test_dir)
         extra = [c for c in test_classes if c not in classes]
+        _refuse_twins((*classes, *extra), f"train/ and {test_dir}/")  # before "train/ lacks" names a twin
         if extra:
             raise FolderError(
                 f"{test_dir}/ has class folder(s) that train/ lacks: {', '.join(repr(c) for c in extra[:5])}"
@@ -263,3 +265,30 @@ def _check_classes(root: Path, classes: tuple[str, ...]) -> None:
     if len(classes) == 1:
         raise FolderError(f"{where!r} has a single class folder ({classes[0]!r}); a classifier needs at least "
                           "two classes: add a folder per class")
+    _refuse_twins(classes, where)
+
+
+def _refuse_twins(classes: tuple[str, ...], where: str) -> None:
+    twins = _normalisation_twins(classes)
+    if twins:
+        a, b = twins[0]
+        more = f" (and {len(twins) - 1} more such pair(s))" if len(twins) > 1 else ""
+        raise FolderError(
+            f"class folders {ascii(a)} and {ascii(b)} in {where!r} are the same name written in two Unicode forms "
+            f"(equal after NFC normalisation){more}: every output would show two identical-looking classes, and "
+            "on macOS they are one folder; rename one of them, or merge their images into one folder")
+
+
+def _normalisation_twins(classes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Pairs of class names that differ in code points but not once NFC-normalised (``caf\\xe9``, ``cafe\\u0301``)."""
+    import unicodedata
+
+    first: dict[str, str] = {}
+    twins: list[tuple[str, str]] = []
+    for name in classes:
+        key = unicodedata.normalize("NFC", name)
+        if key in first:
+            twins.append((first[key], name))
+        else:
+            first[key] = name
+    return twins

@@ -285,6 +285,8 @@ def test_a_cifar_run_records_its_batch_files_and_resume_refuses_other_ones(tmp_p
     assert "are not the ones the run started on (1 changed: data_batch_3)" in " ".join(again.output.split())
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     (batches / "data_batch_3").write_bytes(original)
+    moved = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress", "--data-dir", str(other)])
+    assert moved.exit_code == 2 and "are not the ones the run started on (6 changed:" in " ".join(moved.output.split())
     done = CliRunner().invoke(app, ["train", "--resume", str(run), "--no-progress"])
     assert done.exit_code == 0, done.output
 
@@ -341,6 +343,61 @@ def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
     (a / "recipe.json").write_bytes(own)
     done = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", "--lr", "0.001"])
     assert done.exit_code == 0, done.output  # a lower lr stays the one change a resume may make
+
+
+def test_resume_refuses_an_option_that_changes_the_run_and_takes_the_recorded_value(tmp_path: Path) -> None:
+    """Regression (fifth hostile try, F2): --resume with --init, --freeze-backbone, --test-split or --arch exited 0
+    and silently continued the run as it was (a resume "with the backbone frozen" trained every layer)."""
+    root = write_folder(tmp_path / "d", 12)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
+    stopped = (a / "checkpoint.safetensors").read_bytes()
+    for option, used in ((["--init", str(root / "bird" / "0000.png")], "no --init (it trains from scratch)"),
+                         (["--freeze-backbone"], "no --freeze-backbone (it trains every layer)"),
+                         (["--test-split", "0.5"], "--test-split 0.2"),
+                         (["--arch", "channels=16,16,16,16"], "--arch channels=8,8,8,8"),
+                         (["resnet10", "--arch", "num_classes=5"], "--arch num_classes=3")):
+        refused = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", *option])
+        text, asked = " ".join(refused.output.split()), " ".join(o for o in option if o != "resnet10")
+        assert refused.exit_code == 2 and f"cannot resume {str(a)!r} with {asked}: the run used {used}. Drop the " \
+            "option to continue it, or start a new run" in text, text
+    assert (a / "checkpoint.safetensors").read_bytes() == stopped  # nothing trained
+    same = ["--test-split", "0.2", "--arch", "channels=8,8,8,8", "--arch", "num_classes=3"]
+    assert CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", *same]).exit_code == 0
+    init = a / "model.safetensors"
+    tuned = ["--init", str(init), "--freeze-backbone"]
+    assert _train(tmp_path, root, "--out", str(b), "--time-budget", "0.001", *tuned).exit_code == 75
+    other = CliRunner().invoke(app, ["train", "--resume", str(b), "--no-progress", "--init",
+                                     str(a / "checkpoint.safetensors")])  # other bytes than the run started from
+    assert other.exit_code == 2 and f"the run used --init {init} (SHA-256 " in " ".join(other.output.split())
+    done = CliRunner().invoke(app, ["train", "--resume", str(b), "--no-progress", *tuned])
+    assert done.exit_code == 0, done.output
+    assert json.loads((b / "run.json").read_text())["freeze_backbone"] is True
+
+
+def test_resuming_a_complete_run_draws_its_missing_curves_and_card_names_them(tmp_path: Path) -> None:
+    """Regression (fifth hostile try, F7): a kill -9 between model.safetensors and curves.png left a run that
+    --resume called complete without drawing them, and `card --run` shipped without them, without a word."""
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.provenance import check_figure
+
+    root, a = write_folder(tmp_path / "d", 12), tmp_path / "a"
+    assert _train(tmp_path, root, "--out", str(a)).exit_code == 0
+    weights = (a / "model.safetensors").read_bytes()
+    (a / "curves.png").unlink()  # where a kill -9 right after the weights leaves the run
+    card = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c1")])
+    text = " ".join(card.output.split())
+    assert card.exit_code == 0 and "has no curves.png" in text and f"aperture train --resume {a}" in text, text
+    again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
+    text = " ".join(again.output.split())
+    assert again.exit_code == 0 and "already complete (nothing trained; drew the missing curves.png from " \
+        "metrics.jsonl)" in text, text
+    check_figure(a / "curves.png", file_sha256(a / "model.safetensors"))  # drawn for these weights, not others
+    assert (a / "model.safetensors").read_bytes() == weights
+    card = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c2")])
+    assert card.exit_code == 0 and "curves.png" not in card.output and (tmp_path / "c2" / "curves.png").is_file()
+    again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
+    assert again.exit_code == 0 and "already complete (nothing trained or written)" in " ".join(again.output.split())
 
 
 def test_init_from_a_narrower_network_of_the_same_name_advises_arch(tmp_path: Path) -> None:

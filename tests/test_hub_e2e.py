@@ -274,6 +274,7 @@ def test_with_onnx_uploads_the_exported_file_only_if_it_is_of_these_weights(hub_
     readme = files["README.md"].decode()
     assert "- onnx" in readme and "## Exported files: parity with PyTorch" in readme and "validation passed" in readme
     assert file_sha256(run / "model.onnx") in readme  # the card names the exact file its figures are about
+    assert 'OnnxClassifier("model.onnx")' in readme and "`model.onnx`, beside this card" in readme  # said resnet10.onnx
 
     other = tmp_path / "other"  # the same file name, exported from other weights
     random_weights(other / "model.safetensors", "resnet10", init_seed=1)

@@ -66,7 +66,13 @@ def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path
     for asked, error, message in ((dict(model="resnet22"), CheckpointError, "not resnet22"),
                                   (dict(recipe=FAST.replace(lr=0.8)), RecipeError, "different recipe"),
                                   (dict(seed=3), CheckpointError, "seed=3: the run used seed=2"),
-                                  (dict(dataset="cifar100"), CheckpointError, "--dataset cifar100: the run trains on cifar10")):
+                                  (dict(dataset="cifar100"), CheckpointError, "--dataset cifar100: the run trains on cifar10"),
+                                  # fifth hostile try, F2: these were dropped without a word
+                                  (dict(test_split=0.5), CheckpointError, "--test-split 0.5: the run used its data"),
+                                  (dict(init="resnet10.fast"), CheckpointError, "--init resnet10.fast: the run used no"),
+                                  (dict(freeze_backbone=True), CheckpointError, "--freeze-backbone: the run used no"),
+                                  (dict(model=TINY.replace(num_classes=5)), CheckpointError,
+                                   "--arch num_classes=5: the run used --arch num_classes=10. Drop the option")):
         with pytest.raises(error, match=message):
             resolve_run(with_run_options(TrainConfig(resume=tmp_path, **asked)))
     with pytest.raises(CheckpointError, match="unreadable"):  # its own dataset passes, on to the (empty) checkpoint

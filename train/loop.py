@@ -40,7 +40,7 @@ from .probe import probe_run
 from .recipes import Recipe
 from .rundir import RunDir
 from .settings import (SYNC_INTERVAL_S, Run, TimeBudgetReached, TrainConfig, TrainingDiverged, TrainingError,
-                       TrainingInterrupted, TrainResult, resolve_run, with_run_options)
+                       TrainingInterrupted, TrainResult, finished_run, resolve_run, with_run_options)
 from .state import RunState
 from .step import TrainStep, initial_state, lr_at, network
 from .stream import BatchStream
@@ -66,7 +66,7 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
     budget = _Budget(cfg.time_budget_s, time.perf_counter())
     dataset_run.forget()
     run = resolve_run(cfg)
-    done = _finished(run)
+    done = finished_run(run, draw=info.is_main)  # complete already: its missing curves.png drawn, no more
     if done is not None:
         return done
     _refuse_early(cfg, run, info)
@@ -402,23 +402,6 @@ def _signame(signum: float) -> str:
         return signal.Signals(int(signum)).name
     except ValueError:
         return f"signal {int(signum)}"
-
-
-def _finished(run: Run) -> TrainResult | None:
-    """The recorded result of a resumed run that already trained every epoch and wrote its weights, else None."""
-    from aperture_zoo.weights import decode_metadata, read_metadata
-
-    if run.resume_dir is None:
-        return None
-    folder = RunDir(run.resume_dir)
-    if run.ckpt is None or not folder.weights.is_file() or run.ckpt["info"]["epoch"] < run.recipe.epochs:
-        return None
-    meta = decode_metadata(read_metadata(folder.weights))
-    return TrainResult(run_dir=folder.path, test_top1=float(meta["test_top1"]), test_loss=float(meta["test_loss"]),
-                       epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
-                       train_images_per_s=float(meta["train_images_per_s"]), metrics=folder.metrics(),
-                       already_complete=True,
-                       test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
 
 
 def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration: dict[str, Any] | None = None) -> None:

@@ -72,8 +72,19 @@ def parse_arch(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def model_from_options(name: str | None, arch: list[str] | None = None) -> str | ModelSpec | None:
-    """A registered name, or the spec ``--arch`` derives from it (checked by building it once)."""
-    if name is None or not arch:
+def model_from_options(name: str | None, arch: list[str] | None = None,
+                       resume: str | os.PathLike[str] | None = None) -> str | ModelSpec | None:
+    """A registered name, or the spec ``--arch`` derives from it (checked by building it once).
+
+    On ``resume``, ``--arch`` derives from the run's own spec (its classes and widths), so the resume
+    check compares what was asked with what the run trains, and an equal value passes.
+    """
+    if not arch:
         return name
+    if resume is not None:
+        recorded = ModelSpec.from_dict(RunDir(Path(resume)).record()["spec"])
+        if name is None or name == recorded.name:
+            return recorded.replace(**parse_arch(arch))
+    if name is None:
+        return None
     return create_model(name, **parse_arch(arch)).spec

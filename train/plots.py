@@ -40,6 +40,23 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], title:
     return save_figure(plt, fig, path, made_from)
 
 
+def draw_missing_curves(rows: list[dict[str, Any]], path: str | os.PathLike[str], weights: str | os.PathLike[str],
+                        test_top1: float, title: str = "") -> bool:
+    """Draw a complete run's curves.png when it is missing (killed between its weights and this figure).
+
+    Only from a log that ends at the weights' own final test top-1 (as ``aperture card`` checks it):
+    the figure records these weights' SHA-256, so another run's log must not be drawn under it.
+    Returns whether it drew.
+    """
+    from aperture_zoo.files import file_sha256
+
+    last = rows[-1].get("test_top1") if rows else None
+    if Path(path).exists() or not isinstance(last, (int, float)) or abs(last - test_top1) > 1e-3:
+        return False
+    plot_curves(rows, path, title=title, made_from={"weights_sha256": file_sha256(weights)})
+    return True
+
+
 def plot_confusion(
     confusion: list[list[int]], classes: tuple[str, ...] | list[str], path: str | os.PathLike[str], title: str = "",
     made_from: dict[str, str] | None = None,

@@ -117,7 +117,8 @@ class TrainResult:
     wall_time_s: float
     train_images_per_s: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    already_complete: bool = False  # --resume of a finished run: nothing was trained or written
+    already_complete: bool = False  # --resume of a finished run: nothing was trained or written ...
+    drew_curves: bool = False  # ... but its missing curves.png (a kill -9 after the weights), drawn from metrics.jsonl
     test_top1_flip_tta: float | None = None  # the final epoch with flip TTA (recipe final_tta), never in test_top1
 
 
@@ -209,6 +210,31 @@ def resolve_run(cfg: TrainConfig) -> Run:
     return run
 
 
+def finished_run(run: Run, draw: bool = True) -> TrainResult | None:
+    """The recorded result of a resumed run that already trained every epoch and wrote its weights, else None.
+
+    ``draw``: a missing curves.png (the process was killed between the weights and the figure) is
+    drawn from metrics.jsonl, as the end of training would have.
+    """
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    from .plots import draw_missing_curves
+
+    if run.resume_dir is None:
+        return None
+    folder = RunDir(run.resume_dir)
+    if run.ckpt is None or not folder.weights.is_file() or run.ckpt["info"]["epoch"] < run.recipe.epochs:
+        return None
+    meta = decode_metadata(read_metadata(folder.weights))
+    drew = draw and draw_missing_curves(folder.metrics(), folder.curves, folder.weights, float(meta["test_top1"]),
+                                        title=f"{run.spec.name} ({run.recipe.name})")
+    return TrainResult(run_dir=folder.path, test_top1=float(meta["test_top1"]), test_loss=float(meta["test_loss"]),
+                       epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
+                       train_images_per_s=float(meta["train_images_per_s"]), metrics=folder.metrics(),
+                       already_complete=True, drew_curves=drew,
+                       test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
+
+
 def _check_own_checkpoint(run: Run, recorded: Recipe) -> None:
     """Refuse a checkpoint that another run wrote (copied into this folder, or this folder's run.json or
     recipe.json replaced).
@@ -249,7 +275,12 @@ def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
     where, saved = str(run.resume_dir), run.record
     if cfg.model is not None:
         asked = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
-        if asked.arch_dict() != saved["arch"]:
+        if asked.name == saved["arch"]["name"] and isinstance(cfg.model, ModelSpec):  # the run's model, --arch asked
+            differ = [k for k, v in asked.arch_dict().items() if v != saved["arch"].get(k)]
+            if differ:
+                _refuse_option(where, "--arch " + ",".join(_arch_item(k, asked.arch_dict()[k]) for k in differ),
+                               "--arch " + ",".join(_arch_item(k, saved["arch"].get(k)) for k in differ))
+        elif asked.name != saved["arch"]["name"]:  # the name alone names the run's model (its --arch, its classes)
             raise CheckpointError(
                 f"cannot resume {where!r}: it trains {saved['arch']['name']} "
                 f"{saved['arch']['blocks']}/{saved['arch']['channels']}, not {asked.name} "
@@ -301,3 +332,46 @@ def _check_same_options(cfg: TrainConfig, run: Run) -> None:
                 f"cannot resume {where!r} with {key}={asked_value}: the run used "
                 f"{key}={saved[key]}. Drop the option to continue it, or start a new run"
             )
+    _check_same_start(cfg, where, saved)
+
+
+def _check_same_start(cfg: TrainConfig, where: str, saved: dict[str, Any]) -> None:
+    """Refuse to resume with another ``--test-split``, ``--init`` or ``--freeze-backbone`` than the run's own.
+
+    The run's split and starting weights were fixed when it started, so a resume could only drop such
+    an option without a word; the same value passes (an init file by its SHA-256, not its name).
+    """
+    if cfg.test_split is not None and cfg.test_split != saved.get("test_split"):
+        used = saved.get("test_split")
+        _refuse_option(where, f"--test-split {cfg.test_split:g}",
+                       f"--test-split {used:g}" if isinstance(used, float) else "its dataset's own test set")
+    init = saved.get("init") if isinstance(saved.get("init"), dict) else None
+    if cfg.init is not None and (init is None or _init_sha256(cfg.init) != init.get("sha256")):
+        _refuse_option(where, f"--init {cfg.init}", "no --init (it trains from scratch)" if init is None else
+                       f"--init {init.get('ref')} (SHA-256 {str(init.get('sha256'))[:12]})")
+    if cfg.freeze_backbone and not saved.get("freeze_backbone"):
+        _refuse_option(where, "--freeze-backbone", "no --freeze-backbone (it trains every layer)")
+
+
+def _refuse_option(where: str, asked: str, used: str) -> None:
+    raise CheckpointError(f"cannot resume {where!r} with {asked}: the run used {used}. Drop the option to continue "
+                          "it, or start a new run")
+
+
+def _arch_item(key: str, value: Any) -> str:
+    return f"{key}=" + (",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+
+
+def _init_sha256(ref: str | os.PathLike[str]) -> str | None:
+    """The SHA-256 of the weights ``--init`` names: a file's bytes, or a published tag's pin (None: neither)."""
+    from aperture_zoo.catalog import find_weights
+    from aperture_zoo.files import file_sha256
+
+    path = user_path(str(ref))
+    if path.is_file():
+        return file_sha256(path)
+    try:
+        published = find_weights(str(ref))
+    except ApertureError:
+        return None
+    return None if published is None else published.sha256

@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import MODEL_HELP, WEIGHTS_HELP, console, safe, user_errors, weights_file_for_command
+from aperture_zoo.files import CURVES_FILENAME
+
+from .common import MODEL_HELP, WEIGHTS_HELP, console, err_console, safe, user_errors, weights_file_for_command
 
 
 @app.command("card")
@@ -26,6 +28,12 @@ def card_cmd(
         folder = write_card(arch, out or MODEL_CARDS_DIR / arch, weights=file, run_dir=run)
     console.print(f"wrote {safe(folder / 'README.md')} and {safe(folder / 'config.json')}", highlight=False,
                   soft_wrap=True)
+    if run is not None and not (run / CURVES_FILENAME).is_file():  # a run killed between its weights and curves
+        from .hints import resume_command
+
+        err_console.print(safe(f"note: {run} has no {CURVES_FILENAME}, so neither has the card's folder; "
+                               f"`{resume_command(run)}` draws it from the run's metrics.jsonl, then write the card "
+                               "again"), highlight=False, soft_wrap=True)
 
 
 @app.command("push")

@@ -93,7 +93,7 @@ def train_cmd(
                  "label_smoothing": label_smoothing, "mixup_alpha": mixup, "cutout": cutout, "ema_decay": ema}
         chosen = recipe_from_options(recipe or ("finetune" if init is not None and resume is None else None),
                                      set_, flags, resume)
-        model = model_from_options(name, arch)
+        model = model_from_options(name, arch, resume)
         cfg = TrainConfig(
             model=model, recipe=chosen, seed=seed, data_dir=data_dir, download=download, subset=subset,
             test_subset=test_subset, val_split=val_split, device=device, compile=compile_, out_dir=out,
@@ -143,6 +143,7 @@ def _print_result(result: Any, json_out: bool) -> None:
         "run_dir": str(result.run_dir), "test_top1": result.test_top1, "test_loss": result.test_loss,
         "epochs": result.epochs, "wall_time_s": result.wall_time_s,
         "train_images_per_s": result.train_images_per_s, "already_complete": result.already_complete,
+        "drew_curves": result.drew_curves,
         "test_top1_flip_tta": result.test_top1_flip_tta,
     }
     if json_out:
@@ -150,8 +151,9 @@ def _print_result(result: Any, json_out: bool) -> None:
         return
     epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
     console.print(
-        ("[bold green]already complete[/] (nothing trained or written): " if result.already_complete else
-         "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
+        ("[bold green]already complete[/] (nothing trained; drew the missing curves.png from metrics.jsonl): "
+         if result.drew_curves else "[bold green]already complete[/] (nothing trained or written): "
+         if result.already_complete else "[bold green]done[/]: ") + f"final-epoch test top-1 {result.test_top1:.2f}% after {epochs}"
         + ("" if result.test_top1_flip_tta is None else f" (flip TTA: {result.test_top1_flip_tta:.2f}%)")
         + ", "
         f"{result.wall_time_s:.1f}s, {result.train_images_per_s:,.0f} train img/s -> {safe(result.run_dir)}",

@@ -1,0 +1,146 @@
+"""Answers that are not the Hub's API (a proxy's error page in ISO-8859-1, HTML where JSON belongs, JSON of
+another shape) end every Hub command with one ``error:`` line naming the endpoint, never a traceback.
+
+A tiny server stands in for the proxy; the real, unpatched client talks to it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import huggingface_hub.constants  # noqa: F401 - imported before HF_* are set, as in a long-lived process
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from profiles import examples
+
+ROOT = Path(__file__).resolve().parent.parent
+PROXY_PAGE = "<html><body>Zugriff verweigert f\u00fcr diese Seite</body></html>".encode("latin-1")  # 0xfc: not UTF-8
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """Answers every request with the server's one set answer: (status, headers, body)."""
+
+    answer: tuple[int, dict[str, str], bytes] = (403, {}, b"")
+
+    def _reply(self) -> None:
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = _reply
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def through(proxy, monkeypatch, tmp_path):
+    """This process talks to ``proxy`` as its Hub, with a Hub cache of its own (empty)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", proxy.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+    def answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> str:
+        proxy.answer = (status, {"Content-Type": "text/html; charset=iso-8859-1", **(headers or {})}, body)
+        return proxy.url
+    return answer
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from aperture_zoo.pretrained import MODEL_CARDS_DIR
+
+    return Path(shutil.copyfile(MODEL_CARDS_DIR / "resnet10" / "model.safetensors",
+                                tmp_path_factory.mktemp("run") / "model.safetensors"))
+
+
+def _one_error_line(args: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 2 and result.output.startswith("error: "), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("status, body, headers", [
+    (403, PROXY_PAGE, {}),  # the hostile report's proxy: a UnicodeDecodeError traceback from the client
+    (404, b'{"error": "\x9b31m"}', {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound"}),
+    (200, b"<html>Willkommen im WLAN</html>", {"Content-Type": "text/html"}),  # a captive portal: HTML, not JSON
+    (404, b"[1]", {"Content-Type": "application/json"}),  # JSON, but not the Hub's errors
+], ids=["latin1-403", "hub-marks-bad-utf8", "portal-200-html", "json-list"])
+def test_push_through_a_server_that_is_not_the_hub_is_one_line(through, weights, status, body, headers):
+    url = through(status, body, headers)
+    out = _one_error_line(["push", "resnet10", "--repo-id", "alice/x", "--weights", str(weights),
+                           "--token", "tok-alice"])
+    assert f"the server at {url} answered" in out and "not the Hub's API (a proxy" in out and "push to alice/x" in out
+    if status != 200:
+        assert f"HTTP {status}" in out
+
+
+@pytest.mark.parametrize("status, body", [(403, PROXY_PAGE), (407, PROXY_PAGE), (200, PROXY_PAGE)])
+def test_a_download_through_a_proxy_says_so(through, status, body):
+    """It said "not in the Hub cache and the download failed; connect once", hiding the proxy's answer."""
+    url = through(status, body)
+    img = next((ROOT / "aperture_zoo" / "sample_images").glob("*cat*.png"))
+    out = _one_error_line(["predict", str(img), "--model", "hf-hub:alice/x"])
+    assert f"the server at {url} answered" in out and "not the Hub's API" in out and "alice/x" in out
+
+
+_headers = st.fixed_dictionaries({}, optional={
+    "Content-Type": st.sampled_from(["application/json", "text/html; charset=iso-8859-1", "text/plain", ""]),
+    "X-Error-Code": st.sampled_from(["RepoNotFound", "RevisionNotFound", "EntryNotFound", "GatedRepo", "Other"]),
+    "X-Error-Message": st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20),
+})
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["error", "errors", "error_description", "message", "x"]), inner, max_size=3),
+                     max_leaves=6)
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(status=st.sampled_from([400, 401, 403, 404, 407, 409, 413, 429, 451]), headers=_headers,
+       body=st.binary(max_size=80) | _json.map(lambda v: json.dumps(v, ensure_ascii=False).encode())
+       | st.just(PROXY_PAGE))
+@example(status=403, headers={}, body=PROXY_PAGE)
+@example(status=404, headers={"Content-Type": "application/json"}, body=b'{"errors": [5]}')
+def test_any_error_answer_is_a_hub_error(through, status, headers, body):
+    """Whatever bytes answer an error, the client's exception comes back as one HubError line."""
+    from huggingface_hub import HfApi
+
+    from aperture_zoo.hub import HubError, _translate
+
+    url = through(status, body, headers)
+    with pytest.raises(HubError) as info, _translate("alice/x", "push to", url):
+        HfApi(endpoint=url, token="tok-alice").repo_info("alice/x")
+    assert "\n" not in str(info.value)
