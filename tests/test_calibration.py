@@ -39,6 +39,22 @@ def test_fit_recovers_a_known_temperature_on_synthetic_logits() -> None:
         assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
+@pytest.mark.parametrize("true_t", [0.9, 1.0])
+def test_fitted_temperature_is_the_nll_minimum_of_a_dense_grid(true_t: float) -> None:
+    """Near T = 1 too (the search's first probes bracket it): the fit is the grid's minimum, not a nearby point."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(400, 10)) * 3
+    p = softmax(logits, true_t)
+    labels = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+    grid = np.exp(np.linspace(np.log(0.4), np.log(2.5), 1001))
+    z = logits[None] / grid[:, None, None]  # the NLL at every grid temperature, computed here by hand
+    z = z - z.max(axis=2, keepdims=True)
+    losses = (np.log(np.exp(z).sum(axis=2)) - z[:, np.arange(len(labels)), labels]).mean(axis=1)
+    i = int(np.argmin(losses))
+    assert 0 < i < len(grid) - 1  # an inner minimum
+    assert fit_temperature(logits, labels) == pytest.approx(grid[i], rel=2e-3)
+
+
 def test_scores_on_hand_checkable_cases() -> None:
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
     labels = np.array([0, 1, 1, 0])

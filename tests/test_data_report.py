@@ -126,6 +126,25 @@ def test_the_manifest_names_what_changed(tmp_path: Path) -> None:
     assert Manifest.from_record(json.loads(json.dumps(before.to_record()))) == before
 
 
+def test_many_changed_files_are_counted_and_the_first_three_named(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", 6, classes=2)  # airplane/0000..0005.png, automobile/...
+    before = scan_manifest(root)
+    files = sorted((root / "airplane").iterdir())
+    for i, path in enumerate(files[:5]):  # five files get another file's bytes
+        path.write_bytes(files[(i + 1) % 6].read_bytes() if i < 4 else files[0].read_bytes() + b"\0")
+    assert scan_manifest(root).changes_from(before) == (
+        "5 changed: airplane/0000.png, airplane/0001.png, airplane/0002.png and 2 more")
+
+
+def test_a_damaged_recorded_manifest_is_refused_naming_where_and_the_fix(tmp_path: Path) -> None:
+    record = scan_manifest(write_folder(tmp_path / "d", 2)).to_record()
+    record["files"][0][2] = "0" * 64  # an entry edited by hand: the record's own SHA-256 no longer fits
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_record(json.loads(json.dumps(record)), "run.json of run-7")
+    assert str(info.value) == ("the dataset manifest recorded by run.json of run-7 is damaged (its entries do not "
+                               "give its SHA-256); start a new run")
+
+
 def scan_manifest(root: Path) -> Manifest:
     return load_folder(root).scan.manifest()
 

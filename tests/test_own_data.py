@@ -239,6 +239,38 @@ def test_cifar100_with_cifar10_files_says_so(synthetic_cifar: Path) -> None:
     assert result.exit_code == 2 and "not CIFAR-100" in result.output and "Traceback" not in result.output
 
 
+def test_cifar10_or_other_files_in_the_cifar100_folder_are_named_and_said_what_they_are(tmp_path: Path) -> None:
+    import pickle
+
+    folder = write_cifar100(tmp_path) / "cifar-100-python"
+    with open(folder / "train", "wb") as f:  # a CIFAR-10 batch copied in place of CIFAR-100's train file
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, f, protocol=2)
+    with pytest.raises(DatasetError) as info:
+        read_cifar100(folder, "train")
+    assert str(info.value).startswith(f"{str(folder / 'train')!r} is a CIFAR-10 batch (no 'fine_labels'); ")
+    with open(folder / "test", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, f, protocol=2)
+    with pytest.raises(DatasetError) as info:
+        read_cifar100(folder, "test")
+    assert str(info.value).startswith(f"{str(folder / 'test')!r} is not a CIFAR-100 file (no 'fine_labels'); ")
+
+
+def test_a_failed_cifar100_download_names_the_folder_it_was_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    from aperture_zoo.datasets import locate_cifar100
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetError) as info:
+        locate_cifar100(tmp_path / "data", download=True)
+    message = str(info.value)
+    assert message.startswith(f"CIFAR-100 is not in {str(tmp_path / 'data')!r} and downloading it from ")
+    assert "(Temporary failure in name resolution)" in message and "pass --data-dir (or --no-download)" in message
+
+
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=300))
 def test_cifar100_parser_rejects_any_bytes_cleanly(tmp_path_factory, data: bytes) -> None:

@@ -8,6 +8,7 @@ commit; "a temperature that is not finite and above 0 is refused when the file i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import socket
 from pathlib import Path
@@ -171,3 +172,57 @@ def test_a_tampered_cached_hub_file_is_refused_offline_too(monkeypatch, tmp_path
     model = pretrained.load("hf-hub:zoo/offline10", pretrained=True)
     want, _ = read_state_dict(pushed)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())
+
+
+def test_a_private_unpinned_repo_is_checked_with_the_token_it_was_read_with(hub_env, monkeypatch, tmp_path) -> None:
+    """The token given for a private repo reads its config.json (the pin) too; a token the Hub rejects
+    while fetching that pin is named by where it came from, like every other 401."""
+    from huggingface_hub import constants
+
+    import json
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from aperture_zoo.hub import HubIntegrityError, download
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    weights = b"the weights' bytes"  # what `aperture push` writes: the file and its digest in config.json
+    config = json.dumps({"files": {"model.safetensors": {"sha256": hashlib.sha256(weights).hexdigest()}}}).encode()
+    api = HfApi(endpoint=hub_env.url, token="tok-alice")
+    api.create_repo("alice/private-pin", private=True)
+    commit = api.create_commit("alice/private-pin", [CommitOperationAdd("model.safetensors", weights),
+                                                     CommitOperationAdd("config.json", config)],
+                               commit_message="weights").oid
+    got = download("alice/private-pin", token="tok-alice")  # no HF_TOKEN: only the given token can read it
+    assert got.read_bytes() == weights
+
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--alice--private-pin" / "snapshots" / commit
+    (snapshot / "config.json").unlink()  # the weights of that commit are cached, their config.json is not
+    with pytest.raises(HubIntegrityError, match=r"rejected the token \(from token=\) \(401\)"):
+        download("alice/private-pin", revision=commit, token="tok-expired")
+
+
+def test_a_timeout_of_a_requests_based_client_is_unreachable_not_a_traceback(hub_env, monkeypatch) -> None:
+    """huggingface_hub before 1.0 speaks HTTP through requests, whose read timeout is neither a
+    ``ConnectionError`` nor a ``TimeoutError``: it is still the one-line "cannot reach the Hub"."""
+    import sys
+    import types
+
+    import huggingface_hub
+
+    from aperture_zoo.hub import HubUnavailableError, download
+
+    fake = types.ModuleType("requests")  # the exception tree requests has
+    fake.RequestException = type("RequestException", (OSError,), {})
+    fake.ConnectionError = type("ConnectionError", (fake.RequestException,), {})
+    fake.Timeout = type("Timeout", (fake.RequestException,), {})
+    read_timeout = type("ReadTimeout", (fake.Timeout,), {})
+    monkeypatch.setitem(sys.modules, "requests", fake)
+
+    def slow(*args, **kwargs):
+        raise read_timeout("HTTPSConnectionPool: Read timed out. (read timeout=10)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", slow)
+    with pytest.raises(HubUnavailableError, match=rf"^cannot reach the Hub at {hub_env.url} to download from "
+                                                  r"zoo/slow10 \(ReadTimeout\); check the network"):
+        download("zoo/slow10")

@@ -112,8 +112,9 @@ def test_eval_scores_the_images_the_runs_seed_held_out(tmp_path: Path) -> None:
     weights = random_weights(tmp_path / "run" / "model.safetensors", "resnet10",
                              dataset=run.name, data=run.record)
     meta = decode_metadata(read_metadata(weights))  # what `aperture eval --weights` reads
-    with pytest.raises(DatasetNotGivenError):  # a folder named in a weights file is never read
+    with pytest.raises(DatasetNotGivenError) as info:  # a folder named in a weights file is never read
         dataset_for_weights(None, None, False, meta)
+    assert "(3 classes: a, b, c; recorded as " in str(info.value)  # the user is told which folder to pass
     used = dataset_for_weights(str(root), None, False, meta)  # the user passes it; the split comes from the weights
     assert used is not None
     assert _ids(used.test.images) == _ids(run.test.images)

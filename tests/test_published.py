@@ -236,6 +236,43 @@ def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch)
     assert not isinstance(info.value, PublishedWeightsUnavailableError)
 
 
+def test_a_fresh_interpreter_builds_the_published_calibrators_of_eval_json() -> None:
+    """The records are built when the catalog is first imported: in a new process, as a user's program
+    starts, each published calibrator (plain and flip-TTA) is the one its eval.json records."""
+    import subprocess
+    import sys
+
+    code = ("import json; from aperture_zoo.catalog import get_weights, list_pretrained; "
+            "print(json.dumps({t: [get_weights(t).calibrator.to_dict(), get_weights(t).calibrator_tta.to_dict()] "
+            "for t in list_pretrained()}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=MODEL_CARDS_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+    built = json.loads(proc.stdout)
+    assert sorted(built) == sorted(PUBLISHED)
+    for tag, (plain, tta) in built.items():
+        ev = json.loads((MODEL_CARDS_DIR / get_weights(tag).arch / "eval.json").read_text())
+        assert Calibrator.from_dict(plain) == Calibrator.from_dict(ev["calibrator"]), tag
+        assert Calibrator.from_dict(tta) == Calibrator.from_dict(ev["tta_calibration"]["calibrator"]), tag
+
+
+def test_a_records_transforms_normalise_with_its_own_models_mean_and_std(monkeypatch) -> None:
+    """``Weights.transforms()`` of a registered record (a model trained with other statistics) uses that
+    model's mean and std, not CIFAR-10's."""
+    import dataclasses
+
+    from aperture_zoo import catalog, registry
+
+    spec = get_spec("resnet10").replace(name="gray10", mean=(0.5, 0.5, 0.5), std=(0.25, 0.2, 0.1))
+    monkeypatch.setitem(registry._REGISTRY, "gray10", spec)
+    record = dataclasses.replace(catalog.get_weights("resnet10"), tag="gray10.mine")
+    monkeypatch.setitem(catalog._WEIGHTS, "gray10.mine", record)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # H x W x RGB
+    want = (torch.from_numpy(image).permute(2, 0, 1).double() / 255 - torch.tensor([0.5, 0.5, 0.5])[:, None, None]) \
+        / torch.tensor([0.25, 0.2, 0.1])[:, None, None]
+    assert torch.allclose(get_weights("gray10.mine").transforms()(image)[0].double(), want, atol=1e-5)
+
+
 def test_the_readme_calibration_tables_are_the_eval_json_figures(monkeypatch) -> None:
     """No figure in the README's calibration tables is typed by hand: they are the bench's table printer's
     output from the committed eval.json files (regenerate with ``bench/published_figures.py --table``)."""

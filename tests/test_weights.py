@@ -213,3 +213,18 @@ def test_weights_holding_infinity_or_nan_are_refused_at_load(tmp_path: Path, bad
     path = save_weights(model, tmp_path / "model.safetensors")
     with pytest.raises(WeightsError, match="non-finite values .*layer1.0.conv1.weight"):
         load(str(path))
+
+
+def test_calibrated_weights_never_replace_a_file_and_the_refusal_says_what_to_do(
+        saved: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    from aperture_zoo.weights import write_with_temperature
+
+    _, src = saved
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"someone's file")
+    for dst in (taken, src):  # an existing file, or the source itself
+        with pytest.raises(WeightsError) as info:
+            write_with_temperature(src, dst, 1.5, "test images", file_sha256(src))
+        assert str(info.value) == (f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name "
+                                   "one that does not exist yet")
+    assert taken.read_bytes() == b"someone's file"
