@@ -49,7 +49,8 @@ test-runtimes: $(STAMP)
 
 # Mutation testing (not part of `make test`): mutmut generates the mutants of the modules that hold
 # the product's promises and runs each against the tests that reach its function (bench/mutation.py;
-# hours on 2 cores for all modules, run in parts). MODULES picks some: make mutants MODULES="calibration seeds".
+# hours on 2 cores for all modules, run in parts). MODULES picks some: make mutants MODULES="calibration seeds";
+# MUTANTS_ARGS="--sample 8" tests a seeded random sample of 8 mutants per module (an estimate with its interval).
 # The per-module summary goes to bench/results/mutation/; equivalent mutants: bench/mutation_equivalent.toml.
 mutants: $(STAMP)
 	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[mutation]'

@@ -41,7 +41,10 @@ def _card_data(facts: CardFacts) -> Any:
     """The card's YAML front matter (Hub metadata, model-index with the final-epoch accuracy)."""
     from huggingface_hub import EvalResult, ModelCardData
 
+    from .terminal import fragment
+
     key, label = dataset_of(facts.weights or {})
+    label = fragment(label)  # the YAML front matter too: control and bidi characters shown, not sent
     tags = ["image-classification", *([key] if key in ("cifar10", "cifar100") else []), "resnet", "pytorch",
             "safetensors", "aperture_zoo"]
     if facts.has_onnx:
@@ -157,12 +160,13 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     published = facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256
     return {
         "name": s.name, "report": REPORT, "dataset_label": escape_md(dataset_of(meta)[1]), "repo_id": facts.repo_id, "trained": facts.trained,
+        "builtin_data": dataset_of(meta)[0] == "cifar10",  # CIFAR-100 and folders: their own limitations lines
         "has_weights": facts.weights is not None, "sha256": _hex(facts.weights_sha256),
         "article": "An" if str(s.depth).startswith(("8", "11", "18")) else "A", "depth": s.depth,
         "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),
                              [(s.num_stages, str(tuple(s.blocks)), str(tuple(s.channels)), s.conv_kernel,
                                s.shortcut_kernel, s.pool_kernel)]),
-        "params": f"{facts.params:,}", "report_params": _fmt(s.report_params),
+        "params": f"{facts.params:,}", "report_params": _fmt(s.report_params), "report_params_known": s.report_params is not None,
         "params_match": "matches" if facts.params == s.report_params else "DIFFERS from",
         "flops": f"{facts.flops:,}", "macs": f"{facts.flops // 2:,}",
         "input_size": " x ".join(map(str, s.input_size)), "mean": list(s.mean), "std": list(s.std),

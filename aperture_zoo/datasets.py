@@ -302,7 +302,8 @@ def dataset_for_weights(
         test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
         seed = record.get("split_seed") if type(record.get("split_seed")) is int else 0
     data = load_dataset(name, data_dir, download, test_split, seed, say=say)
-    if trained_on is None and record.get("layout") == "pool" and data.record.get("layout") == "pool":
+    recorded_layout = record.get("layout", "pool" if recorded not in BUILTIN else None)  # no record: assume the worst
+    if trained_on is None and recorded_layout == "pool" and data.record.get("layout") == "pool":
         raise DatasetError(
             "these weights record no content manifest of the folder they were trained on (written before folders "
             "were keyed by content, or edited), so the images they held out cannot be told from those they trained "

@@ -76,12 +76,19 @@ def _decode_one(path: str, sha256: str | None = None) -> tuple[np.ndarray | None
 
     try:
         if not Path(path).is_file():  # FIFOs and devices would block: the image rule names them
+            if sha256:  # hashed as a regular file a moment ago: it is being changed (gone, or replaced)
+                return None, CHANGED
             raise ImageError(f"image {path!r} is not a regular file; check the path")
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:  # read whole below: far above any image a 32x32 classifier takes
             return None, f"too large for an image ({size / 2**20:,.0f} MiB, the limit is {MAX_FILE_BYTES >> 20} MiB)"
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            if sha256:  # readable when hashed a moment ago
+                return None, CHANGED
+            raise
         if not data:
             return None, "empty file (0 bytes)"
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:

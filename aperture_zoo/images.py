@@ -11,6 +11,7 @@ without torch.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -32,6 +33,17 @@ class ImageTooLargeError(ImageError):
 MAX_PIXELS = 64_000_000
 
 
+class _Named(io.BytesIO):
+    """Bytes read by the caller, as a file object that pillow's errors name by its path (not a memory address)."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        super().__init__(data)
+        self.path = str(path)
+
+    def __repr__(self) -> str:
+        return repr(self.path)
+
+
 def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32),
                data: bytes | None = None) -> tuple[np.ndarray, list[str]]:
     """An image file as uint8 H x W x 3 at ``size`` (width, height), with notices for what was changed.
@@ -41,7 +53,6 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32),
     ``data``: the file's bytes, already read (and hashed) by the caller, decoded instead of reading
     ``path`` again, so what is decoded is exactly what was hashed.
     """
-    import io
     import warnings
 
     from PIL import Image
@@ -53,7 +64,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int] = (32, 32),
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            with Image.open(path if data is None else _Named(data, path)) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageTooLargeError(

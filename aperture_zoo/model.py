@@ -195,6 +195,12 @@ def check_normalised(model: nn.Module, x: Tensor) -> None:
     low, high = float(x.min()), float(x.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         raise InputShapeError("the images hold nan or inf values; pass finite pixels")
+    if low >= 0.0 and high <= 1.0 and high - low >= 0.5:  # spans most of [0, 1] and never goes below the mean
+        raise InputShapeError(
+            f"{spec.name} expects images normalised with the model's mean/std, got values in [{low:.4g}, {high:.4g}]: "
+            "pixels in [0, 1] (ToTensor() without Normalize)? A normalised image goes below 0 wherever it is darker "
+            "than the mean. Normalise them first: (x - mean) / std with mean/std from model.spec, or pass paths, "
+            "pillow images or uint8 arrays to aperture_zoo.preprocess")
     if low < lo or high > hi:
         raise InputShapeError(
             f"{spec.name} expects images normalised with the model's mean/std (values within about "

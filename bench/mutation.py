@@ -79,6 +79,7 @@ MODULES: dict[str, tuple[str, str]] = {
 # which function (the stats), before a sample can be drawn from them
 BOOTSTRAP = "aperture_zoo.train.seeds.x_check_seeds__mutmut_1"
 SAMPLE_SEED = 27
+ROUND = 4  # sample positions scored together (a round: the next 4 of each module, e.g. --sample 12 after 8)
 # worktree folder -> folder in the staged tree
 PACKAGES = {"aperture_zoo": "aperture_zoo", "train": "aperture_zoo/train", "export": "aperture_zoo/export"}
 LINKED = ["model_cards", "apps", "bench", "hubconf.py", "README.md", "ARCHITECTURE.md", "Makefile", "LICENSE"]
@@ -200,6 +201,29 @@ def run_sample(names: list[str], per_module: int, max_children: int, log: Path) 
     return run_module("sample", max_children, log, targets=targets) if targets else 0.0
 
 
+def sample_rounds(names: list[str], size: int) -> list[dict]:
+    """Each round of the sample (positions 1-8, 9-16, ... of every module's order) scored on its own, so a round
+    drawn after tests were written for an earlier round's survivors is an unbiased estimate of the score then."""
+    rounds = []
+    for start in range(0, max((len(sample_order(n)) for n in names), default=0), size):
+        rows = {}
+        for name in names:
+            codes, picked = results(name), sample_order(name)[start:start + size]
+            verdicts = [STATUS.get(codes.get(m), "killed") for m in picked]
+            if any(v == "not checked" for v in verdicts) or not picked:
+                continue
+            caught = sum(v not in ("survived", "no tests") for v in verdicts)
+            rows[name] = {"mutants": len(codes), "equivalent": 0, "not_checked": len(codes) - len(picked),
+                          "score": 100 * caught / len(picked)}
+        if not rows:
+            break
+        est = stratified(rows)
+        rounds.append({"positions": f"{start + 1}-{start + size}", "modules": len(rows),
+                       "caught": sum(round(r["score"] * (r["mutants"] - r["not_checked"]) / 100) for r in rows.values()),
+                       "tested": sum(r["mutants"] - r["not_checked"] for r in rows.values()), "estimate": est})
+    return rounds
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % interval of a proportion from a sample (Wilson's: sound near 100 %, where most scores sit)."""
     if n == 0:
@@ -287,7 +311,7 @@ def summarise(names: list[str]) -> tuple[dict, list[str]]:
         row["score"] = round(100 * (row["killed"] + row["timeout"]) / scored, 1) if scored else None
         row["score_killed_only"] = round(100 * row["killed"] / scored, 1) if scored else None
         row["interval"] = list(wilson(row["killed"] + row["timeout"], scored)) if row["not_checked"] and scored else None
-        row["wall_s"], row["load"] = _cost(name)
+        row["wall_s"], row["load"] = _cost(name) if not row["interval"] else (None, "")  # sampled: see runs.jsonl
         table[name] = row
     summarised = {MODULES[n][1] for n in names}
     for name in equivalent:
@@ -314,6 +338,8 @@ def write_summary(table: dict) -> None:
            "score_rule": "(killed + timed out) / (mutants - equivalent - not checked); 'no tests' counts as survived",
            "score_killed_only_rule": "killed / (mutants - equivalent - not checked): a timeout (tests past mutmut's "
                                      "wall or CPU limit) counted as not caught, the lower bound on a loaded machine"}
+    if any(r.get("interval") for r in modules.values()):
+        doc["rounds"] = sample_rounds([k for k in modules if modules[k].get("interval")], ROUND)
     (RESULTS / "summary.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     lines = [f"mutmut {_mutmut_version()} on {os.cpu_count()} CPU cores shared with other work; "
              "load: the 1-minute load average at the start and end of the runs counted.", "",
@@ -332,6 +358,10 @@ def write_summary(table: dict) -> None:
             lines.append(f"- {k}: a sample of {n} of {r['mutants']} mutants; score 95 % interval "
                          f"{r['interval'][0]}-{r['interval'][1]} %")
     est = tot["estimate"]
+    for r in doc.get("rounds", []):
+        e = r["estimate"]
+        lines.append(f"- sample round, positions {r['positions']} of each module's order: {r['caught']} of {r['tested']} "
+                     f"caught; estimated score {e['score']} % (95 % interval {e['low']}-{e['high']} %)")
     if est:
         lines += ["", f"**Estimated score over all {est['mutants']} mutants of the {est['modules']} modules with "
                       f"checked mutants** (each module's sample score weighted by its mutant count): "

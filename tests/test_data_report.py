@@ -87,6 +87,12 @@ def test_a_file_written_between_hashing_and_decoding_never_reaches_the_cache(tmp
     with pytest.raises(FolderError, match="1 file in .* changed while being read .*'bird/0001.bmp'.*nothing was cached"):
         load_folder(root, say=swap)
     assert not list((tmp_path / "data-cache").rglob("*.npz"))
+    for vanish in (victim.unlink, lambda: (victim.unlink(), os.mkfifo(victim))):  # round 6, N1: gone, or a FIFO
+        victim.write_bytes(original)
+        with pytest.raises(FolderError, match="changed while being read"):
+            load_folder(root, say=lambda _: vanish())
+        assert not list((tmp_path / "data-cache").rglob("*.npz"))
+        victim.unlink(missing_ok=True)
     victim.write_bytes(original)  # put back: the content hashed before
     first = load_folder(root)
     assert not first.from_cache
@@ -165,6 +171,12 @@ def test_the_report_names_ignored_unreadable_and_duplicate_files(tmp_path: Path)
     (root / "__MACOSX").mkdir()
     (root / "bird" / "empty.png").write_bytes(b"")
     shutil.copy(root / "bird" / "0000.png", root / "bird" / "again.png")
+    report = folder_report(root)
+    (root / "airplane" / "fake.png").write_bytes(b"not a png")  # round 6, L5: named by its path
+    report = folder_report(root)
+    assert "BytesIO" not in dict(report.unreadable)["airplane/fake.png"]
+    assert "airplane/fake.png" in dict(report.unreadable)["airplane/fake.png"]
+    (root / "airplane" / "fake.png").unlink()
     report = folder_report(root)
     ignored = dict(report.ignored)
     assert ignored[".DS_Store"].startswith("hidden") and ignored["__MACOSX"].startswith("hidden")
@@ -486,6 +498,49 @@ def test_published_files_carry_no_path_of_the_training_machine(tmp_path: Path) -
     assert json.loads(meta["init"])["ref"] == "model.safetensors" and "path" not in json.loads(meta["init"])
     for f in [ft / "model.safetensors", *(tmp_path / "card").iterdir()]:
         assert str(tmp_path).encode() not in f.read_bytes(), f
-    assert "cifar10 image folder" in (tmp_path / "card" / "README.md").read_text()  # the folder, not the built-in set
+    readme = (tmp_path / "card" / "README.md").read_text()
+    assert "cifar10 image folder" in readme  # the folder, not the built-in set
+    assert "Accuracy is measured on that folder's held-out test images" in readme  # round 6, N7
+    assert "CIFAR-10 only" not in readme and "CIFAR-10 test set" not in readme
+    assert "count of —" not in readme and "counts resnet10 with its own widths and a 10-class head" in readme  # N6
     refused = CliRunner().invoke(app, ["eval", str(ft / "model.safetensors")])
     assert refused.exit_code == 2 and "pass that folder with --dataset DIR" in " ".join(refused.output.split())
+
+
+def test_eval_refuses_to_split_a_folder_for_weights_that_record_no_manifest(tmp_path: Path) -> None:
+    """Round 6, N4: weights naming a folder dataset but no data record (edited, or another tool's) were evaluated on
+    a fresh split of the folder: its "test" images could be ones they trained on, with exit 0."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root = write_folder(tmp_path / "d", 12)
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run)).exit_code == 0
+    with safe_open(run / "model.safetensors", "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta.pop("data")
+    save_file(tensors, tmp_path / "nodata.safetensors", metadata=meta)
+    refused = CliRunner().invoke(app, ["eval", str(tmp_path / "nodata.safetensors"), "--dataset", str(root),
+                                       "--out", str(tmp_path / "ev")])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "record no content manifest of the folder they were trained on" in text, text
+
+
+def test_a_dataset_name_with_bidi_characters_is_shown_escaped_in_the_card_front_matter(tmp_path: Path) -> None:
+    """Round 6, L4: weights metadata (anyone's text) put a raw U+202E into the card's YAML front matter."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    root = write_folder(tmp_path / "d", 12)
+    run = tmp_path / "run"
+    assert _train(tmp_path, root, "--out", str(run), "--set", "epochs=1").exit_code == 0
+    with safe_open(run / "model.safetensors", "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["dataset"] = "folder:evil\u202egnp.exe"
+    (tmp_path / "w").mkdir()
+    save_file(tensors, tmp_path / "w" / "model.safetensors", metadata=meta)
+    made = CliRunner().invoke(app, ["card", "resnet10", "--weights", str(tmp_path / "w" / "model.safetensors"),
+                                    "--out", str(tmp_path / "card")])
+    assert made.exit_code == 0, made.output
+    readme = (tmp_path / "card" / "README.md").read_text()
+    assert "\u202e" not in readme and "evil\\u202egnp.exe image folder" in readme

@@ -383,6 +383,8 @@ def test_raw_float_pixels_are_refused_and_wrapped_models_unwrapped(run: FolderRu
         predict_proba(model, raw)
     with pytest.raises(InputShapeError, match="nan or inf"):
         predict_proba(model, torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(InputShapeError, match=r"pixels in \[0, 1\] \(ToTensor\(\) without Normalize\)\?"):
+        predict_proba(model, raw / 255)  # fifth hostile try's round 6, N2
     extreme = x.clone()  # a white and a black image, normalised, sit at the edges of the range: accepted
     extreme[0], extreme[1] = preprocess(np.full((32, 32, 3), 255, np.uint8), model)[0], \
         preprocess(np.zeros((32, 32, 3), np.uint8), model)[0]
