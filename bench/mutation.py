@@ -194,8 +194,9 @@ def sample_targets(names: list[str], per_module: int) -> list[str]:
 
 
 def run_sample(names: list[str], per_module: int, max_children: int, log: Path) -> float:
-    if not all(results(n) for n in names):  # generate the mutants (and the stats) with one mutant's run
-        run_module("generate", max_children, log, targets=[BOOTSTRAP])
+    stale = [n for n in names if not results(n) or _to_run(n, False)[:1] == [f"{MODULES[n][1]}.*"]]
+    if stale:  # new or changed code: mutmut generates the mutants (and the stats) again on one mutant's run,
+        run_module("generate", max_children, log, targets=[BOOTSTRAP])  # so the sample is drawn from current names
     targets = sample_targets(names, per_module)
     print(f"sample of {per_module} per module: {len(targets)} mutant(s) to test", flush=True)
     return run_module("sample", max_children, log, targets=targets) if targets else 0.0
