@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApertureError
@@ -229,9 +229,7 @@ class Calibrator:
     def for_head(self, classes: int) -> Calibrator:
         """This calibrator bound to a head of ``classes`` (a model's own, as it is attached): handed to a
         model with another head, it is refused instead of answering plausible, wrong probabilities."""
-        import dataclasses
-
-        return dataclasses.replace(self, classes=int(classes))
+        return replace(self, classes=int(classes))
 
     def describe(self) -> str:
         """One line for cards, ``aperture list``/``predict`` and the page."""

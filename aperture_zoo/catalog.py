@@ -216,9 +216,10 @@ def refuse_other_weights_folder(folder: str | os.PathLike[str], weights_sha256: 
 
     refuse_published_folder(folder, weights_sha256, what, fix=fix)
     path = Path(folder) / WEIGHTS_FILENAME
-    if path.is_file() and file_sha256(path) != weights_sha256:
-        raise PublishedFolderError(f"{folder} holds other weights ({WEIGHTS_FILENAME}, SHA-256 "
-                                   f"{file_sha256(path)[:12]}..., not these {(weights_sha256 or 'random')[:12]}...); {what}. {fix}")
+    held = file_sha256(path) if path.is_file() else None
+    if held is not None and held != weights_sha256:
+        raise PublishedFolderError(f"{folder} holds other weights ({WEIGHTS_FILENAME}, SHA-256 {held[:12]}..., not "
+                                   f"these {(weights_sha256 or 'random')[:12]}...); {what}. {fix}")
 
 
 def register_weights(weights: Weights, *, default: bool = False, overwrite: bool = False) -> Weights:

@@ -142,9 +142,8 @@ def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
     """
     import torch
 
-    from .transforms import preprocess
-
     from .model import check_normalised
+    from .transforms import preprocess
 
     model = unwrapped(model)
     flip = check_tta(tta)

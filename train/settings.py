@@ -225,12 +225,13 @@ def finished_run(run: Run, draw: bool = True) -> TrainResult | None:
     folder = RunDir(run.resume_dir)
     if run.ckpt is None or not folder.weights.is_file() or run.ckpt["info"]["epoch"] < run.recipe.epochs:
         return None
-    meta = decode_metadata(read_metadata(folder.weights))
-    drew = draw and draw_missing_curves(folder.metrics(), folder.curves, folder.weights, float(meta["test_top1"]),
+    meta, rows = decode_metadata(read_metadata(folder.weights)), folder.metrics()
+    top1 = float(meta["test_top1"])
+    drew = draw and draw_missing_curves(rows, folder.curves, folder.weights, top1,
                                         title=f"{run.spec.name} ({run.recipe.name})")
-    return TrainResult(run_dir=folder.path, test_top1=float(meta["test_top1"]), test_loss=float(meta["test_loss"]),
+    return TrainResult(run_dir=folder.path, test_top1=top1, test_loss=float(meta["test_loss"]),
                        epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
-                       train_images_per_s=float(meta["train_images_per_s"]), metrics=folder.metrics(),
+                       train_images_per_s=float(meta["train_images_per_s"]), metrics=rows,
                        already_complete=True, drew_curves=drew,
                        test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
 
