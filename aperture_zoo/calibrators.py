@@ -190,7 +190,7 @@ class Calibrator:
         return z
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "temperature": self.temperature}  # classes: the file's head says it
+        out: dict[str, Any] = {"kind": self.kind, "temperature": self.temperature}
         if "power" in self.kind:
             out["power"] = self.power
         if self.weights:
@@ -199,6 +199,8 @@ class Calibrator:
             out["knots"], out["slopes"] = list(self.knots), list(self.slopes)
         if self.fitted_on:
             out["fitted_on"] = self.fitted_on
+        if self.classes:  # the head binding survives a round trip through JSON (from_dict reads it)
+            out["classes"] = self.classes
         return out
 
     @classmethod

@@ -367,6 +367,12 @@ def test_a_calibrator_of_another_head_is_refused(run: FolderRun) -> None:
         predict_proba(own, x, calibrator=fitted)
     torch.testing.assert_close(predict_proba(published, x, calibrator=fitted).sum(1), torch.ones(2))
     torch.testing.assert_close(predict_proba(own, x, calibrator=own.calibrator), predict_proba(own, x))
+    # the binding survives the calibrator's own JSON round trip (sixth hostile try, N5: it was dropped)
+    from aperture_zoo.calibrators import Calibrator
+    saved = json.loads(json.dumps(published.calibrator.to_dict()))
+    assert saved["classes"] == 10
+    with pytest.raises(CalibratorError, match="fitted on 10-class logits, not 3-class ones"):
+        predict_proba(own, x, calibrator=Calibrator.from_dict(saved))
 
 
 def test_raw_float_pixels_are_refused_and_wrapped_models_unwrapped(run: FolderRun) -> None:
