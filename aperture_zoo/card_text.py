@@ -149,6 +149,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     s, meta, ev = facts.spec, facts.weights or {}, facts.eval
     recipe = facts.recipe
     training_facts = [
+        ("started from", _init_line(meta.get("init"))), ("backbone frozen", meta.get("freeze_backbone")),
         ("epochs", meta.get("epochs")), ("seed", meta.get("seed")),
         ("hardware", meta.get("train_device")), ("processes (world size)", meta.get("world_size")),
         ("EMA weights", meta.get("ema")), ("validation split", meta.get("val_split")),
@@ -242,6 +243,15 @@ def render_card(facts: CardFacts) -> str:
 
     card = ModelCard.from_template(_card_data(facts), template_str=TEMPLATE.read_text(), **_context(facts))
     return str(card).rstrip("\n") + "\n"
+
+
+def _init_line(init: object) -> str | None:
+    """A fine-tune's starting weights, by name and SHA-256 (what a reader needs to find the same start)."""
+    if not isinstance(init, dict):
+        return None
+    head = {"kept": "its head kept", "new": "a new head"}.get(str(init.get("head")), "")
+    parts = [str(init.get("ref") or "weights"), f"SHA-256 {_hex(init.get('sha256')) or 'not recorded'}", head]
+    return ", ".join(p for p in parts if p)
 
 
 def _hex(sha: object) -> str | None:

@@ -359,7 +359,8 @@ def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
 
 def test_resume_refuses_an_option_that_changes_the_run_and_takes_the_recorded_value(tmp_path: Path) -> None:
     """Regression (fifth hostile try, F2): --resume with --init, --freeze-backbone, --test-split or --arch exited 0
-    and silently continued the run as it was (a resume "with the backbone frozen" trained every layer)."""
+    and silently continued the run as it was (a resume "with the backbone frozen" trained every layer); --data-dir
+    on a folder run was ignored without a word (sixth try)."""
     root = write_folder(tmp_path / "d", 12)
     a, b = tmp_path / "a", tmp_path / "b"
     assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
@@ -373,6 +374,10 @@ def test_resume_refuses_an_option_that_changes_the_run_and_takes_the_recorded_va
         text, asked = " ".join(refused.output.split()), " ".join(o for o in option if o != "resnet10")
         assert refused.exit_code == 2 and f"cannot resume {str(a)!r} with {asked}: the run used {used}. Drop the " \
             "option to continue it, or start a new run" in text, text
+    for given in (["--resume", str(a)], ["resnet10", "--dataset", str(root), "--out", str(tmp_path / "c")]):
+        ignored = CliRunner().invoke(app, ["train", *given, "--no-progress", "--data-dir", str(tmp_path / "nowhere")])
+        assert ignored.exit_code == 2 and "--data-dir (data_dir) is where CIFAR-10/100 are read from, but this run " \
+            f"trains on the image folder {str(root.resolve())!r}" in " ".join(ignored.output.split()), ignored.output
     assert (a / "checkpoint.safetensors").read_bytes() == stopped  # nothing trained
     same = ["--test-split", "0.2", "--arch", "channels=8,8,8,8", "--arch", "num_classes=3"]
     assert CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", *same]).exit_code == 0

@@ -157,6 +157,25 @@ def test_a_fine_tunes_card_exports_its_own_weights(tmp_path: Path) -> None:
     assert "--pretrained --onnx" not in card  # it told a fine-tune's users to export the published resnet10
 
 
+def test_a_fine_tunes_card_names_the_weights_it_started_from(tmp_path: Path) -> None:
+    """Sixth hostile try, N6: a fine-tune's card never said which weights it started from."""
+    from aperture_zoo.cards import write_card
+    from hub_fixtures import random_weights
+
+    sha = "ab" * 32
+    init = {"ref": "resnet10 <b>|x", "sha256": sha, "arch": "resnet10", "num_classes": 10, "head": "new"}
+    weights = random_weights(tmp_path / "run" / "model.safetensors", "resnet10", test_top1=50.0, test_loss=1.0,
+                             init=init, freeze_backbone=True)
+    card = (write_card("resnet10", tmp_path / "card", weights=weights) / "README.md").read_text()
+    line = next(row for row in card.splitlines() if row.startswith("| started from |"))
+    assert sha in line and "a new head" in line
+    assert "&lt;b&gt;" in line and "\\|x" in line and "<b>" not in card  # outside text stays text, one cell
+    assert "| backbone frozen | True |" in card
+    plain = (write_card("resnet10", tmp_path / "card2", weights=random_weights(
+        tmp_path / "r2" / "model.safetensors", "resnet10", test_top1=50.0, test_loss=1.0)) / "README.md").read_text()
+    assert "started from" not in plain
+
+
 def test_export_no_validate_says_nothing_is_validated(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

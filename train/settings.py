@@ -163,6 +163,7 @@ def with_run_options(cfg: TrainConfig) -> TrainConfig:
     Runs from before these options were recorded fall back to the defaults.
     """
     saved = _resumed(cfg.resume).record() if cfg.resume is not None else {}
+    _check_data_dir_used(cfg, saved)
     changes: dict[str, Any] = {}
     for key, default in (("download", True), ("device", "auto"), ("compile", False)):
         if getattr(cfg, key) is None:
@@ -170,6 +171,16 @@ def with_run_options(cfg: TrainConfig) -> TrainConfig:
     if cfg.data_dir is None and saved.get("data_dir"):
         changes["data_dir"] = saved["data_dir"]
     return dataclasses.replace(cfg, **changes)
+
+
+def _check_data_dir_used(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """A data folder given to a run that reads none is refused: ignoring it would let the user believe it was read."""
+    from aperture_zoo.datasets import dataset_name, is_builtin
+
+    dataset = dataset_name(cfg.dataset) if cfg.dataset is not None else saved.get("dataset")
+    if cfg.data_dir is not None and not is_builtin(dataset):
+        raise TrainingError(f"--data-dir (data_dir) is where CIFAR-10/100 are read from, but this run trains on the "
+                            f"image folder {str(dataset)!r}, which holds its own images: drop --data-dir")
 
 
 def _how_it_runs(cfg: TrainConfig) -> dict[str, Any]:
