@@ -154,8 +154,8 @@ def _translate(
         if _foreign(exc.response):
             raise not_hub_api(url, action, repo_id, exc.response.status_code) from None
         raise _http_error(exc, repo_id, action, url, revision, token_source) from None
-    except (AttributeError, KeyError, TypeError) as exc:  # the client's reading of an error answer's JSON
-        if _status_of(exc) is None:  # not raised while reading an HTTP answer: a bug, shown as one
+    except (AttributeError, KeyError, TypeError) as exc:  # the client's reading of an answer's JSON
+        if _status_of(exc) is None and not _raised_in_client(exc):  # our own code's: a bug, shown as one
             raise
         raise not_hub_api(url, action, repo_id, _status_of(exc)) from None
     except ValueError as exc:  # huggingface_hub's refusal of a cached ref that points outside the cache
@@ -216,6 +216,18 @@ def _foreign_cause(exc: BaseException) -> bool:
 
     cause = exc.__cause__
     return isinstance(cause, FileMetadataError) or (isinstance(cause, HfHubHTTPError) and _foreign(cause.response))
+
+
+def _raised_in_client(exc: BaseException) -> bool:
+    """Raised inside huggingface_hub itself: its reading of a 200 answer of another shape than the API's (a list
+    where a repo's record belongs, a record without its id) fails there, not in our code."""
+    import huggingface_hub
+
+    client = Path(huggingface_hub.__file__).parent
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(client)
 
 
 def _status_of(exc: BaseException | None) -> int | None:

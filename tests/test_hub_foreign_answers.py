@@ -144,3 +144,38 @@ def test_any_error_answer_is_a_hub_error(through, status, headers, body):
     with pytest.raises(HubError) as info, _translate("alice/x", "push to", url):
         HfApi(endpoint=url, token="tok-alice").repo_info("alice/x")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b"[]", b"null", b'"s"', b'{"x": 1}', b'{"id": "alice/x", "sha": 5, "siblings": 3}'])
+def test_a_success_of_another_shape_is_one_line_for_push_and_download(through, weights, body):
+    """A 200 JSON answer of another shape than the API's (a list for a repo's record, a record without its id) was a
+    client AttributeError/KeyError/TypeError traceback on push, and on download for a list."""
+    url = through(200, body, {"Content-Type": "application/json"})
+    out = _one_error_line(["push", "resnet10", "--repo-id", "alice/x", "--weights", str(weights), "--token", "tok-a"])
+    assert f"the server at {url} answered" in out and "push to alice/x" in out
+    img = next((ROOT / "aperture_zoo" / "sample_images").glob("*cat*.png"))
+    out = _one_error_line(["predict", str(img), "--model", "hf-hub:alice/x"])
+    assert f"the server at {url} answered" in out and "download from alice/x" in out
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_json.map(lambda v: json.dumps(v, ensure_ascii=False).encode()))
+@example(body=b"[]")
+def test_any_success_of_another_shape_is_a_hub_error(through, body):
+    """Whatever JSON a 200 answer holds where a repo's record belongs (never its id), one HubError line."""
+    from huggingface_hub import HfApi
+
+    from aperture_zoo.hub import HubError, _translate
+
+    url = through(200, body, {"Content-Type": "application/json"})
+    with pytest.raises(HubError) as info, _translate("alice/x", "push to", url):
+        HfApi(endpoint=url, token="tok-alice").repo_info("alice/x")
+    assert "\n" not in str(info.value)
+
+
+def test_a_type_error_of_our_own_inside_the_translation_stays_a_bug(through):
+    """Only the client's misreading of an answer becomes the one line; an error in this package's code is not hidden."""
+    from aperture_zoo.hub import _translate
+
+    with pytest.raises(TypeError), _translate("alice/x", "push to", through(200, b"{}")):
+        len(5)  # type: ignore[arg-type]
