@@ -304,7 +304,8 @@ def apply_state_dict(
             if saved.get("name") == spec.name:  # same name, another shape (a derived --arch): say the shape
                 raise WeightsError(
                     f"{str(path)!r} holds a {spec.name} of another shape than this model ({detail}); load it "
-                    "with no model name (the file names its own shape), or create the model with that shape")
+                    "without a name or shape options, aperture_zoo.load(PATH) (the file names its own shape), or "
+                    "create the model with that shape")
             raise WeightsError(
                 f"{str(path)!r} holds weights for architecture {saved.get('name')!r}, not "
                 f"{spec.name!r} ({detail}); load it with the matching model name ({saved.get('name')!r}), "

@@ -130,6 +130,9 @@ def test_weights_of_another_architecture_say_so_first_and_suggest_only_accepted_
         aperture_zoo.load(str(path), channels=(16, 16, 16, 16))
     text = str(e.value)
     assert "holds a resnet10 of another shape than this model (channels: file" in text and "not 'resnet10'" not in text
+    # the advice names a call that works where no model name was given (sixth try: "load it with no model name")
+    assert "without a name or shape options, aperture_zoo.load(PATH)" in text and "with no model name" not in text
+    assert aperture_zoo.load(str(path)).spec.channels == TINY
 
 
 # --------------------------------------------------------------------------- F3: a config.json beside bare weights
