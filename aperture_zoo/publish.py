@@ -150,7 +150,8 @@ def push(
             before = api.repo_info(repo_id, revision=branch)
             # the commit holds this file set and nothing else: an earlier push's model.onnx, report or log
             # left beside other weights would be downloaded as theirs (.gitattributes is kept by the client)
-            removed = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder) - {".gitattributes"})
+            removed = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder)
+                             - {".gitattributes"})
             info = api.upload_folder(
                 repo_id=repo_id, folder_path=folder, revision=branch, ignore_patterns=list(HIDDEN_PATTERNS),
                 delete_patterns="*", commit_message=commit_message or f"Upload {name} (aperture_zoo)",
@@ -164,5 +165,7 @@ def _relative_files(folder: Path) -> set[str]:
     """What ``upload_folder`` uploads from ``folder`` (its hidden lock and stage files left out)."""
     from fnmatch import fnmatch
 
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and not any(fnmatch(part, pat) for part in p.relative_to(folder).parts for pat in HIDDEN_PATTERNS)}
+    def hidden(p: Path) -> bool:
+        return any(fnmatch(part, pat) for part in p.relative_to(folder).parts for pat in HIDDEN_PATTERNS)
+
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not hidden(p)}
