@@ -40,6 +40,7 @@ class CardFacts:
     runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
     onnx_file: str | None = None  # the fp32 ONNX model beside the card (model.onnx in a Hub repo): the usage names it
+    files: frozenset[str] = frozenset()  # the names in the card's folder: a report's file may not be among them
 
     @property
     def trained(self) -> bool:
@@ -114,6 +115,7 @@ def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
                                  "to check it against; add the weights (model.safetensors), or remove it")
         return
     checked = check_folder(source_dir, facts.weights_sha256, name)
+    facts.files = frozenset(p.name for p in source_dir.iterdir())
     facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
     facts.has_onnx = any(f.endswith(ONNX_SUFFIX) for f in checked.reports) or bool(checked.onnx_files)
     facts.onnx_file = next((f for f in (ONNX_FILENAME, name + ONNX_SUFFIX) if f in checked.onnx_files), None)

@@ -115,7 +115,8 @@ def _onnx_items(facts: CardFacts) -> list[dict[str, Any]]:
         items.append({"file": escape_md(file_name), "precision": escape_md(report.get("precision", "?")),
                       "format": escape_md(report.get("format", "onnx")), "ran": report.get("ran", True) is not False,
                       "provider": escape_md(report.get("provider", "?")), "sha256": _hex(report.get("onnx_sha256")),
-                      "verdict": "passed" if report.get("passed") else "FAILED", "table": table})
+                      "verdict": "passed" if report.get("passed") else "FAILED", "table": table,
+                      "absent": file_name not in facts.files})  # a report whose file this folder does not hold
     return items
 
 

@@ -144,7 +144,9 @@ def write_folder(
         copies[Path(ONNX_FILENAME).stem + REPORT_SUFFIX] = report
     check_folder(weights.parent, sha, name, onnx_files=False)  # the reports, matrix and eval.json copied below
     _check_training_log(weights.parent / METRICS_FILENAME, decode_metadata(read_metadata(weights)))
-    extras = [*RUN_FILES, RUNTIMES_FILENAME, *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX))]
+    own = {p.name for p in copies.values()} if onnx is not None and onnx.resolve().parent == weights.resolve().parent else set()
+    extras = [*RUN_FILES, RUNTIMES_FILENAME,  # the uploaded ONNX file's report goes once, as model.report.json
+              *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX) if p.name not in own)]
     copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}, **copies}
     with staged(out) as stage, folder_lock(out):
         for target, src in copies.items():

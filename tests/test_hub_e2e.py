@@ -382,3 +382,29 @@ def test_hf_hub_offline_set_while_the_process_runs_is_honoured(hub_env, own_cach
     assert len(hub_server.requests) == before  # no request at all
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert hub.download("zoo/offline", "config.json").read_bytes() == b"{}"  # online, the file is there
+
+
+def test_a_pushed_card_says_which_judged_files_the_repo_does_not_hold(hub_env, weights, tmp_path):
+    """Seventh hostile try, L3: pushed from an export folder, the README said "validation passed" for resnet10.onnx
+    and resnet10.fp16.onnx, which the repo does not hold, and carried the uploaded file's report twice."""
+    import shutil
+
+    from aperture_zoo import load
+    from aperture_zoo.export.pipeline import export_model
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.publish import push
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copyfile(weights, folder / "model.safetensors")
+    export_model(load("resnet10", weights=weights), folder, stem="resnet10", weights_sha256=file_sha256(weights),
+                 exporter="legacy", provider="cpu", fp16=True, max_val_images=8)
+    assert (folder / "resnet10.fp16.report.json").is_file() and (folder / "resnet10.report.json").is_file()
+    push("resnet10", "zoo/absent", weights=folder / "model.safetensors", token="tok-alice", with_onnx=True)
+    files = hub_env.repos["zoo/absent"].resolve("main").files
+    assert "model.onnx" in files and "model.report.json" in files and "resnet10.report.json" not in files
+    readme = " ".join(files["README.md"].decode().split())
+    fp16 = readme.split("resnet10.fp16.onnx (", 1)[1].split("resnet10", 1)[0]
+    assert "validation passed" in fp16 and "The file is not in this folder" in fp16
+    fp32 = readme.split("model.onnx (", 1)[1].split(".onnx", 1)[0]
+    assert "validation passed" in fp32 and "not in this folder" not in fp32
