@@ -297,17 +297,14 @@ def dataset_for_weights(
     # The split is a function of the folder's content (manifest), never of its path: the recorded share and
     # seed applied to the same content, at any path, give the same file lists; other content is refused.
     trained_on = record.get("manifest_sha256") if isinstance(record.get("manifest_sha256"), str) else None
+    recorded_layout = record.get("layout", "pool" if recorded not in BUILTIN else None)  # no record: assume the worst
+    if name not in BUILTIN and recorded_layout is not None and Path(name).is_dir():
+        _refuse_unprovable_split(name, trained_on, recorded_layout, record)
     test_split, seed = None, 0
-    if trained_on is not None and record.get("layout") == "pool":
+    if trained_on is not None and recorded_layout == "pool":
         test_split = record.get("test_split") if isinstance(record.get("test_split"), float) else None
         seed = record.get("split_seed") if type(record.get("split_seed")) is int else 0
     data = load_dataset(name, data_dir, download, test_split, seed, say=say)
-    recorded_layout = record.get("layout", "pool" if recorded not in BUILTIN else None)  # no record: assume the worst
-    if trained_on is None and recorded_layout == "pool" and data.record.get("layout") == "pool":
-        raise DatasetError(
-            "these weights record no content manifest of the folder they were trained on (written before folders "
-            "were keyed by content, or edited), so the images they held out cannot be told from those they trained "
-            "on; evaluate them on a folder with train/ and test/ subfolders whose test/ images they never saw")
     if trained_on is not None and data.manifest is not None and data.manifest.sha256 != trained_on:
         raise DatasetError(
             f"the folder {name!r} is not what these weights were trained on (another folder, or it changed since "
@@ -315,3 +312,27 @@ def dataset_for_weights(
             "its test images could include images the model trained on; pass the training folder as it was (at any "
             "path: the split is rebuilt from its content)")
     return data
+
+
+def _refuse_unprovable_split(name: str, trained_on: str | None, recorded_layout: Any, record: dict[str, Any]) -> None:
+    """Refuse, before anything is decoded, a folder whose test images nothing shows the weights never trained on.
+
+    The weights record their training folder by one hash of its manifest, not file by file: a pool is
+    split again only when that hash matches, and another folder's test/ cannot be checked image by image.
+    """
+    from .folderscan import given_test_dir
+
+    test_dir = given_test_dir(name)
+    if trained_on is None and test_dir is None:  # no manifest (older or edited file), whatever layout it claims
+        raise DatasetError(
+            "these weights record no content manifest of the folder they were trained on (written before folders "
+            "were keyed by content, or edited), so the images they held out cannot be told from those they trained "
+            "on; evaluate them on a folder with train/ and test/ subfolders whose test/ images they never saw")
+    if trained_on is not None and recorded_layout == "pool" and test_dir is not None:
+        share = record.get("test_split")
+        held = f"{share:.0%} of each class" if isinstance(share, float) else "a share of each class"
+        raise DatasetError(
+            f"{name!r} has its own train/ and {test_dir}/ folders, but these weights were trained on a folder of class "
+            f"folders ({held} held out) and record it only by a hash of its whole content, so nothing shows that "
+            f"{test_dir}/ holds no image they trained on; evaluate them on the folder they were trained on, as it was "
+            "(at any path: its held-out images are chosen again from its content)")

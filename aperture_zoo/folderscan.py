@@ -153,8 +153,8 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
     if not root.is_dir():
         raise FolderError(f"--dataset {str(root)!r} is a file; pass a folder of class folders (DIR/<class>/<image>)")
     root = root.resolve()
-    test_dir = next((d for d in ("test", "val") if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
+    test_dir = given_test_dir(root)
+    if test_dir is not None:
         classes = tuple(_class_dirs(root / "train"))
         test_classes = _class_dirs(root / test_dir)
         extra = [c for c in test_classes if c not in classes]
@@ -195,6 +195,13 @@ def scan_folder(root: str | os.PathLike[str]) -> Scan:
                           f"{' ...' if len(classes) > 5 else ''}); put PNG/JPEG/... files in each class folder")
     outside = [o for o in outside if os.path.splitext(o[0])[1].lower() in exts]
     return Scan(root, layout, classes, files, skipped, ignored, test_dir, outside)
+
+
+def given_test_dir(root: str | os.PathLike[str]) -> str | None:
+    """The test folder's name ("test" or "val") when ``root`` has its own split, used as given; None: one pool."""
+    root = Path(root)
+    test_dir = next((d for d in ("test", "val") if (root / d).is_dir()), None)
+    return test_dir if (root / "train").is_dir() else None
 
 
 def _outside_classes(root: Path, bases: list[Path], classes: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -44,3 +44,28 @@ def test_each_training_error_gets_its_own_hint(tmp_path: Path) -> None:
     again = train_hint(NothingToResume("nothing", run, FAST, _record(tmp_path)))
     assert again.startswith(": `aperture train resnet10") and shlex.split(again[3:-1])[-2:] == ["--out", str(run)]
     assert train_hint(TrainingError("--time-budget must be positive")) is None
+
+
+def test_the_retry_command_of_a_folder_run_names_no_data_dir_and_runs_as_printed(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """Hostile try 7, L1: the command printed to start a folder run again carried the recorded --data-dir, which
+    `aperture train` refuses for a folder run (exit 2, "drop --data-dir"); typed as printed, it must train."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from aperture_zoo.train.dataset_run import new_run
+    from test_data_report import write_folder
+
+    monkeypatch.setenv("APERTURE_DATA", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "my images", 4)
+    run = resolve_run(with_run_options(TrainConfig(model=TINY, seed=3, device="cpu")))
+    record = new_run(run.spec, run.record, str(root), None, None, False, None, False)[1]  # what run.json holds
+    assert record["data_dir"]  # recorded for every run: the command must leave it out for a folder run
+    recipe = apply_overrides(FAST, ["epochs=1", "batch_size=4"])
+    printed = retry_command(recipe, record, out=tmp_path / "again")
+    argv = shlex.split(printed)
+    assert "--data-dir" not in argv and argv[argv.index("--dataset") + 1] == str(root.resolve()), printed
+    assert "--data-dir" not in train_hint(TrainingDiverged("chance level", tmp_path / "r", recipe, record))
+    result = CliRunner().invoke(app, [*argv[1:], "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again" / "model.safetensors").is_file()

@@ -88,3 +88,27 @@ def test_a_cifar100_run_resumes_with_its_own_dataset_and_refuses_cifar10(tmp_pat
         resolve_run(with_run_options(TrainConfig(resume=tmp_path, dataset="cifar10")))
     with pytest.raises(CheckpointError, match="unreadable"):  # its own dataset passes, on to the (empty) checkpoint
         resolve_run(with_run_options(TrainConfig(resume=tmp_path, dataset="CIFAR100")))
+
+
+@pytest.mark.parametrize("source", ["folder", "cifar10"])
+def test_a_model_input_size_the_training_images_do_not_have_is_refused_before_anything_is_written(
+        tmp_path, source: str) -> None:
+    """Hostile try 7, L9: --arch input_size=3,64,64 created the run folder, then failed at the first batch with advice
+    for the Python API. Every source yields 3 x 32 x 32 images (folders decoded at 32x32, CIFAR as stored)."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from aperture_zoo.train import TrainingError
+    from test_data_report import write_folder
+
+    with pytest.raises(TrainingError, match="drop input_size from --arch"):
+        resolve_run(with_run_options(TrainConfig(model=TINY.replace(input_size=(3, 64, 64)))))
+    data = (["--dataset", str(write_folder(tmp_path / "d", 2))] if source == "folder"
+            else ["--data-dir", str(tmp_path / "no-cifar"), "--no-download"])  # refused before data is looked for
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "resnet10", "--arch", "channels=8,8,8,8", "--arch",
+                                      "input_size=3,64,64", "--set", "epochs=1", "--device", "cpu", "--no-progress",
+                                      *data, "--out", str(run)], env={"APERTURE_DATA": str(tmp_path / "cache")})
+    line = " ".join(result.output.split())
+    assert result.exit_code == 2 and line.startswith("error: --arch input_size=3,64,64: training reads 3 x 32 x 32"), line
+    assert not run.exists() and not (tmp_path / "cache").exists()

@@ -194,6 +194,7 @@ def resolve_run(cfg: TrainConfig) -> Run:
         if cfg.model is None:
             raise TrainingError("no model given; pass a name such as resnet22 (see `aperture list`)")
         spec = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(cfg.model)
+        _check_input_size(spec)
         record = {
             "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
@@ -219,6 +220,19 @@ def resolve_run(cfg: TrainConfig) -> Run:
         change = {"epoch": int(info["epoch"]), "step": int(info["step"]), "lr": run.recipe.lr, "was": was}
         run.record = {**run.record, "lr_changes": [*run.record.get("lr_changes", []), change]}
     return run
+
+
+# What every training source yields: CIFAR-10/100 as stored, an image folder decoded to 32x32 (folder.py).
+TRAIN_IMAGE_SHAPE = (3, 32, 32)
+
+
+def _check_input_size(spec: ModelSpec) -> None:
+    """A model that cannot take the training images is refused before its run folder is written, not at batch one."""
+    if tuple(spec.input_size) != TRAIN_IMAGE_SHAPE:
+        raise TrainingError(
+            f"--arch input_size={','.join(map(str, spec.input_size))}: training reads 3 x 32 x 32 images (CIFAR-10/100 "
+            "as stored, image folders decoded to 32x32), which this model cannot take; drop input_size from --arch "
+            "(the default is 3,32,32)")
 
 
 def finished_run(run: Run, draw: bool = True) -> TrainResult | None:

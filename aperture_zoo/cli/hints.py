@@ -21,9 +21,11 @@ def retry_command(recipe: Any, record: dict[str, Any], out: str | os.PathLike[st
     """The ``aperture train`` command line that starts a run again, with recipe ``changes``.
 
     ``record`` is what the run's ``run.json`` holds (model, seed, data options, data folder,
-    download, device, compile). The command names every option, so it reproduces the run wherever
-    it is typed; without ``out`` the new run gets a fresh folder.
+    download, device, compile). The command names every option the run takes, so it reproduces the
+    run wherever it is typed (the CIFAR data folder only for a CIFAR run: ``train`` refuses it for an
+    image folder); without ``out`` the new run gets a fresh folder.
     """
+    from aperture_zoo.datasets import is_builtin
     from aperture_zoo.registry import ModelSpec
 
     spec = ModelSpec.from_dict(record["spec"])
@@ -33,7 +35,8 @@ def retry_command(recipe: Any, record: dict[str, Any], out: str | os.PathLike[st
         if record.get(key) or (key == "val_split" and record.get("val_rule") and record.get(key) == 0):
             args += [flag, str(record[key])]  # a folder run without a validation split says so (its default is 0.1)
     args += _dataset_args(record)
-    args += ["--data-dir", str(record["data_dir"])]
+    if is_builtin(record.get("dataset")):  # the rule by which train refuses --data-dir for a folder run
+        args += ["--data-dir", str(record["data_dir"])]
     if record.get("download") is False:
         args.append("--no-download")
     if record.get("device") not in (None, "auto"):
