@@ -11,6 +11,7 @@ describe.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -132,6 +133,7 @@ def write_folder(
         raise CardError(f"{weights} holds weights for {arch}, not {name}; write the card with "
                         f"`aperture card {arch} --run {weights.parent}`")
     _refuse_replacing_published(name, out / WEIGHTS_FILENAME, weights)
+    _keep_hand_written(out)
     sha = file_sha256(weights)
     copies: dict[str, Path] = {}
     if onnx is not None:  # the file asked for first: its refusal is the one to read
@@ -253,6 +255,7 @@ def write_card(
         if not (run / WEIGHTS_FILENAME).is_file():
             raise CardError(f"run dir {run} has no {WEIGHTS_FILENAME}; pass the folder a training run wrote")
         return write_folder(name, out, run / WEIGHTS_FILENAME, repo_id=repo_id)
+    _keep_hand_written(out)
     with staged(out) as stage, folder_lock(out):
         written = _write_card_files(name, out, stage, Path(weights) if weights is not None else None, repo_id)
         move_in(stage, out, written)
@@ -267,9 +270,32 @@ def _write_card_files(name: str, folder: Path, stage: Path, weights: Path | None
         record = {"sha256": facts.weights_sha256, "size": facts.weights_size, "metadata": facts.weights}
         atomic_write_text(stage / PROVENANCE_FILENAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
         written.append(PROVENANCE_FILENAME)
-    atomic_write_text(stage / CONFIG_FILENAME, json.dumps(build_config(facts), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(stage / CARD_FILENAME, render_card(facts))
+    card = render_card(facts)
+    config = {**build_config(facts), "readme_sha256": hashlib.sha256(card.encode()).hexdigest()}
+    atomic_write_text(stage / CONFIG_FILENAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(stage / CARD_FILENAME, card)
     return [*written, CONFIG_FILENAME, CARD_FILENAME]
+
+
+def hand_edited_card(folder: Path) -> bool:
+    """``folder``'s README.md is not the card this package last wrote there: the SHA-256 its config.json records
+    of it differs, or there is no config.json (another tool's README). A config.json from before the record: no."""
+    readme, config = folder / CARD_FILENAME, folder / CONFIG_FILENAME
+    if not readme.is_file():
+        return False
+    try:
+        recorded = json.loads(config.read_text()).get("readme_sha256", "") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded != "" and recorded != hashlib.sha256(readme.read_bytes()).hexdigest()
+
+
+def _keep_hand_written(out: Path) -> None:
+    """Nothing is lost: a README.md written or edited by hand is never replaced by a generated card."""
+    if hand_edited_card(out):
+        raise CardError(f"{out / CARD_FILENAME} is not the card aperture last wrote there (edited by hand, or another "
+                        "tool's): the card would replace your text; move it aside (e.g. to NOTES.md) or remove it, then "
+                        "write the card again")
 
 
 def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:

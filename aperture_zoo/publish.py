@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cards import write_folder
+from .cards import hand_edited_card, write_folder
 from .files import ONNX_FILENAME
 from .filesets import HIDDEN_PATTERNS
 from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id, check_revision,
@@ -39,6 +39,7 @@ class PushResult:
     commit_url: str
     changed: bool  # False when the repo already held exactly these files (no commit was made)
     removed: tuple[str, ...] = ()  # files of the branch's previous commit that this set does not bring (deleted)
+    own_readme: Path | None = None  # a hand-edited README.md beside the weights: not pushed (the card is generated)
 
 
 def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False,
@@ -157,8 +158,9 @@ def push(
                 delete_patterns="*", commit_message=commit_message or f"Upload {name} (aperture_zoo)",
             )
     log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
+    edited = weights_path.parent / "README.md"
     return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before.sha,
-                      removed=tuple(removed))
+                      removed=tuple(removed), own_readme=edited if hand_edited_card(weights_path.parent) else None)
 
 
 def _relative_files(folder: Path) -> set[str]:

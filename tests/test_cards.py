@@ -46,6 +46,7 @@ def test_stale_check_catches_every_kind_of_drift(tmp_path):
     (card / "config.json").unlink()
     assert stale_files("resnet32", card) == ["config.json"]
     # A card of a model that was trained since: new weights beside it make the old card stale.
+    (card / "README.md").unlink()  # without its config.json it reads as another tool's README, which is kept
     write_card("resnet32", card)
     random_weights(card / "model.safetensors", "resnet32", test_top1=12.5)
     assert stale_files("resnet32", card) == ["README.md", "config.json"]
@@ -185,3 +186,31 @@ def test_a_run_folder_whose_weights_were_replaced_gives_no_card(run_dir, tmp_pat
     with pytest.raises(CardError, match="does not end at these weights"):
         write_card("resnet18", tmp_path / "stale", run_dir=run)
     assert not (tmp_path / "stale").exists()
+
+
+def test_a_hand_written_readme_is_never_replaced_by_a_card(tmp_path):
+    """Seventh hostile try, L2: `card --out DIR` overwrote a README.md the user had edited, without a word."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.card_facts import CardError
+    from aperture_zoo.cli import app
+
+    out = write_card("resnet10", tmp_path / "c")
+    assert json.loads((out / "config.json").read_text())["readme_sha256"]
+    write_card("resnet10", out)  # its own card: rewritten freely
+    (out / "README.md").write_text((out / "README.md").read_text() + "\nMy notes on this model.\n")
+    result = CliRunner().invoke(app, ["card", "resnet10", "--out", str(out)])
+    assert result.exit_code == 2 and "is not the card aperture last wrote there" in " ".join(result.output.split())
+    assert (out / "README.md").read_text().endswith("My notes on this model.\n")  # nothing lost
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "README.md").write_text("# a README of another tool\n")
+    with pytest.raises(CardError, match="move it aside"):
+        write_card("resnet10", other)
+    legacy = tmp_path / "legacy"  # a card from before the record: taken as the package's own
+    write_card("resnet10", legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    del config["readme_sha256"]
+    (legacy / "config.json").write_text(json.dumps(config))
+    (legacy / "README.md").write_text("old card\n")
+    write_card("resnet10", legacy)

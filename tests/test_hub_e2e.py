@@ -322,6 +322,17 @@ def test_a_push_leaves_no_file_of_an_earlier_push_beside_its_weights(hub_env, we
     assert set(files) <= {".gitattributes", "README.md", "config.json", "model.safetensors", "LICENSE", "weights.json"}
     assert file_sha256(other) in files["weights.json"].decode()  # what is left describes the new weights
 
+    # pushed from a card folder whose README.md was edited by hand: the Hub gets the generated card, and says so
+    from aperture_zoo.cards import write_card
+
+    card = write_card("resnet10", tmp_path / "card", weights=other)
+    shutil.copyfile(other, card / "model.safetensors")
+    (card / "README.md").write_text("# my own notes\n")
+    noted = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights",
+                                     str(card / "model.safetensors"), "--token", "tok-alice"])
+    assert noted.exit_code == 0 and "is not the card aperture generates" in " ".join(noted.output.split())
+    assert "my own notes" not in hub_env.repos["zoo/leftovers"].resolve("main").files["README.md"].decode()
+
 
 @pytest.fixture
 def own_cache(monkeypatch, tmp_path):

@@ -56,6 +56,10 @@ def push_cmd(
         arch, file = weights_file_for_command(name, weights)
         result = push(arch, repo_id, weights=file, token=token, private=private,
                       revision=revision, with_onnx=with_onnx)
+    if result.own_readme is not None:
+        err_console.print(f"note: {safe(str(result.own_readme))} is not the card aperture generates (edited by hand?): "
+                          "the Hub got the generated card, not your text; add your notes to the repo's README "
+                          "yourself", highlight=False, soft_wrap=True)
     if result.removed:
         console.print(f"removed {len(result.removed)} file(s) of the previous commit that belong to other weights or "
                       f"another push: {safe(', '.join(result.removed))}", highlight=False, soft_wrap=True)
