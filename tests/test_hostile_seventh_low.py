@@ -1,0 +1,80 @@
+"""The seventh hostile try's low findings: a converted checkpoint traced to its bytes and given its own
+normalisation, an ONNX file passed where safetensors are read, ``preprocess`` of a wrapped model or a
+name, and a Hub server that names a commit outside the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from aperture_zoo.cli import app
+from aperture_zoo.convert import assumed_normalisation, convert_checkpoint, data_overrides
+from aperture_zoo.model import create_model
+from aperture_zoo.weights import WeightsError, read_metadata
+from profiles import examples
+
+SMALL = {"channels": (8, 8, 8, 8)}
+
+
+@pytest.fixture
+def two_class_pth(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.save(create_model("resnet10", num_classes=2, **SMALL).state_dict(), tmp_path / "r1.pth")
+    return tmp_path / "r1.pth"
+
+
+def test_convert_records_the_sha256_of_the_checkpoint(two_class_pth: Path, tmp_path: Path) -> None:
+    out = convert_checkpoint(two_class_pth, tmp_path / "m.safetensors", "resnet10", num_classes=2, **SMALL)
+    meta = read_metadata(out)
+    assert meta["converted_from"] == "r1.pth"
+    assert meta["converted_from_sha256"] == hashlib.sha256(two_class_pth.read_bytes()).hexdigest()
+
+
+def test_convert_takes_the_normalisation_and_class_names_it_was_trained_with(two_class_pth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(app, ["convert", str(two_class_pth), str(out), "--model", "resnet10", "--num-classes", "2",
+                                      "--arch", "channels=8,8,8,8", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3",
+                                      "--class-names", "cat,dog"])
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output
+    meta = read_metadata(out)
+    assert json.loads(meta["mean"]) == [0.5, 0.4, 0.3] and json.loads(meta["std"]) == [0.2, 0.25, 0.3]
+    assert json.loads(meta["label_names"]) == ["cat", "dog"]
+    import aperture_zoo
+
+    model = aperture_zoo.load(str(out))
+    assert model.spec.mean == (0.5, 0.4, 0.3) and model.spec.class_names == ("cat", "dog")
+
+
+def test_convert_says_when_it_assumed_cifar10_normalisation_for_another_head(two_class_pth: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["convert", str(two_class_pth), str(tmp_path / "m.safetensors"), "--model",
+                                      "resnet10", "--num-classes", "2", "--arch", "channels=8,8,8,8"])
+    assert result.exit_code == 0, result.output
+    assert "note: the checkpoint holds no normalisation, so CIFAR-10's" in result.output and "--mean and --std" in result.output
+    assert assumed_normalisation("resnet10") is None  # CIFAR-10's own head: its normalisation is right
+    assert assumed_normalisation("resnet10", num_classes=2, mean=(0.5,) * 3, std=(0.2,) * 3) is None
+
+
+def test_convert_mean_without_std_is_one_line(two_class_pth: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["convert", str(two_class_pth), str(tmp_path / "m.safetensors"), "--model",
+                                      "resnet10", "--num-classes", "2", "--arch", "channels=8,8,8,8", "--mean", "0.5,0.5,0.5"])
+    assert result.exit_code == 2 and "--mean given without --std; give both" in result.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(mean=st.text(max_size=30), std=st.text(max_size=30), names=st.one_of(st.none(), st.text(max_size=30)))
+def test_convert_options_parse_or_refuse_in_one_line(mean: str, std: str, names: str | None) -> None:
+    try:
+        out = data_overrides(mean, std, names)
+    except WeightsError as exc:
+        assert "\n" not in str(exc) and "e.g." in str(exc)
+    else:
+        assert len(out["mean"]) == len(mean.split(",")) and all(isinstance(v, float) for v in out["std"])
