@@ -78,3 +78,37 @@ def test_convert_options_parse_or_refuse_in_one_line(mean: str, std: str, names:
         assert "\n" not in str(exc) and "e.g." in str(exc)
     else:
         assert len(out["mean"]) == len(mean.split(",")) and all(isinstance(v, float) for v in out["std"])
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    onnx.save(helper.make_model(graph), tmp_path / "resnet10.onnx")
+    return tmp_path / "resnet10.onnx"
+
+
+@pytest.mark.parametrize("args", [["predict", "IMG", "--model", "ONNX"], ["predict", "IMG", "--weights", "ONNX"],
+                                  ["info", "ONNX"]])
+def test_an_onnx_file_where_weights_are_read_is_named_an_onnx_file(onnx_file: Path, tmp_path: Path,
+                                                                    args: list[str]) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    argv = [str(onnx_file) if a == "ONNX" else str(tmp_path / "x.png") if a == "IMG" else a for a in args]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert f"is an ONNX file, not safetensors weights; run it with --onnx: aperture predict IMAGE --onnx {onnx_file}" in line
+    assert "corrupt" not in line
+
+
+def test_load_of_an_onnx_file_says_so(onnx_file: Path) -> None:
+    import aperture_zoo
+
+    with pytest.raises(WeightsError, match="is an ONNX file, not safetensors weights"):
+        aperture_zoo.load(str(onnx_file))
