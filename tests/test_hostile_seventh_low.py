@@ -112,3 +112,23 @@ def test_load_of_an_onnx_file_says_so(onnx_file: Path) -> None:
 
     with pytest.raises(WeightsError, match="is an ONNX file, not safetensors weights"):
         aperture_zoo.load(str(onnx_file))
+
+
+def test_preprocess_takes_a_wrapped_model_and_refuses_a_name_in_one_line() -> None:
+    import numpy as np
+
+    from aperture_zoo import preprocess
+    from aperture_zoo.transforms import ModelArgumentError
+
+    model = create_model("resnet10", num_classes=2, **SMALL).eval()
+    model.spec = model.spec.replace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # not CIFAR-10's
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    want = preprocess(pixels, model)
+    torch.testing.assert_close(preprocess(pixels, torch.nn.DataParallel(model)), want)
+    torch.testing.assert_close(preprocess(pixels, torch.compile(model)), want)
+    torch.testing.assert_close(preprocess(pixels, model.spec), want)
+    with pytest.raises(ModelArgumentError, match=r"got the name 'resnet10', not a model; pass the model itself, "
+                                                 r"e\.g\. model = aperture_zoo\.load\('resnet10', pretrained=True\)"):
+        preprocess(pixels, "resnet10")
+    with pytest.raises(ModelArgumentError, match="got type int, not a model"):
+        preprocess(pixels, 3)  # type: ignore[arg-type]
