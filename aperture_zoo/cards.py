@@ -143,7 +143,7 @@ def write_folder(
         copies[ONNX_FILENAME] = onnx
         copies[Path(ONNX_FILENAME).stem + REPORT_SUFFIX] = report
     check_folder(weights.parent, sha, name, onnx_files=False)  # the reports, matrix and eval.json copied below
-    _check_training_log(weights.parent / METRICS_FILENAME, decode_metadata(read_metadata(weights)).get("test_top1"))
+    _check_training_log(weights.parent / METRICS_FILENAME, decode_metadata(read_metadata(weights)))
     extras = [*RUN_FILES, RUNTIMES_FILENAME, *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX))]
     copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}, **copies}
     with staged(out) as stage, folder_lock(out):
@@ -157,10 +157,23 @@ def write_folder(
     return out
 
 
-def _check_training_log(metrics: Path, recorded: object) -> None:
-    """The run's log (and the curves drawn from it) go beside the weights only if its last test figure is
-    the one the weights record: a run folder whose model.safetensors was replaced shows another run's."""
-    if not metrics.is_file() or not isinstance(recorded, (int, float)):
+def _check_training_log(metrics: Path, meta: dict) -> None:
+    """The run's log goes beside the weights only if it is the one they were trained with: by the SHA-256 the
+    weights record of it, or (older weights, which record none) by its last test figure. A run folder whose
+    model.safetensors was replaced holds another run's log, and two runs often end at one figure."""
+    from .files import file_sha256
+
+    if not metrics.is_file():
+        return
+    pinned = meta.get("metrics_sha256")
+    if pinned is not None:
+        if file_sha256(metrics) != pinned:
+            raise CardError(f"{metrics} is not the log these weights were trained with (they record its SHA-256 "
+                            f"{str(pinned)[:12]}...): the run folder holds another run's log; write the card from the "
+                            "folder that trained them")
+        return
+    recorded = meta.get("test_top1")
+    if not isinstance(recorded, (int, float)):
         return
     scored = []
     for line in metrics.read_text(errors="replace").splitlines():

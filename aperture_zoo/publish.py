@@ -38,6 +38,7 @@ class PushResult:
     commit_oid: str
     commit_url: str
     changed: bool  # False when the repo already held exactly these files (no commit was made)
+    removed: tuple[str, ...] = ()  # files of the branch's previous commit that this set does not bring (deleted)
 
 
 def stage(name: str, weights: str | os.PathLike[str], dest: Path, *, with_onnx: bool = False,
@@ -112,7 +113,8 @@ def push(
     commit_message: str | None = None,
     cards_dir: Path | None = None,
 ) -> PushResult:
-    """Create the repo if needed and upload weights + card + config in one commit.
+    """Create the repo if needed and upload weights + card + config in one commit, which also deletes the
+    branch's files that this set does not bring (named in ``removed``).
 
     Pushing identical files again makes no commit (the client skips unchanged files) and returns
     the existing head with ``changed=False``. ``cards_dir`` is where the published weights and
@@ -145,10 +147,25 @@ def push(
             _ensure_repo(api, repo_id, private)
             if branch != "main":
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
-            before = api.repo_info(repo_id, revision=branch).sha
+            before = api.repo_info(repo_id, revision=branch)
+            # the commit holds this file set and nothing else: an earlier push's model.onnx, report or log
+            # left beside other weights would be downloaded as theirs (.gitattributes is kept by the client)
+            removed = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder)
+                             - {".gitattributes"})
             info = api.upload_folder(
                 repo_id=repo_id, folder_path=folder, revision=branch, ignore_patterns=list(HIDDEN_PATTERNS),
-                commit_message=commit_message or f"Upload {name} (aperture_zoo)",
+                delete_patterns="*", commit_message=commit_message or f"Upload {name} (aperture_zoo)",
             )
     log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
-    return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before)
+    return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before.sha,
+                      removed=tuple(removed))
+
+
+def _relative_files(folder: Path) -> set[str]:
+    """What ``upload_folder`` uploads from ``folder`` (its hidden lock and stage files left out)."""
+    from fnmatch import fnmatch
+
+    def hidden(p: Path) -> bool:
+        return any(fnmatch(part, pat) for part in p.relative_to(folder).parts for pat in HIDDEN_PATTERNS)
+
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not hidden(p)}

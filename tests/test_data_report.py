@@ -549,3 +549,22 @@ def test_a_dataset_name_with_bidi_characters_is_shown_escaped_in_the_card_front_
     assert made.exit_code == 0, made.output
     readme = (tmp_path / "card" / "README.md").read_text()
     assert "\u202e" not in readme and "evil\\u202egnp.exe image folder" in readme
+
+
+def test_a_card_ships_only_the_log_its_weights_were_trained_with(tmp_path: Path) -> None:
+    """Seventh hostile try, M2: a log was trusted when its last test top-1 matched the weights' figure, and on a small
+    test set two runs end at one figure: another run's metrics.jsonl went into the card folder and the Hub."""
+    root, a, b = write_folder(tmp_path / "d", 12), tmp_path / "a", tmp_path / "b"
+    assert _train(tmp_path, root, "--out", str(a)).exit_code == 0
+    assert _train(tmp_path, root, "--out", str(b), "--seed", "1").exit_code == 0
+    own = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c1")])
+    assert own.exit_code == 0, own.output
+    assert (tmp_path / "c1" / "metrics.jsonl").read_bytes() == (a / "metrics.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    last_a = json.loads((a / "metrics.jsonl").read_text().splitlines()[-1])
+    rows[-1]["test_top1"] = last_a["test_top1"]  # b's log, ending at a's figure: the tie the hostile try found
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mixed = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c2")])
+    text = " ".join(mixed.output.split())
+    assert mixed.exit_code == 2 and "metrics.jsonl is not the log these weights were trained with" in text, text
+    assert not (tmp_path / "c2").exists()

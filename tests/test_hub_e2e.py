@@ -291,6 +291,38 @@ def test_with_onnx_uploads_the_exported_file_only_if_it_is_of_these_weights(hub_
     assert len(hub_env.repos["zoo/onnx10"].history()) == before  # nothing uploaded
 
 
+def test_a_push_leaves_no_file_of_an_earlier_push_beside_its_weights(hub_env, weights, tmp_path):
+    """Seventh hostile try, H1: a push added its files and kept the rest, so after `push --with-onnx` of run 1 and a
+    push of run 2 the repo served run 1's model.onnx (and its "passed" report) beside run 2's weights."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from aperture_zoo import load
+    from aperture_zoo.cli import app
+    from aperture_zoo.export.pipeline import export_model
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.publish import push
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(weights, run / "model.safetensors")
+    export_model(load("resnet10", weights=weights), run, stem="model", weights_sha256=file_sha256(weights),
+                 exporter="legacy", run_validation=False)
+    first = push("resnet10", "zoo/leftovers", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
+    assert first.removed == () and "model.onnx" in hub_env.repos["zoo/leftovers"].resolve("main").files
+    other = random_weights(tmp_path / "other" / "model.safetensors", "resnet10", init_seed=3)
+    result = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights", str(other),
+                                      "--token", "tok-alice"])
+    assert result.exit_code == 0, result.output
+    files = hub_env.repos["zoo/leftovers"].resolve("main").files
+    assert files["model.safetensors"] == other.read_bytes()
+    assert not {name for name in files if "onnx" in name or name.endswith(".report.json")}, sorted(files)
+    assert "removed " in result.output and "model.onnx" in result.output  # said, not silent
+    assert set(files) <= {".gitattributes", "README.md", "config.json", "model.safetensors", "LICENSE", "weights.json"}
+    assert file_sha256(other) in files["weights.json"].decode()  # what is left describes the new weights
+
+
 @pytest.fixture
 def own_cache(monkeypatch, tmp_path):
     """A Hub cache of this test's own, so a file it damages is never seen by another run."""

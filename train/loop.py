@@ -424,8 +424,10 @@ def _write_outputs(result: TrainResult, model: nn.Module, r: _Loop, calibration:
     }
     if result.test_top1_flip_tta is not None:  # declared apart: test_top1 stays the plain forward pass
         metadata["test_top1_flip_tta"] = round(result.test_top1_flip_tta, 4)
-    save_weights(model, r.folder.weights, metadata)
     from aperture_zoo.files import file_sha256
+
+    metadata["metrics_sha256"] = file_sha256(r.folder.metrics_path)  # the log, complete: a card ships only this one
+    save_weights(model, r.folder.weights, metadata)
 
     plot_curves(r.folder.metrics(), r.folder.curves, title=f"{model.spec.name} ({recipe.name})",
                 made_from={"weights_sha256": file_sha256(r.folder.weights)})

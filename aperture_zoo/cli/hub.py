@@ -56,6 +56,9 @@ def push_cmd(
         arch, file = weights_file_for_command(name, weights)
         result = push(arch, repo_id, weights=file, token=token, private=private,
                       revision=revision, with_onnx=with_onnx)
+    if result.removed:
+        console.print(f"removed {len(result.removed)} file(s) of the previous commit that belong to other weights or "
+                      f"another push: {safe(', '.join(result.removed))}", highlight=False, soft_wrap=True)
     if not result.changed:
         console.print(f"{safe(result.repo_id)}@{safe(result.revision)} already holds these files; no new commit.",
                       highlight=False)
