@@ -3,6 +3,8 @@ pickle is opened, with ``torch.load(weights_only=True)``; every loader of weight
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import torch
 
 from .model import create_model
+from .registry import CIFAR10_MEAN, CIFAR10_STD
 from .weights import WeightsError, describe_mismatch, save_weights
 
 
@@ -39,16 +42,18 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     object, is refused: save its ``state_dict()`` first). Nested ``state_dict``/``model`` entries
     and DataParallel's ``module.`` prefixes are unwrapped; keys and shapes are checked strictly.
     ``overrides`` (``num_classes``, ``channels``, ``blocks``, as ``create_model`` takes them) describe a
-    fine-tune's head or a derived shape.
+    fine-tune's head or a derived shape; ``mean``/``std``/``class_names`` the data it was trained on, which
+    a pickle does not hold (``assumed_normalisation`` says when CIFAR-10's are taken for another head).
+    The file records the checkpoint's SHA-256, so the weights can be traced to the bytes they came from.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise WeightsError(f"{str(dst)!r} already exists; choose another output path or remove it first")
     if not src.is_file():
         raise WeightsError(f"checkpoint {str(src)!r} does not exist; check the path")
-    try:
-        with src.open("rb") as f:  # a file object: torch.load would treat a *.safetensors *path* by its suffix
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+    data = src.read_bytes()  # hashed and unpickled from the same bytes, not read twice
+    try:  # a file object: torch.load would treat a *.safetensors *path* by its suffix
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
         raise WeightsError(
             f"{str(src)!r} cannot be read as a weights-only checkpoint ({_unpickler_reason(exc)}); if it pickles "
@@ -72,4 +77,35 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             text += hint + "; a derived shape takes --arch as `aperture train` does (e.g. --arch channels=32,64,128,256)"
         raise WeightsError(f"{str(src)!r} does not match {name}: {text}")
     model.load_state_dict(tensors)
-    return save_weights(model, dst, {"converted_from": src.name})
+    return save_weights(model, dst, {"converted_from": src.name,
+                                     "converted_from_sha256": hashlib.sha256(data).hexdigest()})
+
+
+def data_overrides(mean: str | None = None, std: str | None = None, class_names: str | None = None) -> dict[str, Any]:
+    """``--mean 0.5,0.5,0.5 --std ... --class-names cat,dog`` as spec fields (checked by the spec when built)."""
+    if (mean is None) != (std is None):
+        raise WeightsError(f"--{'mean' if std is None else 'std'} given without --{'std' if std is None else 'mean'}; "
+                           "give both, as the model's training normalised its images (e.g. --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25)")
+    out: dict[str, Any] = {}
+    for key, text in (("mean", mean), ("std", std)):
+        if text is not None:
+            try:
+                out[key] = tuple(float(p) for p in text.split(","))
+            except ValueError:
+                raise WeightsError(f"--{key} {text!r}: expected numbers separated by commas, e.g. --{key} 0.5,0.5,0.5") from None
+    if class_names is not None:
+        out["class_names"] = tuple(n.strip() for n in class_names.split(","))
+    return out
+
+
+def assumed_normalisation(name: str, **overrides: Any) -> str | None:
+    """A note when CIFAR-10's mean/std are written for a head that is not CIFAR-10's: the pickle holds no
+    normalisation, and a model trained on other images answers wrongly with CIFAR-10's (None: no note)."""
+    head = overrides.get("num_classes", 10)
+    if head == 10 and overrides.get("class_names") is None or "mean" in overrides or "std" in overrides:
+        return None
+    mean = ",".join(f"{v:g}" for v in CIFAR10_MEAN)
+    std = ",".join(f"{v:g}" for v in CIFAR10_STD)
+    return (f"the checkpoint holds no normalisation, so CIFAR-10's (mean {mean}, std {std}) was recorded for this "
+            f"{head}-class {name}; if it was trained on other images, convert again with --mean and --std "
+            "(the values its training used)")

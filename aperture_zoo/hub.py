@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .errors import ApertureError
 from .files import CONFIG_FILENAME, WEIGHTS_FILENAME
+from .terminal import fragment
 
 
 class HubError(ApertureError, RuntimeError):
@@ -158,18 +159,36 @@ def _translate(
         if _status_of(exc) is None and not _raised_in_client(exc):  # our own code's: a bug, shown as one
             raise
         raise not_hub_api(url, action, repo_id, _status_of(exc)) from None
-    except ValueError as exc:  # huggingface_hub's refusal of a cached ref that points outside the cache
+    except ValueError as exc:  # huggingface_hub's refusal of a commit that would put a file outside the cache
         if "pointer path" not in str(exc):
             raise
-        raise HubError(
-            f"the local Hub cache of {repo_id} is damaged (a ref points outside it); delete "
-            f"models--{repo_id.replace('/', '--')} from the Hub cache folder and download it again"
-        ) from None
+        raise _outside_cache(str(exc), repo_id, url) from None
     except _transport_errors() as exc:
         raise HubUnavailableError(
             f"cannot reach the Hub at {url} to {action} {repo_id} ({type(exc).__name__}); check the "
             "network or HF_ENDPOINT"
         ) from None
+
+
+def _outside_cache(message: str, repo_id: str, url: str) -> HubError:
+    """Whose commit it was: a ref of the local cache (damaged), or the server's answer (nothing to delete).
+
+    The client's refusal names the cache folder and the commit; the commit is the cache's own when one of
+    its refs holds it, else the server named it. A message of another shape gets the line covering both."""
+    folder = f"models--{repo_id.replace('/', '--')}"
+    found = re.search(r"storage_folder='(.*?)'`, `revision='(.*)'` and `relative_filename=", message, re.DOTALL)
+    if found is None:
+        return HubError(f"a commit of {repo_id} would put files outside the Hub cache: the server at {url} named it, "
+                        f"or the local cache is damaged; nothing was written outside; delete {folder} from the Hub "
+                        "cache folder and try again, and if it happens again, check HF_ENDPOINT or your proxy")
+    refs = Path(found.group(1)) / "refs"
+    commit = found.group(2)
+    if refs.is_dir() and any(p.is_file() and p.read_bytes().decode(errors="replace") == commit for p in refs.rglob("*")):
+        return HubError(f"the local Hub cache of {repo_id} is damaged (a ref points outside it); delete "
+                        f"{folder} from the Hub cache folder and download it again")
+    return HubError(f"the server at {url} named the commit '{fragment(commit[:80])}' of {repo_id}, a path outside the "
+                    "Hub cache, so nothing was downloaded or written; it is not the Hub's answer: check HF_ENDPOINT "
+                    "or the proxy between you and the Hub")
 
 
 def _http_error(exc: BaseException, repo_id: str, action: str, url: str, revision: str | None,

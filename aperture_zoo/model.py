@@ -209,6 +209,13 @@ def check_normalised(model: nn.Module, x: Tensor) -> None:
             "arrays to aperture_zoo.preprocess")
 
 
+def unwrapped(model: Any) -> Any:
+    """The model inside ``nn.DataParallel``/``DistributedDataParallel`` (``.module``), which hold no spec."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, the figure Table 1 reports."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

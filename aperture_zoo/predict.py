@@ -55,15 +55,6 @@ class UncalibratedWarning(UserWarning):
     """Probabilities from weights without a temperature: the plain softmax (T = 1), as ``aperture predict`` gives."""
 
 
-def unwrapped(model: Any) -> ResNet:
-    """The model inside ``nn.DataParallel``/``DistributedDataParallel`` (``.module``), which hold no spec."""
-    import torch
-
-    if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        return model.module
-    return model
-
-
 def tta_logits(model: ResNet, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Logits, averaged with the mirrored image's when ``tta`` (what ``eval --tta`` measures).
 
@@ -142,7 +133,7 @@ def predict_proba(model: ResNet, images: Any, temperature: float | None = None,
     """
     import torch
 
-    from .model import check_normalised
+    from .model import check_normalised, unwrapped
     from .transforms import preprocess
 
     model = unwrapped(model)
@@ -161,6 +152,7 @@ def classify(model: ResNet, paths: Sequence[str | os.PathLike[str]], top_k: int 
     """Top-k calibrated (class, probability) per readable image file, shaped like ``Prediction.to_dict()``,
     and ``(path, error)`` for each file that could not be read (a batch answers all it can)."""
     from .images import ImageError, load_images
+    from .model import unwrapped
     from .transforms import preprocess
 
     if top_k < 1:

@@ -136,11 +136,23 @@ def _refuse_pickle(head: bytes, size: int, path: Path) -> None:
         )
 
 
+def _refuse_onnx(head: bytes, path: Path) -> None:
+    """An exported .onnx file given where weights are read is named as such, not called corrupt safetensors."""
+    import shlex
+
+    if path.suffix.lower() == ".onnx" and head[8:9] != b"{":
+        raise WeightsError(
+            f"{str(path)!r} is an ONNX file, not safetensors weights; run it with --onnx: aperture predict IMAGE "
+            f"--onnx {shlex.quote(str(path))} (Python: aperture_zoo.export.OnnxClassifier), or pass the model.safetensors it was exported from"
+        )
+
+
 def _check_readable(path: Path) -> None:
     _check_path(path)
     with path.open("rb") as f:
         head = f.read(9)
     _refuse_pickle(head, path.stat().st_size, path)
+    _refuse_onnx(head, path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -165,6 +177,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     _check_path(path)
     data = path.read_bytes()
     _refuse_pickle(data[:9], len(data), path)
+    _refuse_onnx(data[:9], path)
     return data
 
 

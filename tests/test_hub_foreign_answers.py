@@ -179,3 +179,33 @@ def test_a_type_error_of_our_own_inside_the_translation_stays_a_bug(through):
 
     with pytest.raises(TypeError), _translate("alice/x", "push to", through(200, b"{}")):
         len(5)  # type: ignore[arg-type]
+
+
+def test_a_server_naming_a_commit_outside_the_cache_is_blamed_not_the_cache(through, tmp_path):
+    """Seventh hostile try, L8: a server naming the commit '../../..' was refused, but the line said the user's cache
+    was damaged and to delete it (it would happen again). Nothing is written outside the cache."""
+    from huggingface_hub import constants
+
+    url = through(200, b"", {"Content-Type": "application/octet-stream", "X-Repo-Commit": "../../../../../pwned",
+                             "ETag": '"0123456789abcdef"', "X-Linked-Size": "0"})
+    img = next((ROOT / "aperture_zoo" / "sample_images").glob("*cat*.png"))
+    out = " ".join(_one_error_line(["predict", str(img), "--model", "hf-hub:alice/ftc"]).split())
+    assert f"the server at {url} named the commit '../../../../../pwned' of alice/ftc, a path outside the Hub cache" in out
+    assert "damaged" not in out and "check HF_ENDPOINT" in out
+    assert not list(Path(constants.HF_HUB_CACHE).parent.rglob("pwned*"))
+
+
+def test_a_cache_ref_outside_the_cache_is_still_called_a_damaged_cache(tmp_path):
+    """The client's own refusal for both cases; only the cache's ref holding the commit makes it the cache's fault."""
+    from huggingface_hub.file_download import _get_pointer_path
+
+    from aperture_zoo.hub import HubError, _translate
+
+    storage = tmp_path / "models--alice--ftc"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text("../../../evil")
+    for commit, said in [("../../../evil", "the local Hub cache of alice/ftc is damaged (a ref points outside it)"),
+                         ("../../../other", "the server at http://hub.test named the commit '../../../other'")]:
+        with pytest.raises(HubError) as info, _translate("alice/ftc", "download from", "http://hub.test"):
+            _get_pointer_path(str(storage), commit, "model.safetensors")
+        assert str(info.value).startswith(said) and "\n" not in str(info.value)

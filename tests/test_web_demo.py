@@ -350,6 +350,33 @@ def test_a_model_file_that_fails_to_load_is_a_message_and_the_others_still_work(
     _assert_same_as_python(ok["last"], images["wide"], classifier)
 
 
+def test_a_file_exported_with_fp16_io_runs_in_the_page(browser_type: Any, models_dir: Path, images: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """`aperture demo --onnx` offers a --fp16-io file: the page feeds it the float16 input it declares, reads its output."""
+    from aperture_zoo.export.quantize import to_fp16
+
+    mine = to_fp16(models_dir / "resnet10.onnx", tmp_path / "mine.fp16.onnx", keep_io_types=False)
+    (entry,) = demo.add_onnx_files(tmp_path / "models", [mine])
+    demo.write_manifest(tmp_path / "models", [entry])
+    clf = OnnxClassifier(mine, provider="cpu")
+    with DemoServer(WEB, tmp_path / "models", port=0) as srv:
+        browser = browser_type.launch(executable_path=_chromium(), headless=True)
+        try:
+            pg = browser.new_page()
+            pg.goto(f"{srv.url}?model={entry.name}&ep=wasm&threads=1")
+            pg.wait_for_function("['ready', 'failed', 'error'].includes(window.apertureDemo?.state)", timeout=120_000)
+            assert pg.evaluate("apertureDemo.state") == "ready", pg.evaluate("apertureDemo.error")
+            result = _upload(pg, images["wide"])
+        finally:
+            browser.close()
+    assert result["state"] == "done", result["error"]
+    want = clf.predict_proba(load_image(images["wide"])[0])[0]
+    got = np.asarray(result["last"]["probs"])
+    assert int(np.argmax(got)) == int(np.argmax(want))
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert np.isfinite(result["last"]["logits"]).all() and abs(got.sum() - 1) < 1e-2
+
+
 def test_page_without_isolation_works_single_threaded_and_says_so(browser_type: Any, server: DemoServer,
                                                                   images: dict[str, Path], classifier: OnnxClassifier) -> None:
     """A server without COOP/COEP headers: no SharedArrayBuffer, so one thread, and the page says why."""

@@ -197,14 +197,21 @@ def convert_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Architecture it holds, e.g. resnet22."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of its head (a fine-tune's; default 10)."),
     arch: list[str] = typer.Option([], "--arch", help="A derived shape, as `aperture train --arch` takes it (channels=..., blocks=...)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean its training normalised with, e.g. 0.5,0.5,0.5 (default CIFAR-10's)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std its training normalised with (with --mean)."),
+    class_names: Optional[str] = typer.Option(None, "--class-names", help="Its classes in head order, e.g. cat,dog (default class_0, ...)."),
 ) -> None:
     """Convert a trusted pickle checkpoint to checked safetensors (the only weights format loaded)."""
     from aperture_zoo.registry import get_spec
-    from aperture_zoo.convert import convert_checkpoint
+    from aperture_zoo.convert import assumed_normalisation, convert_checkpoint, data_overrides
     from aperture_zoo.train.options import parse_arch
 
     with user_errors():
         get_spec(model)
-        overrides = {**parse_arch(arch), **({"num_classes": num_classes} if num_classes is not None else {})}
+        overrides = {**parse_arch(arch), **({"num_classes": num_classes} if num_classes is not None else {}),
+                     **data_overrides(mean, std, class_names)}
         path = convert_checkpoint(checkpoint, out, model, **overrides)
     console.print(f"wrote {safe(path)}", highlight=False, soft_wrap=True)
+    note = assumed_normalisation(model, **overrides)
+    if note:
+        err_console.print(f"note: {safe(note)}", highlight=False, soft_wrap=True)

@@ -230,6 +230,23 @@ async function createSession(entry, file) {
   return session;
 }
 
+// The input tensor of the type the file declares: float32, or float16 for a file exported with --fp16-io
+// (a Float16Array: setting numbers into it rounds them to float16, and its outputs read back as numbers).
+function inputTensor(session, h, w) {
+  const meta = session.inputMetadata?.[0];
+  const type = meta?.isTensor ? meta.type : "float32";
+  if (type === "float32") {
+    const data = new Float32Array(3 * h * w);
+    return { data, input: new ort.Tensor("float32", data, [1, 3, h, w]) };
+  }
+  if (type === "float16" && typeof Float16Array === "function") {
+    const data = new Float16Array(3 * h * w);
+    return { data, input: new ort.Tensor("float16", data, [1, 3, h, w]) };
+  }
+  const why = type === "float16" ? "this browser has no Float16Array" : "the page feeds float32 or float16 only";
+  throw new Error(`the file takes ${type} input and ${why}; export it without --fp16-io`);
+}
+
 // Warm-up: the first runs compile WebAssembly and plan memory; shown times are steady-state.
 async function warmUp(session, feeds) {
   const start = performance.now();
@@ -263,8 +280,7 @@ async function selectModel(name, precision = null) {
     if (!loaded) {
       const session = await createSession(entry, file);
       const [h, w] = entry.input_size.slice(1);
-      const data = new Float32Array(3 * h * w); // reused for every image of this session
-      const input = new ort.Tensor("float32", data, [1, 3, h, w]);
+      const { data, input } = inputTensor(session, h, w); // reused for every image of this session
       await warmUp(session, { [session.inputNames[0]]: input });
       loaded = { session, input, data };
       sessions.set(key, loaded);
