@@ -138,3 +138,16 @@ def test_a_changed_file_is_decoded_again_even_with_its_old_modification_time(tmp
     assert not np.array_equal(again.images[idx], first.images[idx])  # the new pixels, not the cached ones
     others = [i for i in range(len(first.images)) if i != idx]
     assert np.array_equal(again.images[others], first.images[others])
+
+
+def test_weights_trained_on_train_and_test_folders_are_scored_on_that_test_folder(tmp_path: Path) -> None:
+    """A run on DIR/train/ + DIR/test/ records its layout: eval of its weights on that folder scores test/, as given."""
+    root = tmp_path / "given"
+    _write(root / "train", {"a": 3, "b": 3})
+    _write(root / "test", {"a": 2, "b": 2}, tag=9)
+    run = load_dataset(str(root))
+    meta = {"dataset": run.name, "data": run.record}  # what the weights of that run carry
+    assert run.record["layout"] == "split"
+    used = dataset_for_weights(str(root), None, False, meta)
+    assert used is not None and used.record["layout"] == "split"
+    assert _ids(used.test.images) == _ids(run.test.images) and {c[2] for c in _ids(used.test.images)} == {9}
