@@ -6,7 +6,7 @@ are the folder names, sorted, exactly as written (spaces, unicode, brackets incl
 one name in two Unicode forms (NFC ``café`` and NFD ``café``) are refused, since no output could tell them apart. Symlinks are
 followed (a dataset assembled from links is common) and loops detected; files reached through a link
 that leads outside the folder are listed (``Scan.linked_outside``), so the data report names them. What is not read is named with why (hidden or system files, other
-extensions, files outside any class folder), and a folder whose "classes" look like datasets of
+extensions, files outside any class folder, a val/ beside the test/ that is used), and a folder whose "classes" look like datasets of
 their own (train/ + test/ inside, or only class-like sub-folders) is refused, naming them.
 """
 
@@ -214,11 +214,15 @@ def _outside_classes(root: Path, bases: list[Path], classes: tuple[str, ...]) ->
         except OSError:
             continue
         for e in entries:
-            if e.name in wanted or (folder == root and e.name in ("train", "test", "val")):
+            if e.name in wanted:
                 continue
             rel = (folder / e.name).relative_to(root).as_posix()
-            out.append((rel, _HIDDEN if _is_hidden(e.name) else "not in a class folder"))
+            unused_val = folder == root and e.name == "val" and (root / "test") in bases
+            out.append((rel, _HIDDEN if _is_hidden(e.name) else _SECOND_TEST if unused_val else "not in a class folder"))
     return out
+
+
+_SECOND_TEST = "a second test folder (test/ is the test split; val/ is used only without test/)"
 
 
 def _refuse_datasets_as_classes(pool: Path, classes: tuple[str, ...]) -> None:

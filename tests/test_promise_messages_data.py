@@ -79,7 +79,8 @@ def test_a_path_that_is_not_a_regular_file_is_not_decoded_and_says_so(tmp_path: 
     folder = tmp_path / "not-an-image.png"
     folder.mkdir()
     images, reasons = decode_files([str(folder)])
-    assert reasons[0] is not None and reasons[0].startswith(f"not a decodable image (image {str(folder)!r} is not a regular")
+    assert reasons[0] is not None
+    assert reasons[0].startswith(f"not a decodable image (image {str(folder)!r} is not a regular")
     assert not images.any()
 
 

@@ -84,11 +84,14 @@ def test_test_is_used_over_val_when_both_are_there(tmp_path: Path) -> None:
     assert ds.record["test_dir"] == "test" and ds.record["layout"] == "split"
     assert len(ds.train) == 6 and len(ds.test) == 4
     assert {c[2] for c in _ids(ds.test.images)} == {100} and {c[2] for c in _ids(ds.train.images)} == {0}
+    (ignored,) = ds.report.ignored  # val/ is not read, and the data report says so and why; train/ and test/ are read
+    assert ignored[0] == "val" and ignored[1].startswith("a second test folder (test/ is the test split")
     only_val = tmp_path / "e"
     _write(only_val / "train", {"a": 3, "b": 3})
     _write(only_val / "val", {"a": 1, "b": 1}, tag=200)
     ds = load_dataset(str(only_val))
     assert ds.record["test_dir"] == "val" and {c[2] for c in _ids(ds.test.images)} == {200}
+    assert ds.report.ignored == []
 
 
 def test_class_names_are_the_folder_names_sorted_exactly_as_written(tmp_path: Path) -> None:
