@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import huggingface_hub.constants  # noqa: F401 - imported before HF_* are set, as in a long-lived process
 import pytest
