@@ -138,7 +138,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def _translate(
-    repo_id: str, action: str, url: str, revision: str | None = None, token_source: str = ""
+    repo_id: str, action: str, url: str, revision: str | None = None, token_source: str = "",
+    filename: str | None = None,
 ) -> Iterator[None]:
     """Map the client's exceptions to HubError subclasses with a fix in the message."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -154,7 +155,7 @@ def _translate(
     except HfHubHTTPError as exc:
         if _foreign(exc.response):
             raise not_hub_api(url, action, repo_id, exc.response.status_code) from None
-        raise _http_error(exc, repo_id, action, url, revision, token_source) from None
+        raise _http_error(exc, repo_id, action, url, revision, token_source, filename) from None
     except (AttributeError, KeyError, TypeError) as exc:  # the client's reading of an answer's JSON
         if _status_of(exc) is None and not _raised_in_client(exc):  # our own code's: a bug, shown as one
             raise
@@ -192,7 +193,7 @@ def _outside_cache(message: str, repo_id: str, url: str) -> HubError:
 
 
 def _http_error(exc: BaseException, repo_id: str, action: str, url: str, revision: str | None,
-                token_source: str) -> HubError:
+                token_source: str, filename: str | None = None) -> HubError:
     """The Hub's own refusal (it answered in its API) as one line with the fix."""
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -203,7 +204,9 @@ def _http_error(exc: BaseException, repo_id: str, action: str, url: str, revisio
         return HubUnavailableError(f"Hub repo {repo_id} was not found at {url} (or it is private and the token cannot "
                                    "read it); check the repo id, or pass a token with access")
     if isinstance(exc, EntryNotFoundError):
-        return HubUnavailableError(f"{repo_id} does not contain the requested file ({_first_line(exc)})")
+        return HubUnavailableError(f"{repo_id}@{revision or 'main'} does not contain {filename or 'the requested file'} "
+                                   f"({_first_line(exc)}); check the repo id and revision (hf-hub:ORG/NAME@REVISION), "
+                                   "or pass weights=PATH / 'local-dir:DIR'")
     status = _status_of(exc)
     if status == 401:
         fix = ("pass a valid token with --token or HF_TOKEN" if action == "push to" else
@@ -358,7 +361,7 @@ def fetch(
         else f"the Hub at {url} cannot be reached"
     )
     try:
-        with _translate(repo_id, "download from", url, revision, _token_source(token)):
+        with _translate(repo_id, "download from", url, revision, _token_source(token), filename):
             path = Path(hf_hub_download(
                 repo_id, filename, revision=revision, endpoint=url, token=token,
                 local_files_only=why_local is not None,

@@ -131,6 +131,10 @@ def test_eval_prints_the_calibration_figures_it_measured_and_why_none_was_fitted
            "brier_calibrated": 0.15, "temperature": 1.23456, "temperature_fitted_on": "validation split"}
     assert format_robustness(old) == ["calibration (15-bin ECE / NLL / Brier): 5.12% / 0.4123 / 0.2000 -> with "
                                       "temperature 1.2346: 1.00% / 0.3000 / 0.1500 (temperature validation split)"]
+    every = logit_figures(logits, None, labels, torch.nn.Identity())  # enough images: cross-fitted
+    t = every["temperature_scaling"]
+    assert format_robustness(every)[2] == (f"  one temperature ({t['temperature']:.4f}), for comparison: "
+                                           f"{100 * t['ece']:.2f}% / {t['nll']:.4f} / {t['brier']:.4f}")
 
 
 def test_eval_reliability_and_tta_figures_score_each_half_with_the_other_halfs_fit() -> None:

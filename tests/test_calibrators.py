@@ -22,7 +22,7 @@ from aperture_zoo.calibration import (
     stratified_halves,
 )
 from aperture_zoo.calibrator_fit import fit_kind, newton
-from aperture_zoo.calibrators import KINDS, MAX_LOGIT, Calibrator, CalibratorError
+from aperture_zoo.calibrators import KINDS, MAX_LOGIT, Calibrator, CalibratorError, from_metadata
 
 SAMPLE = [
     Calibrator("temperature", 0.7),
@@ -153,6 +153,20 @@ def test_malformed_records_are_one_line_errors(record: object, message: str) -> 
         Calibrator.from_dict(record, "the calibrator in x")
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: from_metadata({"calibrator": '{"kind": "temperature",'}, "w.safetensors"),
+     "the calibrator in w.safetensors is not JSON; re-export or re-fit it"),
+    (lambda: Calibrator("spline", 1.0, knots=(1.0,), slopes=(1.0, "steep")),
+     "a slope of the 'spline' calibrator must be a number, got 'steep'; re-fit it"),
+    (lambda: Calibrator("spline", 1.0, knots=("far",), slopes=(1.0, 2.0)),
+     "a knot of the 'spline' calibrator must be a number, got 'far'; re-fit it"),
+], ids=["not-json", "slope", "knot"])
+def test_a_bad_record_is_refused_naming_where_what_and_the_fix(make, message: str) -> None:
+    with pytest.raises(CalibratorError) as info:
+        make()
+    assert str(info.value) == message
+
+
 _json = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
                      lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                      max_leaves=12)
@@ -165,8 +179,6 @@ _record = st.fixed_dictionaries({}, optional={k: _json for k in ("kind", "temper
        as_text=st.booleans())
 def test_any_metadata_is_a_valid_calibrator_or_a_calibrator_error(record: object, text: str, as_text: bool) -> None:
     """What a file's metadata holds (JSON text in ONNX and safetensors headers) is outside bytes."""
-    from aperture_zoo.calibrators import from_metadata
-
     for meta in ({"calibrator": json.dumps(record) if as_text else record}, {"calibrator": text}, {"temperature": text}):
         try:
             cal = from_metadata(meta, "x")

@@ -79,6 +79,7 @@ def test_nothing_found_lists_every_place_and_the_fix(dead_hub, monkeypatch, tmp_
     assert "$APERTURE_WEIGHTS_DIR=" in message and "someorg/resnet24" in message
     assert "cannot be reached" in message and str(dead_hub / "resnet24") in message
     assert isinstance(info.value, NoPretrainedWeightsError)  # callers catching the old error still do
+    assert info.value.tag == "resnet24.fast"  # which published weights to fetch once connected
 
 
 def test_listing_never_downloads(hub_env, monkeypatch, tmp_path):

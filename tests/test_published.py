@@ -236,6 +236,21 @@ def test_an_architecture_without_a_record_says_no_published_weights(monkeypatch)
     assert not isinstance(info.value, PublishedWeightsUnavailableError)
 
 
+@pytest.mark.parametrize("tag", PUBLISHED)
+def test_each_published_calibrator_is_the_one_its_eval_json_records_rebuilt_from_its_numbers(tag: str) -> None:
+    """The catalog writes each calibrator as its five fitted numbers (``_adaptive_spline``): built from
+    eval.json's numbers now, they make the calibrator eval.json records, and the record's own."""
+    from aperture_zoo import catalog
+
+    record = get_weights(tag)
+    ev = json.loads((MODEL_CARDS_DIR / record.arch / "eval.json").read_text())
+    for cal, built in ((ev["calibrator"], record.calibrator), (ev["tta_calibration"]["calibrator"], record.calibrator_tta)):
+        w = cal["weights"]
+        again = catalog._adaptive_spline(cal["temperature"], w["log_margin"], w["entropy"], tuple(cal["knots"]),
+                                         tuple(cal["slopes"]))
+        assert again == Calibrator.from_dict(cal) == built and again.to_dict() == cal
+
+
 def test_a_fresh_interpreter_builds_the_published_calibrators_of_eval_json() -> None:
     """The records are built when the catalog is first imported: in a new process, as a user's program
     starts, each published calibrator (plain and flip-TTA) is the one its eval.json records."""

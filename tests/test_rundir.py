@@ -80,3 +80,38 @@ def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
     (tmp_path / "recipe.json").write_text('{"epochs": 4,')
     with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
         RunDir(tmp_path).recipe()
+
+
+@pytest.mark.parametrize("field, value", [("seed", -1), ("seed", True), ("subset", -5), ("subset", "all"),
+                                          ("test_subset", 1.5), ("val_split", -0.1), ("val_split", "half"),
+                                          ("val_split", None)])
+def test_a_damaged_run_json_names_the_file_the_field_and_the_fix(tmp_path: Path, field: str, value: object) -> None:
+    from aperture_zoo.registry import get_spec
+
+    spec = get_spec("resnet10")
+    record = {"spec": json.loads(spec.to_json()), "arch": spec.arch_dict(), "seed": 3, "subset": None,
+              "test_subset": None, "val_split": 0.1, field: value}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError) as info:
+        RunDir(tmp_path).record()
+    assert str(info.value) == (f"{str(tmp_path / 'run.json')!r} is damaged ({field!r} is {value!r}); this run cannot "
+                               "be resumed: start a new one")
+
+
+def test_out_naming_a_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(RunDirError) as info:
+        RunDir.check_new(taken)
+    assert str(info.value) == f"--out {str(taken)!r} is a file, not a folder; choose another --out"
+    assert taken.read_text() == "mine"
+
+
+def test_metrics_rows_of_another_shape_are_skipped_and_dropped_on_resume(tmp_path: Path) -> None:
+    """metrics.jsonl is a file a user (or a tool) may have appended to: only rows with a whole epoch are the run's."""
+    folder = RunDir(tmp_path)
+    folder.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"epoch": 1, "train_loss": 2.0}, {"note": "lr lowered"}, {"epoch": "2"}, {"epoch": True}, [3], "4",
+        {"epoch": 2, "train_loss": 1.0})))
+    assert folder.metrics() == [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]
+    assert [r["epoch"] for r in folder.reopen(epochs_done=1)] == [1]

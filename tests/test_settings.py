@@ -63,7 +63,9 @@ def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path
     folder = RunDir(tmp_path)
     _pre_checkpoint_run(folder)
     folder.checkpoint.write_bytes(b"")  # checked before the checkpoint is read
-    for asked, error, message in ((dict(model="resnet22"), CheckpointError, "not resnet22"),
+    for asked, error, message in ((dict(model="resnet22"), CheckpointError,
+                                   r"it trains resnet10 \[1, 1, 1, 1\]/\[8, 16, 16, 32\], not resnet22 .*Resume without a "
+                                   "model name, or start a new run$"),
                                   (dict(recipe=FAST.replace(lr=0.8)), RecipeError, "different recipe"),
                                   (dict(seed=3), CheckpointError, "seed=3: the run used seed=2"),
                                   (dict(dataset="cifar100"), CheckpointError, "--dataset cifar100: the run trains on cifar10"),
@@ -72,7 +74,10 @@ def test_a_resume_that_asks_for_another_model_recipe_or_seed_is_refused(tmp_path
                                   (dict(init="resnet10.fast"), CheckpointError, "--init resnet10.fast: the run used no"),
                                   (dict(freeze_backbone=True), CheckpointError, "--freeze-backbone: the run used no"),
                                   (dict(model=TINY.replace(num_classes=5)), CheckpointError,
-                                   "--arch num_classes=5: the run used --arch num_classes=10. Drop the option")):
+                                   "--arch num_classes=5: the run used --arch num_classes=10. Drop the option"),
+                                  (dict(model=TINY.replace(num_classes=5, channels=(8, 8, 8, 8))), CheckpointError,
+                                   "with --arch channels=8,8,8,8,num_classes=5: the run used --arch "
+                                   "channels=8,16,16,32,num_classes=10. Drop the option")):
         with pytest.raises(error, match=message):
             resolve_run(with_run_options(TrainConfig(resume=tmp_path, **asked)))
     with pytest.raises(CheckpointError, match="unreadable"):  # its own dataset passes, on to the (empty) checkpoint
@@ -112,3 +117,27 @@ def test_a_model_input_size_the_training_images_do_not_have_is_refused_before_an
     line = " ".join(result.output.split())
     assert result.exit_code == 2 and line.startswith("error: --arch input_size=3,64,64: training reads 3 x 32 x 32"), line
     assert not run.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_new_run_without_a_model_says_how_to_name_one() -> None:
+    from aperture_zoo.train import TrainingError
+
+    with pytest.raises(TrainingError) as info:
+        resolve_run(with_run_options(TrainConfig()))
+    assert str(info.value) == "no model given; pass a name such as resnet22 (see `aperture list`)"
+
+
+def test_a_run_started_from_a_published_tag_resumes_with_that_tag_and_refuses_another(tmp_path) -> None:
+    """--init by tag goes by the tag's pinned SHA-256, like a file by its bytes."""
+    from aperture_zoo.catalog import get_weights
+
+    folder = RunDir(tmp_path)
+    new = resolve_run(with_run_options(TrainConfig(model=TINY, seed=2)))
+    pin = get_weights("resnet10.fast").sha256
+    folder.start(FAST, {**new.record, "init": {"ref": "resnet10.fast", "sha256": pin}})
+    folder.checkpoint.write_bytes(b"")  # checked before the checkpoint is read
+    with pytest.raises(CheckpointError, match="unreadable"):  # the same start passes, on to the (empty) checkpoint
+        resolve_run(with_run_options(TrainConfig(resume=tmp_path, init="resnet10.fast")))
+    with pytest.raises(CheckpointError, match=rf"with --init resnet20.fast: the run used --init resnet10.fast "
+                                              rf"\(SHA-256 {pin[:12]}\)\. Drop the option"):
+        resolve_run(with_run_options(TrainConfig(resume=tmp_path, init="resnet20.fast")))

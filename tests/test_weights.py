@@ -228,3 +228,16 @@ def test_calibrated_weights_never_replace_a_file_and_the_refusal_says_what_to_do
         assert str(info.value) == (f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name "
                                    "one that does not exist yet")
     assert taken.read_bytes() == b"someone's file"
+
+
+def test_calibrated_weights_record_the_temperature_to_six_decimals_like_a_training_run(
+        saved: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    """A training run records its fitted temperature rounded to 6 decimals (below the fit's own 1e-5
+    tolerance on log T); `eval --write-temperature` records its own the same way, so the two files agree."""
+    from aperture_zoo.weights import decode_metadata, write_with_temperature
+
+    _, src = saved
+    dst = write_with_temperature(src, tmp_path / "t.safetensors", 1.23456789, "72 test images", file_sha256(src))
+    meta = decode_metadata(read_metadata(dst))
+    assert meta["temperature"] == 1.234568 and load(str(dst)).temperature == 1.234568
+    assert (meta["temperature_fitted_on"], meta["temperature_fitted_for_sha256"]) == ("72 test images", file_sha256(src))

@@ -1,0 +1,101 @@
+"""The one-line refusals of weights folders and Hub downloads name the thing refused, the problem and the
+fix, word for word as the user reads them (a message is a promise: a changed or missing part is a bug)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import huggingface_hub.constants  # noqa: F401 - imported before HF_* are set, as in a long-lived process
+import pytest
+
+from aperture_zoo.catalog import PublishedFolderError, get_weights, refuse_other_weights_folder
+from aperture_zoo.files import file_sha256
+from aperture_zoo.pretrained import MODEL_CARDS_DIR
+from hub_fixtures import hub_env, hub_server, random_weights  # noqa: F401
+
+WHAT = "an eval.json of other weights would sit beside them"
+
+
+def test_a_folder_of_published_or_other_weights_is_refused_with_the_callers_reason_and_both_digests(tmp_path):
+    published = tmp_path / "published"
+    published.mkdir()
+    shutil.copy(MODEL_CARDS_DIR / "resnet10" / "model.safetensors", published / "model.safetensors")
+    with pytest.raises(PublishedFolderError) as info:
+        refuse_other_weights_folder(published, "0" * 64, WHAT, fix="Write it elsewhere with --out DIR")
+    assert str(info.value) == (f"{published} holds the published resnet10 weights (SHA-256 pinned in the registry); "
+                               f"{WHAT}. Write it elsewhere with --out DIR")
+
+    other = random_weights(tmp_path / "run2" / "model.safetensors", "resnet10", init_seed=3)
+    held = file_sha256(other)
+    for mine, shown in (("ab" * 32, "abababababab"), (None, "random")):  # a random model has no file: "random"
+        with pytest.raises(PublishedFolderError) as info:
+            refuse_other_weights_folder(other.parent, mine, WHAT)
+        assert str(info.value) == (f"{other.parent} holds other weights (model.safetensors, SHA-256 {held[:12]}..., "
+                                   f"not these {shown}...); {WHAT}. Write it elsewhere with --out DIR")
+    refuse_other_weights_folder(other.parent, held, WHAT)  # its own weights: nothing to refuse
+
+
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+@pytest.fixture
+def one_file_repo(hub_env):
+    from huggingface_hub import HfApi
+
+    if "zoo/msgs" not in hub_env.repos:
+        api = HfApi(endpoint=hub_env.url, token="tok-alice")
+        api.create_repo("zoo/msgs")
+        api.upload_file(path_or_fileobj=b'{"a": 1}', path_in_repo="config.json", repo_id="zoo/msgs")
+    return "zoo/msgs"
+
+
+def test_what_the_hub_refuses_is_named_with_its_fix(hub_env, own_cache, one_file_repo):
+    from aperture_zoo import hub
+
+    url = hub_env.url
+    with pytest.raises(hub.HubUnavailableError) as info:
+        hub.download("zoo/nosuch", "config.json")
+    assert str(info.value) == (f"Hub repo zoo/nosuch was not found at {url} (or it is private and the token cannot "
+                               "read it); check the repo id, or pass a token with access")
+    with pytest.raises(hub.HubUnavailableError) as info:
+        hub.download(one_file_repo, "labels.json")
+    assert re.fullmatch(rf"{one_file_repo}@main does not contain labels\.json \(404 [^)]*\); check the repo id and "
+                        r"revision \(hf-hub:ORG/NAME@REVISION\), or pass weights=PATH / 'local-dir:DIR'",
+                        str(info.value)), str(info.value)  # the file, the server's answer, the fix
+    with pytest.raises(hub.HubUnavailableError) as info:
+        hub.download(one_file_repo, "config.json", "v9")
+    assert str(info.value) == (f"{one_file_repo} has no revision 'v9' at {url}; check the branch or commit name "
+                               "(hf-hub:ORG/NAME@REVISION)")
+
+
+def test_offline_without_a_cached_copy_says_how_to_cache_it(hub_env, own_cache, one_file_repo, monkeypatch):
+    from huggingface_hub import constants
+
+    from aperture_zoo import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hub.HubUnavailableError) as info:
+        hub.download(one_file_repo, "config.json")
+    assert str(info.value) == (f"config.json of Hub repo {one_file_repo}@main is not in the Hub cache "
+                               f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE and "
+                               "connect once to cache it, or pass weights=PATH / 'local-dir:DIR'")
+
+
+def test_a_registry_pinned_file_that_differs_names_the_repo_and_revision_it_came_from(hub_env, own_cache, tmp_path):
+    from aperture_zoo import hub
+    from aperture_zoo.publish import push
+
+    weights = random_weights(tmp_path / "model.safetensors", "resnet10", init_seed=4)
+    commit = push("resnet10", "zoo/pinmsg", weights=weights, token="tok-alice").commit_oid
+    pin = get_weights("resnet10").sha256  # pinned to other bytes than the repo holds
+    for revision, shown in ((None, "main"), (commit, commit)):
+        with pytest.raises(hub.HubIntegrityError) as info:
+            hub.download("zoo/pinmsg", revision=revision, sha256=pin)
+        assert re.match(rf"model\.safetensors of zoo/pinmsg@{shown} has SHA-256 {file_sha256(weights)}, but the "
+                        rf"registry pins {pin}; refusing to load it\. Delete the cached copy", str(info.value)), \
+            str(info.value)
