@@ -172,9 +172,9 @@ def _check_training_log(metrics: Path, meta: dict) -> None:
     pinned = meta.get("metrics_sha256")
     if pinned is not None:
         if file_sha256(metrics) != pinned:
-            raise CardError(f"{metrics} is not the log these weights were trained with (they record its SHA-256 "
-                            f"{str(pinned)[:12]}...): the run folder holds another run's log; write the card from the "
-                            "folder that trained them")
+            raise CardError(f"{metrics} differs from the log these weights were trained with (they record its SHA-256 "
+                            f"{str(pinned)[:12]}...: it was changed, or is another run's log); put back the run's own "
+                            "log, or remove it to write the card without the training log")
         return
     recorded = meta.get("test_top1")
     if not isinstance(recorded, (int, float)):

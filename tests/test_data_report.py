@@ -566,5 +566,10 @@ def test_a_card_ships_only_the_log_its_weights_were_trained_with(tmp_path: Path)
     (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     mixed = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c2")])
     text = " ".join(mixed.output.split())
-    assert mixed.exit_code == 2 and "metrics.jsonl is not the log these weights were trained with" in text, text
+    assert mixed.exit_code == 2 and "metrics.jsonl differs from the log these weights were trained with" in text, text
     assert not (tmp_path / "c2").exists()
+    # hostile try 8, C1: the message names the fix that works (removing the log writes the card without it)
+    assert "it was changed, or is another run's log); put back the run's own log, or remove it" in text, text
+    (a / "metrics.jsonl").unlink()
+    bare = CliRunner().invoke(app, ["card", "resnet10", "--run", str(a), "--out", str(tmp_path / "c2")])
+    assert bare.exit_code == 0 and not (tmp_path / "c2" / "metrics.jsonl").exists(), bare.output

@@ -115,3 +115,21 @@ def test_metrics_rows_of_another_shape_are_skipped_and_dropped_on_resume(tmp_pat
         {"epoch": 2, "train_loss": 1.0})))
     assert folder.metrics() == [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]
     assert [r["epoch"] for r in folder.reopen(epochs_done=1)] == [1]
+
+
+def test_the_log_hash_a_checkpoint_records_is_the_hash_of_the_log_resume_settles(tmp_path: Path) -> None:
+    """A checkpoint records ``log_sha256(epoch)``; resume trims later rows and torn lines, so the settled log (the one
+    the final weights pin) has that very hash, and a rewritten row does not."""
+    from aperture_zoo.files import file_sha256
+
+    folder = RunDir(tmp_path)
+    for epoch in (1, 2):
+        folder.append_metrics({"epoch": epoch, "train_loss": 0.1 + epoch / 3})
+    pinned = folder.log_sha256(1)
+    folder.metrics_path.write_text(folder.metrics_path.read_text() + '{"epoch": 3, "tr')
+    assert folder.log_sha256(1) == pinned
+    notes: list[str] = []
+    folder.reopen(epochs_done=1, say=notes.append)
+    assert file_sha256(folder.metrics_path) == pinned and len(notes) == 1 and "cut off mid-write" in notes[0]
+    folder.metrics_path.write_text(json.dumps({"epoch": 1, "train_loss": 0.5}) + "\n")
+    assert folder.log_sha256(1) != pinned

@@ -511,3 +511,72 @@ def test_the_final_epoch_is_recorded_even_when_an_earlier_epoch_scored_higher(sy
     card = write_card("resnet10", tmp_path / "card", run_dir=run)
     assert json.loads((card / "config.json").read_text())["metrics"]["top1"] == pytest.approx(final, abs=1e-3)
     assert f"Final-epoch top-1 accuracy: **{final:.2f}%** (epoch 3" in (card / "README.md").read_text()
+
+
+SHORT = apply_overrides(RECIPE, ["epochs=2", "eval_every=1", "ema_decay=0"])
+
+
+@pytest.fixture(scope="module")
+def half_run(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of two epochs stopped (time budget) after its first checkpoint: epoch 1 logged and checkpointed."""
+    run = tmp_path_factory.mktemp("half") / "run"
+    with pytest.raises(TimeBudgetReached):
+        fit(_cfg(synthetic_cifar, run, subset=100, recipe=SHORT, time_budget_s=1e-3))
+    return run
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.lock"))
+    return dst
+
+
+def test_resume_refuses_a_log_changed_since_the_checkpoint(half_run, synthetic_cifar, tmp_path, capsys) -> None:
+    """Hostile try 8, F3a: a log replaced by another run's, or a row rewritten, was carried on by resume, and the
+    final weights then pinned it (metrics_sha256), so card and push shipped it as this run's history."""
+    from typer.testing import CliRunner
+
+    from aperture_zoo.cli import app
+    from aperture_zoo.files import file_sha256
+
+    forged = _copy_run(half_run, tmp_path / "forged")
+    row = json.loads((forged / "metrics.jsonl").read_text())
+    (forged / "metrics.jsonl").write_text(json.dumps({**row, "test_top1": 100.0}) + "\n")
+    r = CliRunner().invoke(app, ["train", "--resume", str(forged), "--data-dir", str(synthetic_cifar), "--no-progress"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"cannot resume {str(forged)!r}: {forged / 'metrics.jsonl'} was changed since the " \
+        "checkpoint (epoch 1)" in text and "put back this run's own metrics.jsonl, or start a new run" in text, text
+    assert not (forged / "model.safetensors").exists()
+    (forged / "metrics.jsonl").unlink()
+    with pytest.raises(CheckpointError, match="metrics.jsonl is missing since the checkpoint"):
+        fit(TrainConfig(resume=forged, data_dir=synthetic_cifar, progress=False))
+    # a row torn by a kill mid-append (an epoch after the checkpoint) is dropped with a note; the log is still its own
+    run = _copy_run(half_run, tmp_path / "torn")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "train_lo')
+    capsys.readouterr()
+    fit(TrainConfig(resume=run, data_dir=synthetic_cifar, progress=False))
+    assert "1 line(s) cut off mid-write" in " ".join(capsys.readouterr().err.split())
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    meta = read_metadata(run / "model.safetensors")
+    assert meta["metrics_sha256"].strip('"') == file_sha256(run / "metrics.jsonl")
+
+
+def test_a_complete_run_draws_missing_curves_only_from_the_log_its_weights_pin(half_run, synthetic_cifar, tmp_path,
+                                                                               capsys) -> None:
+    """Hostile try 8, F3b: resume of a complete run drew a missing curves.png from another run's log and stamped
+    these weights' SHA-256 on it."""
+    run = _copy_run(half_run, tmp_path / "run")
+    fit(TrainConfig(resume=run, data_dir=synthetic_cifar, progress=False))
+    own = (run / "metrics.jsonl").read_text()
+    (run / "curves.png").unlink()
+    rows = [json.loads(x) for x in own.splitlines()]
+    rows[0]["train_loss"] += 1.0  # the last test figure still matches the weights: only the pin tells them apart
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    again = fit(TrainConfig(resume=run, data_dir=synthetic_cifar, progress=False))
+    assert again.already_complete and not again.drew_curves and not (run / "curves.png").exists()
+    assert "curves.png not drawn" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text(own)
+    assert fit(TrainConfig(resume=run, data_dir=synthetic_cifar, progress=False)).drew_curves

@@ -154,7 +154,7 @@ def _first_rows(r: _Loop, state: RunState) -> list[dict[str, Any]]:
         before = r.folder.record()
         if any(r.run.record.get(k) != before.get(k) for k in ("lr_changes", "dataset_moves", "data_files")):
             r.folder.rewrite_settings(r.recipe, r.run.record)  # a lower lr, a moved folder or batch files recorded late
-        return r.folder.reopen(epochs_done=state.epoch)
+        return r.folder.reopen(epochs_done=state.epoch, say=_say)
     return r.folder.start(r.recipe, {**r.run.record, "world_size": r.info.world_size,
                                      "torch_version": torch.__version__})
 
@@ -369,7 +369,8 @@ def checkpoint(r: _Loop, state: RunState, steps: int) -> None:
                          state.epoch - at_boundary, steps if at_boundary else state.step)
     if r.info.is_main:
         state.save(r.folder.checkpoint, arch=r.run.spec.arch_dict(), seed=r.run.seed, run_id=r.run.record.get("run_id"),
-                   recipe_sha256=r.run.recipe.training_sha256(), lr=r.run.recipe.lr)
+                   recipe_sha256=r.run.recipe.training_sha256(), lr=r.run.recipe.lr,
+                   metrics_sha256=r.folder.log_sha256(state.epoch))  # resume refuses a log changed since
     else:
         state.saved_at = state.where
 

@@ -10,9 +10,11 @@ their metrics and overwrite each other's weights. ``RunDir(path)`` alone reads a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,17 +193,28 @@ class RunDir:
         Rows are appended before the epoch's checkpoint is written, so a torn row always belongs to an
         epoch the checkpoint does not include and would be dropped on resume anyway.
         """
+        return self._read_rows()[0]
+
+    def _read_rows(self) -> tuple[list[dict[str, Any]], int]:
+        """The log's rows, and how many non-blank lines were not JSON (torn by a kill, or cut short by hand)."""
         if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
+            return [], 0
+        rows, torn = [], 0
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                torn += bool(line.strip())
                 continue
             if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):
                 rows.append(row)
-        return rows
+        return rows, torn
+
+    def log_sha256(self, epochs_done: int) -> str:
+        """The SHA-256 of the log a checkpoint after ``epochs_done`` epochs covers: its rows up to that epoch,
+        as ``_settle`` writes them (the same bytes the trainer appended), so a resume that trims later rows
+        or a torn line still matches, and an edited row or another run's log does not."""
+        return hashlib.sha256(_log_text(r for r in self.metrics() if r["epoch"] <= epochs_done).encode()).hexdigest()
 
     def _read_json(self, name: str) -> dict[str, Any]:
         path = self.path / name
@@ -230,13 +243,21 @@ class RunDir:
         for name, data in ((RECIPE_FILENAME, recipe.to_dict()), (RUN_FILENAME, record)):
             atomic_write_text(self.path / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-    def reopen(self, epochs_done: int) -> list[dict[str, Any]]:
-        """Trim a resumed run's metrics to its checkpoint (rows of epochs written, then killed, go)."""
-        return self._settle([row for row in self.metrics() if row["epoch"] <= epochs_done])
+    def reopen(self, epochs_done: int, say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Trim a resumed run's metrics to its checkpoint (rows of epochs written, then killed, go).
+
+        ``say``: a line that cannot be read (torn by a kill mid-append) is dropped with a note, not in silence.
+        """
+        rows, torn = self._read_rows()
+        if torn and say is not None:
+            say(f"note: {self.metrics_path} had {torn} line(s) cut off mid-write (the run was killed while logging); "
+                f"dropped: the log keeps its rows up to the checkpoint (epoch {epochs_done}) and adds the epochs "
+                "trained from here")
+        return self._settle([row for row in rows if row["epoch"] <= epochs_done])
 
     def _settle(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Write ``rows`` as the metrics log and remove the temporary files of writes cut short by kill -9."""
-        atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(self.metrics_path, _log_text(rows))
         for name in _WRITTEN_ATOMICALLY:
             for stale in self.path.glob(f"{name}.tmp*"):
                 stale.unlink(missing_ok=True)
@@ -244,4 +265,9 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(_log_text([row]))
+
+
+def _log_text(rows: Iterable[dict[str, Any]]) -> str:
+    """The log's bytes for ``rows``: one JSON object a line, the one way the trainer writes it."""
+    return "".join(json.dumps(row) + "\n" for row in rows)

@@ -215,6 +215,7 @@ def resolve_run(cfg: TrainConfig) -> Run:
     was = _check_same_run(cfg, run)
     run.ckpt = load_checkpoint(folder.checkpoint)
     _check_own_checkpoint(run, recorded)
+    _check_own_log(run, folder)
     if was is not None:  # resumed with a lower lr: run.json keeps every change and where it began
         info = run.ckpt["info"]
         change = {"epoch": int(info["epoch"]), "step": int(info["step"]), "lr": run.recipe.lr, "was": was}
@@ -252,13 +253,47 @@ def finished_run(run: Run, draw: bool = True) -> TrainResult | None:
         return None
     meta, rows = decode_metadata(read_metadata(folder.weights)), folder.metrics()
     top1 = float(meta["test_top1"])
-    drew = draw and draw_missing_curves(rows, folder.curves, folder.weights, top1,
-                                        title=f"{run.spec.name} ({run.recipe.name})")
+    drew = draw and _own_log(folder, meta.get("metrics_sha256")) and draw_missing_curves(
+        rows, folder.curves, folder.weights, top1, title=f"{run.spec.name} ({run.recipe.name})")
     return TrainResult(run_dir=folder.path, test_top1=top1, test_loss=float(meta["test_loss"]),
                        epochs=int(meta["epochs"]), wall_time_s=float(meta["wall_time_s"]),
                        train_images_per_s=float(meta["train_images_per_s"]), metrics=rows,
                        already_complete=True, drew_curves=drew,
                        test_top1_flip_tta=float(meta["test_top1_flip_tta"]) if "test_top1_flip_tta" in meta else None)
+
+
+def _own_log(folder: RunDir, pinned: Any) -> bool:
+    """Whether a complete run's missing curves may be drawn from its log: the one its weights pin (weights that
+    pin none: ``draw_missing_curves`` compares the last test figure). Otherwise a note says why none is drawn."""
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.terminal import say
+
+    if pinned is None or folder.curves.exists() or not folder.metrics_path.is_file():
+        return True
+    if file_sha256(folder.metrics_path) == pinned:
+        return True
+    say(f"note: curves.png not drawn: {folder.metrics_path} is not the log these weights were trained with (they "
+        f"record its SHA-256 {str(pinned)[:12]}...: changed, or another run's); put back the run's own log to draw it")
+    return False
+
+
+def _check_own_log(run: Run, folder: RunDir) -> None:
+    """Refuse to continue a log changed since the checkpoint (rows edited, removed, or another run's log copied
+    in): the final weights pin the log they end with, so card and push would ship it as this run's history.
+
+    The checkpoint records the SHA-256 of the rows it covers (``RunDir.log_sha256``); older checkpoints
+    record none and resume as before. A complete run trains nothing: ``finished_run`` checks its log.
+    """
+    info = run.ckpt["info"]  # type: ignore[index]
+    pinned, epochs = info.get("metrics_sha256"), int(info["epoch"])
+    if pinned is None or (epochs >= run.recipe.epochs and folder.weights.is_file()):
+        return
+    if folder.log_sha256(epochs) != pinned:
+        state = "is missing" if not folder.metrics_path.is_file() else "was changed"
+        raise CheckpointError(
+            f"cannot resume {str(folder.path)!r}: {folder.metrics_path} {state} since the checkpoint (epoch {epochs}) "
+            f"was written (its rows up to that epoch are not the ones the checkpoint records, SHA-256 {pinned[:12]}...: "
+            "edited, or another run's log); put back this run's own metrics.jsonl, or start a new run")
 
 
 def _check_own_checkpoint(run: Run, recorded: Recipe) -> None:
