@@ -17,20 +17,26 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def calibration_context(ev: dict[str, Any], n: str, escape: Callable[[object], str]) -> dict[str, Any]:
+def calibration_context(ev: dict[str, Any], n: str, escape: Callable[[object], str],
+                        carried: bool = True) -> dict[str, Any]:
     """The card's calibration table (uncalibrated, one temperature, the calibrator; plain and flip
     TTA) and the calibration-under-shift table, from an eval.json written with calibrators; ``escape``
-    shows the file's own text (corruption names, where it was fitted) literally in Markdown."""
+    shows the file's own text (corruption names, where it was fitted) literally in Markdown.
+
+    ``carried``: the weights carry a calibrator. Without one, predict gives the softmax row, and the
+    calibrator eval fitted is labelled as not in the weights: the card never claims it is applied."""
     from .calibrators import Calibrator
 
     def rows(fig: dict[str, Any], output: str) -> list[tuple[str, ...]]:
         t = fig.get("temperature_scaling") or {}
         cal = Calibrator.from_dict(fig["calibrator"]).describe() if fig.get("calibrator") else None
-        out = [(output, "softmax(logits)", *_scores(fig, ""))]
+        out = [(output, "softmax(logits)" if carried else "**softmax(logits)**: what these weights give",
+                *_scores(fig, ""))]
         if t:
             out.append((output, f"one temperature ({t['temperature']:.4f})", *_scores(t, "")))
         if cal and "ece_calibrated" in fig:
-            out.append((output, f"**calibrator** ({cal})", *_scores(fig, "_calibrated")))
+            out.append((output, f"**calibrator** ({cal})" if carried else f"calibrator fitted by eval, not in these "
+                        f"weights ({cal})", *_scores(fig, "_calibrated")))
         return out
 
     lines = rows(ev, "flip TTA" if ev.get("tta") else "plain")
@@ -42,7 +48,7 @@ def calibration_context(ev: dict[str, Any], n: str, escape: Callable[[object], s
                                                                           ("raw", "temperature", "calibrator")))
         for name, s in shift["conditions"].items()]) if shift else None
     return {"kind": Calibrator.from_dict(ev["calibrator"]).kind, "fitted_on": escape(ev.get("calibrator_fitted_on", "?")),
-            "images": n, "tta": bool(ev.get("tta")), "shift_table": shift_table,
+            "images": n, "tta": bool(ev.get("tta")), "shift_table": shift_table, "carried": carried,
             "table": table(("output", "probabilities", "ECE (15 bins, %)", "classwise-ECE (%)", "NLL", "Brier"), lines)}
 
 

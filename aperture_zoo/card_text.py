@@ -160,6 +160,9 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     per_class = (ev or {}).get("per_class_top1") or {}
     record = find_weights(s.name)
     published = facts.weights_sha256 is not None and record is not None and facts.weights_sha256 == record.sha256
+    # what predict applies: a calibrator or temperature the weights (or, published, their record) carry, else none
+    carried = meta.get("calibrator") is not None or meta.get("temperature") is not None or (
+        published and record is not None and record.calibrator is not None)
     return {
         "name": s.name, "report": REPORT, "dataset_label": escape_md(dataset_of(meta)[1]), "repo_id": facts.repo_id, "trained": facts.trained,
         "builtin_data": dataset_of(meta)[0] == "cifar10",  # CIFAR-100 and folders: their own limitations lines
@@ -184,7 +187,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
                                f"{ev.get('device', 'unknown device')}, {_speed(ev)}") if ev else None,
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
-        "onnx": _onnx_items(facts), "mixup": facts.uses_mixup, **_robustness_context(ev),
+        "onnx": _onnx_items(facts), "mixup": facts.uses_mixup, **_robustness_context(ev, carried),
         "runtimes_table": _runtimes_table(facts.runtimes),
         "runtimes_images": escape_md((facts.runtimes or {}).get("images")),
         "runtimes_batch": escape_md((facts.runtimes or {}).get("batch")),
@@ -192,13 +195,15 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "published": published,
         "export_ref": f"{s.name} --pretrained" if published or facts.weights is None else "model.safetensors",
         "onnx_file": facts.onnx_file,  # the file this folder holds, else the one `aperture export` writes
-        "has_temperature": meta.get("calibrator") is not None or meta.get("temperature") is not None or (
-            record is not None and record.calibrator is not None and facts.weights_sha256 == record.sha256),
+        "has_temperature": carried,
     }
 
 
-def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
-    """Calibration / flip-TTA / corruption lines for the card, from ``eval.json`` (None when absent)."""
+def _robustness_context(ev: dict[str, Any] | None, carried: bool = True) -> dict[str, Any]:
+    """Calibration / flip-TTA / corruption lines for the card, from ``eval.json`` (None when absent).
+
+    ``carried``: the weights carry a calibrator or temperature; without one, what eval fitted is shown as a
+    measured alternative, never as what ``predict`` applies."""
     ev = ev or {}
     out: dict[str, Any] = {"calibration": None, "tta_line": None, "corruption": None}
     n = _fmt(ev.get("calibration_num_images", ev.get("num_images")))
@@ -208,7 +213,7 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
     if "ece" in ev and "calibrator" in ev:
         from .card_calibration import calibration_context
 
-        out["calibration"] = calibration_context(ev, n, escape_md)
+        out["calibration"] = calibration_context(ev, n, escape_md, carried)
     elif "ece" in ev and "ece_calibrated" in ev:  # an eval.json from before calibrators: one temperature
         out["calibration"] = {
             "temperature": f"{ev['temperature']:.4f}", "fitted_on": escape_md(ev.get("temperature_fitted_on", "?")),
@@ -216,7 +221,7 @@ def _robustness_context(ev: dict[str, Any] | None) -> dict[str, Any]:
                 ("softmax(logits)", f"{100 * ev['ece']:.2f}", f"{ev['nll']:.4f}", f"{ev['brier']:.4f}"),
                 (f"softmax(logits / {ev['temperature']:.4f})", f"{100 * ev['ece_calibrated']:.2f}",
                  f"{ev['nll_calibrated']:.4f}", f"{ev['brier_calibrated']:.4f}")]),
-            "images": n, "tta": bool(ev.get("tta")),
+            "images": n, "tta": bool(ev.get("tta")), "carried": carried,
         }
     if "top1_by_tta" in ev:
         t = ev["top1_by_tta"]

@@ -408,3 +408,28 @@ def test_one_image_gets_the_same_probabilities_from_predict_and_both_onnx_files(
     calibrated = aperture_zoo.predict_proba(model, [image])[0]
     assert abs(float(uncalibrated.max()) - float(calibrated.max())) > 1e-3
     assert max(abs(float(c) - runs["torch"][k]) for c, k in zip(calibrated, model.spec.label_names)) < 1e-6
+
+
+def test_the_card_of_weights_without_a_calibrator_never_claims_the_one_eval_fitted(synthetic_cifar: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Hostile try 8, F2: after `aperture eval` (which fits a calibrator on the test set when the weights carry none) the
+    card said predict applies "the weights' calibrator: here spline" with its ECE; the weights carry none and predict
+    gives plain softmax. The card says so, and shows eval's calibrator as a measured alternative."""
+    from aperture_zoo.weights import save_weights
+
+    torch.manual_seed(0)
+    weights = save_weights(create_model("resnet10", **SMALL), tmp_path / "w" / "model.safetensors",
+                           {"test_top1": 10.0, "test_loss": 2.3, "epochs": 1})
+    ran = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--data-dir", str(synthetic_cifar),
+                                   "--no-download", "--subset", "100"])
+    assert ran.exit_code == 0, ran.output
+    kind = json.loads((tmp_path / "w" / "eval.json").read_text())["calibrator"]["kind"]
+    made = CliRunner().invoke(app, ["card", "resnet10", "--run", str(tmp_path / "w"), "--out", str(tmp_path / "card")])
+    assert made.exit_code == 0, made.output
+    readme = (tmp_path / "card" / "README.md").read_text()
+    assert "apply the weights' calibrator" not in readme and "**calibrator** (" not in readme
+    assert (f"these weights carry no calibrator, so `aperture_zoo.predict_proba(model, x)`, `aperture predict` and the "
+            f"ONNX file's `probabilities` output give softmax(logits), uncalibrated: the table's first row. `aperture "
+            f"eval` fitted a **{kind}** calibrator") in readme
+    assert "| **softmax(logits)**: what these weights give |" in readme and "calibrator fitted by eval, not in" in readme
+    assert "--write-temperature FILE" in readme
