@@ -99,3 +99,38 @@ def test_a_registry_pinned_file_that_differs_names_the_repo_and_revision_it_came
         assert re.match(rf"model\.safetensors of zoo/pinmsg@{shown} has SHA-256 {file_sha256(weights)}, but the "
                         rf"registry pins {pin}; refusing to load it\. Delete the cached copy", str(info.value)), \
             str(info.value)
+
+
+def test_a_weights_dir_file_of_another_architecture_is_refused_not_loaded(tmp_path, monkeypatch):
+    """load("resnet22", pretrained=True) from $APERTURE_WEIGHTS_DIR must give a resnet22 or refuse: a resnet10 file
+    filed under resnet22/ was loaded as it is once the source stopped naming the architecture asked for."""
+    import aperture_zoo
+    from aperture_zoo.weights import WeightsError
+
+    random_weights(tmp_path / "resnet22" / "model.safetensors", "resnet10")
+    monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsError, match="holds weights for architecture 'resnet10', not 'resnet22'"):
+        aperture_zoo.load("resnet22", pretrained=True)
+
+
+def test_weights_that_do_not_fit_name_what_they_are_for_and_damage_names_the_fix(tmp_path):
+    """The mismatch line names the file's architecture ("an unknown architecture" for bare tensors), and the damaged
+    file's line its fix."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from aperture_zoo.model import create_model
+    from aperture_zoo.weights import WeightsError, load_weights
+
+    source = random_weights(tmp_path / "r10.safetensors", "resnet10")
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(source)), str(bare))  # no metadata at all
+    with pytest.raises(WeightsError, match=r"does not match resnet22 \(file is for an unknown architecture\)"):
+        load_weights(create_model("resnet22"), bare)
+    tensors = load_file(str(source))
+    tensors["bn1.running_var"] = -torch.ones_like(tensors["bn1.running_var"])
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged))
+    with pytest.raises(WeightsError, match=r"negative BatchNorm variances in 1 tensors \(bn1.running_var\); the file is "
+                                           r"damaged\. Use an earlier checkpoint or download the file again"):
+        load_weights(create_model("resnet10"), damaged)
