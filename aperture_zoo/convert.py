@@ -88,7 +88,8 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             text += hint + "; a derived shape takes --arch as `aperture train` does (e.g. --arch channels=32,64,128,256)"
         raise WeightsError(f"{str(src)!r} does not match {name}: {text}")
     model.load_state_dict(tensors)
-    return save_weights(model, dst, {"converted_from": src.name,
+    # dataset None: a pickle records no data, so the file never claims CIFAR-10 (which a 10-class head would get)
+    return save_weights(model, dst, {"converted_from": src.name, "dataset": None,
                                      "converted_from_sha256": hashlib.sha256(data).hexdigest()})
 
 

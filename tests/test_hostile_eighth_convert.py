@@ -122,3 +122,26 @@ def test_predict_proba_refuses_a_temperature_that_is_not_a_real_number(temperatu
     model = create_model("resnet10", **SMALL)
     with pytest.raises(TemperatureError, match=r"temperature must be a real number above 0 \(e.g. temperature=1.5\)"):
         predict_proba(model, torch.zeros(1, 3, 32, 32), temperature=temperature)
+
+
+def test_the_card_of_converted_weights_names_their_source_and_claims_no_dataset(tmp_path: Path) -> None:
+    import hashlib
+
+    from aperture_zoo.cards import write_card
+
+    torch.manual_seed(0)
+    src = tmp_path / "<b>ck|pt.pth"  # a file name is outside text: escaped like any other
+    torch.save(create_model("resnet10", **SMALL).state_dict(), src)  # a 10-class head, CIFAR-10's names by default
+    card = tmp_path / "card"
+    card.mkdir()
+    convert_checkpoint(src, card / "model.safetensors", "resnet10", **SMALL)
+    write_card("resnet10", card)
+    readme = (card / "README.md").read_text()
+    front, body = readme.split("---\n", 2)[1:]
+    assert "cifar10" not in front and "datasets:" not in front
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert (f"were converted from the PyTorch checkpoint &lt;b&gt;ck\\|pt.pth (SHA-256 `{sha}`): trained "
+            "elsewhere, on data they do not record, and never evaluated here.") in body
+    assert f"| converted from | PyTorch checkpoint &lt;b&gt;ck\\|pt.pth, SHA-256 {sha} |" in body
+    assert "trained outside aperture_zoo, on data they do not record, and were not evaluated" in body
+    assert "untrained" not in body and "chance level" not in body and "<b>" not in body
