@@ -279,14 +279,17 @@ def _write_card_files(name: str, folder: Path, stage: Path, weights: Path | None
 
 def hand_edited_card(folder: Path) -> bool:
     """``folder``'s README.md is not the card this package last wrote there: the SHA-256 its config.json records
-    of it differs, or there is no config.json (another tool's README). A config.json from before the record: no."""
+    of it differs, or the config.json is missing or another tool's. A card of this package from before the record
+    (its config.json without readme_sha256) cannot be told from an edited one: taken as the package's own."""
     readme, config = folder / CARD_FILENAME, folder / CONFIG_FILENAME
     if not readme.is_file():
         return False
     try:
-        recorded = json.loads(config.read_text()).get("readme_sha256", "") if config.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        recorded = None
+        data = json.loads(config.read_text()) if config.is_file() else None
+    except (OSError, ValueError):
+        data = None
+    ours = isinstance(data, dict) and data.get("library") == "aperture_zoo"  # another tool's config says nothing
+    recorded = data.get("readme_sha256", "") if ours else None
     return recorded != "" and recorded != hashlib.sha256(readme.read_bytes()).hexdigest()
 
 

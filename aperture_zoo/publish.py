@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cards import hand_edited_card, write_folder
-from .files import ONNX_FILENAME
+from .cards import GENERATED, hand_edited_card, write_folder
+from .files import (MODEL_SUFFIXES, ONNX_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME,
+                    WEIGHTS_FILENAME)
 from .filesets import HIDDEN_PATTERNS
 from .hub import (HubError, HubUnavailableError, _token_source, _translate, check_repo_id, check_revision,
                   endpoint, reachable, resolve_token)
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a push writes, or what describes some weights: such a file left by an earlier push beside new weights would
+# be downloaded as theirs, so the commit deletes it. Anything else in the repo (your notes, data) is kept.
+PUSHED_PATTERNS = (*GENERATED, WEIGHTS_FILENAME, *RUN_FILES, RUNTIMES_FILENAME, "*" + REPORT_SUFFIX,
+                   *("*" + suffix for suffix in MODEL_SUFFIXES), "*.mlpackage/*", "*.onnx.data", "*.bin")
+
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class PushResult:
     commit_url: str
     changed: bool  # False when the repo already held exactly these files (no commit was made)
     removed: tuple[str, ...] = ()  # files of the branch's previous commit that this set does not bring (deleted)
+    kept: tuple[str, ...] = ()  # files of the previous commit that no push writes (the user's own): left as they are
     own_readme: Path | None = None  # a hand-edited README.md beside the weights: not pushed (the card is generated)
 
 
@@ -126,6 +135,9 @@ def push(
     check_repo_id(repo_id)
     if revision is not None:
         check_revision(revision)
+        if re.fullmatch(r"[0-9a-fA-F]{40}", revision):
+            raise HubError(f"--revision {revision} looks like a commit id: a branch of that name would shadow the commit "
+                           "for anyone who downloads @" + revision[:12] + "...; push to a branch name (e.g. --revision v2)")
     weights_path = Path(weights) if weights is not None else published_weights(name, cards_dir)
     if weights_path is None:
         raise HubError(
@@ -151,22 +163,20 @@ def push(
             before = api.repo_info(repo_id, revision=branch)
             # the commit holds this file set and nothing else: an earlier push's model.onnx, report or log
             # left beside other weights would be downloaded as theirs (.gitattributes is kept by the client)
-            removed = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder)
-                             - {".gitattributes"})
+            others = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder) - {".gitattributes"})
+            removed = [f for f in others if any(fnmatch(f, pattern) for pattern in PUSHED_PATTERNS)]
             info = api.upload_folder(
                 repo_id=repo_id, folder_path=folder, revision=branch, ignore_patterns=list(HIDDEN_PATTERNS),
-                delete_patterns="*", commit_message=commit_message or f"Upload {name} (aperture_zoo)",
+                delete_patterns=list(PUSHED_PATTERNS), commit_message=commit_message or f"Upload {name} (aperture_zoo)",
             )
     log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
     edited = weights_path.parent / "README.md"
     return PushResult(repo_id, branch, info.oid, info.commit_url, changed=info.oid != before.sha,
-                      removed=tuple(removed), own_readme=edited if hand_edited_card(weights_path.parent) else None)
+                      removed=tuple(removed), kept=tuple(f for f in others if f not in removed), own_readme=edited if hand_edited_card(weights_path.parent) else None)
 
 
 def _relative_files(folder: Path) -> set[str]:
     """What ``upload_folder`` uploads from ``folder`` (its hidden lock and stage files left out)."""
-    from fnmatch import fnmatch
-
     def hidden(p: Path) -> bool:
         return any(fnmatch(part, pat) for part in p.relative_to(folder).parts for pat in HIDDEN_PATTERNS)
 

@@ -207,6 +207,9 @@ def test_a_hand_written_readme_is_never_replaced_by_a_card(tmp_path):
     (other / "README.md").write_text("# a README of another tool\n")
     with pytest.raises(CardError, match="move it aside"):
         write_card("resnet10", other)
+    (other / "config.json").write_text('{"model_type": "bert"}')  # another tool's pair (eighth try, F5)
+    with pytest.raises(CardError, match="move it aside"):
+        write_card("resnet10", other)
     legacy = tmp_path / "legacy"  # a card from before the record: taken as the package's own
     write_card("resnet10", legacy)
     config = json.loads((legacy / "config.json").read_text())

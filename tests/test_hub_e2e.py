@@ -311,11 +311,20 @@ def test_a_push_leaves_no_file_of_an_earlier_push_beside_its_weights(hub_env, we
                  exporter="legacy", run_validation=False)
     first = push("resnet10", "zoo/leftovers", weights=run / "model.safetensors", token="tok-alice", with_onnx=True)
     assert first.removed == () and "model.onnx" in hub_env.repos["zoo/leftovers"].resolve("main").files
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_env.url, token="tok-alice")  # the user's own files in the repo (eighth try, F6)
+    api.upload_file(path_or_fileobj=b"my notes", path_in_repo="NOTES.md", repo_id="zoo/leftovers")
+    api.upload_file(path_or_fileobj=b"a,b", path_in_repo="data/train.csv", repo_id="zoo/leftovers")
     other = random_weights(tmp_path / "other" / "model.safetensors", "resnet10", init_seed=3)
     result = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights", str(other),
                                       "--token", "tok-alice"])
     assert result.exit_code == 0, result.output
     files = hub_env.repos["zoo/leftovers"].resolve("main").files
+    assert files["NOTES.md"] == b"my notes" and files["data/train.csv"] == b"a,b"  # kept, and said
+    assert "kept 2 file(s) of the repo that aperture does not write: NOTES.md, data/train.csv" in " ".join(
+        result.output.split())
+    del files["NOTES.md"], files["data/train.csv"]
     assert files["model.safetensors"] == other.read_bytes()
     assert not {name for name in files if "onnx" in name or name.endswith(".report.json")}, sorted(files)
     assert "removed " in result.output and "model.onnx" in result.output  # said, not silent
@@ -331,6 +340,11 @@ def test_a_push_leaves_no_file_of_an_earlier_push_beside_its_weights(hub_env, we
     noted = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights",
                                      str(card / "model.safetensors"), "--token", "tok-alice"])
     assert noted.exit_code == 0 and "is not the card aperture generates" in " ".join(noted.output.split())
+
+    commit = hub_env.repos["zoo/leftovers"].resolve("main").oid  # a branch named like a commit would shadow it
+    shadow = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights", str(other),
+                                      "--token", "tok-alice", "--revision", commit])
+    assert shadow.exit_code == 2 and "looks like a commit id" in shadow.output, shadow.output
     assert "my own notes" not in hub_env.repos["zoo/leftovers"].resolve("main").files["README.md"].decode()
 
 

@@ -61,8 +61,12 @@ def push_cmd(
                           "the Hub got the generated card, not your text; add your notes to the repo's README "
                           "yourself", highlight=False, soft_wrap=True)
     if result.removed:
-        console.print(f"removed {len(result.removed)} file(s) of the previous commit that belong to other weights or "
-                      f"another push: {safe(', '.join(result.removed))}", highlight=False, soft_wrap=True)
+        console.print(f"removed {len(result.removed)} file(s) an earlier push left that this one does not bring "
+                      f"(they described other weights or files): {safe(', '.join(result.removed))}",
+                      highlight=False, soft_wrap=True)
+    if result.kept:
+        console.print(f"kept {len(result.kept)} file(s) of the repo that aperture does not write: "
+                      f"{safe(', '.join(result.kept))}", highlight=False, soft_wrap=True)
     if not result.changed:
         console.print(f"{safe(result.repo_id)}@{safe(result.revision)} already holds these files; no new commit.",
                       highlight=False)
