@@ -67,6 +67,14 @@ def check_temperature(value: Any, where: str = "the temperature") -> float:
     return t
 
 
+def temperature_argument(value: Any, where: str = "temperature") -> float:
+    """A temperature a caller passes: a real number (a file's text "1.5" is read by ``check_temperature``), never
+    a bool or a string, which ``float()`` would take silently (True is T = 1, '2' is T = 2)."""
+    if isinstance(value, (bool, str, bytes)) or type(value).__name__ == "bool_":
+        raise TemperatureError(f"{where} must be a real number above 0 (e.g. {where}=1.5), got {value!r}")
+    return check_temperature(value, where)
+
+
 def check_logits(logits: Any) -> np.ndarray:
     """N x K float64 logits (K >= 2), or a one-line error for non-finite or out-of-float32-range values."""
     import numpy as np

@@ -130,7 +130,7 @@ CARD_FIELDS: dict[str, str] = {
     "val_split": _NUMBER, "temperature": _NUMBER, "epochs": _COUNT, "seed": _COUNT, "world_size": _COUNT,
     "subset": _COUNT, "test_subset": _COUNT, "ema": "true or false", "train_device": _TEXT, "torch_version": _TEXT,
     "package_version": _TEXT, "dataset": _TEXT, "arch": _TEXT, "recipe": "an object of settings",
-    "metrics_sha256": _TEXT,
+    "metrics_sha256": _TEXT, "converted_from": _TEXT, "converted_from_sha256": _TEXT,
 }
 
 

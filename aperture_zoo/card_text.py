@@ -68,6 +68,8 @@ def _card_data(facts: CardFacts) -> Any:
 
 def dataset_of(meta: dict[str, Any]) -> tuple[str, str]:
     """(key, name) of the dataset the weights were trained on: cifar10, cifar100, or an image folder."""
+    if not isinstance(meta.get("dataset"), str) and "converted_from_sha256" in meta:  # a pickle records no data
+        return "unknown", "unknown dataset"
     name = meta.get("dataset") if isinstance(meta.get("dataset"), str) else "cifar10"
     if name in ("cifar10", "cifar100"):
         return name, {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
@@ -150,7 +152,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     s, meta, ev = facts.spec, facts.weights or {}, facts.eval
     recipe = facts.recipe
     training_facts = [
-        ("started from", _init_line(meta.get("init"))), ("backbone frozen", meta.get("freeze_backbone")),
+        ("converted from", _converted_line(meta)), ("started from", _init_line(meta.get("init"))), ("backbone frozen", meta.get("freeze_backbone")),
         ("epochs", meta.get("epochs")), ("seed", meta.get("seed")),
         ("hardware", meta.get("train_device")), ("processes (world size)", meta.get("world_size")),
         ("EMA weights", meta.get("ema")), ("validation split", meta.get("val_split")),
@@ -166,7 +168,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
     return {
         "name": s.name, "report": REPORT, "dataset_label": escape_md(dataset_of(meta)[1]), "repo_id": facts.repo_id, "trained": facts.trained,
         "builtin_data": dataset_of(meta)[0] == "cifar10",  # CIFAR-100 and folders: their own limitations lines
-        "has_weights": facts.weights is not None, "sha256": _hex(facts.weights_sha256),
+        "converted": _converted_text(meta), "has_weights": facts.weights is not None, "sha256": _hex(facts.weights_sha256),
         "article": "An" if str(s.depth).startswith(("8", "11", "18")) else "A", "depth": s.depth,
         "arch_table": _table(("N (stages)", "B (blocks per stage)", "C (channels)", "F", "K", "P"),
                              [(s.num_stages, str(tuple(s.blocks)), str(tuple(s.channels)), s.conv_kernel,
@@ -258,6 +260,21 @@ def _init_line(init: object) -> str | None:
     head = {"kept": "its head kept", "new": "a new head"}.get(str(init.get("head")), "")
     parts = [str(init.get("ref") or "weights"), f"SHA-256 {_hex(init.get('sha256')) or 'not recorded'}", head]
     return ", ".join(p for p in parts if p)
+
+
+def _converted_line(meta: dict[str, Any]) -> str | None:
+    """The PyTorch checkpoint converted weights came from, by name and SHA-256 (raw: the table escapes it)."""
+    if "converted_from_sha256" not in meta:
+        return None
+    return f"PyTorch checkpoint {meta.get('converted_from')}, SHA-256 {_hex(meta['converted_from_sha256']) or 'not recorded'}"
+
+
+def _converted_text(meta: dict[str, Any]) -> str | None:
+    """The same for the card's prose: the name escaped, the SHA-256 in a code span (hex digits or nothing)."""
+    if "converted_from_sha256" not in meta:
+        return None
+    sha = _hex(meta["converted_from_sha256"])
+    return f"the PyTorch checkpoint {escape_md(meta.get('converted_from'))} " + (f"(SHA-256 `{sha}`)" if sha else "(SHA-256 not recorded)")
 
 
 def _hex(sha: object) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from .model import create_model
 from .registry import CIFAR10_MEAN, CIFAR10_STD
-from .weights import WeightsError, describe_mismatch, save_weights
+from .weights import WeightsError, describe_mismatch, looks_safetensors, save_weights
 
 
 def _unpickler_reason(exc: BaseException) -> str:
@@ -47,14 +48,24 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     The file records the checkpoint's SHA-256, so the weights can be traced to the bytes they came from.
     """
     src, dst = Path(src), Path(dst)
+    if ("mean" in overrides) != ("std" in overrides):  # one without the other normalises with half a guess
+        given, missing = ("mean", "std") if "mean" in overrides else ("std", "mean")
+        raise WeightsError(f"{given} given without {missing}; give both, as the model's training normalised its images "
+                           "(e.g. --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25; in Python mean=..., std=...)")
     if dst.exists():
         raise WeightsError(f"{str(dst)!r} already exists; choose another output path or remove it first")
-    if not src.is_file():
+    if not src.exists():
         raise WeightsError(f"checkpoint {str(src)!r} does not exist; check the path")
+    if not src.is_file():  # reading a FIFO or a device would block forever or never end
+        raise WeightsError(f"checkpoint {str(src)!r} is not a regular file (a folder, pipe, socket or device); "
+                           "pass the .pth/.pt file")
     data = src.read_bytes()  # hashed and unpickled from the same bytes, not read twice
     try:  # a file object: torch.load would treat a *.safetensors *path* by its suffix
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a refused or broken pickle
+        if looks_safetensors(data[:9], len(data)):
+            raise WeightsError(f"{str(src)!r} is already a safetensors file, not a pickle checkpoint: use it directly "
+                               f"(aperture predict IMAGE --model {shlex.quote(str(src))}; aperture_zoo.load(PATH))") from None
         raise WeightsError(
             f"{str(src)!r} cannot be read as a weights-only checkpoint ({_unpickler_reason(exc)}); if it pickles "
             "a whole model, load it where you trust it and torch.save(model.state_dict(), PATH) first"
@@ -77,15 +88,14 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             text += hint + "; a derived shape takes --arch as `aperture train` does (e.g. --arch channels=32,64,128,256)"
         raise WeightsError(f"{str(src)!r} does not match {name}: {text}")
     model.load_state_dict(tensors)
-    return save_weights(model, dst, {"converted_from": src.name,
+    # dataset None: a pickle records no data, so the file never claims CIFAR-10 (which a 10-class head would get)
+    return save_weights(model, dst, {"converted_from": src.name, "dataset": None,
                                      "converted_from_sha256": hashlib.sha256(data).hexdigest()})
 
 
 def data_overrides(mean: str | None = None, std: str | None = None, class_names: str | None = None) -> dict[str, Any]:
-    """``--mean 0.5,0.5,0.5 --std ... --class-names cat,dog`` as spec fields (checked by the spec when built)."""
-    if (mean is None) != (std is None):
-        raise WeightsError(f"--{'mean' if std is None else 'std'} given without --{'std' if std is None else 'mean'}; "
-                           "give both, as the model's training normalised its images (e.g. --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25)")
+    """``--mean 0.5,0.5,0.5 --std ... --class-names cat,dog`` as spec fields (checked by ``convert_checkpoint`` and
+    the spec when built, so that the API and the command line refuse alike)."""
     out: dict[str, Any] = {}
     for key, text in (("mean", mean), ("std", std)):
         if text is not None:

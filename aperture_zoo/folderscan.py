@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import ApertureError
 from .files import user_path
 from .manifest import Manifest
+from .registry import normalisation_twins
 
 
 class FolderError(ApertureError, ValueError):
@@ -280,7 +281,7 @@ def _check_classes(root: Path, classes: tuple[str, ...]) -> None:
 
 
 def _refuse_twins(classes: tuple[str, ...], where: str) -> None:
-    twins = _normalisation_twins(classes)
+    twins = normalisation_twins(classes)
     if twins:
         a, b = twins[0]
         more = f" (and {len(twins) - 1} more such pair(s))" if len(twins) > 1 else ""
@@ -288,18 +289,3 @@ def _refuse_twins(classes: tuple[str, ...], where: str) -> None:
             f"class folders {ascii(a)} and {ascii(b)} in {where!r} are the same name written in two Unicode forms "
             f"(equal after NFC normalisation){more}: every output would show two identical-looking classes, and "
             "on macOS they are one folder; rename one of them, or merge their images into one folder")
-
-
-def _normalisation_twins(classes: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Pairs of class names that differ in code points but not once NFC-normalised (``caf\\xe9``, ``cafe\\u0301``)."""
-    import unicodedata
-
-    first: dict[str, str] = {}
-    twins: list[tuple[str, str]] = []
-    for name in classes:
-        key = unicodedata.normalize("NFC", name)
-        if key in first:
-            twins.append((first[key], name))
-        else:
-            first[key] = name
-    return twins

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .calibrators import Calibrator, TemperatureError, check_temperature
+from .calibrators import Calibrator, TemperatureError, check_temperature, temperature_argument
 from .errors import ApertureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,7 +83,7 @@ def model_calibrator(model: ResNet, temperature: float | None = None,
             raise TemperatureError(f"calibrator must be an aperture_zoo.Calibrator, got {type(calibrator).__name__}")
         return calibrator
     if temperature is not None:
-        return Calibrator("temperature", check_temperature(temperature))
+        return Calibrator("temperature", temperature_argument(temperature))
     own = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
     if own is None and model.temperature is not None:  # set by hand, or an older file's
         own = Calibrator("temperature", check_temperature(model.temperature))

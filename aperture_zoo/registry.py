@@ -116,6 +116,13 @@ class ModelSpec:
                 raise SpecError(f"{self.name}: {key} must be {self.input_size[0]} finite numbers, got {value!r}")
         if min(self.std) <= 0:
             raise SpecError(f"{self.name}: std must be positive, got {self.std!r}")
+        problem = _pixel_scale_problem(self.mean, self.std)
+        if problem:
+            raise SpecError(f"{self.name}: {problem}")
+        if self.class_names is not None:
+            problem = class_names_problem(self.class_names)
+            if problem:
+                raise SpecError(f"{self.name}: {problem}")
         # An estimate (3x3 convolutions), so that a typo or hostile file cannot ask for terabytes.
         estimate = sum(2 * b * self.conv_kernel ** 2 * c * c for b, c in zip(self.blocks, self.channels))
         if estimate > MAX_PARAMS:
@@ -194,6 +201,56 @@ class ModelSpec:
                     raise SpecError(f"{key} must be a list, got {kwargs[key]!r}")
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+def _csv(values: Any) -> str:
+    return ",".join(f"{v:.4g}" for v in values)
+
+
+def _pixel_scale_problem(mean: tuple[float, ...], std: tuple[float, ...]) -> str | None:
+    """Every model normalises pixels already scaled to [0, 1]: a mean or std outside that range (most often
+    written in 0-255 units, as torchvision's Normalize on uint8 tensors takes them) maps every image to about
+    one constant, a wrong answer for every input that nothing downstream notices."""
+    out = {k: v for k, v in (("mean", mean), ("std", std)) if not all(0 <= x <= 1 for x in v)}
+    if not out:
+        return None
+    shown = " and ".join(f"{k} {_csv(v)}" for k, v in out.items())
+    if all(0 <= x <= 255 for v in out.values() for x in v):
+        fix = " ".join(f"{k} {_csv(x / 255 for x in v)}" for k, v in out.items())
+        return (f"mean/std are for pixels in [0, 1]: {shown} look{'s' if len(out) == 1 else ''} like 0-255 units; "
+                f"divide by 255: {fix}")
+    return f"mean/std are for pixels in [0, 1], so mean lies in [0, 1] and std in (0, 1]; got {shown}"
+
+
+def normalisation_twins(names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Pairs of class names that are one name once NFC-normalised (``caf\\xe9``, ``cafe\\u0301``; equal ones too)."""
+    import unicodedata
+
+    first: dict[str, str] = {}
+    twins: list[tuple[str, str]] = []
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in first:
+            twins.append((first[key], name))
+        else:
+            first[key] = name
+    return twins
+
+
+def class_names_problem(names: tuple[Any, ...]) -> str | None:
+    """The one rule for class names, wherever they come from (folders, --class-names, files): non-empty
+    strings, no two alike even in another Unicode form, since no output could tell those classes apart."""
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        return (f"class names must be non-empty strings, got {bad[0]!r} in {list(names)!r}; "
+                "give every class a name")
+    twins = normalisation_twins(names)
+    if twins:
+        a, b = twins[0]
+        how = f"class name {ascii(a)} appears twice" if a == b else (
+            f"class names {ascii(a)} and {ascii(b)} are one name in two Unicode forms (equal after NFC normalisation)")
+        return f"{how}: every output would show two identical-looking classes; give each class its own name"
+    return None
 
 
 def _entry(name: str, blocks: tuple[int, ...], channels: tuple[int, ...], params: int, top1_20ep: float) -> ModelSpec:

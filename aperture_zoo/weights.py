@@ -86,9 +86,14 @@ def save_weights(model: ResNet, path: str | os.PathLike[str], metadata: dict[str
     """Write the state dict (contiguous, CPU) atomically, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = build_metadata(model, metadata)
+    try:  # the readers' own check of names and normalisation, so that no file is written that they refuse
+        spec_from_metadata(meta, model.spec)
+    except ApertureError as exc:
+        raise WeightsError(f"{str(path)!r} was not written: every reader would refuse its metadata ({exc})") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        write_safetensors(tensors, tmp, build_metadata(model, metadata))
+        write_safetensors(tensors, tmp, meta)
     return path
 
 
@@ -122,13 +127,16 @@ def _check_path(path: Path) -> None:
         raise WeightsError(f"{str(path)!r} is not a regular file (a pipe, socket or device); pass a model.safetensors file")
 
 
+def looks_safetensors(head: bytes, size: int) -> bool:
+    """safetensors starts with its header length (u64 LE), then "{"."""
+    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else -1
+    return head[8:9] == b"{" and 0 < n <= size - 8
+
+
 def _refuse_pickle(head: bytes, size: int, path: Path) -> None:
     """A pickle is refused by its first bytes, before anything parses it."""
-    # safetensors starts with its header length (u64 LE) then "{"; that length's first byte can be
-    # 0x80 too, so only a file that is not plausibly safetensors is called a pickle.
-    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else -1
-    looks_safetensors = head[8:9] == b"{" and 0 < n <= size - 8
-    if head.startswith(_PICKLE_MAGIC) and not looks_safetensors:
+    # that header length's first byte can be 0x80 too, so only a file that is not plausibly safetensors is a pickle
+    if head.startswith(_PICKLE_MAGIC) and not looks_safetensors(head, size):
         raise WeightsError(
             f"{str(path)!r} is a PyTorch pickle checkpoint, not safetensors; it was not loaded "
             "because unpickling can run arbitrary code. If you trust it, convert it once: "

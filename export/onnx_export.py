@@ -27,7 +27,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from aperture_zoo.calibrators import MARGIN_FLOOR, T_RANGE, Calibrator, check_temperature
+from aperture_zoo.calibrators import MARGIN_FLOOR, T_RANGE, Calibrator, check_temperature, temperature_argument
 from aperture_zoo.files import atomic_path
 from aperture_zoo.model import ResNet, evaluating, on_device
 
@@ -259,7 +259,7 @@ def export_calibrator(model: ResNet, *, temperature: float | None = None, tta: b
     given, else the one-temperature kind of ``temperature``, else the model's own (its flip-TTA one for a
     ``tta`` graph when it has one), else its older single temperature; None: the plain softmax."""
     if calibrator is None and temperature is not None:
-        calibrator = Calibrator("temperature", check_temperature(temperature))
+        calibrator = Calibrator("temperature", temperature_argument(temperature))
     if calibrator is None:
         calibrator = (tta and getattr(model, "calibrator_tta", None)) or getattr(model, "calibrator", None)
     if calibrator is None and model.temperature is not None:

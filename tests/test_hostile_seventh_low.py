@@ -65,7 +65,7 @@ def test_convert_says_when_it_assumed_cifar10_normalisation_for_another_head(two
 def test_convert_mean_without_std_is_one_line(two_class_pth: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["convert", str(two_class_pth), str(tmp_path / "m.safetensors"), "--model",
                                       "resnet10", "--num-classes", "2", "--arch", "channels=8,8,8,8", "--mean", "0.5,0.5,0.5"])
-    assert result.exit_code == 2 and "--mean given without --std; give both" in result.output
+    assert result.exit_code == 2 and "mean given without std; give both" in result.output
     assert not (tmp_path / "m.safetensors").exists()
 
 

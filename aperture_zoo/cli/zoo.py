@@ -197,7 +197,7 @@ def convert_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Architecture it holds, e.g. resnet22."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of its head (a fine-tune's; default 10)."),
     arch: list[str] = typer.Option([], "--arch", help="A derived shape, as `aperture train --arch` takes it (channels=..., blocks=...)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean its training normalised with, e.g. 0.5,0.5,0.5 (default CIFAR-10's)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean its training normalised [0, 1] pixels with, e.g. 0.5,0.5,0.5 (not 0-255 units; default CIFAR-10's)."),
     std: Optional[str] = typer.Option(None, "--std", help="Per-channel std its training normalised with (with --mean)."),
     class_names: Optional[str] = typer.Option(None, "--class-names", help="Its classes in head order, e.g. cat,dog (default class_0, ...)."),
 ) -> None:
