@@ -340,6 +340,7 @@ def write_summary(table: dict) -> None:
            "score_killed_only_rule": "killed / (mutants - equivalent - not checked): a timeout (tests past mutmut's "
                                      "wall or CPU limit) counted as not caught, the lower bound on a loaded machine"}
     if any(r.get("interval") for r in modules.values()):
+        doc["sample_seed"] = SAMPLE_SEED
         doc["rounds"] = sample_rounds([k for k in modules if modules[k].get("interval")], ROUND)
     (RESULTS / "summary.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     lines = [f"mutmut {_mutmut_version()} on {os.cpu_count()} CPU cores shared with other work; "
@@ -361,7 +362,8 @@ def write_summary(table: dict) -> None:
     est = tot["estimate"]
     for r in doc.get("rounds", []):
         e = r["estimate"]
-        lines.append(f"- sample round, positions {r['positions']} of each module's order: {r['caught']} of {r['tested']} "
+        lines.append(f"- sample round (seed {SAMPLE_SEED}), positions {r['positions']} of each module's order: "
+                     f"{r['caught']} of {r['tested']} "
                      f"caught; estimated score {e['score']} % (95 % interval {e['low']}-{e['high']} %)")
     if est:
         lines += ["", f"**Estimated score over all {est['mutants']} mutants of the {est['modules']} modules with "
@@ -407,7 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun", action="store_true", help="test every mutant again, kills included")
     ap.add_argument("--min-score", type=float, default=90.0)
     ap.add_argument("--sample", type=int, metavar="N", help="test a seeded random sample of N mutants per module")
+    ap.add_argument("--seed", type=int, default=SAMPLE_SEED,
+                    help="the sample's seed: another seed draws a fresh sample, e.g. after tests were written for the "
+                         "survivors of the last one (whose score those tests would bias)")
     args = ap.parse_args(argv)
+    globals()["SAMPLE_SEED"] = args.seed  # read by sample_order and the summary
     names = args.modules or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
