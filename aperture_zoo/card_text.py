@@ -195,6 +195,8 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "runtimes_batch": escape_md((facts.runtimes or {}).get("batch")),
         # the usage snippet loads the published weights only when these are them
         "published": published,
+        "published_elsewhere": record is not None and not facts.weights,  # a folder without the weights that exist
+        "published_tag": record.tag if record is not None else None,
         "export_ref": f"{s.name} --pretrained" if published or facts.weights is None else "model.safetensors",
         "onnx_file": facts.onnx_file,  # the file this folder holds, else the one `aperture export` writes
         "has_temperature": carried,

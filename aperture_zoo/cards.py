@@ -299,6 +299,15 @@ def _keep_hand_written(out: Path) -> None:
         raise CardError(f"{out / CARD_FILENAME} is not the card aperture last wrote there (edited by hand, or another "
                         "tool's): the card would replace your text; move it aside (e.g. to NOTES.md) or remove it, then "
                         "write the card again")
+    config, license_file = out / CONFIG_FILENAME, out / LICENSE_FILENAME
+    try:
+        theirs = config.is_file() and json.loads(config.read_text()).get("library") != "aperture_zoo"
+    except (OSError, ValueError, AttributeError):
+        theirs = True
+    if theirs or (license_file.is_file() and license_file.read_text(errors="replace") != license_text()):
+        mine = config if theirs else license_file
+        raise CardError(f"{mine} is not a file aperture wrote (another tool's, or yours): the card would replace it; "
+                        "move it aside or remove it, then write the card again (or write the card to another --out)")
 
 
 def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:

@@ -9,6 +9,7 @@ so imports go one way: registry <- model <- weights <- hub <- pretrained <- summ
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -34,8 +35,17 @@ log = logging.getLogger(__name__)
 
 # What a push writes, or what describes some weights: such a file left by an earlier push beside new weights would
 # be downloaded as theirs, so the commit deletes it. Anything else in the repo (your notes, data) is kept.
+# Top-level names only (a push writes no subfolder; a Core ML package is one): a user's data/x.xml is not a model file.
 PUSHED_PATTERNS = (*GENERATED, WEIGHTS_FILENAME, *RUN_FILES, RUNTIMES_FILENAME, "*" + REPORT_SUFFIX,
-                   *("*" + suffix for suffix in MODEL_SUFFIXES), "*.mlpackage/*", "*.onnx.data", "*.bin")
+                   *("*" + suffix for suffix in MODEL_SUFFIXES), "*.onnx.data", "*.bin")
+
+
+def _pushed_kind(path: str) -> bool:
+    """``path`` (in the repo) is a file a push writes or one that describes weights (see PUSHED_PATTERNS)."""
+    top, _, rest = path.partition("/")
+    if rest:
+        return top.endswith(".mlpackage")
+    return any(fnmatch(top, pattern) for pattern in PUSHED_PATTERNS)
 
 
 
@@ -164,10 +174,11 @@ def push(
             # the commit holds this file set and nothing else: an earlier push's model.onnx, report or log
             # left beside other weights would be downloaded as theirs (.gitattributes is kept by the client)
             others = sorted({f.rfilename for f in before.siblings or []} - _relative_files(folder) - {".gitattributes"})
-            removed = [f for f in others if any(fnmatch(f, pattern) for pattern in PUSHED_PATTERNS)]
-            info = api.upload_folder(
+            removed = [f for f in others if _pushed_kind(f)]
+            info = api.upload_folder(  # exactly those deleted (escaped: the client matches patterns across "/")
                 repo_id=repo_id, folder_path=folder, revision=branch, ignore_patterns=list(HIDDEN_PATTERNS),
-                delete_patterns=list(PUSHED_PATTERNS), commit_message=commit_message or f"Upload {name} (aperture_zoo)",
+                delete_patterns=[glob.escape(f) for f in removed] or None,
+                commit_message=commit_message or f"Upload {name} (aperture_zoo)",
             )
     log.info("pushed %s to %s: %s", name, repo_id, info.commit_url)
     edited = weights_path.parent / "README.md"

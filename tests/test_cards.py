@@ -57,7 +57,10 @@ def test_card_without_weights_makes_no_accuracy_claim(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     meta = _front_matter(readme)
     assert "model-index" not in meta and meta["datasets"] == ["cifar10"] and "onnx" not in meta["tags"]
-    assert "No trained weights are published for this model yet" in readme
+    # resnet22's weights are published: the folder has none, which is what the card says (ninth try, N1: it said
+    # "no trained weights are published for this model yet")
+    assert "No trained weights are published" not in readme and "**This folder holds no weights:**" in readme
+    assert "`aperture card resnet22.fast --out DIR` writes their card" in readme
     assert "%" not in readme and "## Results" not in readme and "mixup" not in readme
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["trained"] is False and "metrics" not in config and "files" not in config
@@ -210,6 +213,13 @@ def test_a_hand_written_readme_is_never_replaced_by_a_card(tmp_path):
     (other / "config.json").write_text('{"model_type": "bert"}')  # another tool's pair (eighth try, F5)
     with pytest.raises(CardError, match="move it aside"):
         write_card("resnet10", other)
+    for name, text in (("config.json", '{"model_type": "bert"}'), ("LICENSE", "Apache License 2.0")):  # ninth, N3
+        alone = tmp_path / f"alone-{name}"
+        alone.mkdir()
+        (alone / name).write_text(text)
+        with pytest.raises(CardError, match=f"{name} is not a file aperture wrote"):
+            write_card("resnet10", alone)
+        assert (alone / name).read_text() == text
     legacy = tmp_path / "legacy"  # a card from before the record: taken as the package's own
     write_card("resnet10", legacy)
     config = json.loads((legacy / "config.json").read_text())

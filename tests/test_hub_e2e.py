@@ -316,15 +316,17 @@ def test_a_push_leaves_no_file_of_an_earlier_push_beside_its_weights(hub_env, we
     api = HfApi(endpoint=hub_env.url, token="tok-alice")  # the user's own files in the repo (eighth try, F6)
     api.upload_file(path_or_fileobj=b"my notes", path_in_repo="NOTES.md", repo_id="zoo/leftovers")
     api.upload_file(path_or_fileobj=b"a,b", path_in_repo="data/train.csv", repo_id="zoo/leftovers")
+    api.upload_file(path_or_fileobj=b"<a/>", path_in_repo="data/voc/0001.xml", repo_id="zoo/leftovers")  # ninth try
     other = random_weights(tmp_path / "other" / "model.safetensors", "resnet10", init_seed=3)
     result = CliRunner().invoke(app, ["push", "resnet10", "--repo-id", "zoo/leftovers", "--weights", str(other),
                                       "--token", "tok-alice"])
     assert result.exit_code == 0, result.output
     files = hub_env.repos["zoo/leftovers"].resolve("main").files
     assert files["NOTES.md"] == b"my notes" and files["data/train.csv"] == b"a,b"  # kept, and said
-    assert "kept 2 file(s) of the repo that aperture does not write: NOTES.md, data/train.csv" in " ".join(
-        result.output.split())
-    del files["NOTES.md"], files["data/train.csv"]
+    assert files["data/voc/0001.xml"] == b"<a/>"  # a model suffix in a subfolder is the user's data, not a model
+    assert "kept 3 file(s) of the repo that aperture does not write: NOTES.md, data/train.csv, data/voc/0001.xml" in \
+        " ".join(result.output.split())
+    del files["NOTES.md"], files["data/train.csv"], files["data/voc/0001.xml"]
     assert files["model.safetensors"] == other.read_bytes()
     assert not {name for name in files if "onnx" in name or name.endswith(".report.json")}, sorted(files)
     assert "removed " in result.output and "model.onnx" in result.output  # said, not silent
