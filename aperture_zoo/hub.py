@@ -379,6 +379,10 @@ def fetch(
             f"{filename} of Hub repo {repo_id}@{rev} is not in the Hub cache ({constants.HF_HUB_CACHE}) "
             f"and {why_local or 'the download failed'}; {fix}, or pass weights=PATH / 'local-dir:DIR'"
         ) from None
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision.lower()) and path.parent.name != revision.lower():
+        raise HubIntegrityError(  # the cache lays files out as snapshots/<commit>/<file>
+            f"{repo_id}@{revision[:12]}... answered commit {path.parent.name[:12]}...: a branch or tag of the repo is "
+            "named like that commit id and shadows it; ask the repo's owner to rename it, or load another revision")
     if sha256 is None and filename == WEIGHTS_FILENAME:
         pin = _config_pin(repo_id, path, token, local_only or why_local is not None)
         return Fetched(path, repo_id, rev, pin, "its config.json records")

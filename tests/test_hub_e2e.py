@@ -435,3 +435,26 @@ def test_a_pushed_card_says_which_judged_files_the_repo_does_not_hold(hub_env, w
     assert "validation passed" in fp16 and "The file is not in this folder" in fp16
     fp32 = readme.split("model.onnx (", 1)[1].split(".onnx", 1)[0]
     assert "validation passed" in fp32 and "not in this folder" not in fp32
+
+
+def test_a_branch_named_like_a_commit_never_answers_for_that_commit(hub_env, own_cache, hub_server, tmp_path):
+    """Ninth hostile try, N4: a branch made (through the Hub API) with main's commit id as its name answered
+    `hf-hub:REPO@<that commit>` with the branch's weights instead of the commit's."""
+    from huggingface_hub import HfApi
+
+    import aperture_zoo
+    from aperture_zoo.hub import HubIntegrityError
+    from aperture_zoo.publish import push
+
+    first = push("resnet10", "zoo/shadow", weights=random_weights(tmp_path / "a.safetensors", "resnet10"),
+                 token="tok-alice")
+    aperture_zoo.load("hf-hub:zoo/shadow@" + first.commit_oid, pretrained=True)  # the commit itself: loads
+    api = HfApi(endpoint=hub_server.url, token="tok-alice")
+    api.create_branch("zoo/shadow", branch=first.commit_oid)
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="other.txt", repo_id="zoo/shadow", revision=first.commit_oid)
+    import shutil
+    from huggingface_hub import constants
+
+    shutil.rmtree(constants.HF_HUB_CACHE, ignore_errors=True)  # a fresh cache asks the server again
+    with pytest.raises(HubIntegrityError, match="named like that commit id and shadows it"):
+        aperture_zoo.load("hf-hub:zoo/shadow@" + first.commit_oid, pretrained=True)
