@@ -160,7 +160,10 @@ def test_malformed_records_are_one_line_errors(record: object, message: str) -> 
      "a slope of the 'spline' calibrator must be a number, got 'steep'; re-fit it"),
     (lambda: Calibrator("spline", 1.0, knots=("far",), slopes=(1.0, 2.0)),
      "a knot of the 'spline' calibrator must be a number, got 'far'; re-fit it"),
-], ids=["not-json", "slope", "knot"])
+    (lambda: Calibrator.from_dict([1], "the calibrator in x"),
+     "the calibrator in x is not a calibrator record (kind, temperature, power, weights, knots, slopes, fitted_on, "
+     "classes): '[1]'; re-export or re-fit it"),
+], ids=["not-json", "slope", "knot", "not-a-record"])
 def test_a_bad_record_is_refused_naming_where_what_and_the_fix(make, message: str) -> None:
     with pytest.raises(CalibratorError) as info:
         make()

@@ -64,7 +64,16 @@ def _cifar10_batch_of_other_rows(tmp: Path) -> tuple[object, list[str]]:
                                                "the file is not a CIFAR-10 batch"]
 
 
-@pytest.mark.parametrize("case", [_a_file_as_dataset, _cifar100_split, _missing_image, _cifar10_batch_of_other_rows],
+def _cifar10_batch_of_more_labels(tmp: Path) -> tuple[object, list[str]]:
+    root = write_cifar10(tmp / "cifar", n_train_per_class=1, n_test_per_class=1)
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:  # 2 images, 3 labels
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, f, protocol=2)
+    return lambda: load_split("train", root), [repr(str(batch)), "2 images but 3 labels"]
+
+
+@pytest.mark.parametrize("case", [_a_file_as_dataset, _cifar100_split, _missing_image, _cifar10_batch_of_other_rows,
+                                  _cifar10_batch_of_more_labels],
                          ids=lambda c: c.__name__.strip("_"))
 def test_a_refused_input_is_named_with_the_problem_and_the_fix(tmp_path: Path, case) -> None:
     call, words = case(tmp_path)
