@@ -145,8 +145,11 @@ def _refuse_pickle(head: bytes, size: int, path: Path) -> None:
 
 
 def _refuse_onnx(head: bytes, path: Path) -> None:
-    """An exported .onnx file given where weights are read is named as such, not called corrupt safetensors."""
+    """An exported .onnx file (or a Git LFS pointer) given where weights are read is named as such, not corrupt."""
     import shlex
+
+    if head.startswith(b"version h"):  # "version https://git-lfs.github.com/spec/v1": a checkout without git lfs
+        raise WeightsError(f"{str(path)!r} is a Git LFS pointer, not the weights: fetch them with `git lfs pull`")
 
     if path.suffix.lower() == ".onnx" and head[8:9] != b"{":
         raise WeightsError(

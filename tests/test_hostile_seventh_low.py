@@ -114,6 +114,18 @@ def test_load_of_an_onnx_file_says_so(onnx_file: Path) -> None:
         aperture_zoo.load(str(onnx_file))
 
 
+def test_a_git_lfs_pointer_where_weights_are_read_says_to_fetch_them(tmp_path: Path) -> None:
+    """Ninth hostile try, N9: a checkout without git-lfs has pointer files, which were called "truncated or corrupt"."""
+    import aperture_zoo
+
+    pointer = tmp_path / "model.safetensors"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 19766154\n")
+    with pytest.raises(WeightsError, match=r"is a Git LFS pointer, not the weights: fetch them with `git lfs pull`"):
+        aperture_zoo.load(str(pointer))
+    result = CliRunner().invoke(app, ["info", str(pointer)])
+    assert result.exit_code == 2 and "git lfs pull" in result.output and "corrupt" not in result.output
+
+
 def test_preprocess_takes_a_wrapped_model_and_refuses_a_name_in_one_line() -> None:
     import numpy as np
 

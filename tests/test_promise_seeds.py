@@ -54,6 +54,16 @@ def test_seeds_are_refused_with_resume_or_below_one(tmp_path: Path) -> None:
     assert str(info.value) == "--seeds starts new runs; --resume continues one run: resume each seed's folder alone"
     with pytest.raises(TrainingError, match="--seeds must be at least 1, got 0"):
         fit_seeds(TrainConfig(model="resnet10"), 0, _fake_fit(asked))
+    # ninth hostile try, N5: no upper bound, and a bad seed or a taken seed folder was found only at its turn
+    with pytest.raises(TrainingError, match="--seeds 101 is more runs than a mean ± std needs; give at most 100"):
+        fit_seeds(TrainConfig(model="resnet10"), 101, _fake_fit(asked))
+    with pytest.raises(TrainingError, match=r"--seed must be in 0\.\.4294967295"):
+        fit_seeds(TrainConfig(model="resnet10", seed=2**32 - 1, out_dir=tmp_path / "big"), 2, _fake_fit(asked))
+    taken = tmp_path / "taken" / "seed1"
+    taken.mkdir(parents=True)
+    (taken / "checkpoint.safetensors").write_bytes(b"x")
+    with pytest.raises(Exception, match="already holds a training run"):
+        fit_seeds(TrainConfig(model="resnet10", out_dir=tmp_path / "taken"), 2, _fake_fit(asked))
     assert asked == []  # refused before anything trains
 
 

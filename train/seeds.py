@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .rundir import RunDir
 from .settings import TrainConfig, TrainingError, TrainResult
+
+MAX_SEEDS = 100  # a mean ± std needs a handful; a typo of many digits would otherwise train for ever
 
 
 def check_seeds(seeds: int, resume: object = None) -> None:
@@ -22,6 +25,8 @@ def check_seeds(seeds: int, resume: object = None) -> None:
         raise TrainingError(f"--seeds must be at least 1, got {seeds}")
     if seeds > 1 and resume is not None:
         raise TrainingError("--seeds starts new runs; --resume continues one run: resume each seed's folder alone")
+    if seeds > MAX_SEEDS:
+        raise TrainingError(f"--seeds {seeds} is more runs than a mean ± std needs; give at most {MAX_SEEDS}")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -49,12 +54,19 @@ def seed_config(cfg: TrainConfig, seed: int, seeds: int) -> TrainConfig:
 
 
 def fit_seeds(cfg: TrainConfig, seeds: int, fit: Callable[[TrainConfig], TrainResult]) -> list[TrainResult]:
-    """Train ``seeds`` runs of ``cfg`` with seeds ``cfg.seed`` (default 0) onwards, one after another."""
+    """Train ``seeds`` runs of ``cfg`` with seeds ``cfg.seed`` (default 0) onwards, one after another.
+
+    Every seed and every seed's folder is checked before the first one trains: a refusal at seed 3 would
+    otherwise come after hours of seeds 1 and 2, and without the mean ± std they were trained for."""
     check_seeds(seeds, cfg.resume)
     if seeds == 1:  # one run exactly as asked (a resume keeps its recorded seed)
         return [fit(cfg)]
     first = 0 if cfg.seed is None else cfg.seed
-    return [fit(seed_config(cfg, s, seeds)) for s in range(first, first + seeds)]
+    configs = [seed_config(cfg, s, seeds) for s in range(first, first + seeds)]  # each checks its seed's range
+    for one in configs:
+        if one.out_dir is not None:
+            RunDir.check_new(one.out_dir)
+    return [fit(one) for one in configs]
 
 
 def seeds_summary(results: Sequence[TrainResult], seeds: Sequence[int]) -> dict[str, Any]:
