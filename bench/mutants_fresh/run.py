@@ -180,7 +180,7 @@ def write(rows: list[dict], stem: str, sessions: list[dict]) -> None:
              f"{n} mutants: killed by the expected tests {by_expected}/{n} ({100 * by_expected / max(n, 1):.0f} %), "
              f"by the whole suite {by_suite}/{n} ({100 * by_suite / max(n, 1):.0f} %), equivalent {equivalent}, "
              f"not yet run against the whole suite {pending}. Wall time {summary['wall_s'] / 60:.1f} min in "
-             f"{len(sessions)} session(s) ({summary['machine']}; load averages in the JSON).", "",
+             f"{len(sessions)} sitting(s) ({summary['machine']}; load averages in the JSON).", "",
              "| mutant | file | expected tests | whole suite | first failing test | s |", "|---|---|---|---|---|---|"]
     for r in rows:
         exp = "killed" if r["killed_by_expected"] else r["expected_verdict"] + (
