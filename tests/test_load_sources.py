@@ -84,9 +84,7 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def _facts(model) -> dict:  # noqa: ANN001
-    s = model.spec
-    return {"class_names": s.label_names, "mean": s.mean, "std": s.std, "num_classes": s.num_classes,
-            "channels": s.channels}
+    return _facts_of(model.spec)
 
 
 SOURCES = {  # (name, keyword arguments of load) for each kind of source
@@ -396,3 +394,35 @@ def test_raw_float_pixels_are_refused_and_wrapped_models_unwrapped(run: FolderRu
         preprocess(np.zeros((32, 32, 3), np.uint8), model)[0]
     assert predict_proba(model, extreme).shape == (2, 3)
     torch.testing.assert_close(predict_proba(torch.nn.DataParallel(model), x), predict_proba(model, x))
+
+
+@pytest.mark.parametrize("kind", ["path", "folder", "local-dir", "card local-dir", "hf-hub", "hf-hub@rev"])
+def test_init_takes_every_source_and_resume_knows_it(run: FolderRun, hub: HubServer, kind: str) -> None:
+    """Regression (eighth hostile try, F9): `train --init hf-hub:...` or `local-dir:` was refused as a name."""
+    from aperture_zoo.registry import get_spec
+    from aperture_zoo.train.finetune import resolve_init
+    from aperture_zoo.train.settings import _init_sha256
+
+    ref, _ = SOURCES[kind](run)
+    source = resolve_init(ref, get_spec("resnet10").replace(channels=(8, 8, 8, 8)))
+    assert source.sha256 == file_sha256(run.weights) == _init_sha256(ref)
+    assert _facts_of(source.spec) == run.spec and source.record()["ref"] == ref
+
+
+def _facts_of(spec) -> dict:  # noqa: ANN001
+    return {"class_names": spec.label_names, "mean": spec.mean, "std": spec.std, "num_classes": spec.num_classes,
+            "channels": spec.channels}
+
+
+def test_a_fine_tune_from_the_hub_keeps_the_head_of_the_same_classes(run: FolderRun, hub: HubServer, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from aperture_zoo.weights import decode_metadata, read_metadata
+
+    monkeypatch.setenv("APERTURE_DATA", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["train", "resnet10", "--arch", "channels=8,8,8,8", "--dataset", str(run.images),
+                                      "--init", f"hf-hub:{REPO}", "--set", "epochs=1", "--set", "batch_size=8",
+                                      "--val-split", "0", "--device", "cpu", "--no-progress",
+                                      "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    init = decode_metadata(read_metadata(tmp_path / "ft" / "model.safetensors"))["init"]
+    assert (init["sha256"], init["head"], init["ref"]) == (file_sha256(run.weights), "kept", f"hf-hub:{REPO}")

@@ -1,8 +1,8 @@
 """``--init``: start a run from published or earlier weights, with a new head when the classes differ (by name).
 
-The source is a published tag (``resnet22.fast``), resolved and SHA-256 pinned exactly as
-``aperture_zoo.load`` does, or a run's ``model.safetensors`` (pickles are refused by the weights
-reader). Its architecture must be the one being trained; its normalisation is kept, because the
+The source is anything ``aperture_zoo.load`` takes: a published tag (``resnet22.fast``, SHA-256
+pinned), ``hf-hub:ORG/NAME[@rev]``, ``local-dir:DIR``, a run folder or a ``model.safetensors``
+(pickles are refused by the weights reader). Its architecture must be the one being trained; its normalisation is kept, because the
 backbone's features were learnt on inputs normalised that way. ``--freeze-backbone`` trains the
 head only (a linear probe): backbone parameters get no gradient and BatchNorm keeps its statistics.
 """
@@ -38,21 +38,11 @@ class InitSource:
 
 def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
     """The weights ``ref`` names, checked to be weights of ``spec``'s architecture."""
-    from aperture_zoo.catalog import find_weights
-    from aperture_zoo.pretrained import resolve_weights
-    from aperture_zoo.files import file_sha256, user_path
+    from aperture_zoo.files import file_sha256
     from aperture_zoo.weights import WeightsError, read_metadata, spec_from_metadata
 
     text = str(ref)
-    path = user_path(text)
-    if not path.exists():
-        if os.sep in text or text.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
-            raise InitError(f"--init {text!r}: no such file; pass a model.safetensors or a published tag such as "
-                            f"{spec.name}.fast (see `aperture list`)")
-        find_weights(text)  # an unknown tag fails here, listing the published ones
-        path = resolve_weights(text, download=True)  # SHA-256 pinned, as load() is
-    elif path.is_dir():
-        raise InitError(f"--init {text!r} is a folder; pass the model.safetensors inside it")
+    path = init_file(text, spec.name)
     meta = read_metadata(path)  # refuses pickles and corrupt files with a one-line error
     source = spec_from_metadata(meta)
     if source is None:
@@ -71,6 +61,30 @@ def resolve_init(ref: str | os.PathLike[str], spec: ModelSpec) -> InitSource:
         raise InitError(f"--init {text!r} holds {source.name} weights of another shape ({differ}), which do not fit "
                         f"this {spec.name}; {fix}, or pick {spec.name} weights (e.g. --init {spec.name}.fast)")
     return InitSource(text, path, file_sha256(path), source)
+
+
+def init_file(text: str, name: str = "resnet22") -> Path:
+    """The weights file an ``--init`` source names, found as ``aperture_zoo.load`` finds it.
+
+    A source (``hf-hub:ORG/NAME[@rev]``, ``local-dir:DIR``, a run folder) goes through the one loading
+    rule, so a fine-tune starts from what ``predict --model`` of that source would answer with.
+    """
+    from aperture_zoo.catalog import find_weights
+    from aperture_zoo.files import user_path
+    from aperture_zoo.pretrained import resolve_weights
+    from aperture_zoo.sources import source_kind
+
+    kind = source_kind(text)
+    if kind in ("hub", "dir"):
+        return resolve_weights(text, download=True)  # pinned where the registry pins it; a folder's file
+    path = user_path(text)
+    if kind == "path":
+        if not path.exists():
+            raise InitError(f"--init {text!r}: no such file; pass a model.safetensors, a run folder, hf-hub:ORG/NAME "
+                            f"or a published tag such as {name}.fast (see `aperture list`)")
+        return path
+    find_weights(text)  # an unknown tag fails here, listing the published ones
+    return resolve_weights(text, download=True)  # SHA-256 pinned, as load() is
 
 
 def same_head(source: ModelSpec, target: ModelSpec) -> bool:

@@ -424,15 +424,15 @@ def _arch_item(key: str, value: Any) -> str:
 
 
 def _init_sha256(ref: str | os.PathLike[str]) -> str | None:
-    """The SHA-256 of the weights ``--init`` names: a file's bytes, or a published tag's pin (None: neither)."""
+    """The SHA-256 of the weights ``--init`` names: a published tag's pin, else the bytes of the file it finds."""
     from aperture_zoo.catalog import find_weights
     from aperture_zoo.files import file_sha256
+    from aperture_zoo.sources import is_source
 
-    path = user_path(str(ref))
-    if path.is_file():
-        return file_sha256(path)
+    from .finetune import init_file
+
     try:
-        published = find_weights(str(ref))
-    except ApertureError:
+        published = None if is_source(str(ref)) else find_weights(str(ref))
+        return published.sha256 if published is not None else file_sha256(init_file(str(ref)))
+    except (ApertureError, OSError):
         return None
-    return None if published is None else published.sha256

@@ -72,7 +72,7 @@ def train_cmd(
     test_split: Optional[float] = typer.Option(None, "--test-split", help="A folder without test/: the share of "
                                                "each class held out for testing, with --seed (default 0.2)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from these weights: a published tag "
-                                       "(resnet22.fast, SHA-256 pinned) or a model.safetensors; a new head unless its "
+                                       "(resnet22.fast, SHA-256 pinned), hf-hub:ORG/NAME[@rev], local-dir:DIR, a run folder or a model.safetensors; a new head unless its "
                                        "class names are this dataset's (same names, same order); selects the finetune "
                                        "recipe unless --recipe is given."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="With --init: train the head only "
