@@ -2,8 +2,8 @@
 
 Layout: ``DIR/train/<class>/`` with ``DIR/test/<class>/`` (or ``DIR/val/``) is used as given;
 otherwise every ``DIR/<class>/`` is one pool that the caller splits (``datasets.py``). Class names
-are the folder names, sorted, exactly as written (spaces, unicode, brackets included); two names that are
-one name in two Unicode forms (NFC ``café`` and NFD ``café``) are refused, since no output could tell them apart. Symlinks are
+are the folder names, sorted, exactly as written (spaces, unicode, brackets included); two names that read
+alike (NFC ``café`` and NFD ``café``, ``cat`` with a Cyrillic ``а``) are refused, since no output could tell them apart. Symlinks are
 followed (a dataset assembled from links is common) and loops detected; files reached through a link
 that leads outside the folder are listed (``Scan.linked_outside``), so the data report names them. What is not read is named with why (hidden or system files, other
 extensions, files outside any class folder, a val/ beside the test/ that is used), and a folder whose "classes" look like datasets of
@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import ApertureError
 from .files import user_path
 from .manifest import Manifest
-from .registry import normalisation_twins
+from .registry import how_alike, normalisation_twins
 
 
 class FolderError(ApertureError, ValueError):
@@ -286,6 +286,5 @@ def _refuse_twins(classes: tuple[str, ...], where: str) -> None:
         a, b = twins[0]
         more = f" (and {len(twins) - 1} more such pair(s))" if len(twins) > 1 else ""
         raise FolderError(
-            f"class folders {ascii(a)} and {ascii(b)} in {where!r} are the same name written in two Unicode forms "
-            f"(equal after NFC normalisation){more}: every output would show two identical-looking classes, and "
-            "on macOS they are one folder; rename one of them, or merge their images into one folder")
+            f"{how_alike(a, b, 'class folders', f' in {where!r}')}{more}: every output would show two identical-looking classes (and on macOS "
+            "two Unicode forms are one folder); rename one of them, or merge their images into one folder")

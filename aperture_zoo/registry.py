@@ -222,14 +222,24 @@ def _pixel_scale_problem(mean: tuple[float, ...], std: tuple[float, ...]) -> str
     return f"mean/std are for pixels in [0, 1], so mean lies in [0, 1] and std in (0, 1]; got {shown}"
 
 
+# Cyrillic and Greek letters that look like Latin ones (from Unicode's confusables.txt; a package for
+# 48 characters would be one more dependency of every install).
+_LOOKALIKE = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04cf\u051b\u051d\u0410\u0412"
+    "\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0406\u0408\u0405\u03bf\u03b1\u03bd"
+    "\u03c1\u03b9\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7",
+    "aeopcyxijsdlqwABEKMHOPCTXYIJSoavpiABEZHIKMNOPTYX")
+
+
 def normalisation_twins(names: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Pairs of class names that are one name once NFC-normalised (``caf\\xe9``, ``cafe\\u0301``; equal ones too)."""
+    """Pairs of class names that read as one: equal once NFKC-normalised (``caf\\xe9``, ``cafe\\u0301``,
+    full-width letters) with Cyrillic and Greek lookalikes read as Latin (``cat``, ``c\\u0430t``)."""
     import unicodedata
 
     first: dict[str, str] = {}
     twins: list[tuple[str, str]] = []
     for name in names:
-        key = unicodedata.normalize("NFC", name)
+        key = unicodedata.normalize("NFKC", name).translate(_LOOKALIKE)
         if key in first:
             twins.append((first[key], name))
         else:
@@ -237,19 +247,31 @@ def normalisation_twins(names: tuple[str, ...]) -> list[tuple[str, str]]:
     return twins
 
 
+def how_alike(a: str, b: str, what: str = "class names", where: str = "") -> str:
+    """Why two names read as one, in words (for the messages that refuse them); ``where`` follows the pair."""
+    import unicodedata
+
+    if a == b:
+        return f"{what[:-1]} {ascii(a)}{where} appears twice"
+    pair = f"{what} {ascii(a)} and {ascii(b)}{where}"
+    if unicodedata.normalize("NFKC", a) == unicodedata.normalize("NFKC", b):
+        return f"{pair} are one name in two Unicode forms (equal after NFKC normalisation)"
+    odd = next(c for c in a + b if c.translate(_LOOKALIKE) != c)
+    return f"{pair} look alike (U+{ord(odd):04X} {unicodedata.name(odd, '?')} looks like {odd.translate(_LOOKALIKE)!r})"
+
+
 def class_names_problem(names: tuple[Any, ...]) -> str | None:
     """The one rule for class names, wherever they come from (folders, --class-names, files): non-empty
-    strings, no two alike even in another Unicode form, since no output could tell those classes apart."""
+    strings, no two that read alike (another Unicode form, a lookalike letter), since no output could
+    tell those classes apart."""
     bad = [n for n in names if not isinstance(n, str) or not n.strip()]
     if bad:
         return (f"class names must be non-empty strings, got {bad[0]!r} in {list(names)!r}; "
                 "give every class a name")
     twins = normalisation_twins(names)
     if twins:
-        a, b = twins[0]
-        how = f"class name {ascii(a)} appears twice" if a == b else (
-            f"class names {ascii(a)} and {ascii(b)} are one name in two Unicode forms (equal after NFC normalisation)")
-        return f"{how}: every output would show two identical-looking classes; give each class its own name"
+        return (f"{how_alike(*twins[0])}: every output would show two identical-looking classes; "
+                "give each class its own name")
     return None
 
 

@@ -1,5 +1,5 @@
-"""Class folder names that no output could tell apart: one name in two Unicode forms is refused, names that
-differ only in case are named in the data report (two classes here, one folder on macOS or Windows)."""
+"""Class names that no output could tell apart: one name in two Unicode forms or with a lookalike letter is
+refused, names that differ only in case are named in the data report (two classes here, one folder on macOS or Windows)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from aperture_zoo.cli import app
 from aperture_zoo.datareport import folder_report
 from aperture_zoo.folder import FolderError, scan_folder
+from aperture_zoo.registry import class_names_problem
 from profiles import examples
 
 NFC, NFD = "caf\u00e9", "cafe\u0301"  # print the same; differ in code points
@@ -68,25 +69,55 @@ def test_names_that_differ_only_in_case_are_kept_and_named(tmp_path: Path) -> No
 
 
 _names = st.lists(st.sampled_from(["caf\u00e9", "cafe\u0301", "Cafe\u0301", "\u212b", "\u00c5", "A\u030a", "cat",
-                                   "Cat", "\u1e9b\u0323", "\u017f\u0323\u0307", "dog"]) | st.text(min_size=1, max_size=6),
+                                   "Cat", "\u1e9b\u0323", "\u017f\u0323\u0307", "dog", "c\u0430t", "\u0441\u0430t",
+                                   "\uff43\uff41\uff54", "\u043a\u043e\u0442", "d\u03bfg"]) | st.text(min_size=1, max_size=6),
                   min_size=2, max_size=6, unique=True)
+
+
+def _reads_as(name: str) -> str:
+    """How a reader sees a name: NFKC, then Cyrillic/Greek lookalikes as Latin (the table itself is checked by
+    the explicit cases of the next test)."""
+    from aperture_zoo.registry import _LOOKALIKE
+
+    return unicodedata.normalize("NFKC", name).translate(_LOOKALIKE)
 
 
 @settings(max_examples=examples(60), deadline=None)
 @given(names=_names)
 @example(names=[NFC, NFD])
 @example(names=["\u212b", "\u00c5", "A\u030a"])  # the angstrom sign, A-ring, A + combining ring: one name
-def test_names_are_refused_exactly_when_two_are_one_after_nfc(tmp_path_factory, names: list[str]) -> None:
+@example(names=["cat", "c\u0430t"])  # a Cyrillic a
+def test_names_are_refused_exactly_when_two_read_as_one(tmp_path_factory, names: list[str]) -> None:
     from aperture_zoo.folderscan import _check_classes
 
     classes = tuple(sorted(names))
-    forms = [unicodedata.normalize("NFC", n) for n in classes]
+    forms = [_reads_as(n) for n in classes]
     try:
         _check_classes(tmp_path_factory.getbasetemp(), classes)
     except FolderError as exc:
         assert len(set(forms)) < len(forms)
         assert "\n" not in str(exc) and all(ord(ch) < 128 for ch in str(exc).split(" in ")[0])  # escaped, visible
         pair = [c for c in classes if ascii(c) in str(exc)]
-        assert len(pair) >= 2 and len({unicodedata.normalize("NFC", c) for c in pair}) < len(pair)
+        assert len(pair) >= 2 and len({_reads_as(c) for c in pair}) < len(pair)
     else:
         assert len(set(forms)) == len(forms)
+
+
+@pytest.mark.parametrize("names, refused", [
+    (("cat", "c\u0430t"), "U+0430 CYRILLIC SMALL LETTER A looks like 'a'"),
+    (("cat", "\u0441\u0430t"), "U+0441 CYRILLIC SMALL LETTER ES looks like 'c'"),
+    (("dog", "d\u03bfg"), "U+03BF GREEK SMALL LETTER OMICRON looks like 'o'"),
+    (("cat", "\uff43\uff41\uff54"), "two Unicode forms (equal after NFKC"),  # full-width letters
+    (("cat", "Cat", "\u043a\u043e\u0442", "\u043a\u043e\u0442 cat"), None),  # case, another script, both: distinct
+])
+def test_lookalike_class_names_are_refused_everywhere(tmp_path: Path, names: tuple[str, ...], refused: str | None) -> None:
+    """Regression (ninth hostile try, N6): `--class-names cat,c\u0430t` printed two classes that read as one."""
+    from aperture_zoo.registry import ModelSpec, get_spec
+
+    problem = class_names_problem(names)
+    assert (problem is None) if refused is None else (refused in problem and "give each class its own name" in problem)
+    if refused is not None:
+        with pytest.raises(ValueError, match="look alike|two Unicode forms"):
+            get_spec("resnet10").replace(num_classes=len(names), class_names=names)
+    else:
+        assert isinstance(get_spec("resnet10").replace(num_classes=len(names), class_names=names), ModelSpec)
