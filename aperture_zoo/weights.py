@@ -427,7 +427,7 @@ def write_with_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[s
     t = check_temperature(temperature, "the fitted temperature")
     cal = None if calibrator is None else {**Calibrator.from_dict(calibrator, "the fitted calibrator").to_dict(),
                                            "fitted_on": fitted_on}
-    if dst.exists() or dst.resolve() == src.resolve():
+    if dst.exists() or dst.is_symlink() or dst.resolve() == src.resolve():
         raise WeightsError(f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name one "
                            "that does not exist yet")
     data = read_bytes(src)

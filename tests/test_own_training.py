@@ -149,6 +149,11 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
     again = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu", "--write-temperature", out)
     assert again.exit_code == 2 and "already exists" in again.output
     assert file_sha256(out) == written  # never overwritten
+    (tmp_path / "dangling.safetensors").symlink_to(tmp_path / "missing" / "x.safetensors")  # ninth hostile try, N7
+    link = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu", "--write-temperature",
+                tmp_path / "dangling.safetensors")
+    assert link.exit_code == 2 and "is a link (to a missing file); name a new file" in link.output, link.output
+    assert not (tmp_path / "missing").exists() and ".new" not in link.output
     # the folder changed since: its test images would be drawn anew, so eval refuses to score them
     write_folder(root, 1, classes=1, seed=3, start=900)
     changed = _run("eval", "resnet10", "--weights", weights, "--dataset", root, "--device", "cpu")

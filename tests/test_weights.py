@@ -222,12 +222,14 @@ def test_calibrated_weights_never_replace_a_file_and_the_refusal_says_what_to_do
     _, src = saved
     taken = tmp_path / "taken.safetensors"
     taken.write_bytes(b"someone's file")
-    for dst in (taken, src):  # an existing file, or the source itself
+    dangling = tmp_path / "dangling.safetensors"
+    dangling.symlink_to(tmp_path / "elsewhere" / "x.safetensors")
+    for dst in (taken, src, dangling):  # an existing file, the source itself, a link to a file that is not there
         with pytest.raises(WeightsError) as info:
             write_with_temperature(src, dst, 1.5, "test images", file_sha256(src))
         assert str(info.value) == (f"{str(dst)!r} already exists; the calibrated weights go to a new file, so name "
                                    "one that does not exist yet")
-    assert taken.read_bytes() == b"someone's file"
+    assert taken.read_bytes() == b"someone's file" and not (tmp_path / "elsewhere").exists()
 
 
 def test_calibrated_weights_record_the_temperature_to_six_decimals_like_a_training_run(

@@ -140,8 +140,9 @@ def check_eval_options(batch_size: int, subset: int | None = None, write_tempera
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     if subset is not None and subset < 1:
         raise EvalError(f"--subset must be at least 1 test image, got {subset}")
-    if write_temperature is not None and write_temperature.exists():
-        raise EvalError(f"--write-temperature {str(write_temperature)!r} already exists; name a new file (the "
+    if write_temperature is not None and (write_temperature.exists() or write_temperature.is_symlink()):
+        what = "is a link (to a missing file)" if not write_temperature.exists() else "already exists"
+        raise EvalError(f"--write-temperature {str(write_temperature)!r} {what}; name a new file (the "
                         "calibrated weights never replace one)")
 
 
