@@ -72,7 +72,11 @@ def temperature_argument(value: Any, where: str = "temperature") -> float:
     a bool or a string, which ``float()`` would take silently (True is T = 1, '2' is T = 2)."""
     if isinstance(value, (bool, str, bytes)) or type(value).__name__ == "bool_":
         raise TemperatureError(f"{where} must be a real number above 0 (e.g. {where}=1.5), got {value!r}")
-    return check_temperature(value, where)
+    t = check_temperature(value, where)
+    if not T_RANGE[0] <= t <= T_RANGE[1]:  # the caller's own number: say so, not "re-fit" as for a file's
+        raise TemperatureError(f"{where} must lie within [{T_RANGE[0]:g}, {T_RANGE[1]:g}] (beyond, every answer is "
+                               f"one-hot or uniform), got {value!r}; pass e.g. {where}=1.5")
+    return t
 
 
 def check_logits(logits: Any) -> np.ndarray:

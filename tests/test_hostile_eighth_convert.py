@@ -124,6 +124,20 @@ def test_predict_proba_refuses_a_temperature_that_is_not_a_real_number(temperatu
         predict_proba(model, torch.zeros(1, 3, 32, 32), temperature=temperature)
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 0.009, 100.5, 1e300])
+def test_a_callers_temperature_out_of_range_is_the_callers_to_change(temperature: float) -> None:
+    """Regression (ninth hostile try, N8): temperature=1e-300 was refused with "re-fit it", as if a file held it."""
+    from aperture_zoo import predict_proba
+
+    model = create_model("resnet10", **SMALL)
+    with pytest.raises(TemperatureError) as info:
+        predict_proba(model, torch.zeros(1, 3, 32, 32), temperature=temperature)
+    assert f"temperature must lie within [0.01, 100] (beyond, every answer is one-hot or uniform), got {temperature!r}; " \
+           "pass e.g. temperature=1.5" == str(info.value)
+    for fine in (0.01, 100.0, 1.5):
+        assert predict_proba(model, torch.zeros(1, 3, 32, 32), temperature=fine).shape == (1, 10)
+
+
 def test_the_card_of_converted_weights_names_their_source_and_claims_no_dataset(tmp_path: Path) -> None:
     import hashlib
 
