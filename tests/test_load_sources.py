@@ -204,7 +204,12 @@ def test_every_command_takes_a_source_as_the_model(run: FolderRun, hub: HubServe
     result = CliRunner().invoke(app, [command, source, *args])
     assert result.exit_code == 0, result.output
     if command == "eval":
-        assert json.loads(result.stdout)["classes"] == sorted(NAMES)
+        report = json.loads(result.stdout)
+        assert report["classes"] == sorted(NAMES)
+        # the run's own temperature, from its validation split, is the one reported (not re-fitted on the test images)
+        assert (report["temperature"], report["temperature_fitted_on"]) == (pytest.approx(run.temperature),
+                                                                            "validation split")
+        assert report["temperature_scaling"]["temperature"] == pytest.approx(run.temperature)
     elif command == "export":
         from aperture_zoo.export.predict import OnnxClassifier
 

@@ -243,3 +243,28 @@ def test_calibrated_weights_record_the_temperature_to_six_decimals_like_a_traini
     meta = decode_metadata(read_metadata(dst))
     assert meta["temperature"] == 1.234568 and load(str(dst)).temperature == 1.234568
     assert (meta["temperature_fitted_on"], meta["temperature_fitted_for_sha256"]) == ("72 test images", file_sha256(src))
+
+
+def test_a_fresh_model_saved_names_cifar10_only_when_its_head_is_cifar10s(tmp_path: Path) -> None:
+    """A model never loaded from a file records the dataset its head answers, and none for a head of its own."""
+    from aperture_zoo.weights import decode_metadata
+
+    plain = save_weights(create_model("resnet10", channels=(8, 8, 8, 8)), tmp_path / "plain.safetensors")
+    assert decode_metadata(read_metadata(plain))["dataset"] == "cifar10"
+    assert load(str(plain)).spec.label_names[0] == "airplane"
+    own = create_model("resnet10", channels=(8, 8, 8, 8), num_classes=2, class_names=("cat", "dog"))
+    meta = decode_metadata(read_metadata(save_weights(own, tmp_path / "own.safetensors")))
+    assert "dataset" not in meta and meta["label_names"] == ["cat", "dog"]
+
+
+def test_a_failed_weights_write_is_the_os_error_it_is(tmp_path: Path) -> None:
+    """safetensors reports I/O failures as its own error type; callers (one-line messages, nothing lost)
+    need the OSError with its errno and the file's name."""
+    from aperture_zoo.errors import os_error
+    from aperture_zoo.weights import write_safetensors
+
+    target = tmp_path / "no-such-folder" / "model.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        write_safetensors({"a": torch.zeros(4)}, target, {})
+    assert (info.value.errno, info.value.filename) == (2, str(target))
+    assert str(target) in str(os_error(info.value))
