@@ -277,35 +277,41 @@ def _write_card_files(name: str, folder: Path, stage: Path, weights: Path | None
     return [*written, CONFIG_FILENAME, CARD_FILENAME]
 
 
-def hand_edited_card(folder: Path) -> bool:
+def _own_config(folder: Path) -> tuple[bool, dict[str, Any] | None]:
+    """Whether ``folder`` holds a config.json, and its record when this package wrote it (None: another tool's)."""
+    config = folder / CONFIG_FILENAME
+    if not config.is_file():
+        return False, None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return True, None
+    return True, data if isinstance(data, dict) and data.get("library") == "aperture_zoo" else None
+
+
+def hand_edited_card(folder: Path, config: tuple[bool, dict[str, Any] | None] | None = None) -> bool:
     """``folder``'s README.md is not the card this package last wrote there: the SHA-256 its config.json records
     of it differs, or the config.json is missing or another tool's. A card of this package from before the record
     (its config.json without readme_sha256) cannot be told from an edited one: taken as the package's own."""
-    readme, config = folder / CARD_FILENAME, folder / CONFIG_FILENAME
+    readme = folder / CARD_FILENAME
     if not readme.is_file():
         return False
-    try:
-        data = json.loads(config.read_text()) if config.is_file() else None
-    except (OSError, ValueError):
-        data = None
-    ours = isinstance(data, dict) and data.get("library") == "aperture_zoo"  # another tool's config says nothing
-    recorded = data.get("readme_sha256", "") if ours else None
+    _, data = config or _own_config(folder)
+    recorded = data.get("readme_sha256", "") if data is not None else None
     return recorded != "" and recorded != hashlib.sha256(readme.read_bytes()).hexdigest()
 
 
 def _keep_hand_written(out: Path) -> None:
     """Nothing is lost: a README.md written or edited by hand is never replaced by a generated card."""
-    if hand_edited_card(out):
+    present, ours = config = _own_config(out)
+    if hand_edited_card(out, config):
         raise CardError(f"{out / CARD_FILENAME} is not the card aperture last wrote there (edited by hand, or another "
                         "tool's): the card would replace your text; move it aside (e.g. to NOTES.md) or remove it, then "
                         "write the card again")
-    config, license_file = out / CONFIG_FILENAME, out / LICENSE_FILENAME
-    try:
-        theirs = config.is_file() and json.loads(config.read_text()).get("library") != "aperture_zoo"
-    except (OSError, ValueError, AttributeError):
-        theirs = True
+    license_file = out / LICENSE_FILENAME
+    theirs = present and ours is None
     if theirs or (license_file.is_file() and license_file.read_text(errors="replace") != license_text()):
-        mine = config if theirs else license_file
+        mine = out / CONFIG_FILENAME if theirs else license_file
         raise CardError(f"{mine} is not a file aperture wrote (another tool's, or yours): the card would replace it; "
                         "move it aside or remove it, then write the card again (or write the card to another --out)")
 
