@@ -313,7 +313,8 @@ def load(
     ``model_cards/``, pinned too). Whatever the source, the model has the file's own architecture, head,
     class names, mean/std and temperature: a source (path, ``local-dir:``, ``hf-hub:``) names a file, so its
     weights load unless ``pretrained=False`` is given explicitly (then the architecture alone). ``overrides`` change the architecture (``num_classes=100``):
-    tensors that no longer fit, such as the head, start fresh.
+    tensors that no longer fit, such as the head, start fresh; a ``mean``/``std`` (or, with the file's head,
+    ``class_names``) other than the weights' own is refused, since trained weights answer with their own.
     """
     cards = Path(cards_dir) if cards_dir is not None else None
     kind = source_kind(name)
@@ -360,7 +361,23 @@ def file_spec(loaded: Loaded, overrides: dict[str, object] | None = None) -> Mod
         if loaded.source.kind != "hub":  # the Hub path checked the same record when it fetched the file
             _check_config_record(config, loaded)
         spec = spec_from_config(config, repr(str(loaded.path)))
+    if overrides:
+        _refuse_other_facts(spec, overrides, loaded.path)
     return spec.replace(**overrides) if overrides else spec
+
+
+def _refuse_other_facts(spec: ModelSpec, overrides: dict[str, object], path: Path) -> None:
+    """Trained weights answer with the normalisation (and, with their head, the class names) they were trained
+    with: another value given as a keyword would be dropped or give wrong answers, so it is refused."""
+    fresh_head = "num_classes" in overrides and overrides["num_classes"] != spec.num_classes
+    own = {"mean": spec.mean, "std": spec.std, **({} if fresh_head else {"class_names": spec.label_names})}
+    for key, value in own.items():
+        given = overrides.get(key)
+        if given is not None and not isinstance(given, str) and tuple(given) != tuple(value):  # type: ignore[call-overload]
+            fix = " (a new head for your classes: num_classes=N with class_names=[...])" if key == "class_names" else ""
+            shown = ", ".join(map(repr, value))  # type: ignore[arg-type]
+            raise WeightsError(f"{key}={tuple(given)!r} differs from the {key} of {str(path)!r} ({shown}): trained "  # type: ignore[call-overload]
+                               f"weights answer with their own; drop {key}={fix}")
 
 
 def _check_config_record(config: object, loaded: Loaded) -> None:

@@ -431,3 +431,20 @@ def test_a_fine_tune_from_the_hub_keeps_the_head_of_the_same_classes(run: Folder
     assert result.exit_code == 0, result.output
     init = decode_metadata(read_metadata(tmp_path / "ft" / "model.safetensors"))["init"]
     assert (init["sha256"], init["head"], init["ref"]) == (file_sha256(run.weights), "kept", f"hf-hub:{REPO}")
+
+
+def test_a_keyword_that_contradicts_the_weights_is_refused_not_dropped(run: FolderRun) -> None:
+    """Regression (tenth hostile try, X4): load(PATH, mean=..., class_names=...) dropped the caller's values silently
+    (and applied class_names= to the published weights): trained weights answer with their own."""
+    from aperture_zoo import WeightsError, load
+
+    with pytest.raises(WeightsError, match=r"^mean=\(0.5, 0.5, 0.5\) differs from the mean of .*drop mean=$"):
+        load(str(run.weights), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    with pytest.raises(WeightsError, match=r"class_names=\('x', 'y', 'z'\) differs from the class_names of .*'kiwi'"):
+        load(str(run.weights), class_names=["x", "y", "z"])
+    with pytest.raises(WeightsError, match="differs from the class_names of"):
+        load("resnet10", pretrained=True, class_names=[str(i) for i in range(10)])
+    same = load(str(run.weights), class_names=list(run.spec["class_names"]), mean=run.spec["mean"], std=run.spec["std"])
+    assert _facts(same) == run.spec
+    fresh = load(str(run.weights), num_classes=2, class_names=["a", "b"])  # a new head takes the caller's names
+    assert fresh.spec.label_names == ("a", "b") and fresh.spec.mean == run.spec["mean"]
