@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,17 @@ import torch
 
 import profiles  # noqa: F401 - registers and loads the hypothesis profile (ci unless HYPOTHESIS_PROFILE)
 from cifar_synth import write_cifar10
+
+# The suite tests the product as a fresh install runs it: settings a user may have exported (their own weights
+# folder, a Hub mirror or organisation, offline mode, a token, forced colours, a terminal width) would change what
+# the commands answer and print, and a user's caches are theirs. Dropped before anything reads them.
+for _var in ("APERTURE_WEIGHTS_DIR", "APERTURE_HUB_ORG", "APERTURE_RUNTIMES_DIR", "HF_ENDPOINT", "HF_HUB_OFFLINE",
+             "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HOME", "HF_HUB_CACHE", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE",
+             "COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
+_caches = tempfile.mkdtemp(prefix="aperture-test-caches-")  # the decode cache and the Hub client's: the suite's own
+os.environ["APERTURE_DATA"], os.environ["HF_HOME"] = os.path.join(_caches, "data"), os.path.join(_caches, "hf")
+atexit.register(shutil.rmtree, _caches, True)  # tests that need a cache of their own still set one
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on the machine's cores: one torch thread each (and in the

@@ -217,20 +217,18 @@ def test_nothing_to_push(hub_env, monkeypatch, tmp_path):
 
 
 def test_unreachable_hub_is_a_clear_error(monkeypatch, weights):
-    import socket
+    from ports import refusing_port
 
     from aperture_zoo.hub import HubUnavailableError, download
     from aperture_zoo.publish import push
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(HubUnavailableError, match=rf"cannot reach the Hub at http://127.0.0.1:{port}"):
-        push("resnet10", REPO, weights=weights, token="tok-alice")
-    with pytest.raises(HubUnavailableError, match="cannot be reached"):
-        download("zoo/never-cached-repo", revision="0" * 40)
+    with refusing_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(HubUnavailableError, match=rf"cannot reach the Hub at http://127.0.0.1:{port}"):
+            push("resnet10", REPO, weights=weights, token="tok-alice")
+        with pytest.raises(HubUnavailableError, match="cannot be reached"):
+            download("zoo/never-cached-repo", revision="0" * 40)
 
 
 def test_private_repo_on_a_branch(hub_env, weights):

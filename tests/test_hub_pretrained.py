@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 import aperture_zoo.pretrained as pretrained
 from hub_fixtures import hub_env, hub_server, random_weights  # noqa: F401
+from ports import refusing_port
 from aperture_zoo.cards import write_card
 from aperture_zoo.hub import HubError
 from aperture_zoo.pretrained import NoPretrainedWeightsError, load, resolve_weights
@@ -23,14 +23,12 @@ CHECKOUT_CARDS = pretrained.MODEL_CARDS_DIR
 @pytest.fixture
 def dead_hub(monkeypatch, tmp_path):
     """HF_ENDPOINT on a closed port and an empty cards folder (pass it as cards_dir): only local sources can answer."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("APERTURE_HUB_ORG", "someorg")
-    for var in ("HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "model_cards"
+    with refusing_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("APERTURE_HUB_ORG", "someorg")
+        for var in ("HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
+            monkeypatch.delenv(var, raising=False)
+        yield tmp_path / "model_cards"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from aperture_zoo.catalog import get_weights
 from aperture_zoo.files import file_sha256
 from aperture_zoo.weights import WeightsError, read_state_dict
 from hub_fixtures import ROOT, hub_env, hub_server, random_weights  # noqa: F401
+from ports import refusing_port
 
 NAME = "resnet20"
 
@@ -31,20 +31,18 @@ def tampered_checkout(monkeypatch, tmp_path) -> Path:
 
     Only the checkout can answer, so every path that resolves a tag must find the tampered file and refuse it.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("APERTURE_HUB_ORG", "someorg")
-    for var in ("HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    cards = tmp_path / "model_cards"
-    (cards / NAME).mkdir(parents=True)
-    data = bytearray((pretrained.MODEL_CARDS_DIR / NAME / "model.safetensors").read_bytes())
-    data[-1] ^= 0x01  # the last byte of a tensor: still a valid safetensors file, other weights
-    (cards / NAME / "model.safetensors").write_bytes(bytes(data))
-    monkeypatch.setattr(pretrained, "MODEL_CARDS_DIR", cards)  # the default every caller without cards_dir uses
-    return cards / NAME / "model.safetensors"
+    with refusing_port() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("APERTURE_HUB_ORG", "someorg")
+        for var in ("HF_HUB_OFFLINE", "APERTURE_WEIGHTS_DIR"):
+            monkeypatch.delenv(var, raising=False)
+        cards = tmp_path / "model_cards"
+        (cards / NAME).mkdir(parents=True)
+        data = bytearray((pretrained.MODEL_CARDS_DIR / NAME / "model.safetensors").read_bytes())
+        data[-1] ^= 0x01  # the last byte of a tensor: still a valid safetensors file, other weights
+        (cards / NAME / "model.safetensors").write_bytes(bytes(data))
+        monkeypatch.setattr(pretrained, "MODEL_CARDS_DIR", cards)  # the default every caller without cards_dir uses
+        yield cards / NAME / "model.safetensors"
 
 
 def _tag_paths(cards: Path):

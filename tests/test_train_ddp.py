@@ -141,15 +141,23 @@ def ddp_out(synthetic_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     write_png_folder(out / "folder", x, y, ["b 1", "a [2]", "ç"], per_class=5)  # a 3-class folder of PNGs
     # spawn, not fork: a forked child of a process whose autograd engine has started its threads (any
     # earlier test in this pytest process) cannot run backward at all
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 600  # a hung collective must fail the test, not stall the suite
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
+    for attempt in range(3):  # the port is found free, closed, then bound by rank 0: a parallel test may take it first
+        ctx = mp.start_processes(_worker, args=(_free_port(), str(synthetic_cifar), str(out)), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + 600  # a hung collective must fail the test, not stall the suite
+        try:
+            while not ctx.join(timeout=5):
+                if time.monotonic() > deadline:
+                    for p in ctx.processes:
+                        p.kill()
+                    pytest.fail("the two DDP workers were still running after 600 s (a collective is waiting)")
+            return out
+        except mp.ProcessRaisedException as exc:
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
             for p in ctx.processes:
                 p.kill()
-            pytest.fail("the two DDP workers were still running after 600 s (a collective is waiting)")
-    return out
+    raise AssertionError("unreachable")
 
 
 # Bit-exact comparisons need the same kernels in every run (fixture in conftest.py).

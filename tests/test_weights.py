@@ -158,15 +158,14 @@ def test_save_replaces_atomically(saved: tuple[torch.nn.Module, Path], tmp_path:
 
 
 def test_pretrained_without_published_weights_is_honest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import socket
+    from ports import refusing_port
 
-    with socket.socket() as s:  # never ask the real Hub from a test: point it at a closed port
-        s.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
-    # (Not HF_HUB_OFFLINE: huggingface_hub reads it once, when first imported, for the whole session.)
-    monkeypatch.delenv("APERTURE_WEIGHTS_DIR", raising=False)
-    with pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="published weights resnet22.fast could not be "
-                       "fetched") as info:
+    # never ask the real Hub from a test: point it at a refusing port (not HF_HUB_OFFLINE: huggingface_hub reads
+    # it once, when first imported, for the whole session)
+    with refusing_port() as port, pytest.raises(aperture_zoo.NoPretrainedWeightsError, match="published weights "
+                                                "resnet22.fast could not be fetched") as info:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("APERTURE_WEIGHTS_DIR", raising=False)
         load("resnet22", pretrained=True, cards_dir=tmp_path)  # published but unreachable, no checkout copy: said plainly
     assert "cannot be reached" in str(info.value) and "weights=PATH" in str(info.value)
 
