@@ -36,6 +36,7 @@ class CardFacts:
     weights_sha256: str | None = None
     weights_size: int | None = None
     eval: dict[str, Any] | None = None
+    other_eval: dict[str, Any] | None = None  # an eval.json of other images (eval --unseen): never shown as the test set
     onnx_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # file name (any format) -> report
     runtimes: dict[str, Any] | None = None  # the runtime matrix, when measured
     has_onnx: bool = False
@@ -117,6 +118,8 @@ def _gather_derived(facts: CardFacts, name: str, source_dir: Path) -> None:
     checked = check_folder(source_dir, facts.weights_sha256, name)
     facts.files = frozenset(p.name for p in source_dir.iterdir())
     facts.eval, facts.onnx_reports, facts.runtimes = checked.eval, checked.reports, checked.runtimes
+    if isinstance(facts.eval, dict) and "test_set" in facts.eval:  # eval --unseen: the user's folder, not the split
+        facts.other_eval, facts.eval = facts.eval, None
     facts.has_onnx = any(f.endswith(ONNX_SUFFIX) for f in checked.reports) or bool(checked.onnx_files)
     facts.onnx_file = next((f for f in (ONNX_FILENAME, name + ONNX_SUFFIX) if f in checked.onnx_files), None)
 

@@ -8,6 +8,7 @@ in a class name is shown, not rendered, and a ``|`` does not break a table.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,7 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "report_top1": f"{s.report_top1_20ep:.2f}" if s.report_top1_20ep is not None else None,
         "eval_line": escape_md(f"{ev['top1']:.2f}% on {_fmt(ev.get('num_images'))} images on "
                                f"{ev.get('device', 'unknown device')}, {_speed(ev)}") if ev else None,
+        "other_eval_line": _other_eval_line(facts.other_eval),
         "per_class_table": _table(("class", "top-1 (%)"), [(c, "—" if v is None else f"{v:.2f}")
                                                           for c, v in per_class.items()]) if per_class else "",
         "onnx": _onnx_items(facts), "mixup": facts.uses_mixup, **_robustness_context(ev, carried),
@@ -201,6 +203,20 @@ def _context(facts: CardFacts) -> dict[str, Any]:
         "onnx_file": facts.onnx_file,  # the file this folder holds, else the one `aperture export` writes
         "has_temperature": carried,
     }
+
+
+def _other_eval_line(ev: dict[str, Any] | None) -> str | None:
+    """An ``eval --unseen`` eval.json, labelled as what it is: other images, on the evaluator's word (its fields are
+    anyone's text: checked, escaped)."""
+    if ev is None:
+        return None
+    ts = ev["test_set"] if isinstance(ev.get("test_set"), dict) else {}
+    top1, n, where = ev.get("top1"), ts.get("num_images"), ts.get("dataset")
+    score = f"{top1:.2f}% top-1 on " if isinstance(top1, (int, float)) and math.isfinite(top1) else ""
+    images = f"{n:,} images" if type(n) is int else "the images"
+    return (f"{score}{images} of {escape_md(where) if isinstance(where, str) else 'a folder'}, declared unseen by whoever "
+            "ran `aperture eval --unseen` (not checked image by image; nothing shows these weights never trained on "
+            "them)")
 
 
 def _robustness_context(ev: dict[str, Any] | None, carried: bool = True) -> dict[str, Any]:

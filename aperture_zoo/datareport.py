@@ -90,8 +90,10 @@ def folder_report(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str
     return analyse(load_folder(root, cache_dir=cache_dir))
 
 
-def analyse(decoded: DecodedFolder) -> DataReport:
-    """The report of a decoded folder, or a ``DataReportError`` for conflicting copies or too-small classes."""
+def analyse(decoded: DecodedFolder, split: bool = True) -> DataReport:
+    """The report of a decoded folder, or a ``DataReportError`` for conflicting copies or too-small classes.
+
+    ``split=False``: a folder scored whole (``eval --unseen``) is never split, so a class of one image is used."""
     scan = decoded.scan
     keep, duplicates = _deduplicate(decoded)
     report = DataReport(str(scan.root), scan.layout, {}, scan.manifest().sha256, len(scan.files),
@@ -104,7 +106,8 @@ def analyse(decoded: DecodedFolder) -> DataReport:
         else:
             report.classes[name] = {"images": int((labels == c).sum())}
     _check_test_copies(decoded, keep, scan.test_dir or "test")
-    _check_sizes(report, scan.test_dir or "test")
+    if split:
+        _check_sizes(report, scan.test_dir or "test")
     report.notes += _case_twins(scan.classes)
     return report
 

@@ -98,6 +98,12 @@ def dataset_name(dataset: str | os.PathLike[str] | None) -> str:
     return str(user_path(text).resolve())
 
 
+def public_dataset(name: str) -> str:
+    """A built-in dataset's name, or ``folder:NAME`` for a folder (never its path; "folder:" keeps a folder
+    called cifar10 from reading as the built-in one)."""
+    return name if name in BUILTIN or name.startswith("folder:") else f"folder:{Path(name).name}"
+
+
 def load_dataset(
     dataset: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,

@@ -18,7 +18,7 @@ LAYERS = [
     {"registry", "errors", "files", "filesets", "_lazy", "_version", "progress", "terminal"},
     {"model", "weights", "convert", "images", "data", "hub", "device", "calibration", "calibrators", "calibrator_fit",
      "corruptions", "labels", "folder", "folderscan", "manifest", "datareport",
-     "datasets", "provenance"},
+     "datasets", "unseen", "provenance"},
     {"catalog", "sources", "pretrained", "transforms", "summary", "predict"},
     {"card_facts", "card_text", "card_calibration", "cards", "publish", "samples"},
     {"train", "export"},

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from aperture_zoo.datasets import Dataset, dataset_name, load_dataset
+from aperture_zoo.datasets import Dataset, dataset_name, load_dataset, public_dataset
 from aperture_zoo.registry import ModelSpec
 
 from .finetune import InitSource, freeze_backbone, freeze_stages, load_init, resolve_init, same_head
@@ -190,12 +190,6 @@ def public_ref(ref: str) -> str:
         return ref
     local = ref.startswith("local-dir:")
     return ("local-dir:" if local else "") + Path(ref.removeprefix("local-dir:").rstrip("/\\")).name
-
-
-def public_dataset(name: str) -> str:
-    """A built-in dataset's name, or ``folder:NAME`` for a folder (never its path; "folder:" keeps a folder
-    called cifar10 from reading as the built-in one)."""
-    return name if name in ("cifar10", "cifar100") or name.startswith("folder:") else f"folder:{Path(name).name}"
 
 
 def _default_val(val_split: float | None, n_train: int) -> tuple[float, str, str | None]:

@@ -242,6 +242,10 @@ def temperature_to_write(result: EvalResult) -> tuple[float, dict[str, Any], str
     if e.get("temperature") is None or "ece_calibrated" not in e or "calibrator" not in e:
         raise EvalError(f"no calibrator was fitted ({e.get('calibrator_fitted_on', 'no calibration measured')}); "
                         "evaluate on more images to write one")
+    if isinstance(e.get("test_set"), dict):  # eval --unseen: the user's folder, in its own words
+        from aperture_zoo.unseen import test_set_line
+
+        return float(e["temperature"]), e["calibrator"], f"{test_set_line(e['test_set'], result.num_images)}, by aperture eval"
     return float(e["temperature"]), e["calibrator"], f"{result.num_images} test images, by aperture eval"
 
 
@@ -291,18 +295,22 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     sha = file_sha256(weights_file)
     refuse_other_weights_folder(out, sha, "an eval.json and figures of other weights would replace or sit beside "
                                 "its own")
-    report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
+    from .dataset_run import public_ref
+
+    # a file by its name only: eval.json travels (cards, Hub folders) and the path on this machine is nobody's business
+    report = {"model": model_name, "weights": public_ref(str(weights)) if weights else "pretrained",
               "weights_sha256": sha,
               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     made_from = {"weights_sha256": sha, "eval_sha256": hashlib.sha256(text.encode()).hexdigest()}
     atomic_write_text(out / EVAL_FILENAME, text)
+    ts = result.extra.get("test_set")  # eval --unseen: the figures say which images they show
+    n = f"{result.num_images} images" + (f" of {ts['dataset']}, declared unseen" if isinstance(ts, dict) else "")
     plot_confusion(result.confusion, result.classes, out / CONFUSION_FILENAME,
-                   title=f"{model_name}: top-1 {result.top1:.2f}% ({result.num_images} images)", made_from=made_from)
+                   title=f"{model_name}: top-1 {result.top1:.2f}% ({n})", made_from=made_from)
     if "reliability" in result.extra:
         e = result.extra
-        title = (f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% "
-                 f"({result.num_images} images)" if "ece_calibrated" in e else
-                 f"{model_name}: ECE {100 * e['ece']:.2f}%, no calibrator ({result.num_images} images)")
+        title = (f"{model_name}: ECE {100 * e['ece']:.2f}% -> {100 * e['ece_calibrated']:.2f}% ({n})"
+                 if "ece_calibrated" in e else f"{model_name}: ECE {100 * e['ece']:.2f}%, no calibrator ({n})")
         plot_reliability(e["reliability"], out / RELIABILITY_FILENAME, title=title, made_from=made_from)
     return report

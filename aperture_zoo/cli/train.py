@@ -171,13 +171,18 @@ def eval_cmd(
                                   help="Download CIFAR-10 (MD5-checked) if it is not found."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help=_DATASET_HELP + " Default: the one the "
                                           "weights were trained on (a folder: its held-out test images)."),
+    unseen: bool = typer.Option(False, "--unseen", help="Score EVERY image of --dataset DIR (DIR/<class>/<image>), "
+                                "which you declare these weights never trained on (new images collected later); its "
+                                "classes are matched to the model's by name. Only checked: DIR is not the training "
+                                "folder; eval.json records it as an unseen folder, never as the held-out test split."),
     subset: Optional[int] = typer.Option(None, "--subset", help="A stratified subset of N test images."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
     batch_size: int = typer.Option(1000, "--batch-size", "-b", help="Images per forward pass (>= 1)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Where eval.json/confusion.png go (default: beside the weights "
-                                       "file when it is yours, else eval-NAME)."),
+                                       "file when it is yours, else eval-NAME; with --unseen, its subfolder "
+                                       "unseen-FOLDER)."),
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help="Also test on corrupted copies: 'all' (gaussian_noise, gaussian_blur, "
         "jpeg_compression, contrast, brightness at severities 1-5, CIFAR-10-C parameters) or some, e.g. 'contrast:5,brightness'."),
@@ -192,7 +197,6 @@ def eval_cmd(
 ) -> None:
     """Test top-1, per-class accuracy, confusion matrix and calibration (ECE, NLL, Brier before and
     after the temperature); writes eval.json, confusion.png and reliability.png."""
-    from aperture_zoo.data import load_split, subset as take_subset
     from aperture_zoo.train.distributed import resolve_device
     from aperture_zoo.train.evaluate import evaluate, format_confusion, format_robustness, write_eval_report
     from aperture_zoo.progress import counting
@@ -201,6 +205,10 @@ def eval_cmd(
         from aperture_zoo.corruptions import parse_corruptions
 
         check_eval_options(batch_size, subset, write_temperature)
+        if unseen:  # before any model is loaded
+            from aperture_zoo.unseen import check_unseen_dataset
+
+            check_unseen_dataset(dataset)
         chosen = parse_corruptions(corruptions)
         if corruption_images is not None and not chosen:
             from aperture_zoo.train.evaluate import EvalError
@@ -213,6 +221,10 @@ def eval_cmd(
         model, used, used_sha256 = model_for_command(name, weights, pretrained)
         ref = weights if weights is not None else name if names_weights(name) else None
         out_dir = out or (used.parent if ref is not None and _on_this_disk(ref) else Path(f"eval-{model.spec.name}"))
+        if unseen and out is None:  # never in place of the held-out split's eval.json
+            from aperture_zoo.datasets import dataset_name
+
+            out_dir = out_dir / f"unseen-{Path(dataset_name(dataset)).name}"
         from aperture_zoo.catalog import refuse_other_weights_folder, refuse_published_folder
 
         refuse_other_weights_folder(out_dir, used_sha256, "an eval.json and figures of other weights would replace or "
@@ -221,15 +233,11 @@ def eval_cmd(
             refuse_published_folder(write_temperature.parent, None, "a re-calibrated copy of weights would sit beside "
                                     "them", fix="Write it elsewhere with --write-temperature FILE")
         dev = resolve_device(device)
-        from aperture_zoo.datasets import dataset_for_weights
-        from aperture_zoo.weights import decode_metadata
-
-        own = dataset_for_weights(dataset, data_dir, download, decode_metadata(getattr(model, "weights_metadata", {})),
-                                  say=lambda m: err_console.print(safe(m), highlight=False))
-        split = take_subset(own.test if own is not None else load_split("test", data_dir, download), subset, 0)
-        what = safe(f"evaluating {name} on {len(split):,} test images ({dev.type})")
-        with counting(err_console, len(split), what) as advance:
+        split, test_set, scored = _test_images(model, dataset, unseen, data_dir, download, subset)
+        with counting(err_console, len(split), safe(f"evaluating {name} on {scored} ({dev.type})")) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
+        if test_set is not None:
+            result.extra["test_set"] = test_set
         if chosen:
             from aperture_zoo.train.robustness import evaluate_corruptions
 
@@ -243,17 +251,45 @@ def eval_cmd(
     if json_out:
         print_json(report)
         return
-    console.print(f"[bold]{safe(name)}[/] on {result.num_images} test images{' (flip TTA)' if tta else ''}: "
+    scored = scored if test_set is not None else f"{result.num_images} test images"
+    console.print(f"[bold]{safe(name)}[/] on {safe(scored)}{' (flip TTA)' if tta else ''}: "
                   f"top-1 [bold]{result.top1:.2f}%[/], loss {result.loss:.4f}, "
                   f"{result.images_per_s:,.0f} img/s on {result.device}", highlight=False)
     for cls, acc in result.per_class_top1.items():  # the user's class names: no markup, [brackets] kept
         console.print(f"  {fragment(cls):<12} " + ("   no images" if acc is None else f"{acc:6.2f}%"), highlight=False,
                       markup=False)
     console.print(format_confusion(result), highlight=False, markup=False)
+    if test_set is not None:
+        console.print(f"checked: {safe(test_set['checked'])}; that none of these images was trained on is your "
+                      "declaration", highlight=False)
     for line in format_robustness(result.extra):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {safe(out_dir / 'eval.json')}, {safe(out_dir / 'confusion.png')} and "
                   f"{safe(out_dir / 'reliability.png')}", highlight=False)
+
+
+def _test_images(model: Any, dataset: Optional[str], unseen: bool, data_dir: Optional[Path], download: bool,
+                 subset: Optional[int]) -> tuple[Any, Optional[dict], str]:
+    """(split, eval.json's test_set or None, what was scored in words): the held-out split of the weights'
+    dataset, or with ``--unseen`` every image of the user's folder."""
+    from aperture_zoo.data import load_split, subset as take_subset
+    from aperture_zoo.datasets import dataset_for_weights
+    from aperture_zoo.weights import decode_metadata
+
+    meta = decode_metadata(getattr(model, "weights_metadata", {}))
+    say = lambda m: err_console.print(safe(m), highlight=False)  # noqa: E731
+    if not unseen:
+        own = dataset_for_weights(dataset, data_dir, download, meta, say=say)
+        split = take_subset(own.test if own is not None else load_split("test", data_dir, download), subset, 0)
+        return split, None, f"{len(split):,} test images"
+    from aperture_zoo.unseen import test_set_line, unseen_folder
+
+    folder = unseen_folder(dataset, meta, model.spec.label_names, say=say)
+    for line in folder.report_lines:  # classes, skipped files, copies used once: nothing dropped unsaid
+        err_console.print(line, highlight=False, markup=False)
+    split = take_subset(folder.split, subset, 0)
+    test_set = {**folder.record, "num_images": len(split)}
+    return split, test_set, test_set_line(test_set, len(split))
 
 
 def _on_this_disk(ref: str) -> bool:
