@@ -74,7 +74,7 @@ class DemoModel:
     file: str | None = None             # ONNX file name inside the models folder
     bytes: int | None = None
     weights_sha256: str | None = None   # the weights the files were exported from
-    top1: float | None = None           # CIFAR-10 test top-1 % recorded with the weights
+    top1: float | None = None           # test top-1 % the weights record (a run on your data: its test split)
     reason: str | None = None           # why it is not available
     labels: list[str] | None = None
     input_size: list[int] | None = None
@@ -82,6 +82,7 @@ class DemoModel:
     precision: str | None = None         # the default precision
     notes: list[str] | None = None       # e.g. why there is no int8 file
     source_sha256: str | None = None     # your own file (--onnx): SHA-256 of the file it was copied from
+    weights_note: str | None = None      # the name's weights came from $APERTURE_WEIGHTS_DIR: not the published ones
 
     def __post_init__(self) -> None:
         if self.files and isinstance(self.files[0], dict):  # read back from models.json
@@ -247,27 +248,46 @@ def export_for_demo(model: Any, models_dir: str | os.PathLike[str], weights_sha2
         check_replaceable(models_dir, [*replaced, *new], stage)
         move_in(stage, models_dir, new, replaced)
         _record_written(models_dir, new)
-    spec = model.spec
     precision = default_precision(files)
     chosen = next(f for f in files if f.precision == precision)
-    return DemoModel(
+    return _from_files(DemoModel(
         name=name, params=sum(p.numel() for p in model.parameters()), available=True, file=chosen.file,
-        bytes=chosen.bytes, weights_sha256=weights_sha256, labels=list(spec.label_names),
-        input_size=list(spec.input_size), files=files, precision=precision,
+        bytes=chosen.bytes, weights_sha256=weights_sha256, files=files, precision=precision,
         notes=(notes + ([] if data_dir is not None else [NO_CALIBRATION])) or None,
-    )
+    ), models_dir)
 
 
 def _describe(path: Path, model: Any, made_from: str) -> DemoFile:
-    """A staged file as the page's menu shows it, with its agreement figure if its report vouches for it."""
+    """A staged file as the page's menu shows it, with its agreement figure if its report vouches for it
+    (its calibration: ``_from_files``, once it is moved in)."""
     stem = path.name.removesuffix(".onnx")
     tta = stem.endswith(".tta")
     precision = FLIP if tta else (stem.removeprefix(model.spec.name).lstrip(".") or "fp32")
     agreement = validation_agreement(path.with_name(stem + REPORT_SUFFIX), path, made_from)
+    return DemoFile(precision, path.name, path.stat().st_size, *(agreement if agreement else (None, None)), tta=tta,
+                    sha256=file_sha256(path))
+
+
+def _model_facts(clf: Any) -> dict[str, Any]:
+    """What models.json tells the page about a model, from the file it runs (``clf`` an ``OnnxClassifier``):
+    the one rule for exports of a name's weights and for your ``--onnx`` files. A name's registry spec
+    proves nothing: ``$APERTURE_WEIGHTS_DIR`` may hold a 2-class run of it."""
+    return {"labels": list(clf.labels), "input_size": [3, clf.image_size[1], clf.image_size[0]]}
+
+
+def _from_files(entry: DemoModel, models_dir: Path) -> DemoModel:
+    """``entry`` with its class names, input size and each file's calibration read from its files (a reused
+    entry's models.json may predate that rule)."""
     from .export.predict import OnnxClassifier
 
-    return DemoFile(precision, path.name, path.stat().st_size, *(agreement if agreement else (None, None)), tta=tta,
-                    **_calibration(OnnxClassifier(path, provider="cpu")), sha256=file_sha256(path))
+    for f in entry.files or []:
+        clf = OnnxClassifier(models_dir / f.file, provider="cpu")
+        for key, value in _calibration(clf).items():
+            setattr(f, key, value)
+        if f.file == entry.file:
+            for key, value in _model_facts(clf).items():
+                setattr(entry, key, value)
+    return entry
 
 
 def _flip_result(model: Any, stage: Path, weights_sha256: str | None, validate: bool, exporter: str,
@@ -379,9 +399,8 @@ def _own_entry(src: Path, names: set[str], stage: Path) -> DemoModel:
     file = DemoFile(FLIP if tta and precision == "fp32" else precision, target, size, tta=tta,
                     **_calibration(clf), sha256=source_sha)
     return DemoModel(name=name, params=params, available=True, file=target, bytes=size,
-                     weights_sha256=meta.get("weights_sha256"), labels=list(clf.labels),
-                     input_size=[3, clf.image_size[1], clf.image_size[0]], files=[file], precision=file.precision,
-                     source_sha256=source_sha)
+                     weights_sha256=meta.get("weights_sha256"), **_model_facts(clf), files=[file],
+                     precision=file.precision, source_sha256=source_sha)
 
 
 def prepare_models(
@@ -396,7 +415,7 @@ def prepare_models(
     from the same weights) and an int8 file is there when ``data_dir`` is given, so only the first
     run pays for the exports. Models without published weights are listed as such.
     """
-    from .pretrained import model_from
+    from .pretrained import model_from, unpublished_note
     from .summary import parameter_count
     from .weights import decode_metadata
 
@@ -409,7 +428,6 @@ def prepare_models(
     previous = _read_manifest(models_dir)
     entries = []
     for name in list_models():
-        spec = get_spec(name)
         weights = published_weights(name) if name in wanted else None
         if weights is None:
             reason = NO_WEIGHTS if name in wanted else "not selected for this demo"
@@ -420,12 +438,12 @@ def prepare_models(
         if _reusable(old, models_dir, sha, data_dir):
             say(f"{name}: up to date ({', '.join(f['file'] for f in old['files'])})")  # type: ignore[index]
             known = {f.name for f in fields(DemoModel)}
-            entry = DemoModel(**{k: v for k, v in old.items() if k in known})  # type: ignore[union-attr]
+            entry = _from_files(DemoModel(**{k: v for k, v in old.items() if k in known}), models_dir)  # type: ignore[union-attr]
         else:
             say(f"{name}: exporting to ONNX fp32, fp16{', int8' if data_dir else ''}, fp32-flip (once; later runs reuse them)")
             entry = export_for_demo(model_from(weights), models_dir, sha, data_dir=data_dir)
-        entry.top1 = decode_metadata(weights.metadata).get("test_top1")
-        entry.labels, entry.input_size = list(spec.label_names), list(spec.input_size)
+        entry.top1 = decode_metadata(weights.metadata).get("test_top1")  # the file's own record, as its labels are
+        entry.weights_note = unpublished_note(weights)
         entries.append(entry)
     write_manifest(models_dir, entries)
     return entries

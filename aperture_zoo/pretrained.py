@@ -3,8 +3,10 @@
 Resolution order for ``load(name, pretrained=True)``:
 
 1. ``weights=`` — an explicit safetensors path, ``local-dir:DIR`` or ``hf-hub:ORG/NAME[@rev]``;
-2. a local directory: ``$APERTURE_WEIGHTS_DIR`` holding ``<name>/model.safetensors`` (or
-   ``<name>.safetensors``);
+2. a local directory, for an architecture's name only (``resnet10``, never a tag such as
+   ``resnet10.fast``: a tag names its pinned file): ``$APERTURE_WEIGHTS_DIR`` holding
+   ``<name>/model.safetensors`` (or ``<name>.safetensors``), unpinned, so every command says it is not
+   the published weights (``unpublished_note``);
 3. the published record's Hugging Face Hub repo (``aperture_zoo.catalog``): its ``hub_repo`` at its
    pinned revision, else ``$APERTURE_HUB_ORG/<name>`` (default org ``aperture-zoo``) at ``main``,
    through ``hf_hub_download`` and its cache (``HF_HOME``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``
@@ -75,6 +77,7 @@ class Source:
     record: Weights | None = None  # the published record behind it, if any
     fallback: Source | None = None  # the checkout copy, tried when the Hub cannot serve
     looked: tuple[str, ...] = ()   # places already found empty, for the error when nothing serves
+    env_dir: bool = False          # $APERTURE_WEIGHTS_DIR's file answered a name: unpinned, not the published weights
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,10 @@ def resolve_source(
     if weights is not None:
         return _explicit_source(str(weights), arch, name, record)
     looked: list[str] = []
-    found = _env_dir_weights(arch)
+    found = _env_dir_weights(arch) if name == arch else None  # a tag names its pinned file, never an unpinned one
     if found is not None:
-        return Source("file", str(found), arch, record=record)
-    if os.environ.get("APERTURE_WEIGHTS_DIR"):
+        return Source("file", str(found), arch, record=record, env_dir=True)
+    if os.environ.get("APERTURE_WEIGHTS_DIR") and name == arch:
         looked.append(f"$APERTURE_WEIGHTS_DIR={os.environ['APERTURE_WEIGHTS_DIR']} (no {arch}/{WEIGHTS_FILENAME})")
     if record is None:
         looked.append(f"the catalog (no published weights for {name})")
@@ -210,6 +213,18 @@ def read(fetched: hub.Fetched | LocalFile, source: Source) -> Loaded:
     fetched.check(digest)
     tensors, meta = state_dict_from_bytes(data, fetched.path)
     return Loaded(tensors, meta, digest, fetched.path, source)
+
+
+def unpublished_note(loaded: Loaded) -> str | None:
+    """The one line every command shows when ``$APERTURE_WEIGHTS_DIR`` answered a name with other bytes
+    than the published ones (None otherwise): its answers, card or exports are not the zoo's."""
+    source = loaded.source
+    if not source.env_dir or (source.record is not None and loaded.sha256 == source.record.sha256):
+        return None
+    published = (f"those are {source.record.tag}: name that tag for them" if source.record is not None
+                 else f"none are published for {source.arch}")
+    return (f"{source.arch}: {loaded.path} (from $APERTURE_WEIGHTS_DIR, SHA-256 {loaded.sha256[:12]}...) is NOT "
+            f"the published weights but yours; {published}")
 
 
 def fetch_weights(
@@ -309,7 +324,7 @@ def load(
     (``"resnet22.fast"``, see ``list_pretrained()``) or a source: ``"hf-hub:ORG/NAME[@rev]"``,
     ``"local-dir:DIR"`` or a path to a ``model.safetensors``. Weights are searched in the order given
     in this module's docstring: ``weights=`` (path, ``local-dir:``, ``hf-hub:``) -> ``$APERTURE_WEIGHTS_DIR``
-    -> the record's Hub repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's
+    (a name only, never a tag) -> the record's Hub repo (SHA-256 pinned) -> ``<cards_dir>/<arch>/`` (default: the checkout's
     ``model_cards/``, pinned too). Whatever the source, the model has the file's own architecture, head,
     class names, mean/std and temperature: a source (path, ``local-dir:``, ``hf-hub:``) names a file, so its
     weights load unless ``pretrained=False`` is given explicitly (then the architecture alone). ``overrides`` change the architecture (``num_classes=100``):

@@ -13,7 +13,7 @@ from pathlib import Path
 import warnings
 
 from .files import read_json
-from .pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError, load
+from .pretrained import NoPretrainedWeightsError, PublishedWeightsUnavailableError, open_model, unpublished_note
 from .predict import UncalibratedWarning, predict_proba
 from .registry import list_models
 
@@ -28,6 +28,7 @@ class SampleResult:
     predictions: list[tuple[str, str, float]] = field(default_factory=list)  # (file, predicted, probability)
     correct: int = 0
     temperature: float | None = None          # the probabilities are softmax(logits / T), as predict gives them
+    note: str | None = None                   # $APERTURE_WEIGHTS_DIR's file answered: not the published weights
 
     @property
     def accuracy(self) -> float | None:
@@ -47,7 +48,7 @@ def classify_samples(models: list[str] | None = None) -> list[SampleResult]:
     results = []
     for name in models or list_models():
         try:
-            model = load(name, pretrained=True)
+            model, loaded = open_model(name)  # what load(name, pretrained=True) reads, and where it came from
         except PublishedWeightsUnavailableError as exc:
             results.append(SampleResult(name, published=True, unavailable=str(exc)))
             continue
@@ -59,7 +60,7 @@ def classify_samples(models: list[str] | None = None) -> list[SampleResult]:
             probs = predict_proba(model, [p for p, _ in images])  # the one rule `predict` follows too
         top = probs.max(1)
         labels = model.spec.label_names
-        res = SampleResult(name, published=True, temperature=model.temperature)
+        res = SampleResult(name, published=True, temperature=model.temperature, note=unpublished_note(loaded))
         for (path, truth), idx, prob in zip(images, top.indices.tolist(), top.values.tolist()):
             res.predictions.append((path.name, labels[idx], prob))
             res.correct += labels[idx] == truth

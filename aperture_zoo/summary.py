@@ -36,16 +36,16 @@ def measure(name: str | ModelSpec) -> dict[str, int]:
     return {"params": count_parameters(model), "flops": int(counter.get_total_flops())}
 
 
-def local_weights_metadata(name: str) -> dict[str, Any] | None:
-    """Metadata of the weights ``load(name, pretrained=True)`` would use from this disk (None if none)."""
-    from .pretrained import NoPretrainedWeightsError, resolve_weights
-    from .weights import WeightsError, decode_metadata, read_metadata
+def local_weights(name: str) -> Any:
+    """The weights ``load(name, pretrained=True)`` would use from this disk, read once (a ``pretrained.Loaded``;
+    None if none)."""
+    from .pretrained import NoPretrainedWeightsError, fetch_weights
+    from .weights import WeightsError
 
     try:
-        path = resolve_weights(name)
+        return fetch_weights(name, download=False)
     except (NoPretrainedWeightsError, WeightsError):
         return None
-    return {"path": str(path), **decode_metadata(read_metadata(path))}
 
 
 def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any]]:
@@ -86,26 +86,23 @@ def zoo_rows(pattern: str = "*", with_flops: bool = False) -> list[dict[str, Any
 def model_info(name: str, loaded: Any = None) -> dict[str, Any]:
     """Everything `aperture info` shows: spec, measured size and FLOPs, weights metadata.
 
-    ``loaded`` (a ``pretrained.Loaded``: weights given as a path, ``local-dir:``, ``hf-hub:`` or a tag)
-    describes that file with its own spec (head, classes, mean/std); else the registry's spec of
-    ``name`` and the weights ``load(name, pretrained=True)`` would use from this disk.
+    ``loaded`` (a ``pretrained.Loaded``: weights given as a path, ``local-dir:``, ``hf-hub:`` or a tag), else
+    the weights ``load(name, pretrained=True)`` would use from this disk, is described with its own spec (head,
+    classes, mean/std: a file in $APERTURE_WEIGHTS_DIR may be a 2-class run); without weights, the registry's
+    spec of ``name``.
     """
     from .catalog import find_weights
-    from .files import file_sha256
+    from .pretrained import file_spec, unpublished_note
+    from .weights import decode_metadata
 
+    loaded = loaded if loaded is not None else local_weights(name)
     if loaded is not None:
-        from .pretrained import file_spec
-        from .weights import decode_metadata
-
         spec = file_spec(loaded)
         record = find_weights(spec.name)
         weights: dict[str, Any] | None = {"path": str(loaded.path), **decode_metadata(loaded.metadata)}
         published = record is not None and loaded.sha256 == record.sha256
     else:
-        spec = get_spec(name)
-        record = find_weights(name)
-        weights = local_weights_metadata(name)
-        published = weights is not None and record is not None and file_sha256(weights["path"]) == record.sha256
+        spec, weights, published = get_spec(name), None, False
     facts = measure(spec)
     return {
         "name": spec.name,
@@ -117,4 +114,5 @@ def model_info(name: str, loaded: Any = None) -> dict[str, Any]:
         "macs_per_image": facts["flops"] // 2,
         "weights": weights,
         "weights_published": published,
+        "weights_note": None if loaded is None else unpublished_note(loaded),
     }

@@ -89,6 +89,34 @@ def test_a_published_file_changed_on_disk_is_exported_again(published: dict) -> 
     assert published["exports"] == ["resnet10"] * 3 and (out / "resnet10.fp16.onnx").is_file()
 
 
+def test_a_names_env_dir_weights_are_shown_with_their_own_labels_read_from_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `aperture demo resnet10` with a 2-class run in $APERTURE_WEIGHTS_DIR exported it but told the
+    page the registry's ten CIFAR-10 labels, so its cat output was shown as "airplane". models.json's facts come
+    from the exported file, as for --onnx files, also when an earlier models.json said otherwise."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    mine = _tiny(0, num_classes=2, class_names=("cat", "dog"))
+    mine.temperature = 1.5
+    save_weights(mine, tmp_path / "w" / "resnet10" / "model.safetensors")
+    monkeypatch.setenv("APERTURE_WEIGHTS_DIR", str(tmp_path / "w"))
+    real = demo.export_for_demo
+    monkeypatch.setattr(demo, "export_for_demo", lambda m, out, sha=None, **kw: real(m, out, sha, validate=False,
+                                                                                          exporter="legacy"))
+    out = tmp_path / "models"
+    (entry,) = (e for e in demo.prepare_models(out, ["resnet10"]) if e.available)
+    assert entry.labels == ["cat", "dog"] and entry.input_size == [3, 32, 32]
+    assert "NOT the published weights" in entry.weights_note and {f.temperature for f in entry.files} == {1.5}
+    doc = json.loads((out / demo.MANIFEST).read_text())
+    doc["models"][0].update(labels=["airplane", "automobile"], input_size=[3, 64, 64])  # an older run's facts
+    doc["models"][0]["files"][0].update(temperature=None, calibrated=False, calibrator=None)
+    (out / demo.MANIFEST).write_text(json.dumps(doc))
+    monkeypatch.setattr(demo, "export_for_demo", None)  # reused: an export would fail
+    (again,) = (e for e in demo.prepare_models(out, ["resnet10"]) if e.available)
+    assert again.labels == ["cat", "dog"] and again.input_size == [3, 32, 32] and again.files[0].temperature == 1.5
+    assert json.loads((out / demo.MANIFEST).read_text())["models"][0]["labels"] == ["cat", "dog"]
+
+
 # ------------------------------------------------------------------------------------ the server
 
 

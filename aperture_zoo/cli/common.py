@@ -140,7 +140,7 @@ def open_for_command(name: str, weights: str | None = None, pretrained: bool = F
 
     weights_choice(name, weights, pretrained)
     if weights is None:  # the published weights of a name, or a tag / source given as the model
-        return fetch_weights(name)
+        return say_unpublished(fetch_weights(name))
     loaded = fetch_weights(name, weights)
     arch, spec = loaded.source.arch, spec_from_metadata(loaded.metadata)
     if spec is not None and spec.name != arch:
@@ -148,6 +148,17 @@ def open_for_command(name: str, weights: str | None = None, pretrained: bool = F
             f"{str(weights)!r} holds weights for {spec.name}, not {arch}; name that model instead "
             f"(e.g. `aperture eval {spec.name} --weights {weights}`), or pass the file alone as the model"
         )
+    return loaded
+
+
+def say_unpublished(loaded: Any) -> Any:
+    """``loaded``, after one ``note:`` line on stderr when $APERTURE_WEIGHTS_DIR's file answered the name
+    (``pretrained.unpublished_note``): whatever the command prints or writes is not the published weights'."""
+    from aperture_zoo.pretrained import unpublished_note
+
+    note = unpublished_note(loaded)
+    if note is not None:
+        err_console.print(f"note: {safe(note)}", highlight=False, soft_wrap=True)
     return loaded
 
 

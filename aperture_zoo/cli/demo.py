@@ -58,6 +58,8 @@ def demo_cmd(
                                                    and f.precision != "fp32" else "") for f in e.files)
             own = f" (your file; classes {', '.join(map(fragment, e.labels or []))})" if e.source_sha256 else ""
             console.print(f"  {safe(fragment(e.name))}: {safe(shown)}; default {safe(e.precision)}{safe(own)}", highlight=False)
+    for note in dict.fromkeys(e.weights_note for e in entries if e.weights_note):
+        err_console.print(f"note: {safe(note)}", highlight=False, soft_wrap=True)
     if data is None:
         err_console.print("[yellow]no int8 files:[/] int8 needs CIFAR-10 to calibrate on; pass --data-dir", highlight=False)
     if missing:

@@ -162,11 +162,14 @@ def samples_cmd(
         show = show or "resnet22"
         results = classify_samples(models or None)
     if json_out:
-        print_json([{"model": r.model, "published": r.published, "accuracy": r.accuracy,
+        print_json([{"model": r.model, "published": r.published, "note": r.note, "accuracy": r.accuracy,
                      "calibrated": r.temperature is not None, "temperature": r.temperature,
                      "predictions": [{"image": f, "label": p, "probability": q} for f, p, q in r.predictions]}
                     for r in results])
         return
+    for r in results:  # $APERTURE_WEIGHTS_DIR's file answered: said once, before its answers
+        if r.note:
+            err_console.print(f"note: {safe(r.note)}", highlight=False, soft_wrap=True)
     truth = {p.name: label for p, label in sample_images()}
     shown = next((r for r in results if r.model == show and r.predictions), None)
     if shown is not None:

@@ -161,7 +161,7 @@ function fillPrecisions(entry, chosen) {
     select.append(option);
   }
   select.value = chosen;
-  const notes = entry.notes?.length ? entry.notes.join("; ") : "";
+  const notes = [entry.weights_note, ...(entry.notes || [])].filter(Boolean).join("; ");
   $("precision-note").textContent = notes;
   $("precision-note").hidden = !notes;
 }
