@@ -22,6 +22,9 @@ for _var in ("APERTURE_WEIGHTS_DIR", "APERTURE_HUB_ORG", "APERTURE_RUNTIMES_DIR"
 _caches = tempfile.mkdtemp(prefix="aperture-test-caches-")  # the decode cache and the Hub client's: the suite's own
 os.environ["APERTURE_DATA"], os.environ["HF_HOME"] = os.path.join(_caches, "data"), os.path.join(_caches, "hf")
 atexit.register(shutil.rmtree, _caches, True)  # tests that need a cache of their own still set one
+# huggingface_hub reads HF_HUB_OFFLINE/HF_ENDPOINT once, when first imported: imported here, in this clean environment,
+# so a test that sets HF_HUB_OFFLINE for itself cannot, by running first in a worker, put that worker's client offline.
+import huggingface_hub.constants  # noqa: E402, F401
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on the machine's cores: one torch thread each (and in the
