@@ -134,6 +134,21 @@ def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
+def unfit_reason(logits: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why no calibrator may be fitted on these logits (None: one may): the model gets every image right.
+
+    A calibrator learns how often the model is wrong at each confidence; on a set without a wrong
+    answer the NLL only falls as T -> 0, and the "calibrated" model would be the most overconfident one.
+    One wrong answer bounds T away from 0 (its loss grows as 1/T), and the held-out choice of kind
+    (``choose_calibrator``) then penalises a fit that is overconfident on the other half.
+    """
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    if len(y) and bool((z.argmax(1) != y).any()):
+        return None
+    return (f"the model gets all {len(y)} images right, so nothing shows how often it is wrong at each confidence "
+            "(a calibrator fitted there only learns to be overconfident)")
+
+
 def can_cross_fit(labels: np.ndarray) -> bool:
     """Whether both stratified halves hold ``MIN_HALF`` images: below that a fit is noise."""
     return min(map(len, stratified_halves(labels))) >= MIN_HALF

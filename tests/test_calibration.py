@@ -433,3 +433,32 @@ def test_the_card_of_weights_without_a_calibrator_never_claims_the_one_eval_fitt
             f"eval` fitted a **{kind}** calibrator") in readme
     assert "| **softmax(logits)**: what these weights give |" in readme and "calibrator fitted by eval, not in" in readme
     assert "--write-temperature FILE" in readme
+
+
+def _separable(n: int = 60, classes: int = 3, wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += 4.0  # every image right, with margins of a few logits
+    for i in range(wrong):
+        logits[i, labels[i]] -= 12.0
+    return logits, labels
+
+
+def test_a_split_the_model_gets_all_right_yields_no_calibrator() -> None:
+    """Regression (tenth hostile try, X2): a fine-tune with a 100 %-right validation split shipped temperature 0.026
+    as "calibrated" (cat 100.0 %), worsening the test NLL from 0.21 to 1.93."""
+    from aperture_zoo.calibration import unfit_reason
+    from aperture_zoo.train.calibrate import fit_val_calibration, logit_figures
+
+    logits, labels = _separable()
+    assert "gets all 60 images right" in unfit_reason(logits, labels)
+    run = fit_val_calibration(logits, logits, labels)  # the mirrored logits: the same here
+    assert set(run) == {"calibration_not_fitted"} and "all 60 images right" in run["calibration_not_fitted"]
+    assert fit_temperature(logits, labels) < 0.1  # what a fit there would have shipped: near its lower bound
+    figures = logit_figures(logits, None, labels, torch.nn.Identity())
+    assert "calibrator" not in figures and figures["calibrator_fitted_on"].startswith("not fitted: the model gets all")
+    one_wrong, labels = _separable(wrong=1)  # one wrong answer bounds T away from 0
+    assert unfit_reason(one_wrong, labels) is None
+    fitted = fit_val_calibration(one_wrong, one_wrong, labels)
+    assert fitted["temperature"] > 0.3 and fitted["calibrator"]["kind"]

@@ -135,6 +135,7 @@ def test_eval_writes_the_temperature_it_fits_to_a_new_file(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     meta = decode_metadata(read_metadata(out))
     report = json.loads((run / "eval.json").read_text())
+    assert report["weights"] == "model.safetensors" and str(tmp_path) not in (run / "eval.json").read_text()  # travels
     assert meta["temperature"] == pytest.approx(report["temperature"], rel=1e-5)
     assert meta["temperature_fitted_for_sha256"] == before == file_sha256(weights)  # the source is untouched
     assert meta["temperature_fitted_on"] == "72 test images, by aperture eval"

@@ -21,12 +21,16 @@ from aperture_zoo.calibrators import CROSS_FITTED  # noqa: E402  (re-exported: e
 def fit_val_calibration(plain: np.ndarray, mirrored: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The run's calibrators and one-temperature fit, by NLL on its validation split's logits (of the
     images and their mirrors, ``evaluate.split_logits``): metadata for model.safetensors
-    (``calibrator`` for plain outputs, ``calibrator_tta`` for flip-averaged ones)."""
-    from aperture_zoo.calibration import fit_calibrator, fit_temperature
+    (``calibrator`` for plain outputs, ``calibrator_tta`` for flip-averaged ones). A split with too few
+    wrong answers gets none: ``calibration_not_fitted`` says why (the run prints it)."""
+    from aperture_zoo.calibration import fit_calibrator, fit_temperature, unfit_reason
 
     plain = np.asarray(plain, dtype=np.float64)
     averaged = 0.5 * (plain + np.asarray(mirrored, dtype=np.float64))
     y = np.asarray(labels)
+    reason = unfit_reason(plain, y) or unfit_reason(averaged, y)
+    if reason is not None:
+        return {"calibration_not_fitted": f"no calibrator fitted on the validation split: {reason}"}
     return {"temperature": round(fit_temperature(plain, y), 6), "temperature_fitted_on": VAL_FITTED,
             "calibrator": fit_calibrator(plain, y, VAL_FITTED).rounded().to_dict(),
             "calibrator_tta": fit_calibrator(averaged, y, VAL_FITTED).rounded().to_dict()}
@@ -51,7 +55,8 @@ def _figures(logits: np.ndarray, labels: np.ndarray, own: Any, temperature: floa
     cross-fitted on the test images (and the calibrator fitted on all of them, to publish).
     ``shifted``: corrupted copies' logits (name -> (logits, their rows' indices into ``logits``)),
     scored with the calibrators fitted on the clean images."""
-    from aperture_zoo.calibration import MIN_HALF, can_cross_fit, cross_fit, fit_calibrator, fit_temperature, report
+    from aperture_zoo.calibration import (MIN_HALF, can_cross_fit, cross_fit, fit_calibrator, fit_temperature, report,
+                                          unfit_reason)
 
     if own is not None and own.fitted_on == VAL_FITTED:
         fig = report(logits, labels, own, temperature)
@@ -62,7 +67,7 @@ def _figures(logits: np.ndarray, labels: np.ndarray, own: Any, temperature: floa
         if "temperature_scaling" in out:
             out["temperature_scaling"]["temperature"] = temperature
             out.update(temperature=temperature, temperature_fitted_on=VAL_FITTED)
-    elif can_cross_fit(labels):
+    elif can_cross_fit(labels) and unfit_reason(logits, labels) is None:
         fig = cross_fit(logits, labels, others=shifted)
         out = _flat(fig)
         out.update(calibrator=fit_calibrator(logits, labels, CROSS_FITTED).rounded().to_dict(),
@@ -70,11 +75,11 @@ def _figures(logits: np.ndarray, labels: np.ndarray, own: Any, temperature: floa
         # the one temperature fitted on all the images (eval.json's key since before calibrators)
         out["temperature"] = out["temperature_scaling"]["temperature"] = fit_temperature(logits, labels)
         out["temperature_fitted_on"] = CROSS_FITTED
-    else:  # a calibrator fitted on a handful is noise
+    else:  # a calibrator fitted on a handful, or on a set with (almost) no errors, is noise
         fig = report(logits, labels, None)
         out = _flat(fig)
-        out["calibrator_fitted_on"] = out["temperature_fitted_on"] = (
-            f"not fitted: too few images to cross-fit a calibrator (each half needs at least {MIN_HALF})")
+        out["calibrator_fitted_on"] = out["temperature_fitted_on"] = f"not fitted: {unfit_reason(logits, labels)}" if can_cross_fit(
+            labels) else f"not fitted: too few images to cross-fit a calibrator (each half needs at least {MIN_HALF})"
     out["reliability"] = fig["reliability"]
     if fig.get("others"):
         out["calibration_under_shift"] = {

@@ -295,7 +295,10 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     sha = file_sha256(weights_file)
     refuse_other_weights_folder(out, sha, "an eval.json and figures of other weights would replace or sit beside "
                                 "its own")
-    report = {"model": model_name, "weights": str(weights) if weights else "pretrained",
+    from .dataset_run import public_ref
+
+    # a file by its name only: eval.json travels (cards, Hub folders) and the path on this machine is nobody's business
+    report = {"model": model_name, "weights": public_ref(str(weights)) if weights else "pretrained",
               "weights_sha256": sha,
               "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **result.to_dict()}
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"

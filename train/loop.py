@@ -112,6 +112,8 @@ def _fit(cfg: TrainConfig, info: D.DistInfo, device: torch.device, stack: contex
         # a held-out split calibrates the run: its calibrators, fitted by NLL, go into the metadata
         calibration = fit_val_calibration(*split_logits(state.eval_model, data.val.images, data.val.labels, data.mean,
                                                         data.std, run.recipe.eval_batch_size)) if data.val is not None else {}
+        if calibration.get("calibration_not_fitted"):  # predict then says "uncalibrated", and the run says why
+            _say(f"{calibration['calibration_not_fitted']}; predict gives uncalibrated probabilities")
         _write_outputs(result, state.eval_model, r, calibration)
     D.barrier(info)
     return result
