@@ -136,7 +136,7 @@ def test_train_seeds_refuses_bad_counts_and_resume(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["train", "resnet10", "--seeds", "0"])
     assert r.exit_code == 2 and "--seeds must be at least 1" in r.output
     r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--seeds", "2"])
-    assert r.exit_code == 2 and "--resume continues one run" in r.output
+    assert r.exit_code == 2 and "--resume continues runs as they were started" in r.output
 
 
 def test_train_zoo_seeds_summary_gives_mean_and_std(synthetic_cifar: Path, tmp_path: Path) -> None:

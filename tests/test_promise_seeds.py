@@ -51,7 +51,8 @@ def test_seeds_are_refused_with_resume_or_below_one(tmp_path: Path) -> None:
     asked: list[TrainConfig] = []
     with pytest.raises(TrainingError) as info:
         fit_seeds(TrainConfig(resume=tmp_path / "run"), 2, _fake_fit(asked))
-    assert str(info.value) == "--seeds starts new runs; --resume continues one run: resume each seed's folder alone"
+    assert str(info.value) == ("--seeds starts new runs; --resume continues runs as they were started: resume the "
+                               "--seeds --out folder (every seed) or one seed's folder, without --seeds")
     with pytest.raises(TrainingError, match="--seeds must be at least 1, got 0"):
         fit_seeds(TrainConfig(model="resnet10"), 0, _fake_fit(asked))
     # ninth hostile try, N5: no upper bound, and a bad seed or a taken seed folder was found only at its turn

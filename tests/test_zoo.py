@@ -50,7 +50,7 @@ def test_trains_checks_and_summarises_in_the_order_given(zoo) -> None:
     doc = json.loads((zoo.runs_dir / "summary.json").read_text())
     assert [r["model"] for r in doc["models"]] == ["resnet10", "resnet32"]  # registry order in the summary
     table = (zoo.runs_dir / "summary.md").read_text()
-    assert "| resnet10 | done | 2 |" in table and "final-epoch top-1" in table
+    assert "| resnet10 | cifar10 (subset 100, test subset 100) | done | 2 |" in table and "final-epoch top-1" in table
 
 
 def test_running_again_skips_finished_models(zoo, synthetic_cifar) -> None:
@@ -100,7 +100,7 @@ def test_time_to_reach_counts_wall_time_until_the_first_epoch_at_the_target() ->
 
 def test_summary_markdown_marks_missing_figures() -> None:
     text = summary_markdown([{"model": "resnet22", "status": "not started"}])
-    assert "| resnet22 | not started | — | — |" in text
+    assert "| resnet22 | — | not started | — | — |" in text
 
 
 def test_cli_pauses_with_exit_75_and_says_how_to_go_on(synthetic_cifar, tmp_path) -> None:
@@ -113,7 +113,7 @@ def test_cli_pauses_with_exit_75_and_says_how_to_go_on(synthetic_cifar, tmp_path
     assert "run again" in paused.output and "paused (1/2)" in paused.output
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
-    assert "| resnet10 | done | 2 |" in done.output
+    assert "| resnet10 | cifar10 (subset 100, test subset 100) | done | 2 |" in done.output
     bad = CliRunner().invoke(app, [*args, "--epochs", "3"])
     assert bad.exit_code == 2 and "another --runs-dir" in bad.output
 

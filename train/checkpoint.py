@@ -26,6 +26,15 @@ class CheckpointError(ApertureError, ValueError):
     """A checkpoint that is missing, corrupt, or belongs to a different run."""
 
 
+class OtherRun(CheckpointError):
+    """A run folder asked to continue (or to count as) a run it is not: ``what`` names the difference alone
+    ("--subset 10 (asked no --subset)"), so a caller other than ``--resume`` can word its own fix."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from aperture_zoo.datasets import Dataset, dataset_name, load_dataset, public_dataset
+from aperture_zoo.manifest import Manifest
 from aperture_zoo.registry import ModelSpec
 
 from .finetune import InitSource, freeze_backbone, freeze_stages, load_init, resolve_init, same_head
@@ -206,8 +207,6 @@ def _default_val(val_split: float | None, n_train: int) -> tuple[float, str, str
 
 def split_files(record: dict[str, Any], data: Dataset, index: dict[str, Any], resume_dir: Any) -> None:
     """Record a new folder run's split as file lists; refuse to resume one whose folder or split changed."""
-    from aperture_zoo.manifest import Manifest
-
     train_files, test_files = data.files  # type: ignore[misc]
     drawn = {"train": sorted(train_files[i] for i in index["train"]), "test": sorted(test_files[i] for i in index["test"]),
              "val": sorted(train_files[i] for i in index.get("val", []))}
@@ -215,20 +214,30 @@ def split_files(record: dict[str, Any], data: Dataset, index: dict[str, Any], re
     if resume_dir is None:
         record["data"] = {**saved, "split": drawn}
         return
-    if "manifest" not in saved:
-        return  # a run from before manifests were recorded: nothing to compare
-    before = Manifest.from_record(saved["manifest"], f"{str(resume_dir)!r}")
-    if before.sha256 != data.manifest.sha256:
-        from .checkpoint import CheckpointError
-
-        raise CheckpointError(
-            f"cannot resume {str(resume_dir)!r}: its dataset {data.name!r} changed since the run started "
-            f"({data.manifest.changes_from(before)}); resume on the original folder, or start a new run")
-    if saved.get("split") != drawn:
+    check_same_content(saved, data.manifest, data.name, resume_dir)
+    if "manifest" in saved and saved.get("split") != drawn:
         from .checkpoint import CheckpointError
 
         raise CheckpointError(f"cannot resume {str(resume_dir)!r}: the split drawn now differs from the file lists "
                               "its run.json records; start a new run")
+
+
+def check_same_content(saved: dict[str, Any], now: Manifest, name: str, run_dir: Any) -> None:
+    """Refuse a folder whose content (manifest) is not the one a run recorded in ``saved`` (run.json's ``data``).
+
+    The one rule for a folder's identity: ``--resume`` and a run folder counted as a request's
+    (``request.check_same_request``) both apply it; a run from before manifests were recorded has nothing to compare.
+    """
+    if "manifest" not in saved:
+        return
+    before = Manifest.from_record(saved["manifest"], f"{str(run_dir)!r}")
+    if before.sha256 != now.sha256:
+        from .checkpoint import OtherRun
+
+        changes = now.changes_from(before)
+        raise OtherRun(f"cannot resume {str(run_dir)!r}: its dataset {name!r} changed since the run started "
+                       f"({changes}); resume on the original folder, or start a new run",
+                       f"--dataset {saved.get('dataset', name)} (asked {name}, whose content differs: {changes})")
 
 
 def batch_files(record: dict[str, Any], folder: Path, names: tuple[str, ...], resume_dir: Any) -> None:

@@ -21,7 +21,7 @@ from aperture_zoo.errors import ApertureError
 from aperture_zoo.files import user_path
 from aperture_zoo.registry import ModelSpec, get_spec
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, OtherRun, load_checkpoint
 from .recipes import FAST, FINETUNE, Recipe, RecipeError
 from .rundir import RunDir
 
@@ -327,11 +327,12 @@ def _check_own_checkpoint(run: Run, recorded: Recipe) -> None:
             "run.json and recipe.json, or start a new run")
 
 
-def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
+def _check_same_run(cfg: TrainConfig, run: Run, exact: bool = False) -> float | None:
     """Refuse to resume ``run`` with a model, recipe, seed or data option other than its own.
 
     A lower peak lr is the one change allowed (a run that diverged goes on from its last good
-    checkpoint): ``run.recipe`` takes it, and the lr it replaces is returned.
+    checkpoint): ``run.recipe`` takes it, and the lr it replaces is returned. ``exact``: ``cfg`` is a
+    whole request (``request.check_same_request``), so no lr change, and no subset means none.
     """
     where, saved = str(run.resume_dir), run.record
     if cfg.model is not None:
@@ -342,24 +343,25 @@ def _check_same_run(cfg: TrainConfig, run: Run) -> float | None:
                 _refuse_option(where, "--arch " + ",".join(_arch_item(k, asked.arch_dict()[k]) for k in differ),
                                "--arch " + ",".join(_arch_item(k, saved["arch"].get(k)) for k in differ))
         elif asked.name != saved["arch"]["name"]:  # the name alone names the run's model (its --arch, its classes)
-            raise CheckpointError(
+            raise OtherRun(
                 f"cannot resume {where!r}: it trains {saved['arch']['name']} "
                 f"{saved['arch']['blocks']}/{saved['arch']['channels']}, not {asked.name} "
                 f"{list(asked.blocks)}/{list(asked.channels)}. Resume without a model name, or start "
-                "a new run"
-            )
+                "a new run", f"model {saved['arch']['name']} (asked {asked.name})")
     if cfg.recipe is not None and cfg.recipe != run.recipe:
-        if run.recipe.differences(cfg.recipe) == ["lr"] and cfg.recipe.lr < run.recipe.lr:
+        if run.recipe.differences(cfg.recipe) == ["lr"] and cfg.recipe.lr < run.recipe.lr and not exact:
             _check_same_options(cfg, run)
             was, run.recipe = run.recipe.lr, cfg.recipe
             return was
         detail = ", ".join(f"{k}: run {getattr(run.recipe, k)!r} vs asked {getattr(cfg.recipe, k)!r}"
                            for k in run.recipe.differences(cfg.recipe))
-        raise RecipeError(
-            f"cannot resume {where!r} with a different recipe ({detail}); resume with no recipe options to "
-            "continue it as it was (only a lower --lr may be given), or start a new run"
-        )
-    _check_same_options(cfg, run)
+        message = (f"cannot resume {where!r} with a different recipe ({detail}); resume with no recipe options to "
+                   "continue it as it was (only a lower --lr may be given), or start a new run")
+        if exact:
+            raise OtherRun(message, "another recipe: " + ", ".join(
+                f"{k} {getattr(run.recipe, k)!r} (asked {getattr(cfg.recipe, k)!r})" for k in run.recipe.differences(cfg.recipe)))
+        raise RecipeError(message)
+    _check_same_options(cfg, run, exact)
     return None
 
 
@@ -370,8 +372,8 @@ def _moved_folder(asked: str, saved: dict[str, Any]) -> bool:
             and isinstance(data, dict) and "manifest" in data)
 
 
-def _check_same_options(cfg: TrainConfig, run: Run) -> None:
-    """Refuse to resume ``run`` with another dataset, seed or data option."""
+def _check_same_options(cfg: TrainConfig, run: Run, exact: bool = False) -> None:
+    """Refuse to resume ``run`` with another dataset, seed or data option (``exact``: no subset is one too)."""
     where, saved = str(run.resume_dir), run.record
     if cfg.dataset is not None:
         from aperture_zoo.datasets import dataset_name
@@ -382,17 +384,14 @@ def _check_same_options(cfg: TrainConfig, run: Run) -> None:
             run.record = {**saved, "dataset": asked_data, "dataset_moves": [*saved.get("dataset_moves", []),
                                                                             {"from": used, "to": asked_data}]}
         elif asked_data != used:
-            raise CheckpointError(
-                f"cannot resume {where!r} with --dataset {asked_data}: the run trains on {used}. Drop "
-                "--dataset to continue it, or start a new run"
-            )
+            raise OtherRun(f"cannot resume {where!r} with --dataset {asked_data}: the run trains on {used}. Drop "
+                           "--dataset to continue it, or start a new run", f"--dataset {used} (asked {asked_data})")
     for key, asked_value in (("seed", cfg.seed), ("subset", cfg.subset), ("test_subset", cfg.test_subset),
                              ("val_split", cfg.val_split)):
-        if asked_value is not None and asked_value != saved[key]:
-            raise CheckpointError(
-                f"cannot resume {where!r} with {key}={asked_value}: the run used "
-                f"{key}={saved[key]}. Drop the option to continue it, or start a new run"
-            )
+        if (asked_value is not None or (exact and key != "val_split")) and asked_value != saved.get(key):
+            raise OtherRun(f"cannot resume {where!r} with {key}={asked_value}: the run used {key}={saved.get(key)}. "
+                           "Drop the option to continue it, or start a new run",
+                           f"{_option(key, saved.get(key))} (asked {_option(key, asked_value)})")
     _check_same_start(cfg, where, saved)
 
 
@@ -415,8 +414,13 @@ def _check_same_start(cfg: TrainConfig, where: str, saved: dict[str, Any]) -> No
 
 
 def _refuse_option(where: str, asked: str, used: str) -> None:
-    raise CheckpointError(f"cannot resume {where!r} with {asked}: the run used {used}. Drop the option to continue "
-                          "it, or start a new run")
+    raise OtherRun(f"cannot resume {where!r} with {asked}: the run used {used}. Drop the option to continue "
+                   "it, or start a new run", f"{used} (asked {asked})")
+
+
+def _option(key: str, value: Any) -> str:
+    flag = "--" + key.replace("_", "-")
+    return f"no {flag}" if value is None else f"{flag} {value}"
 
 
 def _arch_item(key: str, value: Any) -> str:

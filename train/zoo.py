@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from aperture_zoo.errors import ApertureError
-from aperture_zoo.files import (CHECK_FILENAME, CHECKPOINT_FILENAME, EXPORT_REPORT_FILENAME, RECIPE_FILENAME,
-                                SUMMARY_JSON_FILENAME as SUMMARY_JSON, SUMMARY_MD_FILENAME as SUMMARY_MD,
+from aperture_zoo.files import (CHECK_FILENAME, CHECKPOINT_FILENAME, EXPORT_REPORT_FILENAME,
+                                SUMMARY_JSON_FILENAME as SUMMARY_JSON, SUMMARY_MD_FILENAME as SUMMARY_MD, RUN_FILENAME,
                                 WEIGHTS_FILENAME, atomic_write_text, read_json)
 from aperture_zoo.registry import get_spec, list_models
 
@@ -103,17 +103,18 @@ def _run_dirs(runs: Path, name: str, asked: Sequence[int] = ()) -> list[tuple[in
     return sorted(found.items())
 
 
-def _check_recipe(run_dir: Path, recipe: Recipe) -> None:
-    """A run trained with another recipe must not be continued or counted as this one."""
-    if not (run_dir / RECIPE_FILENAME).exists():
-        return
-    saved = RunDir(run_dir).recipe()
-    if saved != recipe:
-        diff = ", ".join(f"{k} {getattr(saved, k)!r} (asked {getattr(recipe, k)!r})" for k in saved.differences(recipe))
-        raise ZooError(
-            f"{str(run_dir)!r} holds a run with another recipe: {diff}. Use another --runs-dir, or "
-            "remove that folder to retrain it"
-        )
+def _check_same_request(run_dir: Path, tc: TrainConfig) -> None:
+    """A folder counts as this request's run (done, or resumed) only when it is that run: ``request.py``'s rule."""
+    from .checkpoint import OtherRun
+    from .request import check_same_request
+
+    if not any((run_dir / f).exists() for f in (CHECKPOINT_FILENAME, WEIGHTS_FILENAME)):
+        return  # nothing trained there yet: a new run starts in it (``RunDir.check_new``)
+    try:
+        check_same_request(tc, run_dir)
+    except OtherRun as exc:
+        raise ZooError(f"{str(run_dir)!r} holds another run than the one asked: {exc.what}. Use another "
+                       "--runs-dir, or run again with the options that run was started with") from None
 
 
 def time_to_reach(rows: list[dict[str, Any]], top1: float) -> float | None:
@@ -135,6 +136,7 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "params": spec.report_params, "report_top1_20ep": spec.report_top1_20ep,
                            "run_dir": str(run_dir)}
     metrics = RunDir(run_dir).metrics()
+    row.update(_data_of(run_dir))
     weights = run_dir / WEIGHTS_FILENAME
     if weights.exists():
         meta = decode_metadata(read_metadata(weights))
@@ -155,6 +157,17 @@ def _status_row(name: str, run_dir: Path) -> dict[str, Any]:
         if (run_dir / extra).exists():
             row[extra.split(".")[0]] = read_json(run_dir / extra, "delete it to redo that step", ZooError)
     return row
+
+
+def _data_of(run_dir: Path) -> dict[str, Any]:
+    """What the run trained and tested on, as its run.json records it (a folder by its name, never its path)."""
+    from aperture_zoo.datasets import public_dataset
+
+    if not (run_dir / RUN_FILENAME).is_file():
+        return {"dataset": None}
+    run = RunDir(run_dir).record()
+    return {"dataset": public_dataset(str(run.get("dataset", "cifar10"))), "subset": run.get("subset"),
+            "test_subset": run.get("test_subset")}
 
 
 def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
@@ -200,8 +213,9 @@ def train_zoo(cfg: ZooConfig, say: Callable[[str], None] = print, exporter: Expo
         raise ZooError(f"--seed must be >= 0, got {cfg.seed}")
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     jobs = [(name, s, run_dir_for(runs, name, s)) for name in names for s in seeds]
-    for _, _, run_dir in jobs:  # refuse a mixed-recipe runs folder before training anything
-        _check_recipe(run_dir, recipe)
+    for name, seed, run_dir in jobs:  # refuse a runs folder of other requests before training anything
+        _check_same_request(run_dir, TrainConfig(model=name, recipe=recipe, seed=seed, subset=cfg.subset,
+                                                 test_subset=cfg.test_subset, dataset=cfg.dataset))
     start = time.perf_counter()
     stopped = False
     for name, seed, run_dir in jobs:
@@ -303,19 +317,28 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         return "—" if v is None else format(v, fmt)
 
     lines = [
-        f"| model | status | epochs | final-epoch top-1 % | report Table 1 % (20 ep.) | wall s | train img/s "
-        f"| s to {REPORT_BEST_TOP1} % | device | seed | flip-TTA top-1 % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | dataset | status | epochs | final-epoch top-1 % | report Table 1 % (20 ep., CIFAR-10) | wall s "
+        f"| train img/s | s to {REPORT_BEST_TOP1} % | device | seed | flip-TTA top-1 % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         status = r["status"] if r["status"] != "paused" else f"paused ({r['epochs_done']}/{r['epochs']})"
         lines.append(
-            f"| {r['model']} | {status} | {num(r.get('epochs'), 'd')} | {num(r.get('top1'), '.2f')} "
+            f"| {r['model']} | {_data_cell(r)} | {status} | {num(r.get('epochs'), 'd')} | {num(r.get('top1'), '.2f')} "
             f"| {num(r.get('report_top1_20ep'), '.2f')} | {num(r.get('wall_time_s'), '.1f')} "
             f"| {num(r.get('images_per_s'), ',.0f')} | {num(r.get('seconds_to_report_best'), '.1f')} "
             f"| {r.get('device') or '—'} | {r.get('seed', 0)} | {num(r.get('top1_flip_tta'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _data_cell(row: dict[str, Any]) -> str:
+    from aperture_zoo.card_text import escape_md  # a folder's name is outside text
+
+    if not row.get("dataset"):
+        return "—"
+    subsets = [f"{k.replace('_', ' ')} {row[k]}" for k in ("subset", "test_subset") if row.get(k) is not None]
+    return escape_md(str(row["dataset"])) + (f" ({', '.join(subsets)})" if subsets else "")
 
 
 __all__ = ["Exporter", "ZooConfig", "ZooError", "ZooResult", "run_dir_for", "seed_stats", "summary_markdown",

@@ -83,7 +83,7 @@ def train_cmd(
     """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
-    from aperture_zoo.train.seeds import check_seeds, fit_seeds
+    from aperture_zoo.train.seeds import check_seeds, fit_seeds, seed_folders
 
     from .hints import train_hint
 
@@ -114,16 +114,17 @@ def train_cmd(
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
         return
-    if seeds > 1:
-        _print_seeds(results, seed or 0, seeds, json_out)
+    parent = [s for s, _ in seed_folders(resume)] if resume is not None else []
+    if seeds > 1 or parent:  # --resume of a --seeds folder: its seeds' figures and their mean ± std
+        _print_seeds(results, parent or list(range(seed or 0, (seed or 0) + seeds)), json_out)
     else:
         _print_result(results[-1], json_out)
 
 
-def _print_seeds(results: list, first: int, seeds: int, json_out: bool) -> None:
+def _print_seeds(results: list, seeds: list[int], json_out: bool) -> None:
     from aperture_zoo.train.seeds import format_mean_std, seeds_summary
 
-    many = seeds_summary(results, list(range(first, first + seeds)))
+    many = seeds_summary(results, seeds)
     if json_out:
         print_json(many)
         return
