@@ -121,3 +121,21 @@ def test_recipes_are_the_documented_data() -> None:
     assert paper.mixup_alpha > 0 and paper.weight_decay == 5e-4 and paper.crop_padding == 4 and paper.flip
     assert (table1.batch_size, table1.epochs, table1.mixup_alpha) == (32, 20, 0.0)
     assert fast.epochs <= paper.epochs // 10 and fast.optimizer == "sgd" and fast.nesterov
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "inf"], "lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be greater than 0, got nan"),
+    (["--set", "momentum=nan"], "momentum must be in [0, 1)"),
+    (["--set", "momentum=1.5"], "momentum must be in [0, 1)"),
+    (["--set", "weight_decay=-5"], "weight_decay must be a finite number >= 0"),
+    (["--set", "final_lr_fraction=2"], "final_lr_fraction must be in [0, 1]"),
+    (["--set", "mixup_alpha=inf"], "mixup_alpha must be a finite number >= 0"),
+])
+def test_a_recipe_value_that_cannot_train_is_refused_before_training(tmp_path: Path, args: list[str],
+                                                                     message: str) -> None:
+    """Regression (tenth hostile try, X7): weight_decay=-5 and final_lr_fraction=2 trained to "done"; --lr inf
+    and momentum=nan trained until the loss blew up, then suggested a command that kept them."""
+    r = CliRunner().invoke(app, ["train", "resnet10", *args, "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,18 +129,21 @@ class Recipe:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
+            (0 < self.lr < math.inf, "lr must be a finite number > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (0 <= self.weight_decay < math.inf, "weight_decay must be a finite number >= 0"),
+            (0 <= self.final_lr_fraction <= 1, "final_lr_fraction must be in [0, 1] (a fraction of the peak lr)"),
             (self.optimizer in ("sgd", "adadelta", "adamw"), "optimizer must be sgd, adadelta or adamw"),
             (self.schedule in ("constant", "onecycle", "cosine"), "schedule must be constant, onecycle or cosine"),
             (self.pad_mode in ("reflect", "zeros"), "pad_mode must be reflect or zeros"),
             (self.precision in ("auto", "bf16", "fp32", "native"), "precision must be auto, bf16, fp32 or native"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-            (self.mixup_alpha >= 0, "mixup_alpha must be >= 0"),
+            (0 <= self.mixup_alpha < math.inf, "mixup_alpha must be a finite number >= 0"),
             (0 <= self.crop_padding <= 16, "crop_padding must be in 0..16"),
             (0 <= self.cutout <= 32, "cutout must be in 0..32"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
-            (self.probe_l2 > 0, "probe_l2 must be > 0"),
+            (0 < self.probe_l2 < math.inf, "probe_l2 must be a finite number > 0"),
             (self.frozen_stages >= 0, "frozen_stages must be >= 0"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0 = only the final epoch)"),
             (self.flip or not self.alternating_flip, "alternating_flip needs flip=true"),
