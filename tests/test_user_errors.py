@@ -131,3 +131,17 @@ def test_bench_shows_progress_lines_when_piped() -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch-eager on cpu, batch 1" in out.stderr
+
+
+def test_an_error_is_one_line_in_a_log_even_with_forced_colours() -> None:
+    """Regression (tenth hostile try, C5): with FORCE_COLOR=1 (set by many CI systems) rich took the log for an
+    80-column terminal and wrapped the one-line error onto two lines."""
+    import os
+    import re
+
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "40"}
+    proc = subprocess.run([sys.executable, "-m", "aperture_zoo", "train", "resnet10", "--arch", "blocks=1,1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: resnet10: blocks (1, 1) and channels") and lines[0].endswith("per stage")

@@ -41,7 +41,10 @@ def say_error(message: object, prefix: str = "[bold red]error:[/]") -> None:
     or tensor names) must not start a forged line of its own."""
     from rich.markup import escape
 
-    wrap = err_console.is_terminal
+    import sys
+
+    # a real terminal only: FORCE_COLOR (set by CI systems) makes rich take a log for an 80-column terminal
+    wrap = err_console.is_terminal and sys.stderr.isatty()
     err_console.print(f"{prefix} {escape(fragment(message))}", highlight=False, soft_wrap=not wrap, markup=True)
 
 
