@@ -61,6 +61,10 @@ def test_card_without_weights_makes_no_accuracy_claim(tmp_path):
     # "no trained weights are published for this model yet")
     assert "No trained weights are published" not in readme and "**This folder holds no weights:**" in readme
     assert "`aperture card resnet22.fast --out DIR` writes their card" in readme
+    # and nothing in it speaks of weights beside it (tenth try, C1): the snippets load the published ones
+    assert "these weights" not in readme and 'weights="model.safetensors"' not in readme
+    assert 'load("resnet22", pretrained=True)  # the published weights, not in this folder' in readme
+    assert "No trained, evaluated weights exist" not in readme and "This folder holds no weights, so" in readme
     assert "%" not in readme and "## Results" not in readme and "mixup" not in readme
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["trained"] is False and "metrics" not in config and "files" not in config
