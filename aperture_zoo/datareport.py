@@ -67,7 +67,9 @@ class DataReport:
         out = [head, "  " + ", ".join(f"{visible(c)} {_counts(n)}" for c, n in self.classes.items())]
         if self.ignored:
             why = Counter(_kind(r) for _, r in self.ignored)
-            out.append(f"  ignored {_n(len(self.ignored), 'file')}: " + ", ".join(f"{n} {k}" for k, n in why.items())
+            folders = sum(os.path.isdir(os.path.join(self.root, rel)) for rel, _ in self.ignored)  # val/, __MACOSX/
+            what = " and ".join(_n(n, w) for n, w in ((len(self.ignored) - folders, "file"), (folders, "folder")) if n)
+            out.append(f"  ignored {what}: " + ", ".join(f"{n} {k}" for k, n in why.items())
                        + f" (e.g. {visible(self.ignored[0][0])})")
         if self.unreadable:
             out.append(f"  skipped {_n(len(self.unreadable), 'unreadable file')}: " + "; ".join(

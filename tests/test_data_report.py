@@ -185,7 +185,7 @@ def test_the_report_names_ignored_unreadable_and_duplicate_files(tmp_path: Path)
     assert report.duplicates == [("bird/0000.png", ["bird/again.png"])]
     assert report.classes == {"airplane": {"images": 4}, "automobile": {"images": 4}, "bird": {"images": 4}}
     text = "\n".join(report.lines())
-    assert "ignored 4 files" in text and "1 exact copy" in text and "bird/empty.png: empty file" in text
+    assert "ignored 3 files and 1 folder:" in text and "1 exact copy" in text and "bird/empty.png: empty file" in text
     ds = load_dataset(str(root), test_split=0.5)
     assert len(ds.train) + len(ds.test) == 12  # the copy is used once
 
