@@ -339,9 +339,13 @@ def test_resume_refuses_a_checkpoint_or_run_json_of_another_run(tmp_path: Path, 
         "describe (run id" in " ".join(again.output.split()), again.output
 
 
-def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
+def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (fourth hostile try, low): another run's recipe.json alone copied in resumed this run's
-    checkpoint under the other recipe (exit 0); the checkpoint now records the recipe it was trained with."""
+    checkpoint under the other recipe (exit 0); the checkpoint now records the recipe it was trained with.
+    A lower --lr is the one change: a resume with it killed before its first checkpoint (recipe.json and
+    run.json's lr_changes say the new lr, the checkpoint the old one) resumes again, with that lr or without."""
+    from aperture_zoo.train import loop
+
     root = write_folder(tmp_path / "d", 12)
     a, b = tmp_path / "a", tmp_path / "b"
     assert _train(tmp_path, root, "--out", str(a), "--time-budget", "0.001").exit_code == 75
@@ -353,8 +357,22 @@ def test_resume_refuses_a_recipe_json_of_another_run(tmp_path: Path) -> None:
     text = " ".join(again.output.split())
     assert again.exit_code == 2 and "describe (recipe)" in text, text
     (a / "recipe.json").write_bytes(own)
-    done = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", "--lr", "0.001"])
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_epoch", killed)  # kill -9 in the first epoch: no checkpoint of the new lr
+        for _ in range(2):  # the lower lr, then the same lr again
+            again = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress", "--lr", "0.001"])
+            assert isinstance(again.exception, Killed), again.output
+    assert [c["lr"] for c in json.loads((a / "run.json").read_text())["lr_changes"]] == [0.001]
+    done = CliRunner().invoke(app, ["train", "--resume", str(a), "--no-progress"])
     assert done.exit_code == 0, done.output  # a lower lr stays the one change a resume may make
+    assert json.loads((a / "recipe.json").read_text())["lr"] == 0.001
 
 
 def test_resume_refuses_an_option_that_changes_the_run_and_takes_the_recorded_value(tmp_path: Path) -> None:

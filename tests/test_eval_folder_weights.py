@@ -42,7 +42,11 @@ def test_pool_weights_on_a_split_folder_are_refused_for_the_right_reason(tmp_pat
         dataset_for_weights(split, None, False, meta)
     text = str(refused.value)
     assert "--test-split" not in text and "has its own train/ and test/ folders" in text, text
-    assert "25% of each class held out" in text and "evaluate them on the folder they were trained on" in text, text
+    assert text == (f"{str(split)!r} has its own train/ and test/ folders, but these weights were trained on a "
+                    "folder of class folders (25% of each class held out) and record it only by a hash of its whole "
+                    "content, so nothing shows that test/ holds no image they trained on; evaluate them on the folder "
+                    "they were trained on, as it was (at any path: its held-out images are chosen again from its "
+                    "content)"), text
     copy = tmp_path / "copy"
     shutil.copytree(pool, copy)  # what it can do: the training folder, anywhere, gives its recorded split back
     assert dataset_for_weights(copy, None, False, meta).files == trained.files

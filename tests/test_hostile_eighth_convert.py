@@ -115,6 +115,16 @@ def test_convert_names_a_fifo_and_a_safetensors_file_for_what_they_are(pth: Path
     assert "pickle:" not in out
 
 
+def test_convert_names_a_file_with_a_one_byte_safetensors_header_as_safetensors(tmp_path: Path) -> None:
+    """The shortest header a safetensors length prefix can announce (1 byte, "{"): not a pickle, said so."""
+    src = tmp_path / "tiny.pth"
+    src.write_bytes((1).to_bytes(8, "little") + b"{")
+    with pytest.raises(WeightsError) as info:
+        convert_checkpoint(src, tmp_path / "out.safetensors", "resnet10")
+    assert str(info.value) == (f"{str(src)!r} is already a safetensors file, not a pickle checkpoint: use it directly "
+                               f"(aperture predict IMAGE --model {src}; aperture_zoo.load(PATH))")
+
+
 @pytest.mark.parametrize("temperature", [True, "2", b"2"])
 def test_predict_proba_refuses_a_temperature_that_is_not_a_real_number(temperature: object) -> None:
     from aperture_zoo import predict_proba

@@ -72,8 +72,16 @@ def _cifar10_batch_of_more_labels(tmp: Path) -> tuple[object, list[str]]:
     return lambda: load_split("train", root), [repr(str(batch)), "2 images but 3 labels"]
 
 
+def _cifar100_file_of_other_rows(tmp: Path) -> tuple[object, list[str]]:
+    path = tmp / "train"
+    with open(path, "wb") as f:  # rows of 100 values: not 32x32x3 pixels
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"fine_labels": [0, 1]}, f, protocol=2)
+    refused = f"{str(path)!r}: expected N x 3072 uint8 rows of pixels, got (2, 100); the file is not a CIFAR-100 file"
+    return lambda: read_cifar100(tmp, "train"), [refused]
+
+
 @pytest.mark.parametrize("case", [_a_file_as_dataset, _cifar100_split, _missing_image, _cifar10_batch_of_other_rows,
-                                  _cifar10_batch_of_more_labels],
+                                  _cifar10_batch_of_more_labels, _cifar100_file_of_other_rows],
                          ids=lambda c: c.__name__.strip("_"))
 def test_a_refused_input_is_named_with_the_problem_and_the_fix(tmp_path: Path, case) -> None:
     call, words = case(tmp_path)

@@ -3,6 +3,7 @@ fix, word for word as the user reads them (a message is a promise: a changed or 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -25,6 +26,8 @@ def test_a_folder_of_published_or_other_weights_is_refused_with_the_callers_reas
         refuse_other_weights_folder(published, "0" * 64, WHAT, fix="Write it elsewhere with --out DIR")
     assert str(info.value) == (f"{published} holds the published resnet10 weights (SHA-256 pinned in the registry); "
                                f"{WHAT}. Write it elsewhere with --out DIR")
+    # the published weights themselves: an eval or report of them may sit beside them
+    refuse_other_weights_folder(published, file_sha256(published / "model.safetensors"), WHAT)
 
     other = random_weights(tmp_path / "run2" / "model.safetensors", "resnet10", init_seed=3)
     held = file_sha256(other)
@@ -34,6 +37,25 @@ def test_a_folder_of_published_or_other_weights_is_refused_with_the_callers_reas
         assert str(info.value) == (f"{other.parent} holds other weights (model.safetensors, SHA-256 {held[:12]}..., "
                                    f"not these {shown}...); {WHAT}. Write it elsewhere with --out DIR")
     refuse_other_weights_folder(other.parent, held, WHAT)  # its own weights: nothing to refuse
+
+
+def test_bare_weights_beside_a_config_json_of_other_weights_are_refused_with_both_digests_and_the_fix(tmp_path):
+    from safetensors.torch import save_file
+
+    from aperture_zoo import load
+    from aperture_zoo.model import create_model
+    from aperture_zoo.weights import WeightsError
+
+    path = tmp_path / "model.safetensors"
+    save_file(create_model("resnet10", channels=(8, 8, 8, 8)).state_dict(), str(path))  # no metadata: bare weights
+    other = "ab" * 32
+    (tmp_path / "config.json").write_text(json.dumps({"files": {"model.safetensors": {"sha256": other}}}))
+    with pytest.raises(WeightsError) as info:
+        load(str(path))
+    assert str(info.value) == (f"{str(path)!r} has SHA-256 {file_sha256(path)}, but the config.json beside it "
+                               f"records {other}: that config describes other weights (its class names would be "
+                               "wrong); refusing to load it. Put back the weights it was written for, or write the "
+                               "folder again with `aperture card`")
 
 
 @pytest.fixture

@@ -70,7 +70,8 @@ def test_start_writes_the_settings_and_reopen_trims_to_the_checkpoint(tmp_path: 
     (tmp_path / f"{CHECKPOINT_FILENAME}.tmp999").write_bytes(b"torn")
     assert [r["epoch"] for r in folder.metrics()] == [1, 2, 3]
     assert [r["epoch"] for r in folder.reopen(epochs_done=2)] == [1, 2]
-    assert [json.loads(x)["epoch"] for x in folder.metrics_path.read_text().splitlines()] == [1, 2]
+    # the log as the trainer appends it: one JSON row a line, nothing between them, a newline after the last
+    assert folder.metrics_path.read_text() == '{"epoch": 1, "train_loss": 1.0}\n{"epoch": 2, "train_loss": 0.5}\n'
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -80,6 +81,11 @@ def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
     (tmp_path / "recipe.json").write_text('{"epochs": 4,')
     with pytest.raises(CheckpointError, match="recipe.json.*unreadable"):
         RunDir(tmp_path).recipe()
+    (tmp_path / "run.json").write_text("[1, 2]")  # JSON, but not the object a run.json is
+    with pytest.raises(CheckpointError) as info:
+        RunDir(tmp_path).record()
+    assert str(info.value) == (f"{str(tmp_path / 'run.json')!r} is unreadable (a JSON object was expected, not list); "
+                               "this run cannot be resumed")
 
 
 @pytest.mark.parametrize("field, value", [("seed", -1), ("seed", True), ("subset", -5), ("subset", "all"),
