@@ -231,6 +231,15 @@ _LOOKALIKE = str.maketrans(
     "aeopcyxijsdlqwABEKMHOPCTXYIJSoavpiABEZHIKMNOPTYX")
 
 
+def _reading(name: str) -> str:
+    """A name as a reader sees it: NFKC, invisible format characters (zero-width space, joiners, marks of direction)
+    dropped, and Cyrillic/Greek lookalikes read as Latin."""
+    import unicodedata
+
+    visible = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")
+    return visible.translate(_LOOKALIKE)
+
+
 def normalisation_twins(names: tuple[str, ...]) -> list[tuple[str, str]]:
     """Pairs of class names that read as one: equal once NFKC-normalised (``caf\\xe9``, ``cafe\\u0301``,
     full-width letters) with Cyrillic and Greek lookalikes read as Latin (``cat``, ``c\\u0430t``)."""
@@ -239,7 +248,7 @@ def normalisation_twins(names: tuple[str, ...]) -> list[tuple[str, str]]:
     first: dict[str, str] = {}
     twins: list[tuple[str, str]] = []
     for name in names:
-        key = unicodedata.normalize("NFKC", name).translate(_LOOKALIKE)
+        key = _reading(name)
         if key in first:
             twins.append((first[key], name))
         else:
@@ -256,6 +265,9 @@ def how_alike(a: str, b: str, what: str = "class names", where: str = "") -> str
     pair = f"{what} {ascii(a)} and {ascii(b)}{where}"
     if unicodedata.normalize("NFKC", a) == unicodedata.normalize("NFKC", b):
         return f"{pair} are one name in two Unicode forms (equal after NFKC normalisation)"
+    hidden = next((c for c in a + b if unicodedata.category(c) == "Cf"), None)
+    if hidden is not None:
+        return f"{pair} look alike (U+{ord(hidden):04X} {unicodedata.name(hidden, '?')} is invisible)"
     odd = next(c for c in a + b if c.translate(_LOOKALIKE) != c)
     return f"{pair} look alike (U+{ord(odd):04X} {unicodedata.name(odd, '?')} looks like {odd.translate(_LOOKALIKE)!r})"
 

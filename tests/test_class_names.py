@@ -70,7 +70,7 @@ def test_names_that_differ_only_in_case_are_kept_and_named(tmp_path: Path) -> No
 
 _names = st.lists(st.sampled_from(["caf\u00e9", "cafe\u0301", "Cafe\u0301", "\u212b", "\u00c5", "A\u030a", "cat",
                                    "Cat", "\u1e9b\u0323", "\u017f\u0323\u0307", "dog", "c\u0430t", "\u0441\u0430t",
-                                   "\uff43\uff41\uff54", "\u043a\u043e\u0442", "d\u03bfg"]) | st.text(min_size=1, max_size=6),
+                                   "\uff43\uff41\uff54", "\u043a\u043e\u0442", "d\u03bfg", "ca\u200bt"]) | st.text(min_size=1, max_size=6),
                   min_size=2, max_size=6, unique=True)
 
 
@@ -79,7 +79,8 @@ def _reads_as(name: str) -> str:
     the explicit cases of the next test)."""
     from aperture_zoo.registry import _LOOKALIKE
 
-    return unicodedata.normalize("NFKC", name).translate(_LOOKALIKE)
+    shown = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")  # invisible
+    return shown.translate(_LOOKALIKE)
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -108,7 +109,9 @@ def test_names_are_refused_exactly_when_two_read_as_one(tmp_path_factory, names:
     (("cat", "\u0441\u0430t"), "U+0441 CYRILLIC SMALL LETTER ES looks like 'c'"),
     (("dog", "d\u03bfg"), "U+03BF GREEK SMALL LETTER OMICRON looks like 'o'"),
     (("cat", "\uff43\uff41\uff54"), "two Unicode forms (equal after NFKC"),  # full-width letters
-    (("cat", "Cat", "\u043a\u043e\u0442", "\u043a\u043e\u0442 cat"), None),  # case, another script, both: distinct
+    (("cat", "ca\u200bt"), "U+200B ZERO WIDTH SPACE is invisible"),  # eleventh try, X7: two "cat"s on the demo page
+    (("cat", "\u2066cat\u2069"), "U+2066 LEFT-TO-RIGHT ISOLATE is invisible"),
+    (("cat", "Cat", "\u043a\u043e\u0442", "\u043a\u043e\u0442 cat", "\U0001f468\u200d\U0001f469"), None),  # case, scripts, an emoji with a joiner: distinct
 ])
 def test_lookalike_class_names_are_refused_everywhere(tmp_path: Path, names: tuple[str, ...], refused: str | None) -> None:
     """Regression (ninth hostile try, N6): `--class-names cat,c\u0430t` printed two classes that read as one."""
