@@ -214,9 +214,13 @@ def _other_eval_line(ev: dict[str, Any] | None) -> str | None:
     top1, n, where = ev.get("top1"), ts.get("num_images"), ts.get("dataset")
     score = f"{top1:.2f}% top-1 on " if isinstance(top1, (int, float)) and math.isfinite(top1) else ""
     images = f"{n:,} images" if type(n) is int else "the images"
+    from .unseen import DECLARED_CHECKED
+
+    checked = ("checked image by image against the run's training files by their bytes; a re-encoded copy of a "
+               "training image would not be found" if ts.get("declared") == DECLARED_CHECKED else
+               "not checked image by image; nothing shows these weights never trained on them")
     return (f"{score}{images} of {escape_md(where) if isinstance(where, str) else 'a folder'}, declared unseen by whoever "
-            "ran `aperture eval --unseen` (not checked image by image; nothing shows these weights never trained on "
-            "them)")
+            f"ran `aperture eval --unseen` ({checked})")
 
 
 def _robustness_context(ev: dict[str, Any] | None, carried: bool = True) -> dict[str, Any]:

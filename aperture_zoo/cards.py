@@ -26,6 +26,7 @@ from .files import (CARD_FILENAME, CONFIG_FILENAME, EVAL_FILENAME, FIGURE_FILES,
                     ONNX_FILENAME, PROVENANCE_FILENAME, REPORT_SUFFIX, RUN_FILES, RUNTIMES_FILENAME, WEIGHTS_FILENAME,
                     MODEL_SUFFIXES, ONNX_SUFFIX, atomic_write_text, judged_file)
 from .filesets import HIDDEN_PATTERNS, copy_file, folder_lock, move_in, staged
+from .provenance import refuse_foreign
 
 __all__ = ["CardError", "CardFacts", "build_config", "escape_md", "gather", "license_text", "render_card",
            "stale_files", "write_card", "write_folder"]
@@ -150,6 +151,7 @@ def write_folder(
     extras = [*RUN_FILES, RUNTIMES_FILENAME,  # the uploaded ONNX file's report goes once, as model.report.json
               *(p.name for p in weights.parent.glob("*" + REPORT_SUFFIX) if p.name not in own)]
     copies = {WEIGHTS_FILENAME: weights, **{extra: weights.parent / extra for extra in extras}, **copies}
+    refuse_foreign(out, [t for t, src in copies.items() if src.is_file()], "the card's folder", "--out DIR")
     with staged(out) as stage, folder_lock(out):
         for target, src in copies.items():
             if src.is_file():
@@ -302,7 +304,8 @@ def hand_edited_card(folder: Path, config: tuple[bool, dict[str, Any] | None] | 
 
 
 def _keep_hand_written(out: Path) -> None:
-    """Nothing is lost: a README.md written or edited by hand is never replaced by a generated card."""
+    """Nothing is lost: a README.md written or edited by hand is never replaced by a generated card, nor a
+    weights.json this package did not write (``provenance.refuse_foreign``)."""
     present, ours = config = _own_config(out)
     if hand_edited_card(out, config):
         raise CardError(f"{out / CARD_FILENAME} is not the card aperture last wrote there (edited by hand, or another "
@@ -314,6 +317,7 @@ def _keep_hand_written(out: Path) -> None:
         mine = out / CONFIG_FILENAME if theirs else license_file
         raise CardError(f"{mine} is not a file aperture wrote (another tool's, or yours): the card would replace it; "
                         "move it aside or remove it, then write the card again (or write the card to another --out)")
+    refuse_foreign(out, [PROVENANCE_FILENAME], "the card", "--out DIR")
 
 
 def _refuse_replacing_published(name: str, current: Path, new: Path) -> None:

@@ -229,6 +229,61 @@ def check_figure(path: str | os.PathLike[str], weights_sha256: str, name: str = 
                              f"{Path(eval_file).name} beside it: it is stale; {fix}")
 
 
+class ForeignFileError(ApertureError, ValueError):
+    """A file in an output folder that this package did not write: replacing it would lose it, so it never is."""
+
+
+_OWN_JSON = ("weights_sha256", "onnx_sha256")  # eval.json, runtimes.json, reports: what they were made from
+
+
+def written_by_aperture(path: str | os.PathLike[str]) -> bool:
+    """Whether the existing file ``path`` is one this package writes, told by its content (the record of its
+    source every written file carries), never by its name: a JSON file's ``weights_sha256``/``onnx_sha256`` (a
+    ``weights.json``'s ``sha256`` and ``metadata``, a ``config.json``'s ``library``, an eval.json from before the
+    record its ``top1`` and ``confusion``), a figure's PNG text chunks, an
+    ONNX file's or weights' metadata, a training log's epoch rows. A kind read only by its own runtime (an
+    OpenVINO IR, a ``.pte``, a Core ML package) is not judged here: its report names its bytes where it is read."""
+    import json
+
+    path = Path(path)
+    suffix = path.suffix
+    if path.is_dir() or suffix not in (".json", ".png", ".onnx", ".safetensors", ".jsonl"):
+        return True
+    try:
+        if suffix == ".json":
+            record = json.loads(path.read_bytes())
+            return isinstance(record, dict) and (any(isinstance(record.get(k), str) for k in _OWN_JSON)
+                                                 or ("sha256" in record and "metadata" in record)
+                                                 or ("top1" in record and "confusion" in record)  # an older eval.json
+                                                 or record.get("library") == "aperture_zoo")
+        if suffix == ".jsonl":
+            first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "{}")
+            return isinstance(row := json.loads(first), dict) and "epoch" in row
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return isinstance(image.info.get(FIGURE_KEY_PREFIX + "weights_sha256"), str)
+        if suffix == ".onnx":
+            return onnx_weights_sha256(path) is not None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return "arch" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - bytes that are not the kind their name says: not a file this package wrote
+        return False
+
+
+def refuse_foreign(folder: str | os.PathLike[str], names: Any, writer: str, fix: str) -> None:
+    """Nothing is lost: each of ``names`` already in ``folder`` is replaced only if this package wrote it
+    (``written_by_aperture``); any other (the user's own, another tool's) is refused in one line, naming it."""
+    for name in dict.fromkeys(names):
+        path = Path(folder) / name
+        if path.exists() and not written_by_aperture(path):
+            raise ForeignFileError(f"{str(path)!r} is not a file aperture wrote (yours, or another tool's), and {writer} "
+                                   f"would replace it; move it aside, or write elsewhere ({fix})")
+
+
 def check_folder(folder: str | os.PathLike[str], weights_sha256: str, name: str = "NAME", *,
                  onnx_files: bool = True) -> CheckedFolder:
     """Every exported model of any format (unless ``onnx_files`` is False: the models stay behind),

@@ -206,6 +206,7 @@ def _move_in(result: ExportResult, stage: Path, out: Path) -> ExportResult:
     """The staged set into ``out``: each output replaces its old file (every part: an IR's ``.bin``),
     report and FAILED pair together."""
     from aperture_zoo.files import model_file_parts
+    from aperture_zoo.provenance import refuse_foreign
 
     replaces = []
     for path in result.written:  # e.g. resnet22.int8.onnx: the names any earlier export of it left
@@ -213,6 +214,7 @@ def _move_in(result: ExportResult, stage: Path, out: Path) -> ExportResult:
         replaces += [*(p.name for p in (*model_file_parts(path), *model_file_parts(aside))),
                      report_path(path).name, report_path(aside).name]
     models = [part.name for p in (*result.files, *result.failed_files) for part in model_file_parts(p)]
+    refuse_foreign(out, [*models, *(p.name for p in result.report_files), *replaces], "the export", "-o DIR")
     move_in(stage, out, [*models, *(p.name for p in result.report_files)], replaces)
     result.files = [out / p.name for p in result.files]
     result.failed_files = [out / p.name for p in result.failed_files]

@@ -96,12 +96,12 @@ def test_eval_keeps_the_previous_report(monkeypatch: pytest.MonkeyPatch, tmp_pat
                                         synthetic_cifar: Path, code: int) -> None:
     out = tmp_path / "ev"
     out.mkdir()
-    (out / "eval.json").write_text('{"old": true}\n')
+    (out / "eval.json").write_text('{"top1": 1.0, "confusion": [], "old": true}\n')  # an earlier eval's (older) record
     with failing_disk(monkeypatch, code):
         result = CliRunner().invoke(app, ["eval", "resnet10", "--weights", str(weights), "--data-dir",
                                           str(synthetic_cifar), "--subset", "20", "--out", str(out)])
     _assert_one_line(result, code, out / "eval.json")
-    assert _snapshot(out) == {"eval.json": b'{"old": true}\n'}
+    assert _snapshot(out) == {"eval.json": b'{"top1": 1.0, "confusion": [], "old": true}\n'}
 
 
 @pytest.mark.parametrize("code", FAULTS)

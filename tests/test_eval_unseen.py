@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from aperture_zoo.cli import app
 from aperture_zoo.datasets import load_dataset
 from aperture_zoo.folder import load_folder
+from aperture_zoo.manifest import Manifest
 from aperture_zoo.model import create_model
 from aperture_zoo.unseen import UnseenError, unseen_folder
 from aperture_zoo.weights import decode_metadata, read_metadata, save_weights
@@ -167,3 +168,54 @@ def test_the_card_never_shows_an_unseen_eval_as_the_test_accuracy(tmp_path: Path
             "50 images of folder:new_photos, declared unseen by whoever ran `aperture eval --unseen`") in readme
     metrics = json.loads((tmp_path / "card" / "config.json").read_text())["metrics"]
     assert "per_class_top1" not in metrics and "calibration" not in metrics and metrics["top1"] == 10.0
+
+
+def _run_folder(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Weights in their run folder, beside a run.json listing the training folder file by file (its manifest and
+    split, as a training run records them): (weights, the training folder, the held-out test files)."""
+    pool = write_folder(tmp_path / "pool", 8)
+    trained = load_dataset(pool, test_split=0.25, seed=1)
+    model = create_model("resnet10", num_classes=3, **SMALL)
+    model.spec = model.spec.replace(class_names=trained.classes)
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = save_weights(model, run / "model.safetensors", {"dataset": trained.name, "data": json.dumps(trained.record)})
+    train_files, test_files = trained.files
+    (run / "run.json").write_text(json.dumps({"data": {**trained.record, "manifest": trained.manifest.to_record(),
+                                                       "split": {"train": train_files, "test": test_files, "val": []}}}))
+    return weights, pool, test_files
+
+
+def test_a_run_folder_refuses_training_images_image_by_image_and_scores_its_held_out_ones(tmp_path: Path) -> None:
+    weights, pool, test_files = _run_folder(tmp_path)
+    (pool / "airplane" / "zz.png").write_bytes(b"x")  # one junk file: the folder as a whole is no longer the same
+    out = tmp_path / "ev"
+    ran = CliRunner().invoke(app, ["eval", str(weights), "--dataset", str(pool), "--unseen", "--out", str(out)])
+    text = " ".join(ran.output.split())
+    assert ran.exit_code == 2 and "18 of the images in" in text and "are training images of these weights" in text, text
+    assert "remove them, or drop --unseen to score the run's own held-out split" in text and not out.exists()
+    held_out = tmp_path / "held_out"  # the run's own test images, copied: fine to score
+    for rel in test_files:
+        (held_out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (held_out / rel).write_bytes((pool / rel).read_bytes())
+    ran = CliRunner().invoke(app, ["eval", str(weights), "--dataset", str(held_out), "--unseen", "--out", str(out),
+                                   "--device", "cpu"])
+    assert ran.exit_code == 0, ran.output
+    ts = json.loads((out / "eval.json").read_text())["test_set"]
+    assert ts["num_images"] == 6 and ts["checked"].startswith("image by image: none of its images is one of the 18")
+    assert "checked image by image" in ts["declared"]
+    text = " ".join(ran.output.split())
+    assert "checked: image by image" in text and "that no other copy of a training image" in text, text
+
+
+def test_a_run_json_that_is_not_the_weights_record_is_not_trusted(tmp_path: Path) -> None:
+    weights, pool, _ = _run_folder(tmp_path)
+    record = json.loads((weights.parent / "run.json").read_text())
+    record["data"]["manifest"]["files"] = record["data"]["manifest"]["files"][:-1]  # another folder's manifest
+    record["data"]["manifest"]["sha256"] = Manifest.of(map(tuple, record["data"]["manifest"]["files"])).sha256
+    (weights.parent / "run.json").write_text(json.dumps(record))
+    (pool / "airplane" / "zz.png").write_bytes(b"x")
+    got = unseen_folder(pool, decode_metadata(read_metadata(weights)), ("airplane", "automobile", "bird"),
+                        weights_file=weights)
+    assert got.record["checked"].startswith("only that it is not, as a whole, the folder")
+    assert got.record["declared"] == "declared unseen (--unseen; not checked image by image)"

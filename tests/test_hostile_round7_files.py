@@ -99,12 +99,12 @@ def test_eval_out_never_replaces_another_runs_eval(tmp_path: Path) -> None:
     data = write_cifar10(tmp_path / "c", 2, 2, seed=0)
     r1 = random_weights(tmp_path / "r1" / "model.safetensors", "resnet10", init_seed=5)
     r2 = random_weights(tmp_path / "r2" / "model.safetensors", "resnet10", init_seed=6)
-    (r2.parent / "eval.json").write_text('{"own": true}')
+    (r2.parent / "eval.json").write_text('{"top1": 1.0, "confusion": [], "own": true}')  # an earlier eval's
     base = ["eval", "resnet10", "--data-dir", str(data), "--no-download", "--device", "cpu"]
     refused = CliRunner().invoke(app, [*base, "--weights", str(r1), "--out", str(r2.parent)])
     text = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "holds other weights (model.safetensors, SHA-256" in text, text
-    assert (r2.parent / "eval.json").read_text() == '{"own": true}'
+    assert (r2.parent / "eval.json").read_text() == '{"top1": 1.0, "confusion": [], "own": true}'
     own = CliRunner().invoke(app, [*base, "--weights", str(r2), "--out", str(r2.parent)])
     assert own.exit_code == 0 and '"own"' not in (r2.parent / "eval.json").read_text(), own.output
 

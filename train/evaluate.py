@@ -295,6 +295,10 @@ def write_eval_report(result: EvalResult, out_dir: str | os.PathLike[str], model
     sha = file_sha256(weights_file)
     refuse_other_weights_folder(out, sha, "an eval.json and figures of other weights would replace or sit beside "
                                 "its own")
+    from aperture_zoo.provenance import refuse_foreign
+
+    figures = [CONFUSION_FILENAME, *([RELIABILITY_FILENAME] if "reliability" in result.extra else [])]
+    refuse_foreign(out, [EVAL_FILENAME, *figures], "the evaluation", "aperture eval ... --out DIR")
     from .dataset_run import public_ref
 
     # a file by its name only: eval.json travels (cards, Hub folders) and the path on this machine is nobody's business

@@ -230,11 +230,16 @@ def eval_cmd(
 
         refuse_other_weights_folder(out_dir, used_sha256, "an eval.json and figures of other weights would replace or "
                                     "sit beside its own")
+        from aperture_zoo.files import CONFUSION_FILENAME, EVAL_FILENAME, RELIABILITY_FILENAME
+        from aperture_zoo.provenance import refuse_foreign
+
+        refuse_foreign(out_dir, [EVAL_FILENAME, CONFUSION_FILENAME, RELIABILITY_FILENAME], "the evaluation",
+                       "aperture eval ... --out DIR")  # before the work, as in write_eval_report
         if write_temperature is not None:  # a new file, but beside published weights it would pass for theirs
             refuse_published_folder(write_temperature.parent, None, "a re-calibrated copy of weights would sit beside "
                                     "them", fix="Write it elsewhere with --write-temperature FILE")
         dev = resolve_device(device)
-        split, test_set, scored = _test_images(model, dataset, unseen, data_dir, download, subset)
+        split, test_set, scored = _test_images(model, used, dataset, unseen, data_dir, download, subset)
         with counting(err_console, len(split), safe(f"evaluating {name} on {scored} ({dev.type})")) as advance:
             result = evaluate(model, split, batch_size=batch_size, device=dev, tta=tta, on_batch=advance)
         if test_set is not None:
@@ -261,15 +266,16 @@ def eval_cmd(
                       markup=False)
     console.print(format_confusion(result), highlight=False, markup=False)
     if test_set is not None:
-        console.print(f"checked: {safe(test_set['checked'])}; that none of these images was trained on is your "
-                      "declaration", highlight=False)
+        from aperture_zoo.unseen import checked_line
+
+        console.print(safe(checked_line(test_set)), highlight=False)
     for line in format_robustness(result.extra):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"wrote {safe(out_dir / 'eval.json')}, {safe(out_dir / 'confusion.png')} and "
                   f"{safe(out_dir / 'reliability.png')}", highlight=False)
 
 
-def _test_images(model: Any, dataset: Optional[str], unseen: bool, data_dir: Optional[Path], download: bool,
+def _test_images(model: Any, used: Path, dataset: Optional[str], unseen: bool, data_dir: Optional[Path], download: bool,
                  subset: Optional[int]) -> tuple[Any, Optional[dict], str]:
     """(split, eval.json's test_set or None, what was scored in words): the held-out split of the weights'
     dataset, or with ``--unseen`` every image of the user's folder."""
@@ -285,7 +291,7 @@ def _test_images(model: Any, dataset: Optional[str], unseen: bool, data_dir: Opt
         return split, None, f"{len(split):,} test images"
     from aperture_zoo.unseen import test_set_line, unseen_folder
 
-    folder = unseen_folder(dataset, meta, model.spec.label_names, say=say)
+    folder = unseen_folder(dataset, meta, model.spec.label_names, say=say, weights_file=used)
     for line in folder.report_lines:  # classes, skipped files, copies used once: nothing dropped unsaid
         err_console.print(line, highlight=False, markup=False)
     split = take_subset(folder.split, subset, 0)
