@@ -131,6 +131,8 @@ def test_recipes_are_the_documented_data() -> None:
     (["--set", "weight_decay=-5"], "weight_decay must be a finite number >= 0"),
     (["--set", "final_lr_fraction=2"], "final_lr_fraction must be in [0, 1]"),
     (["--set", "mixup_alpha=inf"], "mixup_alpha must be a finite number >= 0"),
+    (["--set", "eval_batch_size=-1"], "eval_batch_size must be >= 1"),  # eleventh try, X6: scored no image, "0.00%"
+    (["--set", "eval_batch_size=0"], "eval_batch_size must be >= 1"),  # and a traceback after training
 ])
 def test_a_recipe_value_that_cannot_train_is_refused_before_training(tmp_path: Path, args: list[str],
                                                                      message: str) -> None:

@@ -129,6 +129,7 @@ class Recipe:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (0 < self.lr < math.inf, "lr must be a finite number > 0"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (0 <= self.weight_decay < math.inf, "weight_decay must be a finite number >= 0"),
