@@ -45,6 +45,7 @@ FIGURE_KEY_PREFIX = "aperture_zoo:"
 RECIPE_FILENAME = "recipe.json"
 RUN_FILENAME = "run.json"
 CHECKPOINT_FILENAME = "checkpoint.safetensors"
+SEEDS_FILENAME = "seeds.json"  # a --seeds parent folder: the request its seed<K> runs share, and the seeds asked
 LOCK_FILENAME = ".lock"
 CHECK_FILENAME = "check.json"
 EXPORT_REPORT_FILENAME = "export.json"

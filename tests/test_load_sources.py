@@ -406,11 +406,11 @@ def test_init_takes_every_source_and_resume_knows_it(run: FolderRun, hub: HubSer
     """Regression (eighth hostile try, F9): `train --init hf-hub:...` or `local-dir:` was refused as a name."""
     from aperture_zoo.registry import get_spec
     from aperture_zoo.train.finetune import resolve_init
-    from aperture_zoo.train.settings import _init_sha256
+    from aperture_zoo.train.finetune import init_sha256
 
     ref, _ = SOURCES[kind](run)
     source = resolve_init(ref, get_spec("resnet10").replace(channels=(8, 8, 8, 8)))
-    assert source.sha256 == file_sha256(run.weights) == _init_sha256(ref)
+    assert source.sha256 == file_sha256(run.weights) == init_sha256(ref)
     assert _facts_of(source.spec) == run.spec and source.record()["ref"] == ref
 
 

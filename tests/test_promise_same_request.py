@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,75 @@ def test_resume_of_a_seeds_parent_prints_every_seed_and_the_mean(tmp_path: Path)
     res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "sd"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "seed 0: " in res.output and "seed 1: " in res.output and "(n=2) %" in res.output
+
+
+def _tiny(ds: Path, out: Path | None, **kw) -> TrainConfig:
+    return _arch(TrainConfig(model="resnet10", recipe=RECIPE, dataset=str(ds), device="cpu", out_dir=out,
+                             progress=False, **kw))
+
+
+def test_an_option_left_out_of_a_request_means_its_default(tmp_path: Path) -> None:
+    from aperture_zoo.train.checkpoint import OtherRun
+    from aperture_zoo.train.request import check_same_request
+
+    ds = _folder(tmp_path / "ds", ["cat", "dog"])
+    base = fit(_tiny(ds, tmp_path / "base"))
+    split = fit(_tiny(ds, tmp_path / "split", test_split=0.5, val_split=0))
+    tuned = fit(_tiny(ds, tmp_path / "tuned", init=str(base.run_dir), freeze_backbone=True))
+    check_same_request(_tiny(ds, None, seed=0, test_split=0.5, val_split=0), split.run_dir)  # the same request
+    check_same_request(_tiny(ds, None, seed=0, init=str(base.run_dir), freeze_backbone=True), tuned.run_dir)
+    for cfg, folder, what in (
+        (_tiny(ds, None, seed=0, val_split=0), split.run_dir, r"--test-split 0.5 \(asked no --test-split"),
+        (_tiny(ds, None, seed=0, test_split=0.5), split.run_dir, r"--val-split 0 \(asked no --val-split\)"),
+        (_tiny(ds, None, seed=0, init=str(base.run_dir)), tuned.run_dir, r"--freeze-backbone .*\(asked no --freeze"),
+        (_tiny(ds, None, seed=0), tuned.run_dir, r"--init .*base.* \(asked no --init"),  # --recipe given, --init not
+    ):
+        with pytest.raises(OtherRun) as exc:
+            check_same_request(cfg, folder)
+        assert re.search(what, exc.value.what or ""), exc.value.what
+    # the --seeds rerun that would have kept seed 0 of the other request and trained seed 1 with the defaults
+    shutil.copytree(split.run_dir, tmp_path / "st" / "seed0")
+    with pytest.raises(TrainingError, match=r"'.*seed0' holds another run than this seed's: --val-split 0 \(asked no"):
+        fit_seeds(_tiny(ds, tmp_path / "st"), 2, fit)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_of_a_seeds_parent_trains_its_own_request_and_only_it(tmp_path: Path) -> None:
+    ds, ds3 = _folder(tmp_path / "ds", ["cat", "dog"]), _folder(tmp_path / "ds3", ["a", "b", "c"])
+    out = tmp_path / "sm"
+
+    def killed_before_seed1(cfg: TrainConfig):  # a kill after seed 0, before seed1/ exists
+        if cfg.seed == 1:
+            raise _Killed
+        return fit(cfg)
+
+    with pytest.raises(_Killed):
+        fit_seeds(_tiny(ds, out), 2, killed_before_seed1)
+    assert not (out / "seed1").exists() and json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1]
+    done = fit_seeds(TrainConfig(resume=out, progress=False), 1, fit)  # the parent records N: seed 1 trains
+    assert [r.run_dir for r in done] == [out / "seed0", out / "seed1"] and not done[1].already_complete
+    with pytest.raises(TrainingError, match=rf"'{out}' holds the seeds of another --seeds command \(seeds.json\): "
+                       rf"dataset {tmp_path / 'ds'} \(asked {ds3}, whose content differs\)"):
+        fit_seeds(_tiny(ds3, out, seed=5), 2, fit)  # another request into the same --out
+    fit(_tiny(ds3, out / "seed5", seed=5))  # a seed folder of another request put there
+    with pytest.raises(TrainingError, match=rf"'{out / 'seed5'}' holds another run than this seed's: --dataset"):
+        fit_seeds(TrainConfig(resume=out, progress=False), 1, fit)
+    shutil.rmtree(out / "seed5")
+    (out / "seeds.json").unlink()  # a parent written before the record existed
+    with pytest.raises(TrainingError, match=rf"'{out}' has no seeds.json .* resume them one by one .*seed0, .*seed1"):
+        fit_seeds(TrainConfig(resume=out, progress=False), 1, fit)
+
+
+def test_train_zoo_averages_seeds_of_one_request_only(tmp_path: Path) -> None:
+    ds1, ds3 = _folder(tmp_path / "ds1", ["cat", "dog"]), _folder(tmp_path / "ds3", ["a", "b", "c"])
+    runs = tmp_path / "runs"
+    train_zoo(_zoo(runs, ds1), say=lambda _m: None)
+    train_zoo(_zoo(runs, ds3, seed=1), say=lambda _m: None)  # another dataset, another seed, same --runs-dir
+    doc = json.loads((runs / "summary.json").read_text())
+    assert [(e["model"], e["seeds"], e["n"]) for e in doc["seeds"]] == [("resnet10", [0], 1), ("resnet10", [1], 1)]
+    assert len({e["request"] for e in doc["seeds"]}) == 2
+    md = (runs / "summary.md").read_text()
+    assert "| resnet10 (folder:ds1, " in md and "| resnet10 (folder:ds3, " in md and "(n=2)" not in md

@@ -148,3 +148,16 @@ def freeze_stages(model: nn.Module, stages: int) -> None:
         for p in module.parameters():
             p.requires_grad_(False)
         _keep_statistics(module)
+
+
+def init_sha256(ref: str | os.PathLike[str]) -> str | None:
+    """The SHA-256 of the weights ``--init`` names: a published tag's pin, else the bytes of the file it finds."""
+    from aperture_zoo.catalog import find_weights
+    from aperture_zoo.files import file_sha256
+    from aperture_zoo.sources import is_source
+
+    try:
+        published = None if is_source(str(ref)) else find_weights(str(ref))
+        return published.sha256 if published is not None else file_sha256(init_file(str(ref)))
+    except (ApertureError, OSError):
+        return None

@@ -51,4 +51,20 @@ def check_same_request(cfg: TrainConfig, folder: str | Path) -> None:
         check_same_content(saved["data"], manifest, dataset, rundir.path)
 
 
-__all__ = ["check_same_request", "folder_manifest"]
+def request_identity(folder: str | Path) -> str:
+    """What makes a run folder's run apart from its seed, as a short hash: runs count as seeds of one request (and
+    share a mean ± std) only when theirs are equal. A folder dataset counts by its content, an init by its bytes."""
+    import hashlib
+    import json
+
+    rundir = RunDir(Path(folder))
+    saved = rundir.record()
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    init = saved.get("init") if isinstance(saved.get("init"), dict) else {}
+    key = {"arch": saved["arch"], "dataset": data.get("manifest_sha256") or saved.get("dataset", "cifar10"),
+           **{k: saved.get(k) for k in ("subset", "test_subset", "val_split", "test_split", "freeze_backbone")},
+           "init": init.get("sha256"), "recipe": rundir.recipe().training_sha256()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+__all__ = ["check_same_request", "folder_manifest", "request_identity"]

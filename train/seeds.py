@@ -8,6 +8,7 @@ its own run folder, and ``mean_std`` summarises their final-epoch top-1 (never a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import statistics
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aperture_zoo.files import CHECKPOINT_FILENAME, RUN_FILENAME
+from aperture_zoo.files import CHECKPOINT_FILENAME, RUN_FILENAME, SEEDS_FILENAME, atomic_write_text, read_json
 
 from .rundir import RunDir
 from .settings import TrainConfig, TrainingError, TrainResult
@@ -77,14 +78,131 @@ def fit_seeds(cfg: TrainConfig, seeds: int, fit: Callable[[TrainConfig], TrainRe
     command run again after a kill continues (``_continued``); ``resume`` of the parent folder continues its
     seed folders as they were started."""
     check_seeds(seeds, cfg.resume)
-    parent = seed_folders(cfg.resume) if cfg.resume is not None else []
-    if parent:
-        return [fit(dataclasses.replace(cfg, resume=folder)) for _, folder in parent]
+    if cfg.resume is not None and is_seeds_parent(cfg.resume):
+        return [fit(one) for one in _parent_configs(cfg)]
     if seeds == 1:  # one run exactly as asked (a resume keeps its recorded seed)
         return [fit(cfg)]
     first = 0 if cfg.seed is None else cfg.seed
-    configs = [_continued(seed_config(cfg, s, seeds)) for s in range(first, first + seeds)]  # each checks its seed
+    asked = list(range(first, first + seeds))
+    configs = [_continued(seed_config(cfg, s, seeds)) for s in asked]  # each checks its seed
+    if cfg.out_dir is not None:
+        _write_record(Path(cfg.out_dir), cfg, asked)
     return [fit(one) for one in configs]
+
+
+def is_seeds_parent(folder: str | os.PathLike[str]) -> bool:
+    return (Path(folder) / SEEDS_FILENAME).is_file() or bool(seed_folders(folder))
+
+
+def parent_seeds(parent: str | os.PathLike[str]) -> list[int]:
+    """The seeds ``resume`` of a ``--seeds`` parent trains, in order: those its record asks and any other seed
+    folder there (checked against the record's request, so another request's is refused, never averaged)."""
+    return sorted(set(_read_record(Path(parent))["seeds"]) | {s for s, _ in seed_folders(parent)})
+
+
+def request_record(cfg: TrainConfig) -> dict[str, Any]:
+    """A ``--seeds`` command's request as its parent folder records it: everything but the seed that makes a run
+    (the model, recipe, dataset by its content, data and start options), and how it runs."""
+    from aperture_zoo.datasets import dataset_name, is_builtin
+    from aperture_zoo.files import user_path
+    from aperture_zoo.registry import ModelSpec, get_spec
+
+    from .recipes import FAST, FINETUNE
+    from .request import folder_manifest
+    from .finetune import init_sha256
+    from .settings import data_root
+
+    spec = cfg.model if isinstance(cfg.model, ModelSpec) else get_spec(str(cfg.model))
+    dataset = dataset_name(cfg.dataset)
+    init = None if cfg.init is None else str(cfg.init)
+    if init is not None and user_path(init).exists():  # a file or run folder: found from any directory
+        init = str(user_path(init).resolve())
+    return {"request": {
+        "model": json.loads(spec.to_json()), "recipe": (cfg.recipe or (FINETUNE if init else FAST)).validate().to_dict(),
+        "dataset": dataset, "content_sha256": None if is_builtin(dataset) else folder_manifest(dataset).sha256,
+        "subset": cfg.subset, "test_subset": cfg.test_subset, "val_split": cfg.val_split, "test_split": cfg.test_split,
+        "init": init, "init_sha256": None if init is None else init_sha256(init),
+        "freeze_backbone": bool(cfg.freeze_backbone)},
+        "runs_with": {"data_dir": data_root(cfg.data_dir) if is_builtin(dataset) else None, "download": cfg.download,
+                      "device": cfg.device, "compile": cfg.compile}}
+
+
+def _same_request_key(request: dict[str, Any]) -> dict[str, Any]:
+    """A folder counts by its content and an init file by its bytes, not by their paths."""
+    return {k: v for k, v in request.items() if not (k == "dataset" and request.get("content_sha256"))
+            and not (k == "init" and request.get("init_sha256"))}
+
+
+def _write_record(parent: Path, cfg: TrainConfig, asked: list[int]) -> None:
+    """Record the request before its first seed trains; a parent recorded for another request is refused."""
+    new = request_record(cfg)
+    if (parent / SEEDS_FILENAME).is_file():
+        old = _read_record(parent)
+        was, now = _same_request_key(old["request"]), _same_request_key(new["request"])
+        if was != now:
+            raise TrainingError(f"{str(parent)!r} holds the seeds of another --seeds command ({SEEDS_FILENAME}): "
+                                f"{_differences(old['request'], new['request'], was, now)}. Use another --out, or run "
+                                "again with that command's options")
+        asked = sorted(set(old["seeds"]) | set(asked))
+    text = json.dumps({**new, "seeds": asked}, indent=2) + "\n"
+    atomic_write_text(parent / SEEDS_FILENAME, text)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], was: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs, by option: a folder or init file by its path, saying that its content differs."""
+    out = []
+    for key in sorted(set(was) | set(now)):
+        a, b = was.get(key), now.get(key)
+        if a == b:
+            continue
+        if key in ("content_sha256", "init_sha256"):
+            name = "dataset" if key == "content_sha256" else "init"
+            out.append(f"{name} {old.get(name)} (asked {new.get(name)}, whose content differs)")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key} {k} {a.get(k)!r} (asked {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(f"{key} {a!r} (asked {b!r})")
+    return "; ".join(out)
+
+
+def _read_record(parent: Path) -> dict[str, Any]:
+    if not (parent / SEEDS_FILENAME).is_file():
+        names = ", ".join(str(folder) for _, folder in seed_folders(parent))
+        raise TrainingError(f"{str(parent)!r} has no {SEEDS_FILENAME} (written by --seeds commands since this "
+                            f"version), so nothing says its seed folders are one request: resume them one by one "
+                            f"(aperture train --resume DIR for each of {names})")
+    fix = f"it records the --seeds command that made {str(parent)!r}; run that command again instead"
+    record = read_json(parent / SEEDS_FILENAME, fix, TrainingError)
+    seeds = record.get("seeds") if isinstance(record, dict) else None
+    if not (isinstance(seeds, list) and all(type(s) is int and s >= 0 for s in seeds)
+            and isinstance(record.get("request"), dict) and isinstance(record.get("runs_with"), dict)):
+        raise TrainingError(f"{parent / SEEDS_FILENAME} is damaged; {fix}")
+    return record
+
+
+def _parent_configs(cfg: TrainConfig) -> list[TrainConfig]:
+    """``resume`` of a ``--seeds`` parent: every seed of its recorded request, each checked to be of it
+    (``_continued``); a seed killed before its folder existed starts. Options given on this call (a lower
+    --lr, a moved --dataset, the device) apply as to the resume of one run."""
+    from aperture_zoo.registry import ModelSpec
+
+    from .recipes import Recipe
+
+    parent = Path(cfg.resume)  # type: ignore[arg-type]
+    record = _read_record(parent)
+    req, how = record["request"], record["runs_with"]
+    asked = TrainConfig(
+        model=ModelSpec.from_dict(req["model"]), recipe=Recipe.from_dict(req["recipe"]),
+        dataset=cfg.dataset or req["dataset"], subset=req["subset"], test_subset=req["test_subset"],
+        val_split=req["val_split"], test_split=req["test_split"], init=req["init"],
+        freeze_backbone=bool(req["freeze_backbone"]), progress=cfg.progress, sync_interval_s=cfg.sync_interval_s,
+        time_budget_s=cfg.time_budget_s, **{k: getattr(cfg, k) if getattr(cfg, k) is not None else how.get(k)
+                                            for k in ("data_dir", "download", "device", "compile")})
+    configs = []
+    for seed in parent_seeds(parent):
+        one = _continued(dataclasses.replace(asked, seed=seed, out_dir=parent / f"seed{seed}"))
+        configs.append(one if one.resume is None else dataclasses.replace(cfg, resume=one.resume))
+    return configs
 
 
 def _continued(one: TrainConfig) -> TrainConfig:

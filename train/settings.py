@@ -198,7 +198,8 @@ def resolve_run(cfg: TrainConfig) -> Run:
         record = {
             "arch": spec.arch_dict(), "spec": json.loads(spec.to_json()),
             "seed": 0 if cfg.seed is None else cfg.seed, "subset": cfg.subset,
-            "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0, **_how_it_runs(cfg),
+            "test_subset": cfg.test_subset, "val_split": cfg.val_split or 0, "val_split_asked": cfg.val_split,
+            **_how_it_runs(cfg),
             "run_id": uuid.uuid4().hex,  # every checkpoint carries it: a checkpoint of another run is refused
         }
         recipe = cfg.recipe or (FINETUNE if cfg.init is not None else FAST)
@@ -388,29 +389,43 @@ def _check_same_options(cfg: TrainConfig, run: Run, exact: bool = False) -> None
                            "--dataset to continue it, or start a new run", f"--dataset {used} (asked {asked_data})")
     for key, asked_value in (("seed", cfg.seed), ("subset", cfg.subset), ("test_subset", cfg.test_subset),
                              ("val_split", cfg.val_split)):
-        if (asked_value is not None or (exact and key != "val_split")) and asked_value != saved.get(key):
+        used = saved.get(key)
+        if key == "val_split" and asked_value is None:  # the default rule, whose share depends on a folder's size:
+            used = saved.get("val_split_asked") if exact else None  # None for older runs (only the share recorded)
+        if (asked_value is not None or exact) and asked_value != used:
             raise OtherRun(f"cannot resume {where!r} with {key}={asked_value}: the run used {key}={saved.get(key)}. "
                            "Drop the option to continue it, or start a new run",
                            f"{_option(key, saved.get(key))} (asked {_option(key, asked_value)})")
-    _check_same_start(cfg, where, saved)
+    _check_same_start(cfg, where, saved, exact)
 
 
-def _check_same_start(cfg: TrainConfig, where: str, saved: dict[str, Any]) -> None:
+def _check_same_start(cfg: TrainConfig, where: str, saved: dict[str, Any], exact: bool = False) -> None:
     """Refuse to resume with another ``--test-split``, ``--init`` or ``--freeze-backbone`` than the run's own.
 
     The run's split and starting weights were fixed when it started, so a resume could only drop such
     an option without a word; the same value passes (an init file by its SHA-256, not its name).
+    ``exact``: an option left out means its default (the default split, from scratch, every layer trained).
     """
-    if cfg.test_split is not None and cfg.test_split != saved.get("test_split"):
-        used = saved.get("test_split")
+    from aperture_zoo.datasets import DEFAULT_TEST_SPLIT
+
+    from .finetune import init_sha256
+
+    if exact and cfg.test_split is None and (used := saved.get("test_split")) not in (None, DEFAULT_TEST_SPLIT):
+        _refuse_option(where, f"no --test-split (default {DEFAULT_TEST_SPLIT:g})", f"--test-split {used:g}")
+    used = saved.get("test_split")
+    if cfg.test_split is not None and cfg.test_split != used:
         _refuse_option(where, f"--test-split {cfg.test_split:g}",
                        f"--test-split {used:g}" if isinstance(used, float) else "its dataset's own test set")
     init = saved.get("init") if isinstance(saved.get("init"), dict) else None
-    if cfg.init is not None and (init is None or _init_sha256(cfg.init) != init.get("sha256")):
+    if cfg.init is not None and (init is None or init_sha256(cfg.init) != init.get("sha256")):
         _refuse_option(where, f"--init {cfg.init}", "no --init (it trains from scratch)" if init is None else
                        f"--init {init.get('ref')} (SHA-256 {str(init.get('sha256'))[:12]})")
-    if cfg.freeze_backbone and not saved.get("freeze_backbone"):
-        _refuse_option(where, "--freeze-backbone", "no --freeze-backbone (it trains every layer)")
+    if exact and cfg.init is None and init is not None:
+        _refuse_option(where, "no --init (from scratch)", f"--init {init.get('ref')}")
+    frozen = bool(saved.get("freeze_backbone"))
+    if (cfg.freeze_backbone or exact) and bool(cfg.freeze_backbone) != frozen:
+        _refuse_option(where, "--freeze-backbone" if cfg.freeze_backbone else "no --freeze-backbone",
+                       "--freeze-backbone (it trains the head only)" if frozen else "no --freeze-backbone (it trains every layer)")
 
 
 def _refuse_option(where: str, asked: str, used: str) -> None:
@@ -426,17 +441,3 @@ def _option(key: str, value: Any) -> str:
 def _arch_item(key: str, value: Any) -> str:
     return f"{key}=" + (",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
 
-
-def _init_sha256(ref: str | os.PathLike[str]) -> str | None:
-    """The SHA-256 of the weights ``--init`` names: a published tag's pin, else the bytes of the file it finds."""
-    from aperture_zoo.catalog import find_weights
-    from aperture_zoo.files import file_sha256
-    from aperture_zoo.sources import is_source
-
-    from .finetune import init_file
-
-    try:
-        published = None if is_source(str(ref)) else find_weights(str(ref))
-        return published.sha256 if published is not None else file_sha256(init_file(str(ref)))
-    except (ApertureError, OSError):
-        return None

@@ -163,11 +163,13 @@ def _data_of(run_dir: Path) -> dict[str, Any]:
     """What the run trained and tested on, as its run.json records it (a folder by its name, never its path)."""
     from aperture_zoo.datasets import public_dataset
 
+    from .request import request_identity
+
     if not (run_dir / RUN_FILENAME).is_file():
         return {"dataset": None}
     run = RunDir(run_dir).record()
     return {"dataset": public_dataset(str(run.get("dataset", "cifar10"))), "subset": run.get("subset"),
-            "test_subset": run.get("test_subset")}
+            "test_subset": run.get("test_subset"), "request": request_identity(run_dir)}
 
 
 def check_weights(name: str, run_dir: Path, cfg: ZooConfig) -> dict[str, Any]:
@@ -282,19 +284,31 @@ def write_summary(runs: Path, names: Sequence[str] = (), seeds: Sequence[int] = 
 
 
 def seed_stats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model: its finished seeds and the mean ± sample std (n - 1) of their final-epoch top-1."""
+    """Per model and request: its finished seeds and the mean ± sample std (n - 1) of their final-epoch top-1.
+
+    Runs of one model from other requests (another dataset, recipe, subset, ...: ``request.request_identity``)
+    are never averaged together: each request gets its own entry, named by its dataset, recipe and identity.
+    """
     out = []
     for name in dict.fromkeys(r["model"] for r in rows):
         done = [r for r in rows if r["model"] == name and r["status"] == "done"]
-        mean, std = mean_std([float(r["top1"]) for r in done])
-        entry: dict[str, Any] = {"model": name, "seeds": [r["seed"] for r in done], "n": len(done),
-                                 "top1_mean": mean, "top1_std": std}
-        tta = [float(r["top1_flip_tta"]) for r in done if r.get("top1_flip_tta") is not None]
-        if tta:
-            entry["top1_flip_tta_mean"], entry["top1_flip_tta_std"] = mean_std(tta)
-            entry["n_flip_tta"] = len(tta)
-        out.append(entry)
+        groups = {r.get("request"): [d for d in done if d.get("request") == r.get("request")] for r in done} or {None: []}
+        out += [_seed_entry(name, group, request, len(groups) > 1) for request, group in groups.items()]
     return out
+
+
+def _seed_entry(name: str, done: list[dict[str, Any]], request: str | None, several: bool) -> dict[str, Any]:
+    mean, std = mean_std([float(r["top1"]) for r in done])
+    entry: dict[str, Any] = {"model": name, "request": request, "seeds": [r["seed"] for r in done], "n": len(done),
+                             "top1_mean": mean, "top1_std": std}
+    if several:  # the table names which request each mean is of
+        first = done[0]
+        entry["label"] = f"{name} ({_data_cell(first)}, {first.get('recipe')} {first.get('epochs')} ep, request {request})"
+    tta = [float(r["top1_flip_tta"]) for r in done if r.get("top1_flip_tta") is not None]
+    if tta:
+        entry["top1_flip_tta_mean"], entry["top1_flip_tta_std"] = mean_std(tta)
+        entry["n_flip_tta"] = len(tta)
+    return entry
 
 
 def seeds_markdown(stats: list[dict[str, Any]]) -> str:
@@ -306,7 +320,7 @@ def seeds_markdown(stats: list[dict[str, Any]]) -> str:
              "| model | seeds done | final-epoch top-1 % | with flip TTA % |", "|---|---|---|---|"]
     for e in stats:
         seeds = ", ".join(map(str, e["seeds"])) or "none"
-        lines.append(f"| {e['model']} | {e['n']} ({seeds}) | {cell(e['top1_mean'], e['top1_std'])} "
+        lines.append(f"| {e.get('label', e['model'])} | {e['n']} ({seeds}) | {cell(e['top1_mean'], e['top1_std'])} "
                      f"| {cell(e.get('top1_flip_tta_mean'), e.get('top1_flip_tta_std'))} |")
     return "\n".join(lines) + "\n"
 

@@ -83,7 +83,7 @@ def train_cmd(
     """Train a model to a run directory: model.safetensors, metrics.jsonl, curves.png, recipe.json."""
     from aperture_zoo.train import TrainConfig, TrainingInterrupted, fit
     from aperture_zoo.train.options import model_from_options, recipe_from_options
-    from aperture_zoo.train.seeds import check_seeds, fit_seeds, seed_folders
+    from aperture_zoo.train.seeds import check_seeds, fit_seeds, is_seeds_parent, parent_seeds
 
     from .hints import train_hint
 
@@ -114,7 +114,7 @@ def train_cmd(
             raise typer.Exit(code=128 + int(exc.signum) if exc.signum else 75) from None
     if not _is_main_rank():
         return
-    parent = [s for s, _ in seed_folders(resume)] if resume is not None else []
+    parent = parent_seeds(resume) if resume is not None and is_seeds_parent(resume) else []
     if seeds > 1 or parent:  # --resume of a --seeds folder: its seeds' figures and their mean ± std
         _print_seeds(results, parent or list(range(seed or 0, (seed or 0) + seeds)), json_out)
     else:
