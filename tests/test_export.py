@@ -403,7 +403,8 @@ def test_a_file_that_fails_validation_is_renamed_and_stale_reports_go(synthetic_
     real = validate_mod.tolerance_for
     monkeypatch.setattr(validate_mod, "tolerance_for",  # an int8 bound no file can meet: a broken quantisation
                         lambda p, d: Tolerance(min_agreement=101.0, random_inputs_gated=False) if p == "int8" else real(p, d))
-    (tmp_path / "tiny.int8.report.json").write_text('{"passed": true}')  # from an earlier, good export
+    earlier = {"passed": True, "weights_sha256": "0" * 64, "onnx_sha256": "1" * 64}  # an earlier, good export's
+    (tmp_path / "tiny.int8.report.json").write_text(json.dumps(earlier))
     kw = dict(stem="tiny", exporter="legacy", provider="cpu", int8=True, data_dir=synthetic_cifar,
               calibration_images=20, max_val_images=50)
     result = export_model(_tiny(), tmp_path, **kw)
