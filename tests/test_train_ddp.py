@@ -84,6 +84,10 @@ def _worker(rank: int, port: int, data_dir: str, out: str) -> None:
     os.environ["APERTURE_DATA"] = str(Path(out) / "cache")  # this worker's copy only
     fit(TrainConfig(model=SPEC, dataset=str(Path(out) / "folder"), recipe=RECIPE.replace(batch_size=8),
                     out_dir=Path(out) / "folder-run", device="cpu", progress=False))
+    # the group this worker made is its to close: left to interpreter exit, gloo's threads can abort the process
+    # ("terminate called without an active exception", SIGABRT: one fresh run in six failed so)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _missing_data_on_two_ranks(rank: int, info, out: str) -> None:
